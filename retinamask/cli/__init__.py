@@ -1,0 +1,88 @@
+"""The ``retinamask`` command: a thin face over library functions.
+
+Each subcommand lives in its own module of this package, exposing
+``add_arguments(parser)`` and ``run(args) -> int`` (the exit code) and a one-line
+``HELP``. Modules are imported lazily so that ``retinamask --help`` and the
+torch-free commands never import torch.
+"""
+
+import argparse
+import importlib
+import logging
+import sys
+
+from ..errors import EXIT_INTERRUPTED, RetinaMaskError
+
+# subcommand name -> module under retinamask.cli (in --help order)
+COMMANDS = {
+    "demo": "demo",
+    "predict": "predict",
+    "data": "data",
+    "train": "train",
+    "preprocess": "preprocess",
+    "export": "export",
+    "infer": "infer",
+    "evaluate": "evaluate",
+    "bench": "bench",
+}
+
+# One-line help per subcommand, kept here so --help does not import every module.
+HELP = {
+    "demo": "run the whole flow on the embedded model and synthetic data (offline)",
+    "predict": "detect and segment images; write overlays and JSON",
+    "data": "generate datasets (synthetic shapes, COCO format)",
+    "train": "train a RetinaMask model on a COCO-format dataset",
+    "preprocess": "images -> seed-compatible 1344x1344 float32 .bin files + .info list",
+    "export": "checkpoint + config -> ONNX (end2end or seed layout)",
+    "infer": "run an exported model over .bin files or images (ais_bench-style outputs)",
+    "evaluate": "inference outputs -> COCO results JSON + bbox/segm mAP",
+    "bench": "pure-inference benchmark of an exported model (ais_bench-style)",
+}
+
+
+def build_parser(argv=None):
+    parser = argparse.ArgumentParser(
+        prog="retinamask",
+        description="RetinaMask instance segmentation: checkpoint -> ONNX -> inference -> COCO evaluation.",
+    )
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    wanted = _wanted_command(argv)
+    for name, module in COMMANDS.items():
+        p = sub.add_parser(name, help=HELP[name], description=HELP[name])
+        if name == wanted:
+            mod = importlib.import_module(f"{__name__}.{module}")
+            mod.add_arguments(p)
+            p.set_defaults(_run=mod.run)
+    return parser
+
+
+def _wanted_command(argv):
+    for a in argv or []:
+        if a in COMMANDS:
+            return a
+    return None
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    parser = build_parser(argv)
+    args = parser.parse_args(argv)
+    if not getattr(args, "_run", None):
+        parser.print_help()
+        return 0 if args.command is None else 2
+    try:
+        return int(args._run(args) or 0)
+    except RetinaMaskError as e:
+        if args.debug:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())
