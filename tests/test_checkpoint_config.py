@@ -83,11 +83,13 @@ class _RunsCode:
 
 def test_pickled_arbitrary_object_is_refused_never_executed(tmp_path, tiny_model, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    path = tmp_path / "evil.pth"
-    with open(path, "wb") as f:
-        pickle.dump({"model": tiny_model.state_dict(), "payload": _RunsCode()}, f)
-    with pytest.raises(CheckpointError, match="refused"):
-        read_state_dict(path)
+    payload = {"model": tiny_model.state_dict(), "payload": _RunsCode()}
+    torch.save(payload, tmp_path / "evil.pth")
+    with open(tmp_path / "evil_raw.pkl", "wb") as f:
+        pickle.dump(payload, f, protocol=2)
+    for name in ("evil.pth", "evil_raw.pkl"):
+        with pytest.raises(CheckpointError, match="refused: .*GLOBAL posix.system"):
+            read_state_dict(tmp_path / name)
     assert not (tmp_path / "pwned").exists()
 
 
