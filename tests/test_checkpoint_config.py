@@ -88,7 +88,7 @@ def test_pickled_arbitrary_object_is_refused_never_executed(tmp_path, tiny_model
     with open(tmp_path / "evil_raw.pkl", "wb") as f:
         pickle.dump(payload, f, protocol=2)
     for name in ("evil.pth", "evil_raw.pkl"):
-        with pytest.raises(CheckpointError, match="refused: .*GLOBAL posix.system"):
+        with pytest.raises(CheckpointError, match="refused: .*GLOBAL"):
             read_state_dict(tmp_path / name)
     assert not (tmp_path / "pwned").exists()
 
