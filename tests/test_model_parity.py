@@ -110,3 +110,27 @@ def test_level_mapping_uses_plus_one_areas():
     boxes = torch.tensor([[0.0, 0.0, 223.0, 223.0], [0.0, 0.0, 222.5, 222.5], [0.0, 0.0, 447.0, 447.0],
                           [0.0, 0.0, 2000.0, 2000.0], [5.0, 5.0, 5.0, 5.0]])
     assert map_levels(boxes).tolist() == [4, 3, 5, 5, 3]
+
+
+def test_predictor_end_to_end_from_the_png(reference_model, reference_dir, reference_npz):
+    """The original pipeline from the PNG: resize to 800, model, boxes and masks at the original size."""
+    from pycocotools import mask as mask_util
+
+    from retinamask.config import load_config
+    from retinamask.engine.predictor import Predictor
+
+    predictor = Predictor(reference_model, load_config("retinanet_mask_R-50-FPN_2x_adjust_std011_ms"))
+    result = predictor(reference_dir / "image_A_256x320.png")
+    assert result.image_size == (256, 320)
+    ref_boxes = reference_npz["e2e_det_boxes_xyxy_orig"]
+    ours = {"boxes": torch.from_numpy(result.boxes), "labels": torch.from_numpy(result.labels),
+            "scores": torch.from_numpy(result.scores)}
+    matched = _match(ours, ref_boxes, reference_npz["e2e_det_labels"], reference_npz["e2e_det_scores"])
+    assert np.abs(result.mask_probs[matched] - reference_npz["e2e_mask_probs_28x28"]).max() <= 1e-3
+    for ours_mask, ref_mask in zip(result.masks[matched], reference_npz["e2e_masks_pasted_uint8"]):
+        inter = np.logical_and(ours_mask, ref_mask).sum()
+        union = np.logical_or(ours_mask, ref_mask).sum()
+        assert union == 0 or inter / union >= 0.99
+    rle = mask_util.encode(np.asfortranarray(result.masks[matched][0]))
+    assert rle["counts"].decode() == reference_npz["e2e_mask_rle_counts"][0]
+    assert result.class_names[0] in predictor.class_names

@@ -1,1 +1,1 @@
-
+"""Loops over images and datasets: the Predictor (inference) and the trainer."""
