@@ -1,0 +1,106 @@
+"""Paste 28x28 mask probabilities into the image and encode them as COCO RLE (no torch).
+
+``paste_masks`` reproduces the original RetinaMask ``Masker`` (maskrcnn_benchmark
+roi_heads/mask_head/inference.py) bit for bit: same padding, same float32 box
+expansion, same int32 truncation and the same PIL bilinear resize of the float
+mask. ``paste_masks_seed`` is the Ascend seed's host-side variant: identical
+geometry, ``cv2.resize`` bilinear instead of PIL.
+"""
+
+import cv2
+import numpy as np
+import pycocotools.mask as mask_util
+from PIL import Image
+
+
+def _resize_pil(mask, width, height):
+    """float32 [h0,w0] -> float32 [height,width] with PIL bilinear (antialiased when shrinking)."""
+    resized = Image.fromarray(mask).resize((width, height), resample=Image.BILINEAR)
+    return np.asarray(resized)
+
+
+def _resize_cv2(mask, width, height):
+    """float32 [h0,w0] -> float32 [height,width] with OpenCV bilinear (no antialiasing)."""
+    return cv2.resize(mask, (width, height), interpolation=cv2.INTER_LINEAR)
+
+
+def expand_boxes_int(boxes, scale):
+    """Upstream ``expand_boxes`` followed by ``.to(torch.int32)``.
+
+    boxes: float [N,4] xyxy; returns int32 [N,4]. The half sizes have no +1 and
+    everything is float32, as torch computes it (the Python float ``scale`` is
+    cast to float32 first, as torch does for a scalar operand); the cast to int32
+    truncates toward zero.
+    """
+    boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
+    half = np.float32(0.5)
+    scale = np.float32(scale)
+    w_half = (boxes[:, 2] - boxes[:, 0]) * half * scale
+    h_half = (boxes[:, 3] - boxes[:, 1]) * half * scale
+    x_c = (boxes[:, 2] + boxes[:, 0]) * half
+    y_c = (boxes[:, 3] + boxes[:, 1]) * half
+    expanded = np.stack([x_c - w_half, y_c - h_half, x_c + w_half, y_c + h_half], axis=1)
+    with np.errstate(invalid="ignore"):
+        return expanded.astype(np.int32)
+
+
+def _paste(probs, boxes, height, width, threshold, padding, resize):
+    """Shared Masker geometry; ``resize(mask_f32, w, h)`` is the only thing that varies."""
+    probs = np.asarray(probs, dtype=np.float32)
+    if probs.ndim == 4:  # [N,1,M,M] as the seed layout stores them
+        probs = probs[:, 0]
+    n = probs.shape[0]
+    boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
+    if boxes.shape[0] != n:
+        raise ValueError(f"{n} masks but {boxes.shape[0]} boxes")
+    out = np.zeros((n, height, width), dtype=np.uint8)
+    if n == 0:
+        return out
+
+    m = probs.shape[-1]
+    padded = np.zeros((n, m + 2 * padding, m + 2 * padding), dtype=np.float32)
+    padded[:, padding : padding + m, padding : padding + m] = probs
+    int_boxes = expand_boxes_int(boxes, float(m + 2 * padding) / m)
+
+    for i, (bx0, by0, bx1, by1) in enumerate(int_boxes.tolist()):
+        # Visible part of the box in the image; a box wholly outside pastes nothing.
+        x0, x1 = max(bx0, 0), min(bx1 + 1, width)
+        y0, y1 = max(by0, 0), min(by1 + 1, height)
+        if x1 <= x0 or y1 <= y0:
+            continue
+        box_w = max(bx1 - bx0 + 1, 1)
+        box_h = max(by1 - by0 + 1, 1)
+        resized = resize(padded[i], box_w, box_h)
+        out[i, y0:y1, x0:x1] = resized[y0 - by0 : y1 - by0, x0 - bx0 : x1 - bx0] > threshold
+    return out
+
+
+def paste_masks(probs, boxes, height, width, threshold=0.5, padding=1):
+    """Paste mask probabilities into a (height, width) image, exactly like the original Masker.
+
+    probs: float32 [N,M,M] (or [N,1,M,M]) sigmoid probabilities for each box's class.
+    boxes: float32 [N,4] xyxy in the coordinates of the target image.
+    Returns uint8 [N,height,width] with values 0/1 (1 where the resized prob > threshold).
+    """
+    return _paste(probs, boxes, height, width, threshold, padding, _resize_pil)
+
+
+def paste_masks_seed(probs, boxes, height, width, threshold=0.5, padding=1):
+    """The seed's host-side paste: same as ``paste_masks`` but resized with ``cv2.resize``.
+
+    Same shapes and dtypes as ``paste_masks``. OpenCV's bilinear does not
+    antialias when shrinking, so masks of boxes smaller than the padded mask
+    (30 px) can differ from the original's by a few border pixels.
+    """
+    return _paste(probs, boxes, height, width, threshold, padding, _resize_cv2)
+
+
+def encode_masks(masks):
+    """COCO RLE of each mask: uint8 [N,H,W] -> list of N {"size": [H,W], "counts": str}."""
+    masks = np.asarray(masks, dtype=np.uint8)
+    if masks.shape[0] == 0:
+        return []
+    rles = mask_util.encode(np.asfortranarray(masks.transpose(1, 2, 0)))
+    for rle in rles:
+        rle["counts"] = rle["counts"].decode("utf-8")
+    return rles
