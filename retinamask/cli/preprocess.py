@@ -1,0 +1,66 @@
+"""``retinamask preprocess``: images -> seed-compatible 1344x1344 float32 .bin files + .info list.
+
+Accepts the seed script's flags (``--image_src_path`` ...) and their dashed forms.
+Exit codes: 0 all done; 1 some images failed (listed); 2 nothing usable (bad
+arguments, no images, unwritable outputs, or the first bad image under --strict).
+"""
+
+import sys
+
+from ..errors import EXIT_ITEMS_FAILED, EXIT_OK
+
+HELP = "images -> seed-compatible 1344x1344 float32 .bin files + .info list"
+
+
+def add_arguments(parser):
+    from ..data.preprocess import default_workers
+
+    parser.add_argument(
+        "--image_src_path", "--image-src-path", dest="image_src_path", required=True,
+        help="folder of images (.jpg .jpeg .png .bmp .webp; not recursive)",
+    )
+    parser.add_argument(
+        "--bin_file_path", "--bin-file-path", dest="bin_file_path", default="./bins",
+        help="output folder for the .bin files (default: ./bins)",
+    )
+    parser.add_argument(
+        "--bin_info_name", "--bin-info-name", dest="bin_info_name", default="retinamask_coco2017.info",
+        help="output .info list; a sidecar <name>.json is written beside it (default: retinamask_coco2017.info)",
+    )
+    parser.add_argument(
+        "--input_size", "--input-size", dest="input_size", type=int, default=1344,
+        help="side S of the square model input [1,3,S,S] (default: 1344)",
+    )
+    parser.add_argument(
+        "--workers", type=int, default=default_workers(),
+        help="worker processes (default: min(4, CPUs), here %(default)s)",
+    )
+    parser.add_argument(
+        "--strict", action="store_true",
+        help="stop at the first bad image (exit code 2) instead of skipping and listing it",
+    )
+
+
+def run(args):
+    from ..data.preprocess import preprocess_images
+
+    summary = preprocess_images(
+        args.image_src_path,
+        args.bin_file_path,
+        args.bin_info_name,
+        input_size=args.input_size,
+        workers=args.workers,
+        strict=args.strict,
+    )
+    done = len(summary["records"])
+    print(
+        f"preprocessed {done} of {summary['total']} images into {summary['bin_dir']} "
+        f"({summary['written']} written, {summary['resumed']} already complete); "
+        f"list: {summary['info_path']}, sidecar: {summary['sidecar_path']}"
+    )
+    if summary["failed"]:
+        print(f"{len(summary['failed'])} image(s) failed:", file=sys.stderr)
+        for failure in summary["failed"]:
+            print(f"  {failure['file']}: {failure['cause']}", file=sys.stderr)
+        return EXIT_ITEMS_FAILED
+    return EXIT_OK

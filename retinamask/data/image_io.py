@@ -1,0 +1,127 @@
+"""Loading images as RGB uint8 arrays with Pillow, and listing the images of a folder.
+
+Decisions:
+
+* EXIF orientation is IGNORED: pixels are returned in their stored orientation,
+  because COCO annotations (and the original RetinaMask, which opens images with
+  ``Image.open(...).convert("RGB")``) use the stored orientation.
+* Colour modes become RGB: grayscale ("1", "L", "LA"), palette ("P", "PA",
+  transparency dropped), RGBA (alpha dropped, no compositing), CMYK and YCbCr via
+  Pillow's conversion; 16-bit and 32-bit integer grayscale ("I;16*", "I") are
+  scaled to 8 bit as round(v / 257) after clipping to 0..65535 (Pillow's own
+  ``convert`` would clip at 255 and turn most of such an image white); float
+  images ("F") are clipped to 0..255. Multi-frame files give their first frame.
+* Every failure is one :class:`~retinamask.errors.InputError` naming the file and
+  the cause. The image is fully decoded inside this function, so truncated data is
+  caught here (whatever ``PIL.ImageFile.LOAD_TRUNCATED_IMAGES`` says), and images
+  over Pillow's decompression-bomb limit (``PIL.Image.MAX_IMAGE_PIXELS``, warning
+  level included) are refused.
+"""
+
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageFile, UnidentifiedImageError
+
+from ..errors import InputError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+_SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+
+
+def load_image_rgb(path):
+    """Read an image file as RGB.
+
+    Returns ``np.ndarray`` uint8 of shape [H, W, 3] (stored orientation, EXIF
+    ignored). Raises InputError(cause, path) for anything that is not a complete,
+    decodable image of acceptable size.
+    """
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        raise InputError("broken symbolic link" if path.is_symlink() else "file not found", path) from None
+    except OSError as e:
+        raise InputError(f"cannot read: {e.strerror or e}", path) from None
+    if path.is_dir():
+        raise InputError("is a directory, not an image file", path)
+    if size == 0:
+        raise InputError("empty file (0 bytes)", path)
+
+    truncated_setting = ImageFile.LOAD_TRUNCATED_IMAGES
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                img.load()
+                return _to_rgb_array(img, path)
+    except InputError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise InputError(f"refused as a possible decompression bomb: {e}", path) from None
+    except UnidentifiedImageError:
+        raise InputError("not an image Pillow can decode (unrecognised file format)", path) from None
+    except PermissionError:
+        raise InputError("cannot read: permission denied", path) from None
+    except MemoryError:
+        raise InputError("not enough memory to decode this image", path) from None
+    except Exception as e:  # Pillow reports corrupt data as OSError, SyntaxError, ValueError, zlib.error...
+        text = str(e) or type(e).__name__
+        if "truncated" in text.lower():
+            raise InputError(f"truncated image data ({text})", path) from None
+        raise InputError(f"corrupt or unreadable image data ({type(e).__name__}: {text})", path) from None
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = truncated_setting
+
+
+def _to_rgb_array(img, path):
+    """A loaded PIL image of any mode -> uint8 [H, W, 3] RGB array."""
+    mode = img.mode
+    if mode in _SIXTEEN_BIT_MODES:
+        values = np.asarray(img).astype(np.int64)
+        gray = ((np.clip(values, 0, 65535) * 255 + 32767) // 65535).astype(np.uint8)
+        return np.repeat(gray[:, :, None], 3, axis=2)
+    if mode == "F":
+        gray = np.clip(np.rint(np.asarray(img, dtype=np.float64)), 0, 255).astype(np.uint8)
+        return np.repeat(gray[:, :, None], 3, axis=2)
+    if mode in ("P", "PA"):
+        # via RGBA so that palette transparency is read (and then dropped) without a warning
+        img = img.convert("RGBA")
+    if img.mode != "RGB":
+        try:
+            img = img.convert("RGB")
+        except (ValueError, OSError) as e:
+            raise InputError(f"unsupported colour mode {mode!r} ({e})", path) from None
+    array = np.array(img, dtype=np.uint8)
+    if array.ndim != 3 or array.shape[2] != 3:
+        raise InputError(f"unexpected decoded shape {array.shape} for mode {mode!r}", path)
+    return array
+
+
+def list_images(directory):
+    """Image files directly inside ``directory`` (not recursive), as a sorted list of Paths.
+
+    Extensions .jpg .jpeg .png .bmp .webp, any letter case. Sorted by file name
+    (Python string order), so the order is the same on every machine and file system.
+    Raises InputError when ``directory`` is not a readable directory.
+    """
+    directory = Path(directory)
+    if not directory.exists():
+        raise InputError("image folder not found", directory)
+    if not directory.is_dir():
+        raise InputError("not a directory", directory)
+    try:
+        with os.scandir(directory) as entries:
+            names = [
+                e.name
+                for e in entries
+                # broken links are listed, so that they are reported rather than silently skipped
+                if e.name.lower().endswith(IMAGE_EXTENSIONS) and (e.is_file() or (e.is_symlink() and not e.is_dir()))
+            ]
+    except OSError as e:
+        raise InputError(f"cannot list the folder: {e.strerror or e}", directory) from None
+    return [directory / name for name in sorted(names)]

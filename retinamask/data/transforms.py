@@ -1,0 +1,138 @@
+"""Test-time image transforms (numpy + Pillow, no torch).
+
+Two pipelines:
+
+* ``upstream_preprocess``: the original RetinaMask / maskrcnn-benchmark TEST
+  transform: short side to ``min_size`` with the long side capped at
+  ``max_size`` (``Resize.get_size``), PIL bilinear, BGR 0..255 minus PIXEL_MEAN
+  divided by PIXEL_STD, zero padding bottom/right to a multiple of 32.
+* ``seed_preprocess``: the Ascend seed's fixed-size transform: long side to
+  ``input_size`` (1344), PIL bilinear, the same normalisation, zero padding
+  bottom/right to ``input_size`` x ``input_size``.
+
+Arrays: images are uint8 [H, W, 3] RGB; model inputs are float32 [3, H, W] BGR.
+"""
+
+import numpy as np
+from PIL import Image
+
+PIXEL_MEAN = (102.9801, 115.9465, 122.7717)  # BGR, 0..255
+PIXEL_STD = (1.0, 1.0, 1.0)
+SEED_INPUT_SIZE = 1344
+
+
+def upstream_test_size(h, w, min_size=800, max_size=1333):
+    """Resized (new_h, new_w) for an h x w image, exactly as maskrcnn-benchmark's
+    ``Resize.get_size``: the short side becomes ``min_size`` unless the long side
+    would then exceed ``max_size``, in which case the short side becomes
+    ``int(round(max_size * short / long))``; the other side is ``int()``-truncated.
+    E.g. 256x320 -> 800x1000, 224x352 -> 800x1257, 480x1000 -> 640x1333.
+    """
+    size = min_size
+    if max_size is not None:
+        min_original_size = float(min((w, h)))
+        max_original_size = float(max((w, h)))
+        if max_original_size / min_original_size * size > max_size:
+            size = int(round(max_size * min_original_size / max_original_size))
+    if (w <= h and w == size) or (h <= w and h == size):
+        return (h, w)
+    if w < h:
+        return (int(size * h / w), size)
+    return (size, int(size * w / h))
+
+
+def seed_resize_geometry(h, w, input_size=SEED_INPUT_SIZE):
+    """The seed transform's resize for an h x w image: ((new_h, new_w), scale).
+
+    ``scale = input_size / max(h, w)`` (a Python float), the ratio the seed's
+    postprocessing divides boxes by. Rounding: the long side is exactly
+    ``input_size`` and the short side is ``floor(short * input_size / long)``
+    computed in exact integer arithmetic, at least 1. The seed computed
+    ``min(int(side * scale), input_size)`` in floating point, which agrees except
+    where rounding error pushes an exact integer just below it: there the seed
+    made e.g. a 570-pixel long side 1343 instead of 1344 (115 long sides below
+    5000 are affected), and a short side one pixel smaller (e.g. 45 of 60).
+    """
+    if h <= 0 or w <= 0:
+        raise ValueError(f"image size must be positive, got {h}x{w}")
+    long_side = max(h, w)
+    scale = input_size / long_side
+    new_h = max(1, (h * input_size) // long_side)
+    new_w = max(1, (w * input_size) // long_side)
+    return (new_h, new_w), scale
+
+
+def resize_rgb(img, size_hw):
+    """Resize uint8 [H, W, 3] RGB to [size_hw[0], size_hw[1], 3] with PIL BILINEAR
+    (what torchvision's F.resize does on a PIL image; Pillow antialiases when
+    downscaling and returns an unchanged copy when the size is already right)."""
+    new_h, new_w = int(size_hw[0]), int(size_hw[1])
+    img = np.ascontiguousarray(img, dtype=np.uint8)
+    if img.ndim != 3 or img.shape[2] != 3:
+        raise ValueError(f"expected a uint8 [H, W, 3] RGB image, got shape {img.shape}")
+    pil = Image.fromarray(img)
+    return np.asarray(pil.resize((new_w, new_h), Image.BILINEAR))
+
+
+def normalize_bgr(img_rgb_uint8, mean=PIXEL_MEAN, std=PIXEL_STD):
+    """uint8 [H, W, 3] RGB -> float32 [3, H, W] BGR: (float32(pixel) - mean) / std,
+    per BGR channel, all arithmetic in float32 (as torch does it on a float32 tensor)."""
+    mean = np.asarray(mean, dtype=np.float32).reshape(3, 1, 1)
+    std = np.asarray(std, dtype=np.float32).reshape(3, 1, 1)
+    bgr_chw = np.ascontiguousarray(np.asarray(img_rgb_uint8)[:, :, ::-1].transpose(2, 0, 1), dtype=np.float32)
+    bgr_chw -= mean
+    if np.any(std != 1):
+        bgr_chw /= std
+    return bgr_chw
+
+
+def pad_to(tensor, size_hw):
+    """Zero-pad the last two axes of ``tensor`` [..., H, W] at the bottom/right to
+    [..., size_hw[0], size_hw[1]] (same dtype). Raises ValueError if it is larger."""
+    h, w = tensor.shape[-2:]
+    out_h, out_w = int(size_hw[0]), int(size_hw[1])
+    if h > out_h or w > out_w:
+        raise ValueError(f"cannot pad {h}x{w} to the smaller {out_h}x{out_w}")
+    if (h, w) == (out_h, out_w):
+        return tensor
+    out = np.zeros(tensor.shape[:-2] + (out_h, out_w), dtype=tensor.dtype)
+    out[..., :h, :w] = tensor
+    return out
+
+
+def pad_divisible(tensor, size_divisible=32):
+    """Zero-pad [..., H, W] bottom/right so that H and W are multiples of ``size_divisible``
+    (as maskrcnn-benchmark's ``to_image_list``); ``size_divisible <= 0`` pads nothing."""
+    if size_divisible <= 0:
+        return tensor
+    h, w = tensor.shape[-2:]
+    d = int(size_divisible)
+    return pad_to(tensor, (-(-h // d) * d, -(-w // d) * d))
+
+
+def upstream_preprocess(img_rgb, min_size=800, max_size=1333, mean=PIXEL_MEAN, std=PIXEL_STD, size_divisible=32):
+    """The original TEST-time input for one image.
+
+    ``img_rgb``: uint8 [H, W, 3] RGB. Returns (float32 [3, Hp, Wp] BGR, normalised,
+    zero-padded to multiples of ``size_divisible``; (resized_h, resized_w), the valid
+    region, i.e. the model's ``image_sizes``). Add a batch axis for the model.
+    """
+    h, w = img_rgb.shape[:2]
+    resized_hw = upstream_test_size(h, w, min_size, max_size)
+    resized = resize_rgb(img_rgb, resized_hw)
+    return pad_divisible(normalize_bgr(resized, mean, std), size_divisible), resized_hw
+
+
+def seed_preprocess(img_rgb, input_size=SEED_INPUT_SIZE, mean=PIXEL_MEAN, std=PIXEL_STD):
+    """The seed's fixed-size input for one image.
+
+    ``img_rgb``: uint8 [H, W, 3] RGB. Returns (float32 [3, S, S] BGR with S =
+    ``input_size``: the image resized so its long side is S (see
+    :func:`seed_resize_geometry` for rounding), normalised, zero-padded
+    bottom/right; ``scale`` = S / max(H, W), which postprocessing divides boxes by;
+    (resized_h, resized_w), the valid region).
+    """
+    h, w = img_rgb.shape[:2]
+    resized_hw, scale = seed_resize_geometry(h, w, input_size)
+    resized = resize_rgb(img_rgb, resized_hw)
+    return pad_to(normalize_bgr(resized, mean, std), (input_size, input_size)), scale, resized_hw
