@@ -125,3 +125,19 @@ def list_images(directory):
     except OSError as e:
         raise InputError(f"cannot list the folder: {e.strerror or e}", directory) from None
     return [directory / name for name in sorted(names)]
+
+
+def as_rgb_array(image):
+    """A path, PIL image or uint8 array ([H, W, 3] RGB or [H, W] gray) -> uint8 [H, W, 3] RGB."""
+    if isinstance(image, (str, os.PathLike)):
+        return load_image_rgb(image)
+    if hasattr(image, "convert"):  # PIL
+        return np.asarray(image.convert("RGB"))
+    array = np.asarray(image)
+    if array.dtype != np.uint8:
+        raise TypeError(f"expected a uint8 image array, got {array.dtype}")
+    if array.ndim == 2:
+        array = np.repeat(array[:, :, None], 3, axis=2)
+    if array.ndim != 3 or array.shape[2] != 3:
+        raise ValueError(f"expected an [H, W, 3] RGB array, got shape {array.shape}")
+    return array

@@ -5,40 +5,17 @@
 >>> result.boxes, result.scores, result.labels, result.class_names, result.masks
 """
 
-from dataclasses import dataclass, field
-from pathlib import Path
-
 import numpy as np
 import torch
 
 from ..checkpoint import load_checkpoint
 from ..config import load_config
-from ..data.image_io import load_image_rgb
+from ..data.image_io import as_rgb_array
 from ..data.transforms import seed_preprocess, upstream_preprocess
 from ..evaluation.boxes import rescale_boxes
 from ..evaluation.masks import paste_masks
 from ..modeling import build_model
-
-
-@dataclass
-class Prediction:
-    """Detections of one image, in original image coordinates, sorted by score.
-
-    boxes float32 [D, 4] xyxy; scores float32 [D]; labels int64 [D] (1-based);
-    class_names list of D names; masks uint8 [D, H, W] (0/1); mask_probs float32 [D, 28, 28].
-    """
-
-    boxes: np.ndarray
-    scores: np.ndarray
-    labels: np.ndarray
-    class_names: list
-    masks: np.ndarray
-    mask_probs: np.ndarray
-    image_size: tuple
-    extras: dict = field(default_factory=dict)
-
-    def __len__(self):
-        return len(self.scores)
+from ..structures import Prediction
 
 
 class Predictor:
@@ -109,19 +86,3 @@ class Predictor:
                           class_names=[self.class_names[i - 1] for i in labels], masks=masks,
                           mask_probs=probs, image_size=tuple(original_hw),
                           extras={"mask_levels": det.get("mask_levels")})
-
-
-def as_rgb_array(image):
-    """A path, PIL image or uint8 array ([H, W, 3] RGB or [H, W] gray) -> uint8 [H, W, 3] RGB."""
-    if isinstance(image, (str, Path)):
-        return load_image_rgb(image)
-    if hasattr(image, "convert"):  # PIL
-        return np.asarray(image.convert("RGB"))
-    array = np.asarray(image)
-    if array.dtype != np.uint8:
-        raise TypeError(f"expected a uint8 image array, got {array.dtype}")
-    if array.ndim == 2:
-        array = np.repeat(array[:, :, None], 3, axis=2)
-    if array.ndim != 3 or array.shape[2] != 3:
-        raise ValueError(f"expected an [H, W, 3] RGB array, got shape {array.shape}")
-    return array

@@ -1,0 +1,50 @@
+"""retinamask predict: images -> overlay PNGs + detection JSON, with a .pth + config or an exported ONNX."""
+
+import logging
+
+from ..errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+def add_arguments(parser):
+    parser.add_argument("--input", "-i", nargs="+", required=True, help="image files and/or folders of images")
+    parser.add_argument("--output", "-o", required=True, help="folder for {name}.png overlays and {name}.json")
+    source = parser.add_argument_group("model (one of)")
+    source.add_argument("--weights", help="PyTorch checkpoint (.pth); with --config")
+    source.add_argument("--config", help="config (shipped name or YAML path) for --weights")
+    source.add_argument("--model", help="exported ONNX model (runs without torch)")
+    parser.add_argument("--input-size", type=int, default=None,
+                        help="PyTorch only: run on the seed's fixed SxS canvas instead of the original resize")
+    parser.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "openvino"], help="for --model")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda", "tensorrt"], help="for --model")
+    parser.add_argument("--score-threshold", type=float, default=0.3, help="drawn in overlays (JSON keeps all)")
+    parser.add_argument("--strict", action="store_true", help="stop at the first bad image")
+    parser.add_argument("--opts", nargs="*", default=[], metavar="KEY VALUE", help="config overrides")
+
+
+def run(args):
+    from ..engine.predict_images import collect_images, predict_images
+
+    predict = _make_predict(args)
+    images = collect_images(args.input)
+    summary = predict_images(predict, images, args.output, args.score_threshold, args.strict)
+    print(f"wrote {len(summary['written'])} overlays + JSON to {summary['output_dir']}"
+          + (f"; {len(summary['failed'])} failed:" if summary["failed"] else ""))
+    for failure in summary["failed"]:
+        print(f"  {failure['file']}: {failure['cause']}")
+    return summary["exit_code"]
+
+
+def _make_predict(args):
+    if args.model and (args.weights or args.config):
+        raise ConfigError("give either --model (ONNX) or --weights with --config, not both", path="command line")
+    if args.model:
+        from ..runtime.predictor import OnnxPredictor
+
+        return OnnxPredictor(args.model, backend=args.backend, device=args.device)
+    if not args.config:
+        raise ConfigError("--config is needed with --weights (or give --model)", path="command line")
+    from ..engine.predictor import Predictor
+
+    return Predictor.from_config(args.config, args.weights, opts=args.opts, input_size=args.input_size)
