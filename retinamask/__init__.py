@@ -2,6 +2,33 @@
 
 Importing the package does not import torch: the runtime half (``retinamask.runtime``,
 ``retinamask.evaluation``, ``retinamask.data``) works in an environment without it.
+
+>>> import retinamask
+>>> cfg = retinamask.load_config("retinanet_mask_R-50-FPN_2x_adjust_std011_ms")
+>>> model = retinamask.build_model(cfg)                 # needs torch
+>>> retinamask.load_checkpoint(model, "model_final.pth")
+>>> predictor = retinamask.Predictor(model, cfg)
+>>> predictor("image.jpg").boxes
 """
 
+import importlib
+
 __version__ = "0.1.0"
+
+# public name -> module that defines it (imported on first use)
+_LAZY = {
+    "load_config": "retinamask.config",
+    "build_model": "retinamask.modeling",
+    "load_checkpoint": "retinamask.checkpoint",
+    "save_checkpoint": "retinamask.checkpoint",
+    "Predictor": "retinamask.engine.predictor",
+    "Prediction": "retinamask.structures",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'retinamask' has no attribute {name!r}")
