@@ -1,1 +1,28 @@
+"""The torch-free runtime half: exported model -> sessions (ONNX Runtime, OpenVINO) ->
+per-image outputs -> benchmarks. Imports neither torch nor the runtimes until used."""
 
+from .backends import BACKENDS, DEVICES, PRECISIONS, BackendUnavailable, Session, create_session
+from .bench import benchmark_session, compare_backends, run_benchmark
+from .infer import run_inference
+from .model_info import ModelInfo, OutputSpec, output_specs, read_model_info
+from .outputs import find_output_files, read_image_outputs, write_image_outputs
+
+__all__ = [
+    "BACKENDS",
+    "DEVICES",
+    "PRECISIONS",
+    "BackendUnavailable",
+    "ModelInfo",
+    "OutputSpec",
+    "Session",
+    "benchmark_session",
+    "compare_backends",
+    "create_session",
+    "find_output_files",
+    "output_specs",
+    "read_image_outputs",
+    "read_model_info",
+    "run_benchmark",
+    "run_inference",
+    "write_image_outputs",
+]

@@ -1,0 +1,49 @@
+"""``retinamask bench``: pure-inference benchmark of an exported model (ais_bench's
+``--loop`` mode) on random input of the model's shape; ``--compare`` runs every
+backend/precision available here and prints one Markdown table."""
+
+from ..errors import EXIT_OK
+
+HELP = "pure-inference benchmark of an exported model (ais_bench-style)"
+
+
+def add_arguments(parser):
+    from ..runtime.backends import BACKENDS, DEVICES, PERFORMANCE_HINTS
+
+    parser.add_argument("--model", required=True, help="exported ONNX model")
+    parser.add_argument("--loop", type=int, default=100, help="timed runs (default 100)")
+    parser.add_argument("--warmup", type=int, default=5, help="untimed runs first (default 5)")
+    parser.add_argument("--batchsize", "--batch-size", "--batch_size", dest="batchsize", type=int, default=None,
+                        help="batch size (default: the model's fixed batch, else 1)")
+    parser.add_argument("--backend", choices=BACKENDS, default="onnxruntime")
+    parser.add_argument("--device", choices=DEVICES, default="cpu")
+    parser.add_argument("--precision", default="fp32", help="fp32 (default), bf16 (OpenVINO), fp16 (TensorRT)")
+    parser.add_argument("--threads", type=int, default=None, help="inference threads (default: physical cores)")
+    parser.add_argument("--cache-dir", "--cache_dir", dest="cache_dir", default=None,
+                        help="keep optimized/compiled models here")
+    parser.add_argument("--performance-hint", "--performance_hint", dest="performance_hint",
+                        choices=PERFORMANCE_HINTS, default="LATENCY", help="OpenVINO performance hint")
+    parser.add_argument("--compare", action="store_true",
+                        help="run every backend/precision available here and print a Markdown table")
+    parser.add_argument("--json", dest="json_path", default=None, help="also write the results as JSON here")
+
+
+def run(args):
+    from ..fileio import atomic_write_json
+    from ..runtime.bench import compare_backends, format_stats, format_table, run_benchmark
+
+    if args.compare:
+        rows = compare_backends(args.model, args.batchsize, args.loop, args.warmup, threads=args.threads,
+                                cache_dir=args.cache_dir)
+        print(format_table(rows))
+        result = {"model": args.model, "loop": args.loop, "warmup": args.warmup, "rows": rows}
+    else:
+        result = run_benchmark(
+            args.model, args.backend, args.device, args.precision, args.batchsize, args.loop, args.warmup,
+            threads=args.threads, cache_dir=args.cache_dir, performance_hint=args.performance_hint,
+        )
+        print(format_stats(result))
+    if args.json_path:
+        atomic_write_json(args.json_path, result)
+        print(f"[INFO] written {args.json_path}")
+    return EXIT_OK

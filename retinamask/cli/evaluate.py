@@ -1,0 +1,90 @@
+"""``retinamask evaluate``: per-image inference outputs -> COCO results JSON + bbox/segm mAP.
+
+Accepts the seed postprocess's flags (``--input_text_path --infer_results_path
+--coco_path --output_path``) and their dashed forms. Reads ais_bench's ``_0.._3`` and
+the legacy ``_1.._4`` names, .bin or .npy, either layout. Exit codes: 0 all images
+evaluated; 1 some failed (listed; the rest is evaluated); 2 nothing usable.
+"""
+
+import os
+import sys
+
+from ..errors import EXIT_ITEMS_FAILED, EXIT_OK
+
+HELP = "inference outputs -> COCO results JSON + bbox/segm mAP"
+
+
+def add_arguments(parser):
+    from ..evaluation.postprocess import default_workers
+
+    parser.add_argument("--infer_results_path", "--infer-results-path", dest="infer_results_path", required=True,
+                        help="folder of per-image outputs ({name}_0.bin ...), e.g. result/<output_dirname>")
+    parser.add_argument("--input_text_path", "--input-text-path", dest="input_text_path", default=None,
+                        help="the .info list of the inferred .bin files (the seed's); its sidecar is used when present")
+    parser.add_argument("--images", default=None,
+                        help="image list: the images.json that infer writes (default: the one in the results "
+                             "folder) or a preprocess sidecar; alternative to --input_text_path")
+    parser.add_argument("--coco_path", "--coco-path", dest="coco_path", default="./coco",
+                        help="COCO root holding annotations/ (default: ./coco)")
+    parser.add_argument("--ann_file", "--ann-file", dest="ann_file", default=None,
+                        help="annotation JSON (default: {coco_path}/annotations/instances_val2017.json)")
+    parser.add_argument("--output_path", "--output-path", dest="output_path", default="./evaluation_results.txt",
+                        help="the 12 bbox + 12 segm stats as text (default: ./evaluation_results.txt); the stats "
+                             "JSON goes beside it as <name>.json")
+    parser.add_argument("--results-json", "--results_json", dest="results_json", default=None,
+                        help="COCO results JSON (default: <output_path without .txt>_coco_results.json)")
+    parser.add_argument("--layout", choices=("auto", "end2end", "seed"), default="auto",
+                        help="output layout (auto: the run sidecar / --model metadata, else 1000 rows = seed)")
+    parser.add_argument("--model", default=None, help="the ONNX model that produced the outputs (for its metadata)")
+    parser.add_argument("--input-size", "--input_size", dest="input_size", type=int, default=None,
+                        help="model input side S when nothing else says it (default 1344, the seed's)")
+    parser.add_argument("--mask-paste", "--mask_paste", dest="mask_paste", choices=("original", "seed"),
+                        default="original",
+                        help="mask pasting: original (PIL bilinear, exact to RetinaMask) or seed (cv2.resize)")
+    parser.add_argument("--coco-backend", dest="coco_backend", choices=("auto", "pycocotools", "faster-coco-eval"),
+                        default="auto", help="COCO evaluator (auto: faster-coco-eval when installed)")
+    parser.add_argument("--workers", type=int, default=default_workers(),
+                        help="postprocessing processes (default %(default)s; 1: in this process)")
+    parser.add_argument("--no-progress", dest="progress", action="store_false", default=None,
+                        help="no progress bar (default: shown on a terminal)")
+
+
+def run(args):
+    from ..evaluation.coco_eval import format_stats_text
+    from ..evaluation.postprocess import evaluate_outputs
+
+    ann_file = args.ann_file or os.path.join(args.coco_path, "annotations", "instances_val2017.json")
+    summary = evaluate_outputs(
+        args.infer_results_path,
+        ann_file,
+        info_path=args.input_text_path,
+        images_path=args.images,
+        layout=args.layout,
+        model_path=args.model,
+        input_size=args.input_size,
+        output_path=args.output_path,
+        results_json=args.results_json,
+        workers=args.workers,
+        coco_backend=args.coco_backend,
+        mask_paste=args.mask_paste,
+        progress=args.progress,
+    )
+    stats = summary["stats"]
+    if stats.get("bbox") is not None:
+        print(format_stats_text(stats), end="")
+    timing = summary["timing"]
+    print(
+        f"evaluated {summary['images_evaluated']} of {summary['images_listed']} images ({summary['layout']} layout, "
+        f"{summary['num_results']} detections; postprocess {timing['postprocess_ms_per_image']:.1f} ms/image, "
+        f"COCO eval {timing['coco_eval_s']:.2f} s); stats: {summary['output_path']}, {summary['stats_json']}; "
+        f"results: {summary['results_json']}"
+    )
+    if summary["annotation_images_without_outputs"]:
+        print(f"note: {summary['annotation_images_without_outputs']} annotation images have no outputs "
+              "(they count as images without detections)", file=sys.stderr)
+    if summary["failed"]:
+        print(f"{len(summary['failed'])} image(s) failed:", file=sys.stderr)
+        for failure in summary["failed"]:
+            print(f"  {failure['file']}: {failure['cause']}", file=sys.stderr)
+        return EXIT_ITEMS_FAILED
+    return EXIT_OK

@@ -1,0 +1,81 @@
+"""``retinamask infer``: run an exported model over images, .bin files or an .info list,
+writing ais_bench-style per-image outputs and a ``{output_dirname}_summary.json``.
+
+ais_bench's flag spellings (``--output_dirname``, ``--batchsize``, ``--outfmt``) work,
+and dashed forms too. Exit codes: 0 all done; 1 some items failed (listed); 2 nothing
+usable (bad model/arguments, or the first bad item under --strict).
+"""
+
+import sys
+
+from ..errors import EXIT_ITEMS_FAILED, EXIT_OK
+
+HELP = "run an exported model over .bin files or images (ais_bench-style outputs)"
+
+
+def add_arguments(parser):
+    from ..runtime.backends import BACKENDS, DEVICES, PERFORMANCE_HINTS
+    from ..runtime.infer import default_workers
+
+    parser.add_argument("--model", required=True, help="exported ONNX model (retinamask export)")
+    parser.add_argument("--input", required=True,
+                        help="folder of images, folder of .bin files, an .info list, or one .bin/image file")
+    parser.add_argument("--output", default=".", help="parent folder of the results folder (default: .)")
+    parser.add_argument("--output_dirname", "--output-dirname", dest="output_dirname", default=None,
+                        help="results subfolder (default: the start time, as ais_bench; name it to resume a run)")
+    parser.add_argument("--batchsize", "--batch-size", "--batch_size", dest="batchsize", type=int, default=1,
+                        help="images per model call (a fixed-batch model uses its own; default 1)")
+    parser.add_argument("--outfmt", type=str.upper, choices=("BIN", "NPY"), default="BIN",
+                        help="per-image output files: raw little-endian BIN (as ais_bench) or NPY")
+    parser.add_argument("--backend", choices=BACKENDS, default="onnxruntime")
+    parser.add_argument("--device", choices=DEVICES, default="cpu",
+                        help="cpu, cuda or tensorrt (ONNX Runtime EPs; onnxruntime-gpu needed for the last two)")
+    parser.add_argument("--precision", default="fp32",
+                        help="fp32 (default); bf16 with --backend openvino on a CPU that has it; fp16 with tensorrt")
+    parser.add_argument("--legacy-names", "--legacy_names", dest="legacy_names", action="store_true",
+                        help="name outputs _1.._4 (the seed postprocess's) instead of ais_bench's _0.._3")
+    parser.add_argument("--workers", type=int, default=default_workers(),
+                        help="image preprocessing processes (0: in this process; default %(default)s)")
+    parser.add_argument("--strict", action="store_true", help="stop at the first bad item (exit code 2)")
+    parser.add_argument("--threads", type=int, default=None, help="inference threads (default: physical cores)")
+    parser.add_argument("--cache-dir", "--cache_dir", dest="cache_dir", default=None,
+                        help="keep optimized/compiled models here (ORT optimized graph, TensorRT engines, OpenVINO blobs)")
+    parser.add_argument("--performance-hint", "--performance_hint", dest="performance_hint",
+                        choices=PERFORMANCE_HINTS, default="LATENCY", help="OpenVINO performance hint")
+    parser.add_argument("--layout", choices=("end2end", "seed"), default=None,
+                        help="the model's output layout, for models whose metadata lacks retinamask.layout")
+    parser.add_argument("--input-size", "--input_size", dest="input_size", type=int, default=None,
+                        help="the model's input side S, for models whose metadata and input shape lack it")
+    parser.add_argument("--no-progress", dest="progress", action="store_false", default=None,
+                        help="no progress bar (default: shown on a terminal)")
+
+
+def run(args):
+    from ..runtime.infer import format_summary, run_inference
+
+    summary = run_inference(
+        args.model,
+        args.input,
+        output_dir=args.output,
+        output_dirname=args.output_dirname,
+        batch_size=args.batchsize,
+        outfmt=args.outfmt,
+        backend=args.backend,
+        device=args.device,
+        precision=args.precision,
+        legacy_names=args.legacy_names,
+        workers=args.workers,
+        strict=args.strict,
+        threads=args.threads,
+        cache_dir=args.cache_dir,
+        layout=args.layout,
+        input_size=args.input_size,
+        progress=args.progress,
+    )
+    print(format_summary(summary))
+    if summary["failed"]:
+        print(f"{len(summary['failed'])} item(s) failed:", file=sys.stderr)
+        for failure in summary["failed"]:
+            print(f"  {failure['file']}: {failure['cause']}", file=sys.stderr)
+        return EXIT_ITEMS_FAILED
+    return EXIT_OK

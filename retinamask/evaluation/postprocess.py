@@ -1,0 +1,500 @@
+"""Model outputs of one image -> detections in original-image pixels -> COCO results; and the
+``retinamask evaluate`` driver over a folder of per-image inference outputs (no torch).
+
+The geometry from the model's S x S canvas back to the image lives in ONE function,
+:func:`boxes_to_original`; everything that maps boxes back uses it.
+
+Layouts (docs/onnx_contract.md): ``end2end`` outputs are final detections padded
+with label -1 / score 0 rows; ``seed`` outputs are 1000 candidates that get the
+seed's host-side class-wise NMS (IoU 0.4, +1 areas, keep 100) here.
+"""
+
+import logging
+import multiprocessing
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import InputError
+
+logger = logging.getLogger(__name__)
+
+LAYOUTS = ("end2end", "seed")
+MASK_PASTES = ("original", "seed")
+SEED_NUM_CANDIDATES = 1000
+DEFAULT_INPUT_SIZE = 1344
+
+
+def boxes_to_original(boxes, original_hw, resized_hw):
+    """Boxes on the model's canvas -> boxes on the original image.
+
+    boxes: float [N,4] x1,y1,x2,y2 in canvas pixels, where the image occupies the
+    top-left ``resized_hw`` = (resized_h, resized_w) region. original_hw = (h, w).
+    Each axis is divided by its own resize ratio (resized / original; the short side
+    was rounded down, so the two differ slightly), computed as the original's
+    ``BoxList.resize`` does it: float32 boxes times the float32 of original / resized.
+    Then clipped to [0, w-1] x [0, h-1] (``clip_to_image``, +1 convention).
+    Returns float32 [N,4].
+    """
+    height, width = (int(v) for v in original_hw)
+    resized_h, resized_w = (int(v) for v in resized_hw)
+    out = np.array(boxes, dtype=np.float32).reshape(-1, 4)
+    out[:, 0::2] *= np.float32(width / resized_w)
+    out[:, 1::2] *= np.float32(height / resized_h)
+    out[:, 0::2] = np.clip(out[:, 0::2], 0, width - 1)
+    out[:, 1::2] = np.clip(out[:, 1::2], 0, height - 1)
+    return out
+
+
+@dataclass
+class Detections:
+    """Final detections of one image, in original-image pixels.
+
+    boxes float32 [N,4] (x1,y1,x2,y2, inclusive pixels); scores float32 [N], descending
+    for seed (NMS order) and as the model sorted them for end2end; labels int32 [N]
+    (1-based contiguous); masks uint8 [N,H,W] (0/1) or None when not pasted;
+    mask_probs float32 [N,M,M] (the model's probabilities for each row's class).
+    """
+
+    boxes: np.ndarray
+    scores: np.ndarray
+    labels: np.ndarray
+    masks: np.ndarray | None
+    mask_probs: np.ndarray
+
+
+def decode_outputs(
+    outputs,
+    layout,
+    original_hw,
+    resized_hw,
+    nms_threshold=0.4,
+    max_detections=100,
+    mask_threshold=0.5,
+    mask_paste="original",
+    num_classes=None,
+    paste=True,
+):
+    """One image's 4 model outputs -> :class:`Detections` in original-image pixels.
+
+    outputs: (boxes [K,4] f32 canvas pixels, labels [K] int, scores [K] f32,
+    masks [K,1,M,M] or [K,M,M] f32 probabilities), batch axis removed.
+    layout "end2end": rows with label < 1 or score <= 0 are padding and dropped.
+    layout "seed": class-wise NMS (``nms_threshold``, keep ``max_detections``) on the
+    canvas boxes, as the seed's postprocess does, before mapping back.
+    mask_paste: "original" (``paste_masks``, PIL, exact to the original RetinaMask)
+    or "seed" (``paste_masks_seed``, cv2, the seed's host code).
+    num_classes: when given, labels above it are an error.
+    Raises InputError (without a path) for malformed or non-finite outputs.
+    """
+    from .masks import paste_masks, paste_masks_seed
+    from .nms import classwise_nms
+
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+    if mask_paste not in MASK_PASTES:
+        raise ValueError(f"mask_paste must be one of {MASK_PASTES}, got {mask_paste!r}")
+    boxes, labels, scores, masks = (np.asarray(o) for o in outputs)
+    rows = boxes.shape[0] if boxes.ndim == 2 else -1
+    if boxes.shape != (rows, 4) or labels.shape != (rows,) or scores.shape != (rows,) or masks.shape[0] != rows:
+        raise InputError(
+            f"outputs are not [K,4] / [K] / [K] / [K,1,M,M]: got {list(boxes.shape)}, {list(labels.shape)}, "
+            f"{list(scores.shape)}, {list(masks.shape)}"
+        )
+    if masks.ndim == 4:
+        masks = masks[:, 0]
+    if masks.ndim != 3 or masks.shape[1] != masks.shape[2]:
+        raise InputError(f"masks must be [K,1,M,M], got {list(np.asarray(outputs[3]).shape)}")
+    for name, array in (("boxes", boxes), ("scores", scores), ("masks", masks)):
+        if not np.isfinite(array).all():
+            raise InputError(f"{int((~np.isfinite(array)).sum())} NaN/inf value(s) in {name}")
+    boxes = boxes.astype(np.float32, copy=False)
+    scores = scores.astype(np.float32, copy=False)
+    labels = labels.astype(np.int64)
+
+    if layout == "seed":
+        if (labels < 1).any():
+            raise InputError(f"seed-layout labels must be 1-based, found {int(labels.min())} (end2end outputs?)")
+        keep = classwise_nms(boxes, scores, labels, iou_threshold=nms_threshold, max_detections=max_detections)
+    else:
+        keep = np.flatnonzero((labels >= 1) & (scores > 0))
+    if num_classes is not None and keep.size and labels[keep].max() > num_classes:
+        raise InputError(f"label {int(labels[keep].max())} but there are only {num_classes} categories")
+
+    height, width = (int(v) for v in original_hw)
+    kept_boxes = boxes_to_original(boxes[keep], original_hw, resized_hw)
+    kept_probs = masks[keep].astype(np.float32, copy=False)
+    pasted = None
+    if paste:
+        paste_fn = paste_masks if mask_paste == "original" else paste_masks_seed
+        pasted = paste_fn(kept_probs, kept_boxes, height, width, threshold=mask_threshold, padding=1)
+    return Detections(kept_boxes, scores[keep], labels[keep].astype(np.int32), pasted, kept_probs)
+
+
+def outputs_to_coco_results(
+    outputs,
+    layout,
+    image_id,
+    original_hw,
+    resized_hw,
+    category_ids,
+    nms_threshold=0.4,
+    max_detections=100,
+    mask_threshold=0.5,
+    mask_paste="original",
+    with_masks=True,
+):
+    """One image's 4 model outputs -> list of COCO result dicts (bbox [x,y,w,h] with the
+    +1 width convention, score, category_id, and RLE ``segmentation`` when ``with_masks``).
+
+    category_ids: the annotation file's category ids sorted ascending; label L maps to
+    ``category_ids[L - 1]`` (as the seed does). Other arguments: :func:`decode_outputs`.
+    """
+    from .coco_eval import detections_to_coco_results
+    from .masks import encode_masks
+
+    detections = decode_outputs(
+        outputs, layout, original_hw, resized_hw, nms_threshold=nms_threshold, max_detections=max_detections,
+        mask_threshold=mask_threshold, mask_paste=mask_paste, num_classes=len(category_ids), paste=with_masks,
+    )
+    categories = np.asarray(category_ids)[detections.labels - 1] if detections.labels.size else []
+    rles = encode_masks(detections.masks) if with_masks else None
+    return detections_to_coco_results(image_id, detections.boxes, detections.scores, categories, rles)
+
+
+# ---------------------------------------------------------------------------
+# the evaluate driver
+
+
+def default_workers():
+    """min(4, CPUs this process may use)."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cpus = os.cpu_count() or 1
+    return max(1, min(4, cpus))
+
+
+def evaluate_outputs(
+    results_dir,
+    ann_file,
+    info_path=None,
+    images_path=None,
+    layout="auto",
+    model_path=None,
+    input_size=None,
+    output_path="evaluation_results.txt",
+    results_json=None,
+    stats_json=None,
+    workers=None,
+    coco_backend="auto",
+    mask_paste="original",
+    iou_types=("bbox", "segm"),
+    progress=None,
+):
+    """Per-image inference outputs -> COCO results JSON + bbox/segm stats (text and JSON).
+
+    results_dir: folder of ``{basename}_{i}.bin|.npy`` (either naming); when it has none
+    but exactly one subfolder has them (``dumpOutput_device0``, an ais_bench time-stamped
+    folder), that one is used. The image list comes from ``images_path`` (the
+    ``images.json`` infer writes, or a preprocess sidecar), else ``info_path`` (.info),
+    else ``{results_dir}/images.json``, else the output files present.
+    layout: "auto" (the run sidecar's or ``model_path``'s metadata, else from the rows:
+    1000 -> seed, otherwise end2end), "end2end" or "seed".
+    Original sizes and image ids come from the annotation file (by file name, or by
+    basename = file name without extension).
+
+    Bad items (missing, truncated or non-finite outputs, unknown images) are logged
+    one line each and listed under ``failed``; the rest is evaluated. Returns a summary
+    dict with ``stats`` (``evaluate_coco``'s report), ``failed``, counts, timings and paths.
+    """
+    from .coco_eval import evaluate_coco, load_ground_truth, write_results_json, write_stats_json, write_stats_text
+
+    started = time.perf_counter()
+    if layout not in ("auto",) + LAYOUTS:
+        raise InputError(f"--layout must be auto, end2end or seed, got {layout!r}")
+    results_dir = _resolve_results_dir(results_dir)
+    dataset, _ = load_ground_truth(ann_file)
+    gt_images = _ground_truth_index(dataset)
+    category_ids = sorted(int(c["id"]) for c in dataset["categories"])
+
+    entries, sidecar_model = _image_entries(results_dir, info_path, images_path)
+    if not entries:
+        raise InputError("no images to evaluate: no image list and no output files", results_dir)
+    geometry = _resolve_geometry(layout, model_path, sidecar_model, input_size, results_dir, entries)
+
+    failed, jobs = [], []
+    for entry in entries:
+        job, cause = _job_for(entry, gt_images, geometry, results_dir, category_ids, mask_paste)
+        if cause is not None:
+            logger.warning("%s: %s", entry["basename"], cause)
+            failed.append({"file": entry["basename"], "cause": cause})
+        else:
+            jobs.append(job)
+
+    results, evaluated = [], 0
+    workers = default_workers() if workers is None else int(workers)
+    post_started = time.perf_counter()
+    for outcome in _run_jobs(jobs, workers, progress):
+        if outcome[0] == "failed":
+            _, path, cause = outcome
+            logger.warning("%s: %s", path, cause)
+            failed.append({"file": path, "cause": cause})
+            continue
+        results.extend(outcome[1])
+        evaluated += 1
+    post_seconds = time.perf_counter() - post_started
+
+    output_path = Path(output_path)
+    stem = output_path.with_suffix("") if output_path.suffix else output_path
+    results_json = Path(results_json) if results_json else stem.with_name(stem.name + "_coco_results.json")
+    stats_json = Path(stats_json) if stats_json else stem.with_name(stem.name + ".json")
+    write_results_json(results_json, results)
+
+    eval_started = time.perf_counter()
+    if results or evaluated:
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            stats = evaluate_coco(dataset, results, iou_types=iou_types, backend=coco_backend)
+    else:
+        stats = {"backend": None, "num_results": 0, **{t: None for t in iou_types}}
+    eval_seconds = time.perf_counter() - eval_started
+
+    listed = {e["basename"] for e in entries}
+    without_outputs = sum(1 for image in dataset["images"] if Path(image["file_name"]).stem not in listed)
+    summary = {
+        "results_dir": str(results_dir),
+        "layout": geometry["layout"],
+        "rows": geometry["rows"],
+        "input_size": geometry["input_size"],
+        "images_listed": len(entries),
+        "images_evaluated": evaluated,
+        "annotation_images": len(dataset["images"]),
+        "annotation_images_without_outputs": without_outputs,
+        "num_results": len(results),
+        "failed": failed,
+        "mask_paste": mask_paste,
+        "workers": workers,
+        "timing": {
+            "postprocess_s": post_seconds,
+            "postprocess_ms_per_image": 1000.0 * post_seconds / max(evaluated, 1),
+            "coco_eval_s": eval_seconds,
+            "total_s": time.perf_counter() - started,
+        },
+        "stats": stats,
+        "output_path": str(output_path),
+        "results_json": str(results_json),
+        "stats_json": str(stats_json),
+    }
+    if stats.get("bbox") is not None:
+        write_stats_text(output_path, stats)
+    else:
+        from ..fileio import atomic_write_text
+
+        atomic_write_text(output_path, "no images could be evaluated\n")
+    write_stats_json(stats_json, summary)
+    return summary
+
+
+def _resolve_results_dir(results_dir):
+    from ..runtime.outputs import list_output_basenames
+
+    results_dir = Path(results_dir)
+    if not results_dir.is_dir():
+        raise InputError("inference results folder not found", results_dir)
+    if list_output_basenames(results_dir):
+        return results_dir
+    candidates = [d for d in sorted(results_dir.iterdir()) if d.is_dir() and list_output_basenames(d)]
+    if len(candidates) == 1:
+        logger.info("reading the outputs in %s", candidates[0])
+        return candidates[0]
+    if candidates:
+        raise InputError(
+            f"no output files here, and {len(candidates)} subfolders have some ({', '.join(d.name for d in candidates)}); "
+            "pass one of them", results_dir,
+        )
+    raise InputError("no inference output files ({basename}_0.bin ... or .npy) found", results_dir)
+
+
+def _ground_truth_index(dataset):
+    """file name and file stem -> (image id, height, width); a stem shared by two files maps to None."""
+    index = {}
+    for image in dataset["images"]:
+        value = (image["id"], int(image["height"]), int(image["width"]))
+        name = str(image["file_name"])
+        index[("name", Path(name).name)] = value
+        stem_key = ("stem", Path(name).stem)
+        index[stem_key] = None if stem_key in index else value
+    return index
+
+
+def _image_entries(results_dir, info_path, images_path):
+    """(entries, model summary or None) from the sidecar, the .info, infer's images.json or the files."""
+    from ..runtime.infer import SIDECAR_NAME, read_run_sidecar
+    from ..runtime.outputs import list_output_basenames
+
+    if images_path is not None:
+        return read_run_sidecar(images_path)
+    if info_path is not None:
+        from ..data.preprocess import read_info
+
+        entries = []
+        for record in read_info(info_path, check_files=False):
+            entry = {"basename": record.name, "input_size": record.input_size}
+            if record.file_name is not None:  # sizes from the preprocess sidecar (the seed's .info lists S x S)
+                entry.update(file_name=record.file_name, width=record.width, height=record.height,
+                             resized_width=record.resized_width, resized_height=record.resized_height)
+            entries.append(entry)
+        model = None
+        run_sidecar = results_dir / SIDECAR_NAME
+        if run_sidecar.is_file():
+            model = read_run_sidecar(run_sidecar)[1]
+        return entries, model
+    run_sidecar = results_dir / SIDECAR_NAME
+    if run_sidecar.is_file():
+        logger.info("image list: %s", run_sidecar)
+        return read_run_sidecar(run_sidecar)
+    logger.info("no image list given: evaluating every output set in %s", results_dir)
+    return [{"basename": name} for name in list_output_basenames(results_dir)], None
+
+
+def _resolve_geometry(layout, model_path, sidecar_model, input_size, results_dir, entries):
+    """Layout, rows K, mask resolution, input size S and NMS settings for reading the outputs."""
+    from ..runtime.model_info import DEFAULT_MASK_RESOLUTION, read_model_info
+    from ..runtime.outputs import find_output_files, probe_output_geometry
+
+    model = None
+    if model_path is not None:
+        info = read_model_info(model_path, layout=None if layout == "auto" else layout, input_size=input_size)
+        model = {"layout": info.layout, "rows": info.num_rows, "mask_resolution": info.mask_resolution,
+                 "input_size": info.input_size, "max_detections": info.max_detections,
+                 "nms_threshold": info.nms_threshold, "source": str(model_path)}
+    elif sidecar_model:
+        outputs = sidecar_model.get("outputs") or []
+        rows = outputs[0]["shape"][0] if outputs else None
+        model = {"layout": sidecar_model.get("layout"), "rows": rows,
+                 "mask_resolution": sidecar_model.get("mask_resolution", DEFAULT_MASK_RESOLUTION),
+                 "input_size": sidecar_model.get("input_size"),
+                 "max_detections": sidecar_model.get("max_detections", 100),
+                 "nms_threshold": sidecar_model.get("nms_threshold", 0.4), "source": "the infer run sidecar"}
+        if layout != "auto" and model["layout"] != layout:
+            raise InputError(f"--layout {layout}, but the outputs came from a {model['layout']}-layout model "
+                             f"({model['source']})", results_dir)
+        if input_size is not None and model["input_size"] not in (None, input_size):
+            raise InputError(f"--input-size {input_size}, but the outputs came from a model with "
+                             f"S = {model['input_size']} ({model['source']})", results_dir)
+
+    if model is not None and model["layout"] in LAYOUTS and model["rows"]:
+        return {**model, "input_size": model["input_size"] or input_size or DEFAULT_INPUT_SIZE}
+
+    # No model description: probe the first image with output files.
+    probe = None
+    for entry in entries:
+        try:
+            probe = probe_output_geometry(find_output_files(results_dir, entry["basename"]))
+            break
+        except InputError:
+            continue
+    if probe is None:
+        raise InputError("could not read the outputs of any listed image to tell their layout; pass --layout "
+                         "and --model", results_dir)
+    rows, mask_resolution = probe
+    if layout == "auto":
+        layout = "seed" if rows == SEED_NUM_CANDIDATES else "end2end"
+        logger.info("layout %s (from %d rows per output; pass --layout or --model to be explicit)", layout, rows)
+    entry_sizes = {e.get("input_size") for e in entries} - {None}
+    if input_size is None and len(entry_sizes) == 1:
+        input_size = entry_sizes.pop()
+    if input_size is None:
+        input_size = DEFAULT_INPUT_SIZE
+        logger.info("input size %d assumed (the seed's; pass --input-size or --model otherwise)", input_size)
+    return {"layout": layout, "rows": rows, "mask_resolution": mask_resolution, "input_size": input_size,
+            "max_detections": 100, "nms_threshold": 0.4, "source": "the output files"}
+
+
+def _job_for(entry, gt_images, geometry, results_dir, category_ids, mask_paste):
+    """(job tuple, None) or (None, cause) for one listed image."""
+    from ..data.transforms import seed_resize_geometry
+
+    basename = entry["basename"]
+    file_name = entry.get("file_name")
+    found = gt_images.get(("name", Path(file_name).name)) if file_name else None
+    if found is None:
+        found = gt_images.get(("stem", basename))
+    if found is None:
+        if ("stem", basename) in gt_images:
+            return None, f"several annotation images are named {basename}.*; pass the image list with file names"
+        return None, f"no image {file_name or basename + '.*'} in the annotation file"
+    image_id, height, width = found
+    if entry.get("width") and entry.get("height") and (int(entry["width"]), int(entry["height"])) != (width, height):
+        return None, (f"the annotation file says {width}x{height}, the image list {entry['width']}x{entry['height']} "
+                      "(another image with the same name?)")
+    input_size = geometry["input_size"]
+    entry_size = entry.get("input_size")
+    if entry.get("resized_width") and entry.get("resized_height") and entry_size in (None, input_size):
+        resized_hw = (int(entry["resized_height"]), int(entry["resized_width"]))
+    else:
+        resized_hw, _ = seed_resize_geometry(height, width, input_size)
+    job = (str(results_dir), basename, image_id, (height, width), resized_hw, geometry["layout"], geometry["rows"],
+           geometry["mask_resolution"], geometry["nms_threshold"], geometry["max_detections"], tuple(category_ids),
+           mask_paste)
+    return job, None
+
+
+def _run_jobs(jobs, workers, progress):
+    """Yield each job's outcome in order, with a progress bar, in a process pool when workers > 1."""
+    from tqdm import tqdm
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    workers = min(workers, len(jobs))
+    with logging_redirect_tqdm(), tqdm(
+        total=len(jobs), desc="evaluate", unit="img", file=sys.stderr,
+        disable=(None if progress is None else not progress),
+    ) as bar:
+        if workers <= 1:
+            for job in jobs:
+                yield _evaluate_one(job)
+                bar.update()
+            return
+        methods = multiprocessing.get_all_start_methods()
+        context = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+        with context.Pool(workers, initializer=_init_worker) as pool:
+            for outcome in pool.imap(_evaluate_one, jobs, chunksize=2):
+                yield outcome
+                bar.update()
+
+
+def _init_worker():
+    import cv2
+
+    cv2.setNumThreads(1)
+
+
+def _evaluate_one(job):
+    """Read one image's outputs and turn them into COCO results. Runs in a worker.
+
+    Returns ("ok", results) or ("failed", file, cause).
+    """
+    from ..runtime.model_info import output_specs
+    from ..runtime.outputs import find_output_files, read_image_outputs
+
+    (results_dir, basename, image_id, original_hw, resized_hw, layout, rows, mask_resolution, nms_threshold,
+     max_detections, category_ids, mask_paste) = job
+    where = basename
+    try:
+        files = find_output_files(results_dir, basename)
+        where = str(files.paths[0])
+        outputs = read_image_outputs(files, output_specs(layout, rows, mask_resolution))
+        results = outputs_to_coco_results(
+            outputs, layout, image_id, original_hw, resized_hw, category_ids, nms_threshold=nms_threshold,
+            max_detections=max_detections, mask_paste=mask_paste,
+        )
+    except InputError as e:
+        return ("failed", e.path or where, e.cause)
+    return ("ok", results)

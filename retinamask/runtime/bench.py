@@ -1,0 +1,153 @@
+"""Pure-inference benchmark of an exported model (ais_bench's ``--loop`` mode), and a
+comparison of every backend / precision that runs on this machine."""
+
+import logging
+import time
+
+import numpy as np
+
+from ..errors import RetinaMaskError
+
+logger = logging.getLogger(__name__)
+
+
+def random_input(batch_size, input_size, mean=(102.9801, 115.9465, 122.7717), std=(1.0, 1.0, 1.0), seed=0):
+    """float32 [B, 3, S, S]: uniform 0..255 pixels normalised like real input (a fixed seed)."""
+    rng = np.random.default_rng(seed)
+    pixels = rng.uniform(0.0, 255.0, size=(batch_size, 3, input_size, input_size)).astype(np.float32)
+    pixels -= np.asarray(mean, np.float32).reshape(1, 3, 1, 1)
+    pixels /= np.asarray(std, np.float32).reshape(1, 3, 1, 1)
+    return pixels
+
+
+def latency_stats(times_ms, batch_size):
+    """Per-call times (ms) -> mean/p50/p90/p99/min/max, throughput (images/s = 1000*B/mean),
+    plus ais_bench's ``NPU_compute_time`` block (min/max/mean/median/percentile(99%))."""
+    t = np.asarray(times_ms, dtype=np.float64)
+    stats = {
+        "mean_ms": float(t.mean()),
+        "p50_ms": float(np.percentile(t, 50)),
+        "p90_ms": float(np.percentile(t, 90)),
+        "p99_ms": float(np.percentile(t, 99)),
+        "min_ms": float(t.min()),
+        "max_ms": float(t.max()),
+        "throughput": 1000.0 * batch_size / float(t.mean()),
+    }
+    stats["NPU_compute_time"] = {
+        "min": stats["min_ms"], "max": stats["max_ms"], "mean": stats["mean_ms"],
+        "median": stats["p50_ms"], "percentile(99%)": stats["p99_ms"],
+    }
+    return stats
+
+
+def benchmark_session(session, batch_size, loop=100, warmup=5, seed=0):
+    """Time ``session.run`` on random input: ``warmup`` untimed calls, then ``loop`` timed ones.
+
+    Returns :func:`latency_stats` plus ``loop``, ``warmup``, ``batchsize``, ``session``.
+    """
+    if loop < 1:
+        raise RetinaMaskError(f"--loop must be >= 1, got {loop}")
+    if warmup < 0:
+        raise RetinaMaskError(f"--warmup must be >= 0, got {warmup}")
+    batch = random_input(batch_size, session.input_size, seed=seed)
+    for _ in range(warmup):
+        session.run(batch)
+    times = []
+    for _ in range(loop):
+        start = time.perf_counter()
+        session.run(batch)
+        times.append((time.perf_counter() - start) * 1000.0)
+    return {"session": session.name, "batchsize": batch_size, "loop": loop, "warmup": warmup,
+            **latency_stats(times, batch_size)}
+
+
+def run_benchmark(model_path, backend="onnxruntime", device="cpu", precision="fp32", batch_size=1, loop=100,
+                  warmup=5, threads=None, cache_dir=None, performance_hint="LATENCY", model_info=None):
+    """Compile the model (timed as ``load_s``) and benchmark it (see :func:`benchmark_session`).
+
+    A fixed-batch model runs its own batch size (a different ``batch_size`` is an error).
+    """
+    from .backends import create_session
+    from .model_info import read_model_info
+
+    info = model_info or read_model_info(model_path)
+    batch_size = _batch_for(info, batch_size)
+    start = time.perf_counter()
+    session = create_session(model_path, backend, device, precision, threads=threads, cache_dir=cache_dir,
+                             performance_hint=performance_hint, model_info=info)
+    load_s = time.perf_counter() - start
+    result = benchmark_session(session, batch_size, loop, warmup)
+    result.update(backend=session.backend, device=session.device, precision=session.precision,
+                  load_s=load_s, model=str(model_path), layout=info.layout, input_size=info.input_size)
+    return result
+
+
+def _batch_for(info, batch_size):
+    if batch_size is None:
+        return info.batch_size or 1
+    batch_size = int(batch_size)
+    if batch_size < 1:
+        raise RetinaMaskError(f"--batchsize must be >= 1, got {batch_size}")
+    if info.batch_size is not None and batch_size != info.batch_size:
+        raise RetinaMaskError(
+            f"the model has a fixed batch of {info.batch_size}; --batchsize {batch_size} cannot run on it "
+            "(export with a dynamic batch or that batch size)", info.path,
+        )
+    return batch_size
+
+
+def compare_backends(model_path, batch_size=None, loop=20, warmup=3, threads=None, cache_dir=None):
+    """Benchmark every (backend, device, precision) of ``backends.candidate_configurations``.
+
+    Returns a list of row dicts (those of :func:`run_benchmark`); a configuration that
+    cannot run here has ``error`` set instead of timings.
+    """
+    from .backends import candidate_configurations
+    from .model_info import read_model_info
+
+    info = read_model_info(model_path)
+    batch_size = _batch_for(info, batch_size)
+    rows = []
+    for backend, device, precision, reason in candidate_configurations():
+        row = {"backend": backend, "device": device, "precision": precision, "batchsize": batch_size}
+        if reason is not None:
+            rows.append({**row, "error": reason})
+            continue
+        logger.info("benchmarking %s %s %s ...", backend, device, precision)
+        try:
+            rows.append(run_benchmark(model_path, backend, device, precision, batch_size, loop, warmup,
+                                      threads=threads, cache_dir=cache_dir, model_info=info))
+        except RetinaMaskError as e:
+            rows.append({**row, "error": e.cause})
+    return rows
+
+
+def format_stats(result):
+    """Console lines for one benchmark, ais_bench-like."""
+    return "\n".join([
+        f"[INFO] {result['session']}  model {result['model']}  batchsize {result['batchsize']}  "
+        f"loop {result['loop']} (+{result['warmup']} warm-up)  load {result['load_s']:.2f} s",
+        f"[INFO] latency (ms): mean = {result['mean_ms']:.2f}, p50 = {result['p50_ms']:.2f}, "
+        f"p90 = {result['p90_ms']:.2f}, p99 = {result['p99_ms']:.2f}, min = {result['min_ms']:.2f}, "
+        f"max = {result['max_ms']:.2f}",
+        f"[INFO] throughput 1000*batchsize({result['batchsize']})/NPU_compute_time.mean({result['mean_ms']:.2f}): "
+        f"{result['throughput']:.3f}",
+    ])
+
+
+def format_table(rows):
+    """One Markdown table for :func:`compare_backends` rows."""
+    lines = [
+        "| backend | device | precision | batch | mean ms | p50 ms | p90 ms | p99 ms | images/s | load s | note |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for row in rows:
+        head = f"| {row['backend']} | {row['device']} | {row['precision']} | {row['batchsize']} |"
+        if "error" in row:
+            lines.append(head + " - | - | - | - | - | - | " + row["error"].replace("|", "/") + " |")
+        else:
+            lines.append(
+                head + f" {row['mean_ms']:.2f} | {row['p50_ms']:.2f} | {row['p90_ms']:.2f} | {row['p99_ms']:.2f} |"
+                f" {row['throughput']:.3f} | {row['load_s']:.2f} | |"
+            )
+    return "\n".join(lines)

@@ -1,0 +1,546 @@
+"""Run an exported model over a dataset and write ais_bench-style per-image outputs.
+
+Inputs (``input_path``):
+
+* a folder of images: decoded and preprocessed (``seed_preprocess``) in worker
+  processes, in order, overlapped with inference; no .bin files are needed;
+* a folder of ``.bin`` files (float32 [1,3,S,S], as ``retinamask preprocess`` or
+  the seed's script writes them), or one ``.bin``;
+* an ``.info`` list (``index bin_path width height``), with its sidecar when present.
+
+Outputs in ``{output}/{output_dirname}/``:
+
+* ``{basename}_{i}.bin`` / ``.npy`` per image and output (see ``outputs.py``),
+  written atomically; an image whose 4 complete outputs exist is skipped (resume);
+* ``images.json``, the run sidecar (:data:`SIDECAR_NAME`): the model's interface and,
+  per image, ``basename, source, file_name, width, height, resized_width,
+  resized_height, scale, input_size`` (original sizes are None for bare .bin input),
+  plus the failed items;
+
+and ``{output}/{output_dirname}_summary.json`` like ais_bench's (see :func:`timing_stats`).
+"""
+
+import collections
+import itertools
+import json
+import logging
+import multiprocessing
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import InputError
+from ..fileio import atomic_write_json
+from .outputs import OUTFMTS, output_file_name, outputs_complete, write_image_outputs
+
+logger = logging.getLogger(__name__)
+
+SIDECAR_NAME = "images.json"
+SIDECAR_FORMAT = "retinamask.infer/1"
+_IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+
+@dataclass
+class InputItem:
+    """One image to run: ``basename`` names its outputs; ``record`` becomes its sidecar entry."""
+
+    basename: str
+    source: Path  # the image or .bin file
+    kind: str  # "image" or "bin"
+    record: dict = field(default_factory=dict)
+
+
+def default_workers():
+    """Preprocessing processes for image input: min(2, CPUs); inference is the slow part."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cpus = os.cpu_count() or 1
+    return max(1, min(2, cpus))
+
+
+def default_output_dirname():
+    """ais_bench's default result folder name: the start time, e.g. 2026_11_25-14_03_59."""
+    return datetime.now().strftime("%Y_%m_%d-%H_%M_%S")
+
+
+def run_inference(
+    model_path,
+    input_path,
+    output_dir=".",
+    output_dirname=None,
+    batch_size=1,
+    outfmt="BIN",
+    backend="onnxruntime",
+    device="cpu",
+    precision="fp32",
+    legacy_names=False,
+    workers=None,
+    strict=False,
+    threads=None,
+    cache_dir=None,
+    layout=None,
+    input_size=None,
+    progress=None,
+    session=None,
+):
+    """Infer every item of ``input_path`` (see the module docstring) and write its outputs.
+
+    batch_size: images per model call (a fixed-batch model uses its own batch).
+    workers: image-preprocessing processes (0: in this process; None: :func:`default_workers`).
+    strict: raise the first bad item's InputError (outputs so far and the sidecar stay)
+    instead of listing it and going on. layout / input_size: for models whose metadata
+    lacks them. session: an existing :class:`~.backends.Session` for this model.
+    progress: tqdm bar on/off (None: on a terminal).
+
+    Returns the summary dict also written to ``{output_dir}/{output_dirname}_summary.json``:
+    ``count`` (images inferred now), ``skipped`` (complete outputs kept), ``failed``
+    (list of {"file", "cause"}), ``NPU_compute_time`` (per-batch ms stats),
+    ``throughput`` (1000 * batchsize / mean compute ms), ``e2e`` wall time and images/s.
+    """
+    from .backends import create_session
+    from .model_info import read_model_info
+
+    outfmt = str(outfmt).upper()
+    if outfmt not in OUTFMTS:
+        raise InputError(f"--outfmt must be one of {OUTFMTS}, got {outfmt!r}")
+    if int(batch_size) < 1:
+        raise InputError(f"--batchsize must be >= 1, got {batch_size}")
+    workers = default_workers() if workers is None else int(workers)
+    if workers < 0:
+        raise InputError(f"--workers must be >= 0, got {workers}")
+
+    info = session_info = read_model_info(model_path, layout=layout, input_size=input_size)
+    batch_size = int(batch_size)
+    if info.batch_size is not None and batch_size != info.batch_size:
+        logger.warning("the model has a fixed batch of %d: running batches of %d, not %d",
+                       info.batch_size, info.batch_size, batch_size)
+        batch_size = info.batch_size
+
+    items, failed = collect_items(input_path, info.input_size)
+    if not items and not failed:
+        raise InputError("no images, .bin files or .info lines found", input_path)
+    if strict and failed:
+        raise InputError(failed[0]["cause"], failed[0]["file"])
+
+    output_dirname = output_dirname or default_output_dirname()
+    out_dir = Path(output_dir) / output_dirname
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise InputError(f"cannot create the output folder: {e.strerror or e}", out_dir) from None
+    sidecar_path = out_dir / SIDECAR_NAME
+    settings = _run_settings(info, outfmt, legacy_names)
+    earlier = _earlier_records(sidecar_path, settings)
+
+    if session is None:
+        session = create_session(model_path, backend, device, precision, threads=threads, cache_dir=cache_dir,
+                                 model_info=session_info)
+
+    specs = info.outputs
+    todo, records = [], {}
+    for item in items:
+        if earlier is not None and outputs_complete(out_dir, item.basename, specs, outfmt, legacy_names):
+            records[item.basename] = earlier.get(item.basename) or _record_without_pixels(item, info.input_size)
+        else:
+            todo.append(item)
+    skipped = len(records)
+    if skipped:
+        logger.info("%d of %d images already have complete outputs in %s: skipped", skipped, len(items), out_dir)
+
+    compute_ms, inferred = [], 0
+    started = time.perf_counter()
+    try:
+        from tqdm import tqdm
+        from tqdm.contrib.logging import logging_redirect_tqdm
+
+        with logging_redirect_tqdm(), tqdm(
+            total=len(todo), desc="infer", unit="img", file=sys.stderr,
+            disable=(None if progress is None else not progress),
+        ) as bar:
+            pending = []  # (item, tensor [3,S,S]) of the batch being filled
+            for item, tensor, extra, cause in _load_inputs(todo, info, workers):
+                if cause is not None:
+                    if strict:
+                        raise InputError(cause, item.source)
+                    logger.warning("%s: %s", item.source, cause)
+                    failed.append({"file": str(item.source), "cause": cause})
+                    bar.update()
+                    continue
+                item.record.update(extra)
+                pending.append((item, tensor))
+                if len(pending) == batch_size:
+                    compute_ms.append(_infer_batch(session, pending, out_dir, specs, outfmt, legacy_names, records))
+                    inferred += len(pending)
+                    bar.update(len(pending))
+                    pending = []
+            if pending:
+                compute_ms.append(_infer_batch(session, pending, out_dir, specs, outfmt, legacy_names, records))
+                inferred += len(pending)
+                bar.update(len(pending))
+    finally:
+        # Also after an error or Ctrl-C: the sidecar lists what is complete, for evaluate and resume.
+        ordered = [records[item.basename] for item in items if item.basename in records]
+        _write_sidecar(sidecar_path, settings, info, input_path, ordered, failed)
+    wall_s = time.perf_counter() - started
+
+    summary = {
+        "count": inferred,
+        "skipped": skipped,
+        "total": len(items) + sum(1 for f in failed if f.get("listing")),
+        "failed": [{"file": f["file"], "cause": f["cause"]} for f in failed],
+        "batchsize": batch_size,
+        "session": session.name,
+        "backend": session.backend,
+        "device": session.device,
+        "precision": session.precision,
+        "model": str(model_path),
+        "layout": info.layout,
+        "input_size": info.input_size,
+        "outfmt": outfmt,
+        "legacy_names": bool(legacy_names),
+        "output_dir": str(out_dir),
+        "sidecar": str(sidecar_path),
+        **timing_stats(compute_ms, batch_size),
+        "e2e": {
+            "wall_time_s": wall_s,
+            "images_per_s": inferred / wall_s if wall_s > 0 and inferred else 0.0,
+        },
+    }
+    summary_path = Path(output_dir) / f"{output_dirname}_summary.json"
+    atomic_write_json(summary_path, summary)
+    summary["summary_path"] = str(summary_path)
+    return summary
+
+
+def timing_stats(compute_ms, batch_size):
+    """ais_bench's summary fields from per-batch compute times (ms).
+
+    Returns {"NPU_compute_time": {min, max, mean, median, "percentile(99%)"}, "throughput":
+    1000 * batch_size / mean} (the key keeps ais_bench's name so its readers work; here it is
+    the runtime's time for one batch). Empty input gives zeros.
+    """
+    times = np.asarray(compute_ms, dtype=np.float64)
+    if times.size == 0:
+        stats = {k: 0.0 for k in ("min", "max", "mean", "median", "percentile(99%)")}
+        return {"NPU_compute_time": stats, "throughput": 0.0}
+    stats = {
+        "min": float(times.min()),
+        "max": float(times.max()),
+        "mean": float(times.mean()),
+        "median": float(np.median(times)),
+        "percentile(99%)": float(np.percentile(times, 99)),
+    }
+    return {"NPU_compute_time": stats, "throughput": 1000.0 * batch_size / stats["mean"]}
+
+
+def format_summary(summary):
+    """Console lines for a run summary (ais_bench-like)."""
+    t = summary["NPU_compute_time"]
+    lines = [
+        f"[INFO] {summary['session']}  batchsize {summary['batchsize']}  layout {summary['layout']}  "
+        f"S {summary['input_size']}",
+        f"[INFO] compute_time (ms): min = {t['min']:.2f}, max = {t['max']:.2f}, mean = {t['mean']:.2f}, "
+        f"median = {t['median']:.2f}, percentile(99%) = {t['percentile(99%)']:.2f}",
+        f"[INFO] throughput 1000*batchsize({summary['batchsize']})/NPU_compute_time.mean({t['mean']:.2f}): "
+        f"{summary['throughput']:.3f}",
+        f"[INFO] end to end: {summary['count']} images in {summary['e2e']['wall_time_s']:.2f} s "
+        f"({summary['e2e']['images_per_s']:.3f} images/s); {summary['skipped']} skipped (complete outputs), "
+        f"{len(summary['failed'])} failed",
+        f"[INFO] outputs: {summary['output_dir']}  summary: {summary.get('summary_path', '')}",
+    ]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------
+# inputs
+
+
+def collect_items(input_path, input_size):
+    """The items of a folder (images or .bin files), an .info list, or one file.
+
+    Returns (items in order, failed list of {"file", "cause", "listing": True}) where
+    failed are items refused before loading (two images with the same basename).
+    Raises InputError when the input cannot be used at all, e.g. .bin files or an
+    .info sidecar made for another input size than the model's.
+    """
+    path = Path(input_path)
+    if not path.exists():
+        raise InputError("input not found", path)
+    if path.is_file():
+        suffix = path.suffix.lower()
+        if suffix == ".info":
+            return _items_from_info(path, input_size), []
+        if suffix == ".bin":
+            _check_bin_size(path, input_size)
+            return [InputItem(path.stem, path, "bin", {"basename": path.stem, "source": str(path)})], []
+        if suffix in _IMAGE_EXTENSIONS:
+            return _items_from_images([path])
+        raise InputError("expected a folder, an .info list, a .bin or an image file", path)
+    try:
+        entries = sorted(p for p in path.iterdir() if p.is_file())
+    except OSError as e:
+        raise InputError(f"cannot list the folder: {e.strerror or e}", path) from None
+    bins = [p for p in entries if p.suffix.lower() == ".bin"]
+    images = [p for p in entries if p.suffix.lower() in _IMAGE_EXTENSIONS]
+    if bins and images:
+        raise InputError(
+            f"the folder holds both .bin files ({len(bins)}) and images ({len(images)}); "
+            "pass an .info list or a folder with one kind", path,
+        )
+    if bins:
+        _check_bin_size(bins[0], input_size)
+        return [InputItem(p.stem, p, "bin", {"basename": p.stem, "source": str(p)}) for p in bins], []
+    return _items_from_images(images)
+
+
+def _items_from_images(images):
+    items, failed, owner = [], [], {}
+    for image in images:
+        key = image.stem.casefold()
+        if key in owner:
+            cause = f"same basename as {owner[key].name}: its outputs would overwrite that image's; rename one"
+            logger.warning("%s: %s", image, cause)
+            failed.append({"file": str(image), "cause": cause, "listing": True})
+            continue
+        owner[key] = image
+        items.append(InputItem(image.stem, image, "image",
+                               {"basename": image.stem, "source": str(image), "file_name": image.name}))
+    return items, failed
+
+
+def _items_from_info(info_path, input_size):
+    from ..data.preprocess import read_info
+
+    items = []
+    for record in read_info(info_path, check_files=False):
+        if record.input_size is not None and record.input_size != input_size:
+            raise InputError(
+                f"the .info's sidecar says its .bin files are {record.input_size}x{record.input_size} inputs, "
+                f"the model takes {input_size}x{input_size}", info_path,
+            )
+        entry = {"basename": record.name, "source": str(record.bin_path), "file_name": record.file_name}
+        if record.file_name is not None:  # a sidecar gave the original geometry
+            entry.update(width=record.width, height=record.height, resized_width=record.resized_width,
+                         resized_height=record.resized_height, scale=record.scale, input_size=record.input_size)
+        items.append(InputItem(record.name, Path(record.bin_path), "bin", entry))
+    return items
+
+
+def _check_bin_size(bin_path, input_size):
+    """Refuse a .bin folder made for another input size (checked on its first file)."""
+    from ..data.preprocess import bin_nbytes
+
+    size = bin_path.stat().st_size
+    if size == bin_nbytes(input_size):
+        return
+    side = int(round((size / 12) ** 0.5))
+    if side > 0 and bin_nbytes(side) == size:
+        raise InputError(
+            f"holds a float32 [1, 3, {side}, {side}] input, the model takes [B, 3, {input_size}, {input_size}] "
+            "(preprocess with --input_size matching the model)", bin_path,
+        )
+
+
+def _load_inputs(items, info, workers):
+    """Yield (item, tensor [3,S,S] or None, extra record fields, cause or None) in item order.
+
+    Images are decoded and preprocessed by a process pool, .bin files read by a
+    thread pool; at most a few items are in flight (Pool.imap would read ahead
+    without bound, and each input is 3*S*S*4 bytes = 21.7 MB at S = 1344).
+    """
+    jobs = [(str(item.source), item.kind, info.input_size, tuple(info.pixel_mean), tuple(info.pixel_std))
+            for item in items]
+    if not jobs:
+        return
+    if workers == 0:
+        results = map(_load_one, jobs)
+        for item, result in zip(items, results):
+            yield (item, *result)
+        return
+    has_images = any(item.kind == "image" for item in items)
+    if has_images:
+        methods = multiprocessing.get_all_start_methods()
+        # not fork: the parent runs inference threads, and forking those can deadlock
+        context = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+        pool = context.Pool(min(workers, len(jobs)))
+    else:
+        from multiprocessing.pool import ThreadPool
+
+        pool = ThreadPool(1)
+    window = 2 * max(workers, 1) + 2
+    try:
+        for item, result in zip(items, _ordered_bounded(pool, _load_one, jobs, window)):
+            yield (item, *result)
+    finally:
+        pool.terminate()
+        pool.join()
+
+
+def _ordered_bounded(pool, function, jobs, window):
+    """Like pool.imap(function, jobs) but with at most ``window`` results pending."""
+    jobs = iter(jobs)
+    pending = collections.deque(pool.apply_async(function, (job,)) for job in itertools.islice(jobs, window))
+    while pending:
+        result = pending.popleft().get()
+        for job in itertools.islice(jobs, 1):
+            pending.append(pool.apply_async(function, (job,)))
+        yield result
+
+
+def _load_one(job):
+    """One input -> (float32 [3,S,S] or None, extra record fields, cause or None). Runs in a worker."""
+    from ..data.preprocess import read_bin
+
+    path, kind, input_size, mean, std = job
+    try:
+        if kind == "bin":
+            return read_bin(path, input_size)[0], {}, None
+        from ..data.image_io import load_image_rgb
+        from ..data.transforms import seed_preprocess
+
+        image = load_image_rgb(path)
+        height, width = image.shape[:2]
+        tensor, scale, (resized_h, resized_w) = seed_preprocess(image, input_size, mean, std)
+        extra = {"width": int(width), "height": int(height), "resized_width": int(resized_w),
+                 "resized_height": int(resized_h), "scale": float(scale), "input_size": int(input_size)}
+        return tensor, extra, None
+    except InputError as e:
+        return None, {}, e.cause
+    except MemoryError:
+        return None, {}, "not enough memory to load this input"
+
+
+def _record_without_pixels(item, input_size):
+    """Sidecar entry of a skipped item when no earlier sidecar has it (the image header gives the size)."""
+    record = dict(item.record)
+    if item.kind == "image" and "width" not in record:
+        from PIL import Image
+
+        from ..data.transforms import seed_resize_geometry
+
+        try:
+            with Image.open(item.source) as img:
+                width, height = img.size
+            (resized_h, resized_w), scale = seed_resize_geometry(height, width, input_size)
+            record.update(width=width, height=height, resized_width=resized_w, resized_height=resized_h,
+                          scale=scale, input_size=input_size)
+        except Exception:  # the outputs exist; the geometry is only informative here
+            pass
+    return record
+
+
+# ---------------------------------------------------------------------------
+# inference and outputs
+
+
+def _infer_batch(session, pending, out_dir, specs, outfmt, legacy_names, records):
+    """Run one batch, write each image's outputs, record it. Returns the compute time in ms."""
+    batch = np.stack([tensor for _, tensor in pending])
+    start = time.perf_counter()
+    outputs = session.run(batch)
+    elapsed_ms = (time.perf_counter() - start) * 1000.0
+    _check_output_shapes(outputs, specs, len(pending), session)
+    for row, (item, _) in enumerate(pending):
+        write_image_outputs(out_dir, item.basename, [out[row] for out in outputs], specs, outfmt, legacy_names)
+        item.record["outputs"] = [output_file_name(item.basename, i, outfmt, legacy_names) for i in range(4)]
+        records[item.basename] = item.record
+    return elapsed_ms
+
+
+def _check_output_shapes(outputs, specs, rows, session):
+    from ..errors import RetinaMaskError
+
+    if len(outputs) != len(specs):
+        raise RetinaMaskError(f"{session.name}: the model returned {len(outputs)} outputs, the contract has 4")
+    for out, spec in zip(outputs, specs):
+        if tuple(out.shape) != (rows, *spec.shape):
+            raise RetinaMaskError(
+                f"{session.name}: output {spec.index} ({spec.name}) came back {list(out.shape)}, "
+                f"the model's contract says [{rows}, {', '.join(map(str, spec.shape))}]"
+            )
+
+
+# ---------------------------------------------------------------------------
+# run sidecar
+
+
+def _run_settings(info, outfmt, legacy_names):
+    """What makes earlier outputs in the folder reusable: same model interface and file format."""
+    model_path = Path(info.path)
+    try:
+        model_bytes = model_path.stat().st_size
+    except OSError:
+        model_bytes = None
+    return {
+        "model_name": model_path.name,
+        "model_bytes": model_bytes,
+        "layout": info.layout,
+        "input_size": info.input_size,
+        "outputs": [[o.name, o.dtype.name, list(o.shape)] for o in info.outputs],
+        "outfmt": outfmt,
+        "legacy_names": bool(legacy_names),
+    }
+
+
+def _earlier_records(sidecar_path, settings):
+    """Records of an earlier run in this folder by basename ({} if none), or None when that
+    run used another model or format, so that its outputs must be redone."""
+    if not sidecar_path.exists():
+        return {}
+    try:
+        earlier = json.loads(sidecar_path.read_text(encoding="utf-8"))
+        if earlier.get("settings") != settings:
+            logger.info("%s: the earlier run used another model or output format; every image is redone",
+                        sidecar_path)
+            return None
+        return {r["basename"]: r for r in earlier["images"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        logger.warning("%s: unreadable earlier run sidecar; every image is redone", sidecar_path)
+        return None
+
+
+def _write_sidecar(path, settings, info, input_path, records, failed):
+    atomic_write_json(path, {
+        "format": SIDECAR_FORMAT,
+        "settings": settings,
+        "model": info.summary(),
+        "input": str(input_path),
+        "images": records,
+        "failed": [{"file": f["file"], "cause": f["cause"]} for f in failed],
+    })
+
+
+def read_run_sidecar(path):
+    """Load an infer run sidecar (``images.json``) or a preprocess sidecar (``*.info.json``).
+
+    Returns (entries, model summary or None): entries are dicts with at least
+    ``basename``, and, where known, ``file_name, width, height, resized_width,
+    resized_height, input_size``. Raises InputError naming the file if unusable.
+    """
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError("image list (sidecar) not found", path) from None
+    except (OSError, ValueError) as e:
+        raise InputError(f"not a readable JSON sidecar ({e})", path) from None
+    if not isinstance(data, dict) or not isinstance(data.get("images"), list):
+        raise InputError("not an infer or preprocess sidecar: no 'images' list", path)
+    entries = []
+    for position, entry in enumerate(data["images"]):
+        if not isinstance(entry, dict):
+            raise InputError(f"images[{position}] is not an object", path)
+        entry = dict(entry)
+        if "basename" not in entry:
+            if "bin_name" not in entry:
+                raise InputError(f"images[{position}] has neither 'basename' nor 'bin_name'", path)
+            entry["basename"] = Path(entry["bin_name"]).stem
+        entry.setdefault("input_size", data.get("input_size"))
+        entries.append(entry)
+    return entries, data.get("model")

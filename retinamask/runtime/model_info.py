@@ -1,0 +1,367 @@
+"""What the runtime needs to know about an exported model, read from the ONNX file (no torch).
+
+See docs/onnx_contract.md: one input ``[B, 3, S, S]`` float32, four outputs in the
+``end2end`` or ``seed`` layout, and ``retinamask.*`` metadata_props. Models without
+the metadata (e.g. the seed's own ONNX) work when ``layout``/``input_size`` are given.
+"""
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import InputError
+
+logger = logging.getLogger(__name__)
+
+LAYOUTS = ("end2end", "seed")
+META_PREFIX = "retinamask."
+SEED_NUM_CANDIDATES = 1000  # rows of every seed-layout output
+DEFAULT_MAX_DETECTIONS = 100
+DEFAULT_MASK_RESOLUTION = 28
+DEFAULT_PIXEL_MEAN = (102.9801, 115.9465, 122.7717)
+DEFAULT_PIXEL_STD = (1.0, 1.0, 1.0)
+
+# Output index -> (name in the layout, dtype); the per-image shapes come from output_specs().
+_OUTPUT_NAMES = {"end2end": ("boxes", "labels", "scores", "masks"), "seed": ("bboxs", "labels", "scores", "masks")}
+_OUTPUT_DTYPES = (np.dtype("<f4"), np.dtype("<i4"), np.dtype("<f4"), np.dtype("<f4"))
+
+_ONNX_ELEM_TYPES = {1: np.dtype("float32"), 6: np.dtype("int32"), 7: np.dtype("int64"), 10: np.dtype("float16"),
+                    11: np.dtype("float64"), 9: np.dtype("bool"), 3: np.dtype("int8"), 2: np.dtype("uint8")}
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    """One output of one image (batch axis removed): what a per-image file holds."""
+
+    index: int
+    name: str
+    dtype: np.dtype  # little-endian, as written to .bin files
+    shape: tuple  # e.g. (K, 4); (K, 1, M, M) for masks
+
+    @property
+    def nbytes(self):
+        return int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
+
+
+def output_specs(layout, num_detections=None, mask_resolution=DEFAULT_MASK_RESOLUTION):
+    """The 4 per-image outputs of a layout (batch axis removed), in output index order.
+
+    ``num_detections``: rows K (end2end: max_detections, default 100; seed: always 1000).
+    Returns a tuple of 4 :class:`OutputSpec`: boxes [K,4] f32, labels [K] i32,
+    scores [K] f32, masks [K,1,M,M] f32.
+    """
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+    if num_detections is None:
+        num_detections = SEED_NUM_CANDIDATES if layout == "seed" else DEFAULT_MAX_DETECTIONS
+    k, m = int(num_detections), int(mask_resolution)
+    shapes = ((k, 4), (k,), (k,), (k, 1, m, m))
+    return tuple(
+        OutputSpec(i, name, dtype, shape)
+        for i, (name, dtype, shape) in enumerate(zip(_OUTPUT_NAMES[layout], _OUTPUT_DTYPES, shapes))
+    )
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """The exported model's interface.
+
+    ``batch_size``: the fixed batch B, or None for a dynamic batch axis.
+    ``outputs``: per-image :class:`OutputSpec` (batch axis removed) from the layout
+    contract, checked against the graph's declared output shapes where static.
+    ``max_detections``: detections kept per image (end2end: the rows K; seed: what the
+    host-side NMS keeps). ``metadata``: the raw ``metadata_props``; ``supplied``: keys that came from the
+    caller (flags) or from the graph because the metadata lacked them.
+    """
+
+    path: Path
+    layout: str
+    input_name: str
+    input_size: int
+    batch_size: int | None
+    output_names: tuple
+    outputs: tuple
+    pixel_mean: tuple = DEFAULT_PIXEL_MEAN
+    pixel_std: tuple = DEFAULT_PIXEL_STD
+    class_names: tuple | None = None
+    score_threshold: float | None = None
+    nms_threshold: float = 0.4
+    max_detections: int = DEFAULT_MAX_DETECTIONS
+    mask_resolution: int = DEFAULT_MASK_RESOLUTION
+    version: str | None = None
+    metadata: dict = field(default_factory=dict)
+    supplied: tuple = ()
+
+    @property
+    def dynamic_batch(self):
+        return self.batch_size is None
+
+    @property
+    def num_rows(self):
+        """Rows K of every output (detections for end2end, candidates for seed)."""
+        return self.outputs[0].shape[0]
+
+    def summary(self):
+        """JSON-friendly description (written into run sidecars and summaries)."""
+        return {
+            "path": str(self.path),
+            "layout": self.layout,
+            "input_name": self.input_name,
+            "input_size": self.input_size,
+            "batch": "dynamic" if self.batch_size is None else self.batch_size,
+            "outputs": [
+                {"index": o.index, "name": n, "dtype": o.dtype.name, "shape": list(o.shape)}
+                for o, n in zip(self.outputs, self.output_names)
+            ],
+            "pixel_mean": list(self.pixel_mean),
+            "pixel_std": list(self.pixel_std),
+            "max_detections": self.max_detections,
+            "mask_resolution": self.mask_resolution,
+            "nms_threshold": self.nms_threshold,
+            "version": self.version,
+        }
+
+
+def read_model_info(model_path, layout=None, input_size=None):
+    """Read an exported model's inputs, outputs and ``retinamask.*`` metadata.
+
+    ``layout`` / ``input_size``: used where the metadata lacks them (and checked
+    against it where it has them). The weights are not loaded (only the graph).
+    Raises InputError naming the file for: a missing file or one that is not ONNX,
+    a graph that does not follow the contract, missing metadata that no argument
+    supplies (naming the keys and the flags), or disagreements between them.
+    """
+    path = Path(model_path)
+    model = _load_onnx_graph(path)
+    graph = model.graph
+    metadata = {p.key: p.value for p in model.metadata_props}
+    supplied = []
+
+    initializers = {t.name for t in graph.initializer}
+    inputs = [i for i in graph.input if i.name not in initializers]
+    if len(inputs) != 1:
+        raise InputError(
+            f"expected one input [B, 3, S, S], the model has {len(inputs)}: {[i.name for i in inputs]}", path
+        )
+    input_value = inputs[0]
+    in_dims = _dims(input_value)
+    in_dtype = _elem_dtype(input_value)
+    if in_dims is None or len(in_dims) != 4 or in_dims[1] not in (3, None):
+        raise InputError(f"expected input {input_value.name!r} of shape [B, 3, S, S], found {_fmt_dims(in_dims)}", path)
+    if in_dtype is not None and in_dtype != np.float32:
+        raise InputError(f"expected a float32 input, {input_value.name!r} is {in_dtype}", path)
+
+    # --- layout
+    meta_layout = metadata.get(META_PREFIX + "layout")
+    if meta_layout is not None and meta_layout not in LAYOUTS:
+        raise InputError(f"metadata retinamask.layout={meta_layout!r} is not one of {LAYOUTS}", path)
+    if layout is not None and layout not in LAYOUTS:
+        raise InputError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+    if meta_layout and layout and meta_layout != layout:
+        raise InputError(f"--layout {layout} disagrees with the model's metadata retinamask.layout={meta_layout}", path)
+    resolved_layout = meta_layout or layout
+
+    # --- input size: metadata, else the static input shape, else the argument
+    static_sizes = {d for d in in_dims[2:] if d is not None}
+    if len(static_sizes) > 1:
+        raise InputError(f"the input must be square [B, 3, S, S], found {_fmt_dims(in_dims)}", path)
+    graph_size = static_sizes.pop() if static_sizes else None
+    meta_size = _int_meta(metadata, "input_size", path)
+    candidates = {"metadata retinamask.input_size": meta_size, "the input shape": graph_size, "--input-size": input_size}
+    known = {k: v for k, v in candidates.items() if v is not None}
+    if len(set(known.values())) > 1:
+        raise InputError("input size disagreement: " + ", ".join(f"{k} says {v}" for k, v in known.items()), path)
+    resolved_size = next(iter(known.values()), None)
+    if meta_size is None and resolved_size is not None:
+        supplied.append("input_size")
+
+    missing = []
+    if resolved_layout is None:
+        missing.append(("retinamask.layout", "--layout end2end|seed", _guess_layout(graph)))
+    if resolved_size is None:
+        missing.append(("retinamask.input_size", "--input-size S", None))
+    if missing:
+        parts = []
+        for key, flag, hint in missing:
+            parts.append(f"{key} (pass {flag}{'; the output names suggest ' + hint if hint else ''})")
+        raise InputError("the model's metadata lacks " + "; ".join(parts), path)
+    if meta_layout is None:
+        supplied.append("layout")
+
+    # --- batch
+    batch_dim = in_dims[0]
+    meta_batch = metadata.get(META_PREFIX + "batch")
+    if meta_batch not in (None, "dynamic"):
+        try:
+            meta_batch_value = int(meta_batch)
+        except ValueError:
+            raise InputError(f"metadata retinamask.batch={meta_batch!r} is neither 'dynamic' nor an integer", path) from None
+        if batch_dim is not None and batch_dim != meta_batch_value:
+            raise InputError(f"metadata retinamask.batch={meta_batch} but the input's batch axis is {batch_dim}", path)
+    if batch_dim is not None and batch_dim <= 0:
+        batch_dim = None
+
+    # --- outputs
+    if len(graph.output) != 4:
+        raise InputError(
+            f"expected 4 outputs (boxes, labels, scores, masks: docs/onnx_contract.md), found {len(graph.output)}: "
+            f"{[o.name for o in graph.output]}",
+            path,
+        )
+    mask_resolution = _int_meta(metadata, "mask_resolution", path) or DEFAULT_MASK_RESOLUTION
+    max_detections = _int_meta(metadata, "max_detections", path) or DEFAULT_MAX_DETECTIONS
+    out_dims = [_dims(o) for o in graph.output]
+    rows = _static_rows(out_dims)
+    # the seed layout always has 1000 rows; a graph with other static rows fails the check below
+    num_rows = SEED_NUM_CANDIDATES if resolved_layout == "seed" else (rows or max_detections)
+    mask_dims = out_dims[3]
+    if mask_dims is not None and len(mask_dims) == 5 and mask_dims[-1] is not None:
+        mask_resolution = mask_dims[-1]
+    specs = output_specs(resolved_layout, num_rows, mask_resolution)
+    _check_outputs(graph.output, out_dims, specs, resolved_layout, path)
+
+    return ModelInfo(
+        path=path,
+        layout=resolved_layout,
+        input_name=input_value.name,
+        input_size=int(resolved_size),
+        batch_size=batch_dim,
+        output_names=tuple(o.name for o in graph.output),
+        outputs=specs,
+        pixel_mean=_floats_meta(metadata, "pixel_mean", path) or DEFAULT_PIXEL_MEAN,
+        pixel_std=_floats_meta(metadata, "pixel_std", path) or DEFAULT_PIXEL_STD,
+        class_names=_class_names(metadata, path),
+        score_threshold=_float_meta(metadata, "score_threshold", path),
+        nms_threshold=_float_meta(metadata, "nms_threshold", path) or 0.4,
+        max_detections=max_detections,
+        mask_resolution=int(mask_resolution),
+        version=metadata.get(META_PREFIX + "version"),
+        metadata=metadata,
+        supplied=tuple(supplied),
+    )
+
+
+def _load_onnx_graph(path):
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    if not path.exists():
+        raise InputError("model file not found", path)
+    if path.is_dir():
+        raise InputError("is a directory, not an ONNX model file", path)
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except DecodeError as e:
+        raise InputError(f"not an ONNX model (protobuf parse failed: {e})", path) from None
+    except OSError as e:
+        raise InputError(f"cannot read the model: {e.strerror or e}", path) from None
+    except Exception as e:  # onnx raises various errors for garbage input
+        raise InputError(f"not an ONNX model ({type(e).__name__}: {e})", path) from None
+    if not model.HasField("graph") or not model.graph.output:
+        raise InputError("not an ONNX model (no graph or no outputs)", path)
+    return model
+
+
+def _dims(value_info):
+    """Static dims of a graph input/output (None for symbolic ones), or None when the rank is unknown."""
+    tensor = value_info.type.tensor_type
+    if not tensor.HasField("shape"):
+        return None
+    return [d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim]
+
+
+def _elem_dtype(value_info):
+    return _ONNX_ELEM_TYPES.get(value_info.type.tensor_type.elem_type)
+
+
+def _fmt_dims(dims):
+    if dims is None:
+        return "an unknown shape"
+    return "[" + ", ".join("?" if d is None else str(d) for d in dims) + "]"
+
+
+def _static_rows(out_dims):
+    """K from the outputs' second axis where it is static (None if none is)."""
+    for dims in out_dims:
+        if dims is not None and len(dims) >= 2 and dims[1] is not None:
+            return dims[1]
+    return None
+
+
+def _check_outputs(outputs, out_dims, specs, layout, path):
+    for value, dims, spec in zip(outputs, out_dims, specs):
+        expected = [None] + list(spec.shape)
+        dtype = _elem_dtype(value)
+        problem = None
+        if dims is not None and (
+            len(dims) != len(expected) or any(d is not None and e is not None and d != e for d, e in zip(dims, expected))
+        ):
+            problem = f"shape {_fmt_dims(dims)}, expected [B, {', '.join(str(e) for e in spec.shape)}]"
+        elif dtype is not None and dtype != spec.dtype:
+            problem = f"dtype {dtype}, expected {spec.dtype.name}"
+        if problem:
+            raise InputError(
+                f"output {spec.index} ({value.name!r}) has {problem} for the {layout} layout "
+                "(docs/onnx_contract.md); wrong --layout?",
+                path,
+            )
+
+
+def _guess_layout(graph):
+    names = tuple(o.name for o in graph.output)
+    for layout, expected in _OUTPUT_NAMES.items():
+        if names == expected:
+            return layout
+    return None
+
+
+def _int_meta(metadata, key, path):
+    value = metadata.get(META_PREFIX + key)
+    if value is None:
+        return None
+    try:
+        number = int(value)
+    except ValueError:
+        raise InputError(f"metadata retinamask.{key}={value!r} is not an integer", path) from None
+    if number <= 0:
+        raise InputError(f"metadata retinamask.{key}={value!r} must be positive", path)
+    return number
+
+
+def _float_meta(metadata, key, path):
+    value = metadata.get(META_PREFIX + key)
+    if value is None:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        raise InputError(f"metadata retinamask.{key}={value!r} is not a number", path) from None
+
+
+def _floats_meta(metadata, key, path):
+    value = metadata.get(META_PREFIX + key)
+    if value is None:
+        return None
+    try:
+        numbers = tuple(float(v) for v in json.loads(value))
+    except (ValueError, TypeError):
+        raise InputError(f"metadata retinamask.{key}={value!r} is not a JSON list of numbers", path) from None
+    if len(numbers) != 3:
+        raise InputError(f"metadata retinamask.{key} needs 3 values, has {len(numbers)}", path)
+    return numbers
+
+
+def _class_names(metadata, path):
+    value = metadata.get(META_PREFIX + "class_names")
+    if value is None:
+        return None
+    try:
+        names = json.loads(value)
+    except ValueError:
+        raise InputError("metadata retinamask.class_names is not a JSON list", path) from None
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise InputError("metadata retinamask.class_names is not a JSON list of strings", path)
+    return tuple(names)
