@@ -55,6 +55,11 @@ def test_images_streamed_with_workers(tmp_path, dataset, model_path):
     assert first["input_size"] == S and first["scale"] == pytest.approx(scale)
     assert first["outputs"] == [f"img_000_{i}.bin" for i in range(4)]
 
+    # 5 images through 4 shared-memory slots, batches of 2: same bytes as preprocessing in this process
+    run_inference(model_path, image_dir, tmp_path, "inline", batch_size=3, workers=0, progress=False)
+    for path in sorted(out.glob("*.bin")):
+        assert path.read_bytes() == (tmp_path / "inline" / path.name).read_bytes(), path.name
+
     saved = json.loads((tmp_path / "result_summary.json").read_text())
     assert saved["count"] == len(BOX_IMAGES) and saved["batchsize"] == 2
     stats = saved["NPU_compute_time"]
@@ -118,6 +123,17 @@ def test_bin_folder_and_info_list(tmp_path, dataset, model_path):
     assert bins_sidecar["basename"] == "img_000" and "width" not in bins_sidecar
     info_sidecar = json.loads((tmp_path / "c" / "images.json").read_text())["images"][0]
     assert info_sidecar["file_name"] == "img_000.png" and info_sidecar["width"] == BOX_IMAGES[0][1]
+
+    # evaluate needs no image geometry from a bare .bin run (the annotations and the model give it),
+    # and takes the preprocess sidecar as its image list too
+    from retinamask.evaluation.postprocess import evaluate_outputs
+
+    _, ann_file, _ = dataset
+    for results_dir, images_path in ((tmp_path / "b", None), (tmp_path / "a", tmp_path / "set.info.json")):
+        evaluation = evaluate_outputs(results_dir, ann_file, images_path=images_path, output_path=tmp_path / "e.txt",
+                                      workers=1, progress=False)
+        assert evaluation["failed"] == [] and evaluation["images_evaluated"] == len(BOX_IMAGES)
+        assert evaluation["stats"]["segm"]["AP50"] == pytest.approx(1.0)
 
 
 def test_bins_of_another_input_size_are_refused(tmp_path, model_path):

@@ -163,7 +163,9 @@ def run_inference(
             total=len(todo), desc="infer", unit="img", file=sys.stderr,
             disable=(None if progress is None else not progress),
         ) as bar:
-            pending = []  # (item, tensor [3,S,S]) of the batch being filled
+            size = info.input_size
+            batch = np.empty((batch_size, 3, size, size), np.float32)  # filled in place, reused
+            pending = []  # items whose tensors are in batch[:len(pending)]
             for item, tensor, extra, cause in _load_inputs(todo, info, workers):
                 if cause is not None:
                     if strict:
@@ -173,14 +175,17 @@ def run_inference(
                     bar.update()
                     continue
                 item.record.update(extra)
-                pending.append((item, tensor))
+                batch[len(pending)] = tensor  # copy now: the tensor may be a shared slot about to be reused
+                pending.append(item)
                 if len(pending) == batch_size:
-                    compute_ms.append(_infer_batch(session, pending, out_dir, specs, outfmt, legacy_names, records))
+                    compute_ms.append(_infer_batch(session, batch, pending, out_dir, specs, outfmt, legacy_names,
+                                                   records))
                     inferred += len(pending)
                     bar.update(len(pending))
                     pending = []
             if pending:
-                compute_ms.append(_infer_batch(session, pending, out_dir, specs, outfmt, legacy_names, records))
+                compute_ms.append(_infer_batch(session, batch[: len(pending)], pending, out_dir, specs, outfmt,
+                                               legacy_names, records))
                 inferred += len(pending)
                 bar.update(len(pending))
     finally:
@@ -349,55 +354,78 @@ def _check_bin_size(bin_path, input_size):
 
 def _load_inputs(items, info, workers):
     """Yield (item, tensor [3,S,S] or None, extra record fields, cause or None) in item order.
+    A tensor may be a view of shared memory that is valid only until the next item is
+    requested: copy it before that.
 
     Images are decoded and preprocessed by a process pool, .bin files read by a
-    thread pool; at most a few items are in flight (Pool.imap would read ahead
-    without bound, and each input is 3*S*S*4 bytes = 21.7 MB at S = 1344).
+    thread pool; at most ``window`` items are in flight (Pool.imap would read ahead
+    without bound, and each input is 3*S*S*4 bytes = 21.7 MB at S = 1344). Worker
+    processes hand tensors back through shared memory, one slot per item in flight:
+    pickling them through the pool's pipe took longer than preprocessing itself.
     """
-    jobs = [(str(item.source), item.kind, info.input_size, tuple(info.pixel_mean), tuple(info.pixel_std))
+    jobs = [(str(item.source), item.kind, info.input_size, tuple(info.pixel_mean), tuple(info.pixel_std), None)
             for item in items]
     if not jobs:
         return
     if workers == 0:
-        results = map(_load_one, jobs)
-        for item, result in zip(items, results):
-            yield (item, *result)
+        for item, job in zip(items, jobs):
+            yield (item, *_load_one(job))
         return
-    has_images = any(item.kind == "image" for item in items)
-    if has_images:
+    window = 2 * workers + 2
+    slots = None
+    if any(item.kind == "image" for item in items):
         methods = multiprocessing.get_all_start_methods()
         # not fork: the parent runs inference threads, and forking those can deadlock
         context = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
-        pool = context.Pool(min(workers, len(jobs)))
+        window = min(window, len(jobs))
+        shape = (window, 3, info.input_size, info.input_size)
+        # RawArray falls back from /dev/shm to a temp folder when /dev/shm is too small (containers)
+        shared = context.RawArray("B", int(np.prod(shape)) * 4)
+        slots = np.frombuffer(shared, dtype=np.float32).reshape(shape)
+        jobs = [job[:-1] + (index % window,) for index, job in enumerate(jobs)]
+        pool = context.Pool(min(workers, len(jobs)), initializer=_init_loader, initargs=(shared, shape))
     else:
         from multiprocessing.pool import ThreadPool
 
         pool = ThreadPool(1)
-    window = 2 * max(workers, 1) + 2
     try:
-        for item, result in zip(items, _ordered_bounded(pool, _load_one, jobs, window)):
-            yield (item, *result)
+        for item, job, (tensor, extra, cause) in zip(items, jobs, _ordered_bounded(pool, _load_one, jobs, window)):
+            if tensor is None and cause is None:
+                tensor = slots[job[-1]]  # a view, valid until the next item is requested
+            yield item, tensor, extra, cause
     finally:
         pool.terminate()
         pool.join()
 
 
 def _ordered_bounded(pool, function, jobs, window):
-    """Like pool.imap(function, jobs) but with at most ``window`` results pending."""
+    """Like pool.imap(function, jobs) but with at most ``window`` jobs submitted and not yet consumed."""
     jobs = iter(jobs)
     pending = collections.deque(pool.apply_async(function, (job,)) for job in itertools.islice(jobs, window))
     while pending:
         result = pending.popleft().get()
+        yield result
+        # submitted only after the consumer is done with the result (and its shared-memory slot)
         for job in itertools.islice(jobs, 1):
             pending.append(pool.apply_async(function, (job,)))
-        yield result
+
+
+_loader_slots = None  # in a worker process: the shared [window, 3, S, S] float32 slots
+
+
+def _init_loader(shared, shape):
+    global _loader_slots
+    _loader_slots = np.frombuffer(shared, dtype=np.float32).reshape(shape)
 
 
 def _load_one(job):
-    """One input -> (float32 [3,S,S] or None, extra record fields, cause or None). Runs in a worker."""
+    """One input -> (float32 [3,S,S] or None, extra record fields, cause or None). Runs in a worker.
+
+    With a shared-memory ``slot`` (image workers), the tensor is written there and None returned.
+    """
     from ..data.preprocess import read_bin
 
-    path, kind, input_size, mean, std = job
+    path, kind, input_size, mean, std, slot = job
     try:
         if kind == "bin":
             return read_bin(path, input_size)[0], {}, None
@@ -409,6 +437,9 @@ def _load_one(job):
         tensor, scale, (resized_h, resized_w) = seed_preprocess(image, input_size, mean, std)
         extra = {"width": int(width), "height": int(height), "resized_width": int(resized_w),
                  "resized_height": int(resized_h), "scale": float(scale), "input_size": int(input_size)}
+        if slot is not None and _loader_slots is not None:
+            _loader_slots[slot] = tensor
+            return None, extra, None
         return tensor, extra, None
     except InputError as e:
         return None, {}, e.cause
@@ -439,14 +470,14 @@ def _record_without_pixels(item, input_size):
 # inference and outputs
 
 
-def _infer_batch(session, pending, out_dir, specs, outfmt, legacy_names, records):
-    """Run one batch, write each image's outputs, record it. Returns the compute time in ms."""
-    batch = np.stack([tensor for _, tensor in pending])
+def _infer_batch(session, batch, items, out_dir, specs, outfmt, legacy_names, records):
+    """Run one batch (float32 [len(items), 3, S, S]), write each image's outputs, record it.
+    Returns the compute time in ms."""
     start = time.perf_counter()
     outputs = session.run(batch)
     elapsed_ms = (time.perf_counter() - start) * 1000.0
-    _check_output_shapes(outputs, specs, len(pending), session)
-    for row, (item, _) in enumerate(pending):
+    _check_output_shapes(outputs, specs, len(items), session)
+    for row, item in enumerate(items):
         write_image_outputs(out_dir, item.basename, [out[row] for out in outputs], specs, outfmt, legacy_names)
         item.record["outputs"] = [output_file_name(item.basename, i, outfmt, legacy_names) for i in range(4)]
         records[item.basename] = item.record

@@ -1,0 +1,122 @@
+"""A real (tiny) exported RetinaMask through infer -> evaluate, both layouts.
+
+The model is the R-50-FPN config shrunk (1 block per stage, 8-32 channels, 3 classes) with the
+classifier rescaled so that random weights give real detections, exported by
+``retinamask.export`` at S = 128. The evaluate results must equal ``outputs_to_coco_results``
+applied to the model's outputs computed directly (same runtime, same preprocessed input):
+that checks the whole IO chain (worker preprocessing, batching, files, reading, geometry).
+"""
+
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+export = pytest.importorskip("retinamask.export")
+
+from retinamask.config import load_config  # noqa: E402
+from retinamask.data.transforms import seed_preprocess  # noqa: E402
+from retinamask.evaluation.postprocess import evaluate_outputs, outputs_to_coco_results  # noqa: E402
+from retinamask.modeling import build_model  # noqa: E402
+from retinamask.runtime.backends import create_session  # noqa: E402
+from retinamask.runtime.infer import run_inference  # noqa: E402
+
+S = 128
+TINY = ["MODEL.RESNETS.BLOCK_COUNTS", "(1, 1, 1, 1)", "MODEL.RESNETS.WIDTH_PER_GROUP", "8",
+        "MODEL.RESNETS.STEM_OUT_CHANNELS", "8", "MODEL.RESNETS.RES2_OUT_CHANNELS", "32",
+        "MODEL.BACKBONE.OUT_CHANNELS", "32", "MODEL.ROI_MASK_HEAD.CONV_LAYERS", "(32, 32)",
+        "RETINANET.NUM_CLASSES", "4"]
+SIZES = ((96, 128), (160, 120), (100, 100))
+CATEGORY_IDS = (9, 1, 5)  # unsorted on purpose: label L -> sorted ids [1, 5, 9][L - 1]
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    cfg = load_config("retinanet_mask_R-50-FPN_2x_adjust_std011_ms", TINY)
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    head = model.rpn.head
+    with torch.no_grad():
+        _, logits, _ = model.rpn(model.backbone(export.sample_input(cfg, S, 1)))
+        raw = torch.cat([(level - head.cls_logits.bias.view(1, -1, 1, 1)).flatten() for level in logits])
+        head.cls_logits.weight.mul_(1.5 / raw.std())
+        head.cls_logits.bias.fill_(-3.0 - (raw.mean() * 1.5 / raw.std()).item())
+        head.bbox_pred.weight.mul_(20)
+    folder = tmp_path_factory.mktemp("exported")
+    paths = {}
+    paths["end2end"] = folder / "end2end.onnx"
+    export.export_model(model, cfg, paths["end2end"], dynamic_batch=True, input_size=S, verify=False, simplify=False)
+    paths["seed"] = folder / "seed.onnx"
+    export.export_model(model, cfg, paths["seed"], layout="seed", input_size=S, verify=False, simplify=False)
+    return paths
+
+
+@pytest.fixture(scope="module")
+def image_set(tmp_path_factory):
+    from PIL import Image
+
+    from retinamask.export.onnx_export import synthetic_image
+
+    root = tmp_path_factory.mktemp("images")
+    (root / "images").mkdir()
+    images, annotations = [], []
+    for i, (h, w) in enumerate(SIZES):
+        name = f"{i:012d}.png"
+        Image.fromarray(synthetic_image(h, w, variant=i)).save(root / "images" / name)
+        images.append({"id": 10 + i, "file_name": name, "width": w, "height": h})
+        for j, category in enumerate(CATEGORY_IDS):
+            box = [5.0 + 10 * j, 8.0 + 5 * j, w / 3, h / 4]
+            annotations.append({"id": len(annotations) + 1, "image_id": 10 + i, "category_id": category,
+                                "bbox": box, "area": box[2] * box[3], "iscrowd": 0,
+                                "segmentation": [[box[0], box[1], box[0] + box[2], box[1], box[0] + box[2],
+                                                  box[1] + box[3], box[0], box[1] + box[3]]]})
+    categories = [{"id": c, "name": f"c{c}"} for c in CATEGORY_IDS]
+    ann_file = root / "instances.json"
+    ann_file.write_text(json.dumps({"images": images, "annotations": annotations, "categories": categories}))
+    return root / "images", ann_file, images
+
+
+def _direct_results(model_path, layout, image_dir, images):
+    """COCO results from running the model on each preprocessed image directly (no files)."""
+    from retinamask.data.image_io import load_image_rgb
+
+    session = create_session(model_path)
+    results = []
+    for image in images:
+        rgb = load_image_rgb(image_dir / image["file_name"])
+        tensor, _, resized_hw = seed_preprocess(rgb, S)
+        outputs = [o[0] for o in session.run(tensor[None])]
+        results += outputs_to_coco_results(outputs, layout, image["id"], rgb.shape[:2], resized_hw,
+                                           sorted(CATEGORY_IDS))
+    return results
+
+
+@pytest.mark.parametrize("layout", ["end2end", "seed"])
+def test_exported_model_through_infer_and_evaluate(tmp_path, exported, image_set, layout):
+    image_dir, ann_file, images = image_set
+    summary = run_inference(exported[layout], image_dir, tmp_path, "result", batch_size=1, workers=1,
+                            progress=False)
+    assert summary["count"] == len(SIZES) and summary["failed"] == [] and summary["layout"] == layout
+    evaluation = evaluate_outputs(tmp_path / "result", ann_file, output_path=tmp_path / "eval.txt", workers=1,
+                                  progress=False)
+    assert evaluation["failed"] == [] and evaluation["layout"] == layout
+    assert evaluation["images_evaluated"] == len(SIZES)
+    assert set(evaluation["stats"]) >= {"bbox", "segm"}
+
+    ours = json.loads((tmp_path / "eval_coco_results.json").read_text())
+    direct = _direct_results(exported[layout], layout, image_dir, images)
+    assert len(ours) == len(direct) > len(SIZES)  # real detections, not just padding
+    assert {r["category_id"] for r in ours} <= set(CATEGORY_IDS)
+    key = lambda r: (r["image_id"], -r["score"], r["category_id"], r["bbox"])  # noqa: E731
+    for a, b in zip(sorted(ours, key=key), sorted(direct, key=key)):
+        assert (a["image_id"], a["category_id"]) == (b["image_id"], b["category_id"])
+        assert a["score"] == pytest.approx(b["score"], abs=1e-6)
+        np.testing.assert_allclose(a["bbox"], b["bbox"], atol=1e-4)
+        assert a["segmentation"] == b["segmentation"]
+    # boxes lie inside their original image
+    sizes = {image["id"]: (image["width"], image["height"]) for image in images}
+    for r in ours:
+        x, y, w, h = r["bbox"]
+        width, height = sizes[r["image_id"]]
+        assert 0 <= x and 0 <= y and x + w - 1 <= width - 1 + 1e-4 and y + h - 1 <= height - 1 + 1e-4
