@@ -1,0 +1,104 @@
+"""``retinamask export``: checkpoint + config -> ONNX (layout end2end or seed, docs/onnx_contract.md).
+
+Accepts the seed script's flags (``--cfg_path --weight_path --save_path --simplify=True``)
+and their dashed forms. Exit codes: 0 exported (and verified, unless --no-verify); 1 exported
+but the check against PyTorch failed (the file is kept, the numbers are printed); 2 bad
+arguments, config or checkpoint (nothing written).
+"""
+
+import argparse
+
+from ..errors import EXIT_ITEMS_FAILED, EXIT_OK
+
+HELP = "checkpoint + config -> ONNX (end2end or seed layout)"
+
+
+def _bool(text):
+    value = str(text).strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected True or False, got {text!r}")
+
+
+def add_arguments(parser):
+    parser.add_argument("--cfg_path", "--cfg-path", dest="cfg_path", required=True,
+                        help="config: a shipped name (e.g. retinanet_mask_R-50-FPN_2x_adjust_std011_ms) or a YAML path")
+    parser.add_argument("--weight_path", "--weight-path", dest="weight_path", required=True,
+                        help="checkpoint (.pth) in the original's format")
+    parser.add_argument("--save_path", "--save-path", dest="save_path", default="retinamask.onnx",
+                        help="output .onnx file (default: %(default)s)")
+    parser.add_argument("--simplify", type=_bool, nargs="?", const=True, default=True, metavar="{True,False}",
+                        help="simplify with onnxslim (default: True; skipped with a note if onnxslim is missing)")
+    parser.add_argument("--no-simplify", dest="simplify", action="store_false", help="same as --simplify=False")
+    parser.add_argument("--layout", choices=("end2end", "seed"), default="end2end",
+                        help="end2end: NMS and top-K in the graph (default); seed: the Ascend seed's 1000 candidates")
+    batch = parser.add_mutually_exclusive_group()
+    batch.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int, default=1,
+                       help="fixed batch size B of the input [B,3,S,S] (default: 1)")
+    batch.add_argument("--dynamic-batch", "--dynamic_batch", dest="dynamic_batch", action="store_true",
+                       help="a dynamic batch axis instead of a fixed one")
+    parser.add_argument("--fp16", action="store_true",
+                        help="float16 convolutions; input, outputs, NMS and RoIAlign stay float32")
+    parser.add_argument("--opset", type=int, default=18, help="ONNX opset, 18 or later (default: 18)")
+    parser.add_argument("--input-size", "--input_size", dest="input_size", type=int, default=1344,
+                        help="side S of the square input, a multiple of 32 (default: 1344)")
+    parser.add_argument("--max-detections", "--max_detections", dest="max_detections", type=int, default=100,
+                        help="end2end: output rows K per image (default: 100; 50 = the original's mask cut); "
+                             "seed: written to the metadata as the host-side NMS keep count")
+    parser.add_argument("--no-verify", dest="verify", action="store_false",
+                        help="skip the ONNX Runtime run and the comparison with PyTorch")
+    parser.add_argument("--opts", nargs="+", default=[], metavar="KEY VALUE",
+                        help="config overrides as KEY VALUE pairs, e.g. --opts RETINANET.INFERENCE_TH 0.1")
+
+
+def run(args):
+    from ..config import load_config
+    from ..export import export_onnx
+
+    cfg = load_config(args.cfg_path, args.opts)
+    report = export_onnx(
+        cfg, args.weight_path, args.save_path, layout=args.layout, batch_size=args.batch_size,
+        dynamic_batch=args.dynamic_batch, fp16=args.fp16, opset=args.opset, simplify=args.simplify,
+        input_size=args.input_size, max_detections=args.max_detections, verify=args.verify,
+    )
+    print(format_report(report))
+    verification = report["verification"]
+    return EXIT_ITEMS_FAILED if verification is not None and not verification["passed"] else EXIT_OK
+
+
+def format_report(report):
+    """A few human-readable lines about an export report (see retinamask.export.export_onnx)."""
+    s = report["simplification"]
+    if s.get("tool"):
+        simplified = f"simplified with {s['tool']}: {s['nodes_before']} -> {s['nodes_after']} nodes"
+    elif s["requested"]:
+        simplified = f"not simplified: {s.get('skipped')} ({s['nodes_after']} nodes)"
+    else:
+        simplified = f"not simplified ({s['nodes_after']} nodes)"
+    outputs = ", ".join(f"{name} {dims}" for name, dims in report["outputs"].items())
+    lines = [
+        f"exported {report['path']} ({report['file_bytes'] / 1e6:.1f} MB) in {report['total_seconds']:.1f} s "
+        f"(torch.onnx.export {report['export_seconds']:.1f} s): "
+        f"layout {report['layout']}, batch {report['batch']}, input {report['input_size']}, "
+        f"opset {report['opset']}, {report['precision']}",
+        f"  {simplified}",
+        f"  outputs: {outputs}",
+    ]
+    if report.get("external_data"):
+        lines.append(f"  weights in the side file {report['external_data']} (model over 2 GB)")
+    v = report["verification"]
+    if v is None:
+        lines.append("  not verified (--no-verify)")
+    else:
+        lines.append(
+            f"  onnxruntime vs {v['compared_with']} on {v['images']} sample image(s): "
+            f"{v['matched']}/{v['reference']} reference detections matched ({v['exported']} exported, "
+            f"{v['unmatched_at_cut']} unmatched at the top-K cut); max |d score| {v['max_score_diff']:.2g}, "
+            f"min box IoU {v['min_box_iou']:.4f}, max |d mask prob| {v['max_mask_diff']:.2g} "
+            f"-> {'PASSED' if v['passed'] else 'FAILED'}"
+        )
+        if v["reference"] == 0 and v["exported"] == 0:
+            lines.append("  (nothing is detected on the synthetic sample: only the empty result was compared)")
+    return "\n".join(lines)
