@@ -207,7 +207,7 @@ def _create_onnxruntime(path, info, device, precision, threads, cache_dir):
 
     model_to_load, save_to = str(path), None
     if cache_dir is not None and device == "cpu":
-        cached = cache_dir / f"{path.stem}.{_ort_cache_key(path, threads)}.ort.onnx"
+        cached = cache_dir / f"{path.stem}.{_ort_cache_key(path)}.ort.onnx"
         if cached.is_file():
             model_to_load = str(cached)
             # The cached graph is already optimized (for this machine and version).
@@ -233,12 +233,13 @@ def _create_onnxruntime(path, info, device, precision, threads, cache_dir):
     return OnnxRuntimeSession(session, info, device, precision)
 
 
-def _ort_cache_key(path, threads):
+def _ort_cache_key(path):
+    """Names the optimized graph: it is specific to the model file, the onnxruntime version and the CPU."""
     import onnxruntime as ort
 
     stat = path.stat()
     text = "|".join(
-        str(v) for v in (path.resolve(), stat.st_size, stat.st_mtime_ns, ort.__version__, _cpu_model(), threads)
+        str(v) for v in (path.resolve(), stat.st_size, stat.st_mtime_ns, ort.__version__, _cpu_model())
     )
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 

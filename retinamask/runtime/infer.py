@@ -115,7 +115,7 @@ def run_inference(
     if workers < 0:
         raise InputError(f"--workers must be >= 0, got {workers}")
 
-    info = session_info = read_model_info(model_path, layout=layout, input_size=input_size)
+    info = read_model_info(model_path, layout=layout, input_size=input_size)
     batch_size = int(batch_size)
     if info.batch_size is not None and batch_size != info.batch_size:
         logger.warning("the model has a fixed batch of %d: running batches of %d, not %d",
@@ -140,7 +140,7 @@ def run_inference(
 
     if session is None:
         session = create_session(model_path, backend, device, precision, threads=threads, cache_dir=cache_dir,
-                                 model_info=session_info)
+                                 model_info=info)
 
     specs = info.outputs
     todo, records = [], {}
