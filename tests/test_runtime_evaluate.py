@@ -243,3 +243,16 @@ def test_unknown_image_is_reported(tmp_path, dataset, inferred):
     assert [f["file"] for f in summary["failed"]] == ["stranger"]
     assert "no image stranger.* in the annotation file" in summary["failed"][0]["cause"]
     _check_perfect(summary["stats"])
+
+
+def test_npy_outputs_with_ais_bench_batch_axis(tmp_path, dataset, inferred):
+    """ais_bench's NPY outputs keep the batch axis ([1, K, 4] ...): read them too."""
+    _, ann_file, _ = dataset
+    batched = tmp_path / "batched"
+    batched.mkdir()
+    for path in inferred[("seed", "NPY", False)].glob("*.npy"):
+        np.save(batched / path.name, np.load(path)[None])
+    summary = evaluate_outputs(batched, ann_file, output_path=tmp_path / "b.txt", workers=1, input_size=S,
+                               progress=False)
+    assert summary["failed"] == [] and summary["layout"] == "seed"
+    _check_perfect(summary["stats"])

@@ -139,6 +139,8 @@ def read_output_file(path, spec, outfmt=None):
                 if isinstance(e, FileNotFoundError):
                     raise
                 raise InputError(f"truncated or corrupt .npy ({e})", path) from None
+            if array.shape == (1, *spec.shape):  # ais_bench keeps the batch axis in .npy outputs
+                array = array[0]
             if array.shape != tuple(spec.shape):
                 raise InputError(f"shape {list(array.shape)}, expected {what} — another layout/model?", path)
             if array.dtype != spec.dtype:
@@ -188,6 +190,8 @@ def probe_output_geometry(files):
     if files.outfmt == "NPY":
         boxes_shape = _npy_shape(boxes_path)
         masks_shape = _npy_shape(masks_path)
+        if len(boxes_shape) == 3 and boxes_shape[0] == 1:  # ais_bench keeps the batch axis
+            boxes_shape, masks_shape = boxes_shape[1:], masks_shape[1:]
         if len(boxes_shape) != 2 or boxes_shape[1] != 4 or len(masks_shape) < 3:
             raise InputError(f"boxes {list(boxes_shape)} / masks {list(masks_shape)} are not [K,4] / [K,1,M,M]", boxes_path)
         return int(boxes_shape[0]), int(masks_shape[-1])
