@@ -40,14 +40,10 @@ def boxes_to_original(boxes, original_hw, resized_hw):
     Then clipped to [0, w-1] x [0, h-1] (``clip_to_image``, +1 convention).
     Returns float32 [N,4].
     """
+    from .boxes import clip_boxes, rescale_boxes
+
     height, width = (int(v) for v in original_hw)
-    resized_h, resized_w = (int(v) for v in resized_hw)
-    out = np.array(boxes, dtype=np.float32).reshape(-1, 4)
-    out[:, 0::2] *= np.float32(width / resized_w)
-    out[:, 1::2] *= np.float32(height / resized_h)
-    out[:, 0::2] = np.clip(out[:, 0::2], 0, width - 1)
-    out[:, 1::2] = np.clip(out[:, 1::2], 0, height - 1)
-    return out
+    return clip_boxes(rescale_boxes(boxes, resized_hw, original_hw), height, width)
 
 
 @dataclass
