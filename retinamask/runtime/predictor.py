@@ -1,0 +1,44 @@
+"""OnnxPredictor: the exported model behind the same interface as the PyTorch Predictor (torch-free)."""
+
+import numpy as np
+
+from ..data.image_io import as_rgb_array
+from ..data.transforms import seed_preprocess
+from ..evaluation.postprocess import decode_outputs
+from ..structures import Prediction
+from .backends import create_session
+from .model_info import read_model_info
+
+
+class OnnxPredictor:
+    """image (path, PIL image or uint8 RGB array) -> Prediction, through ONNX Runtime or OpenVINO.
+
+    Preprocessing, class names, thresholds and the layout come from the model's metadata
+    (docs/onnx_contract.md); the seed layout gets the host-side NMS.
+    """
+
+    def __init__(self, model_path, backend="onnxruntime", device="cpu", precision="fp32", mask_threshold=0.5):
+        self.info = read_model_info(model_path)
+        self.session = create_session(model_path, backend, device, precision, model_info=self.info)
+        self.mask_threshold = mask_threshold
+
+    @property
+    def class_names(self):
+        return self.info.class_names
+
+    def __call__(self, image):
+        rgb = as_rgb_array(image)
+        info = self.info
+        chw, _, resized_hw = seed_preprocess(rgb, info.input_size, info.pixel_mean, info.pixel_std)
+        outputs = [o[0] for o in self.session.run(chw[None])]
+        det = decode_outputs(outputs, info.layout, rgb.shape[:2], resized_hw, nms_threshold=info.nms_threshold,
+                             max_detections=info.max_detections, mask_threshold=self.mask_threshold)
+        order = np.argsort(-det.scores, kind="stable")
+        labels = det.labels[order].astype(np.int64)
+        return Prediction(boxes=det.boxes[order], scores=det.scores[order], labels=labels,
+                          class_names=[self._name(i) for i in labels], masks=det.masks[order],
+                          mask_probs=det.mask_probs[order], image_size=tuple(rgb.shape[:2]))
+
+    def _name(self, label):
+        names = self.class_names
+        return names[label - 1] if names and label <= len(names) else f"class_{label}"
