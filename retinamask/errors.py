@@ -2,7 +2,8 @@
 
 EXIT_OK = 0
 EXIT_ITEMS_FAILED = 1  # the batch ran, but some items failed (listed in the summary)
-EXIT_BAD_INPUT = 2  # bad arguments, config, checkpoint or model: nothing was done
+EXIT_BAD_INPUT = 2  # bad arguments, config, checkpoint or model, an unwritable output, or --strict met a bad item
+EXIT_INTERNAL_ERROR = 3  # an unexpected exception: a bug (--debug shows the traceback)
 EXIT_INTERRUPTED = 130
 
 
@@ -30,3 +31,7 @@ class CheckpointError(RetinaMaskError):
 
 class InputError(RetinaMaskError):
     """An input item (image, .bin, .info line, inference output) that cannot be used."""
+
+
+class OutputError(RetinaMaskError):
+    """An output that cannot be written (no space left, permission denied, read-only file system)."""

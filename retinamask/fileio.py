@@ -1,10 +1,20 @@
-"""Atomic file writes: a reader never sees a half-written output (temp file + rename)."""
+"""Atomic file writes: a reader never sees a half-written output (temp file + rename).
 
+A temp file is named ``.{name}.{host}-{pid}.{random}.tmp`` beside its target, so that
+the temp files a killed process left behind can be told from those of a live writer
+(:func:`remove_stale_temp_files`).
+"""
+
+import hashlib
 import json
 import os
+import re
+import socket
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
+
+from .errors import OutputError
 
 
 def _current_umask():
@@ -14,27 +24,98 @@ def _current_umask():
 
 
 _UMASK = _current_umask()
+_HOST_TAG = hashlib.sha1(socket.gethostname().encode("utf-8", "replace")).hexdigest()[:8]
+_TEMP_NAME = re.compile(r"^\.(?P<name>.+)\.(?P<host>[0-9a-f]{8})-(?P<pid>\d+)\.[^.]+\.tmp$")
+
+
+def _cannot_write(error, path):
+    return OutputError(f"cannot write: {error.strerror or error}", path)
 
 
 @contextmanager
 def atomic_open(path, mode="wb"):
-    """Open a temp file beside ``path``; rename it onto ``path`` only if the block succeeds."""
+    """Open a temp file beside ``path``; rename it onto ``path`` only if the block succeeds.
+
+    Text modes write UTF-8 whatever the locale (file names in .info lists may be non-ASCII).
+    A failure to create, write or rename the file (disk full, permission denied...)
+    raises :class:`~retinamask.errors.OutputError` naming ``path``.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; give outputs the usual permissions
     try:
-        with os.fdopen(fd, mode) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # the pid is read per call: worker processes write too
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{_HOST_TAG}-{os.getpid()}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise _cannot_write(e, path) from None
+    try:
+        try:
+            os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; give outputs the usual permissions
+            f = os.fdopen(fd, mode) if "b" in mode else os.fdopen(fd, mode, encoding="utf-8")
+        except OSError as e:
+            os.close(fd)
+            raise _cannot_write(e, path) from None
+        with f:
+            try:
+                yield f
+            except OSError as e:
+                if e.filename is None:  # a write to f failed; errors naming a file concern some other file
+                    raise _cannot_write(e, path) from None
+                raise
+            try:
+                f.flush()
+                os.fsync(f.fileno())
+            except OSError as e:
+                raise _cannot_write(e, path) from None
+        try:
+            os.replace(tmp, path)
+        except OSError as e:
+            raise _cannot_write(e, path) from None
     except BaseException:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
         raise
+
+
+def remove_stale_temp_files(directory):
+    """Delete the temp files that writers on this host which are no longer running left in
+    ``directory`` (a process killed mid-write cannot remove its own); returns their names.
+
+    Temp files of live processes, of other hosts and of other naming schemes are kept.
+    """
+    removed = []
+    try:
+        with os.scandir(directory) as entries:
+            candidates = [e.name for e in entries if e.name.startswith(".") and e.name.endswith(".tmp")]
+    except OSError:
+        return removed
+    for name in candidates:
+        match = _TEMP_NAME.match(name)
+        if match is None or match["host"] != _HOST_TAG or _process_alive(int(match["pid"])):
+            continue
+        try:
+            os.unlink(os.path.join(directory, name))
+            removed.append(name)
+        except FileNotFoundError:
+            pass
+        except OSError:
+            continue
+    return removed
+
+
+def _process_alive(pid):
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by another user
+        return True
+    except OSError:
+        return True
+    return True
 
 
 def atomic_write_bytes(path, data):
