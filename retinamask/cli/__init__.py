@@ -11,7 +11,7 @@ import importlib
 import logging
 import sys
 
-from ..errors import EXIT_INTERRUPTED, RetinaMaskError
+from ..errors import EXIT_BAD_INPUT, EXIT_INTERNAL_ERROR, EXIT_INTERRUPTED, RetinaMaskError
 
 # subcommand name -> module under retinamask.cli (in --help order)
 COMMANDS = {
@@ -82,6 +82,19 @@ def main(argv=None):
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except OSError as e:  # one the library did not turn into a RetinaMaskError: still one line
+        if args.debug:
+            raise
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"error: {where}{e.strerror or e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except Exception as e:
+        if args.debug:
+            raise
+        text = " ".join(str(e).split())[:300]
+        print(f"error: unexpected {type(e).__name__}: {text} (a bug; 'retinamask --debug {args.command} ...' "
+              "shows the traceback)", file=sys.stderr)
+        return EXIT_INTERNAL_ERROR
 
 
 if __name__ == "__main__":
