@@ -36,8 +36,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import InputError
-from ..fileio import atomic_open, atomic_write_json, atomic_write_text
+from ..errors import InputError, OutputError
+from ..fileio import atomic_open, atomic_write_json, atomic_write_text, remove_stale_temp_files
 from .image_io import IMAGE_EXTENSIONS, list_images, load_image_rgb
 from .transforms import PIXEL_MEAN, PIXEL_STD, SEED_INPUT_SIZE, seed_preprocess, seed_resize_geometry
 
@@ -114,6 +114,7 @@ def preprocess_images(
         bin_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise InputError(f"cannot create the output folder: {e.strerror or e}", bin_dir) from None
+    remove_stale_temp_files(bin_dir)  # 21.7 MB each at S = 1344 when a run was killed mid-write
 
     allow_resume = _earlier_settings_match(sidecar_path, input_size, mean, std)
     tasks, failed = [], []
@@ -131,7 +132,7 @@ def preprocess_images(
     for outcome in _run_tasks(tasks, workers, progress):
         status = outcome[0]
         if status == "output_error":
-            raise InputError(outcome[2], outcome[1])
+            raise OutputError(outcome[2], outcome[1])
         if status == "failed":
             _, image_path, cause = outcome
             if strict:
@@ -172,11 +173,8 @@ def preprocess_images(
         f"{r['index']} {os.path.join(bin_dir_as_given, r['bin_name'])} {r['width']} {r['height']}\n"
         for r in records
     ]
-    try:
-        atomic_write_json(sidecar_path, sidecar)
-        atomic_write_text(info_path, "".join(info_lines))
-    except OSError as e:
-        raise InputError(f"cannot write: {e.strerror or e}", getattr(e, "filename", None) or info_path) from None
+    atomic_write_json(sidecar_path, sidecar)
+    atomic_write_text(info_path, "".join(info_lines))
 
     return {
         "total": len(images),
@@ -264,7 +262,7 @@ def _run_tasks(tasks, workers, progress):
         context = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
         # an executor, not multiprocessing.Pool: a worker killed by the OOM killer or
         # crashing in a decoder makes Pool wait forever, the executor raises
-        with ProcessPoolExecutor(workers, mp_context=context) as executor:
+        with ProcessPoolExecutor(workers, mp_context=context, initializer=_ignore_interrupts) as executor:
             try:
                 futures = [executor.submit(_process_one, task) for task in tasks]
                 for task, future in zip(tasks, futures):
@@ -281,6 +279,13 @@ def _run_tasks(tasks, workers, progress):
                     bar.update()
             finally:
                 executor.shutdown(wait=True, cancel_futures=True)
+
+
+def _ignore_interrupts():
+    import signal
+
+    # Ctrl-C reaches the whole process group: the parent stops the run, workers need not print tracebacks
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _process_one(task):
@@ -304,11 +309,16 @@ def _process_one(task):
             try:
                 with atomic_open(bin_path, "wb") as f:
                     tensor.astype(BIN_DTYPE, copy=False).tofile(f)
-            except OSError as e:
-                return ("output_error", str(bin_path), f"cannot write: {e.strerror or e}")
+            except OutputError as e:
+                return ("output_error", str(bin_path), e.cause)
             resumed = False
     except InputError as e:
         return ("failed", str(image_path), e.cause)
+    except MemoryError:
+        return ("failed", str(image_path), "not enough memory to preprocess this image")
+    except Exception as e:  # one odd file must not stop a run over thousands
+        return ("failed", str(image_path),
+                f"cannot preprocess (unexpected {type(e).__name__}: {' '.join(str(e).split())[:200]})")
     record = {
         "index": None,
         "file_name": image_path.name,
@@ -395,7 +405,21 @@ def read_info(info_path, check_files=True, sidecar_path=None):
     ``bin_dir`` and in the .info's folder. Raises InputError naming the file and
     line for: unreadable file, malformed line, duplicate index or .bin name, a
     listed .bin that does not exist (``check_files``), a sidecar that is not valid
-    or disagrees with the .info.
+    or disagrees with the .info. :func:`read_info_lines` skips bad lines instead.
+    """
+    records, problems = read_info_lines(info_path, check_files, sidecar_path)
+    if problems:
+        raise InputError(problems[0], info_path)
+    return records
+
+
+def read_info_lines(info_path, check_files=True, sidecar_path=None):
+    """Like :func:`read_info`, but a bad line is skipped rather than fatal, so that a batch
+    can go on with the others: returns (records, problems), ``problems`` being one cause
+    per skipped line ("line 7: ..."). A name or index listed twice keeps its first line.
+
+    Still raises InputError when the file itself is unusable: unreadable, a bad
+    sidecar, or lines that are all bad (it is probably no .info at all).
     """
     info_path = Path(info_path)
     try:
@@ -415,49 +439,64 @@ def read_info(info_path, check_files=True, sidecar_path=None):
     sidecar_entries = {} if sidecar is None else {e["bin_name"]: e for e in sidecar["images"]}
     sidecar_bin_dir = None if sidecar is None else Path(sidecar.get("bin_dir", info_path.parent))
 
-    records, line_of_index, line_of_name = [], {}, {}
+    records, problems, line_of_index, line_of_name = [], [], {}, {}
     for line_number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         where = f"line {line_number}"
-        index, listed_path, width, height = _parse_info_line(line, where, info_path)
-        bin_name = Path(listed_path).name
-        if index in line_of_index:
-            raise InputError(f"{where}: index {index} already used on line {line_of_index[index]}", info_path)
-        if bin_name.casefold() in line_of_name:
-            raise InputError(
-                f"{where}: {bin_name} is listed twice (also on line {line_of_name[bin_name.casefold()]})", info_path
-            )
-        line_of_index[index] = line_number
-        line_of_name[bin_name.casefold()] = line_number
+        try:
+            record = _info_record(line, where, info_path, check_files, sidecar, sidecar_path, sidecar_entries,
+                                  sidecar_bin_dir, line_of_index, line_of_name)
+        except InputError as e:
+            problems.append(e.cause)
+            continue
+        line_of_index[record.index] = line_number
+        line_of_name[record.bin_path.name.casefold()] = line_number
+        records.append(record)
+    if problems and not records:
+        raise InputError(problems[0] + (f" (and all {len(problems)} other lines are bad too)" if len(problems) > 1
+                                        else ""), info_path)
+    return records, problems
 
-        bin_path = _resolve_bin(listed_path, info_path, sidecar_bin_dir, check_files, where)
-        name = bin_name[:-4] if bin_name.lower().endswith(".bin") else Path(bin_name).stem
-        extra = {}
-        if sidecar is not None:
-            entry = sidecar_entries.get(bin_name)
-            if entry is None:
-                raise InputError(
-                    f"{where}: {bin_name} is not in the sidecar {sidecar_path} (outputs of different runs? rerun preprocess)",
-                    info_path,
-                )
-            if (entry["width"], entry["height"]) != (width, height):
-                raise InputError(
-                    f"{where}: size {width}x{height} disagrees with the sidecar's "
-                    f"{entry['width']}x{entry['height']} for {bin_name} (rerun preprocess)",
-                    info_path,
-                )
-            extra = {
-                "file_name": entry["file_name"],
-                "resized_width": int(entry["resized_width"]),
-                "resized_height": int(entry["resized_height"]),
-                "scale": float(entry["scale"]),
-                "input_size": int(entry.get("input_size", sidecar["input_size"])),
-                "mean": tuple(entry.get("mean", sidecar["mean"])),
-                "std": tuple(entry.get("std", sidecar["std"])),
-            }
-        records.append(InfoRecord(index, bin_path, width, height, name, **extra))
-    return records
+
+def _info_record(line, where, info_path, check_files, sidecar, sidecar_path, sidecar_entries, sidecar_bin_dir,
+                 line_of_index, line_of_name):
+    """One .info line -> InfoRecord; raises InputError(cause starting with ``where``)."""
+    index, listed_path, width, height = _parse_info_line(line, where, info_path)
+    bin_name = Path(listed_path).name
+    if index in line_of_index:
+        raise InputError(f"{where}: index {index} already used on line {line_of_index[index]}", info_path)
+    if bin_name.casefold() in line_of_name:
+        raise InputError(
+            f"{where}: {bin_name} is listed twice (also on line {line_of_name[bin_name.casefold()]})", info_path
+        )
+
+    bin_path = _resolve_bin(listed_path, info_path, sidecar_bin_dir, check_files, where)
+    name = bin_name[:-4] if bin_name.lower().endswith(".bin") else Path(bin_name).stem
+    extra = {}
+    if sidecar is not None:
+        entry = sidecar_entries.get(bin_name)
+        if entry is None:
+            raise InputError(
+                f"{where}: {bin_name} is not in the sidecar {sidecar_path} (outputs of different runs? rerun preprocess)",
+                info_path,
+            )
+        if (entry["width"], entry["height"]) != (width, height):
+            raise InputError(
+                f"{where}: size {width}x{height} disagrees with the sidecar's "
+                f"{entry['width']}x{entry['height']} for {bin_name} (rerun preprocess)",
+                info_path,
+            )
+        extra = {
+            "file_name": entry["file_name"],
+            "resized_width": int(entry["resized_width"]),
+            "resized_height": int(entry["resized_height"]),
+            "scale": float(entry["scale"]),
+            "input_size": int(entry.get("input_size", sidecar["input_size"])),
+            "mean": tuple(entry.get("mean", sidecar["mean"])),
+            "std": tuple(entry.get("std", sidecar["std"])),
+        }
+    return InfoRecord(index, bin_path, width, height, name, **extra)
 
 
 def _parse_info_line(line, where, info_path):
