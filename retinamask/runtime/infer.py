@@ -12,10 +12,13 @@ Outputs in ``{output}/{output_dirname}/``:
 
 * ``{basename}_{i}.bin`` / ``.npy`` per image and output (see ``outputs.py``),
   written atomically; an image whose 4 complete outputs exist is skipped (resume);
-* ``images.json``, the run sidecar (:data:`SIDECAR_NAME`): the model's interface and,
-  per image, ``basename, source, file_name, width, height, resized_width,
-  resized_height, scale, input_size`` (original sizes are None for bare .bin input),
-  plus the failed items;
+* ``images.json``, the run sidecar (:data:`SIDECAR_NAME`): the run's settings (model
+  file and digest, layout, output format), the model's interface and, per image,
+  ``basename, source, file_name, width, height, resized_width, resized_height, scale,
+  input_size, outputs`` (original sizes are absent for bare .bin input), plus the
+  failed items. It is written before the first output, so that a rerun after a crash
+  or ``kill -9`` knows which model made the outputs it finds; outputs in a folder
+  without a sidecar, or with a sidecar of other settings, are redone;
 
 and ``{output}/{output_dirname}_summary.json`` like ais_bench's (see :func:`timing_stats`).
 """
@@ -34,8 +37,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import InputError
-from ..fileio import atomic_write_json
+from ..errors import InputError, RetinaMaskError
+from ..fileio import atomic_write_json, remove_stale_temp_files
 from .outputs import OUTFMTS, output_file_name, outputs_complete, write_image_outputs
 
 logger = logging.getLogger(__name__)
@@ -134,9 +137,10 @@ def run_inference(
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise InputError(f"cannot create the output folder: {e.strerror or e}", out_dir) from None
+    remove_stale_temp_files(out_dir)
     sidecar_path = out_dir / SIDECAR_NAME
     settings = _run_settings(info, outfmt, legacy_names)
-    earlier = _earlier_records(sidecar_path, settings)
+    earlier = _earlier_records(sidecar_path, settings, out_dir)
 
     if session is None:
         session = create_session(model_path, backend, device, precision, threads=threads, cache_dir=cache_dir,
@@ -146,12 +150,16 @@ def run_inference(
     todo, records = [], {}
     for item in items:
         if earlier is not None and outputs_complete(out_dir, item.basename, specs, outfmt, legacy_names):
-            records[item.basename] = earlier.get(item.basename) or _record_without_pixels(item, info.input_size)
+            records[item.basename] = earlier.get(item.basename) or _record_without_pixels(
+                item, info.input_size, outfmt, legacy_names)
         else:
             todo.append(item)
     skipped = len(records)
     if skipped:
         logger.info("%d of %d images already have complete outputs in %s: skipped", skipped, len(items), out_dir)
+    # before the first output: a run killed from here on leaves a sidecar naming its settings
+    _write_sidecar(sidecar_path, settings, info, input_path,
+                   [records[item.basename] for item in items if item.basename in records], failed)
 
     compute_ms, inferred = [], 0
     started = time.perf_counter()
@@ -270,7 +278,8 @@ def collect_items(input_path, input_size):
     """The items of a folder (images or .bin files), an .info list, or one file.
 
     Returns (items in order, failed list of {"file", "cause", "listing": True}) where
-    failed are items refused before loading (two images with the same basename).
+    failed are items refused before loading (two images with the same basename, bad
+    .info lines).
     Raises InputError when the input cannot be used at all, e.g. .bin files or an
     .info sidecar made for another input size than the model's.
     """
@@ -280,7 +289,7 @@ def collect_items(input_path, input_size):
     if path.is_file():
         suffix = path.suffix.lower()
         if suffix == ".info":
-            return _items_from_info(path, input_size), []
+            return _items_from_info(path, input_size)
         if suffix == ".bin":
             _check_bin_size(path, input_size)
             return [InputItem(path.stem, path, "bin", {"basename": path.stem, "source": str(path)})], []
@@ -320,10 +329,15 @@ def _items_from_images(images):
 
 
 def _items_from_info(info_path, input_size):
-    from ..data.preprocess import read_info
+    from ..data.preprocess import read_info_lines
 
+    records, problems = read_info_lines(info_path, check_files=False)
+    failed = []
+    for cause in problems:
+        logger.warning("%s: %s", info_path, cause)
+        failed.append({"file": str(info_path), "cause": cause, "listing": True})
     items = []
-    for record in read_info(info_path, check_files=False):
+    for record in records:
         if record.input_size is not None and record.input_size != input_size:
             raise InputError(
                 f"the .info's sidecar says its .bin files are {record.input_size}x{record.input_size} inputs, "
@@ -334,7 +348,7 @@ def _items_from_info(info_path, input_size):
             entry.update(width=record.width, height=record.height, resized_width=record.resized_width,
                          resized_height=record.resized_height, scale=record.scale, input_size=record.input_size)
         items.append(InputItem(record.name, Path(record.bin_path), "bin", entry))
-    return items
+    return items, failed
 
 
 def _check_bin_size(bin_path, input_size):
@@ -363,6 +377,9 @@ def _load_inputs(items, info, workers):
     processes hand tensors back through shared memory, one slot per item in flight:
     pickling them through the pool's pipe took longer than preprocessing itself.
     """
+    from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
+
     jobs = [(str(item.source), item.kind, info.input_size, tuple(info.pixel_mean), tuple(info.pixel_std), None)
             for item in items]
     if not jobs:
@@ -383,38 +400,49 @@ def _load_inputs(items, info, workers):
         shared = context.RawArray("B", int(np.prod(shape)) * 4)
         slots = np.frombuffer(shared, dtype=np.float32).reshape(shape)
         jobs = [job[:-1] + (index % window,) for index, job in enumerate(jobs)]
-        pool = context.Pool(min(workers, len(jobs)), initializer=_init_loader, initargs=(shared, shape))
+        # an executor, not multiprocessing.Pool: when a worker dies (the OOM killer, a crash in an
+        # image decoder) Pool waits forever for its task, the executor raises BrokenProcessPool
+        pool = ProcessPoolExecutor(min(workers, len(jobs)), mp_context=context, initializer=_init_loader,
+                                   initargs=(shared, shape))
     else:
-        from multiprocessing.pool import ThreadPool
-
-        pool = ThreadPool(1)
+        pool = ThreadPoolExecutor(1)
     try:
-        for item, job, (tensor, extra, cause) in zip(items, jobs, _ordered_bounded(pool, _load_one, jobs, window)):
+        for item, job, future in zip(items, jobs, _ordered_bounded(pool, _load_one, jobs, window)):
+            try:
+                tensor, extra, cause = future.result()
+            except BrokenProcessPool:
+                raise InputError(
+                    "a preprocessing worker process died (killed for lack of memory, or crashed in an image "
+                    "decoder) while this image or one near it was loaded; finished outputs are kept and a rerun "
+                    "resumes; --workers 0 pinpoints the image", item.source,
+                ) from None
             if tensor is None and cause is None:
                 tensor = slots[job[-1]]  # a view, valid until the next item is requested
             yield item, tensor, extra, cause
     finally:
-        pool.terminate()
-        pool.join()
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _ordered_bounded(pool, function, jobs, window):
-    """Like pool.imap(function, jobs) but with at most ``window`` jobs submitted and not yet consumed."""
+    """Futures of function(job) in job order, with at most ``window`` jobs submitted and not yet consumed."""
     jobs = iter(jobs)
-    pending = collections.deque(pool.apply_async(function, (job,)) for job in itertools.islice(jobs, window))
+    pending = collections.deque(pool.submit(function, job) for job in itertools.islice(jobs, window))
     while pending:
-        result = pending.popleft().get()
-        yield result
+        yield pending.popleft()
         # submitted only after the consumer is done with the result (and its shared-memory slot)
         for job in itertools.islice(jobs, 1):
-            pending.append(pool.apply_async(function, (job,)))
+            pending.append(pool.submit(function, job))
 
 
 _loader_slots = None  # in a worker process: the shared [window, 3, S, S] float32 slots
 
 
 def _init_loader(shared, shape):
+    import signal
+
     global _loader_slots
+    # Ctrl-C reaches the whole process group: the parent stops the run, workers need not print tracebacks
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     _loader_slots = np.frombuffer(shared, dtype=np.float32).reshape(shape)
 
 
@@ -422,6 +450,7 @@ def _load_one(job):
     """One input -> (float32 [3,S,S] or None, extra record fields, cause or None). Runs in a worker.
 
     With a shared-memory ``slot`` (image workers), the tensor is written there and None returned.
+    Any failure is this item's cause: one odd file must not stop a run over thousands.
     """
     from ..data.preprocess import read_bin
 
@@ -445,10 +474,13 @@ def _load_one(job):
         return None, {}, e.cause
     except MemoryError:
         return None, {}, "not enough memory to load this input"
+    except Exception as e:
+        return None, {}, f"cannot load this input (unexpected {type(e).__name__}: {' '.join(str(e).split())[:200]})"
 
 
-def _record_without_pixels(item, input_size):
-    """Sidecar entry of a skipped item when no earlier sidecar has it (the image header gives the size)."""
+def _record_without_pixels(item, input_size, outfmt, legacy_names):
+    """Sidecar entry of a skipped item when no earlier sidecar has it (the image header gives the size):
+    the entry inferring it would have made, e.g. after a run was killed before its final sidecar."""
     record = dict(item.record)
     if item.kind == "image" and "width" not in record:
         from PIL import Image
@@ -463,6 +495,7 @@ def _record_without_pixels(item, input_size):
                           scale=scale, input_size=input_size)
         except Exception:  # the outputs exist; the geometry is only informative here
             pass
+    record["outputs"] = [output_file_name(item.basename, i, outfmt, legacy_names) for i in range(4)]
     return record
 
 
@@ -474,7 +507,11 @@ def _infer_batch(session, batch, items, out_dir, specs, outfmt, legacy_names, re
     """Run one batch (float32 [len(items), 3, S, S]), write each image's outputs, record it.
     Returns the compute time in ms."""
     start = time.perf_counter()
-    outputs = session.run(batch)
+    try:
+        outputs = session.run(batch)
+    except Exception as e:  # the runtime's own error types (onnxruntime, OpenVINO)
+        first = items[0].source if len(items) == 1 else f"{items[0].source} ... {items[-1].source}"
+        raise RetinaMaskError(f"{session.name} failed on the batch of {first}: {' '.join(str(e).split())[:300]}") from e
     elapsed_ms = (time.perf_counter() - start) * 1000.0
     _check_output_shapes(outputs, specs, len(items), session)
     for row, item in enumerate(items):
@@ -485,8 +522,6 @@ def _infer_batch(session, batch, items, out_dir, specs, outfmt, legacy_names, re
 
 
 def _check_output_shapes(outputs, specs, rows, session):
-    from ..errors import RetinaMaskError
-
     if len(outputs) != len(specs):
         raise RetinaMaskError(f"{session.name}: the model returned {len(outputs)} outputs, the contract has 4")
     for out, spec in zip(outputs, specs):
@@ -502,15 +537,21 @@ def _check_output_shapes(outputs, specs, rows, session):
 
 
 def _run_settings(info, outfmt, legacy_names):
-    """What makes earlier outputs in the folder reusable: same model interface and file format."""
+    """What makes earlier outputs in the folder reusable: the same model (by content: a retrained
+    model of the same architecture has the same size) and file format."""
+    import hashlib
+
     model_path = Path(info.path)
     try:
         model_bytes = model_path.stat().st_size
+        with open(model_path, "rb") as f:
+            model_sha256 = hashlib.file_digest(f, "sha256").hexdigest()
     except OSError:
-        model_bytes = None
+        model_bytes = model_sha256 = None
     return {
         "model_name": model_path.name,
         "model_bytes": model_bytes,
+        "model_sha256": model_sha256,
         "layout": info.layout,
         "input_size": info.input_size,
         "outputs": [[o.name, o.dtype.name, list(o.shape)] for o in info.outputs],
@@ -519,11 +560,16 @@ def _run_settings(info, outfmt, legacy_names):
     }
 
 
-def _earlier_records(sidecar_path, settings):
-    """Records of an earlier run in this folder by basename ({} if none), or None when that
-    run used another model or format, so that its outputs must be redone."""
+def _earlier_records(sidecar_path, settings, out_dir):
+    """Records of an earlier run in this folder by basename, or None when its outputs must be
+    redone: that run used another model or format, or there is no sidecar to say which."""
     if not sidecar_path.exists():
-        return {}
+        from .outputs import list_output_basenames
+
+        if list_output_basenames(out_dir):
+            logger.info("%s: output files without a run sidecar (%s): which model made them is unknown; "
+                        "every image is redone", out_dir, SIDECAR_NAME)
+        return None
     try:
         earlier = json.loads(sidecar_path.read_text(encoding="utf-8"))
         if earlier.get("settings") != settings:
