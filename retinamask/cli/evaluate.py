@@ -3,7 +3,8 @@
 Accepts the seed postprocess's flags (``--input_text_path --infer_results_path
 --coco_path --output_path``) and their dashed forms. Reads ais_bench's ``_0.._3`` and
 the legacy ``_1.._4`` names, .bin or .npy, either layout. Exit codes: 0 all images
-evaluated; 1 some failed (listed; the rest is evaluated); 2 nothing usable.
+evaluated; 1 some failed (listed; the rest is evaluated); 2 nothing usable, or the
+first bad item under --strict. An interrupted run resumes: rerun the same command.
 """
 
 import os
@@ -47,6 +48,9 @@ def add_arguments(parser):
                         help="postprocessing processes (default %(default)s; 1: in this process)")
     parser.add_argument("--no-progress", dest="progress", action="store_false", default=None,
                         help="no progress bar (default: shown on a terminal)")
+    parser.add_argument("--strict", action="store_true", help="stop at the first bad item (exit code 2)")
+    parser.add_argument("--no-resume", dest="resume", action="store_false",
+                        help="redo every image, not reusing what an interrupted run left in <output_path stem>_parts/")
 
 
 def run(args):
@@ -68,13 +72,16 @@ def run(args):
         coco_backend=args.coco_backend,
         mask_paste=args.mask_paste,
         progress=args.progress,
+        strict=args.strict,
+        resume=args.resume,
     )
     stats = summary["stats"]
     if stats.get("bbox") is not None:
         print(format_stats_text(stats), end="")
     timing = summary["timing"]
+    resumed = f"{summary['images_resumed']} kept from an interrupted run; " if summary["images_resumed"] else ""
     print(
-        f"evaluated {summary['images_evaluated']} of {summary['images_listed']} images ({summary['layout']} layout, "
+        f"evaluated {summary['images_evaluated']} of {summary['images_listed']} images ({resumed}{summary['layout']} layout, "
         f"{summary['num_results']} detections; postprocess {timing['postprocess_ms_per_image']:.1f} ms/image, "
         f"COCO eval {timing['coco_eval_s']:.2f} s); stats: {summary['output_path']}, {summary['stats_json']}; "
         f"results: {summary['results_json']}"
@@ -83,7 +90,7 @@ def run(args):
         print(f"note: {summary['annotation_images_without_outputs']} annotation images have no outputs "
               "(they count as images without detections)", file=sys.stderr)
     if summary["failed"]:
-        print(f"{len(summary['failed'])} image(s) failed:", file=sys.stderr)
+        print(f"{len(summary['failed'])} item(s) failed:", file=sys.stderr)
         for failure in summary["failed"]:
             print(f"  {failure['file']}: {failure['cause']}", file=sys.stderr)
         return EXIT_ITEMS_FAILED

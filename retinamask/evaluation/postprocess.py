@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import InputError
+from ..errors import InputError, RetinaMaskError
 
 logger = logging.getLogger(__name__)
 
@@ -191,6 +191,8 @@ def evaluate_outputs(
     mask_paste="original",
     iou_types=("bbox", "segm"),
     progress=None,
+    strict=False,
+    resume=True,
 ):
     """Per-image inference outputs -> COCO results JSON + bbox/segm stats (text and JSON).
 
@@ -204,9 +206,19 @@ def evaluate_outputs(
     Original sizes and image ids come from the annotation file (by file name, or by
     basename = file name without extension).
 
-    Bad items (missing, truncated or non-finite outputs, unknown images) are logged
-    one line each and listed under ``failed``; the rest is evaluated. Returns a summary
-    dict with ``stats`` (``evaluate_coco``'s report), ``failed``, counts, timings and paths.
+    Bad items (missing, truncated or non-finite outputs, unknown images, bad .info
+    lines) are logged one line each and listed under ``failed``; the rest is evaluated.
+    ``strict``: raise the first bad item's InputError instead. No detections at all is
+    not an error: AP 0, with a warning.
+
+    Resume (``resume``): each image's COCO results are kept in ``{output stem}_parts/``
+    as they are made (atomic files, keyed by the image's settings and its output
+    files' sizes and times), so that a rerun after an interruption redoes only what was
+    not finished. The folder is removed once every image was evaluated; it stays when
+    some failed, so that a rerun after fixing them redoes only those.
+
+    Returns a summary dict with ``stats`` (``evaluate_coco``'s report), ``failed``,
+    counts, timings and paths.
     """
     from .coco_eval import evaluate_coco, load_ground_truth, write_results_json, write_stats_json, write_stats_text
 
@@ -218,38 +230,60 @@ def evaluate_outputs(
     gt_images = _ground_truth_index(dataset)
     category_ids = sorted(int(c["id"]) for c in dataset["categories"])
 
-    entries, sidecar_model = _image_entries(results_dir, info_path, images_path)
+    failed = []
+
+    def item_failed(file, cause):
+        if strict:
+            raise InputError(cause, file)
+        logger.warning("%s: %s", file, cause)
+        failed.append({"file": str(file), "cause": cause})
+
+    entries, sidecar_model, listing_problems = _image_entries(results_dir, info_path, images_path)
+    for cause in listing_problems:
+        item_failed(info_path, cause)
     if not entries:
         raise InputError("no images to evaluate: no image list and no output files", results_dir)
     geometry = _resolve_geometry(layout, model_path, sidecar_model, input_size, results_dir, entries)
 
-    failed, jobs = [], []
+    jobs = []
     for entry in entries:
         job, cause = _job_for(entry, gt_images, geometry, results_dir, category_ids, mask_paste)
         if cause is not None:
-            logger.warning("%s: %s", entry["basename"], cause)
-            failed.append({"file": entry["basename"], "cause": cause})
+            item_failed(entry["basename"], cause)
         else:
             jobs.append(job)
-
-    results, evaluated = [], 0
-    workers = default_workers() if workers is None else int(workers)
-    post_started = time.perf_counter()
-    for outcome in _run_jobs(jobs, workers, progress):
-        if outcome[0] == "failed":
-            _, path, cause = outcome
-            logger.warning("%s: %s", path, cause)
-            failed.append({"file": path, "cause": cause})
-            continue
-        results.extend(outcome[1])
-        evaluated += 1
-    post_seconds = time.perf_counter() - post_started
 
     output_path = Path(output_path)
     stem = output_path.with_suffix("") if output_path.suffix else output_path
     results_json = Path(results_json) if results_json else stem.with_name(stem.name + "_coco_results.json")
     stats_json = Path(stats_json) if stats_json else stem.with_name(stem.name + ".json")
+    parts = _PartStore(stem.with_name(stem.name + "_parts"), enabled=resume)
+
+    # keys taken before the outputs are read: outputs rewritten meanwhile are redone by a rerun
+    keys = [parts.key(job) for job in jobs]
+    results_per_job = [parts.load(job, key) for job, key in zip(jobs, keys)]
+    todo = [position for position, results in enumerate(results_per_job) if results is None]
+    resumed = len(jobs) - len(todo)
+    if resumed:
+        logger.info("%d of %d images already evaluated in an interrupted run (%s): reused", resumed, len(jobs),
+                    parts.folder)
+
+    workers = default_workers() if workers is None else int(workers)
+    post_started = time.perf_counter()
+    for position, outcome in zip(todo, _run_jobs([jobs[i] for i in todo], workers, progress)):
+        if outcome[0] == "failed":
+            _, path, cause = outcome
+            item_failed(path, cause)
+            continue
+        results_per_job[position] = outcome[1]
+        parts.save(jobs[position], keys[position], outcome[1])
+    post_seconds = time.perf_counter() - post_started
+    evaluated = sum(1 for r in results_per_job if r is not None)
+    results = [result for job_results in results_per_job if job_results is not None for result in job_results]
     write_results_json(results_json, results)
+    if evaluated and not results:
+        logger.warning("no detections in any of the %d evaluated images: AP and AR are 0 "
+                       "(-1 where the annotations have no object of that size)", evaluated)
 
     eval_started = time.perf_counter()
     if results or evaluated:
@@ -266,6 +300,7 @@ def evaluate_outputs(
     without_outputs = sum(1 for image in dataset["images"] if Path(image["file_name"]).stem not in listed)
     summary = {
         "results_dir": str(results_dir),
+        "images_resumed": resumed,
         "layout": geometry["layout"],
         "rows": geometry["rows"],
         "input_size": geometry["input_size"],
@@ -279,7 +314,7 @@ def evaluate_outputs(
         "workers": workers,
         "timing": {
             "postprocess_s": post_seconds,
-            "postprocess_ms_per_image": 1000.0 * post_seconds / max(evaluated, 1),
+            "postprocess_ms_per_image": 1000.0 * post_seconds / max(evaluated - resumed, 1),
             "coco_eval_s": eval_seconds,
             "total_s": time.perf_counter() - started,
         },
@@ -295,7 +330,82 @@ def evaluate_outputs(
 
         atomic_write_text(output_path, "no images could be evaluated\n")
     write_stats_json(stats_json, summary)
+    if failed:
+        if parts.count():
+            logger.info("%s: kept the results of the evaluated images, so that a rerun redoes only the failed ones",
+                        parts.folder)
+    else:
+        parts.remove()
     return summary
+
+
+class _PartStore:
+    """Per-image COCO results of an evaluation in progress: ``{folder}/{basename}.json``, each
+    written atomically with the key it was made under (the job's settings, the output files'
+    sizes and modification times), and used again only under the same key."""
+
+    def __init__(self, folder, enabled=True):
+        self.folder = Path(folder)
+        self.enabled = enabled
+        if enabled and self.folder.is_dir():
+            from ..fileio import remove_stale_temp_files
+
+            remove_stale_temp_files(self.folder)
+
+    def _path(self, job):
+        return self.folder / f"{job[1]}.json"
+
+    def key(self, job):
+        return _part_key(job) if self.enabled else None
+
+    def load(self, job, key):
+        """The stored results of ``job``, or None if there are none for ``key``."""
+        if key is None:
+            return None
+        import json
+
+        try:
+            stored = json.loads(self._path(job).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        if not isinstance(stored, dict) or stored.get("key") != key:
+            return None
+        results = stored.get("results")
+        return results if isinstance(results, list) else None
+
+    def save(self, job, key, results):
+        if key is None:
+            return
+        import json
+
+        from ..fileio import atomic_write_text
+        from .coco_eval import _json_default
+
+        atomic_write_text(self._path(job), json.dumps({"key": key, "results": results}, default=_json_default))
+
+    def count(self):
+        return len(list(self.folder.glob("*.json"))) if self.enabled and self.folder.is_dir() else 0
+
+    def remove(self):
+        if self.enabled and self.folder.is_dir():
+            import shutil
+
+            shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def _part_key(job):
+    """JSON-comparable identity of one image's evaluation: the job and its output files' (name, size, mtime)."""
+    import json
+
+    from ..runtime.outputs import find_output_files
+
+    try:
+        files = find_output_files(job[0], job[1])
+        stats = [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in files.paths]
+    except (InputError, OSError):
+        return None
+    # through JSON, so that the key compares equal to one read back (tuples become lists)
+    return json.loads(json.dumps({"job": list(job), "files": stats}))
 
 
 def _resolve_results_dir(results_dir):
@@ -331,17 +441,19 @@ def _ground_truth_index(dataset):
 
 
 def _image_entries(results_dir, info_path, images_path):
-    """(entries, model summary or None) from the sidecar, the .info, infer's images.json or the files."""
+    """(entries, model summary or None, causes of skipped .info lines) from the sidecar, the .info,
+    infer's images.json or the files."""
     from ..runtime.infer import SIDECAR_NAME, read_run_sidecar
     from ..runtime.outputs import list_output_basenames
 
     if images_path is not None:
-        return read_run_sidecar(images_path)
+        return (*read_run_sidecar(images_path), [])
     if info_path is not None:
-        from ..data.preprocess import read_info
+        from ..data.preprocess import read_info_lines
 
+        records, problems = read_info_lines(info_path, check_files=False)
         entries = []
-        for record in read_info(info_path, check_files=False):
+        for record in records:
             entry = {"basename": record.name, "input_size": record.input_size}
             if record.file_name is not None:  # sizes from the preprocess sidecar (the seed's .info lists S x S)
                 entry.update(file_name=record.file_name, width=record.width, height=record.height,
@@ -351,13 +463,13 @@ def _image_entries(results_dir, info_path, images_path):
         run_sidecar = results_dir / SIDECAR_NAME
         if run_sidecar.is_file():
             model = read_run_sidecar(run_sidecar)[1]
-        return entries, model
+        return entries, model, problems
     run_sidecar = results_dir / SIDECAR_NAME
     if run_sidecar.is_file():
         logger.info("image list: %s", run_sidecar)
-        return read_run_sidecar(run_sidecar)
+        return (*read_run_sidecar(run_sidecar), [])
     logger.info("no image list given: evaluating every output set in %s", results_dir)
-    return [{"basename": name} for name in list_output_basenames(results_dir)], None
+    return [{"basename": name} for name in list_output_basenames(results_dir)], None, []
 
 
 def _resolve_geometry(layout, model_path, sidecar_model, input_size, results_dir, entries):
@@ -458,18 +570,34 @@ def _run_jobs(jobs, workers, progress):
                 yield _evaluate_one(job)
                 bar.update()
             return
+        from concurrent.futures import ProcessPoolExecutor
+        from concurrent.futures.process import BrokenProcessPool
+
         methods = multiprocessing.get_all_start_methods()
         context = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
-        with context.Pool(workers, initializer=_init_worker) as pool:
-            for outcome in pool.imap(_evaluate_one, jobs, chunksize=2):
-                yield outcome
-                bar.update()
+        # an executor, not multiprocessing.Pool: Pool waits forever for the task of a worker that died
+        with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker) as executor:
+            try:
+                for outcome in executor.map(_evaluate_one, jobs, chunksize=2):
+                    yield outcome
+                    bar.update()
+            except BrokenProcessPool:
+                raise RetinaMaskError(
+                    "a postprocessing worker process died (killed for lack of memory?); the images evaluated so "
+                    "far are kept and a rerun resumes; --workers 1 runs in this process", jobs[0][0],
+                ) from None
+            finally:
+                executor.shutdown(wait=True, cancel_futures=True)
 
 
 def _init_worker():
+    import signal
+
     import cv2
 
     cv2.setNumThreads(1)
+    # Ctrl-C reaches the whole process group: the parent stops the run, workers need not print tracebacks
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _evaluate_one(job):
@@ -493,4 +621,8 @@ def _evaluate_one(job):
         )
     except InputError as e:
         return ("failed", e.path or where, e.cause)
+    except MemoryError:
+        return ("failed", where, "not enough memory to postprocess these outputs")
+    except Exception as e:  # one odd output must not stop the evaluation of thousands
+        return ("failed", where, f"cannot postprocess (unexpected {type(e).__name__}: {' '.join(str(e).split())[:200]})")
     return ("ok", results)
