@@ -81,7 +81,8 @@ def run(args):
     timing = summary["timing"]
     resumed = f"{summary['images_resumed']} kept from an interrupted run; " if summary["images_resumed"] else ""
     print(
-        f"evaluated {summary['images_evaluated']} of {summary['images_listed']} images ({resumed}{summary['layout']} layout, "
+        f"evaluated {summary['images_evaluated']} of {summary['images_listed']} images "
+        f"({resumed}{summary['layout']} layout, "
         f"{summary['num_results']} detections; postprocess {timing['postprocess_ms_per_image']:.1f} ms/image, "
         f"COCO eval {timing['coco_eval_s']:.2f} s); stats: {summary['output_path']}, {summary['stats_json']}; "
         f"results: {summary['results_json']}"
