@@ -1,6 +1,7 @@
 """retinamask predict: images -> overlay PNGs + detection JSON, with a .pth + config or an exported ONNX."""
 
 import logging
+import sys
 
 from ..errors import ConfigError
 
@@ -29,10 +30,11 @@ def run(args):
     predict = _make_predict(args)
     images = collect_images(args.input)
     summary = predict_images(predict, images, args.output, args.score_threshold, args.strict)
-    print(f"wrote {len(summary['written'])} overlays + JSON to {summary['output_dir']}"
-          + (f"; {len(summary['failed'])} failed:" if summary["failed"] else ""))
-    for failure in summary["failed"]:
-        print(f"  {failure['file']}: {failure['cause']}")
+    print(f"wrote {len(summary['written'])} overlays + JSON to {summary['output_dir']}")
+    if summary["failed"]:
+        print(f"{len(summary['failed'])} image(s) failed:", file=sys.stderr)
+        for failure in summary["failed"]:
+            print(f"  {failure['file']}: {failure['cause']}", file=sys.stderr)
     return summary["exit_code"]
 
 
