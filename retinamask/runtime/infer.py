@@ -159,7 +159,7 @@ def run_inference(
         logger.info("%d of %d images already have complete outputs in %s: skipped", skipped, len(items), out_dir)
     # before the first output: a run killed from here on leaves a sidecar naming its settings
     _write_sidecar(sidecar_path, settings, info, input_path,
-                   [records[item.basename] for item in items if item.basename in records], failed)
+                   [records[item.basename] for item in items if item.basename in records], failed, finished=False)
 
     compute_ms, inferred = [], 0
     started = time.perf_counter()
@@ -582,9 +582,12 @@ def _earlier_records(sidecar_path, settings, out_dir):
         return None
 
 
-def _write_sidecar(path, settings, info, input_path, records, failed):
+def _write_sidecar(path, settings, info, input_path, records, failed, finished=True):
+    """``finished``: False while the run goes on, so that a reader can tell the sidecar of a killed run
+    (it lists only the images done before that run started)."""
     atomic_write_json(path, {
         "format": SIDECAR_FORMAT,
+        "finished": finished,
         "settings": settings,
         "model": info.summary(),
         "input": str(input_path),
@@ -609,6 +612,10 @@ def read_run_sidecar(path):
         raise InputError(f"not a readable JSON sidecar ({e})", path) from None
     if not isinstance(data, dict) or not isinstance(data.get("images"), list):
         raise InputError("not an infer or preprocess sidecar: no 'images' list", path)
+    if data.get("finished") is False:
+        logger.warning("%s: the infer run that wrote it has not finished (killed, or still running): it lists only "
+                       "the %d images done before that run started; rerun infer with the same --output_dirname to "
+                       "complete the outputs", path, len(data["images"]))
     entries = []
     for position, entry in enumerate(data["images"]):
         if not isinstance(entry, dict):
