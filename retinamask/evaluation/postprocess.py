@@ -242,7 +242,7 @@ def evaluate_outputs(
     for cause in listing_problems:
         item_failed(info_path, cause)
     if not entries:
-        raise InputError("no images to evaluate: no image list and no output files", results_dir)
+        raise InputError("no images to evaluate: the image list is empty, or there are no output files", results_dir)
     geometry = _resolve_geometry(layout, model_path, sidecar_model, input_size, results_dir, entries)
 
     jobs = []
