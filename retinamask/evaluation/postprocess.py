@@ -483,6 +483,14 @@ def _resolve_geometry(layout, model_path, sidecar_model, input_size, results_dir
         model = {"layout": info.layout, "rows": info.num_rows, "mask_resolution": info.mask_resolution,
                  "input_size": info.input_size, "max_detections": info.max_detections,
                  "nms_threshold": info.nms_threshold, "source": str(model_path)}
+        if sidecar_model:
+            # another model's geometry would map every box wrongly and quietly give a wrong mAP
+            made_by = _sidecar_geometry(sidecar_model)
+            for what, value in made_by.items():
+                if value is not None and value != model[what]:
+                    raise InputError(
+                        f"the model has {what} {model[what]}, but the outputs in {results_dir} came from a model "
+                        f"with {what} {value} (their run sidecar); is this the model that made them?", model_path)
     elif sidecar_model:
         outputs = sidecar_model.get("outputs") or []
         rows = outputs[0]["shape"][0] if outputs else None
@@ -499,7 +507,9 @@ def _resolve_geometry(layout, model_path, sidecar_model, input_size, results_dir
                              f"S = {model['input_size']} ({model['source']})", results_dir)
 
     if model is not None and model["layout"] in LAYOUTS and model["rows"]:
-        return {**model, "input_size": model["input_size"] or input_size or DEFAULT_INPUT_SIZE}
+        geometry = {**model, "input_size": model["input_size"] or input_size or DEFAULT_INPUT_SIZE}
+        _check_entry_input_sizes(entries, geometry)
+        return geometry
 
     # No model description: probe the first image with output files.
     probe = None
@@ -524,6 +534,24 @@ def _resolve_geometry(layout, model_path, sidecar_model, input_size, results_dir
         logger.info("input size %d assumed (the seed's; pass --input-size or --model otherwise)", input_size)
     return {"layout": layout, "rows": rows, "mask_resolution": mask_resolution, "input_size": input_size,
             "max_detections": 100, "nms_threshold": 0.4, "source": "the output files"}
+
+
+def _sidecar_geometry(sidecar_model):
+    """What an infer run sidecar says about the model that made the outputs (None where it says nothing)."""
+    outputs = sidecar_model.get("outputs") or []
+    return {"layout": sidecar_model.get("layout"), "input_size": sidecar_model.get("input_size"),
+            "rows": outputs[0]["shape"][0] if outputs else None}
+
+
+def _check_entry_input_sizes(entries, geometry):
+    """The image list (a preprocess sidecar) may record the input size its inputs were made for."""
+    sizes = sorted({e.get("input_size") for e in entries} - {None})
+    if sizes and sizes != [geometry["input_size"]]:
+        raise InputError(
+            f"the image list says its inputs were made for S = {', '.join(map(str, sizes))}, but "
+            f"{geometry['source']} says S = {geometry['input_size']}; boxes would be mapped back wrongly",
+            geometry["source"] if geometry["source"] not in ("the output files", "the infer run sidecar") else None,
+        )
 
 
 def _job_for(entry, gt_images, geometry, results_dir, category_ids, mask_paste):
