@@ -406,19 +406,20 @@ def _load_inputs(items, info, workers):
                                    initargs=(shared, shape))
     else:
         pool = ThreadPoolExecutor(1)
+    item = items[0]
     try:
+        # both waiting for a result and submitting the next job raise BrokenProcessPool
         for item, job, future in zip(items, jobs, _ordered_bounded(pool, _load_one, jobs, window)):
-            try:
-                tensor, extra, cause = future.result()
-            except BrokenProcessPool:
-                raise InputError(
-                    "a preprocessing worker process died (killed for lack of memory, or crashed in an image "
-                    "decoder) while this image or one near it was loaded; finished outputs are kept and a rerun "
-                    "resumes; --workers 0 pinpoints the image", item.source,
-                ) from None
+            tensor, extra, cause = future.result()
             if tensor is None and cause is None:
                 tensor = slots[job[-1]]  # a view, valid until the next item is requested
             yield item, tensor, extra, cause
+    except BrokenProcessPool:
+        raise InputError(
+            "a preprocessing worker process died (killed for lack of memory, or crashed in an image decoder) "
+            "while this image or one near it was loaded; finished outputs are kept and a rerun resumes; "
+            "--workers 0 pinpoints the image", item.source,
+        ) from None
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
 
