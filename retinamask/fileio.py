@@ -107,6 +107,12 @@ def remove_stale_temp_files(directory):
 def _process_alive(pid):
     if pid == os.getpid():
         return True
+    try:  # a killed process stays a zombie until its parent reaps it: it writes nothing any more
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            if f.read().rsplit(b")", 1)[1].split()[0] in (b"Z", b"X"):
+                return False
+    except (OSError, IndexError):
+        pass  # no such process, or no /proc: the kernel answers below
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
