@@ -676,6 +676,13 @@ def test_kill_9_mid_infer_then_rerun_equals_an_uninterrupted_run(many, model, tm
                 tmp_path / "early.txt", "--no-progress") == EXIT_BAD_INPUT  # its list: the 0 images done before
     assert any("the infer run that wrote it has not finished" in r.getMessage() for r in caplog.records)
 
+    # what a writer killed mid-write leaves (the kill above may or may not have hit a write)
+    from retinamask.fileio import _HOST_TAG
+
+    ended = subprocess.Popen(["true"])
+    ended.wait()
+    (killed / f".im_0001_2.bin.{_HOST_TAG}-{ended.pid}.x1y2z3.tmp").write_bytes(b"half")
+
     rerun = subprocess.run(infer("killed"), cwd=REPO, capture_output=True, text=True)
     assert rerun.returncode == EXIT_OK, rerun.stderr
     summary = json.loads((tmp_path / "killed_summary.json").read_text())
