@@ -4,7 +4,7 @@ import logging
 from pathlib import Path
 
 from ..data.image_io import list_images, load_image_rgb
-from ..errors import EXIT_ITEMS_FAILED, EXIT_OK, InputError
+from ..errors import EXIT_ITEMS_FAILED, EXIT_OK, InputError, RetinaMaskError
 from ..fileio import atomic_write_json
 from ..visualization import write_overlay
 
@@ -25,32 +25,39 @@ def collect_images(inputs):
     return list(dict.fromkeys(paths))
 
 
-def predict_images(predict, images, output_dir, score_threshold=0.3, strict=False, progress=True):
+def predict_images(predict, images, output_dir, score_threshold=0.3, strict=False, progress=None):
     """``predict(rgb uint8 [H, W, 3]) -> Prediction`` over ``images``; writes, per image,
     ``{stem}.png`` (overlay) and ``{stem}.json`` (all detections, masks as RLE) into ``output_dir``.
 
-    Bad images are reported (file + cause) and skipped; returns a summary dict with the failures.
+    Bad images (and images whose stem another image of the run already took, which would
+    overwrite its outputs) are reported (file + cause) and skipped; ``strict`` raises the first.
+    progress: a tqdm bar (None: only on a terminal). Returns a summary dict with the failures.
     """
+    import sys
+
     from tqdm import tqdm
 
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    failures, written = [], []
-    for path in tqdm(images, desc="predict", unit="img", disable=not progress):
+    failures, written, stems = [], [], {}
+    show = sys.stderr.isatty() if progress is None else progress
+    for path in tqdm(images, desc="predict", unit="img", disable=not show):
         try:
+            if path.stem in stems:
+                raise InputError(f"same name as {stems[path.stem]}: its outputs {path.stem}.png/.json would be "
+                                 "overwritten (rename one, or run them separately)", path=path)
+            stems[path.stem] = path
             rgb = load_image_rgb(path)
-        except InputError as e:
+            prediction = predict(rgb)
+        except RetinaMaskError as e:
             if strict:
                 raise
             log.error("%s", e)
             failures.append({"file": str(path), "cause": e.cause})
             continue
-        prediction = predict(rgb)
         record = {"image": str(path), **prediction.to_json()}
         atomic_write_json(output_dir / f"{path.stem}.json", record)
         write_overlay(output_dir / f"{path.stem}.png", rgb, prediction, score_threshold)
         written.append(str(path))
-        shown = sum(1 for s in prediction.scores if s >= score_threshold)
-        log.debug("%s: %d detections (%d >= %.2f)", path, len(prediction), shown, score_threshold)
     return {"written": written, "failed": failures, "output_dir": str(output_dir),
             "exit_code": EXIT_ITEMS_FAILED if failures else EXIT_OK}
