@@ -28,7 +28,6 @@ of an earlier run says other settings were used).
 
 import json
 import logging
-import multiprocessing
 import os
 import sys
 from dataclasses import dataclass
@@ -36,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import parallel
 from ..errors import InputError, OutputError
 from ..fileio import atomic_open, atomic_write_json, atomic_write_text, remove_stale_temp_files
 from .image_io import IMAGE_EXTENSIONS, list_images, load_image_rgb
@@ -60,11 +60,7 @@ def sidecar_path_for(info_path):
 
 def default_workers():
     """min(4, CPUs this process may use)."""
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:
-        cpus = os.cpu_count() or 1
-    return max(1, min(4, cpus))
+    return parallel.default_workers(limit=4)
 
 
 # ---------------------------------------------------------------------------
@@ -242,7 +238,6 @@ def _earlier_settings_match(sidecar_path, input_size, mean, std):
 
 def _run_tasks(tasks, workers, progress):
     """Yield the outcome of each task, in task order, with a progress bar."""
-    from concurrent.futures import ProcessPoolExecutor
     from concurrent.futures.process import BrokenProcessPool
 
     from tqdm import tqdm
@@ -258,11 +253,7 @@ def _run_tasks(tasks, workers, progress):
                 yield _process_one(task)
                 bar.update()
             return
-        methods = multiprocessing.get_all_start_methods()
-        context = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
-        # an executor, not multiprocessing.Pool: a worker killed by the OOM killer or
-        # crashing in a decoder makes Pool wait forever, the executor raises
-        with ProcessPoolExecutor(workers, mp_context=context, initializer=_ignore_interrupts) as executor:
+        with parallel.worker_pool(workers) as executor:
             try:
                 futures = [executor.submit(_process_one, task) for task in tasks]
                 for task, future in zip(tasks, futures):
@@ -279,13 +270,6 @@ def _run_tasks(tasks, workers, progress):
                     bar.update()
             finally:
                 executor.shutdown(wait=True, cancel_futures=True)
-
-
-def _ignore_interrupts():
-    import signal
-
-    # Ctrl-C reaches the whole process group: the parent stops the run, workers need not print tracebacks
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _process_one(task):

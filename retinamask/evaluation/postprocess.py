@@ -10,8 +10,6 @@ seed's host-side class-wise NMS (IoU 0.4, +1 areas, keep 100) here.
 """
 
 import logging
-import multiprocessing
-import os
 import sys
 import time
 from dataclasses import dataclass
@@ -19,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import parallel
 from ..errors import InputError, RetinaMaskError
 
 logger = logging.getLogger(__name__)
@@ -168,11 +167,7 @@ def outputs_to_coco_results(
 
 def default_workers():
     """min(4, CPUs this process may use)."""
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:
-        cpus = os.cpu_count() or 1
-    return max(1, min(4, cpus))
+    return parallel.default_workers(limit=4)
 
 
 def evaluate_outputs(
@@ -598,13 +593,9 @@ def _run_jobs(jobs, workers, progress):
                 yield _evaluate_one(job)
                 bar.update()
             return
-        from concurrent.futures import ProcessPoolExecutor
         from concurrent.futures.process import BrokenProcessPool
 
-        methods = multiprocessing.get_all_start_methods()
-        context = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
-        # an executor, not multiprocessing.Pool: Pool waits forever for the task of a worker that died
-        with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker) as executor:
+        with parallel.worker_pool(workers, initializer=_init_worker) as executor:
             try:
                 for outcome in executor.map(_evaluate_one, jobs, chunksize=2):
                     yield outcome
@@ -619,13 +610,9 @@ def _run_jobs(jobs, workers, progress):
 
 
 def _init_worker():
-    import signal
-
     import cv2
 
     cv2.setNumThreads(1)
-    # Ctrl-C reaches the whole process group: the parent stops the run, workers need not print tracebacks
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _evaluate_one(job):

@@ -27,8 +27,6 @@ import collections
 import itertools
 import json
 import logging
-import multiprocessing
-import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -37,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import parallel
 from ..errors import InputError, RetinaMaskError
 from ..fileio import atomic_write_json, remove_stale_temp_files
 from .outputs import OUTFMTS, output_file_name, outputs_complete, write_image_outputs
@@ -60,11 +59,7 @@ class InputItem:
 
 def default_workers():
     """Preprocessing processes for image input: min(2, CPUs); inference is the slow part."""
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:
-        cpus = os.cpu_count() or 1
-    return max(1, min(2, cpus))
+    return parallel.default_workers(limit=2)
 
 
 def default_output_dirname():
@@ -377,7 +372,7 @@ def _load_inputs(items, info, workers):
     processes hand tensors back through shared memory, one slot per item in flight:
     pickling them through the pool's pipe took longer than preprocessing itself.
     """
-    from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+    from concurrent.futures import ThreadPoolExecutor
     from concurrent.futures.process import BrokenProcessPool
 
     jobs = [(str(item.source), item.kind, info.input_size, tuple(info.pixel_mean), tuple(info.pixel_std), None)
@@ -391,19 +386,14 @@ def _load_inputs(items, info, workers):
     window = 2 * workers + 2
     slots = None
     if any(item.kind == "image" for item in items):
-        methods = multiprocessing.get_all_start_methods()
-        # not fork: the parent runs inference threads, and forking those can deadlock
-        context = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+        context = parallel.worker_context()
         window = min(window, len(jobs))
         shape = (window, 3, info.input_size, info.input_size)
         # RawArray falls back from /dev/shm to a temp folder when /dev/shm is too small (containers)
         shared = context.RawArray("B", int(np.prod(shape)) * 4)
         slots = np.frombuffer(shared, dtype=np.float32).reshape(shape)
         jobs = [job[:-1] + (index % window,) for index, job in enumerate(jobs)]
-        # an executor, not multiprocessing.Pool: when a worker dies (the OOM killer, a crash in an
-        # image decoder) Pool waits forever for its task, the executor raises BrokenProcessPool
-        pool = ProcessPoolExecutor(min(workers, len(jobs)), mp_context=context, initializer=_init_loader,
-                                   initargs=(shared, shape))
+        pool = parallel.worker_pool(min(workers, len(jobs)), initializer=_init_loader, initargs=(shared, shape))
     else:
         pool = ThreadPoolExecutor(1)
     item = items[0]
@@ -439,11 +429,7 @@ _loader_slots = None  # in a worker process: the shared [window, 3, S, S] float3
 
 
 def _init_loader(shared, shape):
-    import signal
-
     global _loader_slots
-    # Ctrl-C reaches the whole process group: the parent stops the run, workers need not print tracebacks
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
     _loader_slots = np.frombuffer(shared, dtype=np.float32).reshape(shape)
 
 
