@@ -30,13 +30,13 @@ import math
 import os
 import re
 import time
-from concurrent.futures import ProcessPoolExecutor
-from multiprocessing import get_context
 from pathlib import Path
 
 import cv2
 import numpy as np
 from pycocotools import mask as mask_utils
+
+from .. import parallel
 
 from ..errors import RetinaMaskError
 from ..fileio import atomic_write_bytes, atomic_write_text
@@ -185,9 +185,7 @@ def generate_split(out_dir, split, num_images, params, *, workers=0, force=False
     start = time.perf_counter()
     jobs = [(str(images_dir), split, index, params) for index in range(num_images)]
     if workers > 0:
-        with ProcessPoolExecutor(
-            max_workers=workers, mp_context=get_context("spawn"), initializer=_init_worker
-        ) as pool:
+        with parallel.worker_pool(workers, initializer=_init_worker) as pool:
             results = list(pool.map(_render_and_write, jobs, chunksize=max(1, min(16, num_images // (4 * workers)))))
     else:
         results = [_render_and_write(job) for job in jobs]
