@@ -37,7 +37,6 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from .. import parallel
-
 from ..errors import RetinaMaskError
 from ..fileio import atomic_write_bytes, atomic_write_text
 
