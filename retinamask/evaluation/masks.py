@@ -53,9 +53,12 @@ def _paste(probs, boxes, height, width, threshold, padding, resize):
     boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
     if boxes.shape[0] != n:
         raise ValueError(f"{n} masks but {boxes.shape[0]} boxes")
-    out = np.zeros((n, height, width), dtype=np.uint8)
     if n == 0:
-        return out
+        return np.zeros((0, height, width), dtype=np.uint8)
+    # Stored mask by mask, each column-major: the [N, H, W] view returned is then already the
+    # Fortran-ordered [H, W, N] that COCO RLE encoding reads, so encode_masks copies nothing
+    # (the transposing copy cost twice as much as the encoding itself).
+    columns_first = np.zeros((n, width, height), dtype=np.uint8)
 
     m = probs.shape[-1]
     padded = np.zeros((n, m + 2 * padding, m + 2 * padding), dtype=np.float32)
@@ -71,8 +74,8 @@ def _paste(probs, boxes, height, width, threshold, padding, resize):
         box_w = max(bx1 - bx0 + 1, 1)
         box_h = max(by1 - by0 + 1, 1)
         resized = resize(padded[i], box_w, box_h)
-        out[i, y0:y1, x0:x1] = resized[y0 - by0 : y1 - by0, x0 - bx0 : x1 - bx0] > threshold
-    return out
+        columns_first[i, x0:x1, y0:y1] = (resized[y0 - by0 : y1 - by0, x0 - bx0 : x1 - bx0] > threshold).T
+    return columns_first.transpose(0, 2, 1)
 
 
 def paste_masks(probs, boxes, height, width, threshold=0.5, padding=1):
@@ -80,7 +83,8 @@ def paste_masks(probs, boxes, height, width, threshold=0.5, padding=1):
 
     probs: float32 [N,M,M] (or [N,1,M,M]) sigmoid probabilities for each box's class.
     boxes: float32 [N,4] xyxy in the coordinates of the target image.
-    Returns uint8 [N,height,width] with values 0/1 (1 where the resized prob > threshold).
+    Returns uint8 [N,height,width] with values 0/1 (1 where the resized prob > threshold); each
+    mask is stored column-major (a transposed view), the layout ``encode_masks`` needs.
     """
     return _paste(probs, boxes, height, width, threshold, padding, _resize_pil)
 
@@ -96,7 +100,10 @@ def paste_masks_seed(probs, boxes, height, width, threshold=0.5, padding=1):
 
 
 def encode_masks(masks):
-    """COCO RLE of each mask: uint8 [N,H,W] -> list of N {"size": [H,W], "counts": str}."""
+    """COCO RLE of each mask: uint8 [N,H,W] -> list of N {"size": [H,W], "counts": str}.
+
+    Masks from ``paste_masks`` are encoded in place; any other layout is copied once.
+    """
     masks = np.asarray(masks, dtype=np.uint8)
     if masks.shape[0] == 0:
         return []
