@@ -41,6 +41,13 @@ def add_arguments(parser):
                        help="a dynamic batch axis instead of a fixed one")
     parser.add_argument("--fp16", action="store_true",
                         help="float16 convolutions; input, outputs, NMS and RoIAlign stay float32")
+    parser.add_argument("--int8", action="store_true",
+                        help="quantize the dense convolutions to INT8 (static, calibrated on --calib images); "
+                             "NMS, RoIAlign and box decoding stay float32")
+    parser.add_argument("--calib", "--calib-dir", "--calib_dir", dest="calib", default=None, metavar="DIR",
+                        help="with --int8: folder of calibration images, like the data the model will see")
+    parser.add_argument("--calib-images", "--calib_images", dest="calib_images", type=int, default=None,
+                        metavar="N", help="with --int8: use N images of --calib, evenly spread (default: 32)")
     parser.add_argument("--opset", type=int, default=18, help="ONNX opset, 18 or later (default: 18)")
     parser.add_argument("--input-size", "--input_size", dest="input_size", type=int, default=1344,
                         help="side S of the square input, a multiple of 32 (default: 1344)")
@@ -62,6 +69,7 @@ def run(args):
         cfg, args.weight_path, args.save_path, layout=args.layout, batch_size=args.batch_size,
         dynamic_batch=args.dynamic_batch, fp16=args.fp16, opset=args.opset, simplify=args.simplify,
         input_size=args.input_size, max_detections=args.max_detections, verify=args.verify,
+        int8=args.int8, calibration_dir=args.calib, calibration_images=args.calib_images,
     )
     print(format_report(report))
     verification = report["verification"]
@@ -86,6 +94,11 @@ def format_report(report):
         f"  {simplified}",
         f"  outputs: {outputs}",
     ]
+    q = report.get("quantization")
+    if q:
+        lines.append(f"  INT8: {q['quantized_nodes']} nodes quantized (QDQ, per-channel int8 weights, uint8 activations), "
+                     f"calibrated on {q['calibration_images_used']} image(s) of {q['calibration_dir']} "
+                     f"in {q['total_seconds']:.1f} s")
     if report.get("external_data"):
         lines.append(f"  weights in the side file {report['external_data']} (model over 2 GB)")
     v = report["verification"]

@@ -33,6 +33,9 @@ EMBED_LIMIT_BYTES = 1_900_000_000  # protobuf's 2 GB cap, with room for the grap
 TOLERANCES = {
     "fp32": {"min_box_iou": 0.99, "max_score_diff": 1e-4, "max_mask_diff": 1e-3, "min_matched_fraction": 1.0},
     "fp16": {"min_box_iou": 0.95, "max_score_diff": 5e-3, "max_mask_diff": 5e-2, "min_matched_fraction": 0.9},
+    # int8: a sanity check that quantization kept the detections (accuracy itself is judged by
+    # COCO mAP on a validation set; see benchmarks/RESULTS.md).
+    "int8": {"min_box_iou": 0.5, "max_score_diff": 0.25, "max_mask_diff": 1.0, "min_matched_fraction": 0.5},
 }
 
 
@@ -41,7 +44,8 @@ class ExportError(RetinaMaskError):
 
 
 def export_onnx(cfg, weights, save_path, layout="end2end", batch_size=1, dynamic_batch=False, fp16=False,
-                opset=18, simplify=True, input_size=1344, max_detections=100, verify=True):
+                opset=18, simplify=True, input_size=1344, max_detections=100, verify=True, int8=False,
+                calibration_dir=None, calibration_images=None):
     """Build the model of ``cfg`` (a config or a config name/path), load ``weights`` (a checkpoint
     path; None keeps the random initialisation) and export it; see :func:`export_model`."""
     from ..checkpoint import load_checkpoint
@@ -49,6 +53,7 @@ def export_onnx(cfg, weights, save_path, layout="end2end", batch_size=1, dynamic
     from ..modeling import build_model
 
     _check_arguments(layout, batch_size, opset, input_size, max_detections)
+    _check_int8_arguments(int8, fp16, calibration_dir)
     if not hasattr(cfg, "MODEL"):
         cfg = load_config(cfg)
     model = build_model(cfg)
@@ -56,13 +61,15 @@ def export_onnx(cfg, weights, save_path, layout="end2end", batch_size=1, dynamic
         load_checkpoint(model, weights)
     report = export_model(model, cfg, save_path, layout=layout, batch_size=batch_size, dynamic_batch=dynamic_batch,
                           fp16=fp16, opset=opset, simplify=simplify, input_size=input_size,
-                          max_detections=max_detections, verify=verify)
+                          max_detections=max_detections, verify=verify, int8=int8, calibration_dir=calibration_dir,
+                          calibration_images=calibration_images)
     report["weights"] = None if weights is None else str(weights)
     return report
 
 
 def export_model(model, cfg, save_path, layout="end2end", batch_size=1, dynamic_batch=False, fp16=False,
-                 opset=18, simplify=True, input_size=1344, max_detections=100, verify=True):
+                 opset=18, simplify=True, input_size=1344, max_detections=100, verify=True, int8=False,
+                 calibration_dir=None, calibration_images=None):
     """Export a built RetinaMask (eval mode, float32) to ``save_path`` in one ONNX file.
 
     ``layout``: "end2end" (NMS and top-K in the graph, K = ``max_detections`` rows) or "seed"
@@ -73,12 +80,17 @@ def export_model(model, cfg, save_path, layout="end2end", batch_size=1, dynamic_
     dtypes and shapes) pass. ``verify`` then runs it once in ONNX Runtime on a sample image
     and compares with PyTorch.
 
+    ``int8``: the float32 export is then statically quantized to INT8 (the dense convolutions;
+    see :mod:`.quantize`) with ``calibration_images`` (default 32) images of ``calibration_dir``
+    through the seed transform; only the INT8 model is written to ``save_path``.
+
     Returns a report dict (path, sizes, timings, node counts, simplification, metadata,
     verification); raises RetinaMaskError subclasses for bad arguments and contract breaks.
     """
     import onnx
 
     _check_arguments(layout, batch_size, opset, input_size, max_detections)
+    _check_int8_arguments(int8, fp16, calibration_dir)
     save_path = Path(save_path)
     model = model.eval()
     graph_model = half_precision_copy(model) if fp16 else model
@@ -111,7 +123,13 @@ def export_model(model, cfg, save_path, layout="end2end", batch_size=1, dynamic_
     check_contract(proto, layout, None if dynamic_batch else batch_size, input_size,
                    max_detections if layout == "end2end" else SEED_NUM_CANDIDATES,
                    int(metadata["retinamask.mask_resolution"]), path=save_path)
-    external = _save(proto, save_path)
+    quantization = None
+    if int8:
+        external, quantization = _save_quantized(proto, save_path, calibration_dir, calibration_images, layout,
+                                                 None if dynamic_batch else batch_size, input_size, max_detections,
+                                                 int(metadata["retinamask.mask_resolution"]))
+    else:
+        external = _save(proto, save_path)
     total_seconds = time.perf_counter() - start
 
     report = {
@@ -121,7 +139,7 @@ def export_model(model, cfg, save_path, layout="end2end", batch_size=1, dynamic_
         "input_size": input_size,
         "max_detections": max_detections,
         "opset": opset,
-        "precision": "fp16" if fp16 else "fp32",
+        "precision": "int8" if int8 else "fp16" if fp16 else "fp32",
         "export_seconds": round(export_seconds, 2),
         "total_seconds": round(total_seconds, 2),
         "file_bytes": save_path.stat().st_size,
@@ -130,6 +148,7 @@ def export_model(model, cfg, save_path, layout="end2end", batch_size=1, dynamic_
         "metadata": metadata,
         "outputs": {o.name: _dims(o) for o in proto.graph.output},
         "verification": None,
+        "quantization": quantization,
     }
     if verify:
         report["verification"] = verify_export(model, graph, cfg, save_path, layout, input_size, max_detections,
@@ -149,6 +168,44 @@ def _check_arguments(layout, batch_size, opset, input_size, max_detections):
         raise RetinaMaskError(f"input size must be a positive multiple of 32, got {input_size}")
     if int(max_detections) < 1:
         raise RetinaMaskError(f"max detections must be >= 1, got {max_detections}")
+
+
+def _check_int8_arguments(int8, fp16, calibration_dir):
+    if not int8:
+        if calibration_dir is not None:
+            raise RetinaMaskError("a calibration folder is only used with --int8")
+        return
+    if fp16:
+        raise RetinaMaskError("--int8 and --fp16 exclude each other (the INT8 model is quantized from float32)")
+    if calibration_dir is None:
+        raise RetinaMaskError("--int8 needs calibration images: --calib DIR (a few dozen images like the data "
+                              "the model will see)")
+    if not Path(calibration_dir).is_dir():
+        raise RetinaMaskError("calibration folder not found", calibration_dir)
+
+
+def _save_quantized(proto, save_path, calibration_dir, calibration_images, layout, batch_size, input_size,
+                    max_detections, mask_resolution):
+    """Quantize the float32 ``proto`` to INT8 at ``save_path`` (the float32 model only lives in a
+    temporary file next to it). Returns (external data file or None, quantization report)."""
+    import tempfile
+
+    import onnx
+
+    from .quantize import DEFAULT_CALIBRATION_IMAGES, quantize_onnx
+
+    save_path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".retinamask-fp32-", dir=save_path.parent) as tmp:
+        float_path = Path(tmp) / "float32.onnx"
+        if _save(proto, float_path) is not None:
+            raise ExportError("the float32 model is over 2 GB: INT8 quantization needs the weights in one file",
+                              path=save_path)
+        report = quantize_onnx(float_path, save_path, calibration_dir,
+                               calibration_images or DEFAULT_CALIBRATION_IMAGES)
+    check_contract(onnx.load(str(save_path), load_external_data=False), layout, batch_size, input_size,
+                   max_detections if layout == "end2end" else SEED_NUM_CANDIDATES, mask_resolution, path=save_path)
+    report.pop("source", None)
+    return None, report
 
 
 def _make_graph(model, layout, input_size, max_detections):

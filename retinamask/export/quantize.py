@@ -1,0 +1,221 @@
+"""INT8 static quantization of an exported model (ONNX Runtime ``quantize_static``, QDQ format).
+
+>>> report = quantize_onnx("retinamask.onnx", "retinamask_int8.onnx", "calib_images/")
+
+Only the dense part is quantized: every Conv / ConvTranspose (backbone, FPN, RetinaNet head,
+mask head) and the Add / MaxPool / Resize / Relu nodes that sit between them (residual adds,
+the FPN's top-down path). Everything after the convolutions -- sigmoid, top-k, box decoding,
+NMS, RoIAlign, the output gathers -- stays float32, so the graph keeps the ONNX contract
+(docs/onnx_contract.md) and both runtimes run it: ONNX Runtime fuses the QDQ pairs into
+QLinearConv (u8 activations x s8 weights, VNNI where the CPU has it), OpenVINO into its int8
+kernels.
+
+Weights: per output channel, symmetric int8. Activations: per tensor, asymmetric uint8, ranges
+from min/max over calibration images taken through the seed transform (the model's own input
+size, mean and std from its metadata). The fp32 model first goes through ONNX Runtime's
+``quant_pre_process`` (shape inference and graph optimization: FrozenBatchNorm's Mul/Add fold
+into the convolutions, so the folded weights are what gets quantized); it needs the weights
+embedded in the file, which ``export_model`` does for models under 2 GB.
+"""
+
+import json
+import logging
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .. import __version__
+from ..errors import InputError, RetinaMaskError
+
+logger = logging.getLogger(__name__)
+
+QUANTIZED_OP_TYPES = ("Conv", "ConvTranspose")
+# Quantized only between quantized nodes, so that int8 tensors flow through the dense part
+# without float round trips; the same op types in the box decoding stay float.
+PASS_THROUGH_OP_TYPES = ("Add", "MaxPool", "Resize", "Relu")
+DEFAULT_CALIBRATION_IMAGES = 32
+QUANTIZATION_METADATA_KEY = "retinamask.quantization"
+
+
+class QuantizationError(RetinaMaskError):
+    """The model could not be quantized (bad calibration set, unsupported graph)."""
+
+
+def calibration_images(calibration_dir, count=DEFAULT_CALIBRATION_IMAGES):
+    """The first ``count`` images of ``calibration_dir`` in name order (an evenly spaced
+    subset when there are more, so that a sorted dataset's variety is kept)."""
+    from ..data.image_io import list_images
+
+    images = list_images(calibration_dir)
+    if not images:
+        raise InputError("no calibration images found", calibration_dir)
+    if int(count) < 1:
+        raise InputError(f"the calibration image count must be >= 1, got {count}")
+    if len(images) > count:
+        picks = np.linspace(0, len(images) - 1, int(count)).round().astype(int)
+        images = [images[i] for i in picks]
+    return images
+
+
+class SeedTransformReader:
+    """ONNX Runtime CalibrationDataReader: images through ``seed_preprocess`` in batches of the
+    model's batch size (1 when dynamic). Unreadable images are skipped with a warning."""
+
+    def __init__(self, images, input_name, input_size, mean, std, batch_size=1):
+        self.images = list(images)
+        self.input_name = input_name
+        self.input_size = int(input_size)
+        self.mean, self.std = tuple(mean), tuple(std)
+        self.batch_size = int(batch_size)
+        self.used = 0
+        self.skipped = []
+        self._batches = None
+
+    def _generate(self):
+        from ..data.image_io import load_image_rgb
+        from ..data.transforms import seed_preprocess
+
+        pending = []
+        for path in self.images:
+            try:
+                tensor = seed_preprocess(load_image_rgb(path), self.input_size, self.mean, self.std)[0]
+            except InputError as e:
+                logger.warning("%s: %s (not used for calibration)", path, e.cause)
+                self.skipped.append(str(path))
+                continue
+            pending.append(tensor)
+            if len(pending) == self.batch_size:
+                self.used += len(pending)
+                yield {self.input_name: np.stack(pending)}
+                pending = []
+        if pending:  # a fixed-batch model's last, partial batch is padded with repeats
+            self.used += len(pending)
+            pending += [pending[-1]] * (self.batch_size - len(pending))
+            yield {self.input_name: np.stack(pending)}
+
+    def get_next(self):
+        if self._batches is None:
+            self._batches = self._generate()
+        return next(self._batches, None)
+
+    def rewind(self):
+        self._batches = None
+
+
+def dense_nodes(proto):
+    """Names of the nodes to quantize: every Conv / ConvTranspose, plus each Add / MaxPool /
+    Resize / Relu whose non-constant inputs all come from nodes already chosen (graph order is
+    topological, so one pass suffices)."""
+    constants = {t.name for t in proto.graph.initializer}
+    producer_chosen = {}
+    chosen = []
+    for node in proto.graph.node:
+        if node.op_type in QUANTIZED_OP_TYPES:
+            take = True
+        elif node.op_type in PASS_THROUGH_OP_TYPES:
+            activations = [name for name in node.input if name and name not in constants]
+            take = bool(activations) and all(producer_chosen.get(name, False) for name in activations)
+            if node.op_type == "Resize":  # only its data input matters; scales/sizes are shape inputs
+                take = producer_chosen.get(node.input[0], False)
+        else:
+            take = False
+        for output in node.output:
+            producer_chosen[output] = take
+        if take:
+            chosen.append(node.name)
+    return chosen
+
+
+def quantize_onnx(model_path, save_path, calibration_dir, calibration_count=DEFAULT_CALIBRATION_IMAGES,
+                  per_channel=True):
+    """Quantize the float32 model at ``model_path`` to INT8 at ``save_path`` (see the module docstring).
+
+    Returns a report dict: calibration images used, quantized node counts by op type, timings,
+    file size. Raises InputError for a missing calibration set, QuantizationError when ONNX
+    Runtime's quantization fails or no convolution got quantized.
+    """
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from ..runtime.model_info import read_model_info
+    from .onnx_export import _save
+
+    model_path, save_path = Path(model_path), Path(save_path)
+    info = read_model_info(model_path)
+    images = calibration_images(calibration_dir, calibration_count)
+    reader = SeedTransformReader(images, info.input_name, info.input_size, info.pixel_mean, info.pixel_std,
+                                 info.batch_size or 1)
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="retinamask-quant-", dir=save_path.parent) as tmp:
+        prepared = Path(tmp) / "prepared.onnx"
+        quantized = Path(tmp) / "quantized.onnx"
+        try:
+            quant_pre_process(str(model_path), str(prepared), skip_symbolic_shape=True)
+        except Exception as e:
+            raise QuantizationError(f"ONNX Runtime's quantization pre-processing failed: {_one_line(e)}",
+                                    model_path) from None
+        prepared_proto = onnx.load(str(prepared))
+        nodes = dense_nodes(prepared_proto)
+        del prepared_proto
+        prepare_seconds = time.perf_counter() - started
+        try:
+            quantize_static(
+                str(prepared), str(quantized), reader,
+                quant_format=QuantFormat.QDQ,
+                per_channel=per_channel,
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+                nodes_to_quantize=nodes,
+                calibrate_method=CalibrationMethod.MinMax,
+                extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
+            )
+        except InputError:
+            raise
+        except Exception as e:
+            raise QuantizationError(f"ONNX Runtime's static quantization failed: {_one_line(e)}", model_path) from None
+        if reader.used == 0:
+            raise InputError("none of the calibration images could be read", calibration_dir)
+        proto = onnx.load(str(quantized))
+
+    counts = {}
+    for node in proto.graph.node:
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    if not counts.get("DequantizeLinear"):
+        raise QuantizationError("no convolution was quantized", model_path)
+    quantization = {
+        "method": "onnxruntime.quantize_static",
+        "format": "QDQ",
+        "weights": "int8 symmetric " + ("per channel" if per_channel else "per tensor"),
+        "activations": "uint8 asymmetric per tensor",
+        "calibration": "minmax",
+        "calibration_images": reader.used,
+        "quantized_nodes": len(nodes),
+    }
+    entry = next((p for p in proto.metadata_props if p.key == QUANTIZATION_METADATA_KEY), None)
+    if entry is None:
+        entry = proto.metadata_props.add()
+        entry.key = QUANTIZATION_METADATA_KEY
+    entry.value = json.dumps(quantization)
+    proto.producer_name, proto.producer_version = "retinamask", __version__
+    _save(proto, save_path)
+    return {
+        "path": str(save_path),
+        "source": str(model_path),
+        "calibration_dir": str(calibration_dir),
+        "calibration_images_used": reader.used,
+        "calibration_images_skipped": reader.skipped,
+        "quantized_nodes": len(nodes),
+        "qdq_nodes": counts,
+        "prepare_seconds": round(prepare_seconds, 2),
+        "total_seconds": round(time.perf_counter() - started, 2),
+        "file_bytes": save_path.stat().st_size,
+        "quantization": quantization,
+    }
+
+
+def _one_line(e):
+    return " ".join(str(e).split())[:300]

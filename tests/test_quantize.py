@@ -1,0 +1,192 @@
+"""INT8 static quantization (retinamask.export.quantize, `retinamask export --int8 --calib DIR`) on a
+tiny model at S = 128: only the dense convolutions are quantized, the contract and metadata hold,
+both runtimes run the result, and the detections stay close to float32."""
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("onnxruntime.quantization")
+
+from retinamask.checkpoint import save_checkpoint  # noqa: E402
+from retinamask.cli import main  # noqa: E402
+from retinamask.config import load_config  # noqa: E402
+from retinamask.errors import InputError, RetinaMaskError  # noqa: E402
+from retinamask.export import export_model, sample_input  # noqa: E402
+from retinamask.export.onnx_export import compare_detections, merge_stats, output_detections  # noqa: E402
+from retinamask.export.quantize import QUANTIZATION_METADATA_KEY, calibration_images, dense_nodes, quantize_onnx  # noqa: E402
+from retinamask.modeling import build_model  # noqa: E402
+from retinamask.runtime.backends import create_session  # noqa: E402
+from retinamask.runtime.model_info import read_model_info  # noqa: E402
+
+S = 128
+CONFIG = "retinanet_mask_R-50-FPN_2x_adjust_std011_ms"
+TINY = ["MODEL.RESNETS.BLOCK_COUNTS", "(1, 1, 1, 1)", "MODEL.RESNETS.WIDTH_PER_GROUP", "8",
+        "MODEL.RESNETS.STEM_OUT_CHANNELS", "8", "MODEL.RESNETS.RES2_OUT_CHANNELS", "32",
+        "MODEL.BACKBONE.OUT_CHANNELS", "32", "MODEL.ROI_MASK_HEAD.CONV_LAYERS", "(32, 32)",
+        "RETINANET.NUM_CLASSES", "4"]
+FLOAT_ONLY_OPS = ("NonMaxSuppression", "RoiAlign", "TopK", "Sigmoid", "Exp", "GatherElements")
+
+
+@pytest.fixture(scope="module")
+def cfg():
+    return load_config(CONFIG, TINY)
+
+
+@pytest.fixture(scope="module")
+def model(cfg):
+    """Tiny RetinaMask with detections (classification layer rescaled, as in tests/test_export.py)."""
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    head = model.rpn.head
+    with torch.no_grad():
+        _, logits, _ = model.rpn(model.backbone(sample_input(cfg, S, 1)))
+        raw = torch.cat([(level - head.cls_logits.bias.view(1, -1, 1, 1)).flatten() for level in logits])
+        head.cls_logits.weight.mul_(1.5 / raw.std())
+        head.cls_logits.bias.fill_(-3.0 - (raw.mean() * 1.5 / raw.std()).item())
+        head.bbox_pred.weight.mul_(20)
+    return model
+
+
+@pytest.fixture(scope="module")
+def calibration_dir(tmp_path_factory):
+    from PIL import Image
+
+    from retinamask.export.onnx_export import synthetic_image
+
+    folder = tmp_path_factory.mktemp("calib")
+    for i in range(4):
+        Image.fromarray(synthetic_image(96, 128, variant=10 + i)).save(folder / f"{i}.jpg", quality=90)
+    (folder / "notes.txt").write_text("not an image")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def float_model(model, cfg, tmp_path_factory):
+    path = tmp_path_factory.mktemp("float") / "end2end.onnx"
+    export_model(model, cfg, path, input_size=S, verify=False)
+    return path
+
+
+@pytest.fixture(scope="module")
+def int8_model(float_model, calibration_dir, tmp_path_factory):
+    path = tmp_path_factory.mktemp("int8") / "end2end_int8.onnx"
+    return path, quantize_onnx(float_model, path, calibration_dir, calibration_count=3)
+
+
+def _images(cfg, count):
+    return np.stack([sample_input(cfg, S, count).numpy()[i] for i in range(count)])
+
+
+def test_only_the_dense_part_is_quantized(int8_model):
+    path, report = int8_model
+    proto = onnx.load(str(path))
+    assert report["calibration_images_used"] == 3 and report["qdq_nodes"]["DequantizeLinear"] > 0
+    producer = {output: node for node in proto.graph.node for output in node.output}
+    dequantized = {n.output[0] for n in proto.graph.node if n.op_type == "DequantizeLinear"}
+    # what gets quantized: outputs of the dense part, the pooled RoI features (ScatterND of the
+    # per-level RoIAlign results) and the image
+    quantized_sources = {producer[n.input[0]].op_type if n.input[0] in producer else n.input[0]
+                         for n in proto.graph.node if n.op_type == "QuantizeLinear"}
+    assert quantized_sources <= {"Conv", "ConvTranspose", "Add", "MaxPool", "Resize", "Relu", "ScatterND", "input"}
+    # post-processing reads float tensors: the decoding/NMS ops never see a dequantized tensor
+    # directly, and RoIAlign's boxes are float
+    for node in proto.graph.node:
+        if node.op_type in FLOAT_ONLY_OPS:
+            inputs = node.input[1:] if node.op_type == "RoiAlign" else node.input
+            assert not set(inputs) & dequantized, node.name
+    # every convolution runs quantized
+    convs = [n for n in proto.graph.node if n.op_type in ("Conv", "ConvTranspose")]
+    assert convs and all(n.input[0] in dequantized and n.input[1] in dequantized for n in convs)
+
+
+def test_int8_model_keeps_the_contract_and_metadata(int8_model, float_model):
+    path, _ = int8_model
+    info, float_info = read_model_info(path), read_model_info(float_model)
+    assert (info.layout, info.input_size, info.batch_size) == (float_info.layout, float_info.input_size, 1)
+    assert info.class_names == float_info.class_names
+    meta = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+    quantization = json.loads(meta[QUANTIZATION_METADATA_KEY])
+    assert quantization["format"] == "QDQ" and quantization["calibration_images"] == 3
+    assert not list(path.parent.glob("*.data")) and not list(path.parent.glob("retinamask-quant-*"))
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_int8_detections_stay_close_to_float32(int8_model, float_model, cfg, backend):
+    if backend == "openvino":
+        pytest.importorskip("openvino")
+    path, _ = int8_model
+    images = _images(cfg, 2)
+    reference = output_detections(create_session(float_model, "onnxruntime").run(images), "end2end")
+    outputs = create_session(path, backend).run(images)
+    assert [o.shape for o in outputs] == [(2, 100, 4), (2, 100), (2, 100), (2, 100, 1, 28, 28)]
+    stats = merge_stats([compare_detections(r, t, min_box_iou=0.5, cut=100)
+                         for r, t in zip(reference, output_detections(outputs, "end2end"))])
+    assert stats["reference"] > 20
+    assert stats["matched"] >= 0.6 * stats["reference"]
+    assert stats["max_score_diff"] < 0.5  # random weights: scores near 0.5 move most
+
+
+def test_dense_nodes_stop_at_the_first_float_op():
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = numpy_helper.from_array(np.ones((2, 2, 1, 1), np.float32), "w")
+    shift = numpy_helper.from_array(np.ones((1,), np.float32), "shift")
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c1"], name="conv1"),
+        helper.make_node("Conv", ["c1", "w"], ["c2"], name="conv2"),
+        helper.make_node("Add", ["c1", "c2"], ["residual"], name="residual_add"),
+        helper.make_node("Relu", ["residual"], ["r"], name="relu"),
+        helper.make_node("Sigmoid", ["r"], ["s"], name="sigmoid"),
+        helper.make_node("Add", ["s", "shift"], ["decoded"], name="decode_add"),
+        helper.make_node("Add", ["decoded", "c2"], ["y"], name="mixed_add"),
+    ]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 4, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [weight, shift])
+    assert dense_nodes(helper.make_model(graph)) == ["conv1", "conv2", "residual_add", "relu"]
+
+
+def test_calibration_set_errors(tmp_path):
+    with pytest.raises(InputError, match="no calibration images"):
+        calibration_images(tmp_path)
+    with pytest.raises(InputError, match="not found"):
+        calibration_images(tmp_path / "missing")
+
+
+def test_calibration_images_are_spread_over_the_folder(calibration_dir):
+    names = [p.name for p in calibration_images(calibration_dir, 2)]
+    assert names == ["0.jpg", "3.jpg"]
+
+
+def test_export_int8_argument_errors(model, cfg, tmp_path, calibration_dir):
+    with pytest.raises(RetinaMaskError, match="--calib"):
+        export_model(model, cfg, tmp_path / "m.onnx", input_size=S, int8=True)
+    with pytest.raises(RetinaMaskError, match="exclude each other"):
+        export_model(model, cfg, tmp_path / "m.onnx", input_size=S, int8=True, fp16=True,
+                     calibration_dir=calibration_dir)
+    with pytest.raises(RetinaMaskError, match="only used with --int8"):
+        export_model(model, cfg, tmp_path / "m.onnx", input_size=S, calibration_dir=calibration_dir)
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_cli_export_int8(model, tmp_path, calibration_dir, capsys):
+    checkpoint = tmp_path / "tiny.pth"
+    save_checkpoint(checkpoint, model, iteration=0)
+    save_path = tmp_path / "out" / "int8.onnx"
+    argv = ["export", "--cfg_path", CONFIG, "--weight_path", str(checkpoint), "--save_path", str(save_path),
+            "--input-size", str(S), "--layout", "seed", "--int8", "--calib", str(calibration_dir),
+            "--calib-images", "2", "--opts", *TINY]
+    code = main(argv)
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "int8" in out and "INT8:" in out and "calibrated on 2 image(s)" in out
+    assert read_model_info(save_path).layout == "seed"
+    assert sorted(p.name for p in save_path.parent.iterdir()) == ["int8.onnx"]  # no float32 left behind
+
+    code = main(["export", "--cfg_path", CONFIG, "--weight_path", str(checkpoint), "--save_path",
+                 str(tmp_path / "never.onnx"), "--input-size", str(S), "--int8", "--opts", *TINY])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "--calib" in err and "\n" not in err
