@@ -115,6 +115,7 @@ def create_session(
     cache_dir=None,
     performance_hint="LATENCY",
     model_info=None,
+    runtime_options=None,
 ):
     """Compile ``model_path`` for a backend and device.
 
@@ -124,8 +125,10 @@ def create_session(
     cache_dir: ONNX Runtime CPU keeps its optimized model there, TensorRT its
     engines, OpenVINO its compiled blobs (CACHE_DIR). performance_hint: OpenVINO's
     LATENCY or THROUGHPUT. model_info: a :class:`~.model_info.ModelInfo` (read from
-    the file when None). Raises BackendUnavailable when the combination cannot run
-    here, InputError for a bad model.
+    the file when None). runtime_options: extra settings passed through as they are:
+    ONNX Runtime session config entries (e.g. {"session.intra_op.allow_spinning": "0"}),
+    OpenVINO compile properties (e.g. {"ENABLE_CPU_PINNING": True}); they override ours.
+    Raises BackendUnavailable when the combination cannot run here, InputError for a bad model.
     """
     from .model_info import read_model_info
 
@@ -142,9 +145,11 @@ def create_session(
     info = model_info or read_model_info(model_path)
     threads = int(threads) if threads else physical_cores()
     cache_dir = Path(cache_dir) if cache_dir else None
+    runtime_options = dict(runtime_options or {})
     if backend == "onnxruntime":
-        return _create_onnxruntime(Path(model_path), info, device, precision, threads, cache_dir)
-    return _create_openvino(Path(model_path), info, device, precision, threads, cache_dir, performance_hint)
+        return _create_onnxruntime(Path(model_path), info, device, precision, threads, cache_dir, runtime_options)
+    return _create_openvino(Path(model_path), info, device, precision, threads, cache_dir, performance_hint,
+                            runtime_options)
 
 
 # ---------------------------------------------------------------------------
@@ -164,7 +169,7 @@ class OnnxRuntimeSession(Session):
         return self.session.run(None, {self.input_name: batch})
 
 
-def _create_onnxruntime(path, info, device, precision, threads, cache_dir):
+def _create_onnxruntime(path, info, device, precision, threads, cache_dir, runtime_options):
     import onnxruntime as ort
 
     allowed = {"cpu": ("fp32",), "cuda": ("fp32",), "tensorrt": ("fp32", "fp16")}[device]
@@ -191,6 +196,11 @@ def _create_onnxruntime(path, info, device, precision, threads, cache_dir):
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.intra_op_num_threads = threads
     options.log_severity_level = 3  # errors only; provider fall-backs are checked below
+    for key, value in runtime_options.items():
+        try:
+            options.add_session_config_entry(str(key), str(value))
+        except Exception as e:
+            raise BackendUnavailable(f"onnxruntime refused the session option {key}={value}: {e}") from None
     if device == "cpu":
         providers = ["CPUExecutionProvider"]
     elif device == "cuda":
@@ -207,7 +217,7 @@ def _create_onnxruntime(path, info, device, precision, threads, cache_dir):
 
     model_to_load, save_to = str(path), None
     if cache_dir is not None and device == "cpu":
-        cached = cache_dir / f"{path.stem}.{_ort_cache_key(path)}.ort.onnx"
+        cached = cache_dir / f"{path.stem}.{_ort_cache_key(path, runtime_options)}.ort.onnx"
         if cached.is_file():
             model_to_load = str(cached)
             # The cached graph is already optimized (for this machine and version).
@@ -233,14 +243,16 @@ def _create_onnxruntime(path, info, device, precision, threads, cache_dir):
     return OnnxRuntimeSession(session, info, device, precision)
 
 
-def _ort_cache_key(path):
-    """Names the optimized graph: it is specific to the model file, the onnxruntime version and the CPU."""
+def _ort_cache_key(path, runtime_options=None):
+    """Names the optimized graph: it is specific to the model file, the onnxruntime version, the CPU
+    and the session options that can change graph transformations."""
     import onnxruntime as ort
 
     stat = path.stat()
-    text = "|".join(
-        str(v) for v in (path.resolve(), stat.st_size, stat.st_mtime_ns, ort.__version__, _cpu_model())
-    )
+    values = [path.resolve(), stat.st_size, stat.st_mtime_ns, ort.__version__, _cpu_model()]
+    if runtime_options:
+        values.append(sorted((str(k), str(v)) for k, v in runtime_options.items()))
+    text = "|".join(str(v) for v in values)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -284,7 +296,7 @@ def openvino_capabilities():
     return tuple(ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
 
 
-def _create_openvino(path, info, device, precision, threads, cache_dir, performance_hint):
+def _create_openvino(path, info, device, precision, threads, cache_dir, performance_hint, runtime_options):
     try:
         import openvino as ov
     except ImportError:
@@ -303,6 +315,7 @@ def _create_openvino(path, info, device, precision, threads, cache_dir, performa
         "INFERENCE_PRECISION_HINT": _OPENVINO_PRECISION[precision],
         "PERFORMANCE_HINT": performance_hint,
         "INFERENCE_NUM_THREADS": threads,
+        **runtime_options,
     }
     try:
         if cache_dir is not None:
@@ -350,7 +363,9 @@ def candidate_configurations():
     for device, precisions in (("cuda", ("fp32",)), ("tensorrt", ("fp32", "fp16"))):
         reason = None
         if _ORT_PROVIDER[device] not in available:
-            reason = "onnxruntime-gpu not installed" if "CUDAExecutionProvider" not in available else "no TensorRT EP"
+            reason = (f"this onnxruntime {ort.__version__} is a CPU build (the {device} route needs onnxruntime-gpu "
+                      "and an NVIDIA GPU)" if "CUDAExecutionProvider" not in available
+                      else "this onnxruntime-gpu build has no TensorRT EP")
         for precision in precisions:
             rows.append(("onnxruntime", device, precision, reason))
     return rows

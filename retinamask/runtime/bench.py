@@ -119,6 +119,10 @@ def compare_backends(model_path, batch_size=None, loop=20, warmup=3, threads=Non
                                       threads=threads, cache_dir=cache_dir, model_info=info))
         except RetinaMaskError as e:
             rows.append({**row, "error": e.cause})
+        except Exception as e:  # e.g. a GPU that fails at run time: one row fails, not the table
+            if device == "cpu":
+                raise
+            rows.append({**row, "error": f"failed: {type(e).__name__}: {' '.join(str(e).split())[:200]}"})
     return rows
 
 
@@ -144,7 +148,8 @@ def format_table(rows):
     for row in rows:
         head = f"| {row['backend']} | {row['device']} | {row['precision']} | {row['batchsize']} |"
         if "error" in row:
-            lines.append(head + " - | - | - | - | - | - | " + row["error"].replace("|", "/") + " |")
+            note = row["error"] if row["error"].startswith("failed") else "unavailable: " + row["error"]
+            lines.append(head + " - | - | - | - | - | - | " + note.replace("|", "/") + " |")
         else:
             lines.append(
                 head + f" {row['mean_ms']:.2f} | {row['p50_ms']:.2f} | {row['p90_ms']:.2f} | {row['p99_ms']:.2f} |"

@@ -1,0 +1,162 @@
+"""benchmarks/suite.py, piece by piece on a tiny model at S = 128: every section runs and reports
+what the Markdown table needs. No timing is asserted: speed is what the suite prints."""
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+import suite  # noqa: E402
+
+from retinamask.config import load_config  # noqa: E402
+from retinamask.modeling import build_model  # noqa: E402
+
+S = 128
+TINY = ["MODEL.RESNETS.BLOCK_COUNTS", "(1, 1, 1, 1)", "MODEL.RESNETS.WIDTH_PER_GROUP", "8",
+        "MODEL.RESNETS.STEM_OUT_CHANNELS", "8", "MODEL.RESNETS.RES2_OUT_CHANNELS", "32",
+        "MODEL.BACKBONE.OUT_CHANNELS", "32", "MODEL.ROI_MASK_HEAD.CONV_LAYERS", "(32, 32)",
+        "RETINANET.NUM_CLASSES", "4"]
+SETTINGS = {**suite.QUICK, "warmup": 0, "repeats": 1, "calibration_images": 2, "batched": False}
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """(model, cfg, paths of the end2end / seed / int8 exports, work folder)."""
+    from retinamask.export import sample_input
+
+    cfg = load_config(suite.CONFIG, TINY)
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    head = model.rpn.head
+    with torch.no_grad():  # random weights with detections, as in tests/test_export.py
+        _, logits, _ = model.rpn(model.backbone(sample_input(cfg, S, 1)))
+        raw = torch.cat([(level - head.cls_logits.bias.view(1, -1, 1, 1)).flatten() for level in logits])
+        head.cls_logits.weight.mul_(1.5 / raw.std())
+        head.cls_logits.bias.fill_(-3.0 - (raw.mean() * 1.5 / raw.std()).item())
+        head.bbox_pred.weight.mul_(20)
+    workdir = tmp_path_factory.mktemp("suite")
+    paths, seconds = suite.prepare_models(workdir, model, cfg, S, SETTINGS, reuse=False)
+    assert set(seconds) == {"end2end", "seed", "int8"}
+    return model, cfg, paths, workdir
+
+
+def test_flop_counter_counts_the_dense_part_and_the_mask_head_per_roi(tiny):
+    model, _, paths, _ = tiny
+    end2end, seed, int8 = (suite.count_flops(paths[k]) for k in ("end2end", "seed", "int8"))
+    # the same convolutions whichever the layout or the quantization
+    assert end2end["dense_gflop"] == pytest.approx(seed["dense_gflop"]) == pytest.approx(int8["dense_gflop"])
+    assert end2end["mask_gflop_per_roi"] == pytest.approx(seed["mask_gflop_per_roi"])
+    assert end2end["mask_gflop_per_roi"] == pytest.approx(int8["mask_gflop_per_roi"])
+    # against a hand count of the mask head: 2 convs 32->32 3x3 at 14x14, deconv 32->32 2x2 to 28x28,
+    # 1x1 predictor 32->4 at 28x28
+    per_roi = 2 * (2 * 14 * 14 * 32 * 32 * 9) + 2 * 14 * 14 * 32 * 32 * 4 + 2 * 28 * 28 * 4 * 32
+    assert end2end["mask_gflop_per_roi"] == pytest.approx(per_roi / 1e9)
+    # and the stem conv alone is part of the dense count: 7x7x3 -> 8 at 64x64
+    assert end2end["dense_gflop"] > 2 * 64 * 64 * 8 * 3 * 49 / 1e9
+    assert end2end["by_op"]["ConvTranspose"] == 1
+
+
+def test_matmul_peaks_cover_each_precision(tmp_path):
+    peaks = suite.matmul_peaks(tmp_path, threads=1, size=64, repeats=1)
+    assert {"fp32", "int8"} <= set(peaks["peak"])
+    assert all(rate["gflops"] > 0 for rate in peaks["rates"])
+
+
+def test_latency_rows_and_the_markdown_table(tiny, tmp_path):
+    model, _, paths, workdir = tiny
+    flops = {key: suite.count_flops(paths[key]) for key in ("end2end", "seed")}
+    peaks = suite.matmul_peaks(tmp_path, threads=1, size=64, repeats=1)
+    rows = suite.latency_rows(paths, model, suite.benchmark_input(S), flops, peaks, 1, SETTINGS)
+    measured = [r for r in rows if "error" not in r]
+    assert measured[0]["route"].startswith("PyTorch eager") and measured[0]["speedup_vs_eager"] == 1.0
+    routes = {(r["route"], r["precision"]) for r in measured}
+    assert ("ONNX Runtime, end2end", "fp32") in routes and ("ONNX Runtime, end2end INT8", "int8") in routes
+    by_route = {(r["route"], r["precision"]): r for r in measured}
+    # the exact fp32 path finds every detection of the eager model
+    assert by_route[("ONNX Runtime, end2end", "fp32")]["agreement_with_eager"] == 1.0
+    assert by_route[("ONNX Runtime, seed layout + host NMS", "fp32")]["mask_rois"] == 1000
+    gpu = [r for r in rows if r["route"].startswith("ONNX Runtime CUDA") or r["route"].startswith("ONNX Runtime TensorRT")]
+    assert gpu and all("error" in r or r["median_s"] > 0 for r in gpu)
+
+    preprocessing = suite.preprocessing_throughput(paths["end2end"], suite.write_jpegs(workdir / "jpegs", 3)[0].parent,
+                                                   [0, 1])
+    assert [r["images"] for r in preprocessing] == [3, 3]
+    post = suite.postprocess_and_evaluate(12, workers=1, chunk=5)
+    assert post["detections"] == 12 * suite.MAX_DETECTIONS
+    infer_dir = workdir / "infer_jpegs"
+    suite.write_jpegs(infer_dir, 2, height=96, width=128)
+    infer = suite.infer_routes(paths["end2end"], infer_dir, workdir, threads=1)
+    assert infer["images"] == 2 and infer["bins_total_s"] >= infer["bins_preprocess_s"]
+
+    report = {"input_size": S, "environment": suite.environment(1), "latency": rows, "flops": flops, "peaks": peaks,
+              "preprocessing": preprocessing, "postprocess_eval": post, "infer": infer, "preparation_s": {}}
+    text = suite.markdown(report)
+    table = [line for line in text.splitlines() if line.startswith("| PyTorch eager")]
+    assert len(table) == 1 and "| 1.00 |" in table[0]
+    assert "unavailable" in text or not any("error" in r for r in rows)
+
+
+def test_synthetic_evaluation_gives_identical_stats_in_both_evaluators():
+    pytest.importorskip("faster_coco_eval")
+    post = suite.postprocess_and_evaluate(20, workers=1, chunk=7)
+    assert post["ground_truth"] > 20
+    assert post["max_stat_difference"] == 0.0
+    stats = post["evaluation"]["pycocotools"]["stats"]
+    assert 0.2 < stats["bbox"]["AP"] < 1.0 and 0.2 < stats["segm"]["AP"] < 1.0  # meaningful, not degenerate
+
+
+def test_synthetic_outputs_follow_the_end2end_contract():
+    rng = np.random.default_rng(0)
+    dataset = suite.synthetic_ground_truth(3)
+    image = dataset["images"][0]
+    anns = [a for a in dataset["annotations"] if a["image_id"] == image["id"]]
+    (boxes, labels, scores, masks), original_hw, resized_hw = suite.synthetic_outputs(
+        image, anns, sorted(c["id"] for c in dataset["categories"]), rng)
+    assert boxes.shape == (100, 4) and labels.dtype == np.int32 and masks.shape == (100, 1, 28, 28)
+    assert (np.diff(scores) <= 0).all() and labels.min() >= 1
+    assert max(resized_hw) == suite.INPUT_SIZE and original_hw == (image["height"], image["width"])
+
+
+def test_session_option_sweep(tiny, monkeypatch):
+    _, _, paths, workdir = tiny
+    monkeypatch.setattr(suite, "SWEEP", suite.SWEEP[:2] + suite.SWEEP[-2:])
+    sweep = suite.session_option_sweep(paths, suite.benchmark_input(S), 1, SETTINGS, workdir)
+    assert len(sweep["latency"]) == 4 and all("median_s" in r or "error" in r for r in sweep["latency"])
+    assert {(r["backend"], r["model"]) for r in sweep["session_creation"]} == {
+        ("onnxruntime", "end2end"), ("openvino", "end2end"), ("onnxruntime", "int8"), ("openvino", "int8")}
+    assert any((workdir / "cache_onnxruntime_end2end").iterdir())
+
+
+def test_bench_compare_reports_gpu_routes_cleanly(tiny, monkeypatch, capsys):
+    """No GPU here: CUDA/TensorRT rows say why; a GPU route failing at run time fails its row only."""
+    from retinamask.cli import main
+    from retinamask.runtime import backends, bench
+
+    _, _, paths, _ = tiny
+    assert main(["bench", "--model", str(paths["end2end"]), "--compare", "--loop", "1", "--warmup", "0"]) == 0
+    table = {line.split("|")[2].strip() + " " + line.split("|")[3].strip(): line
+             for line in capsys.readouterr().out.splitlines() if line.startswith("| onnxruntime")}
+    import onnxruntime
+
+    if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+        assert "unavailable: this onnxruntime" in table["cuda fp32"] and "onnxruntime-gpu" in table["cuda fp32"]
+        assert "unavailable:" in table["tensorrt fp16"]
+
+    monkeypatch.setattr(backends, "candidate_configurations",
+                        lambda: [("onnxruntime", "cpu", "fp32", None), ("onnxruntime", "cuda", "fp32", None)])
+    real_run = bench.run_benchmark
+
+    def run(model_path, backend, device, *args, **kwargs):
+        if device == "cuda":
+            raise RuntimeError("CUDA failure 999: unknown error\nmore lines")
+        return real_run(model_path, backend, device, *args, **kwargs)
+
+    monkeypatch.setattr(bench, "run_benchmark", run)
+    rows = bench.compare_backends(paths["end2end"], loop=1, warmup=0)
+    assert rows[0]["mean_ms"] > 0
+    assert rows[1]["error"] == "failed: RuntimeError: CUDA failure 999: unknown error more lines"
+    assert "| failed: RuntimeError" in bench.format_table(rows)
