@@ -86,7 +86,7 @@ def test_latency_rows_and_the_markdown_table(tiny, tmp_path):
                                                    [0, 1])
     assert [r["images"] for r in preprocessing] == [3, 3]
     post = suite.postprocess_and_evaluate(12, workers=1, chunk=5)
-    assert post["detections"] == 12 * suite.MAX_DETECTIONS
+    assert post["detections"] == 12 * suite.MAX_DETECTIONS and post["fused_rle_mismatched_images"] == 0
     infer_dir = workdir / "infer_jpegs"
     suite.write_jpegs(infer_dir, 2, height=96, width=128)
     infer = suite.infer_routes(paths["end2end"], infer_dir, workdir, threads=1)

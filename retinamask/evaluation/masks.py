@@ -44,8 +44,9 @@ def expand_boxes_int(boxes, scale):
         return expanded.astype(np.int32)
 
 
-def _paste(probs, boxes, height, width, threshold, padding, resize):
-    """Shared Masker geometry; ``resize(mask_f32, w, h)`` is the only thing that varies."""
+def _visible_crops(probs, boxes, height, width, threshold, padding, resize):
+    """The Masker geometry shared by every paste: yields (i, x0, x1, y0, y1, bool crop [y1-y0, x1-x0])
+    for each mask with a visible part; ``resize(mask_f32, w, h)`` is the only thing that varies."""
     probs = np.asarray(probs, dtype=np.float32)
     if probs.ndim == 4:  # [N,1,M,M] as the seed layout stores them
         probs = probs[:, 0]
@@ -54,12 +55,7 @@ def _paste(probs, boxes, height, width, threshold, padding, resize):
     if boxes.shape[0] != n:
         raise ValueError(f"{n} masks but {boxes.shape[0]} boxes")
     if n == 0:
-        return np.zeros((0, height, width), dtype=np.uint8)
-    # Stored mask by mask, each column-major: the [N, H, W] view returned is then already the
-    # Fortran-ordered [H, W, N] that COCO RLE encoding reads, so encode_masks copies nothing
-    # (the transposing copy cost twice as much as the encoding itself).
-    columns_first = np.zeros((n, width, height), dtype=np.uint8)
-
+        return
     m = probs.shape[-1]
     padded = np.zeros((n, m + 2 * padding, m + 2 * padding), dtype=np.float32)
     padded[:, padding : padding + m, padding : padding + m] = probs
@@ -74,7 +70,25 @@ def _paste(probs, boxes, height, width, threshold, padding, resize):
         box_w = max(bx1 - bx0 + 1, 1)
         box_h = max(by1 - by0 + 1, 1)
         resized = resize(padded[i], box_w, box_h)
-        columns_first[i, x0:x1, y0:y1] = (resized[y0 - by0 : y1 - by0, x0 - bx0 : x1 - bx0] > threshold).T
+        yield i, x0, x1, y0, y1, resized[y0 - by0 : y1 - by0, x0 - bx0 : x1 - bx0] > threshold
+
+
+def _mask_count(probs, boxes):
+    probs = np.asarray(probs)
+    n = probs.shape[0] if probs.ndim else 0
+    if np.asarray(boxes).reshape(-1, 4).shape[0] != n:
+        raise ValueError(f"{n} masks but {np.asarray(boxes).reshape(-1, 4).shape[0]} boxes")
+    return n
+
+
+def _paste(probs, boxes, height, width, threshold, padding, resize):
+    n = _mask_count(probs, boxes)
+    # Stored mask by mask, each column-major: the [N, H, W] view returned is then already the
+    # Fortran-ordered [H, W, N] that COCO RLE encoding reads, so encode_masks copies nothing
+    # (the transposing copy cost twice as much as the encoding itself).
+    columns_first = np.zeros((n, width, height), dtype=np.uint8)
+    for i, x0, x1, y0, y1, crop in _visible_crops(probs, boxes, height, width, threshold, padding, resize):
+        columns_first[i, x0:x1, y0:y1] = crop.T
     return columns_first.transpose(0, 2, 1)
 
 
@@ -108,6 +122,43 @@ def encode_masks(masks):
     if masks.shape[0] == 0:
         return []
     rles = mask_util.encode(np.asfortranarray(masks.transpose(1, 2, 0)))
+    for rle in rles:
+        rle["counts"] = rle["counts"].decode("utf-8")
+    return rles
+
+
+def paste_and_encode_masks(probs, boxes, height, width, threshold=0.5, padding=1, paste="original"):
+    """``encode_masks(paste_masks(...))`` without the full-image masks: the same RLE strings.
+
+    COCO RLE runs down the columns, so a mask is zeros up to its box's first column, the box's
+    columns, then zeros: only the box's columns are scanned (a 100-px box in a 640x480 image is
+    a sixth of the pixels), and no [N, H, W] array is allocated. ``paste``: "original" (PIL,
+    as ``paste_masks``) or "seed" (cv2, as ``paste_masks_seed``). Returns a list of N
+    {"size": [H, W], "counts": str}.
+    """
+    if paste not in ("original", "seed"):
+        raise ValueError(f"paste must be original or seed, got {paste!r}")
+    n = _mask_count(probs, boxes)
+    resize = _resize_pil if paste == "original" else _resize_cv2
+    counts = [[height * width] for _ in range(n)]  # all zeros unless a visible crop says otherwise
+    for i, x0, x1, y0, y1, crop in _visible_crops(probs, boxes, height, width, threshold, padding, resize):
+        band = np.zeros((x1 - x0, height), dtype=np.uint8)  # the box's columns, column-major
+        band[:, y0:y1] = crop.T
+        flat = band.reshape(-1)
+        changes = np.flatnonzero(flat[1:] != flat[:-1]) + 1
+        runs = np.diff(np.concatenate(([0], changes, [flat.size]))).tolist()
+        if flat[0]:  # RLE starts with a (possibly empty) run of zeros
+            runs.insert(0, 0)
+        runs[0] += x0 * height
+        after = (width - x1) * height
+        if len(runs) % 2:  # ends with zeros
+            runs[-1] += after
+        elif after:
+            runs.append(after)
+        counts[i] = runs
+    if n == 0:
+        return []
+    rles = mask_util.frPyObjects([{"size": [height, width], "counts": c} for c in counts], height, width)
     for rle in rles:
         rle["counts"] = rle["counts"].decode("utf-8")
     return rles
