@@ -20,7 +20,7 @@ TINY = ["MODEL.RESNETS.BLOCK_COUNTS", "(1, 1, 1, 1)", "MODEL.RESNETS.WIDTH_PER_G
         "MODEL.RESNETS.STEM_OUT_CHANNELS", "8", "MODEL.RESNETS.RES2_OUT_CHANNELS", "32",
         "MODEL.BACKBONE.OUT_CHANNELS", "32", "MODEL.ROI_MASK_HEAD.CONV_LAYERS", "(32, 32)",
         "RETINANET.NUM_CLASSES", "4"]
-SETTINGS = {**suite.QUICK, "warmup": 0, "repeats": 1, "calibration_images": 2, "batched": False}
+SETTINGS = {**suite.QUICK, "warmup": 0, "repeats": 1, "calibration_images": 2, "batched": True}
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +40,7 @@ def tiny(tmp_path_factory):
         head.bbox_pred.weight.mul_(20)
     workdir = tmp_path_factory.mktemp("suite")
     paths, seconds = suite.prepare_models(workdir, model, cfg, S, SETTINGS, reuse=False)
-    assert set(seconds) == {"end2end", "seed", "int8"}
+    assert set(seconds) == {"end2end", "seed", "end2end_dynamic", "end2end_k50", "int8", "int8_k50"}
     return model, cfg, paths, workdir
 
 
@@ -79,6 +79,9 @@ def test_latency_rows_and_the_markdown_table(tiny, tmp_path):
     # the exact fp32 path finds every detection of the eager model
     assert by_route[("ONNX Runtime, end2end", "fp32")]["agreement_with_eager"] == 1.0
     assert by_route[("ONNX Runtime, seed layout + host NMS", "fp32")]["mask_rois"] == 1000
+    assert by_route[("ONNX Runtime, end2end K=50", "fp32")]["agreement_with_eager"] == 1.0
+    assert by_route[("ONNX Runtime, end2end K=50", "fp32")]["detections"] <= 50
+    assert by_route[("ONNX Runtime, end2end, batch 2", "fp32")]["batch"] == 2
     gpu = [r for r in rows if r["route"].startswith("ONNX Runtime CUDA") or r["route"].startswith("ONNX Runtime TensorRT")]
     assert gpu and all("error" in r or r["median_s"] > 0 for r in gpu)
 

@@ -190,3 +190,23 @@ def test_cli_export_int8(model, tmp_path, calibration_dir, capsys):
                  str(tmp_path / "never.onnx"), "--input-size", str(S), "--int8", "--opts", *TINY])
     err = capsys.readouterr().err.strip()
     assert code == 2 and "--calib" in err and "\n" not in err
+
+
+def test_unreadable_calibration_images_are_one_error(float_model, tmp_path):
+    (tmp_path / "a.jpg").write_bytes(b"not a jpeg")
+    (tmp_path / "b.png").write_bytes(b"")
+    with pytest.raises(InputError, match="none of the calibration images could be read"):
+        quantize_onnx(float_model, tmp_path / "never.onnx", tmp_path)
+    assert not (tmp_path / "never.onnx").exists()
+
+
+def test_calibration_cache_is_written_then_reused(float_model, calibration_dir, tmp_path):
+    cache = tmp_path / "ranges.json"
+    first = quantize_onnx(float_model, tmp_path / "a.onnx", calibration_dir, calibration_count=2,
+                          calibration_cache=cache)
+    assert cache.is_file() and first["quantization"]["calibration_images"] == 2
+    second = quantize_onnx(float_model, tmp_path / "b.onnx", calibration_dir, calibration_count=2,
+                           calibration_cache=cache)
+    assert second["calibration_images_used"] == 0 and "ranges from ranges.json" in second["quantization"]["calibration"]
+    a, b = onnx.load(str(tmp_path / "a.onnx")), onnx.load(str(tmp_path / "b.onnx"))
+    assert [t.raw_data for t in a.graph.initializer] == [t.raw_data for t in b.graph.initializer]

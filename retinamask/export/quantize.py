@@ -129,8 +129,12 @@ def dense_nodes(proto):
 
 
 def quantize_onnx(model_path, save_path, calibration_dir, calibration_count=DEFAULT_CALIBRATION_IMAGES,
-                  per_channel=True):
+                  per_channel=True, calibration_cache=None):
     """Quantize the float32 model at ``model_path`` to INT8 at ``save_path`` (see the module docstring).
+
+    ``calibration_cache``: a JSON file of tensor ranges (ONNX Runtime's calibration cache): used
+    instead of calibrating when it exists, written after calibrating when it does not. It fits
+    models whose convolutions are the same, e.g. the same checkpoint exported with another K.
 
     Returns a report dict: calibration images used, quantized node counts by op type, timings,
     file size. Raises InputError for a missing calibration set, QuantizationError when ONNX
@@ -148,6 +152,7 @@ def quantize_onnx(model_path, save_path, calibration_dir, calibration_count=DEFA
     images = calibration_images(calibration_dir, calibration_count)
     reader = SeedTransformReader(images, info.input_name, info.input_size, info.pixel_mean, info.pixel_std,
                                  info.batch_size or 1)
+    from_cache = calibration_cache is not None and Path(calibration_cache).is_file()
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="retinamask-quant-", dir=save_path.parent) as tmp:
         prepared = Path(tmp) / "prepared.onnx"
@@ -171,13 +176,14 @@ def quantize_onnx(model_path, save_path, calibration_dir, calibration_count=DEFA
                 nodes_to_quantize=nodes,
                 calibrate_method=CalibrationMethod.MinMax,
                 extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
+                calibration_cache_path=None if calibration_cache is None else str(calibration_cache),
             )
         except InputError:
             raise
         except Exception as e:
+            if reader.used == 0 and not from_cache:
+                raise InputError("none of the calibration images could be read", calibration_dir) from None
             raise QuantizationError(f"ONNX Runtime's static quantization failed: {_one_line(e)}", model_path) from None
-        if reader.used == 0:
-            raise InputError("none of the calibration images could be read", calibration_dir)
         proto = onnx.load(str(quantized))
 
     counts = {}
@@ -191,8 +197,8 @@ def quantize_onnx(model_path, save_path, calibration_dir, calibration_count=DEFA
         "format": "QDQ",
         "weights": "int8 symmetric " + ("per channel" if per_channel else "per tensor"),
         "activations": "uint8 asymmetric per tensor",
-        "calibration": "minmax",
-        "calibration_images": reader.used,
+        "calibration": "minmax" + (f" (ranges from {Path(calibration_cache).name})" if from_cache else ""),
+        "calibration_images": None if from_cache else reader.used,
         "quantized_nodes": len(nodes),
     }
     entry = next((p for p in proto.metadata_props if p.key == QUANTIZATION_METADATA_KEY), None)
