@@ -13,6 +13,7 @@ from ..config import load_config
 from ..data.image_io import as_rgb_array
 from ..data.transforms import seed_preprocess, upstream_preprocess
 from ..evaluation.boxes import rescale_boxes
+from ..evaluation.postprocess import boxes_to_original
 from ..evaluation.masks import paste_masks
 from ..modeling import build_model
 from ..structures import Prediction
@@ -78,7 +79,10 @@ class Predictor:
     def _to_original(self, det, resized_hw, original_hw):
         order = torch.argsort(det["scores"], descending=True, stable=True)
         det = {k: v[order].cpu().numpy() for k, v in det.items()}
-        boxes = rescale_boxes(det["boxes"], resized_hw, original_hw)
+        if self.input_size:  # as the exported models: the canvas is clipped, then the image
+            boxes = boxes_to_original(det["boxes"], original_hw, resized_hw)
+        else:  # as the original: scaled, not clipped again
+            boxes = rescale_boxes(det["boxes"], resized_hw, original_hw)
         probs = det.get("mask_probs", np.zeros((len(boxes), 28, 28), np.float32))
         masks = paste_masks(probs, boxes, original_hw[0], original_hw[1], threshold=self.mask_threshold)
         labels = det["labels"].astype(np.int64)
