@@ -117,6 +117,72 @@ def environment(threads):
     }
 
 
+def _process_cpu_seconds():
+    """pid -> (CPU seconds so far, command line) for every readable process."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+            found[int(entry.name)] = ((int(fields[11]) + int(fields[12])) / ticks, command)
+        except (OSError, IndexError, ValueError):
+            continue
+    return found
+
+
+def _own_processes():
+    own, parents = {os.getpid()}, {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                pass
+    changed = True
+    while changed:  # this process's descendants (pool workers, forkserver)
+        changed = False
+        for pid, parent in parents.items():
+            if parent in own and pid not in own:
+                own.add(pid)
+                changed = True
+    return own
+
+
+def other_busy_processes(when, interval=2.0, threshold=10.0):
+    """Processes outside this one's tree that used more than ``threshold`` % of a CPU over
+    ``interval`` seconds: a benchmark sharing the CPU with them measures the sharing."""
+    if not Path("/proc/self/stat").exists():
+        return []
+    before = _process_cpu_seconds()
+    time.sleep(interval)
+    after = _process_cpu_seconds()
+    own = _own_processes()
+    busy = []
+    for pid, (seconds, command) in after.items():
+        if pid in own or pid not in before:
+            continue
+        percent = 100.0 * (seconds - before[pid][0]) / interval
+        if percent > threshold:
+            busy.append({"when": when, "pid": pid, "cpu_percent": percent, "command": command})
+    return busy
+
+
+def other_cpu_seconds_since(snapshot, started):
+    """CPU seconds other processes (outside this one's tree) used since ``snapshot``
+    (:func:`_process_cpu_seconds`), processes started since then included; and that as a share
+    of the elapsed time since ``started`` (perf_counter)."""
+    own = _own_processes()
+    used = 0.0
+    for pid, (seconds, _) in _process_cpu_seconds().items():
+        if pid not in own:
+            used += seconds - snapshot.get(pid, (0.0, ""))[0]
+    elapsed = time.perf_counter() - started
+    return {"cpu_seconds": used, "elapsed_s": elapsed, "average_cpus": used / elapsed if elapsed else 0.0}
+
+
 # ---------------------------------------------------------------------------------------------
 # FLOP counting on the ONNX graph
 
@@ -524,16 +590,13 @@ SWEEP = (
     ("onnxruntime", "end2end", "fp32", "1 thread", {}, 1, None),
     ("onnxruntime", "end2end", "fp32", "no spinning", {"session.intra_op.allow_spinning": "0"}, "all", None),
     ("onnxruntime", "end2end", "fp32", "denormals as zero", {"session.set_denormal_as_zero": "1"}, "all", None),
-    ("onnxruntime", "end2end", "fp32", "dynamic block base 4", {"session.dynamic_block_base": "4"}, "all", None),
     ("onnxruntime", "int8", "fp32", "ours", {}, "all", None),
-    ("onnxruntime", "int8", "fp32", "no spinning", {"session.intra_op.allow_spinning": "0"}, "all", None),
     ("openvino", "end2end", "fp32", "ours (LATENCY hint, INFERENCE_NUM_THREADS = cores)", {}, "all", "LATENCY"),
     ("openvino", "end2end", "fp32", "THROUGHPUT hint", {}, "all", "THROUGHPUT"),
     ("openvino", "end2end", "fp32", "CPU pinning", {"ENABLE_CPU_PINNING": True}, "all", "LATENCY"),
     ("openvino", "end2end", "fp32", "denormals optimization", {"CPU_DENORMALS_OPTIMIZATION": True}, "all", "LATENCY"),
     ("openvino", "end2end", "bf16", "ours", {}, "all", "LATENCY"),
     ("openvino", "end2end", "bf16", "CPU pinning", {"ENABLE_CPU_PINNING": True}, "all", "LATENCY"),
-    ("openvino", "end2end", "bf16", "denormals optimization", {"CPU_DENORMALS_OPTIMIZATION": True}, "all", "LATENCY"),
     ("openvino", "int8", "fp32", "ours (float parts in f32)", {}, "all", "LATENCY"),
     ("openvino", "int8", "bf16", "float parts in bf16", {}, "all", "LATENCY"),
 )
@@ -555,7 +618,7 @@ def session_option_sweep(paths, images, threads, settings, workdir):
             rows.append({"backend": backend, "precision": precision, "variant": label, "error": e.cause})
             continue
         logger.info("sweep: %s %s %s ...", backend, precision, label)
-        times, _ = _times(lambda: session.run(images), settings["warmup"], settings["repeats"])
+        times, _ = _times(lambda: session.run(images), min(1, settings["warmup"]), max(1, settings["repeats"] - 2))
         rows.append({"backend": backend, "precision": precision, "variant": label,
                      "median_s": statistics.median(times), "min_s": min(times)})
         del session
@@ -798,9 +861,23 @@ def markdown(report):
     lines = [
         f"# RetinaMask R-50-FPN, {report['input_size']}x{report['input_size']}, batch 1 — {env['date']}",
         "",
+    ]
+    other, other_latency = report.get("other_cpu"), report.get("other_cpu_latency")
+    if other and other_latency:
+        lines += [f"Other processes used {other['cpu_seconds']:.0f} CPU-seconds during the {other['elapsed_s']:.0f} s "
+                  f"run (on average {other['average_cpus']:.2f} CPUs), {other_latency['cpu_seconds']:.0f} during the "
+                  f"{other_latency['elapsed_s']:.0f} s of the latency table ({other_latency['average_cpus']:.2f} CPUs).",
+                  ""]
+    busy = report.get("other_busy_processes") or []
+    if busy:
+        lines += ["**Warning: other processes used the CPU during this run, so these are not a quiet run's timings: "
+                  + "; ".join(f"{b['when']}: pid {b['pid']} {b['cpu_percent']:.0f}% `{b['command'][:60]}`" for b in busy)
+                  + "**", ""]
+    lines += [
         f"CPU: {env['cpu']} ({env['logical_cpus']} CPUs, {env['physical_cores']} physical cores; "
-        f"{' '.join(env['cpu_flags'])}); threads {env['threads']}; load average at start "
-        f"{', '.join(f'{v:.2f}' for v in env['load_average_at_start'] or ())}",
+        f"{' '.join(env['cpu_flags'])}); threads {env['threads']}; load average (1, 5, 15 min) at start "
+        f"{', '.join(f'{v:.2f}' for v in env['load_average_at_start'] or ())}, at end "
+        f"{', '.join(f'{v:.2f}' for v in env.get('load_average_at_end') or ())}",
         "Versions: " + ", ".join(f"{k} {v}" for k, v in env["versions"].items() if v),
         f"Command: `{env['command']}`",
         "",
@@ -910,8 +987,11 @@ def main(argv=None):
             workdir.mkdir(parents=True, exist_ok=True)
         else:
             workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="retinamask-suite-")))
+        snapshot, run_started = _process_cpu_seconds(), time.perf_counter()
         report = {"input_size": args.input_size, "quick": args.quick, "settings": settings,
-                  "environment": environment(threads)}
+                  "environment": environment(threads), "other_busy_processes": other_busy_processes("start")}
+        if report["other_busy_processes"]:
+            logger.warning("other processes are using the CPU: %s", report["other_busy_processes"])
         from retinamask.config import load_config
 
         model = benchmark_model()
@@ -920,7 +1000,10 @@ def main(argv=None):
         report["flops"] = {key: count_flops(paths[key]) for key in ("end2end", "seed")}
         report["peaks"] = matmul_peaks(workdir, threads, settings["peak_size"], settings["peak_repeats"])
         images = benchmark_input(args.input_size)
+        latency_snapshot, latency_started = _process_cpu_seconds(), time.perf_counter()
         report["latency"] = latency_rows(paths, model, images, report["flops"], report["peaks"], threads, settings)
+        report["other_cpu_latency"] = other_cpu_seconds_since(latency_snapshot, latency_started)
+        report["other_busy_processes"] += other_busy_processes("after the latency table")
         if args.sweep:
             report["sweep"] = session_option_sweep(paths, images, threads, settings, workdir)
 
@@ -935,6 +1018,9 @@ def main(argv=None):
         write_jpegs(infer_dir, settings["infer_images"], start_variant=500)
         report["infer"] = infer_routes(paths["end2end"], infer_dir, workdir, threads)
 
+        report["other_cpu"] = other_cpu_seconds_since(snapshot, run_started)
+    report["other_busy_processes"] += other_busy_processes("end")
+    report["environment"]["load_average_at_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
     text = markdown(report)
     print(text)
     if args.json_path:

@@ -163,3 +163,25 @@ def test_bench_compare_reports_gpu_routes_cleanly(tiny, monkeypatch, capsys):
     assert rows[0]["mean_ms"] > 0
     assert rows[1]["error"] == "failed: RuntimeError: CUDA failure 999: unknown error more lines"
     assert "| failed: RuntimeError" in bench.format_table(rows)
+
+
+def test_other_processes_are_noticed():
+    """A busy process outside this one's tree is reported; this process's own children are not."""
+    import subprocess
+    import time
+
+    spin = "import time\nend = time.time() + 3\nwhile time.time() < end: pass"
+    snapshot, started = suite._process_cpu_seconds(), time.perf_counter()
+    # started through a shell that exits at once, so that the spinner is no descendant of ours
+    outsider = int(subprocess.run(["sh", "-c", f'"{sys.executable}" -c "{spin}" >/dev/null 2>&1 & echo $!'],
+                                  capture_output=True, text=True, check=True).stdout)
+    child = subprocess.Popen([sys.executable, "-c", spin])
+    try:
+        found = {b["pid"]: b for b in suite.other_busy_processes("test", interval=1.0)}
+        assert outsider in found and found[outsider]["cpu_percent"] > 20
+        assert child.pid not in found
+        assert suite.other_cpu_seconds_since(snapshot, started)["cpu_seconds"] > 0.5
+    finally:
+        child.wait()
+        while Path(f"/proc/{outsider}").exists():
+            time.sleep(0.2)
