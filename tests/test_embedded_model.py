@@ -90,3 +90,39 @@ def test_shipped_model_is_small_and_documented():
     assert SHIPPED_WEIGHTS.stat().st_size <= 20 * 1024 * 1024
     readme = (Path(SHIPPED_WEIGHTS).parent / "README.md").read_text()
     assert "retinamask train" in readme and "retinamask data shapes" in readme
+
+
+@pytest.fixture(scope="module")
+def pytorch_stats(demo_run):
+    """COCO stats of the eager model on the demo's val split, on the export's square canvas and
+    with the mask cut raised to the export's 100 rows."""
+    from retinamask.checkpoint import load_checkpoint
+    from retinamask.config import load_config
+    from retinamask.engine.trainer import evaluate_split
+    from retinamask.modeling import build_model
+
+    cfg = load_config(SHIPPED_CONFIG, ["RETINANET.NUM_MASKS_TEST", "100"])
+    model = build_model(cfg)
+    load_checkpoint(model, SHIPPED_WEIGHTS)
+    return evaluate_split(model, cfg, demo_run / "data", "val", input_size=int(cfg.INPUT.MAX_SIZE_TEST))
+
+
+@pytest.mark.parametrize("layout", ["end2end", "seed"])
+def test_onnx_layouts_give_the_pytorch_coco_stats(demo_run, pytorch_stats, layout, tmp_path):
+    """Both export layouts through infer + evaluate land within 0.002 of the PyTorch path."""
+    if layout == "end2end":
+        stats_file = demo_run / "evaluation_results.json"
+    else:
+        model = tmp_path / "seed.onnx"
+        assert main(["export", "--cfg_path", str(SHIPPED_CONFIG), "--weight_path", str(SHIPPED_WEIGHTS),
+                     "--save_path", str(model), "--layout", "seed", "--no-verify"]) == 0
+        assert main(["infer", "--model", str(model), "--input", str(demo_run / "data" / "val"),
+                     "--output", str(tmp_path), "--output_dirname", "seed", "--no-progress"]) == 0
+        assert main(["evaluate", "--infer_results_path", str(tmp_path / "seed"),
+                     "--ann_file", str(demo_run / "data" / "annotations" / "instances_val.json"),
+                     "--output_path", str(tmp_path / "evaluation_results.txt"), "--no-progress"]) == 0
+        stats_file = tmp_path / "evaluation_results.json"
+    onnx_stats = json.loads(stats_file.read_text())["stats"]
+    for iou_type in ("bbox", "segm"):
+        for name, value in pytorch_stats[iou_type].items():
+            assert abs(onnx_stats[iou_type][name] - value) <= 0.002, (layout, iou_type, name, value)

@@ -60,7 +60,9 @@ def test_pre_nms_candidates_are_the_originals(direct_run, reference_npz):
     np.testing.assert_array_equal(cand["anchor_index"][order].numpy(), reference_npz["direct_cand_anchor_index"])
     np.testing.assert_array_equal(cand["labels"][order].numpy(), reference_npz["direct_cand_label"])
     _close(cand["scores"][order], reference_npz["direct_cand_score"])
-    _close(cand["boxes"][order], reference_npz["direct_cand_box_xyxy"])
+    # Boxes are decoded from regression that may differ by 1e-4 between CPUs (other SIMD paths);
+    # exp() and anchors of up to ~800 px turn that into a few thousandths of a pixel.
+    np.testing.assert_allclose(cand["boxes"][order].numpy(), reference_npz["direct_cand_box_xyxy"], rtol=0, atol=0.01)
 
 
 def _match(ours, ref_boxes, ref_labels, ref_scores):

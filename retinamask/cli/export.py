@@ -49,8 +49,9 @@ def add_arguments(parser):
     parser.add_argument("--calib-images", "--calib_images", dest="calib_images", type=int, default=None,
                         metavar="N", help="with --int8: use N images of --calib, evenly spread (default: 32)")
     parser.add_argument("--opset", type=int, default=18, help="ONNX opset, 18 or later (default: 18)")
-    parser.add_argument("--input-size", "--input_size", dest="input_size", type=int, default=1344,
-                        help="side S of the square input, a multiple of 32 (default: 1344)")
+    parser.add_argument("--input-size", "--input_size", dest="input_size", type=int, default=None,
+                        help="side S of the square input, a multiple of 32 (default: the config's "
+                             "INPUT.MAX_SIZE_TEST rounded up to a multiple of 32: 1344 for the upstream configs)")
     parser.add_argument("--max-detections", "--max_detections", dest="max_detections", type=int, default=100,
                         help="end2end: output rows K per image (default: 100; 50 = the original's mask cut); "
                              "seed: written to the metadata as the host-side NMS keep count")

@@ -44,7 +44,7 @@ class ExportError(RetinaMaskError):
 
 
 def export_onnx(cfg, weights, save_path, layout="end2end", batch_size=1, dynamic_batch=False, fp16=False,
-                opset=18, simplify=True, input_size=1344, max_detections=100, verify=True, int8=False,
+                opset=18, simplify=True, input_size=None, max_detections=100, verify=True, int8=False,
                 calibration_dir=None, calibration_images=None):
     """Build the model of ``cfg`` (a config or a config name/path), load ``weights`` (a checkpoint
     path; None keeps the random initialisation) and export it; see :func:`export_model`."""
@@ -52,10 +52,11 @@ def export_onnx(cfg, weights, save_path, layout="end2end", batch_size=1, dynamic
     from ..config import load_config
     from ..modeling import build_model
 
-    _check_arguments(layout, batch_size, opset, input_size, max_detections)
-    _check_int8_arguments(int8, fp16, calibration_dir)
     if not hasattr(cfg, "MODEL"):
         cfg = load_config(cfg)
+    input_size = input_size or default_input_size(cfg)
+    _check_arguments(layout, batch_size, opset, input_size, max_detections)
+    _check_int8_arguments(int8, fp16, calibration_dir)
     model = build_model(cfg)
     if weights is not None:
         load_checkpoint(model, weights)
@@ -68,9 +69,11 @@ def export_onnx(cfg, weights, save_path, layout="end2end", batch_size=1, dynamic
 
 
 def export_model(model, cfg, save_path, layout="end2end", batch_size=1, dynamic_batch=False, fp16=False,
-                 opset=18, simplify=True, input_size=1344, max_detections=100, verify=True, int8=False,
+                 opset=18, simplify=True, input_size=None, max_detections=100, verify=True, int8=False,
                  calibration_dir=None, calibration_images=None):
     """Export a built RetinaMask (eval mode, float32) to ``save_path`` in one ONNX file.
+
+    ``input_size``: side S of the square [B,3,S,S] input; None takes :func:`default_input_size`.
 
     ``layout``: "end2end" (NMS and top-K in the graph, K = ``max_detections`` rows) or "seed"
     (the Ascend seed's 1000 candidates). ``batch_size`` fixes B unless ``dynamic_batch``.
@@ -89,6 +92,7 @@ def export_model(model, cfg, save_path, layout="end2end", batch_size=1, dynamic_
     """
     import onnx
 
+    input_size = input_size or default_input_size(cfg)
     _check_arguments(layout, batch_size, opset, input_size, max_detections)
     _check_int8_arguments(int8, fp16, calibration_dir)
     save_path = Path(save_path)
@@ -154,6 +158,12 @@ def export_model(model, cfg, save_path, layout="end2end", batch_size=1, dynamic_
         report["verification"] = verify_export(model, graph, cfg, save_path, layout, input_size, max_detections,
                                                batch=example_batch, precision=report["precision"])
     return report
+
+
+def default_input_size(cfg):
+    """The config's INPUT.MAX_SIZE_TEST rounded up to a multiple of 32: the canvas the model was
+    trained to see (1333 -> 1344, the seed's size, for the upstream configs)."""
+    return -(-int(cfg.INPUT.MAX_SIZE_TEST) // 32) * 32
 
 
 def _check_arguments(layout, batch_size, opset, input_size, max_detections):
