@@ -240,7 +240,7 @@ def _node_flops(node, shapes):
         else:  # w [Cin, Cout/g, k..]: Cout/g * k MACs per input element
             macs = math.prod(x[1:]) * w[1] * kernel
         return 2.0 * macs, x[0] or 1
-    a, b, y = dims(node.input[0]), dims(node.input[1]), dims(node.output[0])
+    a, y = dims(node.input[0]), dims(node.output[0])
     inner = a[0] if node.op_type == "Gemm" and attrs.get("transA", 0) else a[-1]
     return 2.0 * math.prod(d or 1 for d in y[1:]) * inner, y[0] or 1
 
@@ -621,7 +621,7 @@ def session_option_sweep(paths, images, threads, settings, workdir):
         times, _ = _times(lambda: session.run(images), min(1, settings["warmup"]), max(1, settings["repeats"] - 2))
         rows.append({"backend": backend, "precision": precision, "variant": label,
                      "median_s": statistics.median(times), "min_s": min(times)})
-        del session
+        session = None  # free it before the next one is built
     loads = []
     for backend, model_key in (("onnxruntime", "end2end"), ("openvino", "end2end"), ("onnxruntime", "int8"),
                                ("openvino", "int8")):
@@ -629,10 +629,10 @@ def session_option_sweep(paths, images, threads, settings, workdir):
         entry = {"backend": backend, "model": model_key}
         for label, cache_dir in (("no_cache_s", None), ("cache_cold_s", cache), ("cache_warm_s", cache)):
             start = time.perf_counter()
-            session = create_session(paths[model_key], backend, "cpu", threads=threads, cache_dir=cache_dir)
-            session.run(images)  # the first run pays lazy initialisation too
+            loaded = create_session(paths[model_key], backend, "cpu", threads=threads, cache_dir=cache_dir)
+            loaded.run(images)  # the first run pays lazy initialisation too
             entry[label] = time.perf_counter() - start
-            del session
+            del loaded
         loads.append(entry)
     return {"latency": rows, "session_creation": loads}
 

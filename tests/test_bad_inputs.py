@@ -10,7 +10,6 @@ the tiny R-50 variant of test_checkpoint_config, so the whole module stays cheap
 import io
 import json
 import os
-import pickle
 import signal
 import struct
 import subprocess
@@ -23,6 +22,7 @@ import numpy as np
 import pytest
 from PIL import Image
 from test_runtime_fakes import build_fake_model, make_box_dataset
+from tiny_model import TINY_OPTS
 
 from retinamask.cli import main
 from retinamask.errors import EXIT_BAD_INPUT, EXIT_INTERNAL_ERROR, EXIT_ITEMS_FAILED, EXIT_OK
@@ -30,10 +30,6 @@ from retinamask.errors import EXIT_BAD_INPUT, EXIT_INTERNAL_ERROR, EXIT_ITEMS_FA
 S = 64
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = "retinanet_mask_R-50-FPN_2x_adjust_std011_ms"
-TINY = ["MODEL.RESNETS.BLOCK_COUNTS", "(1, 1, 1, 1)", "MODEL.RESNETS.WIDTH_PER_GROUP", "8",
-        "MODEL.RESNETS.STEM_OUT_CHANNELS", "8", "MODEL.RESNETS.RES2_OUT_CHANNELS", "32",
-        "MODEL.BACKBONE.OUT_CHANNELS", "32", "MODEL.ROI_MASK_HEAD.CONV_LAYERS", "(32, 32)",
-        "RETINANET.NUM_CLASSES", "4"]
 
 
 # --------------------------------------------------------------------------- helpers
@@ -217,7 +213,7 @@ def checkpoint(tmp_path_factory):
     from retinamask.modeling import build_model
 
     torch.manual_seed(0)
-    model = build_model(load_config(CONFIG, TINY))
+    model = build_model(load_config(CONFIG, TINY_OPTS))
     path = tmp_path_factory.mktemp("checkpoint") / "tiny.pth"
     save_checkpoint(path, model)
     return path
@@ -226,7 +222,7 @@ def checkpoint(tmp_path_factory):
 def test_images_through_predict(zoo, checkpoint, tmp_path, capsys):
     out = tmp_path / "predicted"
     code = _cli("predict", "--input", zoo, "--output", out, "--weights", checkpoint, "--config", CONFIG,
-                "--input-size", S, "--opts", *TINY)
+                "--input-size", S, "--opts", *TINY_OPTS)
     err = capsys.readouterr().err
     assert code == EXIT_ITEMS_FAILED
     _assert_one_line_each(err, BAD_IMAGES)
@@ -237,7 +233,7 @@ def test_images_through_predict(zoo, checkpoint, tmp_path, capsys):
     assert not list(out.glob("*.tmp")) and not list(out.glob(".*"))
 
     code = _cli("predict", "--input", zoo / "rgb.jpg", zoo / "text.png", "--output", tmp_path / "strict",
-                "--weights", checkpoint, "--config", CONFIG, "--input-size", S, "--strict", "--opts", *TINY)
+                "--weights", checkpoint, "--config", CONFIG, "--input-size", S, "--strict", "--opts", *TINY_OPTS)
     err = capsys.readouterr().err
     assert code == EXIT_BAD_INPUT
     assert _error_line(err) == f"error: {zoo / 'text.png'}: {BAD_IMAGES['text.png']} (unrecognised file format)"
@@ -495,7 +491,7 @@ def _tiny_config(tmp_path, num_classes=4):
     from retinamask.config import load_config
 
     path = tmp_path / f"tiny_{num_classes}_classes.yaml"
-    path.write_text(load_config(CONFIG, TINY + ["RETINANET.NUM_CLASSES", str(num_classes)]).dump())
+    path.write_text(load_config(CONFIG, TINY_OPTS + ["RETINANET.NUM_CLASSES", str(num_classes)]).dump())
     return path
 
 

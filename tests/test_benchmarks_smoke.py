@@ -13,31 +13,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 import suite  # noqa: E402
 
 from retinamask.config import load_config  # noqa: E402
-from retinamask.modeling import build_model  # noqa: E402
+from tiny_model import TINY_OPTS, tiny_model_with_detections  # noqa: E402
 
 S = 128
-TINY = ["MODEL.RESNETS.BLOCK_COUNTS", "(1, 1, 1, 1)", "MODEL.RESNETS.WIDTH_PER_GROUP", "8",
-        "MODEL.RESNETS.STEM_OUT_CHANNELS", "8", "MODEL.RESNETS.RES2_OUT_CHANNELS", "32",
-        "MODEL.BACKBONE.OUT_CHANNELS", "32", "MODEL.ROI_MASK_HEAD.CONV_LAYERS", "(32, 32)",
-        "RETINANET.NUM_CLASSES", "4"]
 SETTINGS = {**suite.QUICK, "warmup": 0, "repeats": 1, "calibration_images": 2, "batched": True}
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """(model, cfg, paths of the end2end / seed / int8 exports, work folder)."""
-    from retinamask.export import sample_input
-
-    cfg = load_config(suite.CONFIG, TINY)
-    torch.manual_seed(0)
-    model = build_model(cfg).eval()
-    head = model.rpn.head
-    with torch.no_grad():  # random weights with detections, as in tests/test_export.py
-        _, logits, _ = model.rpn(model.backbone(sample_input(cfg, S, 1)))
-        raw = torch.cat([(level - head.cls_logits.bias.view(1, -1, 1, 1)).flatten() for level in logits])
-        head.cls_logits.weight.mul_(1.5 / raw.std())
-        head.cls_logits.bias.fill_(-3.0 - (raw.mean() * 1.5 / raw.std()).item())
-        head.bbox_pred.weight.mul_(20)
+    cfg = load_config(suite.CONFIG, TINY_OPTS)
+    model = tiny_model_with_detections(cfg, S)
     workdir = tmp_path_factory.mktemp("suite")
     paths, seconds = suite.prepare_models(workdir, model, cfg, S, SETTINGS, reuse=False)
     assert set(seconds) == {"end2end", "seed", "end2end_dynamic", "end2end_k50", "int8", "int8_k50"}

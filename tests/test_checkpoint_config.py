@@ -10,16 +10,13 @@ from retinamask.checkpoint import load_checkpoint, read_state_dict, save_checkpo
 from retinamask.config import load_config, shipped_configs
 from retinamask.errors import CheckpointError, ConfigError
 from retinamask.modeling import build_model
+from tiny_model import TINY_OPTS
 
-TINY = ["MODEL.RESNETS.BLOCK_COUNTS", "(1, 1, 1, 1)", "MODEL.RESNETS.WIDTH_PER_GROUP", "8",
-        "MODEL.RESNETS.STEM_OUT_CHANNELS", "8", "MODEL.RESNETS.RES2_OUT_CHANNELS", "32",
-        "MODEL.BACKBONE.OUT_CHANNELS", "32", "MODEL.ROI_MASK_HEAD.CONV_LAYERS", "(32, 32)",
-        "RETINANET.NUM_CLASSES", "4"]
 
 
 @pytest.fixture(scope="module")
 def tiny_model():
-    return build_model(load_config("retinanet_mask_R-50-FPN_2x_adjust_std011_ms", TINY))
+    return build_model(load_config("retinanet_mask_R-50-FPN_2x_adjust_std011_ms", TINY_OPTS))
 
 
 def _randomised(model):
@@ -32,7 +29,7 @@ def test_upstream_wrapped_module_prefixed_checkpoint_loads(tmp_path, tiny_model)
     path = tmp_path / "model_0020001.pth"
     torch.save({"model": {f"module.{k}": v for k, v in state.items()}, "optimizer": {"state": {}, "param_groups": []},
                 "scheduler": {"last_epoch": 5}, "iteration": 20001}, path)
-    fresh = build_model(load_config("retinanet_mask_R-50-FPN_2x_adjust_std011_ms", TINY))
+    fresh = build_model(load_config("retinanet_mask_R-50-FPN_2x_adjust_std011_ms", TINY_OPTS))
     load_checkpoint(fresh, path)
     for k, v in fresh.state_dict().items():
         assert torch.equal(v, state[k]), k
@@ -42,7 +39,7 @@ def test_bare_state_dict_loads_and_save_round_trips(tmp_path, tiny_model):
     state = _randomised(tiny_model)
     bare = tmp_path / "bare.pth"
     torch.save(state, bare)
-    model = build_model(load_config("retinanet_mask_R-50-FPN_2x_adjust_std011_ms", TINY))
+    model = build_model(load_config("retinanet_mask_R-50-FPN_2x_adjust_std011_ms", TINY_OPTS))
     load_checkpoint(model, bare)
     saved = tmp_path / "saved.pth"
     save_checkpoint(saved, model, iteration=7)

@@ -25,37 +25,24 @@ from retinamask.export.onnx_export import (
 )
 from retinamask.modeling import build_model
 from retinamask.modeling.box_coder import BoxCoder
+from tiny_model import TINY_OPTS, tiny_model_with_detections
 
 S = 256
 K = 100
 CONFIG = "retinanet_mask_R-50-FPN_2x_adjust_std011_ms"
-TINY = ["MODEL.RESNETS.BLOCK_COUNTS", "(1, 1, 1, 1)", "MODEL.RESNETS.WIDTH_PER_GROUP", "8",
-        "MODEL.RESNETS.STEM_OUT_CHANNELS", "8", "MODEL.RESNETS.RES2_OUT_CHANNELS", "32",
-        "MODEL.BACKBONE.OUT_CHANNELS", "32", "MODEL.ROI_MASK_HEAD.CONV_LAYERS", "(32, 32)",
-        "RETINANET.NUM_CLASSES", "4"]
 METADATA_KEYS = ("layout", "input_size", "pixel_mean", "pixel_std", "class_names", "score_threshold",
                  "nms_threshold", "max_detections", "mask_resolution", "batch", "version")
 
 
 @pytest.fixture(scope="module")
 def cfg():
-    return load_config(CONFIG, TINY)
+    return load_config(CONFIG, TINY_OPTS)
 
 
 @pytest.fixture(scope="module")
 def model(cfg):
     """Tiny RetinaMask with detections: classification logits rescaled to std 1.5 around -3."""
-    torch.manual_seed(0)
-    model = build_model(cfg)
-    head = model.rpn.head
-    with torch.no_grad():
-        _, logits, _ = model.rpn(model.backbone(sample_input(cfg, S, 1)))
-        raw = torch.cat([(level - head.cls_logits.bias.view(1, -1, 1, 1)).flatten() for level in logits])
-        head.cls_logits.weight.mul_(1.5 / raw.std())
-        head.cls_logits.bias.fill_(-3.0 - (raw.mean() * 1.5 / raw.std()).item())
-        head.bbox_pred.weight.mul_(20)  # boxes that differ from their anchors
-        model.mask.predictor.mask_fcn_logits.weight.mul_(5)  # masks with structure
-    return model
+    return tiny_model_with_detections(cfg, S, structured_masks=True)
 
 
 @pytest.fixture(scope="module")
@@ -303,7 +290,7 @@ def checkpoint(cfg, exports):
 def cli_export(checkpoint, exports):
     save_path = exports / "cli.onnx"
     argv = ["export", "--cfg_path", f"configs/retina/{CONFIG}.yaml", "--weight_path", str(checkpoint),
-            "--save_path", str(save_path), "--simplify=True", "--input-size", str(S), "--opts", *TINY]
+            "--save_path", str(save_path), "--simplify=True", "--input-size", str(S), "--opts", *TINY_OPTS]
     return save_path, main(argv)
 
 
@@ -333,7 +320,7 @@ def test_empty_result_is_all_padding(cli_export, cfg):
 def test_cli_prints_the_report(checkpoint, exports, capsys):
     save_path = exports / "cli_seed.onnx"
     code = main(["export", "--cfg-path", CONFIG, "--weight-path", str(checkpoint), "--save-path", str(save_path),
-                 "--layout", "seed", "--simplify", "False", "--input-size", str(S), "--no-verify", "--opts", *TINY])
+                 "--layout", "seed", "--simplify", "False", "--input-size", str(S), "--no-verify", "--opts", *TINY_OPTS])
     out = capsys.readouterr().out
     assert code == 0
     assert "layout seed" in out and "not simplified" in out and "not verified" in out
@@ -342,7 +329,7 @@ def test_cli_prints_the_report(checkpoint, exports, capsys):
 
 def test_cli_checkpoint_mismatch_is_one_line(checkpoint, exports, capsys):
     save_path = exports / "never.onnx"
-    opts = TINY[:-1] + ["5"]  # 4 foreground classes: the checkpoint has 3
+    opts = TINY_OPTS[:-1] + ["5"]  # 4 foreground classes: the checkpoint has 3
     code = main(["export", "--cfg_path", CONFIG, "--weight_path", str(checkpoint), "--save_path", str(save_path),
                  "--input-size", str(S), "--opts", *opts])
     err = capsys.readouterr().err.strip()
@@ -357,7 +344,7 @@ def test_cli_checkpoint_mismatch_is_one_line(checkpoint, exports, capsys):
 ])
 def test_cli_bad_arguments_are_one_line(argv, message, checkpoint, exports, capsys):
     code = main(["export", *argv, "--weight_path", str(checkpoint), "--save_path", str(exports / "never.onnx"),
-                 "--opts", *TINY])
+                 "--opts", *TINY_OPTS])
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.startswith("error: ") and "\n" not in err and message in err
 

@@ -18,37 +18,23 @@ from retinamask.errors import InputError, RetinaMaskError  # noqa: E402
 from retinamask.export import export_model, sample_input  # noqa: E402
 from retinamask.export.onnx_export import compare_detections, merge_stats, output_detections  # noqa: E402
 from retinamask.export.quantize import QUANTIZATION_METADATA_KEY, calibration_images, dense_nodes, quantize_onnx  # noqa: E402
-from retinamask.modeling import build_model  # noqa: E402
 from retinamask.runtime.backends import create_session  # noqa: E402
 from retinamask.runtime.model_info import read_model_info  # noqa: E402
+from tiny_model import TINY_OPTS, tiny_model_with_detections  # noqa: E402
 
 S = 128
 CONFIG = "retinanet_mask_R-50-FPN_2x_adjust_std011_ms"
-TINY = ["MODEL.RESNETS.BLOCK_COUNTS", "(1, 1, 1, 1)", "MODEL.RESNETS.WIDTH_PER_GROUP", "8",
-        "MODEL.RESNETS.STEM_OUT_CHANNELS", "8", "MODEL.RESNETS.RES2_OUT_CHANNELS", "32",
-        "MODEL.BACKBONE.OUT_CHANNELS", "32", "MODEL.ROI_MASK_HEAD.CONV_LAYERS", "(32, 32)",
-        "RETINANET.NUM_CLASSES", "4"]
 FLOAT_ONLY_OPS = ("NonMaxSuppression", "RoiAlign", "TopK", "Sigmoid", "Exp", "GatherElements")
 
 
 @pytest.fixture(scope="module")
 def cfg():
-    return load_config(CONFIG, TINY)
+    return load_config(CONFIG, TINY_OPTS)
 
 
 @pytest.fixture(scope="module")
 def model(cfg):
-    """Tiny RetinaMask with detections (classification layer rescaled, as in tests/test_export.py)."""
-    torch.manual_seed(0)
-    model = build_model(cfg).eval()
-    head = model.rpn.head
-    with torch.no_grad():
-        _, logits, _ = model.rpn(model.backbone(sample_input(cfg, S, 1)))
-        raw = torch.cat([(level - head.cls_logits.bias.view(1, -1, 1, 1)).flatten() for level in logits])
-        head.cls_logits.weight.mul_(1.5 / raw.std())
-        head.cls_logits.bias.fill_(-3.0 - (raw.mean() * 1.5 / raw.std()).item())
-        head.bbox_pred.weight.mul_(20)
-    return model
+    return tiny_model_with_detections(cfg, S)
 
 
 @pytest.fixture(scope="module")
@@ -178,7 +164,7 @@ def test_cli_export_int8(model, tmp_path, calibration_dir, capsys):
     save_path = tmp_path / "out" / "int8.onnx"
     argv = ["export", "--cfg_path", CONFIG, "--weight_path", str(checkpoint), "--save_path", str(save_path),
             "--input-size", str(S), "--layout", "seed", "--int8", "--calib", str(calibration_dir),
-            "--calib-images", "2", "--opts", *TINY]
+            "--calib-images", "2", "--opts", *TINY_OPTS]
     code = main(argv)
     out = capsys.readouterr().out
     assert code == 0, out
@@ -187,7 +173,7 @@ def test_cli_export_int8(model, tmp_path, calibration_dir, capsys):
     assert sorted(p.name for p in save_path.parent.iterdir()) == ["int8.onnx"]  # no float32 left behind
 
     code = main(["export", "--cfg_path", CONFIG, "--weight_path", str(checkpoint), "--save_path",
-                 str(tmp_path / "never.onnx"), "--input-size", str(S), "--int8", "--opts", *TINY])
+                 str(tmp_path / "never.onnx"), "--input-size", str(S), "--int8", "--opts", *TINY_OPTS])
     err = capsys.readouterr().err.strip()
     assert code == 2 and "--calib" in err and "\n" not in err
 

@@ -18,31 +18,19 @@ export = pytest.importorskip("retinamask.export")
 from retinamask.config import load_config  # noqa: E402
 from retinamask.data.transforms import seed_preprocess  # noqa: E402
 from retinamask.evaluation.postprocess import evaluate_outputs, outputs_to_coco_results  # noqa: E402
-from retinamask.modeling import build_model  # noqa: E402
 from retinamask.runtime.backends import create_session  # noqa: E402
 from retinamask.runtime.infer import run_inference  # noqa: E402
+from tiny_model import TINY_OPTS, tiny_model_with_detections  # noqa: E402
 
 S = 128
-TINY = ["MODEL.RESNETS.BLOCK_COUNTS", "(1, 1, 1, 1)", "MODEL.RESNETS.WIDTH_PER_GROUP", "8",
-        "MODEL.RESNETS.STEM_OUT_CHANNELS", "8", "MODEL.RESNETS.RES2_OUT_CHANNELS", "32",
-        "MODEL.BACKBONE.OUT_CHANNELS", "32", "MODEL.ROI_MASK_HEAD.CONV_LAYERS", "(32, 32)",
-        "RETINANET.NUM_CLASSES", "4"]
 SIZES = ((96, 128), (160, 120), (100, 100))
 CATEGORY_IDS = (9, 1, 5)  # unsorted on purpose: label L -> sorted ids [1, 5, 9][L - 1]
 
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    cfg = load_config("retinanet_mask_R-50-FPN_2x_adjust_std011_ms", TINY)
-    torch.manual_seed(0)
-    model = build_model(cfg).eval()
-    head = model.rpn.head
-    with torch.no_grad():
-        _, logits, _ = model.rpn(model.backbone(export.sample_input(cfg, S, 1)))
-        raw = torch.cat([(level - head.cls_logits.bias.view(1, -1, 1, 1)).flatten() for level in logits])
-        head.cls_logits.weight.mul_(1.5 / raw.std())
-        head.cls_logits.bias.fill_(-3.0 - (raw.mean() * 1.5 / raw.std()).item())
-        head.bbox_pred.weight.mul_(20)
+    cfg = load_config("retinanet_mask_R-50-FPN_2x_adjust_std011_ms", TINY_OPTS)
+    model = tiny_model_with_detections(cfg, S)
     folder = tmp_path_factory.mktemp("exported")
     paths = {}
     paths["end2end"] = folder / "end2end.onnx"

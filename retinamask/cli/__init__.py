@@ -11,7 +11,8 @@ import importlib
 import logging
 import sys
 
-from ..errors import EXIT_BAD_INPUT, EXIT_INTERNAL_ERROR, EXIT_INTERRUPTED, RetinaMaskError
+from ..errors import (EXIT_BAD_INPUT, EXIT_INTERNAL_ERROR, EXIT_INTERRUPTED, EXIT_ITEMS_FAILED, EXIT_OK,
+                      RetinaMaskError)
 
 # subcommand name -> module under retinamask.cli (in --help order)
 COMMANDS = {
@@ -55,6 +56,17 @@ def build_parser(argv=None):
             mod.add_arguments(p)
             p.set_defaults(_run=mod.run)
     return parser
+
+
+def report_failures(failed, noun="item"):
+    """Print a batch command's failed items, one line each, to stderr; return the exit code
+    (EXIT_ITEMS_FAILED when any failed, else EXIT_OK)."""
+    if not failed:
+        return EXIT_OK
+    print(f"{len(failed)} {noun}(s) failed:", file=sys.stderr)
+    for failure in failed:
+        print(f"  {failure['file']}: {failure['cause']}", file=sys.stderr)
+    return EXIT_ITEMS_FAILED
 
 
 def _wanted_command(argv):

@@ -10,7 +10,7 @@ first bad item under --strict. An interrupted run resumes: rerun the same comman
 import os
 import sys
 
-from ..errors import EXIT_ITEMS_FAILED, EXIT_OK
+from . import report_failures
 
 HELP = "inference outputs -> COCO results JSON + bbox/segm mAP"
 
@@ -90,9 +90,4 @@ def run(args):
     if summary["annotation_images_without_outputs"]:
         print(f"note: {summary['annotation_images_without_outputs']} annotation images have no outputs "
               "(they count as images without detections)", file=sys.stderr)
-    if summary["failed"]:
-        print(f"{len(summary['failed'])} item(s) failed:", file=sys.stderr)
-        for failure in summary["failed"]:
-            print(f"  {failure['file']}: {failure['cause']}", file=sys.stderr)
-        return EXIT_ITEMS_FAILED
-    return EXIT_OK
+    return report_failures(summary["failed"])

@@ -6,9 +6,8 @@ and dashed forms too. Exit codes: 0 all done; 1 some items failed (listed); 2 no
 usable (bad model/arguments, or the first bad item under --strict).
 """
 
-import sys
 
-from ..errors import EXIT_ITEMS_FAILED, EXIT_OK
+from . import report_failures
 
 HELP = "run an exported model over .bin files or images (ais_bench-style outputs)"
 
@@ -73,9 +72,4 @@ def run(args):
         progress=args.progress,
     )
     print(format_summary(summary))
-    if summary["failed"]:
-        print(f"{len(summary['failed'])} item(s) failed:", file=sys.stderr)
-        for failure in summary["failed"]:
-            print(f"  {failure['file']}: {failure['cause']}", file=sys.stderr)
-        return EXIT_ITEMS_FAILED
-    return EXIT_OK
+    return report_failures(summary["failed"])

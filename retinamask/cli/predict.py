@@ -1,9 +1,9 @@
 """retinamask predict: images -> overlay PNGs + detection JSON, with a .pth + config or an exported ONNX."""
 
 import logging
-import sys
 
 from ..errors import ConfigError
+from . import report_failures
 
 log = logging.getLogger(__name__)
 
@@ -31,10 +31,7 @@ def run(args):
     images = collect_images(args.input)
     summary = predict_images(predict, images, args.output, args.score_threshold, args.strict)
     print(f"wrote {len(summary['written'])} overlays + JSON to {summary['output_dir']}")
-    if summary["failed"]:
-        print(f"{len(summary['failed'])} image(s) failed:", file=sys.stderr)
-        for failure in summary["failed"]:
-            print(f"  {failure['file']}: {failure['cause']}", file=sys.stderr)
+    report_failures(summary["failed"], "image")
     return summary["exit_code"]
 
 

@@ -5,9 +5,8 @@ Exit codes: 0 all done; 1 some images failed (listed); 2 nothing usable (bad
 arguments, no images, unwritable outputs, or the first bad image under --strict).
 """
 
-import sys
 
-from ..errors import EXIT_ITEMS_FAILED, EXIT_OK
+from . import report_failures
 
 HELP = "images -> seed-compatible 1344x1344 float32 .bin files + .info list"
 
@@ -58,9 +57,4 @@ def run(args):
         f"({summary['written']} written, {summary['resumed']} already complete); "
         f"list: {summary['info_path']}, sidecar: {summary['sidecar_path']}"
     )
-    if summary["failed"]:
-        print(f"{len(summary['failed'])} image(s) failed:", file=sys.stderr)
-        for failure in summary["failed"]:
-            print(f"  {failure['file']}: {failure['cause']}", file=sys.stderr)
-        return EXIT_ITEMS_FAILED
-    return EXIT_OK
+    return report_failures(summary["failed"], "image")
