@@ -18,6 +18,7 @@ from retinamask.config import load_config
 from retinamask.export import End2EndGraph, SeedGraph, compare_detections, export_model, sample_input
 from retinamask.export.onnx_export import (
     TOLERANCES,
+    default_input_size,
     eager_detections,
     eager_limits,
     output_detections,
@@ -389,3 +390,10 @@ def test_compare_detections_matches_sets_not_order():
     assert stats["matched"] == 19 and stats["unmatched"] == 2 and stats["unmatched_at_cut"] == 0
     empty = {k: v[:0] for k, v in reference.items()}
     assert compare_detections(empty, empty)["matched"] == 0
+
+
+def test_default_input_size_is_the_test_max_size_rounded_up_to_32():
+    # 1333 -> 1344: the seed's canvas for the upstream configs; the shapes model's 448 stays 448
+    assert default_input_size(load_config(CONFIG)) == 1344
+    assert default_input_size(load_config("retinamask_shapes_small")) == 448
+    assert default_input_size(load_config(CONFIG, ["INPUT.MAX_SIZE_TEST", "1000"])) == 1024

@@ -54,7 +54,7 @@ def export_onnx(cfg, weights, save_path, layout="end2end", batch_size=1, dynamic
 
     if not hasattr(cfg, "MODEL"):
         cfg = load_config(cfg)
-    input_size = input_size or default_input_size(cfg)
+    input_size = default_input_size(cfg) if input_size is None else input_size
     _check_arguments(layout, batch_size, opset, input_size, max_detections)
     _check_int8_arguments(int8, fp16, calibration_dir)
     model = build_model(cfg)
@@ -92,7 +92,7 @@ def export_model(model, cfg, save_path, layout="end2end", batch_size=1, dynamic_
     """
     import onnx
 
-    input_size = input_size or default_input_size(cfg)
+    input_size = default_input_size(cfg) if input_size is None else input_size
     _check_arguments(layout, batch_size, opset, input_size, max_detections)
     _check_int8_arguments(int8, fp16, calibration_dir)
     save_path = Path(save_path)
