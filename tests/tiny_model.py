@@ -1,18 +1,12 @@
 """The tiny RetinaMask the export and runtime tests share: the R-50 code path with one block per
-stage and narrow widths, and random weights rescaled so that it detects something.
+stage and narrow widths (``load_config(name, TINY_OPTS)``), and random weights rescaled so that it
+detects something.
 Importing this module needs no torch (the runtime-only tests use TINY_OPTS too)."""
 
-CONFIG = "retinanet_mask_R-50-FPN_2x_adjust_std011_ms"
 TINY_OPTS = ["MODEL.RESNETS.BLOCK_COUNTS", "(1, 1, 1, 1)", "MODEL.RESNETS.WIDTH_PER_GROUP", "8",
              "MODEL.RESNETS.STEM_OUT_CHANNELS", "8", "MODEL.RESNETS.RES2_OUT_CHANNELS", "32",
              "MODEL.BACKBONE.OUT_CHANNELS", "32", "MODEL.ROI_MASK_HEAD.CONV_LAYERS", "(32, 32)",
              "RETINANET.NUM_CLASSES", "4"]
-
-
-def tiny_config(config=CONFIG):
-    from retinamask.config import load_config
-
-    return load_config(config, TINY_OPTS)
 
 
 def tiny_model_with_detections(cfg, input_size, structured_masks=False):
