@@ -54,9 +54,13 @@ def check_compatible(model, state, path=None):
             if items:
                 shown = ", ".join(items[:8]) + (f", ... ({len(items)} in all)" if len(items) > 8 else "")
                 parts.append(f"{title}: {shown}")
+        from .shipped import config_beside
+
+        beside = config_beside(path)
+        hint = f" -- the config saved with these weights is {beside}" if beside is not None else ""
         raise CheckpointError(
             "checkpoint does not match the model built from the config (wrong config for these weights?) -- "
-            + "; ".join(parts),
+            + "; ".join(parts) + hint,
             path=path,
         )
 

@@ -13,26 +13,59 @@ def class_colour(label):
     return int(r * 255), int(g * 255), int(b * 255)
 
 
-def draw_prediction(image_rgb, prediction, score_threshold=0.3, alpha=0.45):
-    """uint8 [H, W, 3] RGB + Prediction -> uint8 [H, W, 3] RGB overlay (the input is not modified)."""
+MIN_OVERLAY_SIDE = 800  # small images are drawn scaled up to this long side, so that labels stay readable
+
+
+def draw_prediction(image_rgb, prediction, score_threshold=0.3, alpha=0.45, min_side=MIN_OVERLAY_SIDE):
+    """uint8 [H, W, 3] RGB + Prediction -> uint8 [H', W', 3] RGB overlay (the input is not modified).
+
+    An image whose long side is under ``min_side`` is drawn scaled up by an integer factor
+    (H' = f * H), so boxes, labels and masks of small images stay legible. Labels are placed
+    best detection first and never cover one another (above the box, inside its top, below
+    it, then moved down until free).
+    """
+    factor = max(1, int(np.ceil(min_side / max(image_rgb.shape[:2])))) if min_side else 1
     canvas = image_rgb.copy()
+    if factor > 1:
+        canvas = cv2.resize(canvas, None, fx=factor, fy=factor, interpolation=cv2.INTER_LINEAR)
     keep = [i for i in range(len(prediction)) if prediction.scores[i] >= score_threshold]
+    keep.sort(key=lambda i: -float(prediction.scores[i]))
     for i in reversed(keep):  # best detections drawn last, on top
         colour = np.array(class_colour(int(prediction.labels[i])), dtype=np.float32)
-        mask = prediction.masks[i].astype(bool)
+        mask = prediction.masks[i].astype(np.uint8)
+        if factor > 1:
+            mask = cv2.resize(mask, None, fx=factor, fy=factor, interpolation=cv2.INTER_NEAREST)
+        mask = mask.astype(bool)
         canvas[mask] = (canvas[mask] * (1 - alpha) + colour * alpha).astype(np.uint8)
-    thickness = max(1, round(max(canvas.shape[:2]) / 400))
-    for i in reversed(keep):
-        colour = class_colour(int(prediction.labels[i]))
-        x1, y1, x2, y2 = (int(round(v)) for v in prediction.boxes[i])
-        cv2.rectangle(canvas, (x1, y1), (x2, y2), colour, thickness)
+    thickness = max(1, round(max(canvas.shape[:2]) / 500))
+    boxes = [tuple(int(round(v * factor)) for v in prediction.boxes[i]) for i in keep]
+    for i, (x1, y1, x2, y2) in zip(reversed(keep), reversed(boxes)):
+        cv2.rectangle(canvas, (x1, y1), (x2, y2), class_colour(int(prediction.labels[i])), thickness)
+    scale = 0.45 * thickness
+    placed = []
+    for i, box in zip(keep, boxes):
         text = f"{prediction.class_names[i]} {prediction.scores[i]:.2f}"
-        scale = 0.4 * thickness
         (tw, th), baseline = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
-        top = max(y1 - th - baseline, 0)
-        cv2.rectangle(canvas, (x1, top), (x1 + tw, top + th + baseline), colour, -1)
-        cv2.putText(canvas, text, (x1, top + th), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 1, cv2.LINE_AA)
+        x, y = _free_label_spot(box, tw + 4, th + baseline + 4, placed, canvas.shape[:2])
+        placed.append((x, y, x + tw + 4, y + th + baseline + 4))
+        cv2.rectangle(canvas, (x, y), (x + tw + 4, y + th + baseline + 4), class_colour(int(prediction.labels[i])), -1)
+        cv2.putText(canvas, text, (x + 2, y + 2 + th), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 1, cv2.LINE_AA)
     return canvas
+
+
+def _free_label_spot(box, width, height, placed, canvas_hw):
+    """Top-left corner for a width x height label of ``box`` that overlaps no ``placed`` label:
+    above the box, inside its top edge, below it, then further down in label-height steps."""
+    x1, y1, x2, y2 = box
+    canvas_h, canvas_w = canvas_hw
+    x = min(max(x1, 0), max(canvas_w - width, 0))
+    candidates = [y1 - height, y1, y2] + [y2 + k * height for k in range(1, 40)] + [y1 - k * height for k in range(2, 40)]
+    for y in candidates:
+        if y < 0 or y + height > canvas_h:
+            continue
+        if not any(x < px2 and px1 < x + width and y < py2 and py1 < y + height for px1, py1, px2, py2 in placed):
+            return x, y
+    return x, min(max(y1 - height, 0), max(canvas_h - height, 0))  # nowhere free: above the box
 
 
 def write_overlay(path, image_rgb, prediction, score_threshold=0.3):

@@ -749,7 +749,9 @@ def test_ctrl_c_stops_with_130_and_no_tracebacks(many, model, tmp_path):
                           "res", "--workers", 2, "--no-progress")
     code, err = _run_and_kill_when(command, lambda: _complete_images(out) >= 2, kill_signal=signal.SIGINT)
     assert code == 130
-    assert err.strip() == "interrupted"
+    # stderr: the line saying which runtime --backend auto picked, then only "interrupted"
+    lines = err.strip().splitlines()
+    assert lines[0].startswith("backend auto -> ") and lines[1:] == ["interrupted"], err
 
 
 def test_a_worker_killed_mid_run_stops_infer_with_one_line(many, model, tmp_path):

@@ -6,6 +6,7 @@ import pytest
 from test_runtime_fakes import build_fake_model
 
 from retinamask.cli import main
+from retinamask.runtime.auto_backend import choose_backend
 from retinamask.runtime.bench import latency_stats, run_benchmark
 
 
@@ -27,7 +28,8 @@ def test_cli_prints_stats_and_writes_json(tmp_path, model_path, capsys):
                  "--json", str(out)])
     assert code == 0
     printed = capsys.readouterr().out
-    assert "onnxruntime-cpu-fp32" in printed and "p90" in printed and "throughput 1000*batchsize(2)" in printed
+    expected = choose_backend("fp32", "cpu").backend  # --backend auto, the default
+    assert f"{expected}-cpu-fp32" in printed and "p90" in printed and "throughput 1000*batchsize(2)" in printed
     result = json.loads(out.read_text())
     assert result["loop"] == 5 and result["batchsize"] == 2 and result["mean_ms"] > 0
     assert result["throughput"] == pytest.approx(2000.0 / result["mean_ms"])
@@ -44,10 +46,16 @@ def test_compare_prints_one_markdown_table(tmp_path, model_path, capsys):
     out = tmp_path / "compare.json"
     assert main(["bench", "--model", str(model_path), "--compare", "--loop", "3", "--warmup", "1",
                  "--json", str(out)]) == 0
-    table = [line for line in capsys.readouterr().out.splitlines() if line.startswith("|")]
+    printed = capsys.readouterr().out
+    table = [line for line in printed.splitlines() if line.startswith("|")]
     assert table[0].startswith("| backend | device | precision |")
     rows = json.loads(out.read_text())["rows"]
     assert len(table) == 2 + len(rows)
     by_key = {(r["backend"], r["device"], r["precision"]): r for r in rows}
     assert by_key[("onnxruntime", "cpu", "fp32")]["mean_ms"] > 0
     assert "error" in by_key[("onnxruntime", "cuda", "fp32")] or by_key[("onnxruntime", "cuda", "fp32")]["mean_ms"] > 0
+    # the row --backend auto runs is marked, and one line says why
+    chosen = [r for r in rows if r.get("auto")]
+    assert [(r["backend"], r["device"], r["precision"]) for r in chosen] == [(choose_backend("fp32", "cpu").backend,
+                                                                             "cpu", "fp32")]
+    assert f"--backend auto (the default) runs {chosen[0]['backend']} cpu fp32" in printed

@@ -8,14 +8,15 @@ HELP = "pure-inference benchmark of an exported model (ais_bench-style)"
 
 
 def add_arguments(parser):
-    from ..runtime.backends import BACKENDS, DEVICES, PERFORMANCE_HINTS
+    from ..runtime.backends import BACKEND_CHOICES, DEVICES, PERFORMANCE_HINTS
 
     parser.add_argument("--model", required=True, help="exported ONNX model")
     parser.add_argument("--loop", type=int, default=100, help="timed runs (default 100)")
     parser.add_argument("--warmup", type=int, default=5, help="untimed runs first (default 5)")
     parser.add_argument("--batchsize", "--batch-size", "--batch_size", dest="batchsize", type=int, default=None,
                         help="batch size (default: the model's fixed batch, else 1)")
-    parser.add_argument("--backend", choices=BACKENDS, default="onnxruntime")
+    parser.add_argument("--backend", choices=BACKEND_CHOICES, default="auto",
+                        help="auto (default): the fastest installed runtime for this CPU and precision")
     parser.add_argument("--device", choices=DEVICES, default="cpu")
     parser.add_argument("--precision", default="fp32", help="fp32 (default), bf16 (OpenVINO), fp16 (TensorRT)")
     parser.add_argument("--threads", type=int, default=None, help="inference threads (default: physical cores)")

@@ -6,7 +6,8 @@ from ..errors import EXIT_OK, RetinaMaskError
 def add_arguments(parser):
     parser.add_argument("--output", default="runs/demo", help="working folder (default: runs/demo); reruns reuse it")
     parser.add_argument("--num-images", type=int, default=200, help="synthetic val images (default 200)")
-    parser.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "openvino"])
+    parser.add_argument("--backend", default="auto", choices=["auto", "onnxruntime", "openvino"],
+                        help="auto (default): the fastest installed runtime for this CPU")
     parser.add_argument("--overlays", type=int, default=8, help="overlay PNGs to write (default 8)")
 
 

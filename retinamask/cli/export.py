@@ -23,10 +23,11 @@ def _bool(text):
 
 
 def add_arguments(parser):
-    parser.add_argument("--cfg_path", "--cfg-path", dest="cfg_path", required=True,
-                        help="config: a shipped name (e.g. retinanet_mask_R-50-FPN_2x_adjust_std011_ms) or a YAML path")
+    parser.add_argument("--cfg_path", "--cfg-path", dest="cfg_path", default=None,
+                        help="config: a shipped name (e.g. retinanet_mask_R-50-FPN_2x_adjust_std011_ms) or a YAML path "
+                             "(default: the config saved beside the weights)")
     parser.add_argument("--weight_path", "--weight-path", dest="weight_path", required=True,
-                        help="checkpoint (.pth) in the original's format")
+                        help="checkpoint (.pth) in the original's format, or retinamask_shapes_small (the shipped model)")
     parser.add_argument("--save_path", "--save-path", dest="save_path", default="retinamask.onnx",
                         help="output .onnx file (default: %(default)s)")
     parser.add_argument("--simplify", type=_bool, nargs="?", const=True, default=True, metavar="{True,False}",
@@ -65,9 +66,14 @@ def run(args):
     from ..config import load_config
     from ..export import export_onnx
 
-    cfg = load_config(args.cfg_path, args.opts)
+    from ..shipped import resolve_model_files
+
+    config, weights, note = resolve_model_files(args.cfg_path, args.weight_path)
+    if note:
+        print(note)
+    cfg = load_config(config, args.opts)
     report = export_onnx(
-        cfg, args.weight_path, args.save_path, layout=args.layout, batch_size=args.batch_size,
+        cfg, weights, args.save_path, layout=args.layout, batch_size=args.batch_size,
         dynamic_batch=args.dynamic_batch, fp16=args.fp16, opset=args.opset, simplify=args.simplify,
         input_size=args.input_size, max_detections=args.max_detections, verify=args.verify,
         int8=args.int8, calibration_dir=args.calib, calibration_images=args.calib_images,

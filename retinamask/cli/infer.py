@@ -13,7 +13,7 @@ HELP = "run an exported model over .bin files or images (ais_bench-style outputs
 
 
 def add_arguments(parser):
-    from ..runtime.backends import BACKENDS, DEVICES, PERFORMANCE_HINTS
+    from ..runtime.backends import BACKEND_CHOICES, DEVICES, PERFORMANCE_HINTS
     from ..runtime.infer import default_workers
 
     parser.add_argument("--model", required=True, help="exported ONNX model (retinamask export)")
@@ -26,7 +26,8 @@ def add_arguments(parser):
                         help="images per model call (a fixed-batch model uses its own; default 1)")
     parser.add_argument("--outfmt", type=str.upper, choices=("BIN", "NPY"), default="BIN",
                         help="per-image output files: raw little-endian BIN (as ais_bench) or NPY")
-    parser.add_argument("--backend", choices=BACKENDS, default="onnxruntime")
+    parser.add_argument("--backend", choices=BACKEND_CHOICES, default="auto",
+                        help="auto (default): the fastest installed runtime for this CPU and precision")
     parser.add_argument("--device", choices=DEVICES, default="cpu",
                         help="cpu, cuda or tensorrt (ONNX Runtime EPs; onnxruntime-gpu needed for the last two)")
     parser.add_argument("--precision", default="fp32",

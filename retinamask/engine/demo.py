@@ -9,14 +9,13 @@ import json
 import time
 from pathlib import Path
 
-ASSETS = Path(__file__).resolve().parent.parent / "assets"
-SHIPPED_WEIGHTS = ASSETS / "retinamask_shapes_small.pth"
-SHIPPED_CONFIG = ASSETS / "retinamask_shapes_small.yaml"
+from ..shipped import SHIPPED_CONFIG, SHIPPED_WEIGHTS  # noqa: F401 (re-exported for the CLI and tests)
+
 # The demo's val split uses a seed the shipped model was never trained or tuned on.
 DEMO_VAL_SEED = 7
 
 
-def run_demo(output_dir="runs/demo", num_images=200, backend="onnxruntime", num_overlays=8, bench_loops=30,
+def run_demo(output_dir="runs/demo", num_images=200, backend="auto", num_overlays=8, bench_loops=30,
              log=print):
     """Run every step; returns a dict with the mAPs, fps and paths. Prints progress through ``log``."""
     from ..config import load_config
@@ -30,6 +29,12 @@ def run_demo(output_dir="runs/demo", num_images=200, backend="onnxruntime", num_
 
     out = Path(output_dir)
     timings = {}
+    if backend == "auto":  # resolved once, so that every step runs (and reports) the same runtime
+        from ..runtime.auto_backend import choose_backend
+
+        choice = choose_backend("fp32", "cpu")
+        log(f"[INFO] {choice.line('fp32', 'cpu')}")
+        backend = choice.backend
     cfg = load_config(SHIPPED_CONFIG)
     input_size = int(cfg.INPUT.MAX_SIZE_TEST)
 

@@ -23,6 +23,7 @@ from ..errors import RetinaMaskError
 logger = logging.getLogger(__name__)
 
 BACKENDS = ("onnxruntime", "openvino")
+BACKEND_CHOICES = ("auto",) + BACKENDS  # what --backend accepts; auto: see auto_backend.py
 DEVICES = ("cpu", "cuda", "tensorrt")
 PRECISIONS = ("fp32", "bf16", "fp16")
 PERFORMANCE_HINTS = ("LATENCY", "THROUGHPUT")
@@ -80,6 +81,7 @@ class Session:
         self.input_name = input_name
         self.input_size = input_size
         self.batch_size = batch_size
+        self.choice = None  # the auto_backend.BackendChoice when --backend auto picked this session
 
     def run(self, batch):
         """batch: float32 [B, 3, S, S], any B >= 1. Returns the 4 outputs, each [B, ...]."""
@@ -108,7 +110,7 @@ class Session:
 
 def create_session(
     model_path,
-    backend="onnxruntime",
+    backend="auto",
     device="cpu",
     precision="fp32",
     threads=None,
@@ -119,7 +121,9 @@ def create_session(
 ):
     """Compile ``model_path`` for a backend and device.
 
-    backend: "onnxruntime" (device "cpu", "cuda", "tensorrt") or "openvino" (device "cpu").
+    backend: "onnxruntime" (device "cpu", "cuda", "tensorrt"), "openvino" (device "cpu") or
+    "auto": the fastest installed one for this CPU, device and precision (auto_backend.py),
+    logged in one line and kept as ``session.choice``.
     precision: "fp32" everywhere; "bf16" (and "fp16" where the CPU has it) with OpenVINO;
     "fp16" with TensorRT. threads: intra-op threads (default: physical cores).
     cache_dir: ONNX Runtime CPU keeps its optimized model there, TensorRT its
@@ -132,8 +136,8 @@ def create_session(
     """
     from .model_info import read_model_info
 
-    if backend not in BACKENDS:
-        raise BackendUnavailable(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend not in BACKEND_CHOICES:
+        raise BackendUnavailable(f"backend must be one of {BACKEND_CHOICES}, got {backend!r}")
     if device not in DEVICES:
         raise BackendUnavailable(f"device must be one of {DEVICES}, got {device!r}")
     try:
@@ -143,13 +147,23 @@ def create_session(
     if threads is not None and int(threads) <= 0:
         raise BackendUnavailable(f"threads must be a positive integer, got {threads}")
     info = model_info or read_model_info(model_path)
+    choice = None
+    if backend == "auto":
+        from .auto_backend import choose_backend
+
+        choice = choose_backend(precision, device, quantized=info.quantized)
+        logger.info(choice.line(precision, device))
+        backend = choice.backend
     threads = int(threads) if threads else physical_cores()
     cache_dir = Path(cache_dir) if cache_dir else None
     runtime_options = dict(runtime_options or {})
     if backend == "onnxruntime":
-        return _create_onnxruntime(Path(model_path), info, device, precision, threads, cache_dir, runtime_options)
-    return _create_openvino(Path(model_path), info, device, precision, threads, cache_dir, performance_hint,
-                            runtime_options)
+        session = _create_onnxruntime(Path(model_path), info, device, precision, threads, cache_dir, runtime_options)
+    else:
+        session = _create_openvino(Path(model_path), info, device, precision, threads, cache_dir, performance_hint,
+                                   runtime_options)
+    session.choice = choice
+    return session
 
 
 # ---------------------------------------------------------------------------

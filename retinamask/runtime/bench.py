@@ -61,7 +61,7 @@ def benchmark_session(session, batch_size, loop=100, warmup=5, seed=0):
             **latency_stats(times, batch_size)}
 
 
-def run_benchmark(model_path, backend="onnxruntime", device="cpu", precision="fp32", batch_size=1, loop=100,
+def run_benchmark(model_path, backend="auto", device="cpu", precision="fp32", batch_size=1, loop=100,
                   warmup=5, threads=None, cache_dir=None, performance_hint="LATENCY", model_info=None):
     """Compile the model (timed as ``load_s``) and benchmark it (see :func:`benchmark_session`).
 
@@ -100,23 +100,29 @@ def compare_backends(model_path, batch_size=None, loop=20, warmup=3, threads=Non
     """Benchmark every (backend, device, precision) of ``backends.candidate_configurations``.
 
     Returns a list of row dicts (those of :func:`run_benchmark`); a configuration that
-    cannot run here has ``error`` set instead of timings.
+    cannot run here has ``error`` set instead of timings. The row that ``--backend auto``
+    runs (CPU, fp32) has ``auto`` set to the reason it is chosen.
     """
+    from .auto_backend import choose_backend
     from .backends import candidate_configurations
     from .model_info import read_model_info
 
     info = read_model_info(model_path)
     batch_size = _batch_for(info, batch_size)
+    choice = choose_backend("fp32", "cpu", quantized=info.quantized)
     rows = []
     for backend, device, precision, reason in candidate_configurations():
         row = {"backend": backend, "device": device, "precision": precision, "batchsize": batch_size}
+        if (backend, device, precision) == (choice.backend, "cpu", "fp32"):
+            row["auto"] = choice.reason
         if reason is not None:
             rows.append({**row, "error": reason})
             continue
         logger.info("benchmarking %s %s %s ...", backend, device, precision)
         try:
-            rows.append(run_benchmark(model_path, backend, device, precision, batch_size, loop, warmup,
-                                      threads=threads, cache_dir=cache_dir, model_info=info))
+            result = run_benchmark(model_path, backend, device, precision, batch_size, loop, warmup,
+                                   threads=threads, cache_dir=cache_dir, model_info=info)
+            rows.append({**result, **({"auto": row["auto"]} if "auto" in row else {})})
         except RetinaMaskError as e:
             rows.append({**row, "error": e.cause})
         except Exception as e:  # e.g. a GPU that fails at run time: one row fails, not the table
@@ -146,7 +152,8 @@ def format_table(rows):
         "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for row in rows:
-        head = f"| {row['backend']} | {row['device']} | {row['precision']} | {row['batchsize']} |"
+        auto = " (auto)" if row.get("auto") else ""
+        head = f"| {row['backend']}{auto} | {row['device']} | {row['precision']} | {row['batchsize']} |"
         if "error" in row:
             note = row["error"] if row["error"].startswith("failed") else "unavailable: " + row["error"]
             lines.append(head + " - | - | - | - | - | - | " + note.replace("|", "/") + " |")
@@ -155,4 +162,9 @@ def format_table(rows):
                 head + f" {row['mean_ms']:.2f} | {row['p50_ms']:.2f} | {row['p90_ms']:.2f} | {row['p99_ms']:.2f} |"
                 f" {row['throughput']:.3f} | {row['load_s']:.2f} | |"
             )
+    chosen = next((row for row in rows if row.get("auto")), None)
+    if chosen is not None:
+        lines.append("")
+        lines.append(f"--backend auto (the default) runs {chosen['backend']} {chosen['device']} "
+                     f"{chosen['precision']}: {chosen['auto']}")
     return "\n".join(lines)

@@ -74,7 +74,7 @@ def run_inference(
     output_dirname=None,
     batch_size=1,
     outfmt="BIN",
-    backend="onnxruntime",
+    backend="auto",
     device="cpu",
     precision="fp32",
     legacy_names=False,

@@ -100,6 +100,11 @@ class ModelInfo:
         return self.batch_size is None
 
     @property
+    def quantized(self):
+        """An INT8 (QDQ) export (``retinamask export --int8``): its metadata names the quantization."""
+        return f"{META_PREFIX}quantization" in self.metadata
+
+    @property
     def num_rows(self):
         """Rows K of every output (detections for end2end, candidates for seed)."""
         return self.outputs[0].shape[0]

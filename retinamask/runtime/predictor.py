@@ -17,7 +17,7 @@ class OnnxPredictor:
     (docs/onnx_contract.md); the seed layout gets the host-side NMS.
     """
 
-    def __init__(self, model_path, backend="onnxruntime", device="cpu", precision="fp32", mask_threshold=0.5):
+    def __init__(self, model_path, backend="auto", device="cpu", precision="fp32", mask_threshold=0.5):
         self.info = read_model_info(model_path)
         self.session = create_session(model_path, backend, device, precision, model_info=self.info)
         self.mask_threshold = mask_threshold
