@@ -42,15 +42,25 @@ def draw_prediction(image_rgb, prediction, score_threshold=0.3, alpha=0.45, min_
     for i, (x1, y1, x2, y2) in zip(reversed(keep), reversed(boxes)):
         cv2.rectangle(canvas, (x1, y1), (x2, y2), class_colour(int(prediction.labels[i])), thickness)
     scale = 0.45 * thickness
-    placed = []
-    for i, box in zip(keep, boxes):
-        text = f"{prediction.class_names[i]} {prediction.scores[i]:.2f}"
-        (tw, th), baseline = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
-        x, y = _free_label_spot(box, tw + 4, th + baseline + 4, placed, canvas.shape[:2])
-        placed.append((x, y, x + tw + 4, y + th + baseline + 4))
-        cv2.rectangle(canvas, (x, y), (x + tw + 4, y + th + baseline + 4), class_colour(int(prediction.labels[i])), -1)
-        cv2.putText(canvas, text, (x + 2, y + 2 + th), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 1, cv2.LINE_AA)
+    texts = [f"{prediction.class_names[i]} {prediction.scores[i]:.2f}" for i in keep]
+    for i, text, (x1, y1, x2, y2) in zip(keep, texts, layout_labels(texts, boxes, canvas.shape[:2], scale)):
+        cv2.rectangle(canvas, (x1, y1), (x2, y2), class_colour(int(prediction.labels[i])), -1)
+        baseline = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)[1]
+        cv2.putText(canvas, text, (x1 + 2, y2 - 2 - baseline), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 1,
+                    cv2.LINE_AA)
     return canvas
+
+
+def layout_labels(texts, boxes, canvas_hw, scale):
+    """Label rectangles (x1, y1, x2, y2), one per text, for boxes in priority order: each
+    overlaps no earlier label (unless the canvas has no free spot left near its box)."""
+    placed = []
+    for text, box in zip(texts, boxes):
+        (tw, th), baseline = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
+        width, height = tw + 4, th + baseline + 4
+        x, y = _free_label_spot(box, width, height, placed, canvas_hw)
+        placed.append((x, y, x + width, y + height))
+    return placed
 
 
 def _free_label_spot(box, width, height, placed, canvas_hw):
