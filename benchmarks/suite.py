@@ -36,6 +36,7 @@ import math
 import multiprocessing
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -48,6 +49,8 @@ import numpy as np
 BENCH_DIR = Path(__file__).resolve().parent
 if str(BENCH_DIR) not in sys.path:
     sys.path.insert(0, str(BENCH_DIR))
+
+from cpu_load import LoadMonitor  # noqa: E402
 
 CONFIG = "retinanet_mask_R-50-FPN_2x_adjust_std011_ms"
 INPUT_SIZE = 1344
@@ -168,19 +171,6 @@ def other_busy_processes(when, interval=2.0, threshold=10.0):
         if percent > threshold:
             busy.append({"when": when, "pid": pid, "cpu_percent": percent, "command": command})
     return busy
-
-
-def other_cpu_seconds_since(snapshot, started):
-    """CPU seconds other processes (outside this one's tree) used since ``snapshot``
-    (:func:`_process_cpu_seconds`), processes started since then included; and that as a share
-    of the elapsed time since ``started`` (perf_counter)."""
-    own = _own_processes()
-    used = 0.0
-    for pid, (seconds, _) in _process_cpu_seconds().items():
-        if pid not in own:
-            used += seconds - snapshot.get(pid, (0.0, ""))[0]
-    elapsed = time.perf_counter() - started
-    return {"cpu_seconds": used, "elapsed_s": elapsed, "average_cpus": used / elapsed if elapsed else 0.0}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -625,7 +615,7 @@ def session_option_sweep(paths, images, threads, settings, workdir):
     loads = []
     for backend, model_key in (("onnxruntime", "end2end"), ("openvino", "end2end"), ("onnxruntime", "int8"),
                                ("openvino", "int8")):
-        cache = workdir / f"cache_{backend}_{model_key}"
+        cache = Path(tempfile.mkdtemp(prefix=f"cache_{backend}_{model_key}-", dir=workdir))  # cold on every run
         entry = {"backend": backend, "model": model_key}
         for label, cache_dir in (("no_cache_s", None), ("cache_cold_s", cache), ("cache_warm_s", cache)):
             start = time.perf_counter()
@@ -633,6 +623,7 @@ def session_option_sweep(paths, images, threads, settings, workdir):
             loaded.run(images)  # the first run pays lazy initialisation too
             entry[label] = time.perf_counter() - start
             del loaded
+        shutil.rmtree(cache, ignore_errors=True)
         loads.append(entry)
     return {"latency": rows, "session_creation": loads}
 
@@ -833,17 +824,19 @@ def infer_routes(model_path, image_dir, workdir, threads):
     session.run(np.zeros((1, 3, info.input_size, info.input_size), np.float32))  # warm-up
     count = len(list(Path(image_dir).iterdir()))
 
+    fresh = Path(tempfile.mkdtemp(prefix="infer-", dir=workdir))  # never a resume of an earlier run's outputs
     start = time.perf_counter()
-    run_inference(model_path, image_dir, output_dir=workdir / "infer_streaming", output_dirname="run",
-                  session=session, progress=False)
+    run_inference(model_path, image_dir, output_dir=fresh, output_dirname="streaming", session=session,
+                  progress=False)
     streaming = time.perf_counter() - start
 
     start = time.perf_counter()
-    preprocess_images(image_dir, workdir / "bins", workdir / "bins.info", input_size=info.input_size, progress=False)
+    preprocess_images(image_dir, fresh / "bins", fresh / "bins.info", input_size=info.input_size, progress=False)
     preprocess_seconds = time.perf_counter() - start
-    run_inference(model_path, workdir / "bins.info", output_dir=workdir / "infer_bins", output_dirname="run",
-                  session=session, progress=False)
+    run_inference(model_path, fresh / "bins.info", output_dir=fresh, output_dirname="from_bins", session=session,
+                  progress=False)
     bins_total = time.perf_counter() - start
+    shutil.rmtree(fresh, ignore_errors=True)
     return {"images": count, "streaming_s": streaming, "bins_preprocess_s": preprocess_seconds,
             "bins_infer_s": bins_total - preprocess_seconds, "bins_total_s": bins_total}
 
@@ -862,12 +855,12 @@ def markdown(report):
         f"# RetinaMask R-50-FPN, {report['input_size']}x{report['input_size']}, batch 1 — {env['date']}",
         "",
     ]
-    other, other_latency = report.get("other_cpu"), report.get("other_cpu_latency")
-    if other and other_latency:
-        lines += [f"Other processes used {other['cpu_seconds']:.0f} CPU-seconds during the {other['elapsed_s']:.0f} s "
-                  f"run (on average {other['average_cpus']:.2f} CPUs), {other_latency['cpu_seconds']:.0f} during the "
-                  f"{other_latency['elapsed_s']:.0f} s of the latency table ({other_latency['average_cpus']:.2f} CPUs).",
-                  ""]
+    load = report.get("load")
+    if load:
+        lines += [load["verdict"], "",
+                  "Other CPU-seconds per timed section: " + ", ".join(
+                      f"{name} {section['other_cpu_seconds']:.1f} of {section['elapsed_s']:.0f} s"
+                      for name, section in load["sections"].items()) + ".", ""]
     busy = report.get("other_busy_processes") or []
     if busy:
         lines += ["**Warning: other processes used the CPU during this run, so these are not a quiet run's timings: "
@@ -987,7 +980,7 @@ def main(argv=None):
             workdir.mkdir(parents=True, exist_ok=True)
         else:
             workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="retinamask-suite-")))
-        snapshot, run_started = _process_cpu_seconds(), time.perf_counter()
+        monitor = LoadMonitor()
         report = {"input_size": args.input_size, "quick": args.quick, "settings": settings,
                   "environment": environment(threads), "other_busy_processes": other_busy_processes("start")}
         if report["other_busy_processes"]:
@@ -998,27 +991,32 @@ def main(argv=None):
         paths, report["preparation_s"] = prepare_models(workdir, model, load_config(CONFIG), args.input_size, settings,
                                                         args.reuse_models)
         report["flops"] = {key: count_flops(paths[key]) for key in ("end2end", "seed")}
-        report["peaks"] = matmul_peaks(workdir, threads, settings["peak_size"], settings["peak_repeats"])
+        with monitor.timed("matmul peaks"):
+            report["peaks"] = matmul_peaks(workdir, threads, settings["peak_size"], settings["peak_repeats"])
         images = benchmark_input(args.input_size)
-        latency_snapshot, latency_started = _process_cpu_seconds(), time.perf_counter()
-        report["latency"] = latency_rows(paths, model, images, report["flops"], report["peaks"], threads, settings)
-        report["other_cpu_latency"] = other_cpu_seconds_since(latency_snapshot, latency_started)
+        with monitor.timed("latency table"):
+            report["latency"] = latency_rows(paths, model, images, report["flops"], report["peaks"], threads, settings)
         report["other_busy_processes"] += other_busy_processes("after the latency table")
         if args.sweep:
-            report["sweep"] = session_option_sweep(paths, images, threads, settings, workdir)
+            with monitor.timed("sweep"):
+                report["sweep"] = session_option_sweep(paths, images, threads, settings, workdir)
 
         jpegs = workdir / "jpegs"
         write_jpegs(jpegs, settings["preprocess_images"])
         worker_counts = sorted({0, 1, threads})
-        report["preprocessing"] = preprocessing_throughput(paths["end2end"], jpegs, worker_counts)
+        with monitor.timed("preprocessing"):
+            report["preprocessing"] = preprocessing_throughput(paths["end2end"], jpegs, worker_counts)
         from retinamask.evaluation.postprocess import default_workers
 
-        report["postprocess_eval"] = postprocess_and_evaluate(settings["eval_images"], default_workers())
+        with monitor.timed("post-processing + evaluation"):
+            report["postprocess_eval"] = postprocess_and_evaluate(settings["eval_images"], default_workers())
         infer_dir = workdir / "infer_jpegs"
         write_jpegs(infer_dir, settings["infer_images"], start_variant=500)
-        report["infer"] = infer_routes(paths["end2end"], infer_dir, workdir, threads)
-
-        report["other_cpu"] = other_cpu_seconds_since(snapshot, run_started)
+        with monitor.timed("infer routes"):
+            report["infer"] = infer_routes(paths["end2end"], infer_dir, workdir, threads)
+        report["load"] = {**monitor.summary(), "verdict": monitor.verdict()}
+        if not report["load"]["fit_for_record"]:
+            logger.warning(report["load"]["verdict"])
     report["other_busy_processes"] += other_busy_processes("end")
     report["environment"]["load_average_at_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
     text = markdown(report)
