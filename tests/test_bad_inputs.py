@@ -609,8 +609,10 @@ def _retinamask(*args):
 def _run_and_kill_when(command, ready, kill_signal=signal.SIGKILL, timeout=120):
     """Start ``command``, send ``kill_signal`` to it (and its process group) as soon as ``ready()``;
     returns (returncode, stderr). Fails if the command ended before it could be killed."""
+    # SIGINT at its default in the child, even where this test runs with it ignored (a background
+    # job of a non-interactive shell): Python only turns SIGINT into KeyboardInterrupt if it is not ignored
     process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                               start_new_session=True)
+                               start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + timeout
     try:
         while not ready():
