@@ -47,7 +47,8 @@ def models(data, tmp_path_factory):
 
 def _map(model, val, backend, out):
     run_inference(model, val["val_images"], output_dir=out, output_dirname=backend, backend=backend, progress=False)
-    stats = evaluate_outputs(out / backend, val["val_annotations"], layout="end2end", progress=False)["stats"]
+    stats = evaluate_outputs(out / backend, val["val_annotations"], layout="end2end",
+                             output_path=out / "evaluation_results.txt", progress=False)["stats"]
     return stats["bbox"]["AP"], stats["segm"]["AP"]
 
 
