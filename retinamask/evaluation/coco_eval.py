@@ -221,7 +221,7 @@ def _run_faster_coco_eval(dataset, results_by_type):
 
 
 def evaluate_coco(ann_file_or_coco, results, iou_types=IOU_TYPES, backend="auto", segm_area="mask",
-                  segm_areas=None, return_evaluations=False, keep_ious=False):
+                  segm_areas=None, return_evaluations=False, keep_ious=False, threads=None):
     """COCO evaluation of ``results`` against a ground truth.
 
     ann_file_or_coco: annotation JSON path, dataset dict or COCO object.
@@ -238,7 +238,8 @@ def evaluate_coco(ann_file_or_coco, results, iou_types=IOU_TYPES, backend="auto"
     with the 12 standard stats (STAT_NAMES) per iou type; a stat is -1 where the
     ground truth has no object in that area range, as COCO reports it. With
     ``return_evaluations``: (that report, {iou_type: CocoEvaluation}) (``keep_ious``: the
-    direct backend keeps each (image, category) pair's IoUs in them).
+    direct backend keeps each (image, category) pair's IoUs in them). threads: the direct
+    backend's threads (default: the CPUs this process may use, at most 8).
 
     No results at all is not an error: it warns and reports what COCO gives for
     no detections (AP 0). Image or category ids absent from the ground truth and a
@@ -266,7 +267,7 @@ def evaluate_coco(ann_file_or_coco, results, iou_types=IOU_TYPES, backend="auto"
         from .coco_fast import evaluate_direct
 
         evaluations = evaluate_direct(dataset, results, iou_types, segm_areas=segm_areas, segm_area=segm_area,
-                                      keep_ious=keep_ious)
+                                      keep_ious=keep_ious, threads=threads)
     else:
         results_by_type = {iou_type: _results_for(results, iou_type, segm_area) for iou_type in iou_types}
         run = _run_pycocotools if name == "pycocotools" else _run_faster_coco_eval
