@@ -110,3 +110,17 @@ def test_report_page_renders_in_headless_chromium(evaluated, tmp_path):
     for heading in ("COCO stats", "By object size", "Per class", "Precision-recall curves", "Best images",
                     "Worst images"):
         assert f">{heading}<" in dom
+
+
+def test_report_without_the_images_lists_them_and_still_writes_the_page(evaluated, tmp_path, caplog):
+    from retinamask.evaluation.postprocess import evaluate_outputs
+
+    root, _ = evaluated
+    summary = evaluate_outputs(root / "outputs", root / "data" / "annotations" / "instances_val.json", input_size=S,
+                               workers=1, progress=False, output_path=tmp_path / "e.txt", report_dir=tmp_path / "r",
+                               image_dir=tmp_path / "nowhere")
+    numbers = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert len(numbers["images"]["not_drawn"]) == 8 and "file not found" in numbers["images"]["not_drawn"][0]
+    assert "image(s) not drawn" in caplog.text
+    assert "Not drawn:" in (tmp_path / "r" / "index.html").read_text()
+    assert summary["timing"]["report_s"] > 0

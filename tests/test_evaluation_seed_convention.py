@@ -205,3 +205,27 @@ def test_seed_paste_equals_the_reference_paste(dtype):
         expected = ref_paste(probs[i], boxes[i], height, width)
         np.testing.assert_array_equal(pasted[i], expected, err_msg=f"box {boxes[i]}")
         assert areas[i] == expected.sum()
+
+
+def test_seed_convention_where_the_seed_cannot_run():
+    from retinamask.errors import InputError
+    from retinamask.evaluation.postprocess import image_coco_results
+
+    rng = np.random.default_rng(2)
+    boxes = np.sort(rng.uniform(0, 60, (20, 4)).astype(np.float32).reshape(20, 2, 2), axis=1).reshape(20, 4)
+    masks = rng.uniform(0, 1, (20, 1, 28, 28)).astype(np.float32)
+    scores = rng.uniform(0, 1, 20).astype(np.float32)
+
+    def run(boxes, labels):
+        return image_coco_results((boxes, labels, scores, masks), "seed", 1, (50, 60), None, [3, 9],
+                                  convention="seed", input_size=64)
+
+    with pytest.raises(InputError, match="label 0 but labels run from 1 to 2"):  # the seed: categories[-1]
+        run(boxes, np.zeros(20, np.int32))
+    with pytest.raises(InputError, match="label 3 but labels run from 1 to 2"):  # the seed: IndexError
+        run(boxes, np.full(20, 3, np.int32))
+    results, areas = run(np.zeros_like(boxes), np.ones(20, np.int32))  # all-zero boxes: the seed crashes
+    assert results == [] and len(areas) == 0
+    results, areas = run(boxes, np.where(np.arange(20) % 4 == 0, -1, 1 + np.arange(20) % 2).astype(np.int32))
+    assert results and len(areas) == len(results)  # negative labels take part in the NMS, then are dropped
+    assert {r["category_id"] for r in results} <= {3, 9}

@@ -148,7 +148,9 @@ def _resolve_backend(backend):
             import faster_coco_eval  # noqa: F401
         except ImportError:
             return "pycocotools"
-        return "direct"
+        from .coco_fast import direct_available
+
+        return "direct" if direct_available() else "faster-coco-eval"
     return backend
 
 

@@ -41,6 +41,17 @@ class CocoEvaluation:
     ious: dict = field(default_factory=dict)
 
 
+def direct_available():
+    """Whether the installed faster-coco-eval has the entry points this module uses (1.8 has them)."""
+    try:
+        from faster_coco_eval import COCOeval_faster  # noqa: F401
+        from faster_coco_eval import faster_eval_api_cpp as cpp
+        from faster_coco_eval.core import mask  # noqa: F401
+    except ImportError:
+        return False
+    return hasattr(cpp, "COCOevalEvaluateAccumulate") and hasattr(cpp.Dataset(), "append_ref")
+
+
 def _gt_rle(annotation, height, width, mask_api):
     """The ground truth's RLE, as ``COCO.annToRLE`` makes it (polygons, uncompressed or compressed RLE)."""
     segmentation = annotation["segmentation"]
