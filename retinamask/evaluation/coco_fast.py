@@ -52,6 +52,9 @@ def direct_available():
     return hasattr(cpp, "COCOevalEvaluateAccumulate") and hasattr(cpp.Dataset(), "append_ref")
 
 
+_MAX_DETS = 100  # COCOeval's maxDets[-1]: the detections of an (image, category) pair that are matched
+
+
 def _gt_rle(annotation, height, width, mask_api):
     """The ground truth's RLE, as ``COCO.annToRLE`` makes it (polygons, uncompressed or compressed RLE)."""
     segmentation = annotation["segmentation"]
@@ -124,7 +127,7 @@ def evaluate_direct(dataset, results, iou_types=("bbox", "segm"), segm_areas=Non
     its mask's, as when bbox and segm results are evaluated as separate lists: the original's
     evaluation) or "box" (its box's w * h: one list holding both, as the seed evaluates).
     threads: for the IoUs and the two IoU types (default: the CPUs this process may use, at
-    most 8; the C++ code releases the GIL). keep_ious: keep each pair's IoU matrix (the report).
+    most 8; they overlap where faster-coco-eval's C++ code releases the GIL). keep_ious: keep each pair's IoU matrix (the report).
     Returns {iou type: CocoEvaluation}. Needs faster-coco-eval.
     """
     from concurrent.futures import ThreadPoolExecutor
@@ -180,9 +183,6 @@ def evaluate_direct(dataset, results, iou_types=("bbox", "segm"), segm_areas=Non
         evaluations = dict(zip(iou_types, run(lambda job: _accumulate(gt, det_pairs, scores, order, *job, keep_ious),
                                               jobs)))
     return evaluations
-
-
-_MAX_DETS = 100  # COCOeval's maxDets[-1]
 
 
 def _accumulate(gt, det_pairs, scores, order, iou_type, ious, areas, keep_ious):
