@@ -229,3 +229,17 @@ def test_seed_convention_where_the_seed_cannot_run():
     results, areas = run(boxes, np.where(np.arange(20) % 4 == 0, -1, 1 + np.arange(20) % 2).astype(np.int32))
     assert results and len(areas) == len(results)  # negative labels take part in the NMS, then are dropped
     assert {r["category_id"] for r in results} <= {3, 9}
+
+
+def test_mask_paste_is_a_deprecated_alias_of_convention(split, tmp_path, capsys):
+    from retinamask.cli import main
+
+    ann_file, _, outputs = split
+    common = ["evaluate", "--infer_results_path", str(outputs), "--ann_file", str(ann_file), "--input-size", str(S),
+              "--workers", "1", "--no-progress"]
+    assert main(common + ["--convention", "seed", "--output_path", str(tmp_path / "a.txt")]) == 0
+    assert main(common + ["--mask-paste", "seed", "--output_path", str(tmp_path / "b.txt")]) == 0
+    assert "--mask-paste is deprecated" in capsys.readouterr().err
+    assert (tmp_path / "a.txt").read_text() == (tmp_path / "b.txt").read_text()
+    assert main(common + ["--convention", "original", "--mask-paste", "seed", "--output_path",
+                          str(tmp_path / "c.txt")]) == 2  # contradictory
