@@ -16,13 +16,15 @@ def class_colour(label):
 MIN_OVERLAY_SIDE = 800  # small images are drawn scaled up to this long side, so that labels stay readable
 
 
-def draw_prediction(image_rgb, prediction, score_threshold=0.3, alpha=0.45, min_side=MIN_OVERLAY_SIDE):
+def draw_prediction(image_rgb, prediction, score_threshold=0.3, alpha=0.45, min_side=MIN_OVERLAY_SIDE,
+                    show_scores=True):
     """uint8 [H, W, 3] RGB + Prediction -> uint8 [H', W', 3] RGB overlay (the input is not modified).
 
     An image whose long side is under ``min_side`` is drawn scaled up by an integer factor
     (H' = f * H), so boxes, labels and masks of small images stay legible. Labels are placed
     best detection first and never cover one another (above the box, inside its top, below
-    it, then moved down until free).
+    it, then moved down until free). Labels read "class score", or "class" without
+    ``show_scores`` (e.g. for ground truth).
     """
     factor = max(1, int(np.ceil(min_side / max(image_rgb.shape[:2])))) if min_side else 1
     canvas = image_rgb.copy()
@@ -42,7 +44,8 @@ def draw_prediction(image_rgb, prediction, score_threshold=0.3, alpha=0.45, min_
     for i, (x1, y1, x2, y2) in zip(reversed(keep), reversed(boxes)):
         cv2.rectangle(canvas, (x1, y1), (x2, y2), class_colour(int(prediction.labels[i])), thickness)
     scale = 0.45 * thickness
-    texts = [f"{prediction.class_names[i]} {prediction.scores[i]:.2f}" for i in keep]
+    texts = [f"{prediction.class_names[i]} {prediction.scores[i]:.2f}" if show_scores else str(prediction.class_names[i])
+             for i in keep]
     for i, text, (x1, y1, x2, y2) in zip(keep, texts, layout_labels(texts, boxes, canvas.shape[:2], scale)):
         cv2.rectangle(canvas, (x1, y1), (x2, y2), class_colour(int(prediction.labels[i])), -1)
         baseline = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)[1]

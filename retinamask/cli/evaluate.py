@@ -39,11 +39,22 @@ def add_arguments(parser):
     parser.add_argument("--model", default=None, help="the ONNX model that produced the outputs (for its metadata)")
     parser.add_argument("--input-size", "--input_size", dest="input_size", type=int, default=None,
                         help="model input side S when nothing else says it (default 1344, the seed's)")
+    parser.add_argument("--convention", choices=("original", "seed"), default=None,
+                        help="outputs -> COCO results and their evaluation: original (default: the original "
+                             "RetinaMask's) or seed (the Ascend seed's RetinaMask_postprocess.py, number for number: "
+                             "its NMS, one resize ratio, box width x2 - x1, its mask paste, box areas for segm)")
     parser.add_argument("--mask-paste", "--mask_paste", dest="mask_paste", choices=("original", "seed"),
-                        default="original",
-                        help="mask pasting: original (PIL bilinear, exact to RetinaMask) or seed (cv2.resize)")
-    parser.add_argument("--coco-backend", dest="coco_backend", choices=("auto", "pycocotools", "faster-coco-eval"),
-                        default="auto", help="COCO evaluator (auto: faster-coco-eval when installed)")
+                        default=None, help="deprecated: --convention")
+    parser.add_argument("--coco-backend", dest="coco_backend",
+                        choices=("auto", "direct", "pycocotools", "faster-coco-eval"), default="auto",
+                        help="COCO evaluator (auto: direct = faster-coco-eval's C++ evaluator fed our own IoUs, "
+                             "when faster-coco-eval is installed, else pycocotools; all give the same stats)")
+    parser.add_argument("--report", dest="report_dir", default=None, metavar="DIR",
+                        help="also write an evaluation report to DIR: index.html with per-class AP, AP by object "
+                             "size, precision-recall curves and the best and worst images drawn")
+    parser.add_argument("--image-dir", "--image_dir", dest="image_dir", default=None,
+                        help="the images, for the report's drawings (default: the annotation file's split folder, "
+                             "e.g. coco/val2017 for annotations/instances_val2017.json)")
     parser.add_argument("--workers", type=int, default=default_workers(),
                         help="postprocessing processes (default %(default)s; 1: in this process)")
     parser.add_argument("--no-progress", dest="progress", action="store_false", default=None,
@@ -58,6 +69,12 @@ def run(args):
     from ..evaluation.postprocess import evaluate_outputs
 
     ann_file = args.ann_file or os.path.join(args.coco_path, "annotations", "instances_val2017.json")
+    convention = args.convention or args.mask_paste or "original"
+    if args.mask_paste is not None:
+        print("note: --mask-paste is deprecated; use --convention", file=sys.stderr)
+        if args.convention is not None and args.convention != args.mask_paste:
+            print(f"error: --convention {args.convention} and --mask-paste {args.mask_paste} disagree", file=sys.stderr)
+            return 2
     summary = evaluate_outputs(
         args.infer_results_path,
         ann_file,
@@ -70,7 +87,9 @@ def run(args):
         results_json=args.results_json,
         workers=args.workers,
         coco_backend=args.coco_backend,
-        mask_paste=args.mask_paste,
+        convention=convention,
+        report_dir=args.report_dir,
+        image_dir=args.image_dir,
         progress=args.progress,
         strict=args.strict,
         resume=args.resume,
@@ -82,11 +101,13 @@ def run(args):
     resumed = f"{summary['images_resumed']} kept from an interrupted run; " if summary["images_resumed"] else ""
     print(
         f"evaluated {summary['images_evaluated']} of {summary['images_listed']} images "
-        f"({resumed}{summary['layout']} layout, "
+        f"({resumed}{summary['layout']} layout, {summary['convention']} convention, "
         f"{summary['num_results']} detections; postprocess {timing['postprocess_ms_per_image']:.1f} ms/image, "
         f"COCO eval {timing['coco_eval_s']:.2f} s); stats: {summary['output_path']}, {summary['stats_json']}; "
         f"results: {summary['results_json']}"
     )
+    if summary.get("report"):
+        print(f"report: {summary['report']} ({timing['report_s']:.2f} s)")
     if summary["annotation_images_without_outputs"]:
         print(f"note: {summary['annotation_images_without_outputs']} annotation images have no outputs "
               "(they count as images without detections)", file=sys.stderr)

@@ -1,9 +1,14 @@
-"""COCO bbox/segm evaluation of detection results with pycocotools or faster-coco-eval (no torch).
+"""COCO bbox/segm evaluation of detection results (no torch).
 
 Results are COCO result dicts: ``image_id``, ``category_id``, ``score`` and
-``bbox`` ([x, y, w, h]) and/or ``segmentation`` (compressed RLE). As in the
-original (maskrcnn_benchmark's coco_eval), bbox and segm are evaluated on
-separate result lists, so a segm result's area is its mask area, not its box area.
+``bbox`` ([x, y, w, h]) and/or ``segmentation`` (compressed RLE). By default, as in the
+original (maskrcnn_benchmark's coco_eval), bbox and segm are evaluated on separate result
+lists, so a segm result's area is its mask area; ``segm_area="box"`` evaluates one list
+holding both, as the seed does, so that ``loadRes`` gives segm results their box's area.
+
+Backends: ``direct`` (faster-coco-eval's C++ evaluator fed our own IoUs,
+:mod:`retinamask.evaluation.coco_fast`; the default where faster-coco-eval is installed),
+``faster-coco-eval`` (its COCO API) and ``pycocotools``. All give the same 24 stats.
 """
 
 import contextlib
@@ -19,7 +24,8 @@ from retinamask.fileio import atomic_write_json, atomic_write_text
 
 STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
 IOU_TYPES = ("bbox", "segm")
-BACKENDS = ("auto", "pycocotools", "faster-coco-eval")
+BACKENDS = ("auto", "direct", "pycocotools", "faster-coco-eval")
+SEGM_AREAS = ("mask", "box")
 _REQUIRED_GT_KEYS = ("images", "annotations", "categories")
 
 # (title, IoU label, area, maxDets) for each of the 12 stats, as pycocotools' summarize() prints them
@@ -121,8 +127,12 @@ def _check_results(results, results_path, dataset, ann_path, iou_types):
         )
 
 
-def _results_for(results, iou_type):
-    """Fresh dicts with only the fields for one iou type (COCO tools add fields in place)."""
+def _results_for(results, iou_type, segm_area="mask"):
+    """Fresh dicts with only the fields for one iou type (COCO tools add fields in place); with
+    ``segm_area="box"`` each keeps its box and mask, so that loadRes gives it its box's area."""
+    if segm_area == "box":
+        return [{"image_id": r["image_id"], "category_id": r["category_id"], "score": r["score"], "bbox": r["bbox"],
+                 "segmentation": r["segmentation"]} for r in results]
     geometry = "bbox" if iou_type == "bbox" else "segmentation"
     return [
         {"image_id": r["image_id"], "category_id": r["category_id"], "score": r["score"], geometry: r[geometry]}
@@ -138,7 +148,9 @@ def _resolve_backend(backend):
             import faster_coco_eval  # noqa: F401
         except ImportError:
             return "pycocotools"
-        return "faster-coco-eval"
+        from .coco_fast import direct_available
+
+        return "direct" if direct_available() else "faster-coco-eval"
     return backend
 
 
@@ -176,8 +188,20 @@ def _run_pycocotools(dataset, results_by_type):
             evaluator.evaluate()
             evaluator.accumulate()
             evaluator.summarize()
-            stats[iou_type] = evaluator.stats[:12]
+            stats[iou_type] = _evaluation(iou_type, evaluator)
     return stats
+
+
+def _evaluation(iou_type, evaluator):
+    from .coco_fast import CocoEvaluation
+
+    params = evaluator.params
+    return CocoEvaluation(
+        iou_type=iou_type, stats=np.asarray(evaluator.stats[:12], dtype=np.float64),
+        precision=np.asarray(evaluator.eval["precision"]), recall=np.asarray(evaluator.eval["recall"]),
+        cat_ids=list(params.catIds), iou_thresholds=np.asarray(params.iouThrs),
+        recall_thresholds=np.asarray(params.recThrs), area_labels=list(params.areaRngLbl),
+    )
 
 
 def _run_faster_coco_eval(dataset, results_by_type):
@@ -194,22 +218,30 @@ def _run_faster_coco_eval(dataset, results_by_type):
         evaluator.evaluate()
         evaluator.accumulate()
         evaluator.summarize()
-        stats[iou_type] = evaluator.stats[:12]  # it appends AR50 and AR75 after the standard 12
+        stats[iou_type] = _evaluation(iou_type, evaluator)  # it appends AR50 and AR75 after the standard 12
     return stats
 
 
-def evaluate_coco(ann_file_or_coco, results, iou_types=IOU_TYPES, backend="auto"):
+def evaluate_coco(ann_file_or_coco, results, iou_types=IOU_TYPES, backend="auto", segm_area="mask",
+                  segm_areas=None, return_evaluations=False, keep_ious=False, threads=None):
     """COCO evaluation of ``results`` against a ground truth.
 
     ann_file_or_coco: annotation JSON path, dataset dict or COCO object.
     results: list of COCO result dicts (or a path to a results JSON); each needs
     image_id, category_id, score, and bbox [x,y,w,h] for "bbox", segmentation
     (compressed RLE, counts str or bytes) for "segm".
-    backend: "auto" (faster-coco-eval when importable, else pycocotools),
-    "pycocotools" or "faster-coco-eval".
+    backend: "auto" (``direct`` when faster-coco-eval is importable, else pycocotools),
+    "direct", "pycocotools" or "faster-coco-eval".
+    segm_area: "mask" (bbox and segm evaluated on separate lists: a segm result's area is
+    its mask's, the original's evaluation) or "box" (one list holding both, the seed's: its
+    box's w * h). segm_areas: the results' mask areas [N] where known (``direct`` then decodes
+    no mask for them).
     Returns {"backend": name, "num_results": n, <iou_type>: {stat name: float}}
     with the 12 standard stats (STAT_NAMES) per iou type; a stat is -1 where the
-    ground truth has no object in that area range, as COCO reports it.
+    ground truth has no object in that area range, as COCO reports it. With
+    ``return_evaluations``: (that report, {iou_type: CocoEvaluation}) (``keep_ious``: the
+    direct backend keeps each (image, category) pair's IoUs in them). threads: the direct
+    backend's threads (default: the CPUs this process may use, at most 8).
 
     No results at all is not an error: it warns and reports what COCO gives for
     no detections (AP 0). Image or category ids absent from the ground truth and a
@@ -219,10 +251,13 @@ def evaluate_coco(ann_file_or_coco, results, iou_types=IOU_TYPES, backend="auto"
     unsupported = [t for t in iou_types if t not in IOU_TYPES]
     if unsupported or not iou_types:
         raise ValueError(f"iou_types must be a non-empty subset of {IOU_TYPES}, got {list(iou_types)}")
+    if segm_area not in SEGM_AREAS:
+        raise ValueError(f"segm_area must be one of {SEGM_AREAS}, got {segm_area!r}")
     name = _resolve_backend(backend)
     dataset, ann_path = load_ground_truth(ann_file_or_coco)
     results, results_path = _load_results(results)
-    _check_results(results, results_path, dataset, ann_path, iou_types)
+    needed = tuple(IOU_TYPES) if segm_area == "box" and "segm" in iou_types else iou_types
+    _check_results(results, results_path, dataset, ann_path, needed)
     if not results:
         warnings.warn(
             "no detections to evaluate: AP and AR are 0 (-1 for area ranges without ground truth)",
@@ -230,14 +265,20 @@ def evaluate_coco(ann_file_or_coco, results, iou_types=IOU_TYPES, backend="auto"
             stacklevel=2,
         )
 
-    results_by_type = {iou_type: _results_for(results, iou_type) for iou_type in iou_types}
-    run = _run_faster_coco_eval if name == "faster-coco-eval" else _run_pycocotools
-    raw_stats = run(dataset, results_by_type)
+    if name == "direct" and results:
+        from .coco_fast import evaluate_direct
+
+        evaluations = evaluate_direct(dataset, results, iou_types, segm_areas=segm_areas, segm_area=segm_area,
+                                      keep_ious=keep_ious, threads=threads)
+    else:
+        results_by_type = {iou_type: _results_for(results, iou_type, segm_area) for iou_type in iou_types}
+        run = _run_pycocotools if name == "pycocotools" else _run_faster_coco_eval
+        evaluations = run(dataset, results_by_type)
 
     report = {"backend": name, "num_results": len(results)}
     for iou_type in iou_types:
-        report[iou_type] = {stat: float(value) for stat, value in zip(STAT_NAMES, raw_stats[iou_type])}
-    return report
+        report[iou_type] = {stat: float(value) for stat, value in zip(STAT_NAMES, evaluations[iou_type].stats)}
+    return (report, evaluations) if return_evaluations else report
 
 
 def format_stats_text(stats):
@@ -264,6 +305,14 @@ def detections_to_coco_results(image_id, boxes_xyxy, scores, category_ids, rles=
     """
     boxes = np.asarray(boxes_xyxy, dtype=np.float64).reshape(-1, 4)
     xywh = np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2] + 1.0], axis=1)
+    return xywh_results(image_id, xywh, scores, category_ids, rles)
+
+
+def xywh_results(image_id, xywh, scores, category_ids, rles=None):
+    """COCO result dicts for one image from boxes already [x, y, w, h] (float [N,4], written as
+    their values: float32 ones as float32, as the seed writes them); other arguments as
+    :func:`detections_to_coco_results`."""
+    xywh = np.asarray(xywh).reshape(-1, 4)
     scores = np.asarray(scores).reshape(-1).tolist()
     category_ids = np.asarray(category_ids).reshape(-1).tolist()
     if not (len(xywh) == len(scores) == len(category_ids)) or (rles is not None and len(rles) != len(xywh)):

@@ -81,36 +81,42 @@ def _mask_count(probs, boxes):
     return n
 
 
-def _paste(probs, boxes, height, width, threshold, padding, resize):
+def _paste(probs, boxes, height, width, threshold, padding, resize, return_areas):
     n = _mask_count(probs, boxes)
     # Stored mask by mask, each column-major: the [N, H, W] view returned is then already the
     # Fortran-ordered [H, W, N] that COCO RLE encoding reads, so encode_masks copies nothing
     # (the transposing copy cost twice as much as the encoding itself).
     columns_first = np.zeros((n, width, height), dtype=np.uint8)
+    areas = np.zeros(n, dtype=np.int64)
     for i, x0, x1, y0, y1, crop in _visible_crops(probs, boxes, height, width, threshold, padding, resize):
         columns_first[i, x0:x1, y0:y1] = crop.T
-    return columns_first.transpose(0, 2, 1)
+        areas[i] = np.count_nonzero(crop)
+    masks = columns_first.transpose(0, 2, 1)
+    return (masks, areas) if return_areas else masks
 
 
-def paste_masks(probs, boxes, height, width, threshold=0.5, padding=1):
+def paste_masks(probs, boxes, height, width, threshold=0.5, padding=1, return_areas=False):
     """Paste mask probabilities into a (height, width) image, exactly like the original Masker.
 
     probs: float32 [N,M,M] (or [N,1,M,M]) sigmoid probabilities for each box's class.
     boxes: float32 [N,4] xyxy in the coordinates of the target image.
     Returns uint8 [N,height,width] with values 0/1 (1 where the resized prob > threshold); each
     mask is stored column-major (a transposed view), the layout ``encode_masks`` needs.
+    ``return_areas``: (masks, int64 [N] pixel counts).
     """
-    return _paste(probs, boxes, height, width, threshold, padding, _resize_pil)
+    return _paste(probs, boxes, height, width, threshold, padding, _resize_pil, return_areas)
 
 
-def paste_masks_seed(probs, boxes, height, width, threshold=0.5, padding=1):
-    """The seed's host-side paste: same as ``paste_masks`` but resized with ``cv2.resize``.
+def paste_masks_seed(probs, boxes, height, width, threshold=0.5, padding=1, return_areas=False):
+    """``paste_masks`` with ``cv2.resize`` instead of PIL: the original's geometry, OpenCV's bilinear.
 
-    Same shapes and dtypes as ``paste_masks``. OpenCV's bilinear does not
-    antialias when shrinking, so masks of boxes smaller than the padded mask
-    (30 px) can differ from the original's by a few border pixels.
+    Not the seed's paste, despite the name (kept for compatibility): the seed also rounds the
+    box and drops its last row and column (:func:`retinamask.evaluation.seed_convention.seed_paste_masks`).
+    Same shapes and dtypes as ``paste_masks``. OpenCV's bilinear does not antialias when
+    shrinking, so masks of boxes smaller than the padded mask (30 px) can differ from the
+    original's by a few border pixels.
     """
-    return _paste(probs, boxes, height, width, threshold, padding, _resize_cv2)
+    return _paste(probs, boxes, height, width, threshold, padding, _resize_cv2, return_areas)
 
 
 def encode_masks(masks):

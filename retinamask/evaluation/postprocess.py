@@ -7,6 +7,10 @@ The geometry from the model's S x S canvas back to the image lives in ONE functi
 Layouts (docs/onnx_contract.md): ``end2end`` outputs are final detections padded
 with label -1 / score 0 rows; ``seed`` outputs are 1000 candidates that get the
 seed's host-side class-wise NMS (IoU 0.4, +1 areas, keep 100) here.
+
+Conventions: ``original`` (the default) maps outputs to COCO results as the original
+RetinaMask does; ``seed`` as the Ascend seed's postprocess does, number for number
+(:mod:`retinamask.evaluation.seed_convention`, which owns its own box mapping).
 """
 
 import logging
@@ -24,6 +28,7 @@ logger = logging.getLogger(__name__)
 
 LAYOUTS = ("end2end", "seed")
 MASK_PASTES = ("original", "seed")
+CONVENTIONS = ("original", "seed")
 SEED_NUM_CANDIDATES = 1000
 DEFAULT_INPUT_SIZE = 1344
 
@@ -52,7 +57,8 @@ class Detections:
     boxes float32 [N,4] (x1,y1,x2,y2, inclusive pixels); scores float32 [N], descending
     for seed (NMS order) and as the model sorted them for end2end; labels int32 [N]
     (1-based contiguous); masks uint8 [N,H,W] (0/1) or None when not pasted;
-    mask_probs float32 [N,M,M] (the model's probabilities for each row's class).
+    mask_probs float32 [N,M,M] (the model's probabilities for each row's class);
+    mask_areas int64 [N] pixel counts of ``masks`` (None when not pasted).
     """
 
     boxes: np.ndarray
@@ -60,6 +66,7 @@ class Detections:
     labels: np.ndarray
     masks: np.ndarray | None
     mask_probs: np.ndarray
+    mask_areas: np.ndarray | None = None
 
 
 def decode_outputs(
@@ -93,6 +100,34 @@ def decode_outputs(
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
     if mask_paste not in MASK_PASTES:
         raise ValueError(f"mask_paste must be one of {MASK_PASTES}, got {mask_paste!r}")
+    boxes, labels, scores, masks = checked_outputs(outputs)
+
+    if layout == "seed":
+
+        if (labels < 1).any():
+            raise InputError(f"seed-layout labels must be 1-based, found {int(labels.min())} (end2end outputs?)")
+        keep = classwise_nms(boxes, scores, labels, iou_threshold=nms_threshold, max_detections=max_detections)
+    else:
+        keep = np.flatnonzero((labels >= 1) & (scores > 0))
+    if num_classes is not None and keep.size and labels[keep].max() > num_classes:
+        raise InputError(f"label {int(labels[keep].max())} but there are only {num_classes} categories")
+
+    height, width = (int(v) for v in original_hw)
+    kept_boxes = boxes_to_original(boxes[keep], original_hw, resized_hw)
+    kept_probs = masks[keep].astype(np.float32, copy=False)
+    pasted = areas = None
+    if paste:
+        paste_fn = paste_masks if mask_paste == "original" else paste_masks_seed
+        pasted, areas = paste_fn(kept_probs, kept_boxes, height, width, threshold=mask_threshold, padding=1,
+                                 return_areas=True)
+    return Detections(kept_boxes, scores[keep], labels[keep].astype(np.int32), pasted, kept_probs, areas)
+
+
+def checked_outputs(outputs):
+    """One image's 4 outputs, checked: (boxes f32 [K,4], labels int64 [K], scores f32 [K], masks [K,M,M]).
+
+    Raises InputError (without a path) for wrong shapes or NaN/inf values.
+    """
     boxes, labels, scores, masks = (np.asarray(o) for o in outputs)
     rows = boxes.shape[0] if boxes.ndim == 2 else -1
     if boxes.shape != (rows, 4) or labels.shape != (rows,) or scores.shape != (rows,) or masks.shape[0] != rows:
@@ -107,27 +142,7 @@ def decode_outputs(
     for name, array in (("boxes", boxes), ("scores", scores), ("masks", masks)):
         if not np.isfinite(array).all():
             raise InputError(f"{int((~np.isfinite(array)).sum())} NaN/inf value(s) in {name}")
-    boxes = boxes.astype(np.float32, copy=False)
-    scores = scores.astype(np.float32, copy=False)
-    labels = labels.astype(np.int64)
-
-    if layout == "seed":
-        if (labels < 1).any():
-            raise InputError(f"seed-layout labels must be 1-based, found {int(labels.min())} (end2end outputs?)")
-        keep = classwise_nms(boxes, scores, labels, iou_threshold=nms_threshold, max_detections=max_detections)
-    else:
-        keep = np.flatnonzero((labels >= 1) & (scores > 0))
-    if num_classes is not None and keep.size and labels[keep].max() > num_classes:
-        raise InputError(f"label {int(labels[keep].max())} but there are only {num_classes} categories")
-
-    height, width = (int(v) for v in original_hw)
-    kept_boxes = boxes_to_original(boxes[keep], original_hw, resized_hw)
-    kept_probs = masks[keep].astype(np.float32, copy=False)
-    pasted = None
-    if paste:
-        paste_fn = paste_masks if mask_paste == "original" else paste_masks_seed
-        pasted = paste_fn(kept_probs, kept_boxes, height, width, threshold=mask_threshold, padding=1)
-    return Detections(kept_boxes, scores[keep], labels[keep].astype(np.int32), pasted, kept_probs)
+    return boxes.astype(np.float32, copy=False), labels.astype(np.int64), scores.astype(np.float32, copy=False), masks
 
 
 def outputs_to_coco_results(
@@ -142,23 +157,50 @@ def outputs_to_coco_results(
     mask_threshold=0.5,
     mask_paste="original",
     with_masks=True,
+    convention="original",
+    input_size=None,
 ):
     """One image's 4 model outputs -> list of COCO result dicts (bbox [x,y,w,h] with the
     +1 width convention, score, category_id, and RLE ``segmentation`` when ``with_masks``).
 
     category_ids: the annotation file's category ids sorted ascending; label L maps to
-    ``category_ids[L - 1]`` (as the seed does). Other arguments: :func:`decode_outputs`.
+    ``category_ids[L - 1]``. Other arguments: :func:`decode_outputs`.
+    convention "seed": the seed's postprocess instead (:mod:`.seed_convention`: its NMS on
+    any layout, one ratio ``input_size / long side``, its paste, width x2 - x1); then
+    ``category_ids`` are in the annotation file's order and ``input_size`` is needed.
     """
+    return image_coco_results(outputs, layout, image_id, original_hw, resized_hw, category_ids,
+                              nms_threshold=nms_threshold, max_detections=max_detections,
+                              mask_threshold=mask_threshold, mask_paste=mask_paste, with_masks=with_masks,
+                              convention=convention, input_size=input_size)[0]
+
+
+def image_coco_results(outputs, layout, image_id, original_hw, resized_hw, category_ids, nms_threshold=0.4,
+                       max_detections=100, mask_threshold=0.5, mask_paste="original", with_masks=True,
+                       convention="original", input_size=None):
+    """:func:`outputs_to_coco_results` and the results' mask areas: (results, int64 [N] or None)."""
     from .coco_eval import detections_to_coco_results
     from .masks import encode_masks
 
+    if convention not in CONVENTIONS:
+        raise ValueError(f"convention must be one of {CONVENTIONS}, got {convention!r}")
+    if convention == "seed":
+        from .seed_convention import seed_coco_results
+
+        if input_size is None:
+            raise ValueError("the seed convention needs the model's input size S")
+        if layout not in LAYOUTS:
+            raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+        return seed_coco_results(checked_outputs(outputs), image_id, original_hw, input_size, category_ids,
+                                 iou_threshold=nms_threshold, keep=max_detections, with_masks=with_masks)
     detections = decode_outputs(
         outputs, layout, original_hw, resized_hw, nms_threshold=nms_threshold, max_detections=max_detections,
         mask_threshold=mask_threshold, mask_paste=mask_paste, num_classes=len(category_ids), paste=with_masks,
     )
     categories = np.asarray(category_ids)[detections.labels - 1] if detections.labels.size else []
     rles = encode_masks(detections.masks) if with_masks else None
-    return detections_to_coco_results(image_id, detections.boxes, detections.scores, categories, rles)
+    results = detections_to_coco_results(image_id, detections.boxes, detections.scores, categories, rles)
+    return results, detections.mask_areas
 
 
 # ---------------------------------------------------------------------------
@@ -183,11 +225,14 @@ def evaluate_outputs(
     stats_json=None,
     workers=None,
     coco_backend="auto",
-    mask_paste="original",
+    mask_paste=None,
     iou_types=("bbox", "segm"),
     progress=None,
     strict=False,
     resume=True,
+    convention="original",
+    report_dir=None,
+    image_dir=None,
 ):
     """Per-image inference outputs -> COCO results JSON + bbox/segm stats (text and JSON).
 
@@ -212,18 +257,35 @@ def evaluate_outputs(
     not finished. The folder is removed once every image was evaluated; it stays when
     some failed, so that a rerun after fixing them redoes only those.
 
+    convention: "original" (default: the original RetinaMask's mapping to COCO results and
+    its evaluation) or "seed" (the Ascend seed's postprocess, number for number:
+    :mod:`.seed_convention`). ``mask_paste`` is its deprecated name.
+
+    report_dir: also write the evaluation report there (:mod:`.report`: per-class and per-size
+    AP, precision-recall curves, best and worst images drawn from ``image_dir``, default the
+    annotation file's split folder, and an HTML page).
+
     Returns a summary dict with ``stats`` (``evaluate_coco``'s report), ``failed``,
     counts, timings and paths.
     """
     from .coco_eval import evaluate_coco, load_ground_truth, write_results_json, write_stats_json, write_stats_text
 
     started = time.perf_counter()
+    if mask_paste is not None:
+        import warnings
+
+        warnings.warn("mask_paste is deprecated: use convention (the same values)", DeprecationWarning, stacklevel=2)
+        convention = mask_paste
+    if convention not in CONVENTIONS:
+        raise InputError(f"--convention must be original or seed, got {convention!r}")
     if layout not in ("auto",) + LAYOUTS:
         raise InputError(f"--layout must be auto, end2end or seed, got {layout!r}")
     results_dir = _resolve_results_dir(results_dir)
     dataset, _ = load_ground_truth(ann_file)
     gt_images = _ground_truth_index(dataset)
-    category_ids = sorted(int(c["id"]) for c in dataset["categories"])
+    # label L -> category: the original's contiguous ids sorted ascending; the seed's position in the file
+    category_ids = ([int(c["id"]) for c in dataset["categories"]] if convention == "seed"
+                    else sorted(int(c["id"]) for c in dataset["categories"]))
 
     failed = []
 
@@ -242,7 +304,7 @@ def evaluate_outputs(
 
     jobs = []
     for entry in entries:
-        job, cause = _job_for(entry, gt_images, geometry, results_dir, category_ids, mask_paste)
+        job, cause = _job_for(entry, gt_images, geometry, results_dir, category_ids, convention)
         if cause is not None:
             item_failed(entry["basename"], cause)
         else:
@@ -256,7 +318,7 @@ def evaluate_outputs(
 
     # keys taken before the outputs are read: outputs rewritten meanwhile are redone by a rerun
     keys = [parts.key(job) for job in jobs]
-    results_per_job = [parts.load(job, key) for job, key in zip(jobs, keys)]
+    results_per_job = [parts.load(job, key) for job, key in zip(jobs, keys)]  # (results, mask areas) or None
     todo = [position for position, results in enumerate(results_per_job) if results is None]
     resumed = len(jobs) - len(todo)
     if resumed:
@@ -270,23 +332,33 @@ def evaluate_outputs(
             _, path, cause = outcome
             item_failed(path, cause)
             continue
-        results_per_job[position] = outcome[1]
-        parts.save(jobs[position], keys[position], outcome[1])
+        results_per_job[position] = outcome[1:]
+        parts.save(jobs[position], keys[position], *outcome[1:])
     post_seconds = time.perf_counter() - post_started
-    evaluated = sum(1 for r in results_per_job if r is not None)
-    results = [result for job_results in results_per_job if job_results is not None for result in job_results]
+    done = [r for r in results_per_job if r is not None]
+    evaluated = len(done)
+    results = [result for job_results, _ in done for result in job_results]
+    areas = None
+    if "segm" in iou_types and all(job_areas is not None for _, job_areas in done):
+        areas = np.concatenate([np.asarray(job_areas, dtype=np.float64).reshape(-1) for _, job_areas in done]
+                               + [np.zeros(0)])
     write_results_json(results_json, results)
     if evaluated and not results:
         logger.warning("no detections in any of the %d evaluated images: AP and AR are 0 "
                        "(-1 where the annotations have no object of that size)", evaluated)
 
     eval_started = time.perf_counter()
+    evaluations = None
     if results or evaluated:
         import warnings
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
-            stats = evaluate_coco(dataset, results, iou_types=iou_types, backend=coco_backend)
+            stats, evaluations = evaluate_coco(
+                dataset, results, iou_types=iou_types, backend=coco_backend,
+                segm_area="box" if convention == "seed" else "mask", segm_areas=areas,
+                return_evaluations=True, keep_ious=report_dir is not None,
+            )
     else:
         stats = {"backend": None, "num_results": 0, **{t: None for t in iou_types}}
     eval_seconds = time.perf_counter() - eval_started
@@ -305,7 +377,7 @@ def evaluate_outputs(
         "annotation_images_without_outputs": without_outputs,
         "num_results": len(results),
         "failed": failed,
-        "mask_paste": mask_paste,
+        "convention": convention,
         "workers": workers,
         "timing": {
             "postprocess_s": post_seconds,
@@ -318,6 +390,14 @@ def evaluate_outputs(
         "results_json": str(results_json),
         "stats_json": str(stats_json),
     }
+    if report_dir is not None and evaluations:
+        from .report import write_report
+
+        report_started = time.perf_counter()
+        summary["report"] = str(write_report(report_dir, dataset, results, evaluations, summary,
+                                             ann_file=ann_file, image_dir=image_dir))
+        summary["timing"]["report_s"] = time.perf_counter() - report_started
+        summary["timing"]["total_s"] = time.perf_counter() - started
     if stats.get("bbox") is not None:
         write_stats_text(output_path, stats)
     else:
@@ -354,7 +434,7 @@ class _PartStore:
         return _part_key(job) if self.enabled else None
 
     def load(self, job, key):
-        """The stored results of ``job``, or None if there are none for ``key``."""
+        """The stored (results, mask areas or None) of ``job``, or None if there are none for ``key``."""
         if key is None:
             return None
         import json
@@ -365,10 +445,12 @@ class _PartStore:
             return None
         if not isinstance(stored, dict) or stored.get("key") != key:
             return None
-        results = stored.get("results")
-        return results if isinstance(results, list) else None
+        results, areas = stored.get("results"), stored.get("areas")
+        if not isinstance(results, list) or not (areas is None or (isinstance(areas, list) and len(areas) == len(results))):
+            return None
+        return results, areas
 
-    def save(self, job, key, results):
+    def save(self, job, key, results, areas=None):
         if key is None:
             return
         import json
@@ -376,7 +458,8 @@ class _PartStore:
         from ..fileio import atomic_write_text
         from .coco_eval import _json_default
 
-        atomic_write_text(self._path(job), json.dumps({"key": key, "results": results}, default=_json_default))
+        atomic_write_text(self._path(job), json.dumps({"key": key, "results": results, "areas": areas},
+                                                      default=_json_default))
 
     def count(self):
         return len(list(self.folder.glob("*.json"))) if self.enabled and self.folder.is_dir() else 0
@@ -549,7 +632,7 @@ def _check_entry_input_sizes(entries, geometry):
         )
 
 
-def _job_for(entry, gt_images, geometry, results_dir, category_ids, mask_paste):
+def _job_for(entry, gt_images, geometry, results_dir, category_ids, convention):
     """(job tuple, None) or (None, cause) for one listed image."""
     from ..data.transforms import seed_resize_geometry
 
@@ -574,7 +657,7 @@ def _job_for(entry, gt_images, geometry, results_dir, category_ids, mask_paste):
         resized_hw, _ = seed_resize_geometry(height, width, input_size)
     job = (str(results_dir), basename, image_id, (height, width), resized_hw, geometry["layout"], geometry["rows"],
            geometry["mask_resolution"], geometry["nms_threshold"], geometry["max_detections"], tuple(category_ids),
-           mask_paste)
+           convention, input_size)
     return job, None
 
 
@@ -618,21 +701,21 @@ def _init_worker():
 def _evaluate_one(job):
     """Read one image's outputs and turn them into COCO results. Runs in a worker.
 
-    Returns ("ok", results) or ("failed", file, cause).
+    Returns ("ok", results, mask areas) or ("failed", file, cause).
     """
     from ..runtime.model_info import output_specs
     from ..runtime.outputs import find_output_files, read_image_outputs
 
     (results_dir, basename, image_id, original_hw, resized_hw, layout, rows, mask_resolution, nms_threshold,
-     max_detections, category_ids, mask_paste) = job
+     max_detections, category_ids, convention, input_size) = job
     where = basename
     try:
         files = find_output_files(results_dir, basename)
         where = str(files.paths[0])
         outputs = read_image_outputs(files, output_specs(layout, rows, mask_resolution))
-        results = outputs_to_coco_results(
+        results, areas = image_coco_results(
             outputs, layout, image_id, original_hw, resized_hw, category_ids, nms_threshold=nms_threshold,
-            max_detections=max_detections, mask_paste=mask_paste,
+            max_detections=max_detections, convention=convention, input_size=input_size,
         )
     except InputError as e:
         return ("failed", e.path or where, e.cause)
@@ -640,4 +723,4 @@ def _evaluate_one(job):
         return ("failed", where, "not enough memory to postprocess these outputs")
     except Exception as e:  # one odd output must not stop the evaluation of thousands
         return ("failed", where, f"cannot postprocess (unexpected {type(e).__name__}: {' '.join(str(e).split())[:200]})")
-    return ("ok", results)
+    return ("ok", results, None if areas is None else areas.tolist())
