@@ -105,6 +105,7 @@ def package_versions():
 
 
 def environment(threads):
+    from retinamask.runtime.auto_backend import describe_cpu
     from retinamask.runtime.backends import physical_cores
 
     return {
@@ -112,6 +113,7 @@ def environment(threads):
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "cpu": cpu_model(),
         "cpu_flags": cpu_flags(),
+        "cpu_class": describe_cpu(),
         "logical_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "physical_cores": physical_cores(),
         "threads": threads,
@@ -852,7 +854,8 @@ def _fmt(value, digits=2):
 def markdown(report):
     env = report["environment"]
     lines = [
-        f"# RetinaMask R-50-FPN, {report['input_size']}x{report['input_size']}, batch 1 — {env['date']}",
+        f"# RetinaMask R-50-FPN, {report['input_size']}x{report['input_size']}, batch 1, CPU {env['cpu_class']} "
+        f"— {env['date']}",
         "",
     ]
     load = report.get("load")
