@@ -78,11 +78,13 @@ def atomic_open(path, mode="wb"):
         raise
 
 
-def remove_stale_temp_files(directory):
+def remove_stale_temp_files(directory, other_hosts=False):
     """Delete the temp files that writers on this host which are no longer running left in
     ``directory`` (a process killed mid-write cannot remove its own); returns their names.
 
-    Temp files of live processes, of other hosts and of other naming schemes are kept.
+    Temp files of live processes, of other hosts and of other naming schemes are kept;
+    ``other_hosts``: those of other hosts go too (for a caller that knows that every writer
+    on another host has finished, e.g. a distributed run whose workers are done).
     """
     removed = []
     try:
@@ -92,7 +94,9 @@ def remove_stale_temp_files(directory):
         return removed
     for name in candidates:
         match = _TEMP_NAME.match(name)
-        if match is None or match["host"] != _HOST_TAG or _process_alive(int(match["pid"])):
+        if match is None or (match["host"] == _HOST_TAG and _process_alive(int(match["pid"]))):
+            continue
+        if match["host"] != _HOST_TAG and not other_hosts:
             continue
         try:
             os.unlink(os.path.join(directory, name))

@@ -62,6 +62,10 @@ def add_arguments(parser):
     parser.add_argument("--strict", action="store_true", help="stop at the first bad item (exit code 2)")
     parser.add_argument("--no-resume", dest="resume", action="store_false",
                         help="redo every image, not reusing what an interrupted run left in <output_path stem>_parts/")
+    parser.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                        help="postprocess on a Ray cluster (COCO evaluation stays here): auto, ray://host:10001 or "
+                             "host:port (no address: RAY_ADDRESS, else a local Ray instance); the results folder "
+                             "must be at the same path on every node (pip install 'retinamask[ray]')")
 
 
 def run(args):
@@ -75,7 +79,14 @@ def run(args):
         if args.convention is not None and args.convention != args.mask_paste:
             print(f"error: --convention {args.convention} and --mask-paste {args.mask_paste} disagree", file=sys.stderr)
             return 2
-    summary = evaluate_outputs(
+    evaluate = evaluate_outputs
+    if args.ray is not None:
+        from functools import partial
+
+        from ..distributed.ray_evaluate import evaluate_outputs_on_ray
+
+        evaluate = partial(evaluate_outputs_on_ray, address=args.ray or None)
+    summary = evaluate(
         args.infer_results_path,
         ann_file,
         info_path=args.input_text_path,

@@ -48,12 +48,30 @@ def add_arguments(parser):
                         help="the model's input side S, for models whose metadata and input shape lack it")
     parser.add_argument("--no-progress", dest="progress", action="store_false", default=None,
                         help="no progress bar (default: shown on a terminal)")
+    add_ray_arguments(parser, "model actors (default: one per --threads CPUs of each node, or one per GPU with "
+                      "--device cuda/tensorrt); --threads is then each actor's CPUs and threads (default 1)")
+
+
+def add_ray_arguments(parser, actors_help):
+    """--ray [ADDRESS] and --ray-actors (infer and evaluate)."""
+    parser.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                        help="run on a Ray cluster: auto, ray://host:10001 or host:port (no address: RAY_ADDRESS, "
+                             "else a local Ray instance); model, inputs and outputs must be at the same paths on "
+                             "every node (pip install 'retinamask[ray]')")
+    parser.add_argument("--ray-actors", "--ray_actors", dest="ray_actors", type=int, default=None, help=actors_help)
 
 
 def run(args):
     from ..runtime.infer import format_summary, run_inference
 
-    summary = run_inference(
+    infer = run_inference
+    if args.ray is not None:
+        from functools import partial
+
+        from ..distributed.ray_infer import run_inference_on_ray
+
+        infer = partial(run_inference_on_ray, address=args.ray or None, actors=args.ray_actors)
+    summary = infer(
         args.model,
         args.input,
         output_dir=args.output,

@@ -233,6 +233,7 @@ def evaluate_outputs(
     convention="original",
     report_dir=None,
     image_dir=None,
+    runner=None,
 ):
     """Per-image inference outputs -> COCO results JSON + bbox/segm stats (text and JSON).
 
@@ -264,6 +265,10 @@ def evaluate_outputs(
     report_dir: also write the evaluation report there (:mod:`.report`: per-class and per-size
     AP, precision-recall curves, best and worst images drawn from ``image_dir``, default the
     annotation file's split folder, and an HTML page).
+
+    runner: where the images are postprocessed (None: here, ``workers`` processes): a callable
+    ``(jobs, workers, progress)`` yielding each job's outcome in job order, as :func:`_run_jobs`
+    (e.g. :class:`retinamask.distributed.ray_evaluate.RayJobRunner`).
 
     Returns a summary dict with ``stats`` (``evaluate_coco``'s report), ``failed``,
     counts, timings and paths.
@@ -327,7 +332,7 @@ def evaluate_outputs(
 
     workers = default_workers() if workers is None else int(workers)
     post_started = time.perf_counter()
-    for position, outcome in zip(todo, _run_jobs([jobs[i] for i in todo], workers, progress)):
+    for position, outcome in zip(todo, (runner or _run_jobs)([jobs[i] for i in todo], workers, progress)):
         if outcome[0] == "failed":
             _, path, cause = outcome
             item_failed(path, cause)

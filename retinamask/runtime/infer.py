@@ -24,6 +24,7 @@ and ``{output}/{output_dirname}_summary.json`` like ais_bench's (see :func:`timi
 """
 
 import collections
+import contextlib
 import itertools
 import json
 import logging
@@ -86,6 +87,7 @@ def run_inference(
     input_size=None,
     progress=None,
     session=None,
+    executor=None,
 ):
     """Infer every item of ``input_path`` (see the module docstring) and write its outputs.
 
@@ -95,6 +97,10 @@ def run_inference(
     instead of listing it and going on. layout / input_size: for models whose metadata
     lacks them. session: an existing :class:`~.backends.Session` for this model.
     progress: tqdm bar on/off (None: on a terminal).
+    executor: where the items are loaded, inferred and written (None: here, by a local
+    session and ``workers`` processes): an object with ``name, backend, device, precision``
+    and ``run(todo, info, batch_size, out_dir, outfmt, legacy_names)`` that yields
+    :func:`infer_local`'s events (e.g. :class:`retinamask.distributed.ray_infer.RayExecutor`).
 
     Returns the summary dict also written to ``{output_dir}/{output_dirname}_summary.json``:
     ``count`` (images inferred now), ``skipped`` (complete outputs kept), ``failed``
@@ -137,7 +143,7 @@ def run_inference(
     settings = _run_settings(info, outfmt, legacy_names)
     earlier = _earlier_records(sidecar_path, settings, out_dir)
 
-    if session is None:
+    if executor is None and session is None:
         session = create_session(model_path, backend, device, precision, threads=threads, cache_dir=cache_dir,
                                  model_info=info)
 
@@ -157,6 +163,7 @@ def run_inference(
                    [records[item.basename] for item in items if item.basename in records], failed, finished=False)
 
     compute_ms, inferred = [], 0
+    ran_by = session if executor is None else executor
     started = time.perf_counter()
     try:
         from tqdm import tqdm
@@ -166,31 +173,27 @@ def run_inference(
             total=len(todo), desc="infer", unit="img", file=sys.stderr,
             disable=(None if progress is None else not progress),
         ) as bar:
-            size = info.input_size
-            batch = np.empty((batch_size, 3, size, size), np.float32)  # filled in place, reused
-            pending = []  # items whose tensors are in batch[:len(pending)]
-            for item, tensor, extra, cause in _load_inputs(todo, info, workers):
-                if cause is not None:
-                    if strict:
-                        raise InputError(cause, item.source)
-                    logger.warning("%s: %s", item.source, cause)
-                    failed.append({"file": str(item.source), "cause": cause})
-                    bar.update()
-                    continue
-                item.record.update(extra)
-                batch[len(pending)] = tensor  # copy now: the tensor may be a shared slot about to be reused
-                pending.append(item)
-                if len(pending) == batch_size:
-                    compute_ms.append(_infer_batch(session, batch, pending, out_dir, specs, outfmt, legacy_names,
-                                                   records))
-                    inferred += len(pending)
-                    bar.update(len(pending))
-                    pending = []
-            if pending:
-                compute_ms.append(_infer_batch(session, batch[: len(pending)], pending, out_dir, specs, outfmt,
-                                               legacy_names, records))
-                inferred += len(pending)
-                bar.update(len(pending))
+            if executor is None:
+                events = infer_local(todo, info, session, batch_size, workers, out_dir, outfmt, legacy_names)
+            else:
+                events = executor.run(todo, info, batch_size, out_dir, outfmt, legacy_names)
+            with contextlib.closing(events):
+                for event, done, value in events:
+                    if event == "failed":
+                        if strict:
+                            raise InputError(value, done.source)
+                        logger.warning("%s: %s", done.source, value)
+                        failed.append({"file": str(done.source), "cause": value})
+                        bar.update()
+                        continue
+                    for item in done:
+                        item.record["outputs"] = [output_file_name(item.basename, i, outfmt, legacy_names)
+                                                  for i in range(4)]
+                        records[item.basename] = item.record
+                    if value is not None:
+                        compute_ms.append(value)
+                    inferred += len(done)
+                    bar.update(len(done))
     finally:
         # Also after an error or Ctrl-C: the sidecar lists what is complete, for evaluate and resume.
         ordered = [records[item.basename] for item in items if item.basename in records]
@@ -203,10 +206,10 @@ def run_inference(
         "total": len(items) + sum(1 for f in failed if f.get("listing")),
         "failed": [{"file": f["file"], "cause": f["cause"]} for f in failed],
         "batchsize": batch_size,
-        "session": session.name,
-        "backend": session.backend,
-        "device": session.device,
-        "precision": session.precision,
+        "session": ran_by.name,
+        "backend": ran_by.backend,
+        "device": ran_by.device,
+        "precision": ran_by.precision,
         "model": str(model_path),
         "layout": info.layout,
         "input_size": info.input_size,
@@ -375,13 +378,12 @@ def _load_inputs(items, info, workers):
     from concurrent.futures import ThreadPoolExecutor
     from concurrent.futures.process import BrokenProcessPool
 
-    jobs = [(str(item.source), item.kind, info.input_size, tuple(info.pixel_mean), tuple(info.pixel_std), None)
-            for item in items]
+    jobs = [load_job(item, info) for item in items]
     if not jobs:
         return
     if workers == 0:
         for item, job in zip(items, jobs):
-            yield (item, *_load_one(job))
+            yield (item, *load_item(job))
         return
     window = 2 * workers + 2
     slots = None
@@ -399,7 +401,7 @@ def _load_inputs(items, info, workers):
     item = items[0]
     try:
         # both waiting for a result and submitting the next job raise BrokenProcessPool
-        for item, job, future in zip(items, jobs, _ordered_bounded(pool, _load_one, jobs, window)):
+        for item, job, future in zip(items, jobs, _ordered_bounded(pool, load_item, jobs, window)):
             tensor, extra, cause = future.result()
             if tensor is None and cause is None:
                 tensor = slots[job[-1]]  # a view, valid until the next item is requested
@@ -425,6 +427,11 @@ def _ordered_bounded(pool, function, jobs, window):
             pending.append(pool.submit(function, job))
 
 
+def load_job(item, info):
+    """The picklable job for :func:`load_item` that loads ``item`` for the model ``info`` describes."""
+    return (str(item.source), item.kind, info.input_size, tuple(info.pixel_mean), tuple(info.pixel_std), None)
+
+
 _loader_slots = None  # in a worker process: the shared [window, 3, S, S] float32 slots
 
 
@@ -433,7 +440,7 @@ def _init_loader(shared, shape):
     _loader_slots = np.frombuffer(shared, dtype=np.float32).reshape(shape)
 
 
-def _load_one(job):
+def load_item(job):
     """One input -> (float32 [3,S,S] or None, extra record fields, cause or None). Runs in a worker.
 
     With a shared-memory ``slot`` (image workers), the tensor is written there and None returned.
@@ -490,8 +497,37 @@ def _record_without_pixels(item, input_size, outfmt, legacy_names):
 # inference and outputs
 
 
-def _infer_batch(session, batch, items, out_dir, specs, outfmt, legacy_names, records):
-    """Run one batch (float32 [len(items), 3, S, S]), write each image's outputs, record it.
+def infer_local(todo, info, session, batch_size, workers, out_dir, outfmt, legacy_names):
+    """Load, infer and write ``todo`` here: images preprocessed by ``workers`` processes, the model
+    run by ``session`` in batches of ``batch_size``. Yields, in item order, the events
+    :func:`run_inference` consumes (any executor yields the same):
+
+    * ``("failed", item, cause)``: the item could not be loaded; nothing was written for it;
+    * ``("done", items, compute_ms)``: the outputs of ``items`` (one model call) are written and
+      each ``item.record`` has its image geometry (compute_ms None: that call's time came already).
+    """
+    size = info.input_size
+    batch = np.empty((batch_size, 3, size, size), np.float32)  # filled in place, reused
+    pending = []  # items whose tensors are in batch[:len(pending)]
+    with contextlib.closing(_load_inputs(todo, info, workers)) as loaded:
+        for item, tensor, extra, cause in loaded:
+            if cause is not None:
+                yield "failed", item, cause
+                continue
+            item.record.update(extra)
+            batch[len(pending)] = tensor  # copy now: the tensor may be a shared slot about to be reused
+            pending.append(item)
+            if len(pending) == batch_size:
+                yield "done", pending, infer_batch(session, batch, pending, out_dir, info.outputs, outfmt,
+                                                   legacy_names)
+                pending = []
+    if pending:
+        yield "done", pending, infer_batch(session, batch[: len(pending)], pending, out_dir, info.outputs, outfmt,
+                                           legacy_names)
+
+
+def infer_batch(session, batch, items, out_dir, specs, outfmt, legacy_names):
+    """Run one batch (float32 [len(items), 3, S, S]) and write each image's outputs atomically.
     Returns the compute time in ms."""
     start = time.perf_counter()
     try:
@@ -503,8 +539,6 @@ def _infer_batch(session, batch, items, out_dir, specs, outfmt, legacy_names, re
     _check_output_shapes(outputs, specs, len(items), session)
     for row, item in enumerate(items):
         write_image_outputs(out_dir, item.basename, [out[row] for out in outputs], specs, outfmt, legacy_names)
-        item.record["outputs"] = [output_file_name(item.basename, i, outfmt, legacy_names) for i in range(4)]
-        records[item.basename] = item.record
     return elapsed_ms
 
 
