@@ -37,6 +37,9 @@ class RayJobRunner:
     """``evaluate_outputs``'s ``runner`` on Ray: ``runner(jobs, workers, progress)`` yields outcomes in job order."""
 
     def __init__(self, address=None):
+        from .cluster import import_ray
+
+        import_ray()  # without Ray: say how to install it before anything is read
         self.address = address
         self.report = {}
 

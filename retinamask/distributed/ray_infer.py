@@ -67,7 +67,9 @@ class RayExecutor:
     def __init__(self, model_path, address=None, actors=None, threads=None, preprocess_cpus=None,
                  backend="onnxruntime", device="cpu", precision="fp32", cache_dir=None):
         from ..runtime.backends import normalize_precision
+        from .cluster import import_ray
 
+        import_ray()  # without Ray: say how to install it before anything is written
         self.model_path = os.path.abspath(model_path)
         self.address = address
         self.actors = None if actors is None else int(actors)
