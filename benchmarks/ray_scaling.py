@@ -1,0 +1,181 @@
+"""``infer`` on Ray vs the local pool, and Ray's scaling over worker nodes, on this machine.
+
+    .venv/bin/python benchmarks/ray_scaling.py [--images N] [--model M.onnx] [--threads T] [--json OUT]
+
+Runs, over the same folder of synthetic 640x480 JPEGs and the same model:
+
+1. the local pool: ``run_inference`` (one session of T threads, one preprocessing process);
+2. Ray on this machine (a local instance, ``--ray``): one model actor of T threads, the same
+   threads as 1.; and T actors of one thread;
+3. a Ray cluster on this machine (``ray.cluster_utils.Cluster``, head with 0 CPUs) with one, then
+   two 1-CPU worker nodes (one 1-thread actor per node).
+
+Model: the shipped ``retinamask_shapes_small`` exported to ONNX at its own size (448 x 448,
+end2end, fp32; about 0.25 s per image on one thread here): big enough that the per-image work,
+not Ray's per-task overhead, is what is measured. ``--model`` takes another export.
+
+Per run: wall time from the call to its return (Ray: start-up of the instance or connection,
+actors, model loading included) and the steady rate, images/s between the 5th and the last
+image written (from the output files' times: start-up excluded, as a long run sees it). Every
+Ray run's output folder is compared with the local run's, byte for byte. Nothing here asserts
+a speed: the numbers are the result; run it alone (``flock -x``) for the record.
+"""
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO = BENCH_DIR.parent
+for path in (str(BENCH_DIR), str(REPO)):
+    if path not in sys.path:
+        sys.path.insert(0, path)
+
+logger = logging.getLogger("ray_scaling")
+WARMUP_IMAGES = 5  # images written before the steady rate's clock starts
+
+
+def steady_rate(out_dir, warmup=WARMUP_IMAGES):
+    """images/s between the ``warmup``-th and the last image whose outputs were written (mtime of each
+    image's last output file)."""
+    times = sorted(p.stat().st_mtime_ns for p in Path(out_dir).glob("*_3.bin"))
+    if len(times) <= warmup:
+        return None
+    return (len(times) - warmup) / ((times[-1] - times[warmup - 1]) / 1e9)
+
+
+def same_bytes(a, b):
+    files_a = {p.name: p for p in Path(a).iterdir() if p.is_file()}
+    files_b = {p.name: p for p in Path(b).iterdir() if p.is_file()}
+    return files_a.keys() == files_b.keys() and all(files_a[n].read_bytes() == files_b[n].read_bytes() for n in files_a)
+
+
+def timed(label, function, out_dir, reference=None, **details):
+    started = time.perf_counter()
+    summary = function()
+    wall = time.perf_counter() - started
+    row = {"run": label, "images": summary["count"], "failed": len(summary["failed"]), "wall_s": wall,
+           "images_per_s_wall": summary["count"] / wall, "images_per_s_steady": steady_rate(out_dir),
+           "same_bytes_as_local": None if reference is None else same_bytes(reference, out_dir), **details}
+    logger.info("%s: %d images in %.1f s (%.2f images/s; steady %.2f)", label, row["images"], wall,
+                row["images_per_s_wall"], row["images_per_s_steady"] or 0)
+    return row
+
+
+def ray_cluster(worker_nodes, tmp):
+    """A Cluster with a 0-CPU head and ``worker_nodes`` 1-CPU nodes, this process connected."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    for _ in range(worker_nodes):
+        cluster.add_node(num_cpus=1)
+    cluster.wait_for_nodes(timeout=120)
+    ray.init(address=cluster.address, logging_level="WARNING")
+    return cluster
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--images", type=int, default=64)
+    parser.add_argument("--model", default=None, help="ONNX model (default: the shipped model, exported here)")
+    parser.add_argument("--threads", type=int, default=2, help="threads of the local session and the 1-actor run")
+    parser.add_argument("--workdir", default=None)
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # no token file in ~/.ray for these throw-away instances
+    os.environ.pop("RAY_ADDRESS", None)
+
+    import ray
+    import suite
+
+    from retinamask.distributed.ray_infer import run_inference_on_ray
+    from retinamask.runtime.infer import run_inference
+
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="ray_scaling-"))
+    os.environ.setdefault("RAY_TMPDIR", tempfile.mkdtemp(prefix="rmray-", dir="/tmp"))
+    model = Path(args.model) if args.model else workdir / "shapes_small.onnx"
+    if not model.exists():
+        from retinamask.cli import main as cli
+
+        assets = REPO / "retinamask" / "assets"
+        code = cli(["export", "--cfg_path", str(assets / "retinamask_shapes_small.yaml"),
+                    "--weight_path", str(assets / "retinamask_shapes_small.pth"), "--save_path", str(model)])
+        if code:
+            raise SystemExit(f"export of the shipped model failed ({code})")
+    images = workdir / "images"
+    suite.write_jpegs(images, args.images)
+    out = workdir / "out"
+    shutil.rmtree(out, ignore_errors=True)
+    env = suite.environment(args.threads)
+    env["versions"]["ray"] = ray.__version__
+    snapshot, clock = suite._process_cpu_seconds(), time.perf_counter()
+
+    rows = []
+    reference = out / "local"
+    rows.append(timed(f"local pool: 1 session x {args.threads} threads, 1 preprocessing process",
+                      lambda: run_inference(model, images, out, "local", threads=args.threads, workers=1,
+                                            progress=False), reference, kind="local", threads=args.threads))
+    for actors, threads in ((1, args.threads), (args.threads, 1)):
+        name = f"ray_local_{actors}x{threads}"
+        rows.append(timed(
+            f"Ray, local instance: {actors} actor(s) x {threads} thread(s)",
+            lambda: run_inference_on_ray(model, images, output_dir=out, output_dirname=name, actors=actors,
+                                         threads=threads, progress=False),
+            out / name, reference, kind="ray-local", actors=actors, threads=threads))
+    for nodes in (1, 2):
+        name = f"ray_cluster_{nodes}"
+        cluster = ray_cluster(nodes, workdir)
+        try:
+            rows.append(timed(
+                f"Ray cluster: {nodes} worker node(s) x 1 CPU, 1 actor x 1 thread each",
+                lambda: run_inference_on_ray(model, images, output_dir=out, output_dirname=name, threads=1,
+                                             progress=False),
+                out / name, reference, kind="ray-cluster", nodes=nodes, threads=1))
+        finally:
+            ray.shutdown()
+            cluster.shutdown()
+    env["other_processes"] = suite.other_cpu_seconds_since(snapshot, clock)
+    env["load_average_at_end"] = os.getloadavg()
+    report = {"environment": env, "model": str(model), "rows": rows}
+    print(markdown(report))
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+    return 0
+
+
+def markdown(report):
+    env, rows = report["environment"], report["rows"]
+    local = rows[0]
+    by_kind = {(r["kind"], r.get("nodes")): r for r in rows}
+    one, two = by_kind.get(("ray-cluster", 1)), by_kind.get(("ray-cluster", 2))
+    lines = ["| run | images | wall s | images/s (wall) | images/s (steady) | vs local (steady) | same bytes |",
+             "|---|---:|---:|---:|---:|---:|---|"]
+    for r in rows:
+        ratio = (r["images_per_s_steady"] / local["images_per_s_steady"]
+                 if r["images_per_s_steady"] and local["images_per_s_steady"] else None)
+        same = "-" if r["same_bytes_as_local"] is None else ("yes" if r["same_bytes_as_local"] else "**NO**")
+        lines.append(f"| {r['run']} | {r['images']} | {r['wall_s']:.1f} | {r['images_per_s_wall']:.2f} | "
+                     f"{r['images_per_s_steady'] or 0:.2f} | {'' if ratio is None else f'{ratio:.2f}x'} | {same} |")
+    if one and two:
+        lines += ["", f"Two 1-CPU worker nodes vs one: {two['images_per_s_steady'] / one['images_per_s_steady']:.2f}x "
+                      f"(steady), {two['images_per_s_wall'] / one['images_per_s_wall']:.2f}x (wall)."]
+    other = env.get("other_processes") or {}
+    lines += ["", f"CPU: {env['cpu']} ({env['logical_cpus']} CPUs; {' '.join(env['cpu_flags'])}); load average at "
+                  f"start {', '.join(f'{v:.2f}' for v in env['load_average_at_start'] or ())}; other processes "
+                  f"used {other.get('average_cpus', 0):.2f} CPUs on average during the run.",
+              f"Model: {Path(report['model']).name}; Versions: "
+              + ", ".join(f"{k} {v}" for k, v in env["versions"].items() if v),
+              f"Command: `{env['command']}`"]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
