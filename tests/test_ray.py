@@ -114,6 +114,25 @@ def _run_with_timeout(function, *args, **kwargs):
     return outcome["value"]
 
 
+def test_an_unreachable_cluster_is_one_line(tmp_path, model_path, monkeypatch, capsys):
+    """--ray auto where no cluster runs: one line naming the address, exit 2, nothing written."""
+    ray = pytest.importorskip("ray", reason="Ray is an optional extra: pip install 'retinamask[ray]'")
+    if ray.is_initialized():  # the module's cluster is up (another test order): "auto" would find it
+        pytest.skip("runs before the module's cluster starts")
+    for key, value in _ray_env().items():
+        if value is None:
+            monkeypatch.delenv(key, raising=False)
+        else:
+            monkeypatch.setenv(key, value)  # a fresh temp folder: no address file of another cluster
+    image_dir = _many_images(tmp_path / "images", 1)
+    code = _run_with_timeout(main, ["infer", "--model", str(model_path), "--input", str(image_dir), "--output",
+                                    str(tmp_path / "out"), "--output_dirname", "r", "--no-progress", "--ray", "auto"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and "cannot connect to the Ray cluster at 'auto'" in err[-1], err
+    assert not list((tmp_path / "out" / "r").glob("*.bin"))
+    shutil.rmtree(os.environ["RAY_TMPDIR"], ignore_errors=True)
+
+
 def test_same_bytes_as_local_and_bad_images_reported(tmp_path, cluster, model_path, capsys):
     """infer --ray and evaluate --ray on 2 worker nodes: the local run's output folder byte for byte
     (outputs and sidecar), bad images reported per item (exit 1, not a failed job), the same COCO results."""
@@ -191,6 +210,30 @@ def test_worker_node_removed_mid_run(tmp_path, cluster, model_path):
         assert ray_out[name] == local[name], name
     sidecar = json.loads((out / "images.json").read_text())
     assert [r["basename"] for r in sidecar["images"]] == [f"img_{i:03d}" for i in range(24)]
+
+
+def test_an_unwritable_output_stops_the_ray_run_with_one_line(tmp_path, cluster, model_path, capsys):
+    """An error of the run, not of an item (here: a folder where an output file goes) stops a Ray run
+    with the local run's one line and exit 2, not a Ray traceback."""
+    ray_cluster, _ = cluster
+    image_dir, _, _ = make_box_dataset(tmp_path / "data")
+    (tmp_path / "out" / "r" / "img_002_1.bin").mkdir(parents=True)
+    code = _run_with_timeout(main, ["infer", "--model", str(model_path), "--input", str(image_dir), "--output",
+                                    str(tmp_path / "out"), "--output_dirname", "r", "--no-progress", "--ray",
+                                    ray_cluster.address])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err[-1].startswith("error: ") and "img_002_1.bin: cannot write" in err[-1], err
+
+
+def test_an_actor_that_cannot_see_the_output_folder_says_so(tmp_path, model_path):
+    """A node that does not mount the output folder (no images.json, which the driver writes first)."""
+    pytest.importorskip("ray.data", reason="Ray is an optional extra: pip install 'retinamask[ray]'")
+    from retinamask.distributed.ray_infer import _ModelActor
+    from retinamask.errors import InputError
+    from retinamask.runtime.model_info import read_model_info
+
+    with pytest.raises(InputError, match="not visible on node .*a path every node mounts"):
+        _ModelActor(read_model_info(model_path), "onnxruntime", "cpu", "fp32", 1, None, str(tmp_path), "BIN", False)
 
 
 @pytest.mark.slow
