@@ -56,9 +56,10 @@ def same_bytes(a, b):
     return files_a.keys() == files_b.keys() and all(files_a[n].read_bytes() == files_b[n].read_bytes() for n in files_a)
 
 
-def timed(label, function, out_dir, reference=None, **details):
+def timed(monitor, label, function, out_dir, reference=None, **details):
     started = time.perf_counter()
-    summary = function()
+    with monitor.timed(label):
+        summary = function()
     wall = time.perf_counter() - started
     row = {"run": label, "images": summary["count"], "failed": len(summary["failed"]), "wall_s": wall,
            "images_per_s_wall": summary["count"] / wall, "images_per_s_steady": steady_rate(out_dir),
@@ -95,6 +96,7 @@ def main(argv=None):
 
     import ray
     import suite
+    from cpu_load import LoadMonitor
 
     from retinamask.distributed.ray_infer import run_inference_on_ray
     from retinamask.runtime.infer import run_inference
@@ -116,17 +118,17 @@ def main(argv=None):
     shutil.rmtree(out, ignore_errors=True)
     env = suite.environment(args.threads)
     env["versions"]["ray"] = ray.__version__
-    snapshot, clock = suite._process_cpu_seconds(), time.perf_counter()
+    monitor = LoadMonitor()
 
     rows = []
     reference = out / "local"
-    rows.append(timed(f"local pool: 1 session x {args.threads} threads, 1 preprocessing process",
+    rows.append(timed(monitor, f"local pool: 1 session x {args.threads} threads, 1 preprocessing process",
                       lambda: run_inference(model, images, out, "local", threads=args.threads, workers=1,
                                             progress=False), reference, kind="local", threads=args.threads))
     for actors, threads in ((1, args.threads), (args.threads, 1)):
         name = f"ray_local_{actors}x{threads}"
         rows.append(timed(
-            f"Ray, local instance: {actors} actor(s) x {threads} thread(s)",
+            monitor, f"Ray, local instance: {actors} actor(s) x {threads} thread(s)",
             lambda: run_inference_on_ray(model, images, output_dir=out, output_dirname=name, actors=actors,
                                          threads=threads, progress=False),
             out / name, reference, kind="ray-local", actors=actors, threads=threads))
@@ -135,14 +137,15 @@ def main(argv=None):
         cluster = ray_cluster(nodes, workdir)
         try:
             rows.append(timed(
-                f"Ray cluster: {nodes} worker node(s) x 1 CPU, 1 actor x 1 thread each",
+                monitor, f"Ray cluster: {nodes} worker node(s) x 1 CPU, 1 actor x 1 thread each",
                 lambda: run_inference_on_ray(model, images, output_dir=out, output_dirname=name, threads=1,
                                              progress=False),
                 out / name, reference, kind="ray-cluster", nodes=nodes, threads=1))
         finally:
             ray.shutdown()
             cluster.shutdown()
-    env["other_processes"] = suite.other_cpu_seconds_since(snapshot, clock)
+    env["load_check"] = monitor.summary()
+    env["load_verdict"] = monitor.verdict()
     env["load_average_at_end"] = os.getloadavg()
     report = {"environment": env, "model": str(model), "rows": rows}
     print(markdown(report))
@@ -167,10 +170,8 @@ def markdown(report):
     if one and two:
         lines += ["", f"Two 1-CPU worker nodes vs one: {two['images_per_s_steady'] / one['images_per_s_steady']:.2f}x "
                       f"(steady), {two['images_per_s_wall'] / one['images_per_s_wall']:.2f}x (wall)."]
-    other = env.get("other_processes") or {}
     lines += ["", f"CPU: {env['cpu']} ({env['logical_cpus']} CPUs; {' '.join(env['cpu_flags'])}); load average at "
-                  f"start {', '.join(f'{v:.2f}' for v in env['load_average_at_start'] or ())}; other processes "
-                  f"used {other.get('average_cpus', 0):.2f} CPUs on average during the run.",
+                  f"start {', '.join(f'{v:.2f}' for v in env['load_average_at_start'] or ())}. {env['load_verdict']}",
               f"Model: {Path(report['model']).name}; Versions: "
               + ", ".join(f"{k} {v}" for k, v in env["versions"].items() if v),
               f"Command: `{env['command']}`"]
