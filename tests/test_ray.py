@@ -154,7 +154,8 @@ def test_same_bytes_as_local_and_bad_images_reported(tmp_path, cluster, model_pa
     for name in local:
         assert ray_out[name] == local[name], name
     summary = json.loads((tmp_path / "out" / "ray_summary.json").read_text())
-    assert summary["count"] == 5 and summary["session"].startswith("ray:onnxruntime-cpu-fp32")
+    local_session = json.loads((tmp_path / "out" / "local_summary.json").read_text())["session"]
+    assert summary["count"] == 5 and summary["session"] == f"ray:{local_session} x2"  # what ran, in 2 actors
     assert [Path(f["file"]).name for f in summary["failed"]] == ["aaa_empty.jpg", "broken.png"]
 
     evaluated = {}
@@ -225,6 +226,18 @@ def test_an_unwritable_output_stops_the_ray_run_with_one_line(tmp_path, cluster,
     assert code == 2 and err[-1].startswith("error: ") and "img_002_1.bin: cannot write" in err[-1], err
 
 
+def test_a_model_the_nodes_cannot_load_stops_the_run_with_one_line(tmp_path, cluster, model_path):
+    """An actor that fails to start (here: the nodes are given a model path that does not exist) ends
+    the run with that error (not a hang, not a Ray traceback)."""
+    from retinamask.distributed.ray_infer import RayExecutor
+    from retinamask.errors import InputError
+
+    image_dir, _, _ = make_box_dataset(tmp_path / "data")
+    executor = RayExecutor(tmp_path / "missing.onnx", threads=1)
+    with pytest.raises(InputError, match="missing.onnx: the model is not visible on node .* every node mounts"):
+        _run_with_timeout(run_inference, model_path, image_dir, tmp_path, "r", progress=False, executor=executor)
+
+
 def test_an_actor_that_cannot_see_the_output_folder_says_so(tmp_path, model_path):
     """A node that does not mount the output folder (no images.json, which the driver writes first)."""
     pytest.importorskip("ray.data", reason="Ray is an optional extra: pip install 'retinamask[ray]'")
@@ -232,7 +245,7 @@ def test_an_actor_that_cannot_see_the_output_folder_says_so(tmp_path, model_path
     from retinamask.errors import InputError
     from retinamask.runtime.model_info import read_model_info
 
-    with pytest.raises(InputError, match="not visible on node .*a path every node mounts"):
+    with pytest.raises(InputError, match="output folder is not visible on node .*a path every node mounts"):
         _ModelActor(read_model_info(model_path), "onnxruntime", "cpu", "fp32", 1, None, str(tmp_path), "BIN", False)
 
 

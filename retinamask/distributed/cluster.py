@@ -5,6 +5,7 @@ Ray is imported lazily, here only; without it, :func:`import_ray` says how to in
 
 import logging
 import os
+import re
 from contextlib import contextmanager
 
 from ..errors import InputError, RetinaMaskError
@@ -86,10 +87,17 @@ def _quiet_data_context(ray):
 
 
 def as_user_error(error):
-    """A failed Ray job -> the RetinaMaskError a worker raised (one line, as a local run), or a
-    RetinaMaskError describing the failure."""
+    """A failed Ray job -> the RetinaMaskError a worker raised (the local run's one line), or a
+    RetinaMaskError describing the failure.
+
+    Ray hands a worker's exception back wrapped (RayTaskError, UserCodeException, RayActorError)
+    and, pickled across processes, without its ``__cause__`` chain; the worker's traceback text is
+    kept, so the last ``retinamask.errors.X: message`` line in it names the error.
+    """
+    from .. import errors
+
     seen = error
-    for _ in range(10):
+    for _ in range(10):  # where the chain survived (e.g. an error raised in this process)
         if isinstance(seen, RetinaMaskError):
             return seen
         inner = getattr(seen, "cause", None)
@@ -98,6 +106,12 @@ def as_user_error(error):
         if inner is None:
             break
         seen = inner
-    text = " ".join(str(error).split())
-    return RetinaMaskError(f"the Ray run failed: {type(error).__name__}: {text[:400]}")
-
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(error))
+    found = re.findall(r"retinamask\.errors\.(\w+): ([^\n]+)", text)
+    if found:
+        name, message = found[-1]
+        kind = getattr(errors, name, RetinaMaskError)
+        if not (isinstance(kind, type) and issubclass(kind, RetinaMaskError)):
+            kind = RetinaMaskError
+        return kind(message.strip())  # the message already reads "path: cause"
+    return RetinaMaskError(f"the Ray run failed: {type(error).__name__}: {' '.join(text.split())[:400]}")

@@ -39,7 +39,7 @@ _MAX_BLOCKS = 10_000  # input rows are split into at most this many blocks (one 
 
 
 def run_inference_on_ray(model_path, input_path, address=None, actors=None, threads=None, preprocess_cpus=None,
-                         backend="onnxruntime", device="cpu", precision="fp32", cache_dir=None, **kwargs):
+                         backend="auto", device="cpu", precision="fp32", cache_dir=None, **kwargs):
     """:func:`~retinamask.runtime.infer.run_inference` on a Ray cluster (see the module docstring).
 
     address: "auto", "ray://host:10001", "host:port"; None: RAY_ADDRESS, else a new local Ray
@@ -47,7 +47,8 @@ def run_inference_on_ray(model_path, input_path, address=None, actors=None, thre
     ``threads`` CPUs of each node, or one per GPU). threads: CPUs each actor holds and its
     intra-op threads (default 1). preprocess_cpus: CPUs one decode task holds (default 0.25 with
     CPU actors, which hold ``threads - preprocess_cpus`` so that a node full of actors still
-    decodes; 1 with GPU actors). Other arguments and the returned summary: ``run_inference``'s
+    decodes; 1 with GPU actors). backend "auto" is resolved by each actor for its node's CPU (the
+    summary's ``ray.sessions`` lists what ran). Other arguments and the returned summary: ``run_inference``'s
     (``workers`` is not used); the summary has a ``ray`` entry (address, nodes, actors, ...).
     """
     from ..runtime.infer import run_inference
@@ -65,7 +66,7 @@ class RayExecutor:
     """Runs ``run_inference``'s items on Ray (the ``executor`` it takes); ``report`` describes the last run."""
 
     def __init__(self, model_path, address=None, actors=None, threads=None, preprocess_cpus=None,
-                 backend="onnxruntime", device="cpu", precision="fp32", cache_dir=None):
+                 backend="auto", device="cpu", precision="fp32", cache_dir=None):
         from ..runtime.backends import normalize_precision
         from .cluster import import_ray
 
@@ -106,7 +107,7 @@ class RayExecutor:
                            "cluster_cpus": sum(n.get("CPU", 0) for n in nodes),
                            "cluster_gpus": sum(n.get("GPU", 0) for n in nodes), "actors": actors,
                            "threads_per_actor": self.threads, "gpus_per_actor": self.gpus,
-                           "preprocess_cpus": self.preprocess_cpus, "duplicates_ignored": 0}
+                           "preprocess_cpus": self.preprocess_cpus, "duplicates_ignored": 0, "sessions": set()}
             if not self.gpus and self.report["cluster_gpus"]:
                 logger.info("the cluster has %g GPUs: --device cuda runs the model actors on them",
                             self.report["cluster_gpus"])
@@ -119,8 +120,18 @@ class RayExecutor:
                 raise
             except Exception as e:
                 raise as_user_error(e) from None
+            finally:
+                self._describe_sessions(actors)
             # every actor is done: what a worker killed mid-write left (on any node) is garbage now
             remove_stale_temp_files(out_dir, other_hosts=True)
+
+    def _describe_sessions(self, actors):
+        """name / backend from what the actors ran (``--backend auto`` picks per node: maybe more than one)."""
+        pairs = sorted(tuple(s.split("\t", 1)) for s in self.report["sessions"])
+        self.report["sessions"] = [name for _, name in pairs]
+        if pairs:
+            self.backend = "+".join(dict.fromkeys(backend for backend, _ in pairs))
+            self.name = f"ray:{'+'.join(name for _, name in pairs)} x{actors}"
 
     def _default_actors(self, nodes):
         if self.gpus:
@@ -193,9 +204,12 @@ class _ModelActor:
         from ..runtime.backends import create_session
         from ..runtime.infer import SIDECAR_NAME
 
-        if not (Path(out_dir) / SIDECAR_NAME).is_file():  # the driver wrote it before starting the actors
-            import socket
+        import socket
 
+        if not Path(model_info.path).is_file():
+            raise InputError(f"the model is not visible on node {socket.gethostname()}: on a cluster it must be "
+                             "at a path every node mounts", model_info.path)
+        if not (Path(out_dir) / SIDECAR_NAME).is_file():  # the driver wrote it before starting the actors
             raise InputError(f"the output folder is not visible on node {socket.gethostname()} (no {SIDECAR_NAME} "
                              "there): on a cluster it must be a path every node mounts", out_dir)
         self.session = create_session(model_info.path, backend, device, precision, threads=threads,
@@ -220,7 +234,7 @@ class _ModelActor:
                                       self.legacy_names)
             call[indices] = batch["position"][indices[0]]
         return {"position": batch["position"], "cause": batch["cause"], "extra": batch["extra"], "ms": ms,
-                "call": call}
+                "call": call, "session": np.full(rows, f"{self.session.backend}\t{self.session.name}", dtype=object)}
 
 
 def _events(ds, todo, report):
@@ -231,6 +245,7 @@ def _events(ds, todo, report):
     next_position = 0
     for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
         calls = {}
+        report["sessions"].update(set(batch["session"]))
         for position, cause, extra, ms, call in zip(batch["position"], batch["cause"], batch["extra"], batch["ms"],
                                                     batch["call"]):
             position = int(position)
