@@ -161,7 +161,8 @@ def _build_dataset(ray, todo, info, load_job, executor, actors, batch_size, out_
     return ds.map_batches(
         _ModelActor,
         batch_size=batch_size,
-        compute=ActorPoolStrategy(size=actors),
+        # all actors started at once; the run goes on with fewer while a dead node's actor waits for room
+        compute=ActorPoolStrategy(min_size=1, max_size=actors, initial_size=actors),
         num_cpus=actor_cpus,
         num_gpus=executor.gpus or None,
         fn_constructor_kwargs={
