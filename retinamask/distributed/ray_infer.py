@@ -213,8 +213,15 @@ class _ModelActor:
         if not (Path(out_dir) / SIDECAR_NAME).is_file():  # the driver wrote it before starting the actors
             raise InputError(f"the output folder is not visible on node {socket.gethostname()} (no {SIDECAR_NAME} "
                              "there): on a cluster it must be a path every node mounts", out_dir)
+        if backend == "auto":  # for this node's CPU
+            from ..runtime.auto_backend import choose_backend
+
+            backend = choose_backend(precision, device, quantized=model_info.quantized).backend
+        # OpenVINO pins a 1-thread session to the first core of the process's mask: every actor of a
+        # node on the same core (two 1-thread actors measured no faster than one); the OS spreads them
+        options = {"ENABLE_CPU_PINNING": False} if backend == "openvino" else None
         self.session = create_session(model_info.path, backend, device, precision, threads=threads,
-                                      cache_dir=cache_dir, model_info=model_info)
+                                      cache_dir=cache_dir, model_info=model_info, runtime_options=options)
         self.specs = model_info.outputs
         self.out_dir, self.outfmt, self.legacy_names = Path(out_dir), outfmt, legacy_names
 
