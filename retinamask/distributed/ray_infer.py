@@ -217,9 +217,12 @@ class _ModelActor:
             from ..runtime.auto_backend import choose_backend
 
             backend = choose_backend(precision, device, quantized=model_info.quantized).backend
-        # OpenVINO pins a 1-thread session to the first core of the process's mask: every actor of a
-        # node on the same core (two 1-thread actors measured no faster than one); the OS spreads them
-        options = {"ENABLE_CPU_PINNING": False} if backend == "openvino" else None
+        # OpenVINO pins a session's threads to the first cores of the process's CPU mask: actors that share
+        # a node would share those cores (two 1-thread actors measured no faster than one). Unpinned, the
+        # OS spreads them; an actor with the whole node keeps the pinning (measured faster there).
+        from ..parallel import usable_cpus
+
+        options = {"ENABLE_CPU_PINNING": False} if backend == "openvino" and threads < usable_cpus() else None
         self.session = create_session(model_info.path, backend, device, precision, threads=threads,
                                       cache_dir=cache_dir, model_info=model_info, runtime_options=options)
         self.specs = model_info.outputs
