@@ -105,7 +105,9 @@ def main(argv=None):
     from retinamask.runtime.infer import run_inference
 
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="ray_scaling-"))
-    os.environ.setdefault("RAY_TMPDIR", tempfile.mkdtemp(prefix="rmray-", dir="/tmp"))
+    own_tmp = None
+    if "RAY_TMPDIR" not in os.environ:  # short (socket paths), and removed at the end
+        own_tmp = os.environ["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="rmray-", dir="/tmp")
     model = Path(args.model) if args.model else workdir / f"r50_{args.size}.onnx"
     if not model.exists():
         from pytorch_latency import build_benchmark_model
@@ -161,6 +163,8 @@ def main(argv=None):
     env["load_verdict"] = monitor.verdict()
     env["load_average_at_end"] = os.getloadavg()
     report = {"environment": env, "model": str(model), "rows": rows}
+    if own_tmp:
+        shutil.rmtree(own_tmp, ignore_errors=True)
     print(markdown(report))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
