@@ -1,8 +1,9 @@
 """Model outputs of one image -> detections in original-image pixels -> COCO results; and the
 ``retinamask evaluate`` driver over a folder of per-image inference outputs (no torch).
 
-The geometry from the model's S x S canvas back to the image lives in ONE function,
-:func:`boxes_to_original`; everything that maps boxes back uses it.
+The geometry from the model's canvas back to the image: :func:`boxes_to_original` (the
+per-axis scale of ``retinamask.geometry.ImageGeometry``); the resized size of each image
+comes from the run's records, else from the resize policy (``retinamask.geometry``).
 
 Layouts (docs/onnx_contract.md): ``end2end`` outputs are final detections padded
 with label -1 / score 0 rows; ``seed`` outputs are 1000 candidates that get the
@@ -233,6 +234,7 @@ def evaluate_outputs(
     convention="original",
     report_dir=None,
     image_dir=None,
+    resize=None,
 ):
     """Per-image inference outputs -> COCO results JSON + bbox/segm stats (text and JSON).
 
@@ -244,7 +246,10 @@ def evaluate_outputs(
     layout: "auto" (the run sidecar's or ``model_path``'s metadata, else from the rows:
     1000 -> seed, otherwise end2end), "end2end" or "seed".
     Original sizes and image ids come from the annotation file (by file name, or by
-    basename = file name without extension).
+    basename = file name without extension). Each image's resized size (the valid region
+    of its canvas) comes from the image list, else from the resize policy: ``resize`` (a
+    name or ResizePolicy), else the model's metadata or the run sidecar's, else the seed's
+    S x S (``input_size``).
 
     Bad items (missing, truncated or non-finite outputs, unknown images, bad .info
     lines) are logged one line each and listed under ``failed``; the rest is evaluated.
@@ -300,7 +305,7 @@ def evaluate_outputs(
         item_failed(info_path, cause)
     if not entries:
         raise InputError("no images to evaluate: the image list is empty, or there are no output files", results_dir)
-    geometry = _resolve_geometry(layout, model_path, sidecar_model, input_size, results_dir, entries)
+    geometry = _resolve_geometry(layout, model_path, sidecar_model, input_size, results_dir, entries, resize)
 
     jobs = []
     for entry in entries:
@@ -550,14 +555,39 @@ def _image_entries(results_dir, info_path, images_path):
     return [{"basename": name} for name in list_output_basenames(results_dir)], None, []
 
 
-def _resolve_geometry(layout, model_path, sidecar_model, input_size, results_dir, entries):
-    """Layout, rows K, mask resolution, input size S and NMS settings for reading the outputs."""
+def _resolve_geometry(layout, model_path, sidecar_model, input_size, results_dir, entries, resize=None):
+    """Layout, rows K, mask resolution, input size S, resize policy and NMS settings for reading
+    the outputs."""
+    geometry = _resolve_layout_and_size(layout, model_path, sidecar_model, input_size, results_dir, entries, resize)
+    geometry["policy"] = _resolve_policy(geometry, resize, sidecar_model, results_dir)
+    return geometry
+
+
+def _resolve_policy(geometry, resize, sidecar_model, results_dir):
+    """The ResizePolicy that gives an image's resized size where the image list does not."""
+    from ..geometry import ResizePolicy, SeedResize, policy_from_dict, policy_named
+
+    if isinstance(resize, ResizePolicy):
+        return resize
+    base = geometry.get("policy")
+    if base is None and sidecar_model and isinstance(sidecar_model.get("resize"), dict):
+        base = policy_from_dict(sidecar_model["resize"])
+    if base is None:
+        base = SeedResize(geometry["input_size"] or DEFAULT_INPUT_SIZE)
+    try:
+        return policy_named(base, resize)
+    except ValueError as e:
+        raise InputError(f"--resize {resize}: {e}", results_dir) from None
+
+
+def _resolve_layout_and_size(layout, model_path, sidecar_model, input_size, results_dir, entries, resize=None):
     from ..runtime.model_info import DEFAULT_MASK_RESOLUTION, read_model_info
     from ..runtime.outputs import find_output_files, probe_output_geometry
 
     model = None
     if model_path is not None:
-        info = read_model_info(model_path, layout=None if layout == "auto" else layout, input_size=input_size)
+        info = read_model_info(model_path, layout=None if layout == "auto" else layout, input_size=input_size,
+                               resize=resize)
         model = {"layout": info.layout, "rows": info.num_rows, "mask_resolution": info.mask_resolution,
                  "input_size": info.input_size, "max_detections": info.max_detections,
                  "nms_threshold": info.nms_threshold, "source": str(model_path)}
@@ -585,7 +615,14 @@ def _resolve_geometry(layout, model_path, sidecar_model, input_size, results_dir
                              f"S = {model['input_size']} ({model['source']})", results_dir)
 
     if model is not None and model["layout"] in LAYOUTS and model["rows"]:
-        geometry = {**model, "input_size": model["input_size"] or input_size or DEFAULT_INPUT_SIZE}
+        dynamic = model_path is not None and info.dynamic_hw or (
+            model_path is None and sidecar_model.get("image_sizes_input") is not None)
+        if dynamic:  # a model that takes any canvas: no S
+            geometry = {**model, "input_size": None}
+            if model_path is not None:
+                geometry["policy"] = info.resize
+        else:
+            geometry = {**model, "input_size": model["input_size"] or input_size or DEFAULT_INPUT_SIZE}
         _check_entry_input_sizes(entries, geometry)
         return geometry
 
@@ -634,8 +671,6 @@ def _check_entry_input_sizes(entries, geometry):
 
 def _job_for(entry, gt_images, geometry, results_dir, category_ids, convention):
     """(job tuple, None) or (None, cause) for one listed image."""
-    from ..data.transforms import seed_resize_geometry
-
     basename = entry["basename"]
     file_name = entry.get("file_name")
     found = gt_images.get(("name", Path(file_name).name)) if file_name else None
@@ -654,7 +689,7 @@ def _job_for(entry, gt_images, geometry, results_dir, category_ids, convention):
     if entry.get("resized_width") and entry.get("resized_height") and entry_size in (None, input_size):
         resized_hw = (int(entry["resized_height"]), int(entry["resized_width"]))
     else:
-        resized_hw, _ = seed_resize_geometry(height, width, input_size)
+        resized_hw = geometry["policy"].geometry(height, width).resized_hw
     job = (str(results_dir), basename, image_id, (height, width), resized_hw, geometry["layout"], geometry["rows"],
            geometry["mask_resolution"], geometry["nms_threshold"], geometry["max_detections"], tuple(category_ids),
            convention, input_size)
