@@ -99,18 +99,20 @@ class ImageGeometry:
         """The seed's single ratio, long side of the canvas image / long side of the image."""
         return max(self.resized_hw) / max(self.image_hw)
 
-    def boxes_to_image(self, boxes):
+    def boxes_to_image(self, boxes, clip=True):
         """xyxy boxes [N, 4] in canvas pixels -> float32 [N, 4] in image pixels: each axis divided
-        by its own scale as the original's ``BoxList.resize`` (float32 products), then clipped to
-        [0, w - 1] x [0, h - 1]."""
+        by its own scale as the original's ``BoxList.resize`` (float32 products), then (``clip``)
+        clipped to [0, w - 1] x [0, h - 1]. The original clips in the resized image only, so a
+        box may end up to one scale step past w - 1 (see ``ResizePolicy.clip_to_image``)."""
         import numpy as np
 
         boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
         (h, w), (rh, rw) = self.image_hw, self.resized_hw
         ratio_w, ratio_h = np.float32(float(w) / float(rw)), np.float32(float(h) / float(rh))
         out = boxes * np.array([ratio_w, ratio_h, ratio_w, ratio_h], dtype=np.float32)
-        out[:, 0::2] = out[:, 0::2].clip(0, w - 1)
-        out[:, 1::2] = out[:, 1::2].clip(0, h - 1)
+        if clip:
+            out[:, 0::2] = out[:, 0::2].clip(0, w - 1)
+            out[:, 1::2] = out[:, 1::2].clip(0, h - 1)
         return out
 
     def to_record(self):
@@ -127,6 +129,9 @@ class ResizePolicy:
 
     name = None
     size_divisibility = 32
+    # Boxes mapped back to the image are clipped to it again: the seed's route does (its graph
+    # clips to the canvas, not the image); the original clips in the resized image only.
+    clip_to_image = False
 
     def resized_size(self, h, w):
         raise NotImplementedError
@@ -181,6 +186,7 @@ class SeedResize(ResizePolicy):
     """Long side to ``size``, canvas ``size x size`` (the Ascend seed's transform)."""
 
     name = "seed"
+    clip_to_image = True
 
     def __init__(self, size=SEED_INPUT_SIZE):
         size = int(size)

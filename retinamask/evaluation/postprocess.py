@@ -34,7 +34,7 @@ SEED_NUM_CANDIDATES = 1000
 DEFAULT_INPUT_SIZE = 1344
 
 
-def boxes_to_original(boxes, original_hw, resized_hw):
+def boxes_to_original(boxes, original_hw, resized_hw, clip=True):
     """Boxes on the model's canvas -> boxes on the original image.
 
     boxes: float [N,4] x1,y1,x2,y2 in canvas pixels, where the image occupies the
@@ -42,13 +42,16 @@ def boxes_to_original(boxes, original_hw, resized_hw):
     Each axis is divided by its own resize ratio (resized / original; the short side
     was rounded down, so the two differ slightly), computed as the original's
     ``BoxList.resize`` does it: float32 boxes times the float32 of original / resized.
-    Then clipped to [0, w-1] x [0, h-1] (``clip_to_image``, +1 convention).
+    Then, with ``clip``, clipped to [0, w-1] x [0, h-1] (``clip_to_image``, +1 convention): the
+    seed's route clips there (its graph clipped to the canvas); the original does not (its
+    graph clipped to the resized image), see ``ResizePolicy.clip_to_image``.
     Returns float32 [N,4].
     """
     from .boxes import clip_boxes, rescale_boxes
 
     height, width = (int(v) for v in original_hw)
-    return clip_boxes(rescale_boxes(boxes, resized_hw, original_hw), height, width)
+    boxes = rescale_boxes(boxes, resized_hw, original_hw)
+    return clip_boxes(boxes, height, width) if clip else boxes
 
 
 @dataclass
@@ -81,6 +84,7 @@ def decode_outputs(
     mask_paste="original",
     num_classes=None,
     paste=True,
+    clip=True,
 ):
     """One image's 4 model outputs -> :class:`Detections` in original-image pixels.
 
@@ -91,7 +95,8 @@ def decode_outputs(
     canvas boxes, as the seed's postprocess does, before mapping back.
     mask_paste: "original" (``paste_masks``, PIL, exact to the original RetinaMask)
     or "seed" (``paste_masks_seed``, cv2, the seed's host code).
-    num_classes: when given, labels above it are an error.
+    num_classes: when given, labels above it are an error. clip: boxes clipped to the image
+    after mapping back (:func:`boxes_to_original`; the policy's ``clip_to_image``).
     Raises InputError (without a path) for malformed or non-finite outputs.
     """
     from .masks import paste_masks, paste_masks_seed
@@ -114,7 +119,7 @@ def decode_outputs(
         raise InputError(f"label {int(labels[keep].max())} but there are only {num_classes} categories")
 
     height, width = (int(v) for v in original_hw)
-    kept_boxes = boxes_to_original(boxes[keep], original_hw, resized_hw)
+    kept_boxes = boxes_to_original(boxes[keep], original_hw, resized_hw, clip=clip)
     kept_probs = masks[keep].astype(np.float32, copy=False)
     pasted = areas = None
     if paste:
@@ -160,6 +165,7 @@ def outputs_to_coco_results(
     with_masks=True,
     convention="original",
     input_size=None,
+    clip=True,
 ):
     """One image's 4 model outputs -> list of COCO result dicts (bbox [x,y,w,h] with the
     +1 width convention, score, category_id, and RLE ``segmentation`` when ``with_masks``).
@@ -173,12 +179,12 @@ def outputs_to_coco_results(
     return image_coco_results(outputs, layout, image_id, original_hw, resized_hw, category_ids,
                               nms_threshold=nms_threshold, max_detections=max_detections,
                               mask_threshold=mask_threshold, mask_paste=mask_paste, with_masks=with_masks,
-                              convention=convention, input_size=input_size)[0]
+                              convention=convention, input_size=input_size, clip=clip)[0]
 
 
 def image_coco_results(outputs, layout, image_id, original_hw, resized_hw, category_ids, nms_threshold=0.4,
                        max_detections=100, mask_threshold=0.5, mask_paste="original", with_masks=True,
-                       convention="original", input_size=None):
+                       convention="original", input_size=None, clip=True):
     """:func:`outputs_to_coco_results` and the results' mask areas: (results, int64 [N] or None)."""
     from .coco_eval import detections_to_coco_results
     from .masks import encode_masks
@@ -197,6 +203,7 @@ def image_coco_results(outputs, layout, image_id, original_hw, resized_hw, categ
     detections = decode_outputs(
         outputs, layout, original_hw, resized_hw, nms_threshold=nms_threshold, max_detections=max_detections,
         mask_threshold=mask_threshold, mask_paste=mask_paste, num_classes=len(category_ids), paste=with_masks,
+        clip=clip,
     )
     categories = np.asarray(category_ids)[detections.labels - 1] if detections.labels.size else []
     rles = encode_masks(detections.masks) if with_masks else None
@@ -692,7 +699,7 @@ def _job_for(entry, gt_images, geometry, results_dir, category_ids, convention):
         resized_hw = geometry["policy"].geometry(height, width).resized_hw
     job = (str(results_dir), basename, image_id, (height, width), resized_hw, geometry["layout"], geometry["rows"],
            geometry["mask_resolution"], geometry["nms_threshold"], geometry["max_detections"], tuple(category_ids),
-           convention, input_size)
+           convention, input_size, geometry["policy"].clip_to_image)
     return job, None
 
 
@@ -742,7 +749,7 @@ def _evaluate_one(job):
     from ..runtime.outputs import find_output_files, read_image_outputs
 
     (results_dir, basename, image_id, original_hw, resized_hw, layout, rows, mask_resolution, nms_threshold,
-     max_detections, category_ids, convention, input_size) = job
+     max_detections, category_ids, convention, input_size, clip) = job
     where = basename
     try:
         files = find_output_files(results_dir, basename)
@@ -750,7 +757,7 @@ def _evaluate_one(job):
         outputs = read_image_outputs(files, output_specs(layout, rows, mask_resolution))
         results, areas = image_coco_results(
             outputs, layout, image_id, original_hw, resized_hw, category_ids, nms_threshold=nms_threshold,
-            max_detections=max_detections, convention=convention, input_size=input_size,
+            max_detections=max_detections, convention=convention, input_size=input_size, clip=clip,
         )
     except InputError as e:
         return ("failed", e.path or where, e.cause)

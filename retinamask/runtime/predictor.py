@@ -38,7 +38,7 @@ class OnnxPredictor:
             outputs = self.session.run(chw[None])
         outputs = [o[0] for o in outputs]
         det = decode_outputs(outputs, info.layout, rgb.shape[:2], geometry.resized_hw,
-                             nms_threshold=info.nms_threshold,
+                             nms_threshold=info.nms_threshold, clip=info.resize.clip_to_image,
                              max_detections=info.max_detections, mask_threshold=self.mask_threshold)
         order = np.argsort(-det.scores, kind="stable")
         labels = det.labels[order].astype(np.int64)
