@@ -239,6 +239,8 @@ class OriginalResize(ResizePolicy):
 
     @property
     def max_canvas_hw(self):
+        """The largest canvas of images up to 20:1 (the original's rounding can push the long side
+        of more elongated ones past max_size)."""
         side = ceil_to(self.max_size, self.size_divisibility)
         return (side, side)
 
@@ -275,7 +277,11 @@ def default_buckets(min_size=800, max_size=1333, size_divisibility=32, breaks=BU
 
 
 class BucketResize(OriginalResize):
-    """The original's resize, padded to the smallest (by area) of ``canvases`` that holds it."""
+    """The original's resize, padded to the smallest (by area) of ``canvases`` that holds it.
+
+    The original's rounding lets the long side of very elongated images (aspect beyond ~20:1)
+    pass ``max_size`` (e.g. 2000 x 52 -> 1346 x 35); an image no bucket holds gets its exact
+    canvas, as under ``original`` (the dynamic-H/W model takes it)."""
 
     name = "buckets"
 
@@ -295,7 +301,7 @@ class BucketResize(OriginalResize):
         for canvas in self._canvases:  # by increasing area
             if canvas[0] >= rh and canvas[1] >= rw:
                 return canvas
-        raise ValueError(f"no bucket canvas holds a {rh}x{rw} image (buckets {self._canvases})")
+        return super().canvas_for(resized_hw)
 
     @property
     def canvases(self):

@@ -494,23 +494,33 @@ def synthetic_image(height=640, width=640, variant=0):
 
 
 def sample_input(cfg, input_size, batch=1):
-    """``synthetic_image`` variants (square, so no padding) through a resize policy.
+    """``synthetic_image`` variants for tracing and verifying an export.
 
-    ``input_size``: a ResizePolicy, or the seed canvas side S. Returns float32 [B, 3, S, S] for
-    the seed policy; (float32 [B, 3, H, W], int64 image_sizes [B, 2]) otherwise."""
-    from ..data.transforms import policy_preprocess
+    ``input_size``: a ResizePolicy, or the seed canvas side S. Returns float32 [B, 3, S, S] (the
+    square pictures through the seed transform) for the seed policy; otherwise (float32
+    [B, 3, H, W] pictures of exactly :func:`example_canvas`'s size, int64 image_sizes [B, 2])."""
+    from ..data.transforms import normalize_bgr, policy_preprocess
 
     policy = input_size if isinstance(input_size, ResizePolicy) else SeedResize(input_size)
-    tensors, sizes = [], []
-    for i in range(batch):
-        tensor, geometry = policy_preprocess(synthetic_image(variant=i), policy, cfg.INPUT.PIXEL_MEAN,
-                                             cfg.INPUT.PIXEL_STD)
-        tensors.append(tensor)
-        sizes.append(geometry.resized_hw)
-    images = torch.from_numpy(np.stack(tensors))
     if isinstance(policy, SeedResize):
-        return images
-    return images, torch.tensor(sizes, dtype=torch.int64)
+        tensors = [policy_preprocess(synthetic_image(variant=i), policy, cfg.INPUT.PIXEL_MEAN, cfg.INPUT.PIXEL_STD)[0]
+                   for i in range(batch)]
+        return torch.from_numpy(np.stack(tensors))
+    height, width = example_canvas(policy)
+    tensors = [normalize_bgr(synthetic_image(height, width, variant=i), cfg.INPUT.PIXEL_MEAN, cfg.INPUT.PIXEL_STD)
+               for i in range(batch)]
+    return torch.from_numpy(np.stack(tensors)), torch.tensor([(height, width)] * batch, dtype=torch.int64)
+
+
+def example_canvas(policy):
+    """(H, W) of the image a dynamic-H/W graph is traced and verified on: the canvas the policy gives
+    a 640 x 480 image, at least 288 x 352 and never square. Filled by the image (no padding, whose
+    flat zeros give tied scores), with every pyramid level at least 3 cells and H != W, so that the
+    exporter derives no size that could be mistaken for a constant (P7 = 1 on a small canvas made
+    ONNX Runtime reuse a buffer of the wrong shape)."""
+    h, w = policy.geometry(480, 640).canvas_hw
+    h, w = max(h, 288), max(w, 352)
+    return (h, w + 32) if h == w else (h, w)
 
 
 @contextlib.contextmanager

@@ -494,9 +494,9 @@ def _load_one(job):
         del image
         extra = geometry.to_record()
         extra["input_size"] = getattr(policy, "size", None)
-        if slot is not None and _loader_slots is not None:
+        if slot is not None and _loader_slots is not None and tensor.size <= _loader_slots[slot].size:
             _loader_slots[slot].reshape(-1)[: tensor.size] = tensor.reshape(-1)
-            return None, extra, None
+            return None, extra, None  # (a canvas larger than the slots goes back through the pipe)
         return tensor, extra, None
     except InputError as e:
         return None, {}, e.cause
