@@ -239,13 +239,12 @@ def shape_mode_rows(path, settings, threads, load):
 # 3: accuracy of the shipped model per policy
 
 
-def shipped_accuracy(workdir, settings, threads, reuse):
+def prepare_shipped(workdir, settings, reuse):
+    """The val split and the shipped model exported seed (448) and original (dynamic)."""
     from retinamask.config import load_config
     from retinamask.data.shapes import generate_shapes_dataset
     from retinamask.engine.demo import DEMO_VAL_SEED, SHIPPED_CONFIG, SHIPPED_WEIGHTS
-    from retinamask.evaluation.postprocess import evaluate_outputs
     from retinamask.export import export_onnx
-    from retinamask.runtime.infer import run_inference
 
     data = generate_shapes_dataset(workdir / "shapes", num_train=0, num_val=settings["val_images"],
                                    seed=DEMO_VAL_SEED)
@@ -254,11 +253,23 @@ def shipped_accuracy(workdir, settings, threads, reuse):
     for key, resize in (("seed", "seed"), ("dynamic", "original")):
         if not (reuse and models[key].exists()):
             export_onnx(cfg, SHIPPED_WEIGHTS, models[key], resize=resize, dynamic_batch=True, verify=False)
+    return data, models
+
+
+def shipped_accuracy(workdir, settings, threads, reuse, load):
+    import shutil
+
+    from retinamask.evaluation.postprocess import evaluate_outputs
+    from retinamask.runtime.infer import run_inference
+
+    data, models = prepare_shipped(workdir, settings, reuse)
     rows = []
     for policy, key in (("seed", "seed"), ("buckets", "dynamic"), ("original", "dynamic")):
         run_dir = workdir / f"infer_{policy}"
-        summary = run_inference(models[key], data["val_images"], output_dir=workdir, output_dirname=run_dir.name,
-                                threads=threads, resize=policy, progress=False)
+        shutil.rmtree(run_dir, ignore_errors=True)  # a fresh folder: never time a resume
+        with load:
+            summary = run_inference(models[key], data["val_images"], output_dir=workdir,
+                                    output_dirname=run_dir.name, threads=threads, resize=policy, progress=False)
         canvases = sorted({(r.get("canvas_height"), r.get("canvas_width"))
                            for r in json.loads((run_dir / "images.json").read_text())["images"]
                            if r.get("canvas_height")})
@@ -316,6 +327,9 @@ def main(argv=None):
     parser.add_argument("--no-accuracy", dest="accuracy", action="store_false", help="skip the shipped model's mAP")
     parser.add_argument("--workdir", default=None, help="models and data (default: a temporary folder)")
     parser.add_argument("--reuse-models", action="store_true", help="keep models already in --workdir")
+    parser.add_argument("--prepare-only", action="store_true",
+                        help="export/quantize the models and write the data into --workdir, then stop (run the "
+                             "timed part later with --reuse-models, alone on the machine)")
     parser.add_argument("--threads", type=int, default=None, help="inference threads (default: physical cores)")
     parser.add_argument("--json", default=None, help="also write the report as JSON")
     args = parser.parse_args(argv)
@@ -329,14 +343,18 @@ def main(argv=None):
         workdir.mkdir(parents=True, exist_ok=True)
         load = LoadCheck()
         paths = prepare_r50(workdir, settings, args.int8, args.reuse_models)
+        if args.prepare_only:
+            if args.accuracy:
+                prepare_shipped(workdir, settings, args.reuse_models)
+            print(f"prepared {workdir}")
+            return 0
         report = {"environment": {"cpu": cpu_description(), "threads": threads, "settings": settings,
                                   "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
                                   "command": " ".join(["python", *sys.argv])}}
         report["latency"] = latency_rows(paths, settings, threads, args.int8, load)
         report["shape_modes"] = shape_mode_rows(paths["dynamic"], settings, threads, load)
         if args.accuracy:
-            with load:
-                report["accuracy"] = shipped_accuracy(workdir, settings, threads, args.reuse_models)
+            report["accuracy"] = shipped_accuracy(workdir, settings, threads, args.reuse_models, load)
         report["load"] = load.report()
     text = markdown(report)
     print(text)
