@@ -1,6 +1,7 @@
 """Test-time image transforms (numpy + Pillow, no torch).
 
-Two pipelines:
+Two pipelines (and ``policy_preprocess``, either one or the buckets' padding through a
+resize policy of ``retinamask.geometry``):
 
 * ``upstream_preprocess``: the original RetinaMask / maskrcnn-benchmark TEST
   transform: short side to ``min_size`` with the long side capped at
@@ -103,7 +104,12 @@ def policy_preprocess(img_rgb, policy, mean=PIXEL_MEAN, std=PIXEL_STD):
     (float32 [3, Hc, Wc] BGR, normalised, zero-padded bottom/right to the policy's canvas;
     the image's :class:`~retinamask.geometry.ImageGeometry`). The ``seed`` policy gives exactly
     :func:`seed_preprocess`'s tensor, ``original`` exactly :func:`upstream_preprocess`'s."""
+    from ..geometry import ImageGeometry, SeedResize
+
     h, w = img_rgb.shape[:2]
+    if isinstance(policy, SeedResize):  # the seed's route, literally
+        tensor, _, resized_hw = seed_preprocess(img_rgb, policy.size, mean, std)
+        return tensor, ImageGeometry((h, w), tuple(resized_hw), (policy.size, policy.size))
     geometry = policy.geometry(h, w)
     resized = resize_rgb(img_rgb, geometry.resized_hw)
     return pad_to(normalize_bgr(resized, mean, std), geometry.canvas_hw), geometry
