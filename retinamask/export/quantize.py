@@ -75,7 +75,7 @@ class SeedTransformReader:
     model's batch size (1 when dynamic). Unreadable images are skipped with a warning.
 
     ``policy``: for models that take any canvas, a ResizePolicy instead of the seed transform:
-    one image per batch (canvases differ), with its ``image_sizes``."""
+    one image per batch (canvases differ; repeated to a fixed batch), with its ``image_sizes``."""
 
     def __init__(self, images, input_name, input_size, mean, std, batch_size=1, policy=None):
         self.images = list(images)
@@ -125,7 +125,9 @@ class SeedTransformReader:
                 self.skipped.append(str(path))
                 continue
             self.used += 1
-            yield {self.input_name: tensor[None], "image_sizes": np.asarray([geometry.resized_hw], np.int64)}
+            b = self.batch_size  # a fixed batch B > 1: the image B times
+            yield {self.input_name: np.repeat(tensor[None], b, axis=0),
+                   "image_sizes": np.asarray([geometry.resized_hw] * b, np.int64)}
 
     def get_next(self):
         if self._batches is None:
