@@ -9,7 +9,8 @@ without If/Loop nodes.
 
 Both take ``images`` [B, 3, S, S] (normalised BGR, zero padded, see docs/onnx_contract.md) and
 reuse the model's modules and building blocks; they add only the batching, static-shape and
-padding logic around them.
+padding logic around them. End2EndGraph also takes a canvas of any size with the images' true
+sizes (the ``original`` / ``buckets`` resize policies, exported with dynamic H and W).
 """
 
 import copy
@@ -105,6 +106,9 @@ class End2EndGraph(nn.Module):
     forward(images [B, 3, S, S]) -> (boxes [B, K, 4] float32 (canvas pixels, clipped to
     [0, S-1]), labels [B, K] int32 (1-based, -1 on padding), scores [B, K] float32 (descending,
     0 on padding), masks [B, K, 1, M, M] float32 (probability of the row's class, 0 on padding)).
+    With ``input_size`` None the canvas may have any size: forward(images [B, 3, H, W],
+    image_sizes [B, 2] int64 (h, w) of each image's valid region), boxes clipped to
+    [0, w-1] x [0, h-1] per image, as the original clips them (``candidates_in_images``).
 
     Per level: sigmoid scores, top ``pre_nms_top_n`` (anchor, class) pairs above the score
     threshold, decoded; class-wise NMS per image; the top K of what survives; the mask head
