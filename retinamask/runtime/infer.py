@@ -11,7 +11,8 @@ Inputs (``input_path``):
   (needed for non-square canvases: it gives each .bin's canvas and valid region).
 
 Images are batched by canvas: a batch holds images of one canvas shape (always so for the
-seed policy's single S x S canvas); a canvas's partial batch runs when the input ends.
+seed policy's single S x S canvas); a canvas's partial batch runs when the input ends, or
+earlier when :data:`MAX_OPEN_CANVASES` canvases already wait for images.
 
 Outputs in ``{output}/{output_dirname}/``:
 
@@ -20,8 +21,8 @@ Outputs in ``{output}/{output_dirname}/``:
 * ``images.json``, the run sidecar (:data:`SIDECAR_NAME`): the run's settings (model
   file and digest, layout, output format), the model's interface and, per image,
   ``basename, source, file_name, width, height, resized_width, resized_height, scale,
-  input_size, canvas_width, canvas_height, outputs`` (original sizes are absent for bare .bin input), plus the
-  failed items. It is written before the first output, so that a rerun after a crash
+  input_size, canvas_width, canvas_height, outputs`` (original sizes are absent for bare
+  .bin input), plus the failed items. It is written before the first output, so that a rerun after a crash
   or ``kill -9`` knows which model made the outputs it finds; outputs in a folder
   without a sidecar, or with a sidecar of other settings, are redone;
 
@@ -48,6 +49,9 @@ from .outputs import OUTFMTS, output_file_name, outputs_complete, write_image_ou
 logger = logging.getLogger(__name__)
 
 SIDECAR_NAME = "images.json"
+# Partial batches waiting for more images of their canvas (original policy: up to ~36 canvases);
+# a new canvas beyond this many runs the oldest first.
+MAX_OPEN_CANVASES = 4
 SIDECAR_FORMAT = "retinamask.infer/1"
 _IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
@@ -173,16 +177,16 @@ def run_inference(
             total=len(todo), desc="infer", unit="img", file=sys.stderr,
             disable=(None if progress is None else not progress),
         ) as bar:
-            batches = {}  # canvas (H, W) -> (batch buffer filled in place, items in it)
+            batches = {}  # canvas (H, W) -> (batch buffer filled in place, items in it), oldest first
 
-            def run_batch(canvas, rows):
+            def run_batch(canvas):
                 nonlocal inferred
-                batch, pending = batches[canvas]
-                compute_ms.append(_infer_batch(session, batch[:rows], pending[:rows], out_dir, specs, outfmt,
+                batch, pending = batches.pop(canvas)
+                rows = len(pending)
+                compute_ms.append(_infer_batch(session, batch[:rows], pending, out_dir, specs, outfmt,
                                                legacy_names, records))
                 inferred += rows
                 bar.update(rows)
-                pending.clear()
 
             for item, tensor, extra, cause in _load_inputs(todo, info, workers):
                 if cause is not None:
@@ -195,15 +199,16 @@ def run_inference(
                 item.record.update(extra)
                 canvas = tuple(tensor.shape[-2:])
                 if canvas not in batches:
+                    if len(batches) == MAX_OPEN_CANVASES:  # bounds memory: the oldest partial batch runs now
+                        run_batch(next(iter(batches)))
                     batches[canvas] = (np.empty((batch_size, 3) + canvas, np.float32), [])
                 batch, pending = batches[canvas]
                 batch[len(pending)] = tensor  # copy now: the tensor may be a shared slot about to be reused
                 pending.append(item)
                 if len(pending) == batch_size:
-                    run_batch(canvas, batch_size)
-            for canvas, (_, pending) in batches.items():
-                if pending:
-                    run_batch(canvas, len(pending))
+                    run_batch(canvas)
+            while batches:
+                run_batch(next(iter(batches)))
     finally:
         # Also after an error or Ctrl-C: the sidecar lists what is complete, for evaluate and resume.
         ordered = [records[item.basename] for item in items if item.basename in records]
