@@ -108,8 +108,12 @@ def _direct_results(model_path, policy_name, image_dir, images):
     return results
 
 
-@pytest.mark.parametrize("policy", ["buckets", "original"])
-def test_infer_batches_by_canvas_and_evaluate_equals_the_direct_run(tmp_path, models, image_set, policy):
+@pytest.mark.parametrize("policy, open_canvases", [("buckets", 4), ("original", 4), ("original", 1)])
+def test_infer_batches_by_canvas_and_evaluate_equals_the_direct_run(tmp_path, models, image_set, policy,
+                                                                     open_canvases, monkeypatch):
+    import retinamask.runtime.infer as infer
+
+    monkeypatch.setattr(infer, "MAX_OPEN_CANVASES", open_canvases)  # 1: every new canvas flushes the last
     image_dir, ann_file, images = image_set
     summary = run_inference(models["buckets"], image_dir, tmp_path, "result", batch_size=2, workers=1,
                             progress=False, resize=policy)
