@@ -287,6 +287,8 @@ def _torch_export(graph, example, layout, dynamic_batch, opset, dynamic_hw=False
         args, input_names = (example,), ["input"]
     with warnings.catch_warnings(), _quiet_loggers("onnx_ir", "onnxscript", "torch.onnx", "torch.export"):
         warnings.filterwarnings("ignore", message=".*create_unbacked_symint.*")
+        # input and image_sizes share the batch Dim on purpose
+        warnings.filterwarnings("ignore", message=".*shares the same shape constraints with another axis.*")
         program = torch.onnx.export(graph, args, dynamo=True, opset_version=int(opset), verbose=False,
                                     input_names=input_names, output_names=output_names,
                                     dynamic_shapes=dynamic_shapes)
