@@ -16,7 +16,7 @@ Prints Markdown tables (copied into benchmarks/RESULTS.md, "Resize policies"):
    sessions make): ONNX Runtime as exported vs free-dimension overrides; OpenVINO one dynamic
    compile vs ``reshape`` to the static shape.
 3. The shipped shapes model on its held-out val split (seed 7, 200 images, as the demo):
-   bbox / segm mAP through ONNX Runtime fp32 (``retinamask infer`` + ``evaluate``) per policy.
+   bbox / segm mAP through ``retinamask infer`` (``--backend auto``, fp32) + ``evaluate`` per policy.
    ``original`` is the per-image exact canvas; ``buckets`` pads to a few fixed canvases.
 
 R-50 weights: random, with ~100 detections surviving (benchmarks/pytorch_latency.py), as
@@ -277,6 +277,7 @@ def shipped_accuracy(workdir, settings, threads, reuse, load):
                                       output_path=workdir / f"eval_{policy}.txt", progress=False, resume=False)
         stats = evaluation["stats"]
         rows.append({"policy": policy, "bbox": stats["bbox"]["AP"], "segm": stats["segm"]["AP"],
+                     "session": summary["session"],
                      "images": evaluation["images_evaluated"],
                      "canvases": len(canvases) if canvases else 1,
                      "infer_images_per_s": summary["e2e"]["images_per_s"]})
@@ -309,8 +310,8 @@ def markdown(report):
     if report.get("accuracy"):
         acc = report["accuracy"]
         original = next(r for r in acc if r["policy"] == "original")
-        lines += ["", f"Shipped shapes model, held-out val split (seed 7, {original['images']} images), ONNX Runtime "
-                  "fp32 (`infer` + `evaluate`):", "",
+        lines += ["", f"Shipped shapes model, held-out val split (seed 7, {original['images']} images), "
+                  f"{original['session']} (`infer --backend auto` + `evaluate`):", "",
                   "| policy | canvases used | bbox mAP | segm mAP | Δ bbox vs original | Δ segm vs original | infer images/s |",
                   "|---|---:|---:|---:|---:|---:|---:|"]
         for row in acc:
