@@ -124,6 +124,10 @@ def test_infer_batches_by_canvas_and_evaluate_equals_the_direct_run(tmp_path, mo
     evaluation = evaluate_outputs(tmp_path / "result", ann_file, output_path=tmp_path / "eval.txt", workers=1,
                                   progress=False)
     assert evaluation["failed"] == [] and evaluation["images_evaluated"] == len(SIZES)
+    if open_canvases == 1:  # the seed's postprocess needs a square canvas: refused up front, not per image
+        with pytest.raises(InputError, match="--convention seed maps boxes back"):
+            evaluate_outputs(tmp_path / "result", ann_file, output_path=tmp_path / "seed.txt", workers=1,
+                             progress=False, convention="seed")
     ours = json.loads((tmp_path / "eval_coco_results.json").read_text())
     direct = _direct_results(models["buckets"], policy, image_dir, images)
     assert len(ours) == len(direct) > len(SIZES)

@@ -313,6 +313,10 @@ def evaluate_outputs(
     if not entries:
         raise InputError("no images to evaluate: the image list is empty, or there are no output files", results_dir)
     geometry = _resolve_geometry(layout, model_path, sidecar_model, input_size, results_dir, entries, resize)
+    if convention == "seed" and geometry["input_size"] is None:
+        raise InputError("--convention seed maps boxes back with the seed's one ratio S / long side of a square "
+                         "S x S canvas; these outputs came from a model that takes any canvas (--resize original "
+                         "or buckets): evaluate them with --convention original", results_dir)
 
     jobs = []
     for entry in entries:
