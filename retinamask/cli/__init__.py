@@ -111,3 +111,12 @@ def main(argv=None):
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def add_resize_argument(parser, default_help="the model's, from its metadata"):
+    """``--resize original|seed|buckets`` (shared by preprocess, infer, evaluate, predict, bench)."""
+    parser.add_argument("--resize", choices=("original", "seed", "buckets"), default=None,
+                        help="resize policy: original (the original's test resize, padded to /32; exact), "
+                             "seed (long side S, S x S canvas: the Ascend seed's), buckets (the original's resize "
+                             f"padded to a few fixed canvases); default: {default_help}. A model exported with "
+                             "--resize original or buckets runs any of them; a square (seed) model only seed")

@@ -3,6 +3,7 @@
 backend/precision available here and prints one Markdown table."""
 
 from ..errors import EXIT_OK
+from . import add_resize_argument
 
 HELP = "pure-inference benchmark of an exported model (ais_bench-style)"
 
@@ -27,24 +28,44 @@ def add_arguments(parser):
     parser.add_argument("--compare", action="store_true",
                         help="run every backend/precision available here and print a Markdown table")
     parser.add_argument("--json", dest="json_path", default=None, help="also write the results as JSON here")
+    add_resize_argument(parser)
+    parser.add_argument("--image-size", "--image_size", dest="image_size", default="640x480", metavar="WxH",
+                        help="models that take any canvas: time the canvas the policy gives a WxH image "
+                             "(default: 640x480)")
 
 
 def run(args):
     from ..fileio import atomic_write_json
     from ..runtime.bench import compare_backends, format_stats, format_table, run_benchmark
 
+    image_hw = _image_hw(args.image_size)
     if args.compare:
         rows = compare_backends(args.model, args.batchsize, args.loop, args.warmup, threads=args.threads,
-                                cache_dir=args.cache_dir)
+                                cache_dir=args.cache_dir, resize=args.resize, image_hw=image_hw)
         print(format_table(rows))
         result = {"model": args.model, "loop": args.loop, "warmup": args.warmup, "rows": rows}
     else:
         result = run_benchmark(
             args.model, args.backend, args.device, args.precision, args.batchsize, args.loop, args.warmup,
             threads=args.threads, cache_dir=args.cache_dir, performance_hint=args.performance_hint,
+            resize=args.resize, image_hw=image_hw,
         )
         print(format_stats(result))
     if args.json_path:
         atomic_write_json(args.json_path, result)
         print(f"[INFO] written {args.json_path}")
     return EXIT_OK
+
+
+def _image_hw(text):
+    """'640x480' (W x H) -> (480, 640)."""
+    from ..errors import ConfigError
+
+    try:
+        width, height = (int(v) for v in str(text).lower().split("x"))
+        if width <= 0 or height <= 0:
+            raise ValueError
+    except ValueError:
+        raise ConfigError(f"--image-size must be WxH with positive sides, e.g. 640x480, got {text!r}",
+                          path="command line") from None
+    return (height, width)

@@ -10,7 +10,7 @@ first bad item under --strict. An interrupted run resumes: rerun the same comman
 import os
 import sys
 
-from . import report_failures
+from . import add_resize_argument, report_failures
 
 HELP = "inference outputs -> COCO results JSON + bbox/segm mAP"
 
@@ -43,6 +43,7 @@ def add_arguments(parser):
                         help="outputs -> COCO results and their evaluation: original (default: the original "
                              "RetinaMask's) or seed (the Ascend seed's RetinaMask_postprocess.py, number for number: "
                              "its NMS, one resize ratio, box width x2 - x1, its mask paste, box areas for segm)")
+    add_resize_argument(parser, "the image list's resized sizes, else the model's or the run sidecar's policy")
     parser.add_argument("--mask-paste", "--mask_paste", dest="mask_paste", choices=("original", "seed"),
                         default=None, help="deprecated: --convention")
     parser.add_argument("--coco-backend", dest="coco_backend",
@@ -104,6 +105,7 @@ def run(args):
         progress=args.progress,
         strict=args.strict,
         resume=args.resume,
+        resize=args.resize,
     )
     stats = summary["stats"]
     if stats.get("bbox") is not None:

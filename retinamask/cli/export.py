@@ -50,8 +50,16 @@ def add_arguments(parser):
     parser.add_argument("--calib-images", "--calib_images", dest="calib_images", type=int, default=None,
                         metavar="N", help="with --int8: use N images of --calib, evenly spread (default: 32)")
     parser.add_argument("--opset", type=int, default=18, help="ONNX opset, 18 or later (default: 18)")
+    parser.add_argument("--resize", choices=("seed", "original", "buckets"), default="seed",
+                        help="seed (default): the Ascend seed's fixed S x S canvas, one input; original: the "
+                             "original's resize (INPUT.MIN/MAX_SIZE_TEST), any canvas (dynamic H/W) plus an "
+                             "image_sizes input, exact to the original; buckets: the same graph, run on a few "
+                             "fixed canvases by aspect ratio (--buckets)")
+    parser.add_argument("--buckets", default=None, metavar="HxW,...",
+                        help="with --resize buckets: the canvases, e.g. 800x1088,1088x800,800x1344,1344x800 "
+                             "(default: 3 aspect classes x 2 orientations from the config's test sizes)")
     parser.add_argument("--input-size", "--input_size", dest="input_size", type=int, default=None,
-                        help="side S of the square input, a multiple of 32 (default: the config's "
+                        help="--resize seed: side S of the square input, a multiple of 32 (default: the config's "
                              "INPUT.MAX_SIZE_TEST rounded up to a multiple of 32: 1344 for the upstream configs)")
     parser.add_argument("--max-detections", "--max_detections", dest="max_detections", type=int, default=100,
                         help="end2end: output rows K per image (default: 100; 50 = the original's mask cut); "
@@ -72,11 +80,22 @@ def run(args):
     if note:
         print(note)
     cfg = load_config(config, args.opts)
+    resize = args.resize
+    if args.buckets is not None:
+        from ..errors import ConfigError
+        from ..geometry import parse_canvases, policy_from_config
+
+        if resize != "buckets":
+            raise ConfigError("--buckets goes with --resize buckets", path="command line")
+        try:
+            resize = policy_from_config(cfg, "buckets", canvases=parse_canvases(args.buckets))
+        except ValueError as e:
+            raise ConfigError(str(e), path="command line") from None
     report = export_onnx(
         cfg, weights, args.save_path, layout=args.layout, batch_size=args.batch_size,
         dynamic_batch=args.dynamic_batch, fp16=args.fp16, opset=args.opset, simplify=args.simplify,
         input_size=args.input_size, max_detections=args.max_detections, verify=args.verify,
-        int8=args.int8, calibration_dir=args.calib, calibration_images=args.calib_images,
+        int8=args.int8, calibration_dir=args.calib, calibration_images=args.calib_images, resize=resize,
     )
     print(format_report(report))
     verification = report["verification"]
@@ -96,7 +115,8 @@ def format_report(report):
     lines = [
         f"exported {report['path']} ({report['file_bytes'] / 1e6:.1f} MB) in {report['total_seconds']:.1f} s "
         f"(torch.onnx.export {report['export_seconds']:.1f} s): "
-        f"layout {report['layout']}, batch {report['batch']}, input {report['input_size']}, "
+        f"layout {report['layout']}, batch {report['batch']}, "
+        f"input {report['input_size'] or 'any HxW (dynamic) + image_sizes'}, resize {report['resize']['policy']}, "
         f"opset {report['opset']}, {report['precision']}",
         f"  {simplified}",
         f"  outputs: {outputs}",

@@ -7,7 +7,7 @@ usable (bad model/arguments, or the first bad item under --strict).
 """
 
 
-from . import report_failures
+from . import add_resize_argument, report_failures
 
 HELP = "run an exported model over .bin files or images (ais_bench-style outputs)"
 
@@ -46,6 +46,7 @@ def add_arguments(parser):
                         help="the model's output layout, for models whose metadata lacks retinamask.layout")
     parser.add_argument("--input-size", "--input_size", dest="input_size", type=int, default=None,
                         help="the model's input side S, for models whose metadata and input shape lack it")
+    add_resize_argument(parser)
     parser.add_argument("--no-progress", dest="progress", action="store_false", default=None,
                         help="no progress bar (default: shown on a terminal)")
     add_ray_arguments(parser, "model actors (default: one per --threads CPUs of each node, or one per GPU with "
@@ -89,6 +90,7 @@ def run(args):
         layout=args.layout,
         input_size=args.input_size,
         progress=args.progress,
+        resize=args.resize,
     )
     print(format_summary(summary))
     return report_failures(summary["failed"])

@@ -3,7 +3,7 @@
 import logging
 
 from ..errors import ConfigError
-from . import report_failures
+from . import add_resize_argument, report_failures
 
 log = logging.getLogger(__name__)
 
@@ -19,6 +19,7 @@ def add_arguments(parser):
     source.description = "none given: the shipped model retinamask_shapes_small (needs torch)"
     parser.add_argument("--input-size", type=int, default=None,
                         help="PyTorch only: run on the seed's fixed SxS canvas instead of the original resize")
+    add_resize_argument(parser, "--model: its metadata's; PyTorch: original (seed with --input-size)")
     parser.add_argument("--backend", default="auto", choices=["auto", "onnxruntime", "openvino"],
                         help="for --model; auto (default): the fastest installed runtime for this CPU")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda", "tensorrt"], help="for --model")
@@ -44,7 +45,7 @@ def _make_predict(args):
     if args.model:
         from ..runtime.predictor import OnnxPredictor
 
-        return OnnxPredictor(args.model, backend=args.backend, device=args.device)
+        return OnnxPredictor(args.model, backend=args.backend, device=args.device, resize=args.resize)
     from ..shipped import resolve_model_files
 
     config, weights, note = resolve_model_files(args.config, args.weights)
@@ -55,4 +56,4 @@ def _make_predict(args):
     except ImportError as e:
         raise ConfigError(f"the PyTorch model needs torch ({e}): pip install 'retinamask[torch]', "
                           "or give an exported model with --model", path="command line") from None
-    return Predictor.from_config(config, weights, opts=args.opts, input_size=args.input_size)
+    return Predictor.from_config(config, weights, opts=args.opts, input_size=args.input_size, resize=args.resize)

@@ -6,7 +6,7 @@ arguments, no images, unwritable outputs, or the first bad image under --strict)
 """
 
 
-from . import report_failures
+from . import add_resize_argument, report_failures
 
 HELP = "images -> seed-compatible 1344x1344 float32 .bin files + .info list"
 
@@ -28,8 +28,15 @@ def add_arguments(parser):
     )
     parser.add_argument(
         "--input_size", "--input-size", dest="input_size", type=int, default=1344,
-        help="side S of the square model input [1,3,S,S] (default: 1344)",
+        help="--resize seed: side S of the square model input [1,3,S,S] (default: 1344)",
     )
+    add_resize_argument(parser, "the --model's if given, else seed")
+    parser.add_argument("--model", default=None,
+                        help="an exported model: its resize policy (and test sizes) and mean/std are used")
+    parser.add_argument("--min-size", "--min_size", dest="min_size", type=int, default=800,
+                        help="--resize original/buckets without --model: short side (default: 800)")
+    parser.add_argument("--max-size", "--max_size", dest="max_size", type=int, default=1333,
+                        help="--resize original/buckets without --model: long side cap (default: 1333)")
     parser.add_argument(
         "--workers", type=int, default=default_workers(),
         help="worker processes (default: min(4, CPUs), here %(default)s)",
@@ -42,7 +49,21 @@ def add_arguments(parser):
 
 def run(args):
     from ..data.preprocess import preprocess_images
+    from ..data.transforms import PIXEL_MEAN, PIXEL_STD
+    from ..errors import ConfigError
+    from ..geometry import make_policy
 
+    mean, std = PIXEL_MEAN, PIXEL_STD
+    if args.model:
+        from ..runtime.model_info import read_model_info
+
+        info = read_model_info(args.model, resize=args.resize)
+        policy, mean, std = info.resize, info.pixel_mean, info.pixel_std
+    else:
+        try:
+            policy = make_policy(args.resize or "seed", args.min_size, args.max_size, input_size=args.input_size)
+        except ValueError as e:
+            raise ConfigError(str(e), path="command line") from None
     summary = preprocess_images(
         args.image_src_path,
         args.bin_file_path,
@@ -50,6 +71,9 @@ def run(args):
         input_size=args.input_size,
         workers=args.workers,
         strict=args.strict,
+        mean=mean,
+        std=std,
+        resize=policy,
     )
     done = len(summary["records"])
     print(

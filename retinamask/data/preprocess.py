@@ -1,6 +1,11 @@
 """Images -> seed-compatible input files: one raw float32 ``.bin`` per image, a
 ``.info`` list and a JSON sidecar; and readers for them.
 
+The resize policy (``retinamask.geometry``; ``resize``) decides each image's canvas: the
+seed's S x S square (default, described below), or the ``original`` / ``buckets``
+canvases, whose .bin files are float32 [1, 3, H, W] with H, W per image: the sidecar's
+``canvas_width`` / ``canvas_height`` say which (the .info line format is the same).
+
 Outputs of :func:`preprocess_images` (``S`` = input_size, 1344 by default):
 
 ``{bin_dir}/{stem}.bin``
@@ -39,7 +44,8 @@ from .. import parallel
 from ..errors import InputError, OutputError
 from ..fileio import atomic_open, atomic_write_json, atomic_write_text, remove_stale_temp_files
 from .image_io import IMAGE_EXTENSIONS, list_images, load_image_rgb
-from .transforms import PIXEL_MEAN, PIXEL_STD, SEED_INPUT_SIZE, seed_preprocess, seed_resize_geometry
+from ..geometry import SeedResize
+from .transforms import PIXEL_MEAN, PIXEL_STD, SEED_INPUT_SIZE, policy_preprocess
 
 logger = logging.getLogger(__name__)
 
@@ -48,8 +54,9 @@ BIN_DTYPE = np.dtype("<f4")
 
 
 def bin_nbytes(input_size):
-    """Byte size of one input .bin: float32 [1, 3, S, S]."""
-    return 3 * input_size * input_size * BIN_DTYPE.itemsize
+    """Byte size of one input .bin: float32 [1, 3, S, S] (``input_size`` S, or a canvas (H, W))."""
+    h, w = (input_size, input_size) if isinstance(input_size, int) else input_size
+    return 3 * int(h) * int(w) * BIN_DTYPE.itemsize
 
 
 def sidecar_path_for(info_path):
@@ -77,8 +84,12 @@ def preprocess_images(
     mean=PIXEL_MEAN,
     std=PIXEL_STD,
     progress=None,
+    resize=None,
 ):
     """Preprocess every image in ``image_dir`` (see the module docstring for outputs).
+
+    ``resize``: a :class:`~retinamask.geometry.ResizePolicy` (None: the seed policy with canvas
+    ``input_size``).
 
     ``workers``: processes (None: :func:`default_workers`; 1: in this process).
     ``strict``: stop at the first bad image by raising its InputError (bins already
@@ -93,7 +104,11 @@ def preprocess_images(
     Raises InputError for problems that stop everything: no images, bad settings,
     unwritable outputs.
     """
-    input_size = _positive_int(input_size, "input_size")
+    if resize is None or isinstance(resize, SeedResize):
+        input_size = _positive_int(resize.size if resize is not None else input_size, "input_size")
+        policy = SeedResize(input_size)
+    else:
+        policy, input_size = resize, None
     workers = default_workers() if workers is None else _positive_int(workers, "workers")
     mean = tuple(float(m) for m in mean)
     std = tuple(float(s) for s in std)
@@ -112,7 +127,7 @@ def preprocess_images(
         raise InputError(f"cannot create the output folder: {e.strerror or e}", bin_dir) from None
     remove_stale_temp_files(bin_dir)  # 21.7 MB each at S = 1344 when a run was killed mid-write
 
-    allow_resume = _earlier_settings_match(sidecar_path, input_size, mean, std)
+    allow_resume = _earlier_settings_match(sidecar_path, input_size, mean, std, policy)
     tasks, failed = [], []
     for image_path, problem in _plan_bin_names(images):
         if problem is not None:
@@ -122,7 +137,7 @@ def preprocess_images(
             failed.append({"file": str(image_path), "cause": problem})
             continue
         bin_path = bin_dir / (image_path.stem + ".bin")
-        tasks.append((str(image_path), str(bin_path), input_size, mean, std, allow_resume))
+        tasks.append((str(image_path), str(bin_path), policy, mean, std, allow_resume))
 
     records, written, resumed = [], 0, 0
     for outcome in _run_tasks(tasks, workers, progress):
@@ -152,7 +167,7 @@ def preprocess_images(
         "mean": list(mean),
         "std": list(std),
         "tensor": {
-            "shape": [1, 3, input_size, input_size],
+            "shape": [1, 3, input_size, input_size] if input_size else [1, 3, "canvas_height", "canvas_width"],
             "dtype": "float32",
             "byte_order": "little",
             "layout": "NCHW",
@@ -165,6 +180,11 @@ def preprocess_images(
         "images": records,
         "failed": [{"file_name": Path(f["file"]).name, "cause": f["cause"]} for f in failed],
     }
+    if input_size is None:  # the seed policy's sidecar stays as it always was
+        sidecar["resize"] = policy.to_dict()
+        sidecar["resize_rule"] = (f"{policy.describe()}; PIL bilinear; zero padding bottom/right to each image's "
+                                  "canvas_height x canvas_width after normalisation; boxes map back per axis: "
+                                  "x * width / resized_width, y * height / resized_height")
     info_lines = [
         f"{r['index']} {os.path.join(bin_dir_as_given, r['bin_name'])} {r['width']} {r['height']}\n"
         for r in records
@@ -216,15 +236,16 @@ def _plan_bin_names(images):
         yield image_path, None
 
 
-def _earlier_settings_match(sidecar_path, input_size, mean, std):
+def _earlier_settings_match(sidecar_path, input_size, mean, std, policy=None):
     """True when existing .bin files may be kept: there is no earlier sidecar, or it
-    records the same input_size, mean and std."""
+    records the same input_size (resize policy), mean and std."""
     if not sidecar_path.exists():
         return True
     try:
         earlier = json.loads(sidecar_path.read_text(encoding="utf-8"))
         same = (
             earlier["input_size"] == input_size
+            and (policy is None or _sidecar_policy(earlier) in (None, policy.to_dict()))
             and tuple(earlier["mean"]) == mean
             and tuple(earlier["std"]) == std
         )
@@ -234,6 +255,12 @@ def _earlier_settings_match(sidecar_path, input_size, mean, std):
     if not same:
         logger.info("%s: earlier run used other settings; every image is redone", sidecar_path)
     return same
+
+
+def _sidecar_policy(sidecar):
+    """The resize policy dict a sidecar records (None for the seed's sidecars, which say input_size)."""
+    policy = sidecar.get("resize")
+    return policy if isinstance(policy, dict) else None
 
 
 def _run_tasks(tasks, workers, progress):
@@ -278,17 +305,17 @@ def _process_one(task):
     Returns ("ok", record, resumed), ("failed", image_path, cause) for a bad image,
     or ("output_error", path, cause) when the output cannot be written (fatal).
     """
-    image_path, bin_path, input_size, mean, std, allow_resume = task
+    image_path, bin_path, policy, mean, std, allow_resume = task
     image_path, bin_path = Path(image_path), Path(bin_path)
     try:
-        if allow_resume and _complete_bin_exists(bin_path, image_path, input_size):
-            height, width = _stored_size(image_path)
-            resized_hw, scale = seed_resize_geometry(height, width, input_size)
+        geometry = None
+        if allow_resume and bin_path.exists():
+            geometry = policy.geometry(*_stored_size(image_path))
+        if geometry is not None and _complete_bin_exists(bin_path, image_path, geometry.canvas_hw):
             resumed = True
         else:
             image = load_image_rgb(image_path)
-            height, width = image.shape[:2]
-            tensor, scale, resized_hw = seed_preprocess(image, input_size, mean, std)
+            tensor, geometry = policy_preprocess(image, policy, mean, std)
             del image
             try:
                 with atomic_open(bin_path, "wb") as f:
@@ -303,6 +330,7 @@ def _process_one(task):
     except Exception as e:  # one odd file must not stop a run over thousands
         return ("failed", str(image_path),
                 f"cannot preprocess (unexpected {type(e).__name__}: {' '.join(str(e).split())[:200]})")
+    (height, width), resized_hw = geometry.image_hw, geometry.resized_hw
     record = {
         "index": None,
         "file_name": image_path.name,
@@ -311,11 +339,14 @@ def _process_one(task):
         "height": int(height),
         "resized_width": int(resized_hw[1]),
         "resized_height": int(resized_hw[0]),
-        "scale": scale,
-        "input_size": input_size,
+        # the seed's ratio, bit-exact with seed_resize_geometry's
+        "scale": policy.size / max(height, width) if isinstance(policy, SeedResize) else geometry.seed_scale,
+        "input_size": policy.size if isinstance(policy, SeedResize) else None,
         "mean": list(mean),
         "std": list(std),
     }
+    if not isinstance(policy, SeedResize):  # the seed's sidecar stays as it was
+        record.update(canvas_width=int(geometry.canvas_hw[1]), canvas_height=int(geometry.canvas_hw[0]))
     return ("ok", record, resumed)
 
 
@@ -378,6 +409,16 @@ class InfoRecord:
     input_size: int | None = None
     mean: tuple | None = None
     std: tuple | None = None
+    canvas_width: int | None = None  # the .bin's [1, 3, H, W]: from the sidecar (S x S for seed sidecars)
+    canvas_height: int | None = None
+    resize: dict | None = None  # the sidecar's resize policy (None for sidecars written before policies)
+
+    @property
+    def canvas_hw(self):
+        """(H, W) of the .bin's tensor, or None when no sidecar says."""
+        if self.canvas_height:
+            return (self.canvas_height, self.canvas_width)
+        return (self.input_size, self.input_size) if self.input_size else None
 
 
 def read_info(info_path, check_files=True, sidecar_path=None):
@@ -471,15 +512,19 @@ def _info_record(line, where, info_path, check_files, sidecar, sidecar_path, sid
                 f"{entry['width']}x{entry['height']} for {bin_name} (rerun preprocess)",
                 info_path,
             )
+        input_size = entry.get("input_size", sidecar["input_size"])
         extra = {
             "file_name": entry["file_name"],
             "resized_width": int(entry["resized_width"]),
             "resized_height": int(entry["resized_height"]),
             "scale": float(entry["scale"]),
-            "input_size": int(entry.get("input_size", sidecar["input_size"])),
+            "input_size": None if input_size is None else int(input_size),
             "mean": tuple(entry.get("mean", sidecar["mean"])),
             "std": tuple(entry.get("std", sidecar["std"])),
+            "resize": _sidecar_policy(sidecar),
         }
+        if entry.get("canvas_height"):
+            extra.update(canvas_width=int(entry["canvas_width"]), canvas_height=int(entry["canvas_height"]))
     return InfoRecord(index, bin_path, width, height, name, **extra)
 
 
@@ -541,10 +586,12 @@ def _load_sidecar(sidecar_path):
 
 
 def read_bin(path, input_size=SEED_INPUT_SIZE):
-    """Read one input .bin as float32 [1, 3, S, S] (S = input_size), checking its byte
-    size first (InputError naming the file, expected and actual bytes)."""
+    """Read one input .bin as float32 [1, 3, S, S] (S = input_size; or [1, 3, H, W] for a canvas
+    ``input_size`` = (H, W)), checking its byte size first (InputError naming the file, expected
+    and actual bytes)."""
     path = Path(path)
-    expected = bin_nbytes(input_size)
+    h, w = (input_size, input_size) if isinstance(input_size, int) else (int(v) for v in input_size)
+    expected = bin_nbytes((h, w))
     try:
         actual = path.stat().st_size
     except FileNotFoundError:
@@ -553,11 +600,11 @@ def read_bin(path, input_size=SEED_INPUT_SIZE):
         raise InputError(f"cannot read: {e.strerror or e}", path) from None
     if actual != expected:
         raise InputError(
-            f"expected {expected} bytes (float32 [1, 3, {input_size}, {input_size}]), found {actual} bytes",
+            f"expected {expected} bytes (float32 [1, 3, {h}, {w}]), found {actual} bytes",
             path,
         )
     try:
         data = np.fromfile(path, dtype=BIN_DTYPE)
     except OSError as e:
         raise InputError(f"cannot read: {e.strerror or e}", path) from None
-    return data.astype(np.float32, copy=False).reshape(1, 3, input_size, input_size)
+    return data.astype(np.float32, copy=False).reshape(1, 3, h, w)

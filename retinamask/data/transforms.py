@@ -1,6 +1,7 @@
 """Test-time image transforms (numpy + Pillow, no torch).
 
-Two pipelines:
+Two pipelines (and ``policy_preprocess``, either one or the buckets' padding through a
+resize policy of ``retinamask.geometry``):
 
 * ``upstream_preprocess``: the original RetinaMask / maskrcnn-benchmark TEST
   transform: short side to ``min_size`` with the long side capped at
@@ -16,50 +17,10 @@ Arrays: images are uint8 [H, W, 3] RGB; model inputs are float32 [3, H, W] BGR.
 import numpy as np
 from PIL import Image
 
+from ..geometry import SEED_INPUT_SIZE, seed_resize_geometry, upstream_test_size  # noqa: F401 (re-exported)
+
 PIXEL_MEAN = (102.9801, 115.9465, 122.7717)  # BGR, 0..255
 PIXEL_STD = (1.0, 1.0, 1.0)
-SEED_INPUT_SIZE = 1344
-
-
-def upstream_test_size(h, w, min_size=800, max_size=1333):
-    """Resized (new_h, new_w) for an h x w image, exactly as maskrcnn-benchmark's
-    ``Resize.get_size``: the short side becomes ``min_size`` unless the long side
-    would then exceed ``max_size``, in which case the short side becomes
-    ``int(round(max_size * short / long))``; the other side is ``int()``-truncated.
-    E.g. 256x320 -> 800x1000, 224x352 -> 800x1257, 480x1000 -> 640x1333.
-    """
-    size = min_size
-    if max_size is not None:
-        min_original_size = float(min((w, h)))
-        max_original_size = float(max((w, h)))
-        if max_original_size / min_original_size * size > max_size:
-            size = int(round(max_size * min_original_size / max_original_size))
-    if (w <= h and w == size) or (h <= w and h == size):
-        return (h, w)
-    if w < h:
-        return (int(size * h / w), size)
-    return (size, int(size * w / h))
-
-
-def seed_resize_geometry(h, w, input_size=SEED_INPUT_SIZE):
-    """The seed transform's resize for an h x w image: ((new_h, new_w), scale).
-
-    ``scale = input_size / max(h, w)`` (a Python float), the ratio the seed's
-    postprocessing divides boxes by. Rounding: the long side is exactly
-    ``input_size`` and the short side is ``floor(short * input_size / long)``
-    computed in exact integer arithmetic, at least 1. The seed computed
-    ``min(int(side * scale), input_size)`` in floating point, which agrees except
-    where rounding error pushes an exact integer just below it: there the seed
-    made e.g. a 570-pixel long side 1343 instead of 1344 (115 long sides below
-    5000 are affected), and a short side one pixel smaller (e.g. 45 of 60).
-    """
-    if h <= 0 or w <= 0:
-        raise ValueError(f"image size must be positive, got {h}x{w}")
-    long_side = max(h, w)
-    scale = input_size / long_side
-    new_h = max(1, (h * input_size) // long_side)
-    new_w = max(1, (w * input_size) // long_side)
-    return (new_h, new_w), scale
 
 
 def resize_rgb(img, size_hw):
@@ -136,3 +97,19 @@ def seed_preprocess(img_rgb, input_size=SEED_INPUT_SIZE, mean=PIXEL_MEAN, std=PI
     resized_hw, scale = seed_resize_geometry(h, w, input_size)
     resized = resize_rgb(img_rgb, resized_hw)
     return pad_to(normalize_bgr(resized, mean, std), (input_size, input_size)), scale, resized_hw
+
+
+def policy_preprocess(img_rgb, policy, mean=PIXEL_MEAN, std=PIXEL_STD):
+    """One image through a resize policy (``retinamask.geometry``): uint8 [H, W, 3] RGB ->
+    (float32 [3, Hc, Wc] BGR, normalised, zero-padded bottom/right to the policy's canvas;
+    the image's :class:`~retinamask.geometry.ImageGeometry`). The ``seed`` policy gives exactly
+    :func:`seed_preprocess`'s tensor, ``original`` exactly :func:`upstream_preprocess`'s."""
+    from ..geometry import ImageGeometry, SeedResize
+
+    h, w = img_rgb.shape[:2]
+    if isinstance(policy, SeedResize):  # the seed's route, literally
+        tensor, _, resized_hw = seed_preprocess(img_rgb, policy.size, mean, std)
+        return tensor, ImageGeometry((h, w), tuple(resized_hw), (policy.size, policy.size))
+    geometry = policy.geometry(h, w)
+    resized = resize_rgb(img_rgb, geometry.resized_hw)
+    return pad_to(normalize_bgr(resized, mean, std), geometry.canvas_hw), geometry

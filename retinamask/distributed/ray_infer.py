@@ -21,7 +21,6 @@ Every node must see the model, the inputs and the output folder at the same path
 file system); an actor checks that it sees the output folder before it starts.
 """
 
-import contextlib
 import dataclasses
 import json
 import logging
@@ -153,7 +152,7 @@ def _build_dataset(ray, todo, info, load_job, executor, actors, batch_size, out_
     for position, item in enumerate(todo):
         absolute = dataclasses.replace(item, source=Path(os.path.abspath(item.source)))
         rows.append({"position": position, "basename": item.basename, "source": str(absolute.source),
-                     "job": pickle.dumps(load_job(absolute, info))})
+                     "record": json.dumps(item.record), "job": pickle.dumps(load_job(absolute, info))})
     ds = ray.data.from_items(rows, override_num_blocks=min(len(rows), _MAX_BLOCKS))
     ds = ds.map_batches(_load_rows, batch_size=None, num_cpus=executor.preprocess_cpus)
     model_info = dataclasses.replace(info, path=Path(executor.model_path))
@@ -178,11 +177,12 @@ def _load_rows(batch):
     from ..runtime.infer import load_item
 
     tensors, extras, causes = [], [], []
-    for job in batch["job"]:
+    for job, record in zip(batch["job"], batch["record"]):
         tensor, extra, cause = load_item(pickle.loads(job))
         # a failed item still needs a tensor in its row: an empty one, never sent to the model
         tensors.append(np.zeros((3, 0, 0), np.float32) if tensor is None else tensor)
-        extras.append(json.dumps(extra))
+        # the item's record (a .bin's geometry from its sidecar) with what loading added (an image's)
+        extras.append(json.dumps({**json.loads(record), **extra}))
         causes.append(cause or "")
     return {"position": batch["position"], "basename": batch["basename"], "source": batch["source"],
             "tensor": _column(tensors), "extra": np.array(extras, dtype=object),
@@ -239,7 +239,9 @@ class _ModelActor:
         for i in ok:  # one model call per canvas shape
             by_shape.setdefault(tuple(batch["tensor"][i].shape), []).append(i)
         for indices in by_shape.values():
-            items = [InputItem(batch["basename"][i], Path(batch["source"][i]), "image") for i in indices]
+            # the record carries each image's valid region, which a dynamic-H/W model takes as image_sizes
+            items = [InputItem(batch["basename"][i], Path(batch["source"][i]), "image", json.loads(batch["extra"][i]))
+                     for i in indices]
             tensors = np.stack([batch["tensor"][i] for i in indices])
             ms[indices] = infer_batch(self.session, tensors, items, self.out_dir, self.specs, self.outfmt,
                                       self.legacy_names)

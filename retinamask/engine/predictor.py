@@ -11,8 +11,9 @@ import torch
 from ..checkpoint import load_checkpoint
 from ..config import load_config
 from ..data.image_io import as_rgb_array
-from ..data.transforms import seed_preprocess, upstream_preprocess
+from ..data.transforms import policy_preprocess
 from ..evaluation.boxes import rescale_boxes
+from ..geometry import OriginalResize, SeedResize, make_policy
 from ..evaluation.postprocess import boxes_to_original
 from ..evaluation.masks import paste_masks
 from ..modeling import build_model
@@ -22,15 +23,27 @@ from ..structures import Prediction
 class Predictor:
     """The PyTorch RetinaMask with its test-time pre- and post-processing.
 
-    ``input_size=None`` uses the original's transform (short side ``INPUT.MIN_SIZE_TEST``, long side
-    at most ``INPUT.MAX_SIZE_TEST``, padded to /32); an integer S uses the seed's fixed S x S canvas
-    (long side resized to S), as the exported models do.
+    ``resize``: a :class:`~retinamask.geometry.ResizePolicy` or its name. None (default) uses the
+    original's transform (``original``: short side ``INPUT.MIN_SIZE_TEST``, long side at most
+    ``INPUT.MAX_SIZE_TEST``, padded to DATALOADER.SIZE_DIVISIBILITY); ``seed`` the seed's fixed
+    S x S canvas (long side resized to S = ``input_size``, as the square exported models do).
+    An integer ``input_size`` alone selects the seed policy (as before resize policies).
     """
 
-    def __init__(self, model, cfg, input_size=None, device="cpu", mask_threshold=0.5):
+    def __init__(self, model, cfg, input_size=None, device="cpu", mask_threshold=0.5, resize=None):
         self.model = model.eval().to(device)
         self.cfg = cfg
-        self.input_size = input_size
+        inp = cfg.INPUT
+        if resize is None:
+            resize = "seed" if input_size else "original"
+        if isinstance(resize, str):
+            if resize == "original":
+                resize = OriginalResize(inp.MIN_SIZE_TEST, inp.MAX_SIZE_TEST, cfg.DATALOADER.SIZE_DIVISIBILITY)
+            else:
+                resize = make_policy(resize, inp.MIN_SIZE_TEST, inp.MAX_SIZE_TEST,
+                                     int(cfg.DATALOADER.SIZE_DIVISIBILITY) or 32, input_size=input_size)
+        self.policy = resize
+        self.input_size = resize.size if isinstance(resize, SeedResize) else None
         self.device = torch.device(device)
         self.mask_threshold = mask_threshold
 
@@ -48,13 +61,10 @@ class Predictor:
         return self.model.class_names
 
     def preprocess(self, image_rgb):
-        """uint8 [H, W, 3] RGB -> (float32 [3, Hp, Wp] input, (h, w) valid region)."""
+        """uint8 [H, W, 3] RGB -> (float32 [3, Hc, Wc] input on the policy's canvas, (h, w) valid region)."""
         inp = self.cfg.INPUT
-        if self.input_size is None:
-            return upstream_preprocess(image_rgb, inp.MIN_SIZE_TEST, inp.MAX_SIZE_TEST, inp.PIXEL_MEAN,
-                                       inp.PIXEL_STD, self.cfg.DATALOADER.SIZE_DIVISIBILITY)
-        chw, _, resized_hw = seed_preprocess(image_rgb, self.input_size, inp.PIXEL_MEAN, inp.PIXEL_STD)
-        return chw, resized_hw
+        chw, geometry = policy_preprocess(image_rgb, self.policy, inp.PIXEL_MEAN, inp.PIXEL_STD)
+        return chw, geometry.resized_hw
 
     @torch.no_grad()
     def __call__(self, image):

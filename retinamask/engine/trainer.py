@@ -315,11 +315,12 @@ def _hms(seconds):
 
 
 @torch.no_grad()
-def evaluate_split(model, cfg, data_dir, split="val", input_size=None, batch_size=4, progress=False):
+def evaluate_split(model, cfg, data_dir, split="val", input_size=None, batch_size=4, progress=False, resize=None):
     """COCO bbox/segm evaluation of the eager model on ``DIR/<split>``.
 
     input_size None: the original's test resize (INPUT.MIN_SIZE_TEST / MAX_SIZE_TEST);
-    an integer S: the deployment's fixed S x S canvas (long side resized to S).
+    an integer S: the deployment's fixed S x S canvas (long side resized to S). ``resize``: a
+    resize policy or its name instead (see :class:`~retinamask.engine.predictor.Predictor`).
     Returns ``retinamask.evaluation.evaluate_coco``'s report.
     """
     from ..engine.predictor import Predictor
@@ -331,7 +332,7 @@ def evaluate_split(model, cfg, data_dir, split="val", input_size=None, batch_siz
 
     dataset, _ = load_ground_truth(ann_file)
     category_ids = sorted(c["id"] for c in dataset["categories"])
-    predictor = Predictor(model.eval(), cfg, input_size=input_size)
+    predictor = Predictor(model.eval(), cfg, input_size=input_size, resize=resize)
     images = sorted(dataset["images"], key=lambda im: im["id"])
     results = []
     iterator = range(0, len(images), batch_size)

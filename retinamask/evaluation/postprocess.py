@@ -1,8 +1,9 @@
 """Model outputs of one image -> detections in original-image pixels -> COCO results; and the
 ``retinamask evaluate`` driver over a folder of per-image inference outputs (no torch).
 
-The geometry from the model's S x S canvas back to the image lives in ONE function,
-:func:`boxes_to_original`; everything that maps boxes back uses it.
+The geometry from the model's canvas back to the image: :func:`boxes_to_original` (the
+per-axis scale of ``retinamask.geometry.ImageGeometry``); the resized size of each image
+comes from the run's records, else from the resize policy (``retinamask.geometry``).
 
 Layouts (docs/onnx_contract.md): ``end2end`` outputs are final detections padded
 with label -1 / score 0 rows; ``seed`` outputs are 1000 candidates that get the
@@ -33,7 +34,7 @@ SEED_NUM_CANDIDATES = 1000
 DEFAULT_INPUT_SIZE = 1344
 
 
-def boxes_to_original(boxes, original_hw, resized_hw):
+def boxes_to_original(boxes, original_hw, resized_hw, clip=True):
     """Boxes on the model's canvas -> boxes on the original image.
 
     boxes: float [N,4] x1,y1,x2,y2 in canvas pixels, where the image occupies the
@@ -41,13 +42,16 @@ def boxes_to_original(boxes, original_hw, resized_hw):
     Each axis is divided by its own resize ratio (resized / original; the short side
     was rounded down, so the two differ slightly), computed as the original's
     ``BoxList.resize`` does it: float32 boxes times the float32 of original / resized.
-    Then clipped to [0, w-1] x [0, h-1] (``clip_to_image``, +1 convention).
+    Then, with ``clip``, clipped to [0, w-1] x [0, h-1] (``clip_to_image``, +1 convention): the
+    seed's route clips there (its graph clipped to the canvas); the original does not (its
+    graph clipped to the resized image), see ``ResizePolicy.clip_to_image``.
     Returns float32 [N,4].
     """
     from .boxes import clip_boxes, rescale_boxes
 
     height, width = (int(v) for v in original_hw)
-    return clip_boxes(rescale_boxes(boxes, resized_hw, original_hw), height, width)
+    boxes = rescale_boxes(boxes, resized_hw, original_hw)
+    return clip_boxes(boxes, height, width) if clip else boxes
 
 
 @dataclass
@@ -80,6 +84,7 @@ def decode_outputs(
     mask_paste="original",
     num_classes=None,
     paste=True,
+    clip=True,
 ):
     """One image's 4 model outputs -> :class:`Detections` in original-image pixels.
 
@@ -90,7 +95,8 @@ def decode_outputs(
     canvas boxes, as the seed's postprocess does, before mapping back.
     mask_paste: "original" (``paste_masks``, PIL, exact to the original RetinaMask)
     or "seed" (``paste_masks_seed``, cv2, the seed's host code).
-    num_classes: when given, labels above it are an error.
+    num_classes: when given, labels above it are an error. clip: boxes clipped to the image
+    after mapping back (:func:`boxes_to_original`; the policy's ``clip_to_image``).
     Raises InputError (without a path) for malformed or non-finite outputs.
     """
     from .masks import paste_masks, paste_masks_seed
@@ -113,7 +119,7 @@ def decode_outputs(
         raise InputError(f"label {int(labels[keep].max())} but there are only {num_classes} categories")
 
     height, width = (int(v) for v in original_hw)
-    kept_boxes = boxes_to_original(boxes[keep], original_hw, resized_hw)
+    kept_boxes = boxes_to_original(boxes[keep], original_hw, resized_hw, clip=clip)
     kept_probs = masks[keep].astype(np.float32, copy=False)
     pasted = areas = None
     if paste:
@@ -159,6 +165,7 @@ def outputs_to_coco_results(
     with_masks=True,
     convention="original",
     input_size=None,
+    clip=True,
 ):
     """One image's 4 model outputs -> list of COCO result dicts (bbox [x,y,w,h] with the
     +1 width convention, score, category_id, and RLE ``segmentation`` when ``with_masks``).
@@ -172,12 +179,12 @@ def outputs_to_coco_results(
     return image_coco_results(outputs, layout, image_id, original_hw, resized_hw, category_ids,
                               nms_threshold=nms_threshold, max_detections=max_detections,
                               mask_threshold=mask_threshold, mask_paste=mask_paste, with_masks=with_masks,
-                              convention=convention, input_size=input_size)[0]
+                              convention=convention, input_size=input_size, clip=clip)[0]
 
 
 def image_coco_results(outputs, layout, image_id, original_hw, resized_hw, category_ids, nms_threshold=0.4,
                        max_detections=100, mask_threshold=0.5, mask_paste="original", with_masks=True,
-                       convention="original", input_size=None):
+                       convention="original", input_size=None, clip=True):
     """:func:`outputs_to_coco_results` and the results' mask areas: (results, int64 [N] or None)."""
     from .coco_eval import detections_to_coco_results
     from .masks import encode_masks
@@ -196,6 +203,7 @@ def image_coco_results(outputs, layout, image_id, original_hw, resized_hw, categ
     detections = decode_outputs(
         outputs, layout, original_hw, resized_hw, nms_threshold=nms_threshold, max_detections=max_detections,
         mask_threshold=mask_threshold, mask_paste=mask_paste, num_classes=len(category_ids), paste=with_masks,
+        clip=clip,
     )
     categories = np.asarray(category_ids)[detections.labels - 1] if detections.labels.size else []
     rles = encode_masks(detections.masks) if with_masks else None
@@ -234,6 +242,7 @@ def evaluate_outputs(
     report_dir=None,
     image_dir=None,
     runner=None,
+    resize=None,
 ):
     """Per-image inference outputs -> COCO results JSON + bbox/segm stats (text and JSON).
 
@@ -245,7 +254,10 @@ def evaluate_outputs(
     layout: "auto" (the run sidecar's or ``model_path``'s metadata, else from the rows:
     1000 -> seed, otherwise end2end), "end2end" or "seed".
     Original sizes and image ids come from the annotation file (by file name, or by
-    basename = file name without extension).
+    basename = file name without extension). Each image's resized size (the valid region
+    of its canvas) comes from the image list, else from the resize policy: ``resize`` (a
+    name or ResizePolicy), else the model's metadata or the run sidecar's, else the seed's
+    S x S (``input_size``).
 
     Bad items (missing, truncated or non-finite outputs, unknown images, bad .info
     lines) are logged one line each and listed under ``failed``; the rest is evaluated.
@@ -305,7 +317,11 @@ def evaluate_outputs(
         item_failed(info_path, cause)
     if not entries:
         raise InputError("no images to evaluate: the image list is empty, or there are no output files", results_dir)
-    geometry = _resolve_geometry(layout, model_path, sidecar_model, input_size, results_dir, entries)
+    geometry = _resolve_geometry(layout, model_path, sidecar_model, input_size, results_dir, entries, resize)
+    if convention == "seed" and geometry["input_size"] is None:
+        raise InputError("--convention seed maps boxes back with the seed's one ratio S / long side of a square "
+                         "S x S canvas; these outputs came from a model that takes any canvas (--resize original "
+                         "or buckets): evaluate them with --convention original", results_dir)
 
     jobs = []
     for entry in entries:
@@ -555,14 +571,39 @@ def _image_entries(results_dir, info_path, images_path):
     return [{"basename": name} for name in list_output_basenames(results_dir)], None, []
 
 
-def _resolve_geometry(layout, model_path, sidecar_model, input_size, results_dir, entries):
-    """Layout, rows K, mask resolution, input size S and NMS settings for reading the outputs."""
+def _resolve_geometry(layout, model_path, sidecar_model, input_size, results_dir, entries, resize=None):
+    """Layout, rows K, mask resolution, input size S, resize policy and NMS settings for reading
+    the outputs."""
+    geometry = _resolve_layout_and_size(layout, model_path, sidecar_model, input_size, results_dir, entries, resize)
+    geometry["policy"] = _resolve_policy(geometry, resize, sidecar_model, results_dir)
+    return geometry
+
+
+def _resolve_policy(geometry, resize, sidecar_model, results_dir):
+    """The ResizePolicy that gives an image's resized size where the image list does not."""
+    from ..geometry import ResizePolicy, SeedResize, policy_from_dict, policy_named
+
+    if isinstance(resize, ResizePolicy):
+        return resize
+    base = geometry.get("policy")
+    if base is None and sidecar_model and isinstance(sidecar_model.get("resize"), dict):
+        base = policy_from_dict(sidecar_model["resize"])
+    if base is None:
+        base = SeedResize(geometry["input_size"] or DEFAULT_INPUT_SIZE)
+    try:
+        return policy_named(base, resize)
+    except ValueError as e:
+        raise InputError(f"--resize {resize}: {e}", results_dir) from None
+
+
+def _resolve_layout_and_size(layout, model_path, sidecar_model, input_size, results_dir, entries, resize=None):
     from ..runtime.model_info import DEFAULT_MASK_RESOLUTION, read_model_info
     from ..runtime.outputs import find_output_files, probe_output_geometry
 
     model = None
     if model_path is not None:
-        info = read_model_info(model_path, layout=None if layout == "auto" else layout, input_size=input_size)
+        info = read_model_info(model_path, layout=None if layout == "auto" else layout, input_size=input_size,
+                               resize=resize)
         model = {"layout": info.layout, "rows": info.num_rows, "mask_resolution": info.mask_resolution,
                  "input_size": info.input_size, "max_detections": info.max_detections,
                  "nms_threshold": info.nms_threshold, "source": str(model_path)}
@@ -590,7 +631,14 @@ def _resolve_geometry(layout, model_path, sidecar_model, input_size, results_dir
                              f"S = {model['input_size']} ({model['source']})", results_dir)
 
     if model is not None and model["layout"] in LAYOUTS and model["rows"]:
-        geometry = {**model, "input_size": model["input_size"] or input_size or DEFAULT_INPUT_SIZE}
+        dynamic = model_path is not None and info.dynamic_hw or (
+            model_path is None and sidecar_model.get("image_sizes_input") is not None)
+        if dynamic:  # a model that takes any canvas: no S
+            geometry = {**model, "input_size": None}
+            if model_path is not None:
+                geometry["policy"] = info.resize
+        else:
+            geometry = {**model, "input_size": model["input_size"] or input_size or DEFAULT_INPUT_SIZE}
         _check_entry_input_sizes(entries, geometry)
         return geometry
 
@@ -639,8 +687,6 @@ def _check_entry_input_sizes(entries, geometry):
 
 def _job_for(entry, gt_images, geometry, results_dir, category_ids, convention):
     """(job tuple, None) or (None, cause) for one listed image."""
-    from ..data.transforms import seed_resize_geometry
-
     basename = entry["basename"]
     file_name = entry.get("file_name")
     found = gt_images.get(("name", Path(file_name).name)) if file_name else None
@@ -659,10 +705,10 @@ def _job_for(entry, gt_images, geometry, results_dir, category_ids, convention):
     if entry.get("resized_width") and entry.get("resized_height") and entry_size in (None, input_size):
         resized_hw = (int(entry["resized_height"]), int(entry["resized_width"]))
     else:
-        resized_hw, _ = seed_resize_geometry(height, width, input_size)
+        resized_hw = geometry["policy"].geometry(height, width).resized_hw
     job = (str(results_dir), basename, image_id, (height, width), resized_hw, geometry["layout"], geometry["rows"],
            geometry["mask_resolution"], geometry["nms_threshold"], geometry["max_detections"], tuple(category_ids),
-           convention, input_size)
+           convention, input_size, geometry["policy"].clip_to_image)
     return job, None
 
 
@@ -712,7 +758,7 @@ def _evaluate_one(job):
     from ..runtime.outputs import find_output_files, read_image_outputs
 
     (results_dir, basename, image_id, original_hw, resized_hw, layout, rows, mask_resolution, nms_threshold,
-     max_detections, category_ids, convention, input_size) = job
+     max_detections, category_ids, convention, input_size, clip) = job
     where = basename
     try:
         files = find_output_files(results_dir, basename)
@@ -720,7 +766,7 @@ def _evaluate_one(job):
         outputs = read_image_outputs(files, output_specs(layout, rows, mask_resolution))
         results, areas = image_coco_results(
             outputs, layout, image_id, original_hw, resized_hw, category_ids, nms_threshold=nms_threshold,
-            max_detections=max_detections, convention=convention, input_size=input_size,
+            max_detections=max_detections, convention=convention, input_size=input_size, clip=clip,
         )
     except InputError as e:
         return ("failed", e.path or where, e.cause)

@@ -9,7 +9,8 @@ without If/Loop nodes.
 
 Both take ``images`` [B, 3, S, S] (normalised BGR, zero padded, see docs/onnx_contract.md) and
 reuse the model's modules and building blocks; they add only the batching, static-shape and
-padding logic around them.
+padding logic around them. End2EndGraph also takes a canvas of any size with the images' true
+sizes (the ``original`` / ``buckets`` resize policies, exported with dynamic H and W).
 """
 
 import copy
@@ -72,7 +73,7 @@ def top_candidates(scores, deltas, anchors, k, box_coder):
     return boxes, top_scores, labels
 
 
-def nms_by_group(boxes, scores, groups, iou_threshold, max_coordinate):
+def nms_by_group(boxes, scores, groups, iou_threshold, max_coordinate=None, pitch=None):
     """NMS within each group (class, or image x class) with the original's +1 box areas.
 
     boxes [M, 4] xyxy within [0, max_coordinate - 1], scores [M], groups [M] int64 >= 0 ->
@@ -83,7 +84,8 @@ def nms_by_group(boxes, scores, groups, iou_threshold, max_coordinate):
     grown = torch.cat((boxes[:, :2], boxes[:, 2:] + 1), dim=1)
     # Tiles on a 2-D grid rather than one long row: offsets stay small, so float32 keeps the
     # coordinates to ~1e-3 px (a 1-D offset of 80 classes x 1345 px would round to ~8e-3 px).
-    pitch = float(max_coordinate + 1)
+    if pitch is None:  # a float, or a 0-d tensor (canvases of any size): > every grown coordinate
+        pitch = float(max_coordinate + 1)
     columns = 16
     column = torch.remainder(groups, columns).to(boxes.dtype)
     row = torch.div(groups, columns, rounding_mode="floor").to(boxes.dtype)
@@ -104,6 +106,9 @@ class End2EndGraph(nn.Module):
     forward(images [B, 3, S, S]) -> (boxes [B, K, 4] float32 (canvas pixels, clipped to
     [0, S-1]), labels [B, K] int32 (1-based, -1 on padding), scores [B, K] float32 (descending,
     0 on padding), masks [B, K, 1, M, M] float32 (probability of the row's class, 0 on padding)).
+    With ``input_size`` None the canvas may have any size: forward(images [B, 3, H, W],
+    image_sizes [B, 2] int64 (h, w) of each image's valid region), boxes clipped to
+    [0, w-1] x [0, h-1] per image, as the original clips them (``candidates_in_images``).
 
     Per level: sigmoid scores, top ``pre_nms_top_n`` (anchor, class) pairs above the score
     threshold, decoded; class-wise NMS per image; the top K of what survives; the mask head
@@ -118,12 +123,12 @@ class End2EndGraph(nn.Module):
 
     def __init__(self, model, input_size, max_detections=100):
         super().__init__()
-        _check_model(model, input_size)
+        _check_model(model, input_size or 32)
         if max_detections <= 0:
             raise ConfigError(f"max detections must be positive, got {max_detections}")
         postprocessor = model.rpn.postprocessor
         self.model = model
-        self.input_size = int(input_size)
+        self.input_size = int(input_size) if input_size else None  # None: any canvas, with image_sizes
         self.max_detections = int(max_detections)
         self.num_classes = model.rpn.head.num_classes
         self.score_threshold = float(postprocessor.score_threshold)
@@ -131,9 +136,15 @@ class End2EndGraph(nn.Module):
         self.nms_threshold = float(postprocessor.nms_threshold)
         self.box_coder = postprocessor.box_coder
 
-    def forward(self, images):
+    def forward(self, images, image_sizes=None):
         features, levels = dense_predictions(self.model, images)
-        boxes, scores, labels = self.candidates(levels)
+        if self.input_size is None:
+            boxes, scores, labels = self.candidates_in_images(levels, image_sizes)
+            # tiles as wide as the largest valid region: groups never overlap
+            pitch = image_sizes.max().to(boxes.dtype) + 1
+        else:
+            boxes, scores, labels = self.candidates(levels)
+            pitch = float(self.input_size + 1)
         batch, num_candidates = scores.shape
         k = self.max_detections
 
@@ -143,7 +154,7 @@ class End2EndGraph(nn.Module):
         image_index = torch.div(above, num_candidates, rounding_mode="floor")
         groups = image_index * self.num_classes + labels.reshape(-1)[above] - 1
         keep = above[nms_by_group(boxes.reshape(-1, 4)[above], flat_scores[above], groups,
-                                  self.nms_threshold, self.input_size)]
+                                  self.nms_threshold, pitch=pitch)]
 
         # Top K per image among the survivors; -1 marks the rest (sigmoid scores are >= 0).
         kept_scores = torch.full_like(flat_scores, -1.0).index_put((keep,), flat_scores[keep])
@@ -178,6 +189,31 @@ class End2EndGraph(nn.Module):
         boxes = torch.cat(boxes, dim=1)
         canvas = self.input_size
         boxes = clip_boxes(boxes.reshape(-1, 4), canvas, canvas).view(boxes.shape)
+        return boxes, torch.cat(scores, dim=1), torch.cat(labels, dim=1)
+
+    def candidates_in_images(self, levels, image_sizes):
+        """:meth:`candidates` for a canvas of any size: boxes clipped to each image's valid region
+        ``image_sizes`` [B, 2] (h, w) as the original clips them ([0, w-1] x [0, h-1]).
+
+        Every level is first extended by ``ceil(pre_nms_top_n / C)`` anchors that score -1, so
+        that its top-n has a static size on any canvas (a small canvas has fewer (anchor,
+        class) pairs than pre_nms_top_n); those rows never pass the score threshold.
+        """
+        boxes, scores, labels = [], [], []
+        for level_scores, deltas, anchors in levels:
+            batch, _, num_classes = level_scores.shape
+            extra = -(-self.pre_nms_top_n // num_classes)
+            level_scores = torch.cat((level_scores, level_scores.new_full((batch, extra, num_classes), -1.0)), 1)
+            deltas = torch.cat((deltas, deltas.new_zeros((batch, extra, 4))), 1)
+            anchors = torch.cat((anchors, anchors.new_zeros((extra, 4))), 0)
+            level_boxes, level_top, level_labels = top_candidates(level_scores, deltas, anchors, self.pre_nms_top_n,
+                                                                  self.box_coder)
+            boxes.append(level_boxes)
+            scores.append(level_top)
+            labels.append(level_labels)
+        boxes = torch.cat(boxes, dim=1)
+        limits = (image_sizes.to(boxes.dtype) - 1).flip(1).repeat(1, 2).unsqueeze(1)  # [B, 1, 4] (w-1, h-1, ...)
+        boxes = torch.minimum(boxes.clamp(min=0), limits)
         return boxes, torch.cat(scores, dim=1), torch.cat(labels, dim=1)
 
     def masks(self, features, boxes, labels, valid):

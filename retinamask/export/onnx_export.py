@@ -3,6 +3,12 @@ parity check of the exported model (ONNX Runtime) against PyTorch on a sample im
 
 >>> report = export_onnx(cfg, "model_final.pth", "retinamask.onnx")          # end2end, batch 1
 >>> report = export_onnx(cfg, "model_final.pth", "seed.onnx", layout="seed")
+>>> report = export_onnx(cfg, "model_final.pth", "any_shape.onnx", resize="original")  # dynamic H/W
+
+The resize policy (``retinamask.geometry``) decides the input: ``seed`` a fixed S x S canvas and
+one input (the seed's graph); ``original`` / ``buckets`` a canvas of any size (dynamic H and W,
+multiples of 32) plus an ``image_sizes`` input with each image's valid (h, w), to which the graph
+clips boxes exactly as the original does. The policy goes into the metadata.
 """
 
 import contextlib
@@ -17,12 +23,15 @@ import torch
 
 from .. import __version__
 from ..errors import RetinaMaskError
+from ..geometry import ResizePolicy, SeedResize, policy_from_config
 from ..fileio import atomic_write_bytes
 from .graphs import END2END_OUTPUTS, SEED_NUM_CANDIDATES, SEED_OUTPUTS, End2EndGraph, SeedGraph, half_precision_copy
 
 logger = logging.getLogger(__name__)
 
 LAYOUTS = ("end2end", "seed")
+IMAGE_SIZES_INPUT = "image_sizes"  # int64 [B, 2] (h, w) of the resized image in each canvas (dynamic H/W models)
+MAX_CANVAS_SIDE = 4096  # bound of the dynamic H/W axes (torch.export Dim)
 MIN_OPSET = 18  # opset 17 gave a ReduceMax that onnxruntime rejects (shared/facts)
 FORBIDDEN_OPS = ("If", "Loop", "Scan")
 EMBED_LIMIT_BYTES = 1_900_000_000  # protobuf's 2 GB cap, with room for the graph itself
@@ -45,7 +54,7 @@ class ExportError(RetinaMaskError):
 
 def export_onnx(cfg, weights, save_path, layout="end2end", batch_size=1, dynamic_batch=False, fp16=False,
                 opset=18, simplify=True, input_size=None, max_detections=100, verify=True, int8=False,
-                calibration_dir=None, calibration_images=None):
+                calibration_dir=None, calibration_images=None, resize=None):
     """Build the model of ``cfg`` (a config or a config name/path), load ``weights`` (a checkpoint
     path; None keeps the random initialisation) and export it; see :func:`export_model`."""
     from ..checkpoint import load_checkpoint
@@ -54,26 +63,30 @@ def export_onnx(cfg, weights, save_path, layout="end2end", batch_size=1, dynamic
 
     if not hasattr(cfg, "MODEL"):
         cfg = load_config(cfg)
-    input_size = default_input_size(cfg) if input_size is None else input_size
-    _check_arguments(layout, batch_size, opset, input_size, max_detections)
+    policy = resolve_export_policy(cfg, resize, input_size, layout)
+    _check_arguments(layout, batch_size, opset, policy, max_detections)
     _check_int8_arguments(int8, fp16, calibration_dir)
     model = build_model(cfg)
     if weights is not None:
         load_checkpoint(model, weights)
     report = export_model(model, cfg, save_path, layout=layout, batch_size=batch_size, dynamic_batch=dynamic_batch,
-                          fp16=fp16, opset=opset, simplify=simplify, input_size=input_size,
-                          max_detections=max_detections, verify=verify, int8=int8, calibration_dir=calibration_dir,
-                          calibration_images=calibration_images)
+                          fp16=fp16, opset=opset, simplify=simplify, max_detections=max_detections, verify=verify,
+                          int8=int8, calibration_dir=calibration_dir, calibration_images=calibration_images,
+                          resize=policy)
     report["weights"] = None if weights is None else str(weights)
     return report
 
 
 def export_model(model, cfg, save_path, layout="end2end", batch_size=1, dynamic_batch=False, fp16=False,
                  opset=18, simplify=True, input_size=None, max_detections=100, verify=True, int8=False,
-                 calibration_dir=None, calibration_images=None):
+                 calibration_dir=None, calibration_images=None, resize=None):
     """Export a built RetinaMask (eval mode, float32) to ``save_path`` in one ONNX file.
 
-    ``input_size``: side S of the square [B,3,S,S] input; None takes :func:`default_input_size`.
+    ``resize``: the resize policy (a :class:`~retinamask.geometry.ResizePolicy` or its name,
+    None = ``seed``; see :func:`resolve_export_policy`). ``seed``: input [B,3,S,S] with S =
+    ``input_size`` (None takes :func:`default_input_size`). ``original`` / ``buckets``: inputs
+    ``input`` [B,3,H,W] (H, W dynamic multiples of 32) and ``image_sizes`` int64 [B,2]; end2end
+    layout only.
 
     ``layout``: "end2end" (NMS and top-K in the graph, K = ``max_detections`` rows) or "seed"
     (the Ascend seed's 1000 candidates). ``batch_size`` fixes B unless ``dynamic_batch``.
@@ -92,18 +105,20 @@ def export_model(model, cfg, save_path, layout="end2end", batch_size=1, dynamic_
     """
     import onnx
 
-    input_size = default_input_size(cfg) if input_size is None else input_size
-    _check_arguments(layout, batch_size, opset, input_size, max_detections)
+    policy = resolve_export_policy(cfg, resize, input_size, layout)
+    dynamic_hw = not isinstance(policy, SeedResize)
+    input_size = None if dynamic_hw else policy.size
+    _check_arguments(layout, batch_size, opset, policy, max_detections)
     _check_int8_arguments(int8, fp16, calibration_dir)
     save_path = Path(save_path)
     model = model.eval()
     graph_model = half_precision_copy(model) if fp16 else model
     graph = _make_graph(graph_model, layout, input_size, max_detections).eval()
     example_batch = 2 if dynamic_batch else batch_size  # batch 1 would be specialised into the graph
-    example = sample_input(cfg, input_size, example_batch)
+    example = sample_input(cfg, policy, example_batch)
 
     start = time.perf_counter()
-    proto = _torch_export(graph, example, layout, dynamic_batch, opset)
+    proto = _torch_export(graph, example, layout, dynamic_batch, opset, dynamic_hw, policy.size_divisibility)
     export_seconds = time.perf_counter() - start
     nodes_exported = len(proto.graph.node)
 
@@ -113,7 +128,7 @@ def export_model(model, cfg, save_path, layout="end2end", batch_size=1, dynamic_
     simplification["constant_fills"] = constant_fills_to_nodes(proto)
     simplification["nodes_after"] = len(proto.graph.node)
 
-    metadata = contract_metadata(cfg, model, layout, input_size, max_detections,
+    metadata = contract_metadata(cfg, model, layout, policy, max_detections,
                                  "dynamic" if dynamic_batch else batch_size)
     _set_metadata(proto, metadata)
     proto.producer_name = "retinamask"
@@ -141,6 +156,7 @@ def export_model(model, cfg, save_path, layout="end2end", batch_size=1, dynamic_
         "layout": layout,
         "batch": "dynamic" if dynamic_batch else batch_size,
         "input_size": input_size,
+        "resize": policy.to_dict(),
         "max_detections": max_detections,
         "opset": opset,
         "precision": "int8" if int8 else "fp16" if fp16 else "fp32",
@@ -155,7 +171,7 @@ def export_model(model, cfg, save_path, layout="end2end", batch_size=1, dynamic_
         "quantization": quantization,
     }
     if verify:
-        report["verification"] = verify_export(model, graph, cfg, save_path, layout, input_size, max_detections,
+        report["verification"] = verify_export(model, graph, cfg, save_path, layout, policy, max_detections,
                                                batch=example_batch, precision=report["precision"])
     return report
 
@@ -166,7 +182,32 @@ def default_input_size(cfg):
     return -(-int(cfg.INPUT.MAX_SIZE_TEST) // 32) * 32
 
 
-def _check_arguments(layout, batch_size, opset, input_size, max_detections):
+def resolve_export_policy(cfg, resize, input_size, layout="end2end"):
+    """The policy an export uses: ``resize`` a ResizePolicy or a name (``seed`` / ``original`` /
+    ``buckets``, sizes from the config; None = ``seed``); ``input_size`` is the seed canvas
+    (None: :func:`default_input_size`) and only goes with ``seed``."""
+    if resize is None:
+        resize = "seed"
+    if isinstance(resize, ResizePolicy):
+        policy = resize
+    else:
+        if resize != "seed" and input_size is not None:
+            raise RetinaMaskError(f"--input-size sets the seed policy's square canvas; --resize {resize} takes the "
+                                  "config's INPUT.MIN_SIZE_TEST / MAX_SIZE_TEST (change them with --opts)")
+        if input_size is not None and (int(input_size) <= 0 or int(input_size) % 32):
+            raise RetinaMaskError(f"input size must be a positive multiple of 32, got {input_size}")
+        try:
+            policy = policy_from_config(cfg, resize, input_size=input_size or default_input_size(cfg))
+        except ValueError as e:
+            raise RetinaMaskError(str(e)) from None
+    if layout == "seed" and not isinstance(policy, SeedResize):
+        raise RetinaMaskError(f"the seed layout is the Ascend seed's fixed square graph: it takes --resize seed, "
+                              f"not {policy.name} (use --layout end2end)")
+    return policy
+
+
+def _check_arguments(layout, batch_size, opset, policy, max_detections):
+    input_size = policy.size if isinstance(policy, SeedResize) else 32
     if layout not in LAYOUTS:
         raise RetinaMaskError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
     if int(batch_size) < 1:
@@ -176,6 +217,9 @@ def _check_arguments(layout, batch_size, opset, input_size, max_detections):
                               "(with opset 17 the exporter emits a ReduceMax that onnxruntime rejects)")
     if int(input_size) <= 0 or int(input_size) % 32:
         raise RetinaMaskError(f"input size must be a positive multiple of 32, got {input_size}")
+    if policy.size_divisibility % 32:
+        raise RetinaMaskError(f"canvases must be multiples of 32 (the FPN), got SIZE_DIVISIBILITY "
+                              f"{policy.size_divisibility}")
     if int(max_detections) < 1:
         raise RetinaMaskError(f"max detections must be >= 1, got {max_detections}")
 
@@ -224,14 +268,30 @@ def _make_graph(model, layout, input_size, max_detections):
     return End2EndGraph(model, input_size, max_detections)
 
 
-def _torch_export(graph, example, layout, dynamic_batch, opset):
-    """torch.onnx.export(dynamo=True) -> onnx.ModelProto with the weights in memory."""
+def _torch_export(graph, example, layout, dynamic_batch, opset, dynamic_hw=False, divisibility=32):
+    """torch.onnx.export(dynamo=True) -> onnx.ModelProto with the weights in memory.
+
+    ``example``: the images [B,3,S,S], or (images, image_sizes) with ``dynamic_hw``: H and W are
+    then ``divisibility * Dim`` (a multiple of 32 makes the FPN's top-down sizes provably equal),
+    from 2 * divisibility to MAX_CANVAS_SIDE."""
+    Dim = torch.export.Dim
     output_names = list(SEED_OUTPUTS if layout == "seed" else END2END_OUTPUTS)
-    dynamic_shapes = {"images": {0: torch.export.Dim("batch", min=1, max=4096)}} if dynamic_batch else None
+    batch = {0: Dim("batch", min=1, max=4096)} if dynamic_batch else {}
+    if dynamic_hw:
+        d = int(divisibility)
+        h, w = (Dim(name, min=2, max=MAX_CANVAS_SIDE // d) for name in ("h", "w"))
+        dynamic_shapes = {"images": {**batch, 2: d * h, 3: d * w}, "image_sizes": dict(batch)}
+        args, input_names = tuple(example), ["input", IMAGE_SIZES_INPUT]
+    else:
+        dynamic_shapes = {"images": batch} if dynamic_batch else None
+        args, input_names = (example,), ["input"]
     with warnings.catch_warnings(), _quiet_loggers("onnx_ir", "onnxscript", "torch.onnx", "torch.export"):
         warnings.filterwarnings("ignore", message=".*create_unbacked_symint.*")
-        program = torch.onnx.export(graph, (example,), dynamo=True, opset_version=int(opset), verbose=False,
-                                    input_names=["input"], output_names=output_names, dynamic_shapes=dynamic_shapes)
+        # input and image_sizes share the batch Dim on purpose
+        warnings.filterwarnings("ignore", message=".*shares the same shape constraints with another axis.*")
+        program = torch.onnx.export(graph, args, dynamo=True, opset_version=int(opset), verbose=False,
+                                    input_names=input_names, output_names=output_names,
+                                    dynamic_shapes=dynamic_shapes)
     return program.model_proto
 
 
@@ -296,13 +356,18 @@ def constant_fills_to_nodes(proto, min_bytes=1 << 20):
     return len(replaced)
 
 
-def contract_metadata(cfg, model, layout, input_size, max_detections, batch):
-    """The ``retinamask.*`` metadata_props of docs/onnx_contract.md (all values strings)."""
+def contract_metadata(cfg, model, layout, policy, max_detections, batch):
+    """The ``retinamask.*`` metadata_props of docs/onnx_contract.md (all values strings).
+    ``policy``: a ResizePolicy (or, as before resize policies, the seed canvas side S)."""
+    if not isinstance(policy, ResizePolicy):
+        policy = SeedResize(policy)
     postprocessor = model.rpn.postprocessor
     pooler = model.mask.feature_extractor.pooler
+    size = {"retinamask.input_size": str(policy.size)} if isinstance(policy, SeedResize) else {}
     return {
         "retinamask.layout": layout,
-        "retinamask.input_size": str(int(input_size)),
+        **size,
+        **policy.to_metadata(),
         "retinamask.pixel_mean": json.dumps([float(v) for v in cfg.INPUT.PIXEL_MEAN]),
         "retinamask.pixel_std": json.dumps([float(v) for v in cfg.INPUT.PIXEL_STD]),
         "retinamask.class_names": json.dumps(list(model.class_names)),
@@ -357,15 +422,24 @@ def check_contract(proto, layout, batch_size, input_size, rows, mask_resolution=
         got_type = value.type.tensor_type.elem_type
         expected = [batch] + list(shape)
         ok = value.name == name and got_type == elem_type and len(dims) == len(expected)
+        # (a "symbolic" expectation takes a named dim; with a static batch the exporter may name none)
         ok = ok and all((isinstance(d, str) if e == "symbolic" else d == e) for d, e in zip(dims, expected))
         if not ok:
             raise ExportError(f"{value.name!r} is {onnx.helper.tensor_dtype_to_np_dtype(got_type)} {dims}, "
                               f"the contract says {name!r} {onnx.helper.tensor_dtype_to_np_dtype(elem_type)} "
                               f"{expected}", path=path)
 
-    if len(proto.graph.input) != 1:
-        raise ExportError(f"expected one input, found {[i.name for i in proto.graph.input]}", path=path)
-    check(proto.graph.input[0], "input", onnx.TensorProto.FLOAT, (3, input_size, input_size))
+    inputs = list(proto.graph.input)
+    if input_size is None:  # dynamic H/W: input [B, 3, H, W] and image_sizes [B, 2]
+        if [i.name for i in inputs] != ["input", IMAGE_SIZES_INPUT]:
+            raise ExportError(f"expected inputs ['input', '{IMAGE_SIZES_INPUT}'], found {[i.name for i in inputs]}",
+                              path=path)
+        check(inputs[0], "input", onnx.TensorProto.FLOAT, (3, "symbolic", "symbolic"))
+        check(inputs[1], IMAGE_SIZES_INPUT, onnx.TensorProto.INT64, (2,))
+    else:
+        if len(inputs) != 1:
+            raise ExportError(f"expected one input, found {[i.name for i in inputs]}", path=path)
+        check(inputs[0], "input", onnx.TensorProto.FLOAT, (3, input_size, input_size))
     names = SEED_OUTPUTS if layout == "seed" else END2END_OUTPUTS
     if [o.name for o in proto.graph.output] != list(names):
         raise ExportError(f"outputs {[o.name for o in proto.graph.output]}, the contract says {list(names)}", path=path)
@@ -422,12 +496,33 @@ def synthetic_image(height=640, width=640, variant=0):
 
 
 def sample_input(cfg, input_size, batch=1):
-    """float32 [B, 3, S, S]: ``synthetic_image`` variants through the seed transform."""
-    from ..data.transforms import seed_preprocess
+    """``synthetic_image`` variants for tracing and verifying an export.
 
-    images = [seed_preprocess(synthetic_image(variant=i), input_size, cfg.INPUT.PIXEL_MEAN, cfg.INPUT.PIXEL_STD)[0]
-              for i in range(batch)]
-    return torch.from_numpy(np.stack(images))
+    ``input_size``: a ResizePolicy, or the seed canvas side S. Returns float32 [B, 3, S, S] (the
+    square pictures through the seed transform) for the seed policy; otherwise (float32
+    [B, 3, H, W] pictures of exactly :func:`example_canvas`'s size, int64 image_sizes [B, 2])."""
+    from ..data.transforms import normalize_bgr, policy_preprocess
+
+    policy = input_size if isinstance(input_size, ResizePolicy) else SeedResize(input_size)
+    if isinstance(policy, SeedResize):
+        tensors = [policy_preprocess(synthetic_image(variant=i), policy, cfg.INPUT.PIXEL_MEAN, cfg.INPUT.PIXEL_STD)[0]
+                   for i in range(batch)]
+        return torch.from_numpy(np.stack(tensors))
+    height, width = example_canvas(policy)
+    tensors = [normalize_bgr(synthetic_image(height, width, variant=i), cfg.INPUT.PIXEL_MEAN, cfg.INPUT.PIXEL_STD)
+               for i in range(batch)]
+    return torch.from_numpy(np.stack(tensors)), torch.tensor([(height, width)] * batch, dtype=torch.int64)
+
+
+def example_canvas(policy):
+    """(H, W) of the image a dynamic-H/W graph is traced and verified on: the canvas the policy gives
+    a 640 x 480 image, at least 288 x 352 and never square. Filled by the image (no padding, whose
+    flat zeros give tied scores), with every pyramid level at least 3 cells and H != W, so that the
+    exporter derives no size that could be mistaken for a constant (P7 = 1 on a small canvas made
+    ONNX Runtime reuse a buffer of the wrong shape)."""
+    h, w = policy.geometry(480, 640).canvas_hw
+    h, w = max(h, 288), max(w, 352)
+    return (h, w + 32) if h == w else (h, w)
 
 
 @contextlib.contextmanager
@@ -444,12 +539,15 @@ def eager_limits(model, max_detections):
         model.num_masks_test, postprocessor.detections_per_image = saved
 
 
-def eager_detections(model, images, max_detections):
-    """The eager model on ``images`` [B, 3, S, S] with image_sizes (S, S) (clipping to the canvas)
-    and NUM_MASKS_TEST = K. Returns per image a dict of numpy boxes/labels/scores/masks [D, M, M]."""
-    size = images.shape[-1]
+def eager_detections(model, images, max_detections, image_sizes=None):
+    """The eager model on ``images`` [B, 3, H, W] with ``image_sizes`` (None: the canvas, i.e.
+    clipping to it) and NUM_MASKS_TEST = K. Returns per image a dict of numpy
+    boxes/labels/scores/masks [D, M, M]."""
+    if image_sizes is None:
+        image_sizes = [tuple(images.shape[-2:])] * images.shape[0]
+    image_sizes = [tuple(int(v) for v in hw) for hw in image_sizes]
     with torch.no_grad(), eager_limits(model, max_detections):
-        results = model(images, [(size, size)] * images.shape[0])
+        results = model(images, image_sizes)
     return [{"boxes": r["boxes"].numpy(), "labels": r["labels"].numpy(), "scores": r["scores"].numpy(),
              "masks": r["mask_probs"].numpy()} for r in results]
 
@@ -466,15 +564,18 @@ def output_detections(outputs, layout):
     return results
 
 
-def box_iou_matrix(a, b):
-    """IoU of xyxy boxes a [N, 4] vs b [M, 4] (plain areas) -> [N, M] float64."""
+def box_iou_matrix(a, b, plus_one=False):
+    """IoU of xyxy boxes a [N, 4] vs b [M, 4] -> [N, M] float64. Plain areas, or with ``plus_one``
+    the original's (``boxlist_iou``, TO_REMOVE = 1: inclusive pixels, so that boxes clipped to
+    zero width at the image border still compare by how well they overlap)."""
     a = np.asarray(a, dtype=np.float64)[:, None]
     b = np.asarray(b, dtype=np.float64)[None]
-    iw = np.clip(np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0]), 0, None)
-    ih = np.clip(np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1]), 0, None)
+    one = 1.0 if plus_one else 0.0
+    iw = np.clip(np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0]) + one, 0, None)
+    ih = np.clip(np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1]) + one, 0, None)
     inter = iw * ih
-    area_a = (a[..., 2] - a[..., 0]) * (a[..., 3] - a[..., 1])
-    area_b = (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])
+    area_a = (a[..., 2] - a[..., 0] + one) * (a[..., 3] - a[..., 1] + one)
+    area_b = (b[..., 2] - b[..., 0] + one) * (b[..., 3] - b[..., 1] + one)
     union = area_a + area_b - inter
     same = (a == b).all(-1)  # degenerate identical boxes (zero area) count as a perfect match
     return np.where(same, 1.0, inter / np.where(union > 0, union, 1.0))
@@ -484,14 +585,15 @@ def compare_detections(reference, test, min_box_iou=0.99, cut=None, cut_toleranc
     """Match ``test`` detections to ``reference`` ones (dicts of numpy boxes/labels/scores/masks).
 
     Greedy in reference score order: the unmatched test detection of the same label with the
-    highest box IoU >= ``min_box_iou``. ``cut``: the number of rows the producer keeps; where
+    highest box IoU >= ``min_box_iou`` (the original's IoU, +1 areas). ``cut``: the number of rows the producer keeps; where
     the reference reached it, unmatched detections scoring at most the last kept score
     + ``cut_tolerance`` are attributed to the top-K cut (ties / near-ties) and counted apart.
     Returns counts and, over matched pairs, max |d score|, min box IoU, max |d box| (px),
     max |d mask prob| and min mask IoU (at 0.5).
     """
     ref_n, test_n = len(reference["scores"]), len(test["scores"])
-    iou = box_iou_matrix(reference["boxes"], test["boxes"]) if ref_n and test_n else np.zeros((ref_n, test_n))
+    iou = (box_iou_matrix(reference["boxes"], test["boxes"], plus_one=True) if ref_n and test_n
+           else np.zeros((ref_n, test_n)))
     iou = np.where(reference["labels"][:, None] == test["labels"][None], iou, -1.0)
     used = np.zeros(test_n, dtype=bool)
     pairs = []
@@ -552,27 +654,38 @@ def judge(stats, precision):
                 and stats["max_mask_diff"] <= tol["max_mask_diff"])
 
 
-def run_onnxruntime(path, images):
-    """The model at ``path`` on ``images`` (numpy [B, 3, S, S]) with ONNX Runtime on CPU -> 4 arrays."""
+def run_onnxruntime(path, images, image_sizes=None):
+    """The model at ``path`` on ``images`` (numpy [B, 3, H, W]; with ``image_sizes`` [B, 2] for
+    dynamic H/W models) with ONNX Runtime on CPU -> 4 arrays."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    return session.run(None, {session.get_inputs()[0].name: np.ascontiguousarray(images, dtype=np.float32)})
+    feed = {session.get_inputs()[0].name: np.ascontiguousarray(images, dtype=np.float32)}
+    if image_sizes is not None:
+        feed[IMAGE_SIZES_INPUT] = np.asarray(image_sizes, dtype=np.int64)
+    return session.run(None, feed)
 
 
 def verify_export(model, graph, cfg, path, layout, input_size, max_detections, batch=1, precision="fp32"):
     """One ONNX Runtime run of the exported file on the sample input, compared with PyTorch:
-    end2end against the eager model (image_sizes (S, S), NUM_MASKS_TEST = K), seed against
-    the float32 SeedGraph run eagerly."""
-    images = sample_input(cfg, input_size, batch)
+    end2end against the eager model (image_sizes: the canvas for the seed policy, else the
+    images' true sizes; NUM_MASKS_TEST = K), seed against the float32 SeedGraph run eagerly.
+    ``input_size``: the ResizePolicy (or the seed canvas side S)."""
+    policy = input_size if isinstance(input_size, ResizePolicy) else SeedResize(input_size)
+    images, image_sizes = sample_input(cfg, policy, batch), None
+    if not isinstance(policy, SeedResize):
+        images, image_sizes = images
+    input_size = getattr(policy, "size", None)
     start = time.perf_counter()
-    outputs = run_onnxruntime(path, images.numpy())
+    outputs = run_onnxruntime(path, images.numpy(), None if image_sizes is None else image_sizes.numpy())
     ort_seconds = time.perf_counter() - start
     if layout == "end2end":
-        reference = eager_detections(model, images, max_detections)
-        reference_kind = f"eager model, image_sizes ({input_size}, {input_size}), NUM_MASKS_TEST {max_detections}"
+        reference = eager_detections(model, images, max_detections, image_sizes)
+        where = (f"({input_size}, {input_size})" if image_sizes is None
+                 else "the images' sizes " + ", ".join(f"{h}x{w}" for h, w in image_sizes.tolist()))
+        reference_kind = f"eager model, image_sizes {where}, NUM_MASKS_TEST {max_detections}"
         cut = max_detections
     else:
         seed_graph = graph if precision == "fp32" else SeedGraph(model, input_size)

@@ -72,12 +72,16 @@ def calibration_images(calibration_dir, count=DEFAULT_CALIBRATION_IMAGES):
 
 class SeedTransformReader:
     """ONNX Runtime CalibrationDataReader: images through ``seed_preprocess`` in batches of the
-    model's batch size (1 when dynamic). Unreadable images are skipped with a warning."""
+    model's batch size (1 when dynamic). Unreadable images are skipped with a warning.
 
-    def __init__(self, images, input_name, input_size, mean, std, batch_size=1):
+    ``policy``: for models that take any canvas, a ResizePolicy instead of the seed transform:
+    one image per batch (canvases differ; repeated to a fixed batch), with its ``image_sizes``."""
+
+    def __init__(self, images, input_name, input_size, mean, std, batch_size=1, policy=None):
         self.images = list(images)
         self.input_name = input_name
-        self.input_size = int(input_size)
+        self.policy = policy
+        self.input_size = None if policy is not None else int(input_size)
         self.mean, self.std = tuple(mean), tuple(std)
         self.batch_size = int(batch_size)
         self.used = 0
@@ -88,6 +92,9 @@ class SeedTransformReader:
         from ..data.image_io import load_image_rgb
         from ..data.transforms import seed_preprocess
 
+        if self.policy is not None:
+            yield from self._generate_any_canvas()
+            return
         pending = []
         for path in self.images:
             try:
@@ -105,6 +112,22 @@ class SeedTransformReader:
             self.used += len(pending)
             pending += [pending[-1]] * (self.batch_size - len(pending))
             yield {self.input_name: np.stack(pending)}
+
+    def _generate_any_canvas(self):
+        from ..data.image_io import load_image_rgb
+        from ..data.transforms import policy_preprocess
+
+        for path in self.images:
+            try:
+                tensor, geometry = policy_preprocess(load_image_rgb(path), self.policy, self.mean, self.std)
+            except InputError as e:
+                logger.warning("%s: %s (not used for calibration)", path, e.cause)
+                self.skipped.append(str(path))
+                continue
+            self.used += 1
+            b = self.batch_size  # a fixed batch B > 1: the image B times
+            yield {self.input_name: np.repeat(tensor[None], b, axis=0),
+                   "image_sizes": np.asarray([geometry.resized_hw] * b, np.int64)}
 
     def get_next(self):
         if self._batches is None:
@@ -169,7 +192,7 @@ def quantize_onnx(model_path, save_path, calibration_dir, calibration_count=DEFA
     info = read_model_info(model_path)
     images = calibration_images(calibration_dir, calibration_count)
     reader = SeedTransformReader(images, info.input_name, info.input_size, info.pixel_mean, info.pixel_std,
-                                 info.batch_size or 1)
+                                 info.batch_size or 1, policy=info.resize if info.dynamic_hw else None)
     from_cache = calibration_cache is not None and Path(calibration_cache).is_file()
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="retinamask-quant-", dir=save_path.parent) as tmp:

@@ -1,8 +1,14 @@
 """Inference sessions over an exported model: ONNX Runtime (CPU / CUDA / TensorRT EPs) and OpenVINO (CPU).
 
 ``create_session(...)`` returns a :class:`Session` whose ``run(batch)`` takes
-float32 ``[B, 3, S, S]`` for any B and returns the model's 4 outputs with B rows:
+float32 ``[B, 3, S, S]`` for any B (a dynamic-H/W model: ``run(batch [B, 3, H, W],
+image_sizes [B, 2])``) and returns the model's 4 outputs with B rows:
 a fixed-batch model gets its last chunk zero-padded and the padding rows dropped.
+
+Dynamic-H/W models run as one dynamic compile in both runtimes: on R-50 at 800 x 1088 the
+static alternatives (ONNX Runtime free-dimension overrides; OpenVINO ``reshape`` +
+``compile_model`` per canvas) were no faster (benchmarks/RESULTS.md, "Resize policies") and
+cost a compile per canvas. ``static_shapes=True`` selects OpenVINO's static compiles anyway.
 
 A requested accelerator that is not there is an error (:class:`BackendUnavailable`),
 never a silent fall-back to the CPU. OpenVINO runs float32 unless asked otherwise,
@@ -24,6 +30,9 @@ logger = logging.getLogger(__name__)
 
 BACKENDS = ("onnxruntime", "openvino")
 BACKEND_CHOICES = ("auto",) + BACKENDS  # what --backend accepts; auto: see auto_backend.py
+# Dynamic-H/W models in OpenVINO: a static compile per canvas shape (True) or one dynamic compile
+# (False, as fast on R-50: benchmarks/RESULTS.md, "Resize policies").
+OPENVINO_STATIC_SHAPES = False
 DEVICES = ("cpu", "cuda", "tensorrt")
 PRECISIONS = ("fp32", "bf16", "fp16")
 PERFORMANCE_HINTS = ("LATENCY", "THROUGHPUT")
@@ -73,39 +82,59 @@ class Session:
     batch the model accepts.
     """
 
-    def __init__(self, name, backend, device, precision, input_name, input_size, batch_size):
+    def __init__(self, name, backend, device, precision, input_name, input_size, batch_size, image_sizes_name=None):
         self.name = name
         self.backend = backend
         self.device = device
         self.precision = precision
         self.input_name = input_name
-        self.input_size = input_size
+        self.input_size = input_size  # S of a square model; None for dynamic H/W
         self.batch_size = batch_size
         self.choice = None  # the auto_backend.BackendChoice when --backend auto picked this session
+        self.image_sizes_name = image_sizes_name
 
-    def run(self, batch):
-        """batch: float32 [B, 3, S, S], any B >= 1. Returns the 4 outputs, each [B, ...]."""
+    @property
+    def dynamic_hw(self):
+        return self.image_sizes_name is not None
+
+    def run(self, batch, image_sizes=None):
+        """batch: float32 [B, 3, S, S], any B >= 1 (dynamic-H/W models: [B, 3, H, W] and
+        ``image_sizes`` [B, 2] (h, w) of each image's valid region; None: the whole canvas).
+        Returns the 4 outputs, each [B, ...]."""
         batch = np.ascontiguousarray(batch, dtype=np.float32)
-        expected = (3, self.input_size, self.input_size)
-        if batch.ndim != 4 or batch.shape[1:] != expected or batch.shape[0] < 1:
-            raise ValueError(f"expected a batch [B, {', '.join(map(str, expected))}], got {list(batch.shape)}")
+        if self.dynamic_hw:
+            if batch.ndim != 4 or batch.shape[1] != 3 or batch.shape[0] < 1:
+                raise ValueError(f"expected a batch [B, 3, H, W], got {list(batch.shape)}")
+            if image_sizes is None:
+                image_sizes = np.tile(np.asarray(batch.shape[2:], np.int64), (batch.shape[0], 1))
+            image_sizes = np.ascontiguousarray(image_sizes, dtype=np.int64).reshape(-1, 2)
+            if image_sizes.shape[0] != batch.shape[0]:
+                raise ValueError(f"image_sizes has {image_sizes.shape[0]} rows for a batch of {batch.shape[0]}")
+        else:
+            expected = (3, self.input_size, self.input_size)
+            if batch.ndim != 4 or batch.shape[1:] != expected or batch.shape[0] < 1:
+                raise ValueError(f"expected a batch [B, {', '.join(map(str, expected))}], got {list(batch.shape)}")
         fixed = self.batch_size
         if fixed is None or batch.shape[0] == fixed:
-            return list(self._run(batch))
+            return list(self._run(batch, image_sizes))
         parts = []
         for start in range(0, batch.shape[0], fixed):
             chunk = batch[start : start + fixed]
+            sizes = None if image_sizes is None else image_sizes[start : start + fixed]
             rows = chunk.shape[0]
             if rows < fixed:
-                chunk = np.concatenate([chunk, np.zeros((fixed - rows,) + expected, np.float32)])
-            parts.append([out[:rows] for out in self._run(chunk)])
+                chunk = np.concatenate([chunk, np.zeros((fixed - rows,) + chunk.shape[1:], np.float32)])
+                if sizes is not None:
+                    sizes = np.concatenate([sizes, np.tile(np.asarray(chunk.shape[2:], np.int64), (fixed - rows, 1))])
+            parts.append([out[:rows] for out in self._run(chunk, sizes)])
         return [np.concatenate(outs) for outs in zip(*parts)]
 
-    def _run(self, batch):
+    def _run(self, batch, image_sizes=None):
         raise NotImplementedError
 
     def __repr__(self):
-        return f"<{type(self).__name__} {self.name} batch={self.batch_size or 'dynamic'} S={self.input_size}>"
+        canvas = "HxW dynamic" if self.dynamic_hw else f"S={self.input_size}"
+        return f"<{type(self).__name__} {self.name} batch={self.batch_size or 'dynamic'} {canvas}>"
 
 
 def create_session(
@@ -118,6 +147,7 @@ def create_session(
     performance_hint="LATENCY",
     model_info=None,
     runtime_options=None,
+    static_shapes=None,
 ):
     """Compile ``model_path`` for a backend and device.
 
@@ -132,6 +162,8 @@ def create_session(
     the file when None). runtime_options: extra settings passed through as they are:
     ONNX Runtime session config entries (e.g. {"session.intra_op.allow_spinning": "0"}),
     OpenVINO compile properties (e.g. {"ENABLE_CPU_PINNING": True}); they override ours.
+    static_shapes: for dynamic-H/W models, compile a static copy per canvas shape (None: what
+    was measured faster for the backend, see the module docstring).
     Raises BackendUnavailable when the combination cannot run here, InputError for a bad model.
     """
     from .model_info import read_model_info
@@ -161,7 +193,8 @@ def create_session(
         session = _create_onnxruntime(Path(model_path), info, device, precision, threads, cache_dir, runtime_options)
     else:
         session = _create_openvino(Path(model_path), info, device, precision, threads, cache_dir, performance_hint,
-                                   runtime_options)
+                                   runtime_options,
+                                   OPENVINO_STATIC_SHAPES if static_shapes is None else static_shapes)
     session.choice = choice
     return session
 
@@ -174,13 +207,16 @@ class OnnxRuntimeSession(Session):
     def __init__(self, session, info, device, precision):
         super().__init__(
             f"onnxruntime-{device}-{precision}", "onnxruntime", device, precision,
-            info.input_name, info.input_size, info.batch_size,
+            info.input_name, info.input_size, info.batch_size, info.image_sizes_name,
         )
         self.session = session
         self.providers = tuple(session.get_providers())
 
-    def _run(self, batch):
-        return self.session.run(None, {self.input_name: batch})
+    def _run(self, batch, image_sizes=None):
+        feed = {self.input_name: batch}
+        if self.image_sizes_name is not None:
+            feed[self.image_sizes_name] = image_sizes
+        return self.session.run(None, feed)
 
 
 def _create_onnxruntime(path, info, device, precision, threads, cache_dir, runtime_options):
@@ -285,20 +321,36 @@ def _cpu_model():
 
 
 class OpenVinoSession(Session):
-    def __init__(self, compiled, info, precision, applied_precision):
+    """``compile_for_shape``: None, or a function (batch, H, W) -> compiled model (static copies of
+    a dynamic-H/W model, one per canvas shape, kept)."""
+
+    def __init__(self, compiled, info, precision, applied_precision, compile_for_shape=None):
         super().__init__(
             f"openvino-cpu-{precision}", "openvino", "cpu", precision,
-            info.input_name, info.input_size, info.batch_size,
+            info.input_name, info.input_size, info.batch_size, info.image_sizes_name,
         )
         self.compiled = compiled
         self.request = compiled.create_infer_request()
         self.applied_precision = applied_precision
         self.num_outputs = len(compiled.outputs)
+        self.compile_for_shape = compile_for_shape
+        self.requests = {}  # canvas shape -> infer request of its static compile
 
-    def _run(self, batch):
-        self.request.infer({0: batch}, share_inputs=True)  # batch is a contiguous float32 array: no input copy
+    def _request_for(self, batch):
+        if self.compile_for_shape is None:
+            return self.request
+        shape = tuple(batch.shape)
+        request = self.requests.get(shape)
+        if request is None:
+            request = self.requests[shape] = self.compile_for_shape(shape).create_infer_request()
+        return request
+
+    def _run(self, batch, image_sizes=None):
+        request = self._request_for(batch)
+        inputs = {0: batch} if self.image_sizes_name is None else {0: batch, 1: image_sizes}
+        request.infer(inputs, share_inputs=True)  # batch is a contiguous float32 array: no input copy
         # copy: the request reuses its output buffers on the next call
-        return [np.array(self.request.get_output_tensor(i).data) for i in range(self.num_outputs)]
+        return [np.array(request.get_output_tensor(i).data) for i in range(self.num_outputs)]
 
 
 def openvino_capabilities():
@@ -310,7 +362,8 @@ def openvino_capabilities():
     return tuple(ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
 
 
-def _create_openvino(path, info, device, precision, threads, cache_dir, performance_hint, runtime_options):
+def _create_openvino(path, info, device, precision, threads, cache_dir, performance_hint, runtime_options,
+                     static_shapes=True):
     try:
         import openvino as ov
     except ImportError:
@@ -345,7 +398,13 @@ def _create_openvino(path, info, device, precision, threads, cache_dir, performa
     if applied != _OPENVINO_PRECISION[precision]:
         # e.g. f16 asked on a CPU without it: OpenVINO quietly runs bf16 instead
         raise BackendUnavailable(f"OpenVINO would run {applied} instead of the requested {precision} on this CPU")
-    return OpenVinoSession(compiled, info, precision, applied)
+    compile_for_shape = None
+    if info.image_sizes_name is not None and static_shapes:
+        def compile_for_shape(shape):
+            model = core.read_model(str(path))
+            model.reshape({0: ov.PartialShape(list(shape)), 1: ov.PartialShape([shape[0], 2])})
+            return core.compile_model(model, "CPU", config)
+    return OpenVinoSession(compiled, info, precision, applied, compile_for_shape)
 
 
 def _element_type_name(value):

@@ -11,10 +11,15 @@ from ..errors import RetinaMaskError
 logger = logging.getLogger(__name__)
 
 
+DEFAULT_IMAGE_HW = (480, 640)  # the image a dynamic-H/W model is timed on: COCO's common 640 x 480
+
+
 def random_input(batch_size, input_size, mean=(102.9801, 115.9465, 122.7717), std=(1.0, 1.0, 1.0), seed=0):
-    """float32 [B, 3, S, S]: uniform 0..255 pixels normalised like real input (a fixed seed)."""
+    """float32 [B, 3, S, S] (``input_size`` S, or a canvas (H, W)): uniform 0..255 pixels normalised
+    like real input (a fixed seed)."""
+    h, w = (input_size, input_size) if isinstance(input_size, int) else input_size
     rng = np.random.default_rng(seed)
-    pixels = rng.uniform(0.0, 255.0, size=(batch_size, 3, input_size, input_size)).astype(np.float32)
+    pixels = rng.uniform(0.0, 255.0, size=(batch_size, 3, h, w)).astype(np.float32)
     pixels -= np.asarray(mean, np.float32).reshape(1, 3, 1, 1)
     pixels /= np.asarray(std, np.float32).reshape(1, 3, 1, 1)
     return pixels
@@ -40,45 +45,63 @@ def latency_stats(times_ms, batch_size):
     return stats
 
 
-def benchmark_session(session, batch_size, loop=100, warmup=5, seed=0):
+def benchmark_session(session, batch_size, loop=100, warmup=5, seed=0, geometry=None):
     """Time ``session.run`` on random input: ``warmup`` untimed calls, then ``loop`` timed ones.
 
-    Returns :func:`latency_stats` plus ``loop``, ``warmup``, ``batchsize``, ``session``.
+    ``geometry``: the :class:`~retinamask.geometry.ImageGeometry` of the timed image (its canvas
+    and valid region) for dynamic-H/W sessions; square sessions take their S x S.
+    Returns :func:`latency_stats` plus ``loop``, ``warmup``, ``batchsize``, ``session``, ``canvas``.
     """
     if loop < 1:
         raise RetinaMaskError(f"--loop must be >= 1, got {loop}")
     if warmup < 0:
         raise RetinaMaskError(f"--warmup must be >= 0, got {warmup}")
-    batch = random_input(batch_size, session.input_size, seed=seed)
+    if session.dynamic_hw:
+        if geometry is None:
+            raise RetinaMaskError("a model that takes any canvas is timed on an image size: pass a geometry")
+        canvas = tuple(geometry.canvas_hw)
+        sizes = np.tile(np.asarray(geometry.resized_hw, np.int64), (batch_size, 1))
+    else:
+        canvas, sizes = (session.input_size, session.input_size), None
+    batch = random_input(batch_size, canvas, seed=seed)
+
+    def call():
+        return session.run(batch) if sizes is None else session.run(batch, sizes)
+
     for _ in range(warmup):
-        session.run(batch)
+        call()
     times = []
     for _ in range(loop):
         start = time.perf_counter()
-        session.run(batch)
+        call()
         times.append((time.perf_counter() - start) * 1000.0)
     return {"session": session.name, "batchsize": batch_size, "loop": loop, "warmup": warmup,
-            **latency_stats(times, batch_size)}
+            "canvas": list(canvas), **latency_stats(times, batch_size)}
 
 
 def run_benchmark(model_path, backend="auto", device="cpu", precision="fp32", batch_size=1, loop=100,
-                  warmup=5, threads=None, cache_dir=None, performance_hint="LATENCY", model_info=None):
+                  warmup=5, threads=None, cache_dir=None, performance_hint="LATENCY", model_info=None, resize=None,
+                  image_hw=DEFAULT_IMAGE_HW, static_shapes=None):
     """Compile the model (timed as ``load_s``) and benchmark it (see :func:`benchmark_session`).
 
     A fixed-batch model runs its own batch size (a different ``batch_size`` is an error).
+    A dynamic-H/W model is timed on the canvas its resize policy (``resize``, else the
+    metadata's) gives an ``image_hw`` image (default 480 x 640).
     """
     from .backends import create_session
     from .model_info import read_model_info
 
-    info = model_info or read_model_info(model_path)
+    info = model_info or read_model_info(model_path, resize=resize)
     batch_size = _batch_for(info, batch_size)
     start = time.perf_counter()
     session = create_session(model_path, backend, device, precision, threads=threads, cache_dir=cache_dir,
-                             performance_hint=performance_hint, model_info=info)
+                             performance_hint=performance_hint, model_info=info, static_shapes=static_shapes)
     load_s = time.perf_counter() - start
-    result = benchmark_session(session, batch_size, loop, warmup)
+    geometry = info.resize.geometry(*image_hw) if info.dynamic_hw else None
+    result = benchmark_session(session, batch_size, loop, warmup, geometry=geometry)
     result.update(backend=session.backend, device=session.device, precision=session.precision,
-                  load_s=load_s, model=str(model_path), layout=info.layout, input_size=info.input_size)
+                  load_s=load_s, model=str(model_path), layout=info.layout, input_size=info.input_size,
+                  resize=info.resize.to_dict(), image_hw=list(image_hw) if geometry else None)
     return result
 
 
@@ -96,7 +119,8 @@ def _batch_for(info, batch_size):
     return batch_size
 
 
-def compare_backends(model_path, batch_size=None, loop=20, warmup=3, threads=None, cache_dir=None):
+def compare_backends(model_path, batch_size=None, loop=20, warmup=3, threads=None, cache_dir=None, resize=None,
+                     image_hw=DEFAULT_IMAGE_HW):
     """Benchmark every (backend, device, precision) of ``backends.candidate_configurations``.
 
     Returns a list of row dicts (those of :func:`run_benchmark`); a configuration that
@@ -107,7 +131,7 @@ def compare_backends(model_path, batch_size=None, loop=20, warmup=3, threads=Non
     from .backends import candidate_configurations
     from .model_info import read_model_info
 
-    info = read_model_info(model_path)
+    info = read_model_info(model_path, resize=resize)
     batch_size = _batch_for(info, batch_size)
     choice = choose_backend("fp32", "cpu", quantized=info.quantized)
     rows = []
@@ -121,7 +145,7 @@ def compare_backends(model_path, batch_size=None, loop=20, warmup=3, threads=Non
         logger.info("benchmarking %s %s %s ...", backend, device, precision)
         try:
             result = run_benchmark(model_path, backend, device, precision, batch_size, loop, warmup,
-                                   threads=threads, cache_dir=cache_dir, model_info=info)
+                                   threads=threads, cache_dir=cache_dir, model_info=info, image_hw=image_hw)
             rows.append({**result, **({"auto": row["auto"]} if "auto" in row else {})})
         except RetinaMaskError as e:
             rows.append({**row, "error": e.cause})
@@ -136,6 +160,7 @@ def format_stats(result):
     """Console lines for one benchmark, ais_bench-like."""
     return "\n".join([
         f"[INFO] {result['session']}  model {result['model']}  batchsize {result['batchsize']}  "
+        f"canvas {'x'.join(map(str, result.get('canvas') or []))}  "
         f"loop {result['loop']} (+{result['warmup']} warm-up)  load {result['load_s']:.2f} s",
         f"[INFO] latency (ms): mean = {result['mean_ms']:.2f}, p50 = {result['p50_ms']:.2f}, "
         f"p90 = {result['p90_ms']:.2f}, p99 = {result['p99_ms']:.2f}, min = {result['min_ms']:.2f}, "

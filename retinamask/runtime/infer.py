@@ -2,11 +2,17 @@
 
 Inputs (``input_path``):
 
-* a folder of images: decoded and preprocessed (``seed_preprocess``) in worker
-  processes, in order, overlapped with inference; no .bin files are needed;
+* a folder of images: decoded and preprocessed through the resize policy (the model's,
+  or ``resize``; ``retinamask.geometry``) in worker processes, in order, overlapped with
+  inference; no .bin files are needed;
 * a folder of ``.bin`` files (float32 [1,3,S,S], as ``retinamask preprocess`` or
-  the seed's script writes them), or one ``.bin``;
-* an ``.info`` list (``index bin_path width height``), with its sidecar when present.
+  the seed's script writes them), or one ``.bin`` (square models);
+* an ``.info`` list (``index bin_path width height``), with its sidecar when present
+  (needed for non-square canvases: it gives each .bin's canvas and valid region).
+
+Images are batched by canvas: a batch holds images of one canvas shape (always so for the
+seed policy's single S x S canvas); a canvas's partial batch runs when the input ends, or
+earlier when :data:`MAX_OPEN_CANVASES` canvases already wait for images.
 
 Outputs in ``{output}/{output_dirname}/``:
 
@@ -15,8 +21,8 @@ Outputs in ``{output}/{output_dirname}/``:
 * ``images.json``, the run sidecar (:data:`SIDECAR_NAME`): the run's settings (model
   file and digest, layout, output format), the model's interface and, per image,
   ``basename, source, file_name, width, height, resized_width, resized_height, scale,
-  input_size, outputs`` (original sizes are absent for bare .bin input), plus the
-  failed items. It is written before the first output, so that a rerun after a crash
+  input_size, canvas_width, canvas_height, outputs`` (original sizes are absent for bare
+  .bin input), plus the failed items. It is written before the first output, so that a rerun after a crash
   or ``kill -9`` knows which model made the outputs it finds; outputs in a folder
   without a sidecar, or with a sidecar of other settings, are redone;
 
@@ -44,6 +50,9 @@ from .outputs import OUTFMTS, output_file_name, outputs_complete, write_image_ou
 logger = logging.getLogger(__name__)
 
 SIDECAR_NAME = "images.json"
+# Partial batches waiting for more images of their canvas (original policy: up to ~36 canvases);
+# a new canvas beyond this many runs the oldest first.
+MAX_OPEN_CANVASES = 4
 SIDECAR_FORMAT = "retinamask.infer/1"
 _IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
@@ -88,6 +97,7 @@ def run_inference(
     progress=None,
     session=None,
     executor=None,
+    resize=None,
 ):
     """Infer every item of ``input_path`` (see the module docstring) and write its outputs.
 
@@ -95,7 +105,8 @@ def run_inference(
     workers: image-preprocessing processes (0: in this process; None: :func:`default_workers`).
     strict: raise the first bad item's InputError (outputs so far and the sidecar stay)
     instead of listing it and going on. layout / input_size: for models whose metadata
-    lacks them. session: an existing :class:`~.backends.Session` for this model.
+    lacks them. resize: the resize policy (name or ResizePolicy; None: the model's metadata).
+    session: an existing :class:`~.backends.Session` for this model.
     progress: tqdm bar on/off (None: on a terminal).
     executor: where the items are loaded, inferred and written (None: here, by a local
     session and ``workers`` processes): an object with ``name, backend, device, precision``
@@ -119,14 +130,14 @@ def run_inference(
     if workers < 0:
         raise InputError(f"--workers must be >= 0, got {workers}")
 
-    info = read_model_info(model_path, layout=layout, input_size=input_size)
+    info = read_model_info(model_path, layout=layout, input_size=input_size, resize=resize)
     batch_size = int(batch_size)
     if info.batch_size is not None and batch_size != info.batch_size:
         logger.warning("the model has a fixed batch of %d: running batches of %d, not %d",
                        info.batch_size, info.batch_size, batch_size)
         batch_size = info.batch_size
 
-    items, failed = collect_items(input_path, info.input_size)
+    items, failed = collect_items(input_path, info.input_size, info.resize)
     if not items and not failed:
         raise InputError("no images, .bin files or .info lines found", input_path)
     if strict and failed:
@@ -152,7 +163,7 @@ def run_inference(
     for item in items:
         if earlier is not None and outputs_complete(out_dir, item.basename, specs, outfmt, legacy_names):
             records[item.basename] = earlier.get(item.basename) or _record_without_pixels(
-                item, info.input_size, outfmt, legacy_names)
+                item, info, outfmt, legacy_names)
         else:
             todo.append(item)
     skipped = len(records)
@@ -213,6 +224,7 @@ def run_inference(
         "model": str(model_path),
         "layout": info.layout,
         "input_size": info.input_size,
+        "resize": info.resize.to_dict(),
         "outfmt": outfmt,
         "legacy_names": bool(legacy_names),
         "output_dir": str(out_dir),
@@ -255,7 +267,7 @@ def format_summary(summary):
     t = summary["NPU_compute_time"]
     lines = [
         f"[INFO] {summary['session']}  batchsize {summary['batchsize']}  layout {summary['layout']}  "
-        f"S {summary['input_size']}",
+        + (f"S {summary['input_size']}" if summary.get("input_size") else f"resize {summary['resize']['policy']}"),
         f"[INFO] compute_time (ms): min = {t['min']:.2f}, max = {t['max']:.2f}, mean = {t['mean']:.2f}, "
         f"median = {t['median']:.2f}, percentile(99%) = {t['percentile(99%)']:.2f}",
         f"[INFO] throughput 1000*batchsize({summary['batchsize']})/NPU_compute_time.mean({t['mean']:.2f}): "
@@ -272,8 +284,11 @@ def format_summary(summary):
 # inputs
 
 
-def collect_items(input_path, input_size):
+def collect_items(input_path, input_size, policy=None):
     """The items of a folder (images or .bin files), an .info list, or one file.
+
+    ``input_size``: S of a square model (None: a dynamic-H/W model, whose .bin inputs need an
+    .info sidecar giving their canvases); ``policy``: the run's resize policy.
 
     Returns (items in order, failed list of {"file", "cause", "listing": True}) where
     failed are items refused before loading (two images with the same basename, bad
@@ -287,7 +302,7 @@ def collect_items(input_path, input_size):
     if path.is_file():
         suffix = path.suffix.lower()
         if suffix == ".info":
-            return _items_from_info(path, input_size)
+            return _items_from_info(path, input_size, policy)
         if suffix == ".bin":
             _check_bin_size(path, input_size)
             return [InputItem(path.stem, path, "bin", {"basename": path.stem, "source": str(path)})], []
@@ -326,7 +341,7 @@ def _items_from_images(images):
     return items, failed
 
 
-def _items_from_info(info_path, input_size):
+def _items_from_info(info_path, input_size, policy=None):
     from ..data.preprocess import read_info_lines
 
     records, problems = read_info_lines(info_path, check_files=False)
@@ -336,15 +351,24 @@ def _items_from_info(info_path, input_size):
         failed.append({"file": str(info_path), "cause": cause, "listing": True})
     items = []
     for record in records:
-        if record.input_size is not None and record.input_size != input_size:
+        canvas = record.canvas_hw
+        if input_size is not None and canvas is not None and canvas != (input_size, input_size):
             raise InputError(
-                f"the .info's sidecar says its .bin files are {record.input_size}x{record.input_size} inputs, "
+                f"the .info's sidecar says its .bin files are {canvas[0]}x{canvas[1]} inputs, "
                 f"the model takes {input_size}x{input_size}", info_path,
             )
+        if input_size is None and canvas is None:
+            raise InputError("a model that takes any canvas needs each .bin's canvas and valid region: pass the "
+                             ".info of `retinamask preprocess` with its sidecar (<info>.json) beside it", info_path)
+        if input_size is None and policy is not None and record.resize not in (None, policy.to_dict()):
+            logger.warning("%s: its .bin files were made with the %s policy, the run asks for %s: the .bin "
+                           "canvases are used as they are", info_path, record.resize.get("policy"), policy.name)
         entry = {"basename": record.name, "source": str(record.bin_path), "file_name": record.file_name}
         if record.file_name is not None:  # a sidecar gave the original geometry
             entry.update(width=record.width, height=record.height, resized_width=record.resized_width,
                          resized_height=record.resized_height, scale=record.scale, input_size=record.input_size)
+            if canvas is not None:
+                entry.update(canvas_height=canvas[0], canvas_width=canvas[1])
         items.append(InputItem(record.name, Path(record.bin_path), "bin", entry))
     return items, failed
 
@@ -353,6 +377,9 @@ def _check_bin_size(bin_path, input_size):
     """Refuse a .bin folder made for another input size (checked on its first file)."""
     from ..data.preprocess import bin_nbytes
 
+    if input_size is None:
+        raise InputError("a model that takes any canvas needs each .bin's canvas and valid region: pass the .info "
+                         "of `retinamask preprocess` (with its sidecar) instead of bare .bin files", bin_path)
     size = bin_path.stat().st_size
     if size == bin_nbytes(input_size):
         return
@@ -378,6 +405,7 @@ def _load_inputs(items, info, workers):
     from concurrent.futures import ThreadPoolExecutor
     from concurrent.futures.process import BrokenProcessPool
 
+    policy = info.resize
     jobs = [load_job(item, info) for item in items]
     if not jobs:
         return
@@ -390,7 +418,7 @@ def _load_inputs(items, info, workers):
     if any(item.kind == "image" for item in items):
         context = parallel.worker_context()
         window = min(window, len(jobs))
-        shape = (window, 3, info.input_size, info.input_size)
+        shape = (window, 3) + tuple(policy.max_canvas_hw)  # each slot holds any canvas, flat from its start
         # RawArray falls back from /dev/shm to a temp folder when /dev/shm is too small (containers)
         shared = context.RawArray("B", int(np.prod(shape)) * 4)
         slots = np.frombuffer(shared, dtype=np.float32).reshape(shape)
@@ -403,8 +431,9 @@ def _load_inputs(items, info, workers):
         # both waiting for a result and submitting the next job raise BrokenProcessPool
         for item, job, future in zip(items, jobs, _ordered_bounded(pool, load_item, jobs, window)):
             tensor, extra, cause = future.result()
-            if tensor is None and cause is None:
-                tensor = slots[job[-1]]  # a view, valid until the next item is requested
+            if tensor is None and cause is None:  # a view, valid until the next item is requested
+                canvas = (3, extra["canvas_height"], extra["canvas_width"])
+                tensor = slots[job[-1]].reshape(-1)[: int(np.prod(canvas))].reshape(canvas)
             yield item, tensor, extra, cause
     except BrokenProcessPool:
         raise InputError(
@@ -429,10 +458,11 @@ def _ordered_bounded(pool, function, jobs, window):
 
 def load_job(item, info):
     """The picklable job for :func:`load_item` that loads ``item`` for the model ``info`` describes."""
-    return (str(item.source), item.kind, info.input_size, tuple(info.pixel_mean), tuple(info.pixel_std), None)
+    return (str(item.source), item.kind, _bin_canvas(item, info), info.resize, tuple(info.pixel_mean),
+            tuple(info.pixel_std), None)
 
 
-_loader_slots = None  # in a worker process: the shared [window, 3, S, S] float32 slots
+_loader_slots = None  # in a worker process: the shared [window, 3, Hmax, Wmax] float32 slots
 
 
 def _init_loader(shared, shape):
@@ -440,29 +470,39 @@ def _init_loader(shared, shape):
     _loader_slots = np.frombuffer(shared, dtype=np.float32).reshape(shape)
 
 
-def load_item(job):
-    """One input -> (float32 [3,S,S] or None, extra record fields, cause or None). Runs in a worker.
+def _bin_canvas(item, info):
+    """The canvas (H, W) of a .bin item (from its .info sidecar, else the square model's S x S)."""
+    if item.kind != "bin":
+        return None
+    if "canvas_height" in item.record:
+        return (int(item.record["canvas_height"]), int(item.record["canvas_width"]))
+    return (info.input_size, info.input_size)
 
-    With a shared-memory ``slot`` (image workers), the tensor is written there and None returned.
-    Any failure is this item's cause: one odd file must not stop a run over thousands.
+
+def load_item(job):
+    """One input -> (float32 [3,H,W] or None, extra record fields, cause or None). Runs in a worker.
+
+    With a shared-memory ``slot`` (image workers), the tensor is written flat from the slot's
+    start and None returned (``extra`` gives its canvas). Any failure is this item's cause: one odd
+    file must not stop a run over thousands.
     """
     from ..data.preprocess import read_bin
 
-    path, kind, input_size, mean, std, slot = job
+    path, kind, bin_canvas, policy, mean, std, slot = job
     try:
         if kind == "bin":
-            return read_bin(path, input_size)[0], {}, None
+            return read_bin(path, bin_canvas)[0], {}, None
         from ..data.image_io import load_image_rgb
-        from ..data.transforms import seed_preprocess
+        from ..data.transforms import policy_preprocess
 
         image = load_image_rgb(path)
-        height, width = image.shape[:2]
-        tensor, scale, (resized_h, resized_w) = seed_preprocess(image, input_size, mean, std)
-        extra = {"width": int(width), "height": int(height), "resized_width": int(resized_w),
-                 "resized_height": int(resized_h), "scale": float(scale), "input_size": int(input_size)}
-        if slot is not None and _loader_slots is not None:
-            _loader_slots[slot] = tensor
-            return None, extra, None
+        tensor, geometry = policy_preprocess(image, policy, mean, std)
+        del image
+        extra = geometry.to_record()
+        extra["input_size"] = getattr(policy, "size", None)
+        if slot is not None and _loader_slots is not None and tensor.size <= _loader_slots[slot].size:
+            _loader_slots[slot].reshape(-1)[: tensor.size] = tensor.reshape(-1)
+            return None, extra, None  # (a canvas larger than the slots goes back through the pipe)
         return tensor, extra, None
     except InputError as e:
         return None, {}, e.cause
@@ -472,21 +512,17 @@ def load_item(job):
         return None, {}, f"cannot load this input (unexpected {type(e).__name__}: {' '.join(str(e).split())[:200]})"
 
 
-def _record_without_pixels(item, input_size, outfmt, legacy_names):
+def _record_without_pixels(item, info, outfmt, legacy_names):
     """Sidecar entry of a skipped item when no earlier sidecar has it (the image header gives the size):
     the entry inferring it would have made, e.g. after a run was killed before its final sidecar."""
     record = dict(item.record)
     if item.kind == "image" and "width" not in record:
         from PIL import Image
 
-        from ..data.transforms import seed_resize_geometry
-
         try:
             with Image.open(item.source) as img:
                 width, height = img.size
-            (resized_h, resized_w), scale = seed_resize_geometry(height, width, input_size)
-            record.update(width=width, height=height, resized_width=resized_w, resized_height=resized_h,
-                          scale=scale, input_size=input_size)
+            record.update(info.resize.geometry(height, width).to_record(), input_size=info.input_size)
         except Exception:  # the outputs exist; the geometry is only informative here
             pass
     record["outputs"] = [output_file_name(item.basename, i, outfmt, legacy_names) for i in range(4)]
@@ -499,39 +535,54 @@ def _record_without_pixels(item, input_size, outfmt, legacy_names):
 
 def infer_local(todo, info, session, batch_size, workers, out_dir, outfmt, legacy_names):
     """Load, infer and write ``todo`` here: images preprocessed by ``workers`` processes, the model
-    run by ``session`` in batches of ``batch_size``. Yields, in item order, the events
+    run by ``session`` in batches of ``batch_size`` images of one canvas. Yields the events
     :func:`run_inference` consumes (any executor yields the same):
 
     * ``("failed", item, cause)``: the item could not be loaded; nothing was written for it;
     * ``("done", items, compute_ms)``: the outputs of ``items`` (one model call) are written and
       each ``item.record`` has its image geometry (compute_ms None: that call's time came already).
+
+    Images wait for a full batch of their canvas; at most MAX_OPEN_CANVASES partial batches are
+    open at once (the oldest runs when another canvas comes), which bounds memory under the
+    ``original`` policy, where nearly every aspect ratio has its own canvas.
     """
-    size = info.input_size
-    batch = np.empty((batch_size, 3, size, size), np.float32)  # filled in place, reused
-    pending = []  # items whose tensors are in batch[:len(pending)]
+    batches = {}  # canvas (H, W) -> (batch buffer filled in place, items in it), oldest first
+
+    def run_batch(canvas):
+        batch, pending = batches.pop(canvas)
+        rows = len(pending)
+        return pending, infer_batch(session, batch[:rows], pending, out_dir, info.outputs, outfmt, legacy_names)
+
     with contextlib.closing(_load_inputs(todo, info, workers)) as loaded:
         for item, tensor, extra, cause in loaded:
             if cause is not None:
                 yield "failed", item, cause
                 continue
             item.record.update(extra)
+            canvas = tuple(tensor.shape[-2:])
+            if canvas not in batches:
+                if len(batches) == MAX_OPEN_CANVASES:
+                    yield "done", *run_batch(next(iter(batches)))
+                batches[canvas] = (np.empty((batch_size, 3) + canvas, np.float32), [])
+            batch, pending = batches[canvas]
             batch[len(pending)] = tensor  # copy now: the tensor may be a shared slot about to be reused
             pending.append(item)
             if len(pending) == batch_size:
-                yield "done", pending, infer_batch(session, batch, pending, out_dir, info.outputs, outfmt,
-                                                   legacy_names)
-                pending = []
-    if pending:
-        yield "done", pending, infer_batch(session, batch[: len(pending)], pending, out_dir, info.outputs, outfmt,
-                                           legacy_names)
+                yield "done", *run_batch(canvas)
+    while batches:
+        yield "done", *run_batch(next(iter(batches)))
 
 
 def infer_batch(session, batch, items, out_dir, specs, outfmt, legacy_names):
-    """Run one batch (float32 [len(items), 3, S, S]) and write each image's outputs atomically.
-    Returns the compute time in ms."""
+    """Run one batch (float32 [len(items), 3, H, W], one canvas) and write each image's outputs
+    atomically. Dynamic-H/W models also get each image's valid region (``image_sizes``). Returns
+    the compute time in ms."""
+    image_sizes = None
+    if session.dynamic_hw:
+        image_sizes = np.array([_valid_region(item, batch.shape[-2:]) for item in items], np.int64)
     start = time.perf_counter()
     try:
-        outputs = session.run(batch)
+        outputs = session.run(batch, image_sizes) if image_sizes is not None else session.run(batch)
     except Exception as e:  # the runtime's own error types (onnxruntime, OpenVINO)
         first = items[0].source if len(items) == 1 else f"{items[0].source} ... {items[-1].source}"
         raise RetinaMaskError(f"{session.name} failed on the batch of {first}: {' '.join(str(e).split())[:300]}") from e
@@ -540,6 +591,14 @@ def infer_batch(session, batch, items, out_dir, specs, outfmt, legacy_names):
     for row, item in enumerate(items):
         write_image_outputs(out_dir, item.basename, [out[row] for out in outputs], specs, outfmt, legacy_names)
     return elapsed_ms
+
+
+def _valid_region(item, canvas_hw):
+    """(h, w) of the resized image in its canvas (the whole canvas when the record lacks it)."""
+    record = item.record
+    if record.get("resized_height") and record.get("resized_width"):
+        return (int(record["resized_height"]), int(record["resized_width"]))
+    return tuple(int(v) for v in canvas_hw)
 
 
 def _check_output_shapes(outputs, specs, rows, session):
@@ -575,6 +634,7 @@ def _run_settings(info, outfmt, legacy_names):
         "model_sha256": model_sha256,
         "layout": info.layout,
         "input_size": info.input_size,
+        **({} if info.input_size else {"resize": info.resize.to_dict()}),
         "outputs": [[o.name, o.dtype.name, list(o.shape)] for o in info.outputs],
         "outfmt": outfmt,
         "legacy_names": bool(legacy_names),

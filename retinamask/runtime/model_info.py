@@ -1,8 +1,10 @@
 """What the runtime needs to know about an exported model, read from the ONNX file (no torch).
 
-See docs/onnx_contract.md: one input ``[B, 3, S, S]`` float32, four outputs in the
-``end2end`` or ``seed`` layout, and ``retinamask.*`` metadata_props. Models without
-the metadata (e.g. the seed's own ONNX) work when ``layout``/``input_size`` are given.
+See docs/onnx_contract.md: one input ``[B, 3, S, S]`` float32 (the ``seed`` resize policy), or
+``input`` [B, 3, H, W] with dynamic H/W plus ``image_sizes`` int64 [B, 2] (``original`` /
+``buckets``); four outputs in the ``end2end`` or ``seed`` layout, and ``retinamask.*``
+metadata_props. Models without the metadata (e.g. the seed's own ONNX) work when
+``layout``/``input_size`` are given.
 """
 
 import json
@@ -13,10 +15,12 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
+from ..geometry import POLICIES, ResizePolicy, SeedResize, policy_from_metadata, policy_named
 
 logger = logging.getLogger(__name__)
 
 LAYOUTS = ("end2end", "seed")
+IMAGE_SIZES_INPUT = "image_sizes"
 META_PREFIX = "retinamask."
 SEED_NUM_CANDIDATES = 1000  # rows of every seed-layout output
 DEFAULT_MAX_DETECTIONS = 100
@@ -80,7 +84,7 @@ class ModelInfo:
     path: Path
     layout: str
     input_name: str
-    input_size: int
+    input_size: int | None  # the square canvas side S (seed policy), None for dynamic H/W models
     batch_size: int | None
     output_names: tuple
     outputs: tuple
@@ -94,6 +98,17 @@ class ModelInfo:
     version: str | None = None
     metadata: dict = field(default_factory=dict)
     supplied: tuple = ()
+    resize: ResizePolicy | None = None  # the policy runs use (the metadata's, or the one asked for)
+    image_sizes_name: str | None = None  # the second input of dynamic H/W models
+
+    def __post_init__(self):
+        if self.resize is None and self.input_size:
+            object.__setattr__(self, "resize", SeedResize(self.input_size))
+
+    @property
+    def dynamic_hw(self):
+        """True for models that take any canvas (plus image_sizes)."""
+        return self.image_sizes_name is not None
 
     @property
     def dynamic_batch(self):
@@ -116,6 +131,8 @@ class ModelInfo:
             "layout": self.layout,
             "input_name": self.input_name,
             "input_size": self.input_size,
+            "resize": None if self.resize is None else self.resize.to_dict(),
+            "image_sizes_input": self.image_sizes_name,
             "batch": "dynamic" if self.batch_size is None else self.batch_size,
             "outputs": [
                 {"index": o.index, "name": n, "dtype": o.dtype.name, "shape": list(o.shape)}
@@ -130,11 +147,14 @@ class ModelInfo:
         }
 
 
-def read_model_info(model_path, layout=None, input_size=None):
+def read_model_info(model_path, layout=None, input_size=None, resize=None):
     """Read an exported model's inputs, outputs and ``retinamask.*`` metadata.
 
     ``layout`` / ``input_size``: used where the metadata lacks them (and checked
-    against it where it has them). The weights are not loaded (only the graph).
+    against it where it has them). ``resize``: the policy to run (a name or a
+    ResizePolicy; None: the metadata's): a dynamic-H/W model runs any policy (the
+    test sizes come from its metadata), a square model only ``seed``.
+    The weights are not loaded (only the graph).
     Raises InputError naming the file for: a missing file or one that is not ONNX,
     a graph that does not follow the contract, missing metadata that no argument
     supplies (naming the keys and the flags), or disagreements between them.
@@ -147,9 +167,17 @@ def read_model_info(model_path, layout=None, input_size=None):
 
     initializers = {t.name for t in graph.initializer}
     inputs = [i for i in graph.input if i.name not in initializers]
-    if len(inputs) != 1:
+    image_sizes_name = None
+    if len(inputs) == 2 and inputs[1].name == IMAGE_SIZES_INPUT:
+        image_sizes_name = IMAGE_SIZES_INPUT
+        size_dims = _dims(inputs[1])
+        if size_dims is not None and (len(size_dims) != 2 or size_dims[1] not in (2, None)):
+            raise InputError(f"expected input {IMAGE_SIZES_INPUT!r} of shape [B, 2], found {_fmt_dims(size_dims)}",
+                             path)
+    elif len(inputs) != 1:
         raise InputError(
-            f"expected one input [B, 3, S, S], the model has {len(inputs)}: {[i.name for i in inputs]}", path
+            f"expected one input [B, 3, S, S] (or input + {IMAGE_SIZES_INPUT}), the model has {len(inputs)}: "
+            f"{[i.name for i in inputs]}", path
         )
     input_value = inputs[0]
     in_dims = _dims(input_value)
@@ -158,6 +186,12 @@ def read_model_info(model_path, layout=None, input_size=None):
         raise InputError(f"expected input {input_value.name!r} of shape [B, 3, S, S], found {_fmt_dims(in_dims)}", path)
     if in_dtype is not None and in_dtype != np.float32:
         raise InputError(f"expected a float32 input, {input_value.name!r} is {in_dtype}", path)
+    if image_sizes_name is not None:
+        return _dynamic_model_info(path, model, metadata, inputs, in_dims, layout, input_size, resize)
+    if resize is not None and getattr(resize, "name", resize) != "seed":
+        raise InputError(f"--resize {getattr(resize, 'name', resize)}: this model takes only a fixed square canvas "
+                         "(exported with --resize seed); export with --resize original or buckets for other "
+                         "canvases", path)
 
     # --- layout
     meta_layout = metadata.get(META_PREFIX + "layout")
@@ -227,6 +261,9 @@ def read_model_info(model_path, layout=None, input_size=None):
         mask_resolution = mask_dims[-1]
     specs = output_specs(resolved_layout, num_rows, mask_resolution)
     _check_outputs(graph.output, out_dims, specs, resolved_layout, path)
+    if resize is not None and isinstance(resize, ResizePolicy) and resize != SeedResize(resolved_size):
+        raise InputError(f"--resize {resize.describe()} disagrees with the model's {resolved_size}x{resolved_size} "
+                         "canvas", path)
 
     return ModelInfo(
         path=path,
@@ -246,6 +283,52 @@ def read_model_info(model_path, layout=None, input_size=None):
         version=metadata.get(META_PREFIX + "version"),
         metadata=metadata,
         supplied=tuple(supplied),
+    )
+
+
+def _dynamic_model_info(path, model, metadata, inputs, in_dims, layout, input_size, resize):
+    """ModelInfo of a dynamic-H/W model (input + image_sizes): end2end layout, a policy in the
+    metadata (or ``resize`` given as a policy)."""
+    graph = model.graph
+    if input_size is not None:
+        raise InputError("--input-size is for square models; this one takes any canvas (pass --resize)", path)
+    meta_layout = metadata.get(META_PREFIX + "layout", "end2end")
+    if meta_layout != "end2end" or (layout is not None and layout != "end2end"):
+        raise InputError(f"a model with {IMAGE_SIZES_INPUT} has the end2end layout, not {layout or meta_layout}", path)
+    try:
+        policy = policy_from_metadata(metadata)
+    except ValueError as e:
+        raise InputError(str(e), path) from None
+    supplied = []
+    if isinstance(resize, ResizePolicy):
+        policy = resize
+    elif resize is not None:
+        if resize not in POLICIES:
+            raise InputError(f"--resize must be one of {', '.join(POLICIES)}, got {resize!r}")
+        if policy is None or isinstance(policy, SeedResize):
+            raise InputError(f"the model's metadata lacks its test sizes (retinamask.resize); --resize {resize} "
+                             "needs them: re-export, or pass a policy", path)
+        policy = policy_named(policy, resize)
+        supplied.append("resize")
+    if policy is None:
+        raise InputError("the model's metadata lacks retinamask.resize (its resize policy); re-export it", path)
+    if len(graph.output) != 4:
+        raise InputError(f"expected 4 outputs (boxes, labels, scores, masks), found {len(graph.output)}", path)
+    mask_resolution = _int_meta(metadata, "mask_resolution", path) or DEFAULT_MASK_RESOLUTION
+    max_detections = _int_meta(metadata, "max_detections", path) or DEFAULT_MAX_DETECTIONS
+    out_dims = [_dims(o) for o in graph.output]
+    specs = output_specs("end2end", _static_rows(out_dims) or max_detections, mask_resolution)
+    _check_outputs(graph.output, out_dims, specs, "end2end", path)
+    batch_dim = in_dims[0] if in_dims[0] and in_dims[0] > 0 else None
+    return ModelInfo(
+        path=path, layout="end2end", input_name=inputs[0].name, input_size=None, batch_size=batch_dim,
+        output_names=tuple(o.name for o in graph.output), outputs=specs,
+        pixel_mean=_floats_meta(metadata, "pixel_mean", path) or DEFAULT_PIXEL_MEAN,
+        pixel_std=_floats_meta(metadata, "pixel_std", path) or DEFAULT_PIXEL_STD,
+        class_names=_class_names(metadata, path), score_threshold=_float_meta(metadata, "score_threshold", path),
+        nms_threshold=_float_meta(metadata, "nms_threshold", path) or 0.4, max_detections=max_detections,
+        mask_resolution=int(mask_resolution), version=metadata.get(META_PREFIX + "version"), metadata=metadata,
+        supplied=tuple(supplied), resize=policy, image_sizes_name=IMAGE_SIZES_INPUT,
     )
 
 

@@ -3,7 +3,7 @@
 import numpy as np
 
 from ..data.image_io import as_rgb_array
-from ..data.transforms import seed_preprocess
+from ..data.transforms import policy_preprocess
 from ..evaluation.postprocess import decode_outputs
 from ..structures import Prediction
 from .backends import create_session
@@ -13,12 +13,14 @@ from .model_info import read_model_info
 class OnnxPredictor:
     """image (path, PIL image or uint8 RGB array) -> Prediction, through ONNX Runtime or OpenVINO.
 
-    Preprocessing, class names, thresholds and the layout come from the model's metadata
-    (docs/onnx_contract.md); the seed layout gets the host-side NMS.
+    Preprocessing (the resize policy: ``resize``, else the metadata's), class names, thresholds
+    and the layout come from the model's metadata (docs/onnx_contract.md); the seed layout gets
+    the host-side NMS.
     """
 
-    def __init__(self, model_path, backend="auto", device="cpu", precision="fp32", mask_threshold=0.5):
-        self.info = read_model_info(model_path)
+    def __init__(self, model_path, backend="auto", device="cpu", precision="fp32", mask_threshold=0.5,
+                 resize=None):
+        self.info = read_model_info(model_path, resize=resize)
         self.session = create_session(model_path, backend, device, precision, model_info=self.info)
         self.mask_threshold = mask_threshold
 
@@ -29,9 +31,14 @@ class OnnxPredictor:
     def __call__(self, image):
         rgb = as_rgb_array(image)
         info = self.info
-        chw, _, resized_hw = seed_preprocess(rgb, info.input_size, info.pixel_mean, info.pixel_std)
-        outputs = [o[0] for o in self.session.run(chw[None])]
-        det = decode_outputs(outputs, info.layout, rgb.shape[:2], resized_hw, nms_threshold=info.nms_threshold,
+        chw, geometry = policy_preprocess(rgb, info.resize, info.pixel_mean, info.pixel_std)
+        if self.session.dynamic_hw:
+            outputs = self.session.run(chw[None], np.asarray([geometry.resized_hw], np.int64))
+        else:
+            outputs = self.session.run(chw[None])
+        outputs = [o[0] for o in outputs]
+        det = decode_outputs(outputs, info.layout, rgb.shape[:2], geometry.resized_hw,
+                             nms_threshold=info.nms_threshold, clip=info.resize.clip_to_image,
                              max_detections=info.max_detections, mask_threshold=self.mask_threshold)
         order = np.argsort(-det.scores, kind="stable")
         labels = det.labels[order].astype(np.int64)
