@@ -313,3 +313,35 @@ def test_address_from_the_flag_then_ray_address_then_a_local_instance(monkeypatc
     monkeypatch.setenv("RAY_ADDRESS", "head:6379")
     assert resolve_address(None) == "head:6379"
     assert resolve_address("ray://other:10001") == "ray://other:10001"
+
+
+def test_a_dynamic_canvas_model_gives_the_local_bytes_on_ray(tmp_path, cluster):
+    """A model exported with --resize original (any canvas, image_sizes input): each image's valid
+    region reaches the actors, so clipping and outputs equal the local run's byte for byte."""
+    pytest.importorskip("torch")
+    from PIL import Image
+    from tiny_model import TINY_OPTS, tiny_model_with_detections
+
+    from retinamask import export
+    from retinamask.config import load_config
+    from retinamask.export.onnx_export import synthetic_image
+
+    cfg = load_config("retinanet_mask_R-50-FPN_2x_adjust_std011_ms",
+                      TINY_OPTS + ["INPUT.MIN_SIZE_TEST", "96", "INPUT.MAX_SIZE_TEST", "160"])
+    model_path = tmp_path / "original.onnx"
+    export.export_model(tiny_model_with_detections(cfg, 128), cfg, model_path, resize="original",
+                        dynamic_batch=True, verify=False, simplify=False)
+    images = tmp_path / "images"
+    images.mkdir()
+    # sizes whose resized region is smaller than its padded canvas (e.g. 70x150 -> 75x160 in 96x160)
+    for i, (h, w) in enumerate(((70, 150), (100, 130), (150, 70), (130, 100), (110, 97), (97, 110))):
+        Image.fromarray(synthetic_image(h, w, variant=i)).save(images / f"{i:03d}.png")
+    ray_cluster, _ = cluster
+    common = ["--model", str(model_path), "--input", str(images), "--output", str(tmp_path / "out"),
+              "--batchsize", "2", "--no-progress"]
+    assert main(["infer", *common, "--output_dirname", "local", "--workers", "0"]) == 0
+    assert _run_with_timeout(main, ["infer", *common, "--output_dirname", "ray", "--ray", ray_cluster.address]) == 0
+    local, ray_out = _folder_bytes(tmp_path / "out" / "local"), _folder_bytes(tmp_path / "out" / "ray")
+    assert sorted(ray_out) == sorted(local) and len(local) == 4 * 6 + 1
+    for name in local:
+        assert ray_out[name] == local[name], name
