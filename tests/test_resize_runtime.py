@@ -82,6 +82,8 @@ def test_export_has_dynamic_canvas_image_sizes_and_the_policy(models):
     info = read_model_info(models["buckets"])
     assert info.dynamic_hw and info.input_size is None and info.resize.name == "buckets"
     assert read_model_info(models["buckets"], resize="original").resize.name == "original"
+    # K defaults to the original's own output under its resize: its top NUM_MASKS_TEST (50), all masked
+    assert report["max_detections"] == info.max_detections == 50 and info.num_rows == 50
 
 
 def test_the_graph_clips_to_each_images_valid_region(models):

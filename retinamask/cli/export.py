@@ -61,9 +61,10 @@ def add_arguments(parser):
     parser.add_argument("--input-size", "--input_size", dest="input_size", type=int, default=None,
                         help="--resize seed: side S of the square input, a multiple of 32 (default: the config's "
                              "INPUT.MAX_SIZE_TEST rounded up to a multiple of 32: 1344 for the upstream configs)")
-    parser.add_argument("--max-detections", "--max_detections", dest="max_detections", type=int, default=100,
-                        help="end2end: output rows K per image (default: 100; 50 = the original's mask cut); "
-                             "seed: written to the metadata as the host-side NMS keep count")
+    parser.add_argument("--max-detections", "--max_detections", dest="max_detections", type=int, default=None,
+                        help="end2end: output rows K per image (default: the original's own NUM_MASKS_TEST, 50, "
+                             "under --resize original/buckets; 100, the seed's, under --resize seed); "
+                             "seed layout: written to the metadata as the host-side NMS keep count (default 100)")
     parser.add_argument("--no-verify", dest="verify", action="store_false",
                         help="skip the ONNX Runtime run and the comparison with PyTorch")
     parser.add_argument("--opts", nargs="+", default=[], metavar="KEY VALUE",

@@ -53,7 +53,7 @@ class ExportError(RetinaMaskError):
 
 
 def export_onnx(cfg, weights, save_path, layout="end2end", batch_size=1, dynamic_batch=False, fp16=False,
-                opset=18, simplify=True, input_size=None, max_detections=100, verify=True, int8=False,
+                opset=18, simplify=True, input_size=None, max_detections=None, verify=True, int8=False,
                 calibration_dir=None, calibration_images=None, resize=None):
     """Build the model of ``cfg`` (a config or a config name/path), load ``weights`` (a checkpoint
     path; None keeps the random initialisation) and export it; see :func:`export_model`."""
@@ -64,6 +64,7 @@ def export_onnx(cfg, weights, save_path, layout="end2end", batch_size=1, dynamic
     if not hasattr(cfg, "MODEL"):
         cfg = load_config(cfg)
     policy = resolve_export_policy(cfg, resize, input_size, layout)
+    max_detections = default_max_detections(cfg, policy) if max_detections is None else max_detections
     _check_arguments(layout, batch_size, opset, policy, max_detections)
     _check_int8_arguments(int8, fp16, calibration_dir)
     model = build_model(cfg)
@@ -78,7 +79,7 @@ def export_onnx(cfg, weights, save_path, layout="end2end", batch_size=1, dynamic
 
 
 def export_model(model, cfg, save_path, layout="end2end", batch_size=1, dynamic_batch=False, fp16=False,
-                 opset=18, simplify=True, input_size=None, max_detections=100, verify=True, int8=False,
+                 opset=18, simplify=True, input_size=None, max_detections=None, verify=True, int8=False,
                  calibration_dir=None, calibration_images=None, resize=None):
     """Export a built RetinaMask (eval mode, float32) to ``save_path`` in one ONNX file.
 
@@ -88,7 +89,8 @@ def export_model(model, cfg, save_path, layout="end2end", batch_size=1, dynamic_
     ``input`` [B,3,H,W] (H, W dynamic multiples of 32) and ``image_sizes`` int64 [B,2]; end2end
     layout only.
 
-    ``layout``: "end2end" (NMS and top-K in the graph, K = ``max_detections`` rows) or "seed"
+    ``layout``: "end2end" (NMS and top-K in the graph, K = ``max_detections`` rows; None:
+    :func:`default_max_detections`) or "seed"
     (the Ascend seed's 1000 candidates). ``batch_size`` fixes B unless ``dynamic_batch``.
     ``fp16``: convolutions in float16, input/outputs/NMS/RoIAlign float32. The weights are
     embedded (no ``.onnx.data`` side file) for models under 2 GB; the file is written
@@ -106,6 +108,7 @@ def export_model(model, cfg, save_path, layout="end2end", batch_size=1, dynamic_
     import onnx
 
     policy = resolve_export_policy(cfg, resize, input_size, layout)
+    max_detections = default_max_detections(cfg, policy) if max_detections is None else max_detections
     dynamic_hw = not isinstance(policy, SeedResize)
     input_size = None if dynamic_hw else policy.size
     _check_arguments(layout, batch_size, opset, policy, max_detections)
@@ -180,6 +183,13 @@ def default_input_size(cfg):
     """The config's INPUT.MAX_SIZE_TEST rounded up to a multiple of 32: the canvas the model was
     trained to see (1333 -> 1344, the seed's size, for the upstream configs)."""
     return -(-int(cfg.INPUT.MAX_SIZE_TEST) // 32) * 32
+
+
+def default_max_detections(cfg, policy):
+    """Rows K of an end2end export: under the original's resize (``original``, ``buckets``) the
+    original's own output, its top RETINANET.NUM_MASKS_TEST (50) detections with masks; under
+    the seed's square canvas the seed's 100 (its host-side NMS keeps 100)."""
+    return 100 if isinstance(policy, SeedResize) else int(cfg.RETINANET.NUM_MASKS_TEST)
 
 
 def resolve_export_policy(cfg, resize, input_size, layout="end2end"):
