@@ -49,7 +49,7 @@ def run_demo(output_dir="runs/demo", num_images=200, backend="auto", num_overlay
     if not model_path.exists() or model_path.stat().st_mtime < SHIPPED_WEIGHTS.stat().st_mtime:
         report = export_onnx(cfg, SHIPPED_WEIGHTS, model_path, layout="end2end", dynamic_batch=True,
                              input_size=input_size, verify=True)
-        from ..cli.export import format_report
+        from ..export.report import format_report
 
         log("[2/5] " + format_report(report))
     else:
