@@ -49,13 +49,7 @@ def _chunk(job):
 
 def make_results(num_images, workers, chunk=50):
     """(ground truth dict, results, mask areas float64 [N]) for ``num_images`` synthetic images."""
-    dataset = suite.synthetic_ground_truth(num_images)
-    category_ids = sorted(c["id"] for c in dataset["categories"])
-    by_image = {}
-    for ann in dataset["annotations"]:
-        by_image.setdefault(ann["image_id"], []).append(ann)
-    jobs = [(dataset["images"][i:i + chunk], {im["id"]: by_image.get(im["id"], []) for im in dataset["images"][i:i + chunk]},
-             category_ids, i) for i in range(0, num_images, chunk)]
+    dataset, jobs = suite.synthetic_jobs(num_images, chunk)
     if workers > 1:
         context = multiprocessing.get_context("spawn")
         with context.Pool(workers) as pool:

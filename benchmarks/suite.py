@@ -80,15 +80,10 @@ def cpu_model():
 
 
 def cpu_flags():
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                return sorted(flags & {"avx2", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni", "amx_bf16",
-                                       "amx_int8", "amx_tile", "avx512_fp16"})
-    except OSError:
-        pass
-    return []
+    from retinamask.runtime.auto_backend import cpu_flags as all_flags
+
+    return sorted(all_flags() & {"avx2", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni", "amx_bf16",
+                                 "amx_int8", "amx_tile", "avx512_fp16"})
 
 
 def package_versions():
@@ -758,6 +753,19 @@ def _postprocess_chunk(job):
     return results, seconds, fused_seconds, mismatches
 
 
+def synthetic_jobs(num_images, chunk=50):
+    """(ground truth dict, jobs): :func:`synthetic_ground_truth` split into chunks of ``chunk`` images,
+    each job (images, their annotations by image id, sorted category ids, first index)."""
+    dataset = synthetic_ground_truth(num_images)
+    category_ids = sorted(c["id"] for c in dataset["categories"])
+    by_image = {}
+    for ann in dataset["annotations"]:
+        by_image.setdefault(ann["image_id"], []).append(ann)
+    jobs = [(dataset["images"][i:i + chunk], {im["id"]: by_image.get(im["id"], []) for im in dataset["images"][i:i + chunk]},
+             category_ids, i) for i in range(0, num_images, chunk)]
+    return dataset, jobs
+
+
 def postprocess_and_evaluate(num_images, workers, chunk=50):
     """Synthetic ground truth and detections for ``num_images`` images -> post-processing
     (``outputs_to_coco_results``: paste + RLE) in ``workers`` processes -> COCO evaluation with
@@ -766,13 +774,7 @@ def postprocess_and_evaluate(num_images, workers, chunk=50):
 
     from retinamask.evaluation.coco_eval import evaluate_coco
 
-    dataset = synthetic_ground_truth(num_images)
-    category_ids = sorted(c["id"] for c in dataset["categories"])
-    by_image = {}
-    for ann in dataset["annotations"]:
-        by_image.setdefault(ann["image_id"], []).append(ann)
-    jobs = [(dataset["images"][i:i + chunk], {im["id"]: by_image.get(im["id"], []) for im in dataset["images"][i:i + chunk]},
-             category_ids, i) for i in range(0, num_images, chunk)]
+    dataset, jobs = synthetic_jobs(num_images, chunk)
     start = time.perf_counter()
     results, post_seconds, fused_seconds, mismatches = [], 0.0, 0.0, 0
     if workers > 1:

@@ -22,7 +22,7 @@ from retinamask.evaluation.postprocess import evaluate_outputs, outputs_to_coco_
 from retinamask.runtime.backends import create_session  # noqa: E402
 from retinamask.runtime.infer import run_inference  # noqa: E402
 from retinamask.runtime.model_info import read_model_info  # noqa: E402
-from test_runtime_fakes import build_fake_model  # noqa: E402
+from test_runtime_fakes import build_fake_model, make_synthetic_dataset  # noqa: E402
 from tiny_model import TINY_OPTS, tiny_model_with_detections  # noqa: E402
 
 OPTS = TINY_OPTS + ["INPUT.MIN_SIZE_TEST", "96", "INPUT.MAX_SIZE_TEST", "160"]
@@ -43,27 +43,8 @@ def models(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def image_set(tmp_path_factory):
-    from PIL import Image
-
-    from retinamask.export.onnx_export import synthetic_image
-
-    root = tmp_path_factory.mktemp("resize_images")
-    (root / "images").mkdir()
-    images, annotations = [], []
-    for i, (h, w) in enumerate(SIZES):
-        name = f"{i:06d}.png"
-        Image.fromarray(synthetic_image(h, w, variant=i)).save(root / "images" / name)
-        images.append({"id": 100 + i, "file_name": name, "width": w, "height": h})
-        for j, category in enumerate(CATEGORY_IDS):
-            box = [3.0 + 7 * j, 4.0 + 5 * j, w / 3, h / 4]
-            annotations.append({"id": len(annotations) + 1, "image_id": 100 + i, "category_id": category,
-                                "bbox": box, "area": box[2] * box[3], "iscrowd": 0,
-                                "segmentation": [[box[0], box[1], box[0] + box[2], box[1], box[0] + box[2],
-                                                  box[1] + box[3], box[0], box[1] + box[3]]]})
-    ann_file = root / "instances.json"
-    ann_file.write_text(json.dumps({"images": images, "annotations": annotations,
-                                    "categories": [{"id": c, "name": f"c{c}"} for c in CATEGORY_IDS]}))
-    return root / "images", ann_file, images
+    return make_synthetic_dataset(tmp_path_factory.mktemp("resize_images"), SIZES, CATEGORY_IDS, first_id=100,
+                                  box_origin=lambda j: (3.0 + 7 * j, 4.0 + 5 * j))
 
 
 def test_export_has_dynamic_canvas_image_sizes_and_the_policy(models):

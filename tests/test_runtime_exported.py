@@ -20,6 +20,7 @@ from retinamask.data.transforms import seed_preprocess  # noqa: E402
 from retinamask.evaluation.postprocess import evaluate_outputs, outputs_to_coco_results  # noqa: E402
 from retinamask.runtime.backends import create_session  # noqa: E402
 from retinamask.runtime.infer import run_inference  # noqa: E402
+from test_runtime_fakes import make_synthetic_dataset  # noqa: E402
 from tiny_model import TINY_OPTS, tiny_model_with_detections  # noqa: E402
 
 S = 128
@@ -42,27 +43,8 @@ def exported(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def image_set(tmp_path_factory):
-    from PIL import Image
-
-    from retinamask.export.onnx_export import synthetic_image
-
-    root = tmp_path_factory.mktemp("images")
-    (root / "images").mkdir()
-    images, annotations = [], []
-    for i, (h, w) in enumerate(SIZES):
-        name = f"{i:012d}.png"
-        Image.fromarray(synthetic_image(h, w, variant=i)).save(root / "images" / name)
-        images.append({"id": 10 + i, "file_name": name, "width": w, "height": h})
-        for j, category in enumerate(CATEGORY_IDS):
-            box = [5.0 + 10 * j, 8.0 + 5 * j, w / 3, h / 4]
-            annotations.append({"id": len(annotations) + 1, "image_id": 10 + i, "category_id": category,
-                                "bbox": box, "area": box[2] * box[3], "iscrowd": 0,
-                                "segmentation": [[box[0], box[1], box[0] + box[2], box[1], box[0] + box[2],
-                                                  box[1] + box[3], box[0], box[1] + box[3]]]})
-    categories = [{"id": c, "name": f"c{c}"} for c in CATEGORY_IDS]
-    ann_file = root / "instances.json"
-    ann_file.write_text(json.dumps({"images": images, "annotations": annotations, "categories": categories}))
-    return root / "images", ann_file, images
+    return make_synthetic_dataset(tmp_path_factory.mktemp("images"), SIZES, CATEGORY_IDS, first_id=10,
+                                  box_origin=lambda j: (5.0 + 10 * j, 8.0 + 5 * j), name_digits=12)
 
 
 def _direct_results(model_path, layout, image_dir, images):

@@ -185,6 +185,33 @@ def make_box_dataset(root, image_format="png"):
 # the fakes themselves
 
 
+def make_synthetic_dataset(root, sizes, category_ids, first_id, box_origin, name_digits=6):
+    """PNG images ``synthetic_image(h, w, variant=i)`` for each (h, w) of ``sizes`` in ``root/images``
+    (named ``{i:0{name_digits}d}.png``, image ids from ``first_id``), one w/3 x h/4 box of each category
+    per image, its top-left ``box_origin(j)`` for the j-th category, and ``root/instances.json``.
+    Returns (image folder, annotation file, COCO image entries)."""
+    from PIL import Image
+
+    from retinamask.export.onnx_export import synthetic_image
+
+    (root / "images").mkdir()
+    images, annotations = [], []
+    for i, (h, w) in enumerate(sizes):
+        name = f"{i:0{name_digits}d}.png"
+        Image.fromarray(synthetic_image(h, w, variant=i)).save(root / "images" / name)
+        images.append({"id": first_id + i, "file_name": name, "width": w, "height": h})
+        for j, category in enumerate(category_ids):
+            box = [*box_origin(j), w / 3, h / 4]
+            annotations.append({"id": len(annotations) + 1, "image_id": first_id + i, "category_id": category,
+                                "bbox": box, "area": box[2] * box[3], "iscrowd": 0,
+                                "segmentation": [[box[0], box[1], box[0] + box[2], box[1], box[0] + box[2],
+                                                  box[1] + box[3], box[0], box[1] + box[3]]]})
+    ann_file = root / "instances.json"
+    ann_file.write_text(json.dumps({"images": images, "annotations": annotations,
+                                    "categories": [{"id": c, "name": f"c{c}"} for c in category_ids]}))
+    return root / "images", ann_file, images
+
+
 @pytest.mark.parametrize("layout", ["end2end", "seed"])
 def test_fake_model_finds_the_box_on_the_canvas(tmp_path, layout):
     import onnxruntime as ort
