@@ -15,8 +15,8 @@ import tempfile
 from pathlib import Path
 
 from retinamask.data.shapes import generate_shapes_dataset
-from retinamask.engine.demo import DEMO_VAL_SEED, SHIPPED_CONFIG, SHIPPED_WEIGHTS
-from retinamask.evaluation.postprocess import evaluate_outputs
+from retinamask.apps.demo import DEMO_VAL_SEED, SHIPPED_CONFIG, SHIPPED_WEIGHTS
+from retinamask.decode.postprocess import evaluate_outputs
 from retinamask.export.onnx_export import export_onnx
 from retinamask.runtime.infer import run_inference
 

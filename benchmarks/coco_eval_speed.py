@@ -32,7 +32,7 @@ import suite  # noqa: E402  (the synthetic ground truth and model outputs of the
 
 
 def _chunk(job):
-    from retinamask.evaluation.postprocess import image_coco_results
+    from retinamask.decode.postprocess import image_coco_results
 
     images, annotations_by_image, category_ids, seed = job
     rng = np.random.default_rng(seed)

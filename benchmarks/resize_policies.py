@@ -162,7 +162,7 @@ def prepare_r50(workdir, settings, int8, reuse):
 def latency_rows(paths, settings, threads, int8, load):
     from retinamask.data.transforms import policy_preprocess
     from retinamask.runtime.backends import create_session, openvino_capabilities
-    from retinamask.runtime.model_info import read_model_info
+    from retinamask.formats.model_info import read_model_info
 
     image = test_image()
     routes = [("onnxruntime", "fp32", ""), ("openvino", "fp32", "")]
@@ -243,7 +243,7 @@ def prepare_shipped(workdir, settings, reuse):
     """The val split and the shipped model exported seed (448) and original (dynamic)."""
     from retinamask.config import load_config
     from retinamask.data.shapes import generate_shapes_dataset
-    from retinamask.engine.demo import DEMO_VAL_SEED, SHIPPED_CONFIG, SHIPPED_WEIGHTS
+    from retinamask.apps.demo import DEMO_VAL_SEED, SHIPPED_CONFIG, SHIPPED_WEIGHTS
     from retinamask.export import export_onnx
 
     data = generate_shapes_dataset(workdir / "shapes", num_train=0, num_val=settings["val_images"],
@@ -259,7 +259,7 @@ def prepare_shipped(workdir, settings, reuse):
 def shipped_accuracy(workdir, settings, threads, reuse, load):
     import shutil
 
-    from retinamask.evaluation.postprocess import evaluate_outputs
+    from retinamask.decode.postprocess import evaluate_outputs
     from retinamask.runtime.infer import run_inference
 
     data, models = prepare_shipped(workdir, settings, reuse)

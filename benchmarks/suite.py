@@ -446,7 +446,7 @@ def end2end_route(session, images):
 
 def seed_route(session, images, nms_threshold=0.4, max_detections=MAX_DETECTIONS):
     """The seed layout's 1000 candidates per image, then the host's class-wise NMS (keep 100)."""
-    from retinamask.evaluation.nms import classwise_nms
+    from retinamask.ops.nms import classwise_nms
 
     def run():
         boxes, labels, scores, masks = session.run(images)
@@ -633,7 +633,7 @@ def preprocessing_throughput(model_path, image_dir, worker_counts):
     """Images/s of JPEG -> tensor through infer's loader (its worker processes and shared-memory
     slots), each tensor copied into a batch buffer as infer does; pool start-up included."""
     from retinamask.runtime.infer import _load_inputs, collect_items
-    from retinamask.runtime.model_info import read_model_info
+    from retinamask.formats.model_info import read_model_info
 
     info = read_model_info(model_path)
     items, _ = collect_items(image_dir, info.input_size)
@@ -730,8 +730,8 @@ def _postprocess_chunk(job):
     """Worker: synthesise and post-process a chunk of images. Returns (results, seconds in
     ``outputs_to_coco_results``, seconds in the fused paste+RLE route, images where the two
     routes' RLE strings differ)."""
-    from retinamask.evaluation.masks import paste_and_encode_masks
-    from retinamask.evaluation.postprocess import decode_outputs, outputs_to_coco_results
+    from retinamask.ops.masks import paste_and_encode_masks
+    from retinamask.decode.postprocess import decode_outputs, outputs_to_coco_results
 
     images, annotations_by_image, category_ids, seed = job
     rng = np.random.default_rng(seed)
@@ -821,7 +821,7 @@ def infer_routes(model_path, image_dir, workdir, threads):
     from retinamask.data.preprocess import preprocess_images
     from retinamask.runtime.backends import create_session
     from retinamask.runtime.infer import run_inference
-    from retinamask.runtime.model_info import read_model_info
+    from retinamask.formats.model_info import read_model_info
 
     info = read_model_info(model_path)
     session = create_session(model_path, "onnxruntime", "cpu", threads=threads, model_info=info)
@@ -1011,7 +1011,7 @@ def main(argv=None):
         worker_counts = sorted({0, 1, threads})
         with monitor.timed("preprocessing"):
             report["preprocessing"] = preprocessing_throughput(paths["end2end"], jpegs, worker_counts)
-        from retinamask.evaluation.postprocess import default_workers
+        from retinamask.decode.postprocess import default_workers
 
         with monitor.timed("post-processing + evaluation"):
             report["postprocess_eval"] = postprocess_and_evaluate(settings["eval_images"], default_workers())

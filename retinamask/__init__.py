@@ -19,10 +19,10 @@ __version__ = "0.1.0"
 _LAZY = {
     "load_config": "retinamask.config",
     "build_model": "retinamask.modeling",
-    "load_checkpoint": "retinamask.checkpoint",
-    "save_checkpoint": "retinamask.checkpoint",
+    "load_checkpoint": "retinamask.modeling.checkpoint",
+    "save_checkpoint": "retinamask.modeling.checkpoint",
     "Predictor": "retinamask.engine.predictor",
-    "Prediction": "retinamask.structures",
+    "Prediction": "retinamask.core.detections",
 }
 
 __all__ = sorted(_LAZY)

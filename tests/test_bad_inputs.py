@@ -25,7 +25,7 @@ from test_runtime_fakes import build_fake_model, make_box_dataset
 from tiny_model import TINY_OPTS
 
 from retinamask.cli import main
-from retinamask.errors import EXIT_BAD_INPUT, EXIT_INTERNAL_ERROR, EXIT_ITEMS_FAILED, EXIT_OK
+from retinamask.core.errors import EXIT_BAD_INPUT, EXIT_INTERNAL_ERROR, EXIT_ITEMS_FAILED, EXIT_OK
 
 S = 64
 REPO = Path(__file__).resolve().parent.parent
@@ -208,7 +208,7 @@ def test_images_through_infer(zoo, model, tmp_path, capsys):
 def checkpoint(tmp_path_factory):
     import torch
 
-    from retinamask.checkpoint import save_checkpoint
+    from retinamask.modeling.checkpoint import save_checkpoint
     from retinamask.config import load_config
     from retinamask.modeling import build_model
 
@@ -675,7 +675,7 @@ def test_kill_9_mid_infer_then_rerun_equals_an_uninterrupted_run(many, model, tm
     assert any("the infer run that wrote it has not finished" in r.getMessage() for r in caplog.records)
 
     # what a writer killed mid-write leaves (the kill above may or may not have hit a write)
-    from retinamask.fileio import _HOST_TAG
+    from retinamask.core.fileio import _HOST_TAG
 
     ended = subprocess.Popen(["true"])
     ended.wait()

@@ -6,9 +6,9 @@ import pickle
 import pytest
 import torch
 
-from retinamask.checkpoint import load_checkpoint, read_state_dict, save_checkpoint
+from retinamask.modeling.checkpoint import load_checkpoint, read_state_dict, save_checkpoint
 from retinamask.config import load_config, shipped_configs
-from retinamask.errors import CheckpointError, ConfigError
+from retinamask.core.errors import CheckpointError, ConfigError
 from retinamask.modeling import build_model
 from tiny_model import TINY_OPTS
 

@@ -16,7 +16,7 @@ from retinamask.data.shapes import (
     render_shapes_image,
     shapes_parameters,
 )
-from retinamask.errors import RetinaMaskError
+from retinamask.core.errors import RetinaMaskError
 
 NUM_VAL = 40
 

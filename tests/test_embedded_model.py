@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from retinamask.cli import main
-from retinamask.engine.demo import SHIPPED_CONFIG, SHIPPED_WEIGHTS
+from retinamask.apps.demo import SHIPPED_CONFIG, SHIPPED_WEIGHTS
 
 # Measured with this model through the ONNX path on 200 val images of seed 7 (see retinamask/assets/README.md);
 # the floors sit a little below so that a regression fails.
@@ -96,7 +96,7 @@ def test_shipped_model_is_small_and_documented():
 def pytorch_stats(demo_run):
     """COCO stats of the eager model on the demo's val split, on the export's square canvas and
     with the mask cut raised to the export's 100 rows."""
-    from retinamask.checkpoint import load_checkpoint
+    from retinamask.modeling.checkpoint import load_checkpoint
     from retinamask.config import load_config
     from retinamask.engine.trainer import evaluate_split
     from retinamask.modeling import build_model

@@ -10,7 +10,7 @@ import numpy as np
 import pycocotools.mask as mask_util
 import pytest
 
-from retinamask.errors import InputError
+from retinamask.core.errors import InputError
 from retinamask.evaluation.coco_eval import (
     STAT_NAMES,
     detections_to_coco_results,

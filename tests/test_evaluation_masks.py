@@ -7,7 +7,7 @@ import numpy as np
 import pycocotools.mask as mask_util
 import pytest
 
-from retinamask.evaluation.masks import encode_masks, expand_boxes_int, paste_masks, paste_masks_seed
+from retinamask.ops.masks import encode_masks, expand_boxes_int, paste_masks, paste_masks_seed
 
 # (probs key, boxes key, image size key or fixed (h, w), pasted key, rle key)
 REFERENCE_CASES = {
@@ -118,7 +118,7 @@ def test_encode_masks_round_trips_through_pycocotools():
 
 def test_evaluation_package_does_not_import_torch():
     code = (
-        "import sys; import retinamask.evaluation.masks, retinamask.evaluation.nms, retinamask.evaluation.coco_eval; "
+        "import sys; import retinamask.ops.masks, retinamask.ops.nms, retinamask.evaluation.coco_eval; "
         "import retinamask.evaluation; assert 'torch' not in sys.modules, 'torch imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -4,7 +4,7 @@ masks (the evaluation's speed path); and paste_masks' column-major layout encode
 import numpy as np
 import pytest
 
-from retinamask.evaluation.masks import encode_masks, paste_and_encode_masks, paste_masks, paste_masks_seed
+from retinamask.ops.masks import encode_masks, paste_and_encode_masks, paste_masks, paste_masks_seed
 
 
 def _random_case(rng):

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from retinamask.evaluation.nms import classwise_nms
+from retinamask.ops.nms import classwise_nms
 
 
 def _torchvision_keep(boxes, scores, labels, iou_threshold):

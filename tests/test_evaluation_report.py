@@ -113,7 +113,7 @@ def test_report_page_renders_in_headless_chromium(evaluated, tmp_path):
 
 
 def test_report_without_the_images_lists_them_and_still_writes_the_page(evaluated, tmp_path, caplog):
-    from retinamask.evaluation.postprocess import evaluate_outputs
+    from retinamask.decode.postprocess import evaluate_outputs
 
     root, _ = evaluated
     summary = evaluate_outputs(root / "outputs", root / "data" / "annotations" / "instances_val.json", input_size=S,

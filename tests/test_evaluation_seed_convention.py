@@ -24,7 +24,7 @@ from pycocotools.cocoeval import COCOeval
 
 from retinamask.data.shapes import generate_shapes_dataset
 from retinamask.evaluation.coco_eval import STAT_NAMES
-from retinamask.evaluation.postprocess import evaluate_outputs
+from retinamask.decode.postprocess import evaluate_outputs
 from retinamask.evaluation.seed_convention import seed_nms, seed_paste_masks
 
 from seed_outputs import S, write_seed_outputs
@@ -208,8 +208,8 @@ def test_seed_paste_equals_the_reference_paste(dtype):
 
 
 def test_seed_convention_where_the_seed_cannot_run():
-    from retinamask.errors import InputError
-    from retinamask.evaluation.postprocess import image_coco_results
+    from retinamask.core.errors import InputError
+    from retinamask.decode.postprocess import image_coco_results
 
     rng = np.random.default_rng(2)
     boxes = np.sort(rng.uniform(0, 60, (20, 4)).astype(np.float32).reshape(20, 2, 2), axis=1).reshape(20, 4)

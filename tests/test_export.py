@@ -12,7 +12,7 @@ import onnx
 import pytest
 import torch
 
-from retinamask.checkpoint import save_checkpoint
+from retinamask.modeling.checkpoint import save_checkpoint
 from retinamask.cli import main
 from retinamask.config import load_config
 from retinamask.export import End2EndGraph, SeedGraph, compare_detections, export_model, sample_input

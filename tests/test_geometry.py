@@ -1,4 +1,4 @@
-"""Resize policies (retinamask/geometry.py): the canvases, the per-image geometry, the mapping back
+"""Resize policies (retinamask/core/geometry.py): the canvases, the per-image geometry, the mapping back
 and the metadata round trip. Torch-free."""
 
 import json
@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from retinamask.data.transforms import policy_preprocess, seed_preprocess, upstream_preprocess
-from retinamask.evaluation.boxes import clip_boxes, rescale_boxes
-from retinamask.geometry import (
+from retinamask.ops.boxes import clip_boxes, rescale_boxes
+from retinamask.core.geometry import (
     BucketResize,
     OriginalResize,
     SeedResize,

@@ -10,10 +10,10 @@ import pytest
 from PIL import Image
 
 from retinamask.cli import main
-from retinamask.data.image_io import load_image_rgb
+from retinamask.formats.images import load_image_rgb
 from retinamask.data.preprocess import bin_nbytes, preprocess_images, read_bin, read_info
 from retinamask.data.transforms import seed_preprocess
-from retinamask.errors import EXIT_BAD_INPUT, EXIT_ITEMS_FAILED, EXIT_OK, InputError
+from retinamask.core.errors import EXIT_BAD_INPUT, EXIT_ITEMS_FAILED, EXIT_OK, InputError
 
 SIZE = 64  # a small input size keeps the batch fast; the 1344 layout has its own test
 

@@ -11,15 +11,15 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("onnxruntime.quantization")
 
-from retinamask.checkpoint import save_checkpoint  # noqa: E402
+from retinamask.modeling.checkpoint import save_checkpoint  # noqa: E402
 from retinamask.cli import main  # noqa: E402
 from retinamask.config import load_config  # noqa: E402
-from retinamask.errors import InputError, RetinaMaskError  # noqa: E402
+from retinamask.core.errors import InputError, RetinaMaskError  # noqa: E402
 from retinamask.export import export_model, sample_input  # noqa: E402
 from retinamask.export.onnx_export import compare_detections, merge_stats, output_detections  # noqa: E402
 from retinamask.export.quantize import QUANTIZATION_METADATA_KEY, calibration_images, dense_nodes, quantize_onnx  # noqa: E402
 from retinamask.runtime.backends import create_session  # noqa: E402
-from retinamask.runtime.model_info import read_model_info  # noqa: E402
+from retinamask.formats.model_info import read_model_info  # noqa: E402
 from tiny_model import TINY_OPTS, tiny_model_with_detections  # noqa: E402
 
 S = 128

@@ -15,10 +15,10 @@ pytest.importorskip("onnxruntime.quantization")
 
 from retinamask.cli import main  # noqa: E402
 from retinamask.data.shapes import generate_shapes_dataset  # noqa: E402
-from retinamask.engine.demo import DEMO_VAL_SEED  # noqa: E402
-from retinamask.evaluation.postprocess import evaluate_outputs  # noqa: E402
+from retinamask.apps.demo import DEMO_VAL_SEED  # noqa: E402
+from retinamask.decode.postprocess import evaluate_outputs  # noqa: E402
 from retinamask.runtime.infer import run_inference  # noqa: E402
-from retinamask.runtime.model_info import read_model_info  # noqa: E402
+from retinamask.formats.model_info import read_model_info  # noqa: E402
 
 NUM_VAL = 50
 MAX_MAP_DROP = 0.02

@@ -230,7 +230,7 @@ def test_a_model_the_nodes_cannot_load_stops_the_run_with_one_line(tmp_path, clu
     """An actor that fails to start (here: the nodes are given a model path that does not exist) ends
     the run with that error (not a hang, not a Ray traceback)."""
     from retinamask.distributed.ray_infer import RayExecutor
-    from retinamask.errors import InputError
+    from retinamask.core.errors import InputError
 
     image_dir, _, _ = make_box_dataset(tmp_path / "data")
     executor = RayExecutor(tmp_path / "missing.onnx", threads=1)
@@ -242,8 +242,8 @@ def test_an_actor_that_cannot_see_the_output_folder_says_so(tmp_path, model_path
     """A node that does not mount the output folder (no images.json, which the driver writes first)."""
     pytest.importorskip("ray.data", reason="Ray is an optional extra: pip install 'retinamask[ray]'")
     from retinamask.distributed.ray_infer import _ModelActor
-    from retinamask.errors import InputError
-    from retinamask.runtime.model_info import read_model_info
+    from retinamask.core.errors import InputError
+    from retinamask.formats.model_info import read_model_info
 
     with pytest.raises(InputError, match="output folder is not visible on node .*a path every node mounts"):
         _ModelActor(read_model_info(model_path), "onnxruntime", "cpu", "fp32", 1, None, str(tmp_path), "BIN", False)

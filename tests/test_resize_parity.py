@@ -57,7 +57,7 @@ def test_resize_original_export_reproduces_the_original_pipeline(original_model,
                                                                   reference_npz, tmp_path):
     if backend == "openvino":
         pytest.importorskip("openvino")
-    from retinamask.runtime.model_info import read_model_info
+    from retinamask.formats.model_info import read_model_info
 
     info = read_model_info(original_model)
     assert info.dynamic_hw and info.resize.name == "original"

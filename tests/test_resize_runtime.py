@@ -15,13 +15,13 @@ torch = pytest.importorskip("torch")
 export = pytest.importorskip("retinamask.export")
 
 from retinamask.config import load_config  # noqa: E402
-from retinamask.data.image_io import load_image_rgb  # noqa: E402
+from retinamask.formats.images import load_image_rgb  # noqa: E402
 from retinamask.data.transforms import policy_preprocess  # noqa: E402
-from retinamask.errors import InputError, RetinaMaskError  # noqa: E402
-from retinamask.evaluation.postprocess import evaluate_outputs, outputs_to_coco_results  # noqa: E402
+from retinamask.core.errors import InputError, RetinaMaskError  # noqa: E402
+from retinamask.decode.postprocess import evaluate_outputs, outputs_to_coco_results  # noqa: E402
 from retinamask.runtime.backends import create_session  # noqa: E402
 from retinamask.runtime.infer import run_inference  # noqa: E402
-from retinamask.runtime.model_info import read_model_info  # noqa: E402
+from retinamask.formats.model_info import read_model_info  # noqa: E402
 from test_runtime_fakes import build_fake_model, make_synthetic_dataset  # noqa: E402
 from tiny_model import TINY_OPTS, tiny_model_with_detections  # noqa: E402
 

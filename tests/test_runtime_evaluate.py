@@ -8,8 +8,8 @@ import pytest
 from test_runtime_fakes import BOX_IMAGES, RED_ID, WHITE_ID, build_fake_model, make_box_dataset
 
 from retinamask.cli import main
-from retinamask.errors import InputError
-from retinamask.evaluation.postprocess import (
+from retinamask.core.errors import InputError
+from retinamask.decode.postprocess import (
     boxes_to_original,
     decode_outputs,
     evaluate_outputs,

@@ -17,7 +17,7 @@ export = pytest.importorskip("retinamask.export")
 
 from retinamask.config import load_config  # noqa: E402
 from retinamask.data.transforms import seed_preprocess  # noqa: E402
-from retinamask.evaluation.postprocess import evaluate_outputs, outputs_to_coco_results  # noqa: E402
+from retinamask.decode.postprocess import evaluate_outputs, outputs_to_coco_results  # noqa: E402
 from retinamask.runtime.backends import create_session  # noqa: E402
 from retinamask.runtime.infer import run_inference  # noqa: E402
 from test_runtime_fakes import make_synthetic_dataset  # noqa: E402
@@ -49,7 +49,7 @@ def image_set(tmp_path_factory):
 
 def _direct_results(model_path, layout, image_dir, images):
     """COCO results from running the model on each preprocessed image directly (no files)."""
-    from retinamask.data.image_io import load_image_rgb
+    from retinamask.formats.images import load_image_rgb
 
     session = create_session(model_path)
     results = []

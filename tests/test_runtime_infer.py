@@ -9,10 +9,10 @@ from test_runtime_fakes import BOX_IMAGES, MEAN, box_image, build_fake_model, ma
 
 from retinamask.cli import main
 from retinamask.data.transforms import seed_preprocess
-from retinamask.errors import InputError
+from retinamask.core.errors import InputError
 from retinamask.runtime.backends import create_session
 from retinamask.runtime.infer import run_inference
-from retinamask.runtime.model_info import output_specs
+from retinamask.formats.model_info import output_specs
 
 S = 96
 
@@ -126,7 +126,7 @@ def test_bin_folder_and_info_list(tmp_path, dataset, model_path):
 
     # evaluate needs no image geometry from a bare .bin run (the annotations and the model give it),
     # and takes the preprocess sidecar as its image list too
-    from retinamask.evaluation.postprocess import evaluate_outputs
+    from retinamask.decode.postprocess import evaluate_outputs
 
     _, ann_file, _ = dataset
     for results_dir, images_path in ((tmp_path / "b", None), (tmp_path / "a", tmp_path / "set.info.json")):

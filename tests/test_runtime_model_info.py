@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from test_runtime_fakes import build_fake_model
 
-from retinamask.errors import InputError
-from retinamask.runtime.model_info import output_specs, read_model_info
+from retinamask.core.errors import InputError
+from retinamask.formats.model_info import output_specs, read_model_info
 
 
 @pytest.mark.parametrize("layout,rows", [("end2end", 10), ("seed", 1000)])

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from retinamask.cli import main
-from retinamask.structures import Prediction
-from retinamask.visualization import draw_prediction, layout_labels
+from retinamask.core.detections import Prediction
+from retinamask.ops.draw import draw_prediction, layout_labels
 
 torch = pytest.importorskip("torch")
 
@@ -36,10 +36,10 @@ def test_predict_with_no_model_named_uses_the_shipped_model(shapes_image, tmp_pa
 
 
 def test_the_shipped_config_fits_the_shipped_weights():
-    from retinamask.checkpoint import load_checkpoint
+    from retinamask.modeling.checkpoint import load_checkpoint
     from retinamask.config import load_config
     from retinamask.modeling import build_model
-    from retinamask.shipped import SHIPPED_WEIGHTS
+    from retinamask.config.shipped import SHIPPED_WEIGHTS
 
     cfg = load_config("retinamask_shapes_small")  # the name a user finds in retinamask/configs
     load_checkpoint(build_model(cfg), SHIPPED_WEIGHTS)
@@ -47,7 +47,7 @@ def test_the_shipped_config_fits_the_shipped_weights():
 
 
 def test_a_config_that_does_not_fit_names_the_one_saved_with_the_weights(tmp_path, capsys):
-    from retinamask.shipped import SHIPPED_CONFIG, SHIPPED_WEIGHTS
+    from retinamask.config.shipped import SHIPPED_CONFIG, SHIPPED_WEIGHTS
 
     code = main(["export", "--cfg_path", "retinanet_mask_R-50-FPN_2x_adjust_std011_ms", "--weight_path",
                  str(SHIPPED_WEIGHTS), "--save_path", str(tmp_path / "never.onnx")])
@@ -58,7 +58,7 @@ def test_a_config_that_does_not_fit_names_the_one_saved_with_the_weights(tmp_pat
 
 
 def test_weights_without_a_config_need_one_saved_beside_them(tmp_path, capsys):
-    from retinamask.checkpoint import save_checkpoint
+    from retinamask.modeling.checkpoint import save_checkpoint
     from retinamask.config import load_config
     from retinamask.modeling import build_model
 

@@ -326,7 +326,7 @@ def _train(tiny_config, shapes_dir, output, **kwargs):
 
 
 def test_interrupted_training_resumes_exactly(tiny_config, shapes_dir, tmp_path, monkeypatch):
-    from retinamask.checkpoint import read_checkpoint
+    from retinamask.modeling.checkpoint import read_checkpoint
     from retinamask.engine import trainer as trainer_module
 
     uninterrupted = read_checkpoint(_train(tiny_config, shapes_dir, tmp_path / "a"))
@@ -358,7 +358,7 @@ def test_interrupted_training_resumes_exactly(tiny_config, shapes_dir, tmp_path,
 
 
 def test_cli_trains_two_iterations_and_writes_a_loadable_model(tiny_config, shapes_dir, tmp_path):
-    from retinamask.checkpoint import load_checkpoint
+    from retinamask.modeling.checkpoint import load_checkpoint
     from retinamask.cli import main
 
     out = tmp_path / "run"

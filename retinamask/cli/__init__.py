@@ -11,8 +11,7 @@ import importlib
 import logging
 import sys
 
-from ..errors import (EXIT_BAD_INPUT, EXIT_INTERNAL_ERROR, EXIT_INTERRUPTED, EXIT_ITEMS_FAILED, EXIT_OK,
-                      RetinaMaskError)
+from retinamask.core.errors import EXIT_BAD_INPUT, EXIT_INTERNAL_ERROR, EXIT_INTERRUPTED, EXIT_ITEMS_FAILED, EXIT_OK, RetinaMaskError
 
 # subcommand name -> module under retinamask.cli (in --help order)
 COMMANDS = {

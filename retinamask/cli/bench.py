@@ -2,14 +2,14 @@
 ``--loop`` mode) on random input of the model's shape; ``--compare`` runs every
 backend/precision available here and prints one Markdown table."""
 
-from ..errors import EXIT_OK
-from . import add_resize_argument
+from retinamask.core.errors import EXIT_OK
+from retinamask.cli import add_resize_argument
 
 HELP = "pure-inference benchmark of an exported model (ais_bench-style)"
 
 
 def add_arguments(parser):
-    from ..runtime.backends import BACKEND_CHOICES, DEVICES, PERFORMANCE_HINTS
+    from retinamask.runtime.backends import BACKEND_CHOICES, DEVICES, PERFORMANCE_HINTS
 
     parser.add_argument("--model", required=True, help="exported ONNX model")
     parser.add_argument("--loop", type=int, default=100, help="timed runs (default 100)")
@@ -35,8 +35,8 @@ def add_arguments(parser):
 
 
 def run(args):
-    from ..fileio import atomic_write_json
-    from ..runtime.bench import compare_backends, format_stats, format_table, run_benchmark
+    from retinamask.core.fileio import atomic_write_json
+    from retinamask.runtime.bench import compare_backends, format_stats, format_table, run_benchmark
 
     image_hw = _image_hw(args.image_size)
     if args.compare:
@@ -59,7 +59,7 @@ def run(args):
 
 def _image_hw(text):
     """'640x480' (W x H) -> (480, 640)."""
-    from ..errors import ConfigError
+    from retinamask.core.errors import ConfigError
 
     try:
         width, height = (int(v) for v in str(text).lower().split("x"))

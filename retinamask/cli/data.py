@@ -6,7 +6,7 @@
 
 import argparse
 
-from ..errors import RetinaMaskError
+from retinamask.core.errors import RetinaMaskError
 
 SHAPES_DESCRIPTION = """\
 Write a synthetic instance-segmentation dataset in COCO format:
@@ -78,7 +78,7 @@ def run(args):
 
 def run_shapes(args):
     """Generate the shapes dataset and print where it went."""
-    from ..data.shapes import generate_shapes_dataset
+    from retinamask.data.shapes import generate_shapes_dataset
 
     if args.num_images < 0:
         raise RetinaMaskError(f"--num-images must be >= 0, got {args.num_images}")

@@ -1,6 +1,6 @@
 """retinamask demo: the whole flow on the embedded default (shipped model + synthetic data), offline."""
 
-from ..errors import EXIT_OK, RetinaMaskError
+from retinamask.core.errors import EXIT_OK, RetinaMaskError
 
 
 def add_arguments(parser):
@@ -12,7 +12,7 @@ def add_arguments(parser):
 
 
 def run(args):
-    from ..engine.demo import SHIPPED_WEIGHTS, run_demo
+    from retinamask.apps.demo import SHIPPED_WEIGHTS, run_demo
 
     if not SHIPPED_WEIGHTS.exists():
         raise RetinaMaskError("the shipped model is missing from this install", path=SHIPPED_WEIGHTS)

@@ -10,13 +10,13 @@ first bad item under --strict. An interrupted run resumes: rerun the same comman
 import os
 import sys
 
-from . import add_resize_argument, report_failures
+from retinamask.cli import add_resize_argument, report_failures
 
 HELP = "inference outputs -> COCO results JSON + bbox/segm mAP"
 
 
 def add_arguments(parser):
-    from ..evaluation.postprocess import default_workers
+    from retinamask.decode.postprocess import default_workers
 
     parser.add_argument("--infer_results_path", "--infer-results-path", dest="infer_results_path", required=True,
                         help="folder of per-image outputs ({name}_0.bin ...), e.g. result/<output_dirname>")
@@ -70,8 +70,8 @@ def add_arguments(parser):
 
 
 def run(args):
-    from ..evaluation.coco_eval import format_stats_text
-    from ..evaluation.postprocess import evaluate_outputs
+    from retinamask.evaluation.coco_eval import format_stats_text
+    from retinamask.decode.postprocess import evaluate_outputs
 
     ann_file = args.ann_file or os.path.join(args.coco_path, "annotations", "instances_val2017.json")
     convention = args.convention or args.mask_paste or "original"
@@ -84,7 +84,7 @@ def run(args):
     if args.ray is not None:
         from functools import partial
 
-        from ..distributed.ray_evaluate import evaluate_outputs_on_ray
+        from retinamask.distributed.ray_evaluate import evaluate_outputs_on_ray
 
         evaluate = partial(evaluate_outputs_on_ray, address=args.ray or None)
     summary = evaluate(

@@ -8,7 +8,7 @@ arguments, config or checkpoint (nothing written).
 
 import argparse
 
-from ..errors import EXIT_ITEMS_FAILED, EXIT_OK
+from retinamask.core.errors import EXIT_ITEMS_FAILED, EXIT_OK
 
 HELP = "checkpoint + config -> ONNX (end2end or seed layout)"
 
@@ -72,11 +72,11 @@ def add_arguments(parser):
 
 
 def run(args):
-    from ..config import load_config
-    from ..export import export_onnx
-    from ..export.report import format_report
+    from retinamask.config import load_config
+    from retinamask.export import export_onnx
+    from retinamask.export.report import format_report
 
-    from ..shipped import resolve_model_files
+    from retinamask.config.shipped import resolve_model_files
 
     config, weights, note = resolve_model_files(args.cfg_path, args.weight_path)
     if note:
@@ -84,8 +84,8 @@ def run(args):
     cfg = load_config(config, args.opts)
     resize = args.resize
     if args.buckets is not None:
-        from ..errors import ConfigError
-        from ..geometry import parse_canvases, policy_from_config
+        from retinamask.core.errors import ConfigError
+        from retinamask.core.geometry import parse_canvases, policy_from_config
 
         if resize != "buckets":
             raise ConfigError("--buckets goes with --resize buckets", path="command line")

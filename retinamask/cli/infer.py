@@ -7,14 +7,14 @@ usable (bad model/arguments, or the first bad item under --strict).
 """
 
 
-from . import add_resize_argument, report_failures
+from retinamask.cli import add_resize_argument, report_failures
 
 HELP = "run an exported model over .bin files or images (ais_bench-style outputs)"
 
 
 def add_arguments(parser):
-    from ..runtime.backends import BACKEND_CHOICES, DEVICES, PERFORMANCE_HINTS
-    from ..runtime.infer import default_workers
+    from retinamask.runtime.backends import BACKEND_CHOICES, DEVICES, PERFORMANCE_HINTS
+    from retinamask.runtime.infer import default_workers
 
     parser.add_argument("--model", required=True, help="exported ONNX model (retinamask export)")
     parser.add_argument("--input", required=True,
@@ -63,13 +63,13 @@ def add_ray_arguments(parser, actors_help):
 
 
 def run(args):
-    from ..runtime.infer import format_summary, run_inference
+    from retinamask.runtime.infer import format_summary, run_inference
 
     infer = run_inference
     if args.ray is not None:
         from functools import partial
 
-        from ..distributed.ray_infer import run_inference_on_ray
+        from retinamask.distributed.ray_infer import run_inference_on_ray
 
         infer = partial(run_inference_on_ray, address=args.ray or None, actors=args.ray_actors)
     summary = infer(

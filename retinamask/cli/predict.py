@@ -2,8 +2,8 @@
 
 import logging
 
-from ..errors import ConfigError
-from . import add_resize_argument, report_failures
+from retinamask.core.errors import ConfigError
+from retinamask.cli import add_resize_argument, report_failures
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +29,7 @@ def add_arguments(parser):
 
 
 def run(args):
-    from ..engine.predict_images import collect_images, predict_images
+    from retinamask.apps.predict_images import collect_images, predict_images
 
     predict = _make_predict(args)
     images = collect_images(args.input)
@@ -43,16 +43,16 @@ def _make_predict(args):
     if args.model and (args.weights or args.config):
         raise ConfigError("give either --model (ONNX) or --weights with --config, not both", path="command line")
     if args.model:
-        from ..runtime.predictor import OnnxPredictor
+        from retinamask.apps.onnx_predictor import OnnxPredictor
 
         return OnnxPredictor(args.model, backend=args.backend, device=args.device, resize=args.resize)
-    from ..shipped import resolve_model_files
+    from retinamask.config.shipped import resolve_model_files
 
     config, weights, note = resolve_model_files(args.config, args.weights)
     if note:
         log.info("%s", note)
     try:
-        from ..engine.predictor import Predictor
+        from retinamask.engine.predictor import Predictor
     except ImportError as e:
         raise ConfigError(f"the PyTorch model needs torch ({e}): pip install 'retinamask[torch]', "
                           "or give an exported model with --model", path="command line") from None

@@ -6,13 +6,13 @@ arguments, no images, unwritable outputs, or the first bad image under --strict)
 """
 
 
-from . import add_resize_argument, report_failures
+from retinamask.cli import add_resize_argument, report_failures
 
 HELP = "images -> seed-compatible 1344x1344 float32 .bin files + .info list"
 
 
 def add_arguments(parser):
-    from ..data.preprocess import default_workers
+    from retinamask.data.preprocess import default_workers
 
     parser.add_argument(
         "--image_src_path", "--image-src-path", dest="image_src_path", required=True,
@@ -48,14 +48,14 @@ def add_arguments(parser):
 
 
 def run(args):
-    from ..data.preprocess import preprocess_images
-    from ..data.transforms import PIXEL_MEAN, PIXEL_STD
-    from ..errors import ConfigError
-    from ..geometry import make_policy
+    from retinamask.data.preprocess import preprocess_images
+    from retinamask.data.transforms import PIXEL_MEAN, PIXEL_STD
+    from retinamask.core.errors import ConfigError
+    from retinamask.core.geometry import make_policy
 
     mean, std = PIXEL_MEAN, PIXEL_STD
     if args.model:
-        from ..runtime.model_info import read_model_info
+        from retinamask.formats.model_info import read_model_info
 
         info = read_model_info(args.model, resize=args.resize)
         policy, mean, std = info.resize, info.pixel_mean, info.pixel_std

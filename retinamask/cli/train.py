@@ -38,9 +38,9 @@ def add_arguments(parser):
 
 
 def run(args):
-    from ..config import load_config
-    from ..engine.trainer import train
-    from ..errors import ConfigError
+    from retinamask.config import load_config
+    from retinamask.engine.trainer import train
+    from retinamask.core.errors import ConfigError
 
     if args.max_iter is not None and args.max_iter < 0:
         raise ConfigError(f"--max-iter must be >= 0, got {args.max_iter}", path="command line")
@@ -58,11 +58,11 @@ def run(args):
 def _evaluate(final, args):
     from pathlib import Path
 
-    from ..checkpoint import load_checkpoint
-    from ..config import load_config
-    from ..engine.trainer import CONFIG_NAME, evaluate_split
-    from ..evaluation import format_stats_text, write_stats_json
-    from ..modeling import build_model
+    from retinamask.modeling.checkpoint import load_checkpoint
+    from retinamask.config import load_config
+    from retinamask.engine.trainer import CONFIG_NAME, evaluate_split
+    from retinamask.evaluation import format_stats_text, write_stats_json
+    from retinamask.modeling import build_model
 
     cfg = load_config(Path(args.output) / CONFIG_NAME)
     model = build_model(cfg)

@@ -9,8 +9,8 @@ from pathlib import Path
 import yaml
 from yacs.config import CfgNode
 
-from ..errors import ConfigError
-from .defaults import _C
+from retinamask.core.errors import ConfigError
+from retinamask.config.defaults import _C
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 

@@ -26,8 +26,8 @@ import torch
 from PIL import Image
 from torch.nn import functional as F
 
-from ..errors import ConfigError, InputError
-from .transforms import PIXEL_MEAN, PIXEL_STD, normalize_bgr, resize_rgb, upstream_test_size
+from retinamask.core.errors import ConfigError, InputError
+from retinamask.data.transforms import PIXEL_MEAN, PIXEL_STD, normalize_bgr, resize_rgb, upstream_test_size
 
 
 class CocoTrainDataset(torch.utils.data.Dataset):

@@ -1,7 +1,7 @@
 """Images -> seed-compatible input files: one raw float32 ``.bin`` per image, a
 ``.info`` list and a JSON sidecar; and readers for them.
 
-The resize policy (``retinamask.geometry``; ``resize``) decides each image's canvas: the
+The resize policy (``retinamask.core.geometry``; ``resize``) decides each image's canvas: the
 seed's S x S square (default, described below), or the ``original`` / ``buckets``
 canvases, whose .bin files are float32 [1, 3, H, W] with H, W per image: the sidecar's
 ``canvas_width`` / ``canvas_height`` say which (the .info line format is the same).
@@ -40,12 +40,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import parallel
-from ..errors import InputError, OutputError
-from ..fileio import atomic_open, atomic_write_json, atomic_write_text, remove_stale_temp_files
-from .image_io import IMAGE_EXTENSIONS, list_images, load_image_rgb
-from ..geometry import SeedResize
-from .transforms import PIXEL_MEAN, PIXEL_STD, SEED_INPUT_SIZE, policy_preprocess
+from retinamask.core import parallel
+from retinamask.core.errors import InputError, OutputError
+from retinamask.core.fileio import atomic_open, atomic_write_json, atomic_write_text, remove_stale_temp_files
+from retinamask.formats.images import IMAGE_EXTENSIONS, list_images, load_image_rgb
+from retinamask.core.geometry import SeedResize
+from retinamask.data.transforms import PIXEL_MEAN, PIXEL_STD, SEED_INPUT_SIZE, policy_preprocess
 
 logger = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ def preprocess_images(
 ):
     """Preprocess every image in ``image_dir`` (see the module docstring for outputs).
 
-    ``resize``: a :class:`~retinamask.geometry.ResizePolicy` (None: the seed policy with canvas
+    ``resize``: a :class:`~retinamask.core.geometry.ResizePolicy` (None: the seed policy with canvas
     ``input_size``).
 
     ``workers``: processes (None: :func:`default_workers`; 1: in this process).

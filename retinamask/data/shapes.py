@@ -36,9 +36,9 @@ import cv2
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from .. import parallel
-from ..errors import RetinaMaskError
-from ..fileio import atomic_write_bytes, atomic_write_text
+from retinamask.core import parallel
+from retinamask.core.errors import RetinaMaskError
+from retinamask.core.fileio import atomic_write_bytes, atomic_write_text
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Test-time image transforms (numpy + Pillow, no torch).
 
 Two pipelines (and ``policy_preprocess``, either one or the buckets' padding through a
-resize policy of ``retinamask.geometry``):
+resize policy of ``retinamask.core.geometry``):
 
 * ``upstream_preprocess``: the original RetinaMask / maskrcnn-benchmark TEST
   transform: short side to ``min_size`` with the long side capped at
@@ -17,7 +17,7 @@ Arrays: images are uint8 [H, W, 3] RGB; model inputs are float32 [3, H, W] BGR.
 import numpy as np
 from PIL import Image
 
-from ..geometry import SEED_INPUT_SIZE, seed_resize_geometry, upstream_test_size  # noqa: F401 (re-exported)
+from retinamask.core.geometry import SEED_INPUT_SIZE, seed_resize_geometry, upstream_test_size  # noqa: F401 (re-exported)
 
 PIXEL_MEAN = (102.9801, 115.9465, 122.7717)  # BGR, 0..255
 PIXEL_STD = (1.0, 1.0, 1.0)
@@ -100,11 +100,11 @@ def seed_preprocess(img_rgb, input_size=SEED_INPUT_SIZE, mean=PIXEL_MEAN, std=PI
 
 
 def policy_preprocess(img_rgb, policy, mean=PIXEL_MEAN, std=PIXEL_STD):
-    """One image through a resize policy (``retinamask.geometry``): uint8 [H, W, 3] RGB ->
+    """One image through a resize policy (``retinamask.core.geometry``): uint8 [H, W, 3] RGB ->
     (float32 [3, Hc, Wc] BGR, normalised, zero-padded bottom/right to the policy's canvas;
-    the image's :class:`~retinamask.geometry.ImageGeometry`). The ``seed`` policy gives exactly
+    the image's :class:`~retinamask.core.geometry.ImageGeometry`). The ``seed`` policy gives exactly
     :func:`seed_preprocess`'s tensor, ``original`` exactly :func:`upstream_preprocess`'s."""
-    from ..geometry import ImageGeometry, SeedResize
+    from retinamask.core.geometry import ImageGeometry, SeedResize
 
     h, w = img_rgb.shape[:2]
     if isinstance(policy, SeedResize):  # the seed's route, literally

@@ -8,7 +8,7 @@ import os
 import re
 from contextlib import contextmanager
 
-from ..errors import InputError, RetinaMaskError
+from retinamask.core.errors import InputError, RetinaMaskError
 
 logger = logging.getLogger(__name__)
 
@@ -92,9 +92,9 @@ def as_user_error(error):
 
     Ray hands a worker's exception back wrapped (RayTaskError, UserCodeException, RayActorError)
     and, pickled across processes, without its ``__cause__`` chain; the worker's traceback text is
-    kept, so the last ``retinamask.errors.X: message`` line in it names the error.
+    kept, so the last ``retinamask.core.errors.X: message`` line in it names the error.
     """
-    from .. import errors
+    from retinamask.core import errors
 
     seen = error
     for _ in range(10):  # where the chain survived (e.g. an error raised in this process)

@@ -1,7 +1,7 @@
 """``retinamask evaluate --ray``: the per-image postprocessing (read outputs, NMS, mask paste, RLE)
 as Ray tasks; the COCO evaluation stays on the driver.
 
-The driver runs :func:`~retinamask.evaluation.postprocess.evaluate_outputs` as a local run does
+The driver runs :func:`~retinamask.decode.postprocess.evaluate_outputs` as a local run does
 (image list, ground truth, the resumable per-image parts, the COCO evaluation, the reports);
 only its postprocessing loop is replaced by :class:`RayJobRunner`, which runs the local run's
 per-image function (``_evaluate_one``) in Ray Data tasks and hands the outcomes back in job
@@ -14,7 +14,7 @@ import os
 import pickle
 import sys
 
-from ..errors import RetinaMaskError
+from retinamask.core.errors import RetinaMaskError
 
 logger = logging.getLogger(__name__)
 
@@ -22,10 +22,10 @@ JOBS_PER_CPU = 8  # blocks per cluster CPU: small enough to balance, large enoug
 
 
 def evaluate_outputs_on_ray(results_dir, ann_file, address=None, **kwargs):
-    """:func:`~retinamask.evaluation.postprocess.evaluate_outputs` with the postprocessing on a Ray
+    """:func:`~retinamask.decode.postprocess.evaluate_outputs` with the postprocessing on a Ray
     cluster (``address``: see :func:`.cluster.resolve_address`). Other arguments and the returned
     summary: ``evaluate_outputs``'s (``workers`` is not used); the summary has a ``ray`` entry."""
-    from ..evaluation.postprocess import evaluate_outputs
+    from retinamask.decode.postprocess import evaluate_outputs
 
     runner = RayJobRunner(address)
     summary = evaluate_outputs(results_dir, ann_file, runner=runner, **kwargs)
@@ -37,7 +37,7 @@ class RayJobRunner:
     """``evaluate_outputs``'s ``runner`` on Ray: ``runner(jobs, workers, progress)`` yields outcomes in job order."""
 
     def __init__(self, address=None):
-        from .cluster import import_ray
+        from retinamask.distributed.cluster import import_ray
 
         import_ray()  # without Ray: say how to install it before anything is read
         self.address = address
@@ -47,7 +47,7 @@ class RayJobRunner:
         from tqdm import tqdm
         from tqdm.contrib.logging import logging_redirect_tqdm
 
-        from .cluster import alive_node_resources, as_user_error, connected
+        from retinamask.distributed.cluster import alive_node_resources, as_user_error, connected
 
         if not jobs:
             return
@@ -93,7 +93,7 @@ def _evaluate_rows(batch):
     global _cv2_single_threaded
     import numpy as np
 
-    from ..evaluation.postprocess import _evaluate_one, _init_worker
+    from retinamask.decode.postprocess import _evaluate_one, _init_worker
 
     if not _cv2_single_threaded:  # as the local run's worker processes (a task holds one CPU)
         _init_worker()

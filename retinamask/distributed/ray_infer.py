@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import InputError, RetinaMaskError
+from retinamask.core.errors import InputError, RetinaMaskError
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ def run_inference_on_ray(model_path, input_path, address=None, actors=None, thre
     summary's ``ray.sessions`` lists what ran). Other arguments and the returned summary: ``run_inference``'s
     (``workers`` is not used); the summary has a ``ray`` entry (address, nodes, actors, ...).
     """
-    from ..runtime.infer import run_inference
+    from retinamask.runtime.infer import run_inference
 
     executor = RayExecutor(model_path, address=address, actors=actors, threads=threads,
                            preprocess_cpus=preprocess_cpus, backend=backend, device=device, precision=precision,
@@ -66,8 +66,8 @@ class RayExecutor:
 
     def __init__(self, model_path, address=None, actors=None, threads=None, preprocess_cpus=None,
                  backend="auto", device="cpu", precision="fp32", cache_dir=None):
-        from ..runtime.backends import normalize_precision
-        from .cluster import import_ray
+        from retinamask.runtime.backends import normalize_precision
+        from retinamask.distributed.cluster import import_ray
 
         import_ray()  # without Ray: say how to install it before anything is written
         self.model_path = os.path.abspath(model_path)
@@ -90,9 +90,9 @@ class RayExecutor:
     def run(self, todo, info, batch_size, out_dir, outfmt, legacy_names):
         """Yield ``infer_local``'s events for ``todo``: "done" in the order images finish, "failed" in
         item order (so the sidecar lists failures as a local run does)."""
-        from ..fileio import remove_stale_temp_files
-        from ..runtime.infer import load_job
-        from .cluster import alive_node_resources, as_user_error, connected, import_ray, resolve_address
+        from retinamask.core.fileio import remove_stale_temp_files
+        from retinamask.runtime.infer import load_job
+        from retinamask.distributed.cluster import alive_node_resources, as_user_error, connected, import_ray, resolve_address
 
         if not todo:
             return
@@ -174,7 +174,7 @@ def _build_dataset(ray, todo, info, load_job, executor, actors, batch_size, out_
 
 def _load_rows(batch):
     """Ray task: decode and preprocess each row's item (``load_item``, as the local run's workers)."""
-    from ..runtime.infer import load_item
+    from retinamask.runtime.infer import load_item
 
     tensors, extras, causes = [], [], []
     for job, record in zip(batch["job"], batch["record"]):
@@ -202,8 +202,8 @@ class _ModelActor:
     """Ray actor: one inference session; writes the outputs of the rows it gets and returns their status."""
 
     def __init__(self, model_info, backend, device, precision, threads, cache_dir, out_dir, outfmt, legacy_names):
-        from ..runtime.backends import create_session
-        from ..runtime.infer import SIDECAR_NAME
+        from retinamask.runtime.backends import create_session
+        from retinamask.runtime.infer import SIDECAR_NAME
 
         import socket
 
@@ -214,13 +214,13 @@ class _ModelActor:
             raise InputError(f"the output folder is not visible on node {socket.gethostname()} (no {SIDECAR_NAME} "
                              "there): on a cluster it must be a path every node mounts", out_dir)
         if backend == "auto":  # for this node's CPU
-            from ..runtime.auto_backend import choose_backend
+            from retinamask.runtime.auto_backend import choose_backend
 
             backend = choose_backend(precision, device, quantized=model_info.quantized).backend
         # OpenVINO pins a session's threads to the first cores of the process's CPU mask: actors that share
         # a node would share those cores (two 1-thread actors measured no faster than one). Unpinned, the
         # OS spreads them; an actor with the whole node keeps the pinning (measured faster there).
-        from ..parallel import usable_cpus
+        from retinamask.core.parallel import usable_cpus
 
         options = {"ENABLE_CPU_PINNING": False} if backend == "openvino" and threads < usable_cpus() else None
         self.session = create_session(model_info.path, backend, device, precision, threads=threads,
@@ -229,7 +229,7 @@ class _ModelActor:
         self.out_dir, self.outfmt, self.legacy_names = Path(out_dir), outfmt, legacy_names
 
     def __call__(self, batch):
-        from ..runtime.infer import InputItem, infer_batch
+        from retinamask.runtime.infer import InputItem, infer_batch
 
         rows = len(batch["position"])
         ms = np.full(rows, -1.0)

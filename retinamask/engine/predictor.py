@@ -8,22 +8,22 @@
 import numpy as np
 import torch
 
-from ..checkpoint import load_checkpoint
-from ..config import load_config
-from ..data.image_io import as_rgb_array
-from ..data.transforms import policy_preprocess
-from ..evaluation.boxes import rescale_boxes
-from ..geometry import OriginalResize, SeedResize, make_policy
-from ..evaluation.postprocess import boxes_to_original
-from ..evaluation.masks import paste_masks
-from ..modeling import build_model
-from ..structures import Prediction
+from retinamask.modeling.checkpoint import load_checkpoint
+from retinamask.config import load_config
+from retinamask.formats.images import as_rgb_array
+from retinamask.data.transforms import policy_preprocess
+from retinamask.ops.boxes import rescale_boxes
+from retinamask.core.geometry import OriginalResize, SeedResize, make_policy
+from retinamask.decode.postprocess import boxes_to_original
+from retinamask.ops.masks import paste_masks
+from retinamask.modeling import build_model
+from retinamask.core.detections import Prediction
 
 
 class Predictor:
     """The PyTorch RetinaMask with its test-time pre- and post-processing.
 
-    ``resize``: a :class:`~retinamask.geometry.ResizePolicy` or its name. None (default) uses the
+    ``resize``: a :class:`~retinamask.core.geometry.ResizePolicy` or its name. None (default) uses the
     original's transform (``original``: short side ``INPUT.MIN_SIZE_TEST``, long side at most
     ``INPUT.MAX_SIZE_TEST``, padded to DATALOADER.SIZE_DIVISIBILITY); ``seed`` the seed's fixed
     S x S canvas (long side resized to S = ``input_size``, as the square exported models do).

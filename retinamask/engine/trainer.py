@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..checkpoint import read_checkpoint, save_checkpoint
-from ..errors import CheckpointError, ConfigError
-from ..fileio import atomic_write_text
+from retinamask.modeling.checkpoint import read_checkpoint, save_checkpoint
+from retinamask.core.errors import CheckpointError, ConfigError
+from retinamask.core.fileio import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -129,9 +129,9 @@ class Trainer:
     """Model, loss, optimizer, scheduler and data of one training run in ``output_dir``."""
 
     def __init__(self, cfg, data_dir, output_dir, seed=0, num_workers=None, split="train"):
-        from ..data.coco_dataset import build_train_dataset
-        from ..modeling import build_model
-        from ..modeling.losses import attach_losses
+        from retinamask.data.coco_dataset import build_train_dataset
+        from retinamask.modeling import build_model
+        from retinamask.modeling.losses import attach_losses
 
         self.output_dir = Path(output_dir)
         self.seed = int(seed)
@@ -157,7 +157,7 @@ class Trainer:
 
     def resume(self, path):
         """Load model, optimizer, scheduler, iteration, loss statistics and RNG state from ``path``."""
-        from ..checkpoint import check_compatible
+        from retinamask.modeling.checkpoint import check_compatible
 
         checkpoint = read_checkpoint(path)
         missing = [k for k in ("model", "optimizer", "scheduler", "iteration") if k not in checkpoint]
@@ -200,7 +200,7 @@ class Trainer:
 
     def run(self, progress=None, log_period=20):
         """Train from ``self.iteration`` to SOLVER.MAX_ITER; returns the final checkpoint path."""
-        from ..data.coco_dataset import build_train_loader
+        from retinamask.data.coco_dataset import build_train_loader
 
         max_iter = self.cfg.SOLVER.MAX_ITER
         period = self.cfg.SOLVER.CHECKPOINT_PERIOD
@@ -277,7 +277,7 @@ def train(cfg, data_dir, output_dir, *, resume=True, max_iter=None, num_workers=
 
 
 def _warn_if_config_changed(path, cfg):
-    from ..config import load_config
+    from retinamask.config import load_config
 
     if not path.is_file():
         return
@@ -323,12 +323,12 @@ def evaluate_split(model, cfg, data_dir, split="val", input_size=None, batch_siz
     resize policy or its name instead (see :class:`~retinamask.engine.predictor.Predictor`).
     Returns ``retinamask.evaluation.evaluate_coco``'s report.
     """
-    from ..engine.predictor import Predictor
-    from ..evaluation import detections_to_coco_results, encode_masks, evaluate_coco
+    from retinamask.engine.predictor import Predictor
+    from retinamask.evaluation import detections_to_coco_results, encode_masks, evaluate_coco
 
     data_dir = Path(data_dir)
     ann_file = data_dir / "annotations" / f"instances_{split}.json"
-    from ..evaluation import load_ground_truth
+    from retinamask.evaluation import load_ground_truth
 
     dataset, _ = load_ground_truth(ann_file)
     category_ids = sorted(c["id"] for c in dataset["categories"])

@@ -10,8 +10,8 @@ from retinamask.evaluation.coco_eval import (
     write_stats_json,
     write_stats_text,
 )
-from retinamask.evaluation.masks import encode_masks, paste_masks, paste_masks_seed
-from retinamask.evaluation.nms import classwise_nms
+from retinamask.ops.masks import encode_masks, paste_masks, paste_masks_seed
+from retinamask.ops.nms import classwise_nms
 
 __all__ = [
     "STAT_NAMES",

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from retinamask.errors import InputError
-from retinamask.fileio import atomic_write_json, atomic_write_text
+from retinamask.core.errors import InputError
+from retinamask.core.fileio import atomic_write_json, atomic_write_text
 
 STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
 IOU_TYPES = ("bbox", "segm")
@@ -148,7 +148,7 @@ def _resolve_backend(backend):
             import faster_coco_eval  # noqa: F401
         except ImportError:
             return "pycocotools"
-        from .coco_fast import direct_available
+        from retinamask.evaluation.coco_fast import direct_available
 
         return "direct" if direct_available() else "faster-coco-eval"
     return backend
@@ -193,7 +193,7 @@ def _run_pycocotools(dataset, results_by_type):
 
 
 def _evaluation(iou_type, evaluator):
-    from .coco_fast import CocoEvaluation
+    from retinamask.evaluation.coco_fast import CocoEvaluation
 
     params = evaluator.params
     return CocoEvaluation(
@@ -266,7 +266,7 @@ def evaluate_coco(ann_file_or_coco, results, iou_types=IOU_TYPES, backend="auto"
         )
 
     if name == "direct" and results:
-        from .coco_fast import evaluate_direct
+        from retinamask.evaluation.coco_fast import evaluate_direct
 
         evaluations = evaluate_direct(dataset, results, iou_types, segm_areas=segm_areas, segm_area=segm_area,
                                       keep_ious=keep_ious, threads=threads)

@@ -9,7 +9,7 @@ pictures are also written beside it as PNG files), and ``DIR/report.json`` with 
   class at 0.50), drawn with Pillow (:mod:`.plots`);
 * the best and worst images (JPEG): each image scored by its F1 at mask IoU 0.5 over the detections
   with score >= ``score_threshold`` (greedy by score, as COCO matches), drawn as ground truth |
-  detections with :mod:`retinamask.visualization`.
+  detections with :mod:`retinamask.ops.draw`.
 
 The page's script counts the pictures that decoded and writes the count into
 ``<body data-images-loaded=... data-images-total=...>`` (and shows a warning if any failed).
@@ -137,8 +137,8 @@ def _overlay_jpeg(image_rgb, dataset_image, annotations, results, names, label_o
     import cv2
     import pycocotools.mask as mask_util
 
-    from ..structures import Prediction
-    from ..visualization import draw_prediction
+    from retinamask.core.detections import Prediction
+    from retinamask.ops.draw import draw_prediction
 
     height, width = image_rgb.shape[:2]
 
@@ -190,11 +190,11 @@ def write_report(report_dir, dataset, results, evaluations, summary, ann_file=No
     evaluations: {iou type: CocoEvaluation} (``evaluate_coco(return_evaluations=True)``; their
     kept IoUs are used, else recomputed); summary: ``evaluate_outputs``' summary (for the header).
     """
-    from ..data.image_io import load_image_rgb
-    from ..errors import InputError
-    from ..fileio import atomic_write_bytes, atomic_write_json, atomic_write_text
-    from .plots import line_chart_png
-    from .report_html import render_page
+    from retinamask.formats.images import load_image_rgb
+    from retinamask.core.errors import InputError
+    from retinamask.core.fileio import atomic_write_bytes, atomic_write_json, atomic_write_text
+    from retinamask.evaluation.plots import line_chart_png
+    from retinamask.evaluation.report_html import render_page
 
     report_dir = Path(report_dir)
     (report_dir / "images").mkdir(parents=True, exist_ok=True)

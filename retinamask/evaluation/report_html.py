@@ -3,7 +3,7 @@
 import base64
 import html
 
-from .coco_eval import STAT_NAMES
+from retinamask.evaluation.coco_eval import STAT_NAMES
 
 _STAT_TITLES = {
     "AP": "AP @[.50:.95]", "AP50": "AP @.50", "AP75": "AP @.75", "APs": "AP small", "APm": "AP medium",

@@ -4,7 +4,7 @@ The seed (Ascend ModelZoo ``ACL_PyTorch/contrib/cv/detection/RetinaMask``:
 ``RetinaMask_postprocess.py`` with ``tools/utils.py``) turns each image's model outputs
 into COCO results with conventions of its own. ``evaluate --convention seed`` uses this
 module, so that the same output files give the seed's figures; ``original`` (the default,
-:mod:`retinamask.evaluation.postprocess`) gives the original RetinaMask's. The seed's
+:mod:`retinamask.decode.postprocess`) gives the original RetinaMask's. The seed's
 conventions, each reproduced here:
 
 * NMS: one greedy pass over ALL rows (no score threshold), classes kept apart by shifting
@@ -35,7 +35,7 @@ which is the id on COCO val2017).
 
 import numpy as np
 
-from ..errors import InputError
+from retinamask.core.errors import InputError
 
 SEED_IOU_THRESHOLD = 0.4
 SEED_KEEP = 100
@@ -164,8 +164,8 @@ def seed_coco_results(outputs, image_id, original_hw, input_size, category_ids_i
     ``segmentation`` when ``with_masks``. Mask areas: int64 [D] pixel counts (None without masks).
     Raises InputError for labels 0 or above the number of categories.
     """
-    from .coco_eval import xywh_results
-    from .masks import encode_masks
+    from retinamask.evaluation.coco_eval import xywh_results
+    from retinamask.ops.masks import encode_masks
 
     boxes, scores, labels, probs = seed_detections(outputs, original_hw, input_size, iou_threshold, keep)
     if labels.size and (labels.min() < 1 or labels.max() > len(category_ids_in_file_order)):

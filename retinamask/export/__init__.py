@@ -1,8 +1,8 @@
 """Checkpoint -> ONNX export (needs torch + torchvision + onnxscript): the export-friendly graphs
 (layouts ``end2end`` and ``seed``, docs/onnx_contract.md) and :func:`export_onnx`."""
 
-from .graphs import End2EndGraph, SeedGraph, half_precision_copy
-from .onnx_export import ExportError, compare_detections, export_model, export_onnx, sample_input
+from retinamask.export.graphs import End2EndGraph, SeedGraph, half_precision_copy
+from retinamask.export.onnx_export import ExportError, compare_detections, export_model, export_onnx, sample_input
 
 __all__ = ["End2EndGraph", "SeedGraph", "ExportError", "compare_detections", "export_model", "export_onnx",
            "half_precision_copy", "sample_input"]

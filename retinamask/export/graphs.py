@@ -19,10 +19,10 @@ import torch
 from torch import nn
 from torchvision.ops import nms
 
-from ..errors import ConfigError
-from ..modeling.layers import FrozenBatchNorm2d
-from ..modeling.retinanet_head import flatten_level
-from ..modeling.retinanet_postprocess import clip_boxes
+from retinamask.core.errors import ConfigError
+from retinamask.modeling.layers import FrozenBatchNorm2d
+from retinamask.modeling.retinanet_head import flatten_level
+from retinamask.modeling.retinanet_postprocess import clip_boxes
 
 END2END_OUTPUTS = ("boxes", "labels", "scores", "masks")
 SEED_OUTPUTS = ("bboxs", "labels", "scores", "masks")

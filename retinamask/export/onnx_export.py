@@ -5,7 +5,7 @@ checks; the parity check against PyTorch lives in :mod:`.verify` (its names are 
 >>> report = export_onnx(cfg, "model_final.pth", "seed.onnx", layout="seed")
 >>> report = export_onnx(cfg, "model_final.pth", "any_shape.onnx", resize="original")  # dynamic H/W
 
-The resize policy (``retinamask.geometry``) decides the input: ``seed`` a fixed S x S canvas and
+The resize policy (``retinamask.core.geometry``) decides the input: ``seed`` a fixed S x S canvas and
 one input (the seed's graph); ``original`` / ``buckets`` a canvas of any size (dynamic H and W,
 multiples of 32) plus an ``image_sizes`` input with each image's valid (h, w), to which the graph
 clips boxes exactly as the original does. The policy goes into the metadata.
@@ -21,15 +21,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .. import __version__
-from ..errors import RetinaMaskError
-from ..geometry import ResizePolicy, SeedResize, policy_from_config
-from ..fileio import atomic_write_bytes
-from ..runtime.model_info import IMAGE_SIZES_INPUT  # int64 [B, 2] (h, w) of each image's valid region
-from .graphs import END2END_OUTPUTS, SEED_NUM_CANDIDATES, SEED_OUTPUTS, End2EndGraph, SeedGraph, half_precision_copy
-from .verify import (TOLERANCES, box_iou_matrix, compare_detections, eager_detections, eager_limits,  # noqa: F401
-                     example_canvas, judge, merge_stats, output_detections, run_onnxruntime, sample_input,
-                     synthetic_image, verify_export)
+from retinamask import __version__
+from retinamask.core.errors import RetinaMaskError
+from retinamask.core.geometry import ResizePolicy, SeedResize, policy_from_config
+from retinamask.core.fileio import atomic_write_bytes
+from retinamask.formats.model_info import IMAGE_SIZES_INPUT  # int64 [B, 2] (h, w) of each image's valid region
+from retinamask.export.graphs import END2END_OUTPUTS, SEED_NUM_CANDIDATES, SEED_OUTPUTS, End2EndGraph, SeedGraph, half_precision_copy
+from retinamask.export.verify import TOLERANCES, box_iou_matrix, compare_detections, eager_detections, eager_limits, example_canvas, judge, merge_stats, output_detections, run_onnxruntime, sample_input, synthetic_image, verify_export
 
 logger = logging.getLogger(__name__)
 
@@ -50,9 +48,9 @@ def export_onnx(cfg, weights, save_path, layout="end2end", batch_size=1, dynamic
                 calibration_dir=None, calibration_images=None, resize=None):
     """Build the model of ``cfg`` (a config or a config name/path), load ``weights`` (a checkpoint
     path; None keeps the random initialisation) and export it; see :func:`export_model`."""
-    from ..checkpoint import load_checkpoint
-    from ..config import load_config
-    from ..modeling import build_model
+    from retinamask.modeling.checkpoint import load_checkpoint
+    from retinamask.config import load_config
+    from retinamask.modeling import build_model
 
     if not hasattr(cfg, "MODEL"):
         cfg = load_config(cfg)
@@ -76,7 +74,7 @@ def export_model(model, cfg, save_path, layout="end2end", batch_size=1, dynamic_
                  calibration_dir=None, calibration_images=None, resize=None):
     """Export a built RetinaMask (eval mode, float32) to ``save_path`` in one ONNX file.
 
-    ``resize``: the resize policy (a :class:`~retinamask.geometry.ResizePolicy` or its name,
+    ``resize``: the resize policy (a :class:`~retinamask.core.geometry.ResizePolicy` or its name,
     None = ``seed``; see :func:`resolve_export_policy`). ``seed``: input [B,3,S,S] with S =
     ``input_size`` (None takes :func:`default_input_size`). ``original`` / ``buckets``: inputs
     ``input`` [B,3,H,W] (H, W dynamic multiples of 32) and ``image_sizes`` int64 [B,2]; end2end
@@ -249,7 +247,7 @@ def _save_quantized(proto, save_path, calibration_dir, calibration_images, layou
 
     import onnx
 
-    from .quantize import DEFAULT_CALIBRATION_IMAGES, quantize_onnx
+    from retinamask.export.quantize import DEFAULT_CALIBRATION_IMAGES, quantize_onnx
 
     save_path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".retinamask-fp32-", dir=save_path.parent) as tmp:

@@ -37,8 +37,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import __version__
-from ..errors import InputError, RetinaMaskError
+from retinamask import __version__
+from retinamask.core.errors import InputError, RetinaMaskError
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ class QuantizationError(RetinaMaskError):
 def calibration_images(calibration_dir, count=DEFAULT_CALIBRATION_IMAGES):
     """The first ``count`` images of ``calibration_dir`` in name order (an evenly spaced
     subset when there are more, so that a sorted dataset's variety is kept)."""
-    from ..data.image_io import list_images
+    from retinamask.formats.images import list_images
 
     images = list_images(calibration_dir)
     if not images:
@@ -89,8 +89,8 @@ class SeedTransformReader:
         self._batches = None
 
     def _generate(self):
-        from ..data.image_io import load_image_rgb
-        from ..data.transforms import seed_preprocess
+        from retinamask.formats.images import load_image_rgb
+        from retinamask.data.transforms import seed_preprocess
 
         if self.policy is not None:
             yield from self._generate_any_canvas()
@@ -114,8 +114,8 @@ class SeedTransformReader:
             yield {self.input_name: np.stack(pending)}
 
     def _generate_any_canvas(self):
-        from ..data.image_io import load_image_rgb
-        from ..data.transforms import policy_preprocess
+        from retinamask.formats.images import load_image_rgb
+        from retinamask.data.transforms import policy_preprocess
 
         for path in self.images:
             try:
@@ -185,8 +185,8 @@ def quantize_onnx(model_path, save_path, calibration_dir, calibration_count=DEFA
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from ..runtime.model_info import read_model_info
-    from .onnx_export import _save
+    from retinamask.formats.model_info import read_model_info
+    from retinamask.export.onnx_export import _save
 
     model_path, save_path = Path(model_path), Path(save_path)
     info = read_model_info(model_path)

@@ -7,9 +7,9 @@ import time
 import numpy as np
 import torch
 
-from ..geometry import ResizePolicy, SeedResize
-from ..runtime.model_info import IMAGE_SIZES_INPUT
-from .graphs import SEED_NUM_CANDIDATES, SeedGraph
+from retinamask.core.geometry import ResizePolicy, SeedResize
+from retinamask.formats.model_info import IMAGE_SIZES_INPUT
+from retinamask.export.graphs import SEED_NUM_CANDIDATES, SeedGraph
 
 # Parity tolerances against PyTorch (float32 eager). Detections are matched by label and box IoU.
 # float16: the convolutions run in half precision, so scores move by ~1e-3 and a few
@@ -52,7 +52,7 @@ def sample_input(cfg, input_size, batch=1):
     ``input_size``: a ResizePolicy, or the seed canvas side S. Returns float32 [B, 3, S, S] (the
     square pictures through the seed transform) for the seed policy; otherwise (float32
     [B, 3, H, W] pictures of exactly :func:`example_canvas`'s size, int64 image_sizes [B, 2])."""
-    from ..data.transforms import normalize_bgr, policy_preprocess
+    from retinamask.data.transforms import normalize_bgr, policy_preprocess
 
     policy = input_size if isinstance(input_size, ResizePolicy) else SeedResize(input_size)
     if isinstance(policy, SeedResize):

@@ -1,5 +1,5 @@
 """The PyTorch RetinaMask (needs torch + torchvision)."""
 
-from .retinamask import RetinaMask, build_model
+from retinamask.modeling.retinamask import RetinaMask, build_model
 
 __all__ = ["RetinaMask", "build_model"]

@@ -67,7 +67,7 @@ class Backbone(nn.Sequential):
 
 
 def build_backbone(cfg):
-    from .resnet import build_resnet
+    from retinamask.modeling.resnet import build_resnet
 
     res2 = cfg.MODEL.RESNETS.RES2_OUT_CHANNELS
     fpn = FPN((res2 * 2, res2 * 4, res2 * 8), cfg.MODEL.BACKBONE.OUT_CHANNELS)

@@ -26,8 +26,8 @@ import torch
 from torch.nn import functional as F
 from torchvision.ops import roi_align, sigmoid_focal_loss
 
-from .box_coder import BoxCoder
-from .retinanet_head import flatten_level
+from retinamask.modeling.box_coder import BoxCoder
+from retinamask.modeling.retinanet_head import flatten_level
 
 LOSS_NAMES = ("loss_retina_cls", "loss_retina_reg", "loss_mask")
 

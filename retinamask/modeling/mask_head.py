@@ -4,7 +4,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .poolers import MultiLevelRoIAlign
+from retinamask.modeling.poolers import MultiLevelRoIAlign
 
 
 class MaskFeatureExtractor(nn.Module):

@@ -8,8 +8,8 @@ uses: stride in the 1x1 conv of each first block (``STRIDE_IN_1X1``), FrozenBatc
 from torch import nn
 from torch.nn import functional as F
 
-from ..errors import ConfigError
-from .layers import FrozenBatchNorm2d, group_norm
+from retinamask.core.errors import ConfigError
+from retinamask.modeling.layers import FrozenBatchNorm2d, group_norm
 
 # blocks per stage (res2, res3, res4, res5)
 BLOCK_COUNTS = {"R-50": (3, 4, 6, 3), "R-101": (3, 4, 23, 3), "R-152": (3, 8, 36, 3)}

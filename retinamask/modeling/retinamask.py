@@ -3,13 +3,13 @@
 import torch
 from torch import nn
 
-from .anchors import build_anchor_generator
-from .box_coder import BoxCoder
-from .fpn import build_backbone
-from .mask_head import build_mask_head
-from .poolers import map_levels
-from .retinanet_head import RetinaNetHead
-from .retinanet_postprocess import RetinaNetPostProcessor, keep_top_with_ties
+from retinamask.modeling.anchors import build_anchor_generator
+from retinamask.modeling.box_coder import BoxCoder
+from retinamask.modeling.fpn import build_backbone
+from retinamask.modeling.mask_head import build_mask_head
+from retinamask.modeling.poolers import map_levels
+from retinamask.modeling.retinanet_head import RetinaNetHead
+from retinamask.modeling.retinanet_postprocess import RetinaNetPostProcessor, keep_top_with_ties
 
 
 class RetinaNetModule(nn.Module):
@@ -88,7 +88,7 @@ class RetinaMask(nn.Module):
 
 def build_model(cfg):
     """The RetinaMask described by a config (see ``retinamask.config``); eval mode, float32, CPU."""
-    from ..data.classes import class_names_from_config
+    from retinamask.config.classes import class_names_from_config
 
     r = cfg.RETINANET
     anchor_generator = build_anchor_generator(cfg)

@@ -4,7 +4,7 @@ import math
 
 from torch import nn
 
-from .layers import group_norm
+from retinamask.modeling.layers import group_norm
 
 
 def _tower(channels, num_convs, use_gn):

@@ -9,8 +9,8 @@ detections-per-image cap that keeps ties (kthvalue).
 import torch
 from torchvision.ops import batched_nms
 
-from .box_coder import BoxCoder
-from .retinanet_head import flatten_level
+from retinamask.modeling.box_coder import BoxCoder
+from retinamask.modeling.retinanet_head import flatten_level
 
 
 def clip_boxes(boxes, height, width):

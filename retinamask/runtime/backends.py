@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import RetinaMaskError
+from retinamask.core.errors import RetinaMaskError
 
 logger = logging.getLogger(__name__)
 
@@ -166,7 +166,7 @@ def create_session(
     was measured faster for the backend, see the module docstring).
     Raises BackendUnavailable when the combination cannot run here, InputError for a bad model.
     """
-    from .model_info import read_model_info
+    from retinamask.formats.model_info import read_model_info
 
     if backend not in BACKEND_CHOICES:
         raise BackendUnavailable(f"backend must be one of {BACKEND_CHOICES}, got {backend!r}")
@@ -181,7 +181,7 @@ def create_session(
     info = model_info or read_model_info(model_path)
     choice = None
     if backend == "auto":
-        from .auto_backend import choose_backend
+        from retinamask.runtime.auto_backend import choose_backend
 
         choice = choose_backend(precision, device, quantized=info.quantized)
         logger.info(choice.line(precision, device))

@@ -6,7 +6,7 @@ import time
 
 import numpy as np
 
-from ..errors import RetinaMaskError
+from retinamask.core.errors import RetinaMaskError
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ def latency_stats(times_ms, batch_size):
 def benchmark_session(session, batch_size, loop=100, warmup=5, seed=0, geometry=None):
     """Time ``session.run`` on random input: ``warmup`` untimed calls, then ``loop`` timed ones.
 
-    ``geometry``: the :class:`~retinamask.geometry.ImageGeometry` of the timed image (its canvas
+    ``geometry``: the :class:`~retinamask.core.geometry.ImageGeometry` of the timed image (its canvas
     and valid region) for dynamic-H/W sessions; square sessions take their S x S.
     Returns :func:`latency_stats` plus ``loop``, ``warmup``, ``batchsize``, ``session``, ``canvas``.
     """
@@ -88,8 +88,8 @@ def run_benchmark(model_path, backend="auto", device="cpu", precision="fp32", ba
     A dynamic-H/W model is timed on the canvas its resize policy (``resize``, else the
     metadata's) gives an ``image_hw`` image (default 480 x 640).
     """
-    from .backends import create_session
-    from .model_info import read_model_info
+    from retinamask.runtime.backends import create_session
+    from retinamask.formats.model_info import read_model_info
 
     info = model_info or read_model_info(model_path, resize=resize)
     batch_size = _batch_for(info, batch_size)
@@ -127,9 +127,9 @@ def compare_backends(model_path, batch_size=None, loop=20, warmup=3, threads=Non
     cannot run here has ``error`` set instead of timings. The row that ``--backend auto``
     runs (CPU, fp32) has ``auto`` set to the reason it is chosen.
     """
-    from .auto_backend import choose_backend
-    from .backends import candidate_configurations
-    from .model_info import read_model_info
+    from retinamask.runtime.auto_backend import choose_backend
+    from retinamask.runtime.backends import candidate_configurations
+    from retinamask.formats.model_info import read_model_info
 
     info = read_model_info(model_path, resize=resize)
     batch_size = _batch_for(info, batch_size)

@@ -3,7 +3,7 @@
 Inputs (``input_path``):
 
 * a folder of images: decoded and preprocessed through the resize policy (the model's,
-  or ``resize``; ``retinamask.geometry``) in worker processes, in order, overlapped with
+  or ``resize``; ``retinamask.core.geometry``) in worker processes, in order, overlapped with
   inference; no .bin files are needed;
 * a folder of ``.bin`` files (float32 [1,3,S,S], as ``retinamask preprocess`` or
   the seed's script writes them), or one ``.bin`` (square models);
@@ -42,10 +42,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import parallel
-from ..errors import InputError, RetinaMaskError
-from ..fileio import atomic_write_json, remove_stale_temp_files
-from .outputs import OUTFMTS, output_file_name, outputs_complete, write_image_outputs
+from retinamask.core import parallel
+from retinamask.core.errors import InputError, RetinaMaskError
+from retinamask.core.fileio import atomic_write_json, remove_stale_temp_files
+from retinamask.formats.outputs import OUTFMTS, output_file_name, outputs_complete, write_image_outputs
 
 logger = logging.getLogger(__name__)
 
@@ -118,8 +118,8 @@ def run_inference(
     (list of {"file", "cause"}), ``NPU_compute_time`` (per-batch ms stats),
     ``throughput`` (1000 * batchsize / mean compute ms), ``e2e`` wall time and images/s.
     """
-    from .backends import create_session
-    from .model_info import read_model_info
+    from retinamask.runtime.backends import create_session
+    from retinamask.formats.model_info import read_model_info
 
     outfmt = str(outfmt).upper()
     if outfmt not in OUTFMTS:
@@ -342,7 +342,7 @@ def _items_from_images(images):
 
 
 def _items_from_info(info_path, input_size, policy=None):
-    from ..data.preprocess import read_info_lines
+    from retinamask.data.preprocess import read_info_lines
 
     records, problems = read_info_lines(info_path, check_files=False)
     failed = []
@@ -375,7 +375,7 @@ def _items_from_info(info_path, input_size, policy=None):
 
 def _check_bin_size(bin_path, input_size):
     """Refuse a .bin folder made for another input size (checked on its first file)."""
-    from ..data.preprocess import bin_nbytes
+    from retinamask.data.preprocess import bin_nbytes
 
     if input_size is None:
         raise InputError("a model that takes any canvas needs each .bin's canvas and valid region: pass the .info "
@@ -486,14 +486,14 @@ def load_item(job):
     start and None returned (``extra`` gives its canvas). Any failure is this item's cause: one odd
     file must not stop a run over thousands.
     """
-    from ..data.preprocess import read_bin
+    from retinamask.data.preprocess import read_bin
 
     path, kind, bin_canvas, policy, mean, std, slot = job
     try:
         if kind == "bin":
             return read_bin(path, bin_canvas)[0], {}, None
-        from ..data.image_io import load_image_rgb
-        from ..data.transforms import policy_preprocess
+        from retinamask.formats.images import load_image_rgb
+        from retinamask.data.transforms import policy_preprocess
 
         image = load_image_rgb(path)
         tensor, geometry = policy_preprocess(image, policy, mean, std)
@@ -645,7 +645,7 @@ def _earlier_records(sidecar_path, settings, out_dir):
     """Records of an earlier run in this folder by basename, or None when its outputs must be
     redone: that run used another model or format, or there is no sidecar to say which."""
     if not sidecar_path.exists():
-        from .outputs import list_output_basenames
+        from retinamask.formats.outputs import list_output_basenames
 
         if list_output_basenames(out_dir):
             logger.info("%s: output files without a run sidecar (%s): which model made them is unknown; "

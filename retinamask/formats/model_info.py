@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import InputError
-from ..geometry import POLICIES, ResizePolicy, SeedResize, policy_from_metadata, policy_named
+from retinamask.core.errors import InputError
+from retinamask.core.geometry import POLICIES, ResizePolicy, SeedResize, policy_from_metadata, policy_named
 
 logger = logging.getLogger(__name__)
 

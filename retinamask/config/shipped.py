@@ -29,7 +29,7 @@ def resolve_model_files(config=None, weights=None):
       says so), else ConfigError;
     - otherwise: as given (note None).
     """
-    from .errors import ConfigError
+    from retinamask.core.errors import ConfigError
 
     if config is None and weights is None:
         return SHIPPED_CONFIG, SHIPPED_WEIGHTS, (

@@ -2,8 +2,8 @@
 ``retinamask evaluate`` driver over a folder of per-image inference outputs (no torch).
 
 The geometry from the model's canvas back to the image: :func:`boxes_to_original` (the
-per-axis scale of ``retinamask.geometry.ImageGeometry``); the resized size of each image
-comes from the run's records, else from the resize policy (``retinamask.geometry``).
+per-axis scale of ``retinamask.core.geometry.ImageGeometry``); the resized size of each image
+comes from the run's records, else from the resize policy (``retinamask.core.geometry``).
 
 Layouts (docs/onnx_contract.md): ``end2end`` outputs are final detections padded
 with label -1 / score 0 rows; ``seed`` outputs are 1000 candidates that get the
@@ -22,8 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import parallel
-from ..errors import InputError, RetinaMaskError
+from retinamask.core import parallel
+from retinamask.core.errors import InputError, RetinaMaskError
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ def boxes_to_original(boxes, original_hw, resized_hw, clip=True):
     graph clipped to the resized image), see ``ResizePolicy.clip_to_image``.
     Returns float32 [N,4].
     """
-    from .boxes import clip_boxes, rescale_boxes
+    from retinamask.ops.boxes import clip_boxes, rescale_boxes
 
     height, width = (int(v) for v in original_hw)
     boxes = rescale_boxes(boxes, resized_hw, original_hw)
@@ -99,8 +99,8 @@ def decode_outputs(
     after mapping back (:func:`boxes_to_original`; the policy's ``clip_to_image``).
     Raises InputError (without a path) for malformed or non-finite outputs.
     """
-    from .masks import paste_masks, paste_masks_seed
-    from .nms import classwise_nms
+    from retinamask.ops.masks import paste_masks, paste_masks_seed
+    from retinamask.ops.nms import classwise_nms
 
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
@@ -186,13 +186,13 @@ def image_coco_results(outputs, layout, image_id, original_hw, resized_hw, categ
                        max_detections=100, mask_threshold=0.5, mask_paste="original", with_masks=True,
                        convention="original", input_size=None, clip=True):
     """:func:`outputs_to_coco_results` and the results' mask areas: (results, int64 [N] or None)."""
-    from .coco_eval import detections_to_coco_results
-    from .masks import encode_masks
+    from retinamask.evaluation.coco_eval import detections_to_coco_results
+    from retinamask.ops.masks import encode_masks
 
     if convention not in CONVENTIONS:
         raise ValueError(f"convention must be one of {CONVENTIONS}, got {convention!r}")
     if convention == "seed":
-        from .seed_convention import seed_coco_results
+        from retinamask.evaluation.seed_convention import seed_coco_results
 
         if input_size is None:
             raise ValueError("the seed convention needs the model's input size S")
@@ -285,7 +285,7 @@ def evaluate_outputs(
     Returns a summary dict with ``stats`` (``evaluate_coco``'s report), ``failed``,
     counts, timings and paths.
     """
-    from .coco_eval import evaluate_coco, load_ground_truth, write_results_json, write_stats_json, write_stats_text
+    from retinamask.evaluation.coco_eval import evaluate_coco, load_ground_truth, write_results_json, write_stats_json, write_stats_text
 
     started = time.perf_counter()
     if mask_paste is not None:
@@ -412,7 +412,7 @@ def evaluate_outputs(
         "stats_json": str(stats_json),
     }
     if report_dir is not None and evaluations:
-        from .report import write_report
+        from retinamask.evaluation.report import write_report
 
         report_started = time.perf_counter()
         summary["report"] = str(write_report(report_dir, dataset, results, evaluations, summary,
@@ -422,7 +422,7 @@ def evaluate_outputs(
     if stats.get("bbox") is not None:
         write_stats_text(output_path, stats)
     else:
-        from ..fileio import atomic_write_text
+        from retinamask.core.fileio import atomic_write_text
 
         atomic_write_text(output_path, "no images could be evaluated\n")
     write_stats_json(stats_json, summary)
@@ -444,7 +444,7 @@ class _PartStore:
         self.folder = Path(folder)
         self.enabled = enabled
         if enabled and self.folder.is_dir():
-            from ..fileio import remove_stale_temp_files
+            from retinamask.core.fileio import remove_stale_temp_files
 
             remove_stale_temp_files(self.folder)
 
@@ -476,8 +476,8 @@ class _PartStore:
             return
         import json
 
-        from ..fileio import atomic_write_text
-        from .coco_eval import _json_default
+        from retinamask.core.fileio import atomic_write_text
+        from retinamask.evaluation.coco_eval import _json_default
 
         atomic_write_text(self._path(job), json.dumps({"key": key, "results": results, "areas": areas},
                                                       default=_json_default))
@@ -496,7 +496,7 @@ def _part_key(job):
     """JSON-comparable identity of one image's evaluation: the job and its output files' (name, size, mtime)."""
     import json
 
-    from ..runtime.outputs import find_output_files
+    from retinamask.formats.outputs import find_output_files
 
     try:
         files = find_output_files(job[0], job[1])
@@ -508,7 +508,7 @@ def _part_key(job):
 
 
 def _resolve_results_dir(results_dir):
-    from ..runtime.outputs import list_output_basenames
+    from retinamask.formats.outputs import list_output_basenames
 
     results_dir = Path(results_dir)
     if not results_dir.is_dir():
@@ -542,13 +542,13 @@ def _ground_truth_index(dataset):
 def _image_entries(results_dir, info_path, images_path):
     """(entries, model summary or None, causes of skipped .info lines) from the sidecar, the .info,
     infer's images.json or the files."""
-    from ..runtime.infer import SIDECAR_NAME, read_run_sidecar
-    from ..runtime.outputs import list_output_basenames
+    from retinamask.runtime.infer import SIDECAR_NAME, read_run_sidecar
+    from retinamask.formats.outputs import list_output_basenames
 
     if images_path is not None:
         return (*read_run_sidecar(images_path), [])
     if info_path is not None:
-        from ..data.preprocess import read_info_lines
+        from retinamask.data.preprocess import read_info_lines
 
         records, problems = read_info_lines(info_path, check_files=False)
         entries = []
@@ -581,7 +581,7 @@ def _resolve_geometry(layout, model_path, sidecar_model, input_size, results_dir
 
 def _resolve_policy(geometry, resize, sidecar_model, results_dir):
     """The ResizePolicy that gives an image's resized size where the image list does not."""
-    from ..geometry import ResizePolicy, SeedResize, policy_from_dict, policy_named
+    from retinamask.core.geometry import ResizePolicy, SeedResize, policy_from_dict, policy_named
 
     if isinstance(resize, ResizePolicy):
         return resize
@@ -597,8 +597,8 @@ def _resolve_policy(geometry, resize, sidecar_model, results_dir):
 
 
 def _resolve_layout_and_size(layout, model_path, sidecar_model, input_size, results_dir, entries, resize=None):
-    from ..runtime.model_info import DEFAULT_MASK_RESOLUTION, read_model_info
-    from ..runtime.outputs import find_output_files, probe_output_geometry
+    from retinamask.formats.model_info import DEFAULT_MASK_RESOLUTION, read_model_info
+    from retinamask.formats.outputs import find_output_files, probe_output_geometry
 
     model = None
     if model_path is not None:
@@ -754,8 +754,8 @@ def _evaluate_one(job):
 
     Returns ("ok", results, mask areas) or ("failed", file, cause).
     """
-    from ..runtime.model_info import output_specs
-    from ..runtime.outputs import find_output_files, read_image_outputs
+    from retinamask.formats.model_info import output_specs
+    from retinamask.formats.outputs import find_output_files, read_image_outputs
 
     (results_dir, basename, image_id, original_hw, resized_hw, layout, rows, mask_resolution, nms_threshold,
      max_detections, category_ids, convention, input_size, clip) = job

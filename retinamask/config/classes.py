@@ -29,7 +29,7 @@ def class_names_from_config(cfg):
     if cfg.CLASS_NAMES:
         names = tuple(cfg.CLASS_NAMES)
         if len(names) != num_foreground:
-            from ..errors import ConfigError
+            from retinamask.core.errors import ConfigError
 
             raise ConfigError(f"CLASS_NAMES has {len(names)} names but RETINANET.NUM_CLASSES - 1 = {num_foreground}")
         return names

@@ -2,12 +2,12 @@
 
 import numpy as np
 
-from ..data.image_io import as_rgb_array
-from ..data.transforms import policy_preprocess
-from ..evaluation.postprocess import decode_outputs
-from ..structures import Prediction
-from .backends import create_session
-from .model_info import read_model_info
+from retinamask.formats.images import as_rgb_array
+from retinamask.data.transforms import policy_preprocess
+from retinamask.decode.postprocess import decode_outputs
+from retinamask.core.detections import Prediction
+from retinamask.runtime.backends import create_session
+from retinamask.formats.model_info import read_model_info
 
 
 class OnnxPredictor:

@@ -28,7 +28,7 @@ class Prediction:
 
     def to_json(self, score_threshold=0.0):
         """A JSON-ready dict; masks as COCO RLE."""
-        from .evaluation.masks import encode_masks
+        from retinamask.ops.masks import encode_masks
 
         keep = np.flatnonzero(self.scores >= score_threshold)
         rles = encode_masks(self.masks[keep]) if len(keep) else []

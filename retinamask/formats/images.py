@@ -11,7 +11,7 @@ Decisions:
   scaled to 8 bit as round(v / 257) after clipping to 0..65535 (Pillow's own
   ``convert`` would clip at 255 and turn most of such an image white); float
   images ("F") are clipped to 0..255. Multi-frame files give their first frame.
-* Every failure is one :class:`~retinamask.errors.InputError` naming the file and
+* Every failure is one :class:`~retinamask.core.errors.InputError` naming the file and
   the cause. The image is fully decoded inside this function, so truncated data is
   caught here (whatever ``PIL.ImageFile.LOAD_TRUNCATED_IMAGES`` says), and images
   over Pillow's decompression-bomb limit (``PIL.Image.MAX_IMAGE_PIXELS``, warning
@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
 
-from ..errors import InputError
+from retinamask.core.errors import InputError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 

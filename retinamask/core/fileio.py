@@ -14,7 +14,7 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
-from .errors import OutputError
+from retinamask.core.errors import OutputError
 
 
 def _current_umask():
@@ -38,7 +38,7 @@ def atomic_open(path, mode="wb"):
 
     Text modes write UTF-8 whatever the locale (file names in .info lists may be non-ASCII).
     A failure to create, write or rename the file (disk full, permission denied...)
-    raises :class:`~retinamask.errors.OutputError` naming ``path``.
+    raises :class:`~retinamask.core.errors.OutputError` naming ``path``.
     """
     path = Path(path)
     try:

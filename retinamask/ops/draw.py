@@ -83,7 +83,7 @@ def _free_label_spot(box, width, height, placed, canvas_hw):
 
 def write_overlay(path, image_rgb, prediction, score_threshold=0.3):
     """Draw and write a PNG atomically."""
-    from .fileio import atomic_write_bytes
+    from retinamask.core.fileio import atomic_write_bytes
 
     overlay = draw_prediction(image_rgb, prediction, score_threshold)
     ok, data = cv2.imencode(".png", cv2.cvtColor(overlay, cv2.COLOR_RGB2BGR))

@@ -9,7 +9,7 @@ import json
 import time
 from pathlib import Path
 
-from ..shipped import SHIPPED_CONFIG, SHIPPED_WEIGHTS  # noqa: F401 (re-exported for the CLI and tests)
+from retinamask.config.shipped import SHIPPED_CONFIG, SHIPPED_WEIGHTS  # noqa: F401 (re-exported for the CLI and tests)
 
 # The demo's val split uses a seed the shipped model was never trained or tuned on.
 DEMO_VAL_SEED = 7
@@ -18,19 +18,19 @@ DEMO_VAL_SEED = 7
 def run_demo(output_dir="runs/demo", num_images=200, backend="auto", num_overlays=8, bench_loops=30,
              log=print):
     """Run every step; returns a dict with the mAPs, fps and paths. Prints progress through ``log``."""
-    from ..config import load_config
-    from ..data.shapes import generate_shapes_dataset
-    from ..engine.predict_images import predict_images
-    from ..evaluation.postprocess import evaluate_outputs
-    from ..export.onnx_export import export_onnx
-    from ..runtime.bench import run_benchmark
-    from ..runtime.infer import run_inference
-    from ..runtime.predictor import OnnxPredictor
+    from retinamask.config import load_config
+    from retinamask.data.shapes import generate_shapes_dataset
+    from retinamask.apps.predict_images import predict_images
+    from retinamask.decode.postprocess import evaluate_outputs
+    from retinamask.export.onnx_export import export_onnx
+    from retinamask.runtime.bench import run_benchmark
+    from retinamask.runtime.infer import run_inference
+    from retinamask.apps.onnx_predictor import OnnxPredictor
 
     out = Path(output_dir)
     timings = {}
     if backend == "auto":  # resolved once, so that every step runs (and reports) the same runtime
-        from ..runtime.auto_backend import choose_backend
+        from retinamask.runtime.auto_backend import choose_backend
 
         choice = choose_backend("fp32", "cpu")
         log(f"[INFO] {choice.line('fp32', 'cpu')}")
@@ -49,7 +49,7 @@ def run_demo(output_dir="runs/demo", num_images=200, backend="auto", num_overlay
     if not model_path.exists() or model_path.stat().st_mtime < SHIPPED_WEIGHTS.stat().st_mtime:
         report = export_onnx(cfg, SHIPPED_WEIGHTS, model_path, layout="end2end", dynamic_batch=True,
                              input_size=input_size, verify=True)
-        from ..export.report import format_report
+        from retinamask.export.report import format_report
 
         log("[2/5] " + format_report(report))
     else:

@@ -3,10 +3,10 @@
 import logging
 from pathlib import Path
 
-from ..data.image_io import list_images, load_image_rgb
-from ..errors import EXIT_ITEMS_FAILED, EXIT_OK, InputError, RetinaMaskError
-from ..fileio import atomic_write_json
-from ..visualization import write_overlay
+from retinamask.formats.images import list_images, load_image_rgb
+from retinamask.core.errors import EXIT_ITEMS_FAILED, EXIT_OK, InputError, RetinaMaskError
+from retinamask.core.fileio import atomic_write_json
+from retinamask.ops.draw import write_overlay
 
 log = logging.getLogger(__name__)
 

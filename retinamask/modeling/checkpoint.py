@@ -10,8 +10,8 @@ from pathlib import Path
 
 import torch
 
-from .errors import CheckpointError
-from .fileio import atomic_write_bytes
+from retinamask.core.errors import CheckpointError
+from retinamask.core.fileio import atomic_write_bytes
 
 
 def read_state_dict(path):
@@ -54,7 +54,7 @@ def check_compatible(model, state, path=None):
             if items:
                 shown = ", ".join(items[:8]) + (f", ... ({len(items)} in all)" if len(items) > 8 else "")
                 parts.append(f"{title}: {shown}")
-        from .shipped import config_beside
+        from retinamask.config.shipped import config_beside
 
         beside = config_beside(path)
         hint = f" -- the config saved with these weights is {beside}" if beside is not None else ""

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import InputError
-from ..fileio import atomic_open
+from retinamask.core.errors import InputError
+from retinamask.core.fileio import atomic_open
 
 OUTFMTS = ("BIN", "NPY")
 NUM_OUTPUTS = 4
