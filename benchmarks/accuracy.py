@@ -14,9 +14,9 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from retinamask.data.shapes import generate_shapes_dataset
 from retinamask.apps.demo import DEMO_VAL_SEED, SHIPPED_CONFIG, SHIPPED_WEIGHTS
-from retinamask.decode.postprocess import evaluate_outputs
+from retinamask.apps.evaluate import evaluate_outputs
+from retinamask.data.shapes import generate_shapes_dataset
 from retinamask.export.onnx_export import export_onnx
 from retinamask.runtime.infer import run_inference
 
@@ -37,9 +37,16 @@ def prepare(workdir, num_images, calib_images):
     models = {"fp32": workdir / "shapes_fp32.onnx", "int8": workdir / "shapes_int8.onnx"}
     for kind, path in models.items():
         if not path.exists():
-            export_onnx(SHIPPED_CONFIG, SHIPPED_WEIGHTS, path, dynamic_batch=True, verify=kind == "fp32",
-                        int8=kind == "int8", calibration_dir=calib["val_images"] if kind == "int8" else None,
-                        calibration_images=calib_images if kind == "int8" else None)
+            export_onnx(
+                SHIPPED_CONFIG,
+                SHIPPED_WEIGHTS,
+                path,
+                dynamic_batch=True,
+                verify=kind == "fp32",
+                int8=kind == "int8",
+                calibration_dir=calib["val_images"] if kind == "int8" else None,
+                calibration_images=calib_images if kind == "int8" else None,
+            )
     return val, models
 
 
@@ -47,25 +54,48 @@ def measure(workdir, val, models):
     rows = []
     for label, kind, backend, precision in ROUTES:
         name = f"{kind}_{backend}_{precision}"
-        infer = run_inference(models[kind], val["val_images"], output_dir=workdir, output_dirname=name,
-                              backend=backend, precision=precision, progress=False)
-        report = evaluate_outputs(workdir / name, val["val_annotations"], layout="end2end",
-                                  output_path=workdir / f"{name}_evaluation.txt", progress=False)
+        infer = run_inference(
+            models[kind],
+            val["val_images"],
+            output_dir=workdir,
+            output_dirname=name,
+            backend=backend,
+            precision=precision,
+            progress=False,
+        )
+        report = evaluate_outputs(
+            workdir / name,
+            val["val_annotations"],
+            layout="end2end",
+            output_path=workdir / f"{name}_evaluation.txt",
+            progress=False,
+        )
         stats = report["stats"]
-        rows.append(dict(route=label, bbox=stats["bbox"]["AP"], segm=stats["segm"]["AP"],
-                         fps=infer["throughput"], model_mb=models[kind].stat().st_size / 2**20))
+        rows.append(
+            dict(
+                route=label,
+                bbox=stats["bbox"]["AP"],
+                segm=stats["segm"]["AP"],
+                fps=infer["throughput"],
+                model_mb=models[kind].stat().st_size / 2**20,
+            )
+        )
     return rows
 
 
 def markdown(rows, num_images):
     base = rows[0]
-    lines = [f"Shipped shapes model, {num_images} val images (seed {DEMO_VAL_SEED}), 448x448, batch 1",
-             "",
-             "| route | model MB | bbox mAP | Δ bbox | segm mAP | Δ segm | inference fps |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        f"Shipped shapes model, {num_images} val images (seed {DEMO_VAL_SEED}), 448x448, batch 1",
+        "",
+        "| route | model MB | bbox mAP | Δ bbox | segm mAP | Δ segm | inference fps |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in rows:
-        lines.append(f"| {r['route']} | {r['model_mb']:.1f} | {r['bbox']:.4f} | {r['bbox'] - base['bbox']:+.4f} | "
-                     f"{r['segm']:.4f} | {r['segm'] - base['segm']:+.4f} | {r['fps']:.1f} |")
+        lines.append(
+            f"| {r['route']} | {r['model_mb']:.1f} | {r['bbox']:.4f} | {r['bbox'] - base['bbox']:+.4f} | "
+            f"{r['segm']:.4f} | {r['segm'] - base['segm']:+.4f} | {r['fps']:.1f} |"
+        )
     return "\n".join(lines)
 
 

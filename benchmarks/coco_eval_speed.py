@@ -28,20 +28,22 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import suite  # noqa: E402  (the synthetic ground truth and model outputs of the benchmark suite)
+import suite
 
 
 def _chunk(job):
-    from retinamask.decode.postprocess import image_coco_results
+    from retinamask.decode.coco_results import image_coco_results
 
     images, annotations_by_image, category_ids, seed = job
     rng = np.random.default_rng(seed)
     results, areas = [], []
     for image in images:
-        outputs, original_hw, resized_hw = suite.synthetic_outputs(image, annotations_by_image.get(image["id"], []),
-                                                                   category_ids, rng)
-        image_results, image_areas = image_coco_results(outputs, "end2end", image["id"], original_hw, resized_hw,
-                                                        category_ids)
+        outputs, original_hw, resized_hw = suite.synthetic_outputs(
+            image, annotations_by_image.get(image["id"], []), category_ids, rng
+        )
+        image_results, image_areas = image_coco_results(
+            outputs, "end2end", image["id"], original_hw, resized_hw, category_ids
+        )
         results += image_results
         areas += image_areas.tolist()
     return results, areas
@@ -96,25 +98,37 @@ def run(num_images, workers, cache=None, repeats=1):
 
     reference = rows[0]["stats"]
     for row in rows:
-        row["max_stat_difference"] = max(abs(row["stats"][t][k] - reference[t][k])
-                                         for t in ("bbox", "segm") for k in STAT_NAMES)
+        row["max_stat_difference"] = max(
+            abs(row["stats"][t][k] - reference[t][k]) for t in ("bbox", "segm") for k in STAT_NAMES
+        )
         row["same_text"] = format_stats_text(row["stats"]) == format_stats_text(reference)
         row["speedup"] = rows[0]["seconds"] / row["seconds"]
         assert row["max_stat_difference"] <= 1e-12 and row["same_text"], (row["route"], row["max_stat_difference"])
-    return {"images": num_images, "ground_truth": len(dataset["annotations"]), "detections": len(results),
-            "synthesis_s": made, "rows": rows, "cpu": platform.processor() or platform.machine(),
-            "cpus": os.cpu_count()}
+    return {
+        "images": num_images,
+        "ground_truth": len(dataset["annotations"]),
+        "detections": len(results),
+        "synthesis_s": made,
+        "rows": rows,
+        "cpu": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+    }
 
 
 def format_markdown(outcome):
-    lines = [f"{outcome['images']} synthetic images, {outcome['ground_truth']} objects, {outcome['detections']} "
-             f"detections (masks pasted by `image_coco_results`); results -> 24 stats:", "",
-             "| evaluator | s | x pycocotools | bbox AP | segm AP | largest stat difference |",
-             "|---|---:|---:|---:|---:|---:|"]
+    lines = [
+        f"{outcome['images']} synthetic images, {outcome['ground_truth']} objects, {outcome['detections']} "
+        f"detections (masks pasted by `image_coco_results`); results -> 24 stats:",
+        "",
+        "| evaluator | s | x pycocotools | bbox AP | segm AP | largest stat difference |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
     for row in outcome["rows"]:
         stats = row["stats"]
-        lines.append(f"| {row['route']} | {row['seconds']:.2f} | {row['speedup']:.2f} | {stats['bbox']['AP']:.4f} | "
-                     f"{stats['segm']['AP']:.4f} | {row['max_stat_difference']:.1e} |")
+        lines.append(
+            f"| {row['route']} | {row['seconds']:.2f} | {row['speedup']:.2f} | {stats['bbox']['AP']:.4f} | "
+            f"{stats['segm']['AP']:.4f} | {row['max_stat_difference']:.1e} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -130,7 +144,7 @@ def main(argv=None):
     print(format_markdown(outcome), end="")
     if args.json:
         for row in outcome["rows"]:
-            row["stats"] = {k: v for k, v in row["stats"].items()}
+            row["stats"] = dict(row["stats"].items())
         Path(args.json).write_text(json.dumps(outcome, indent=1))
 
 

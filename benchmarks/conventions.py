@@ -20,10 +20,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
 def main(argv=None):
+    from retinamask.apps.demo import DEMO_VAL_SEED, SHIPPED_CONFIG, SHIPPED_WEIGHTS
+    from retinamask.apps.evaluate import evaluate_outputs
     from retinamask.config import load_config
     from retinamask.data.shapes import generate_shapes_dataset
-    from retinamask.apps.demo import DEMO_VAL_SEED, SHIPPED_CONFIG, SHIPPED_WEIGHTS
-    from retinamask.decode.postprocess import evaluate_outputs
     from retinamask.export.onnx_export import export_onnx
     from retinamask.runtime.infer import run_inference
 
@@ -36,14 +36,16 @@ def main(argv=None):
 
     cfg = load_config(SHIPPED_CONFIG)
     input_size = int(cfg.INPUT.MAX_SIZE_TEST)
-    data = generate_shapes_dataset(out / "data", num_train=0, num_val=args.images, seed=DEMO_VAL_SEED,
-                                   image_format="jpg")
+    data = generate_shapes_dataset(
+        out / "data", num_train=0, num_val=args.images, seed=DEMO_VAL_SEED, image_format="jpg"
+    )
     model = out / "retinamask_shapes_small_seed.onnx"
     if not model.exists():
         export_onnx(cfg, SHIPPED_WEIGHTS, model, layout="seed", input_size=input_size, verify=True)
     if not (out / "infer" / "images.json").exists():
-        run_inference(model, data["val_images"], output_dir=out, output_dirname="infer", legacy_names=True,
-                      progress=False)
+        run_inference(
+            model, data["val_images"], output_dir=out, output_dirname="infer", legacy_names=True, progress=False
+        )
 
     rows = {}
     for convention in ("original", "seed"):
@@ -51,23 +53,32 @@ def main(argv=None):
             best = None
             for _ in range(args.repeats):
                 began = time.perf_counter()
-                summary = evaluate_outputs(out / "infer", data["val_annotations"], convention=convention,
-                                           output_path=out / f"evaluation_{convention}.txt", progress=False,
-                                           report_dir=out / f"report_{convention}" if report else None)
+                summary = evaluate_outputs(
+                    out / "infer",
+                    data["val_annotations"],
+                    convention=convention,
+                    output_path=out / f"evaluation_{convention}.txt",
+                    progress=False,
+                    report_dir=out / f"report_{convention}" if report else None,
+                )
                 seconds = time.perf_counter() - began
                 best = seconds if best is None else min(best, seconds)
             rows[convention, report] = (best, summary)
 
-    print(f"shipped model, seed layout, {args.images} images (seed {DEMO_VAL_SEED}, JPEG), S = {input_size}; "
-          f"same output files:\n")
+    print(
+        f"shipped model, seed layout, {args.images} images (seed {DEMO_VAL_SEED}, JPEG), S = {input_size}; "
+        f"same output files:\n"
+    )
     print("| convention | bbox AP | bbox AP50 | bbox APs | segm AP | segm AP50 | segm APs | evaluate s | + report s |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for convention in ("original", "seed"):
         plain, summary = rows[convention, False]
         with_report, _ = rows[convention, True]
         b, s = summary["stats"]["bbox"], summary["stats"]["segm"]
-        print(f"| {convention} | {b['AP']:.3f} | {b['AP50']:.3f} | {b['APs']:.3f} | {s['AP']:.3f} | {s['AP50']:.3f} | "
-              f"{s['APs']:.3f} | {plain:.2f} | {with_report:.2f} ({100 * (with_report / plain - 1):+.0f} %) |")
+        print(
+            f"| {convention} | {b['AP']:.3f} | {b['AP50']:.3f} | {b['APs']:.3f} | {s['AP']:.3f} | {s['AP50']:.3f} | "
+            f"{s['APs']:.3f} | {plain:.2f} | {with_report:.2f} ({100 * (with_report / plain - 1):+.0f} %) |"
+        )
 
 
 if __name__ == "__main__":

@@ -95,14 +95,22 @@ class LoadMonitor:
         other = sum(s["other_cpu_seconds"] for s in self.sections.values())
         capacity = elapsed * logical_cpus()
         share = other / capacity if capacity else 0.0
-        return {"elapsed_s": elapsed, "other_cpu_seconds": other, "logical_cpus": logical_cpus(), "share": share,
-                "max_share": self.max_other_share, "fit_for_record": share <= self.max_other_share,
-                "sections": dict(self.sections)}
+        return {
+            "elapsed_s": elapsed,
+            "other_cpu_seconds": other,
+            "logical_cpus": logical_cpus(),
+            "share": share,
+            "max_share": self.max_other_share,
+            "fit_for_record": share <= self.max_other_share,
+            "sections": dict(self.sections),
+        }
 
     def verdict(self):
         """One line for a report's head."""
         s = self.summary()
         state = "fit for the record" if s["fit_for_record"] else "NOT fit for the record"
-        return (f"Load check: other processes used {s['other_cpu_seconds']:.1f} CPU-seconds during the "
-                f"{s['elapsed_s']:.0f} s of timed sections ({100 * s['share']:.1f} % of {s['logical_cpus']} CPUs; "
-                f"limit {100 * s['max_share']:.0f} %): {state}.")
+        return (
+            f"Load check: other processes used {s['other_cpu_seconds']:.1f} CPU-seconds during the "
+            f"{s['elapsed_s']:.0f} s of timed sections ({100 * s['share']:.1f} % of {s['logical_cpus']} CPUs; "
+            f"limit {100 * s['max_share']:.0f} %): {state}."
+        )

@@ -63,8 +63,10 @@ def main():
     if args.threads:
         torch.set_num_threads(args.threads)
     model = build_benchmark_model()
-    print(f"# PyTorch {torch.__version__} eager, float32, batch 1, {torch.get_num_threads()} threads, "
-          f"{platform.processor() or platform.machine()}")
+    print(
+        f"# PyTorch {torch.__version__} eager, float32, batch 1, {torch.get_num_threads()} threads, "
+        f"{platform.processor() or platform.machine()}"
+    )
     print("| input | backbone+FPN (s) | head+postprocess (s) | mask head (s) | total (s) | masks |")
     print("|---|---|---|---|---|---|")
     for height, width, label in ((1344, 1344, "1344x1344 (seed canvas)"), (800, 1088, "800x1088 (original test size)")):

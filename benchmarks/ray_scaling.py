@@ -63,11 +63,24 @@ def timed(monitor, label, function, out_dir, reference=None, **details):
     with monitor.timed(label):
         summary = function()
     wall = time.perf_counter() - started
-    row = {"run": label, "images": summary["count"], "failed": len(summary["failed"]), "wall_s": wall,
-           "images_per_s_wall": summary["count"] / wall, "images_per_s_steady": steady_rate(out_dir),
-           "same_bytes_as_local": None if reference is None else same_bytes(reference, out_dir), **details}
-    logger.info("%s: %d images in %.1f s (%.2f images/s; steady %.2f)", label, row["images"], wall,
-                row["images_per_s_wall"], row["images_per_s_steady"] or 0)
+    row = {
+        "run": label,
+        "images": summary["count"],
+        "failed": len(summary["failed"]),
+        "wall_s": wall,
+        "images_per_s_wall": summary["count"] / wall,
+        "images_per_s_steady": steady_rate(out_dir),
+        "same_bytes_as_local": None if reference is None else same_bytes(reference, out_dir),
+        **details,
+    }
+    logger.info(
+        "%s: %d images in %.1f s (%.2f images/s; steady %.2f)",
+        label,
+        row["images"],
+        wall,
+        row["images_per_s_wall"],
+        row["images_per_s_steady"] or 0,
+    )
     return row
 
 
@@ -116,8 +129,14 @@ def main(argv=None):
         from retinamask.export import export_model
 
         logger.info("exporting R-50 at %d to %s ...", args.size, model)
-        export_model(build_benchmark_model(), load_config(suite.CONFIG), model, input_size=args.size, verify=False,
-                     max_detections=suite.MAX_DETECTIONS)
+        export_model(
+            build_benchmark_model(),
+            load_config(suite.CONFIG),
+            model,
+            input_size=args.size,
+            verify=False,
+            max_detections=suite.MAX_DETECTIONS,
+        )
     images = workdir / "images"
     suite.write_jpegs(images, args.images)
     out = workdir / "out"
@@ -128,9 +147,16 @@ def main(argv=None):
 
     rows = []
     reference = out / "local"
-    rows.append(timed(monitor, f"local pool: 1 session x {args.threads} threads, 1 preprocessing process",
-                      lambda: run_inference(model, images, out, "local", threads=args.threads, workers=1,
-                                            progress=False), reference, kind="local", threads=args.threads))
+    rows.append(
+        timed(
+            monitor,
+            f"local pool: 1 session x {args.threads} threads, 1 preprocessing process",
+            lambda: run_inference(model, images, out, "local", threads=args.threads, workers=1, progress=False),
+            reference,
+            kind="local",
+            threads=args.threads,
+        )
+    )
     for actors, threads in ((1, args.threads), (args.threads, 1)):
         name = f"ray_local_{actors}x{threads}"
         # started outside the timing, so that its processes are alive (and counted as this run's) at the end
@@ -138,11 +164,26 @@ def main(argv=None):
         ray.init(num_cpus=args.threads, include_dashboard=False, logging_level="WARNING")
         env["ray_local_startup_s"] = time.perf_counter() - started
         try:
-            rows.append(timed(
-                monitor, f"Ray, local instance: {actors} actor(s) x {threads} thread(s)",
-                lambda: run_inference_on_ray(model, images, output_dir=out, output_dirname=name, actors=actors,
-                                             threads=threads, progress=False),
-                out / name, reference, kind="ray-local", actors=actors, threads=threads))
+            rows.append(
+                timed(
+                    monitor,
+                    f"Ray, local instance: {actors} actor(s) x {threads} thread(s)",
+                    lambda: run_inference_on_ray(
+                        model,
+                        images,
+                        output_dir=out,
+                        output_dirname=name,
+                        actors=actors,
+                        threads=threads,
+                        progress=False,
+                    ),
+                    out / name,
+                    reference,
+                    kind="ray-local",
+                    actors=actors,
+                    threads=threads,
+                )
+            )
         finally:
             ray.shutdown()
     for nodes in (1, 2):
@@ -151,11 +192,20 @@ def main(argv=None):
         cluster = ray_cluster(nodes, workdir)
         env[f"ray_cluster_{nodes}_startup_s"] = time.perf_counter() - started
         try:
-            rows.append(timed(
-                monitor, f"Ray cluster: {nodes} worker node(s) x 1 CPU, 1 actor x 1 thread each",
-                lambda: run_inference_on_ray(model, images, output_dir=out, output_dirname=name, threads=1,
-                                             progress=False),
-                out / name, reference, kind="ray-cluster", nodes=nodes, threads=1))
+            rows.append(
+                timed(
+                    monitor,
+                    f"Ray cluster: {nodes} worker node(s) x 1 CPU, 1 actor x 1 thread each",
+                    lambda: run_inference_on_ray(
+                        model, images, output_dir=out, output_dirname=name, threads=1, progress=False
+                    ),
+                    out / name,
+                    reference,
+                    kind="ray-cluster",
+                    nodes=nodes,
+                    threads=1,
+                )
+            )
         finally:
             ray.shutdown()
             cluster.shutdown()
@@ -176,25 +226,41 @@ def markdown(report):
     local = rows[0]
     by_kind = {(r["kind"], r.get("nodes")): r for r in rows}
     one, two = by_kind.get(("ray-cluster", 1)), by_kind.get(("ray-cluster", 2))
-    lines = ["| run | images | wall s | images/s (wall) | images/s (steady) | vs local (steady) | same bytes |",
-             "|---|---:|---:|---:|---:|---:|---|"]
+    lines = [
+        "| run | images | wall s | images/s (wall) | images/s (steady) | vs local (steady) | same bytes |",
+        "|---|---:|---:|---:|---:|---:|---|",
+    ]
     for r in rows:
-        ratio = (r["images_per_s_steady"] / local["images_per_s_steady"]
-                 if r["images_per_s_steady"] and local["images_per_s_steady"] else None)
+        ratio = (
+            r["images_per_s_steady"] / local["images_per_s_steady"]
+            if r["images_per_s_steady"] and local["images_per_s_steady"]
+            else None
+        )
         same = "-" if r["same_bytes_as_local"] is None else ("yes" if r["same_bytes_as_local"] else "**NO**")
-        lines.append(f"| {r['run']} | {r['images']} | {r['wall_s']:.1f} | {r['images_per_s_wall']:.2f} | "
-                     f"{r['images_per_s_steady'] or 0:.2f} | {'' if ratio is None else f'{ratio:.2f}x'} | {same} |")
+        lines.append(
+            f"| {r['run']} | {r['images']} | {r['wall_s']:.1f} | {r['images_per_s_wall']:.2f} | "
+            f"{r['images_per_s_steady'] or 0:.2f} | {'' if ratio is None else f'{ratio:.2f}x'} | {same} |"
+        )
     if one and two:
-        lines += ["", f"Two 1-CPU worker nodes vs one: {two['images_per_s_steady'] / one['images_per_s_steady']:.2f}x "
-                      f"(steady), {two['images_per_s_wall'] / one['images_per_s_wall']:.2f}x (wall)."]
-    lines += ["", "Start-up, not in the wall times: local Ray instance "
-                  f"{env.get('ray_local_startup_s', 0):.1f} s, cluster of 1 / 2 worker nodes "
-                  f"{env.get('ray_cluster_1_startup_s', 0):.1f} / {env.get('ray_cluster_2_startup_s', 0):.1f} s."]
-    lines += ["", f"CPU: {env['cpu']} ({env['logical_cpus']} CPUs; {' '.join(env['cpu_flags'])}); load average at "
-                  f"start {', '.join(f'{v:.2f}' for v in env['load_average_at_start'] or ())}. {env['load_verdict']}",
-              f"Model: {Path(report['model']).name}; Versions: "
-              + ", ".join(f"{k} {v}" for k, v in env["versions"].items() if v),
-              f"Command: `{env['command']}`"]
+        lines += [
+            "",
+            f"Two 1-CPU worker nodes vs one: {two['images_per_s_steady'] / one['images_per_s_steady']:.2f}x "
+            f"(steady), {two['images_per_s_wall'] / one['images_per_s_wall']:.2f}x (wall).",
+        ]
+    lines += [
+        "",
+        "Start-up, not in the wall times: local Ray instance "
+        f"{env.get('ray_local_startup_s', 0):.1f} s, cluster of 1 / 2 worker nodes "
+        f"{env.get('ray_cluster_1_startup_s', 0):.1f} / {env.get('ray_cluster_2_startup_s', 0):.1f} s.",
+    ]
+    lines += [
+        "",
+        f"CPU: {env['cpu']} ({env['logical_cpus']} CPUs; {' '.join(env['cpu_flags'])}); load average at "
+        f"start {', '.join(f'{v:.2f}' for v in env['load_average_at_start'] or ())}. {env['load_verdict']}",
+        f"Model: {Path(report['model']).name}; Versions: "
+        + ", ".join(f"{k} {v}" for k, v in env["versions"].items() if v),
+        f"Command: `{env['command']}`",
+    ]
     return "\n".join(lines)
 
 

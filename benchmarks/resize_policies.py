@@ -86,14 +86,21 @@ class LoadCheck:
     def report(self):
         cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
         share = self.other_s / (self.elapsed_s * cpus) if self.elapsed_s else 0.0
-        return {"other_cpu_s": round(self.other_s, 1), "timed_s": round(self.elapsed_s, 1), "cpus": cpus,
-                "other_share": round(share, 4), "fit_for_record": share <= MAX_LOAD_SHARE}
+        return {
+            "other_cpu_s": round(self.other_s, 1),
+            "timed_s": round(self.elapsed_s, 1),
+            "cpus": cpus,
+            "other_share": round(share, 4),
+            "fit_for_record": share <= MAX_LOAD_SHARE,
+        }
 
 
 def cpu_description():
     text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    model = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")),
-                 platform.processor())
+    model = next(
+        (line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")),
+        platform.processor(),
+    )
     flags = set(next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), []))
     wanted = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile") if f in flags]
     cpu_class = "A" if {"avx512f", "avx512_vnni", "avx512_bf16"} <= flags else "B (AVX2)"
@@ -137,8 +144,15 @@ def prepare_r50(workdir, settings, int8, reuse):
             continue
         model = model or build_benchmark_model()
         logger.info("exporting %s", paths[name])
-        export_model(model, cfg, paths[name], resize=resize, input_size=SEED_SIZE if resize == "seed" else None,
-                     max_detections=100, verify=False)
+        export_model(
+            model,
+            cfg,
+            paths[name],
+            resize=resize,
+            input_size=SEED_SIZE if resize == "seed" else None,
+            max_detections=100,
+            verify=False,
+        )
     if int8:
         calibration = workdir / "calibration"
         calibration.mkdir(exist_ok=True)
@@ -161,8 +175,8 @@ def prepare_r50(workdir, settings, int8, reuse):
 
 def latency_rows(paths, settings, threads, int8, load):
     from retinamask.data.transforms import policy_preprocess
-    from retinamask.runtime.backends import create_session, openvino_capabilities
     from retinamask.formats.model_info import read_model_info
+    from retinamask.runtime.backends import create_session, openvino_capabilities
 
     image = test_image()
     routes = [("onnxruntime", "fp32", ""), ("openvino", "fp32", "")]
@@ -214,8 +228,12 @@ def shape_mode_rows(path, settings, threads, load):
         start = time.perf_counter()
         session.run(None, {"input": batch, "image_sizes": sizes})
         first = (time.perf_counter() - start) * 1000
-        ms = median_ms(lambda s=session: s.run(None, {"input": batch, "image_sizes": sizes}), settings["warmup"],
-                       settings["repeats"], load)
+        ms = median_ms(
+            lambda s=session: s.run(None, {"input": batch, "image_sizes": sizes}),
+            settings["warmup"],
+            settings["repeats"],
+            load,
+        )
         rows.append({"runtime": "ONNX Runtime fp32", "mode": mode, "ms": ms, "first_call_ms": first})
     try:
         import openvino as ov
@@ -241,13 +259,12 @@ def shape_mode_rows(path, settings, threads, load):
 
 def prepare_shipped(workdir, settings, reuse):
     """The val split and the shipped model exported seed (448) and original (dynamic)."""
+    from retinamask.apps.demo import DEMO_VAL_SEED, SHIPPED_CONFIG, SHIPPED_WEIGHTS
     from retinamask.config import load_config
     from retinamask.data.shapes import generate_shapes_dataset
-    from retinamask.apps.demo import DEMO_VAL_SEED, SHIPPED_CONFIG, SHIPPED_WEIGHTS
     from retinamask.export import export_onnx
 
-    data = generate_shapes_dataset(workdir / "shapes", num_train=0, num_val=settings["val_images"],
-                                   seed=DEMO_VAL_SEED)
+    data = generate_shapes_dataset(workdir / "shapes", num_train=0, num_val=settings["val_images"], seed=DEMO_VAL_SEED)
     cfg = load_config(SHIPPED_CONFIG)
     models = {"seed": workdir / "shapes_seed.onnx", "dynamic": workdir / "shapes_original.onnx"}
     for key, resize in (("seed", "seed"), ("dynamic", "original")):
@@ -259,7 +276,7 @@ def prepare_shipped(workdir, settings, reuse):
 def shipped_accuracy(workdir, settings, threads, reuse, load):
     import shutil
 
-    from retinamask.decode.postprocess import evaluate_outputs
+    from retinamask.apps.evaluate import evaluate_outputs
     from retinamask.runtime.infer import run_inference
 
     data, models = prepare_shipped(workdir, settings, reuse)
@@ -268,19 +285,43 @@ def shipped_accuracy(workdir, settings, threads, reuse, load):
         run_dir = workdir / f"infer_{policy}"
         shutil.rmtree(run_dir, ignore_errors=True)  # a fresh folder: never time a resume
         with load:
-            summary = run_inference(models[key], data["val_images"], output_dir=workdir,
-                                    output_dirname=run_dir.name, threads=threads, resize=policy, progress=False)
-        canvases = sorted({(r.get("canvas_height"), r.get("canvas_width"))
-                           for r in json.loads((run_dir / "images.json").read_text())["images"]
-                           if r.get("canvas_height")})
-        evaluation = evaluate_outputs(run_dir, data["val_annotations"], model_path=models[key], resize=policy,
-                                      output_path=workdir / f"eval_{policy}.txt", progress=False, resume=False)
+            summary = run_inference(
+                models[key],
+                data["val_images"],
+                output_dir=workdir,
+                output_dirname=run_dir.name,
+                threads=threads,
+                resize=policy,
+                progress=False,
+            )
+        canvases = sorted(
+            {
+                (r.get("canvas_height"), r.get("canvas_width"))
+                for r in json.loads((run_dir / "images.json").read_text())["images"]
+                if r.get("canvas_height")
+            }
+        )
+        evaluation = evaluate_outputs(
+            run_dir,
+            data["val_annotations"],
+            model_path=models[key],
+            resize=policy,
+            output_path=workdir / f"eval_{policy}.txt",
+            progress=False,
+            resume=False,
+        )
         stats = evaluation["stats"]
-        rows.append({"policy": policy, "bbox": stats["bbox"]["AP"], "segm": stats["segm"]["AP"],
-                     "session": summary["session"],
-                     "images": evaluation["images_evaluated"],
-                     "canvases": len(canvases) if canvases else 1,
-                     "infer_images_per_s": summary["e2e"]["images_per_s"]})
+        rows.append(
+            {
+                "policy": policy,
+                "bbox": stats["bbox"]["AP"],
+                "segm": stats["segm"]["AP"],
+                "session": summary["session"],
+                "images": evaluation["images_evaluated"],
+                "canvases": len(canvases) if canvases else 1,
+                "infer_images_per_s": summary["e2e"]["images_per_s"],
+            }
+        )
     return rows
 
 
@@ -289,35 +330,56 @@ def shipped_accuracy(workdir, settings, threads, reuse, load):
 
 def markdown(report):
     env, lines = report["environment"], []
-    lines.append(f"CPU: {env['cpu']['model']} ({', '.join(env['cpu']['flags'])}; class {env['cpu']['class']}), "
-                 f"{env['threads']} threads; {env['date']}; `{env['command']}`")
+    lines.append(
+        f"CPU: {env['cpu']['model']} ({', '.join(env['cpu']['flags'])}; class {env['cpu']['class']}), "
+        f"{env['threads']} threads; {env['date']}; `{env['command']}`"
+    )
     load = report["load"]
-    lines.append(f"Load check: other processes used {load['other_cpu_s']} CPU-s over {load['timed_s']} s timed "
-                 f"({100 * load['other_share']:.1f} % of {load['cpus']} CPUs) -> "
-                 f"{'fit for the record' if load['fit_for_record'] else 'NOT fit for the record'}")
-    lines += ["", "R-50-FPN RetinaMask, one 640x480 image, batch 1, ms per image (median); speed-up over seed 1344²:",
-              "", "| route | seed 1344² | buckets | original | original vs seed | buckets vs seed |",
-              "|---|---:|---:|---:|---:|---:|"]
+    lines.append(
+        f"Load check: other processes used {load['other_cpu_s']} CPU-s over {load['timed_s']} s timed "
+        f"({100 * load['other_share']:.1f} % of {load['cpus']} CPUs) -> "
+        f"{'fit for the record' if load['fit_for_record'] else 'NOT fit for the record'}"
+    )
+    lines += [
+        "",
+        "R-50-FPN RetinaMask, one 640x480 image, batch 1, ms per image (median); speed-up over seed 1344²:",
+        "",
+        "| route | seed 1344² | buckets | original | original vs seed | buckets vs seed |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
     for row in report["latency"]:
-        lines.append(f"| {row['route']} | {row['seed']:.0f} ({row['seed_canvas']}) | {row['buckets']:.0f} "
-                     f"({row['buckets_canvas']}) | {row['original']:.0f} ({row['original_canvas']}) | "
-                     f"{row['seed'] / row['original']:.2f}x | {row['seed'] / row['buckets']:.2f}x |")
-    lines += ["", "The dynamic-H/W model at 800x1088, dynamic vs static shapes (ms per image, median):", "",
-              "| runtime | mode | ms | first call / compile ms |", "|---|---|---:|---:|"]
+        lines.append(
+            f"| {row['route']} | {row['seed']:.0f} ({row['seed_canvas']}) | {row['buckets']:.0f} "
+            f"({row['buckets_canvas']}) | {row['original']:.0f} ({row['original_canvas']}) | "
+            f"{row['seed'] / row['original']:.2f}x | {row['seed'] / row['buckets']:.2f}x |"
+        )
+    lines += [
+        "",
+        "The dynamic-H/W model at 800x1088, dynamic vs static shapes (ms per image, median):",
+        "",
+        "| runtime | mode | ms | first call / compile ms |",
+        "|---|---|---:|---:|",
+    ]
     for row in report["shape_modes"]:
         extra = row.get("first_call_ms", row.get("compile_ms"))
         lines.append(f"| {row['runtime']} | {row['mode']} | {row['ms']:.0f} | {extra:.0f} |")
     if report.get("accuracy"):
         acc = report["accuracy"]
         original = next(r for r in acc if r["policy"] == "original")
-        lines += ["", f"Shipped shapes model, held-out val split (seed 7, {original['images']} images), "
-                  f"{original['session']} (`infer --backend auto` + `evaluate`):", "",
-                  "| policy | canvases used | bbox mAP | segm mAP | Δ bbox vs original | Δ segm vs original | infer images/s |",
-                  "|---|---:|---:|---:|---:|---:|---:|"]
+        lines += [
+            "",
+            f"Shipped shapes model, held-out val split (seed 7, {original['images']} images), "
+            f"{original['session']} (`infer --backend auto` + `evaluate`):",
+            "",
+            "| policy | canvases used | bbox mAP | segm mAP | Δ bbox vs original | Δ segm vs original | infer images/s |",
+            "|---|---:|---:|---:|---:|---:|---:|",
+        ]
         for row in acc:
-            lines.append(f"| {row['policy']} | {row['canvases']} | {row['bbox']:.4f} | {row['segm']:.4f} | "
-                         f"{row['bbox'] - original['bbox']:+.4f} | {row['segm'] - original['segm']:+.4f} | "
-                         f"{row['infer_images_per_s']:.1f} |")
+            lines.append(
+                f"| {row['policy']} | {row['canvases']} | {row['bbox']:.4f} | {row['segm']:.4f} | "
+                f"{row['bbox'] - original['bbox']:+.4f} | {row['segm'] - original['segm']:+.4f} | "
+                f"{row['infer_images_per_s']:.1f} |"
+            )
     return "\n".join(lines)
 
 
@@ -328,9 +390,12 @@ def main(argv=None):
     parser.add_argument("--no-accuracy", dest="accuracy", action="store_false", help="skip the shipped model's mAP")
     parser.add_argument("--workdir", default=None, help="models and data (default: a temporary folder)")
     parser.add_argument("--reuse-models", action="store_true", help="keep models already in --workdir")
-    parser.add_argument("--prepare-only", action="store_true",
-                        help="export/quantize the models and write the data into --workdir, then stop (run the "
-                             "timed part later with --reuse-models, alone on the machine)")
+    parser.add_argument(
+        "--prepare-only",
+        action="store_true",
+        help="export/quantize the models and write the data into --workdir, then stop (run the "
+        "timed part later with --reuse-models, alone on the machine)",
+    )
     parser.add_argument("--threads", type=int, default=None, help="inference threads (default: physical cores)")
     parser.add_argument("--json", default=None, help="also write the report as JSON")
     args = parser.parse_args(argv)
@@ -349,9 +414,15 @@ def main(argv=None):
                 prepare_shipped(workdir, settings, args.reuse_models)
             print(f"prepared {workdir}")
             return 0
-        report = {"environment": {"cpu": cpu_description(), "threads": threads, "settings": settings,
-                                  "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-                                  "command": " ".join(["python", *sys.argv])}}
+        report = {
+            "environment": {
+                "cpu": cpu_description(),
+                "threads": threads,
+                "settings": settings,
+                "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+                "command": " ".join(["python", *sys.argv]),
+            }
+        }
         report["latency"] = latency_rows(paths, settings, threads, args.int8, load)
         report["shape_modes"] = shape_mode_rows(paths["dynamic"], settings, threads, load)
         if args.accuracy:

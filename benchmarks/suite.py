@@ -56,10 +56,28 @@ CONFIG = "retinanet_mask_R-50-FPN_2x_adjust_std011_ms"
 INPUT_SIZE = 1344
 MAX_DETECTIONS = 100
 
-FULL = {"warmup": 2, "repeats": 5, "calibration_images": 16, "preprocess_images": 32, "eval_images": 5000,
-        "infer_images": 8, "peak_size": 2048, "peak_repeats": 10, "batched": True}
-QUICK = {"warmup": 1, "repeats": 2, "calibration_images": 2, "preprocess_images": 8, "eval_images": 300,
-         "infer_images": 3, "peak_size": 1024, "peak_repeats": 3, "batched": False}
+FULL = {
+    "warmup": 2,
+    "repeats": 5,
+    "calibration_images": 16,
+    "preprocess_images": 32,
+    "eval_images": 5000,
+    "infer_images": 8,
+    "peak_size": 2048,
+    "peak_repeats": 10,
+    "batched": True,
+}
+QUICK = {
+    "warmup": 1,
+    "repeats": 2,
+    "calibration_images": 2,
+    "preprocess_images": 8,
+    "eval_images": 300,
+    "infer_images": 3,
+    "peak_size": 1024,
+    "peak_repeats": 3,
+    "batched": False,
+}
 
 logger = logging.getLogger("suite")
 
@@ -82,16 +100,40 @@ def cpu_model():
 def cpu_flags():
     from retinamask.runtime.auto_backend import cpu_flags as all_flags
 
-    return sorted(all_flags() & {"avx2", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni", "amx_bf16",
-                                 "amx_int8", "amx_tile", "avx512_fp16"})
+    return sorted(
+        all_flags()
+        & {
+            "avx2",
+            "avx512f",
+            "avx512_bf16",
+            "avx512_vnni",
+            "avx_vnni",
+            "amx_bf16",
+            "amx_int8",
+            "amx_tile",
+            "avx512_fp16",
+        }
+    )
 
 
 def package_versions():
     from importlib import metadata
 
     versions = {"python": platform.python_version()}
-    for name in ("retinamask", "torch", "torchvision", "onnx", "onnxruntime", "openvino", "onnxslim", "numpy",
-                 "opencv-python-headless", "pillow", "pycocotools", "faster-coco-eval"):
+    for name in (
+        "retinamask",
+        "torch",
+        "torchvision",
+        "onnx",
+        "onnxruntime",
+        "openvino",
+        "onnxslim",
+        "numpy",
+        "opencv-python-headless",
+        "pillow",
+        "pycocotools",
+        "faster-coco-eval",
+    ):
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
@@ -104,7 +146,7 @@ def environment(threads):
     from retinamask.runtime.backends import physical_cores
 
     return {
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "cpu": cpu_model(),
         "cpu_flags": cpu_flags(),
@@ -187,8 +229,9 @@ def count_flops(model_path):
     graph = proto.graph
     shapes = {}
     for value in list(graph.input) + list(graph.value_info) + list(graph.output):
-        shapes[value.name] = [d.dim_value if d.HasField("dim_value") else None
-                              for d in value.type.tensor_type.shape.dim]
+        shapes[value.name] = [
+            d.dim_value if d.HasField("dim_value") else None for d in value.type.tensor_type.shape.dim
+        ]
     for tensor in graph.initializer:
         shapes[tensor.name] = list(tensor.dims)
 
@@ -212,6 +255,7 @@ def count_flops(model_path):
 
 def _node_flops(node, shapes):
     """(FLOPs for one index of the leading axis (image or RoI), that axis' size or 1 when symbolic)."""
+
     def dims(name):
         found = shapes.get(name)
         if found is None:
@@ -250,18 +294,29 @@ def _matmul_model(path, size, int8=False):
     nodes, inits = [], []
     if int8:
         weight = rng.integers(-127, 128, size=(size, size), dtype=np.int8)
-        inits += [numpy_helper.from_array(weight, "Wq"), numpy_helper.from_array(np.float32(0.01), "w_scale"),
-                  numpy_helper.from_array(np.int8(0), "w_zero"), numpy_helper.from_array(np.float32(0.05), "a_scale"),
-                  numpy_helper.from_array(np.uint8(128), "a_zero")]
-        nodes += [helper.make_node("QuantizeLinear", ["A", "a_scale", "a_zero"], ["Aq"]),
-                  helper.make_node("DequantizeLinear", ["Aq", "a_scale", "a_zero"], ["Ad"]),
-                  helper.make_node("DequantizeLinear", ["Wq", "w_scale", "w_zero"], ["W"]),
-                  helper.make_node("MatMul", ["Ad", "W"], ["Y"])]
+        inits += [
+            numpy_helper.from_array(weight, "Wq"),
+            numpy_helper.from_array(np.float32(0.01), "w_scale"),
+            numpy_helper.from_array(np.int8(0), "w_zero"),
+            numpy_helper.from_array(np.float32(0.05), "a_scale"),
+            numpy_helper.from_array(np.uint8(128), "a_zero"),
+        ]
+        nodes += [
+            helper.make_node("QuantizeLinear", ["A", "a_scale", "a_zero"], ["Aq"]),
+            helper.make_node("DequantizeLinear", ["Aq", "a_scale", "a_zero"], ["Ad"]),
+            helper.make_node("DequantizeLinear", ["Wq", "w_scale", "w_zero"], ["W"]),
+            helper.make_node("MatMul", ["Ad", "W"], ["Y"]),
+        ]
     else:
         inits.append(numpy_helper.from_array(rng.standard_normal((size, size), dtype=np.float32), "W"))
         nodes.append(helper.make_node("MatMul", ["A", "W"], ["Y"]))
-    graph = helper.make_graph(nodes, "matmul", [helper.make_tensor_value_info("A", TensorProto.FLOAT, [size, size])],
-                              [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [size, size])], inits)
+    graph = helper.make_graph(
+        nodes,
+        "matmul",
+        [helper.make_tensor_value_info("A", TensorProto.FLOAT, [size, size])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [size, size])],
+        inits,
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     model.ir_version = 9
     onnx.save(model, str(path))
@@ -283,7 +338,7 @@ def _timed(fn):
 
 def matmul_peaks(workdir, threads, size, repeats):
     """GFLOP/s of a [size x size] x [size x size] matmul per runtime and precision (best of repeats)."""
-    flops = 2.0 * size ** 3
+    flops = 2.0 * size**3
     a = np.random.default_rng(1).standard_normal((size, size), dtype=np.float32)
     fp32_path = _matmul_model(workdir / "matmul_fp32.onnx", size)
     int8_path = _matmul_model(workdir / "matmul_int8.onnx", size, int8=True)
@@ -301,13 +356,18 @@ def matmul_peaks(workdir, threads, size, repeats):
 
         core = ov.Core()
         capabilities = core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
-        for precision, path, hint in (("fp32", fp32_path, "f32"), ("bf16", fp32_path, "bf16"),
-                                      ("int8", int8_path, "f32")):
+        for precision, path, hint in (
+            ("fp32", fp32_path, "f32"),
+            ("bf16", fp32_path, "bf16"),
+            ("int8", int8_path, "f32"),
+        ):
             if precision.upper() not in capabilities and precision != "fp32":
                 continue
-            compiled = core.compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": hint,
-                                                             "INFERENCE_NUM_THREADS": threads,
-                                                             "PERFORMANCE_HINT": "LATENCY"})
+            compiled = core.compile_model(
+                str(path),
+                "CPU",
+                {"INFERENCE_PRECISION_HINT": hint, "INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"},
+            )
             request = compiled.create_infer_request()
             rates[("openvino", precision)] = _best_rate(lambda: request.infer({0: a}), flops, repeats)
     except ImportError:
@@ -330,8 +390,11 @@ def matmul_peaks(workdir, threads, size, repeats):
     for (runtime, precision), rate in rates.items():
         if rate > peaks.get(precision, (None, 0.0))[1]:
             peaks[precision] = (runtime, rate)
-    return {"size": size, "rates": [{"runtime": r, "precision": p, "gflops": v} for (r, p), v in rates.items()],
-            "peak": {p: {"runtime": r, "gflops": v} for p, (r, v) in peaks.items()}}
+    return {
+        "size": size,
+        "rates": [{"runtime": r, "precision": p, "gflops": v} for (r, p), v in rates.items()],
+        "peak": {p: {"runtime": r, "gflops": v} for p, (r, v) in peaks.items()},
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -392,8 +455,9 @@ def prepare_models(workdir, model, cfg, size, settings, reuse):
             continue
         logger.info("exporting %s ...", paths[name].name)
         start = time.perf_counter()
-        export_model(model, cfg, paths[name], input_size=size, verify=False,
-                     **{"max_detections": MAX_DETECTIONS, **options})
+        export_model(
+            model, cfg, paths[name], input_size=size, verify=False, **{"max_detections": MAX_DETECTIONS, **options}
+        )
         seconds[name] = time.perf_counter() - start
     calibration = workdir / "calibration"
     write_jpegs(calibration, settings["calibration_images"], height=size * 3 // 4, width=size, start_variant=1000)
@@ -433,8 +497,16 @@ def eager_route(model, images):
     def run():
         with torch.no_grad():
             detections = model(tensor, [(size, size)] * images.shape[0])
-        return [{"boxes": d["boxes"].numpy(), "labels": d["labels"].numpy(), "scores": d["scores"].numpy(),
-                 "masks": d["mask_probs"].numpy()} for d in detections]
+        return [
+            {
+                "boxes": d["boxes"].numpy(),
+                "labels": d["labels"].numpy(),
+                "scores": d["scores"].numpy(),
+                "masks": d["mask_probs"].numpy(),
+            }
+            for d in detections
+        ]
+
     return run
 
 
@@ -453,9 +525,17 @@ def seed_route(session, images, nms_threshold=0.4, max_detections=MAX_DETECTIONS
         results = []
         for i in range(boxes.shape[0]):
             keep = classwise_nms(boxes[i], scores[i], labels[i], nms_threshold, max_detections)
-            results.append({"boxes": boxes[i][keep], "labels": labels[i][keep], "scores": scores[i][keep],
-                            "masks": masks[i][keep][:, 0], "mask_rois": boxes.shape[1]})
+            results.append(
+                {
+                    "boxes": boxes[i][keep],
+                    "labels": labels[i][keep],
+                    "scores": scores[i][keep],
+                    "masks": masks[i][keep][:, 0],
+                    "mask_rois": boxes.shape[1],
+                }
+            )
         return results
+
     return run
 
 
@@ -491,9 +571,19 @@ def latency_rows(paths, model, images, flops, peaks, threads, settings):
         rois = rois_of(result)
         model_flops = flops[model_key]
         gflop = model_flops["dense_gflop"] + model_flops["mask_gflop_per_roi"] * rois / batch
-        row = {"route": name, "precision": precision, "batch": batch, "median_s": median,
-               "min_s": min(times) / batch, "times_s": times, "detections": sum(len(r["scores"]) for r in result) / batch,
-               "mask_rois": rois / batch, "gflop": gflop, "gflops": gflop / median, "note": note}
+        row = {
+            "route": name,
+            "precision": precision,
+            "batch": batch,
+            "median_s": median,
+            "min_s": min(times) / batch,
+            "times_s": times,
+            "detections": sum(len(r["scores"]) for r in result) / batch,
+            "mask_rois": rois / batch,
+            "gflop": gflop,
+            "gflops": gflop / median,
+            "note": note,
+        }
         peak = peaks["peak"].get("int8" if precision.startswith("int8") else precision)
         if peak:
             row["peak_gflops"] = peak["gflops"]
@@ -513,27 +603,39 @@ def latency_rows(paths, model, images, flops, peaks, threads, settings):
         return sum(r.get("mask_rois", len(r["scores"])) for r in result)
 
     torch.set_num_threads(threads)
-    measure("PyTorch eager (ours)", "fp32", eager_route(model, images), mask_rows,
-            note=f"masks its top {model.num_masks_test} (NUM_MASKS_TEST); the ONNX routes mask all {MAX_DETECTIONS}")
+    measure(
+        "PyTorch eager (ours)",
+        "fp32",
+        eager_route(model, images),
+        mask_rows,
+        note=f"masks its top {model.num_masks_test} (NUM_MASKS_TEST); the ONNX routes mask all {MAX_DETECTIONS}",
+    )
 
     def session_rows(specs):
         for name, path_key, backend, precision, note, batch in specs:
             try:
-                session = create_session(paths[path_key], backend, "cpu", "bf16" if precision == "bf16" else "fp32",
-                                         threads=threads)
+                session = create_session(
+                    paths[path_key], backend, "cpu", "bf16" if precision == "bf16" else "fp32", threads=threads
+                )
             except BackendUnavailable as e:
                 unavailable(name, precision, e.cause)
                 continue
             batch_images = np.repeat(images, batch, axis=0) if batch > 1 else images
             route = seed_route(session, batch_images) if path_key == "seed" else end2end_route(session, batch_images)
-            measure(name, precision, route, mask_rows, note=note, batch=batch,
-                    model_key="seed" if path_key == "seed" else "end2end")
+            measure(
+                name,
+                precision,
+                route,
+                mask_rows,
+                note=note,
+                batch=batch,
+                model_key="seed" if path_key == "seed" else "end2end",
+            )
             del session, route
 
     specs = [
         ("ONNX Runtime, end2end", "end2end", "onnxruntime", "fp32", "", 1),
-        ("ONNX Runtime, seed layout + host NMS", "seed", "onnxruntime", "fp32",
-         "mask head on all 1000 candidates", 1),
+        ("ONNX Runtime, seed layout + host NMS", "seed", "onnxruntime", "fp32", "mask head on all 1000 candidates", 1),
         ("OpenVINO, end2end", "end2end", "openvino", "fp32", "", 1),
         ("OpenVINO, end2end", "end2end", "openvino", "bf16", "", 1),
         ("ONNX Runtime, end2end INT8", "int8", "onnxruntime", "int8", "QDQ convs, float elsewhere", 1),
@@ -598,20 +700,37 @@ def session_option_sweep(paths, images, threads, settings, workdir):
     for backend, model_key, run_precision, label, options, variant_threads, hint in SWEEP:
         precision = "int8" if model_key == "int8" else run_precision
         try:
-            session = create_session(paths[model_key], backend, "cpu", run_precision,
-                                     threads=threads if variant_threads == "all" else variant_threads,
-                                     performance_hint=hint or "LATENCY", runtime_options=options)
+            session = create_session(
+                paths[model_key],
+                backend,
+                "cpu",
+                run_precision,
+                threads=threads if variant_threads == "all" else variant_threads,
+                performance_hint=hint or "LATENCY",
+                runtime_options=options,
+            )
         except BackendUnavailable as e:
             rows.append({"backend": backend, "precision": precision, "variant": label, "error": e.cause})
             continue
         logger.info("sweep: %s %s %s ...", backend, precision, label)
         times, _ = _times(lambda: session.run(images), min(1, settings["warmup"]), max(1, settings["repeats"] - 2))
-        rows.append({"backend": backend, "precision": precision, "variant": label,
-                     "median_s": statistics.median(times), "min_s": min(times)})
+        rows.append(
+            {
+                "backend": backend,
+                "precision": precision,
+                "variant": label,
+                "median_s": statistics.median(times),
+                "min_s": min(times),
+            }
+        )
         session = None  # free it before the next one is built
     loads = []
-    for backend, model_key in (("onnxruntime", "end2end"), ("openvino", "end2end"), ("onnxruntime", "int8"),
-                               ("openvino", "int8")):
+    for backend, model_key in (
+        ("onnxruntime", "end2end"),
+        ("openvino", "end2end"),
+        ("onnxruntime", "int8"),
+        ("openvino", "int8"),
+    ):
         cache = Path(tempfile.mkdtemp(prefix=f"cache_{backend}_{model_key}-", dir=workdir))  # cold on every run
         entry = {"backend": backend, "model": model_key}
         for label, cache_dir in (("no_cache_s", None), ("cache_cold_s", cache), ("cache_warm_s", cache)):
@@ -632,8 +751,8 @@ def session_option_sweep(paths, images, threads, settings, workdir):
 def preprocessing_throughput(model_path, image_dir, worker_counts):
     """Images/s of JPEG -> tensor through infer's loader (its worker processes and shared-memory
     slots), each tensor copied into a batch buffer as infer does; pool start-up included."""
-    from retinamask.runtime.infer import _load_inputs, collect_items
     from retinamask.formats.model_info import read_model_info
+    from retinamask.runtime.infer import _load_inputs, collect_items
 
     info = read_model_info(model_path)
     items, _ = collect_items(image_dir, info.input_size)
@@ -679,10 +798,17 @@ def synthetic_ground_truth(num_images, seed=0):
             x0 = float(rng.uniform(0, width - w))
             y0 = float(rng.uniform(0, height - h))
             polygon = _ellipse_polygon((x0, y0, x0 + w, y0 + h))
-            annotations.append({"id": len(annotations) + 1, "image_id": image_id,
-                                "category_id": int(EVAL_CATEGORIES[rng.integers(len(EVAL_CATEGORIES))]),
-                                "segmentation": [polygon.round(2).tolist()], "area": float(np.pi * w * h / 4),
-                                "bbox": [x0, y0, w, h], "iscrowd": 0})
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": image_id,
+                    "category_id": int(EVAL_CATEGORIES[rng.integers(len(EVAL_CATEGORIES))]),
+                    "segmentation": [polygon.round(2).tolist()],
+                    "area": float(np.pi * w * h / 4),
+                    "bbox": [x0, y0, w, h],
+                    "iscrowd": 0,
+                }
+            )
     categories = [{"id": c, "name": f"class_{c}", "supercategory": "shape"} for c in EVAL_CATEGORIES]
     return {"images": images, "annotations": annotations, "categories": categories}
 
@@ -690,7 +816,7 @@ def synthetic_ground_truth(num_images, seed=0):
 def _soft_ellipse_mask(resolution, sharpness, rng):
     """28x28 probabilities of an ellipse filling the box, with soft edges and noise."""
     yy, xx = (np.mgrid[0:resolution, 0:resolution] + 0.5) / resolution * 2 - 1
-    radius = np.sqrt(xx ** 2 + yy ** 2)
+    radius = np.sqrt(xx**2 + yy**2)
     logits = sharpness * (1 - radius) + rng.normal(0, 0.5, size=radius.shape)
     return (1 / (1 + np.exp(-logits))).astype(np.float32)
 
@@ -709,8 +835,9 @@ def synthetic_outputs(image, annotations, category_ids, rng, rows=MAX_DETECTIONS
         for _ in range(rng.integers(1, 3)):
             jitter = rng.normal(0, 0.05, 4) * [w, h, w, h]
             boxes.append([x + jitter[0], y + jitter[1], x + w + jitter[2], y + h + jitter[3]])
-            labels.append(contiguous[ann["category_id"]] if rng.random() < 0.9
-                          else rng.integers(1, len(category_ids) + 1))
+            labels.append(
+                contiguous[ann["category_id"]] if rng.random() < 0.9 else rng.integers(1, len(category_ids) + 1)
+            )
             scores.append(rng.uniform(0.3, 1.0))
     while len(boxes) < rows:
         w, h = rng.uniform(8, width * 0.6), rng.uniform(8, height * 0.6)
@@ -730,22 +857,24 @@ def _postprocess_chunk(job):
     """Worker: synthesise and post-process a chunk of images. Returns (results, seconds in
     ``outputs_to_coco_results``, seconds in the fused paste+RLE route, images where the two
     routes' RLE strings differ)."""
+    from retinamask.decode.coco_results import outputs_to_coco_results
+    from retinamask.decode.outputs import decode_outputs
     from retinamask.ops.masks import paste_and_encode_masks
-    from retinamask.decode.postprocess import decode_outputs, outputs_to_coco_results
 
     images, annotations_by_image, category_ids, seed = job
     rng = np.random.default_rng(seed)
     results, seconds, fused_seconds, mismatches = [], 0.0, 0.0, 0
     for image in images:
-        outputs, original_hw, resized_hw = synthetic_outputs(image, annotations_by_image.get(image["id"], []),
-                                                             category_ids, rng)
+        outputs, original_hw, resized_hw = synthetic_outputs(
+            image, annotations_by_image.get(image["id"], []), category_ids, rng
+        )
         start = time.perf_counter()
-        image_results = outputs_to_coco_results(outputs, "end2end", image["id"], original_hw, resized_hw,
-                                                 category_ids)
+        image_results = outputs_to_coco_results(outputs, "end2end", image["id"], original_hw, resized_hw, category_ids)
         seconds += time.perf_counter() - start
         start = time.perf_counter()
-        detections = decode_outputs(outputs, "end2end", original_hw, resized_hw, num_classes=len(category_ids),
-                                    paste=False)
+        detections = decode_outputs(
+            outputs, "end2end", original_hw, resized_hw, num_classes=len(category_ids), paste=False
+        )
         rles = paste_and_encode_masks(detections.mask_probs, detections.boxes, *original_hw)
         fused_seconds += time.perf_counter() - start
         mismatches += rles != [r["segmentation"] for r in image_results]
@@ -761,8 +890,15 @@ def synthetic_jobs(num_images, chunk=50):
     by_image = {}
     for ann in dataset["annotations"]:
         by_image.setdefault(ann["image_id"], []).append(ann)
-    jobs = [(dataset["images"][i:i + chunk], {im["id"]: by_image.get(im["id"], []) for im in dataset["images"][i:i + chunk]},
-             category_ids, i) for i in range(0, num_images, chunk)]
+    jobs = [
+        (
+            dataset["images"][i : i + chunk],
+            {im["id"]: by_image.get(im["id"], []) for im in dataset["images"][i : i + chunk]},
+            category_ids,
+            i,
+        )
+        for i in range(0, num_images, chunk)
+    ]
     return dataset, jobs
 
 
@@ -778,8 +914,9 @@ def postprocess_and_evaluate(num_images, workers, chunk=50):
     start = time.perf_counter()
     results, post_seconds, fused_seconds, mismatches = [], 0.0, 0.0, 0
     if workers > 1:
-        context = multiprocessing.get_context("forkserver" if "forkserver" in multiprocessing.get_all_start_methods()
-                                              else "spawn")
+        context = multiprocessing.get_context(
+            "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+        )
         with context.Pool(workers) as pool:
             outcomes = list(pool.imap(_postprocess_chunk, jobs))
     else:
@@ -805,10 +942,18 @@ def postprocess_and_evaluate(num_images, workers, chunk=50):
     if all("stats" in e for e in evaluations.values()):
         a, b = (evaluations[k]["stats"] for k in ("pycocotools", "faster-coco-eval"))
         differences = max(abs(a[t][s] - b[t][s]) for t in ("bbox", "segm") for s in a[t])
-    return {"images": num_images, "ground_truth": len(dataset["annotations"]), "detections": len(results),
-            "workers": workers, "postprocess_wall_s": wall, "postprocess_ms_per_image": 1000 * post_seconds / num_images,
-            "fused_ms_per_image": 1000 * fused_seconds / num_images, "fused_rle_mismatched_images": mismatches,
-            "evaluation": evaluations, "max_stat_difference": differences}
+    return {
+        "images": num_images,
+        "ground_truth": len(dataset["annotations"]),
+        "detections": len(results),
+        "workers": workers,
+        "postprocess_wall_s": wall,
+        "postprocess_ms_per_image": 1000 * post_seconds / num_images,
+        "fused_ms_per_image": 1000 * fused_seconds / num_images,
+        "fused_rle_mismatched_images": mismatches,
+        "evaluation": evaluations,
+        "max_stat_difference": differences,
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -819,9 +964,9 @@ def infer_routes(model_path, image_dir, workdir, threads):
     """``run_inference`` over the JPEG folder (preprocessing streamed in workers) vs
     ``preprocess_images`` to .bin + ``run_inference`` on the .info list; same session."""
     from retinamask.data.preprocess import preprocess_images
+    from retinamask.formats.model_info import read_model_info
     from retinamask.runtime.backends import create_session
     from retinamask.runtime.infer import run_inference
-    from retinamask.formats.model_info import read_model_info
 
     info = read_model_info(model_path)
     session = create_session(model_path, "onnxruntime", "cpu", threads=threads, model_info=info)
@@ -830,19 +975,24 @@ def infer_routes(model_path, image_dir, workdir, threads):
 
     fresh = Path(tempfile.mkdtemp(prefix="infer-", dir=workdir))  # never a resume of an earlier run's outputs
     start = time.perf_counter()
-    run_inference(model_path, image_dir, output_dir=fresh, output_dirname="streaming", session=session,
-                  progress=False)
+    run_inference(model_path, image_dir, output_dir=fresh, output_dirname="streaming", session=session, progress=False)
     streaming = time.perf_counter() - start
 
     start = time.perf_counter()
     preprocess_images(image_dir, fresh / "bins", fresh / "bins.info", input_size=info.input_size, progress=False)
     preprocess_seconds = time.perf_counter() - start
-    run_inference(model_path, fresh / "bins.info", output_dir=fresh, output_dirname="from_bins", session=session,
-                  progress=False)
+    run_inference(
+        model_path, fresh / "bins.info", output_dir=fresh, output_dirname="from_bins", session=session, progress=False
+    )
     bins_total = time.perf_counter() - start
     shutil.rmtree(fresh, ignore_errors=True)
-    return {"images": count, "streaming_s": streaming, "bins_preprocess_s": preprocess_seconds,
-            "bins_infer_s": bins_total - preprocess_seconds, "bins_total_s": bins_total}
+    return {
+        "images": count,
+        "streaming_s": streaming,
+        "bins_preprocess_s": preprocess_seconds,
+        "bins_infer_s": bins_total - preprocess_seconds,
+        "bins_total_s": bins_total,
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -862,15 +1012,25 @@ def markdown(report):
     ]
     load = report.get("load")
     if load:
-        lines += [load["verdict"], "",
-                  "Other CPU-seconds per timed section: " + ", ".join(
-                      f"{name} {section['other_cpu_seconds']:.1f} of {section['elapsed_s']:.0f} s"
-                      for name, section in load["sections"].items()) + ".", ""]
+        lines += [
+            load["verdict"],
+            "",
+            "Other CPU-seconds per timed section: "
+            + ", ".join(
+                f"{name} {section['other_cpu_seconds']:.1f} of {section['elapsed_s']:.0f} s"
+                for name, section in load["sections"].items()
+            )
+            + ".",
+            "",
+        ]
     busy = report.get("other_busy_processes") or []
     if busy:
-        lines += ["**Warning: other processes used the CPU during this run, so these are not a quiet run's timings: "
-                  + "; ".join(f"{b['when']}: pid {b['pid']} {b['cpu_percent']:.0f}% `{b['command'][:60]}`" for b in busy)
-                  + "**", ""]
+        lines += [
+            "**Warning: other processes used the CPU during this run, so these are not a quiet run's timings: "
+            + "; ".join(f"{b['when']}: pid {b['pid']} {b['cpu_percent']:.0f}% `{b['command'][:60]}`" for b in busy)
+            + "**",
+            "",
+        ]
     lines += [
         f"CPU: {env['cpu']} ({env['logical_cpus']} CPUs, {env['physical_cores']} physical cores; "
         f"{' '.join(env['cpu_flags'])}); threads {env['threads']}; load average (1, 5, 15 min) at start "
@@ -886,14 +1046,17 @@ def markdown(report):
     ]
     for row in report["latency"]:
         if "error" in row:
-            lines.append(f"| {row['route']} | {row['precision']} | - | - | - | - | - | - | - | - | - | "
-                         f"unavailable: {row['error'].replace('|', '/')} |")
+            lines.append(
+                f"| {row['route']} | {row['precision']} | - | - | - | - | - | - | - | - | - | "
+                f"unavailable: {row['error'].replace('|', '/')} |"
+            )
             continue
         peak = f"{100 * row['peak_fraction']:.0f}%" if "peak_fraction" in row else "-"
         lines.append(
             f"| {row['route']} | {row['precision']} | {row['median_s']:.3f} | {row['min_s']:.3f} | "
             f"{row['speedup_vs_eager']:.2f} | {row['detections']:.0f} | {row['mask_rois']:.0f} | {row['gflop']:.0f} | "
-            f"{row['gflops']:.0f} | {peak} | {100 * row['agreement_with_eager']:.0f}% | {row['note']} |")
+            f"{row['gflops']:.0f} | {peak} | {100 * row['agreement_with_eager']:.0f}% | {row['note']} |"
+        )
     flops = report["flops"]["end2end"]
     lines += [
         "",
@@ -914,48 +1077,79 @@ def markdown(report):
 
     sweep = report.get("sweep")
     if sweep:
-        lines += ["## Session options (model run only, batch 1)", "",
-                  "| backend | precision | variant | median s | min s |", "|---|---|---|---:|---:|"]
+        lines += [
+            "## Session options (model run only, batch 1)",
+            "",
+            "| backend | precision | variant | median s | min s |",
+            "|---|---|---|---:|---:|",
+        ]
         for row in sweep["latency"]:
             if "error" in row:
-                lines.append(f"| {row['backend']} | {row['precision']} | {row['variant']} | unavailable: "
-                             f"{row['error']} | |")
+                lines.append(
+                    f"| {row['backend']} | {row['precision']} | {row['variant']} | unavailable: {row['error']} | |"
+                )
             else:
-                lines.append(f"| {row['backend']} | {row['precision']} | {row['variant']} | {row['median_s']:.3f} | "
-                             f"{row['min_s']:.3f} |")
-        lines += ["", "Session creation + first run (s):", "",
-                  "| backend | model | no cache | filling the cache | from the cache |", "|---|---|---:|---:|---:|"]
+                lines.append(
+                    f"| {row['backend']} | {row['precision']} | {row['variant']} | {row['median_s']:.3f} | "
+                    f"{row['min_s']:.3f} |"
+                )
+        lines += [
+            "",
+            "Session creation + first run (s):",
+            "",
+            "| backend | model | no cache | filling the cache | from the cache |",
+            "|---|---|---:|---:|---:|",
+        ]
         for row in sweep["session_creation"]:
-            lines.append(f"| {row['backend']} | {row['model']} | {row['no_cache_s']:.2f} | {row['cache_cold_s']:.2f} | "
-                         f"{row['cache_warm_s']:.2f} |")
+            lines.append(
+                f"| {row['backend']} | {row['model']} | {row['no_cache_s']:.2f} | {row['cache_cold_s']:.2f} | "
+                f"{row['cache_warm_s']:.2f} |"
+            )
         lines.append("")
-    lines += [f"## Preprocessing (JPEG 640x480 -> {report['input_size']}x{report['input_size']} tensor, "
-              "infer's worker processes; pool start-up included)", "",
-              "| workers | images | s | images/s |", "|---:|---:|---:|---:|"]
+    lines += [
+        f"## Preprocessing (JPEG 640x480 -> {report['input_size']}x{report['input_size']} tensor, "
+        "infer's worker processes; pool start-up included)",
+        "",
+        "| workers | images | s | images/s |",
+        "|---:|---:|---:|---:|",
+    ]
     for row in report["preprocessing"]:
         lines.append(f"| {row['workers']} | {row['images']} | {row['seconds']:.2f} | {row['images_per_s']:.1f} |")
     post = report["postprocess_eval"]
-    lines += ["", f"## Post-processing + COCO evaluation, {post['images']} synthetic images "
-              f"({post['ground_truth']} objects, {post['detections']} detections)", "",
-              f"Post-processing (paste + RLE, `outputs_to_coco_results`): {post['postprocess_ms_per_image']:.1f} ms "
-              f"per image; the fused `paste_and_encode_masks` route: {post['fused_ms_per_image']:.1f} ms per image "
-              f"(RLE strings differ on {post['fused_rle_mismatched_images']} images). Wall time of both plus the "
-              f"synthesis: {post['postprocess_wall_s']:.1f} s with {post['workers']} worker(s).", "",
-              "| evaluator | bbox+segm s | bbox AP | segm AP |", "|---|---:|---:|---:|"]
+    lines += [
+        "",
+        f"## Post-processing + COCO evaluation, {post['images']} synthetic images "
+        f"({post['ground_truth']} objects, {post['detections']} detections)",
+        "",
+        f"Post-processing (paste + RLE, `outputs_to_coco_results`): {post['postprocess_ms_per_image']:.1f} ms "
+        f"per image; the fused `paste_and_encode_masks` route: {post['fused_ms_per_image']:.1f} ms per image "
+        f"(RLE strings differ on {post['fused_rle_mismatched_images']} images). Wall time of both plus the "
+        f"synthesis: {post['postprocess_wall_s']:.1f} s with {post['workers']} worker(s).",
+        "",
+        "| evaluator | bbox+segm s | bbox AP | segm AP |",
+        "|---|---:|---:|---:|",
+    ]
     for backend, result in post["evaluation"].items():
         if "error" in result:
             lines.append(f"| {backend} | unavailable: {result['error']} | - | - |")
         else:
-            lines.append(f"| {backend} | {result['seconds']:.2f} | {result['stats']['bbox']['AP']:.4f} | "
-                         f"{result['stats']['segm']['AP']:.4f} |")
+            lines.append(
+                f"| {backend} | {result['seconds']:.2f} | {result['stats']['bbox']['AP']:.4f} | "
+                f"{result['stats']['segm']['AP']:.4f} |"
+            )
     lines += ["", f"Largest difference over the 24 stats: {_fmt(post['max_stat_difference'], 6)}.", ""]
     infer = report["infer"]
-    lines += [f"## `infer` over {infer['images']} JPEGs (ONNX Runtime fp32 end2end)", "",
-              "| route | s |", "|---|---:|",
-              f"| streaming (images -> infer) | {infer['streaming_s']:.2f} |",
-              f"| seed route: preprocess to .bin | {infer['bins_preprocess_s']:.2f} |",
-              f"| seed route: infer on .bin | {infer['bins_infer_s']:.2f} |",
-              f"| seed route total | {infer['bins_total_s']:.2f} |", ""]
+    lines += [
+        f"## `infer` over {infer['images']} JPEGs (ONNX Runtime fp32 end2end)",
+        "",
+        "| route | s |",
+        "|---|---:|",
+        f"| streaming (images -> infer) | {infer['streaming_s']:.2f} |",
+        f"| seed route: preprocess to .bin | {infer['bins_preprocess_s']:.2f} |",
+        f"| seed route: infer on .bin | {infer['bins_infer_s']:.2f} |",
+        f"| seed route total | {infer['bins_total_s']:.2f} |",
+        "",
+    ]
     prep = report["preparation_s"]
     if prep:
         lines.append("Preparation (not timed above): " + ", ".join(f"{k} {v:.0f} s" for k, v in prep.items()) + ".")
@@ -969,8 +1163,9 @@ def main(argv=None):
     parser.add_argument("--workdir", default=None, help="keep exported models and data here (default: a temp dir)")
     parser.add_argument("--reuse-models", action="store_true", help="reuse models already in --workdir")
     parser.add_argument("--threads", type=int, default=None, help="threads everywhere (default: physical cores)")
-    parser.add_argument("--sweep", action="store_true",
-                        help="also time alternative session options and the compiled-model caches")
+    parser.add_argument(
+        "--sweep", action="store_true", help="also time alternative session options and the compiled-model caches"
+    )
     parser.add_argument("--input-size", type=int, default=INPUT_SIZE, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[suite] %(message)s", stream=sys.stderr)
@@ -986,15 +1181,21 @@ def main(argv=None):
         else:
             workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="retinamask-suite-")))
         monitor = LoadMonitor()
-        report = {"input_size": args.input_size, "quick": args.quick, "settings": settings,
-                  "environment": environment(threads), "other_busy_processes": other_busy_processes("start")}
+        report = {
+            "input_size": args.input_size,
+            "quick": args.quick,
+            "settings": settings,
+            "environment": environment(threads),
+            "other_busy_processes": other_busy_processes("start"),
+        }
         if report["other_busy_processes"]:
             logger.warning("other processes are using the CPU: %s", report["other_busy_processes"])
         from retinamask.config import load_config
 
         model = benchmark_model()
-        paths, report["preparation_s"] = prepare_models(workdir, model, load_config(CONFIG), args.input_size, settings,
-                                                        args.reuse_models)
+        paths, report["preparation_s"] = prepare_models(
+            workdir, model, load_config(CONFIG), args.input_size, settings, args.reuse_models
+        )
         report["flops"] = {key: count_flops(paths[key]) for key in ("end2end", "seed")}
         with monitor.timed("matmul peaks"):
             report["peaks"] = matmul_peaks(workdir, threads, settings["peak_size"], settings["peak_repeats"])
@@ -1011,7 +1212,7 @@ def main(argv=None):
         worker_counts = sorted({0, 1, threads})
         with monitor.timed("preprocessing"):
             report["preprocessing"] = preprocessing_throughput(paths["end2end"], jpegs, worker_counts)
-        from retinamask.decode.postprocess import default_workers
+        from retinamask.apps.evaluate import default_workers
 
         with monitor.timed("post-processing + evaluation"):
             report["postprocess_eval"] = postprocess_and_evaluate(settings["eval_images"], default_workers())

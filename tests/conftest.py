@@ -13,7 +13,10 @@ REFERENCE = SHARED / "reference"
 
 def _require_shared():
     if not REFERENCE.is_dir():
-        msg = f"{REFERENCE} is absent: the reference data from the original RetinaMask ships with CI, not with the repository"
+        msg = (
+            f"{REFERENCE} is absent: the reference data from the original RetinaMask ships with CI, "
+            "not with the repository"
+        )
         if os.environ.get("RETINAMASK_REQUIRE_SHARED") == "1":
             pytest.fail(msg)
         pytest.skip(msg)

@@ -24,7 +24,7 @@ def write_seed_outputs(folder, dataset, seed):
         rows = []
         for ann in by_image.get(image["id"], []):
             x, y, bw, bh = ann["bbox"]
-            mask = mask_util.decode(ann["segmentation"])[int(y):int(np.ceil(y + bh)), int(x):int(np.ceil(x + bw))]
+            mask = mask_util.decode(ann["segmentation"])[int(y) : int(np.ceil(y + bh)), int(x) : int(np.ceil(x + bw))]
             probs = cv2.resize(mask.astype(np.float32), (28, 28), interpolation=cv2.INTER_LINEAR)
             for copy in range(rng.integers(1, 4)):
                 box = np.array([x, y, x + bw, y + bh]) + rng.normal(0, 0.06, 4) * [bw, bh, bw, bh]
@@ -33,7 +33,7 @@ def write_seed_outputs(folder, dataset, seed):
                     box[3] += rng.uniform(0, 6)
                 noisy = np.clip(probs * 0.9 + 0.05 + rng.normal(0, 0.08, probs.shape), 0, 1)
                 rows.append((box, label_of[ann["category_id"]], rng.uniform(0.3, 1.0), noisy))
-        base = [r for r in rows] or [(np.array([0.3 * w, 0.3 * h, 0.6 * w, 0.6 * h]), 1, 0.5, np.full((28, 28), 0.6))]
+        base = list(rows) or [(np.array([0.3 * w, 0.3 * h, 0.6 * w, 0.6 * h]), 1, 0.5, np.full((28, 28), 0.6))]
         while len(rows) < ROWS:
             if image["id"] % 2:  # near-copies of an object: suppressed by NMS
                 box, label, _, probs = base[rng.integers(len(base))]

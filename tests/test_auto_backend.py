@@ -4,10 +4,10 @@ session made with it runs what the rule names (and says why)."""
 import logging
 
 import pytest
-from test_runtime_fakes import build_fake_model
 
 from retinamask.runtime.auto_backend import choose_backend, cpu_class, describe_cpu
 from retinamask.runtime.backends import create_session
+from test_runtime_fakes import build_fake_model
 
 CLASS_A = {"sse4_2", "avx2", "avx512f", "avx512_vnni", "avx512_bf16"}
 CLASS_B = {"sse4_2", "avx2", "fma"}
@@ -21,11 +21,16 @@ def test_cpu_classes_from_flags():
     assert "avx512_vnni" in describe_cpu(CLASS_A)
 
 
-@pytest.mark.parametrize("flags, quantized, expected", [
-    (CLASS_A, False, "openvino"), (CLASS_A, True, "openvino"),
-    (CLASS_B, False, "onnxruntime"), (CLASS_B, True, "onnxruntime"),
-    ({"sse2"}, False, "onnxruntime"),
-])
+@pytest.mark.parametrize(
+    "flags, quantized, expected",
+    [
+        (CLASS_A, False, "openvino"),
+        (CLASS_A, True, "openvino"),
+        (CLASS_B, False, "onnxruntime"),
+        (CLASS_B, True, "onnxruntime"),
+        ({"sse2"}, False, "onnxruntime"),
+    ],
+)
 def test_fastest_cpu_runtime_per_class(flags, quantized, expected):
     choice = choose_backend("fp32", "cpu", quantized=quantized, flags=flags, installed=BOTH)
     assert choice.backend == expected
@@ -41,7 +46,9 @@ def test_precision_and_device_decide_before_speed():
 
 def test_a_faster_runtime_that_is_not_installed_is_named_not_used():
     choice = choose_backend("fp32", "cpu", flags=CLASS_A, installed=("onnxruntime",))
-    assert choice.backend == "onnxruntime" and "openvino is faster" in choice.reason and "not installed" in choice.reason
+    assert (
+        choice.backend == "onnxruntime" and "openvino is faster" in choice.reason and "not installed" in choice.reason
+    )
 
 
 def test_auto_session_runs_the_chosen_runtime_and_logs_why(tmp_path, caplog):

@@ -21,11 +21,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from test_runtime_fakes import build_fake_model, make_box_dataset
-from tiny_model import TINY_OPTS
 
 from retinamask.cli import main
 from retinamask.core.errors import EXIT_BAD_INPUT, EXIT_INTERNAL_ERROR, EXIT_ITEMS_FAILED, EXIT_OK
+from test_runtime_fakes import build_fake_model, make_box_dataset
+from tiny_model import TINY_OPTS
 
 S = 64
 REPO = Path(__file__).resolve().parent.parent
@@ -72,8 +72,12 @@ def _png_claiming_size(width, height):
     """A small file whose PNG header claims width x height (1-bit gray): Pillow's decompression-bomb
     guard refuses it when the image is opened, before any pixel is decoded."""
     header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", zlib.compress(b"\0" * 16))
-            + _png_chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", header)
+        + _png_chunk(b"IDAT", zlib.compress(b"\0" * 16))
+        + _png_chunk(b"IEND", b"")
+    )
 
 
 def _encoded(array, fmt):
@@ -150,8 +154,23 @@ def inferred(tmp_path_factory, dataset, model):
     """infer's outputs for the box dataset (5 images), made once."""
     image_dir, _, _ = dataset
     root = tmp_path_factory.mktemp("inferred")
-    assert _cli("infer", "--model", model, "--input", image_dir, "--output", root, "--output_dirname", "run",
-                "--workers", 0, "--no-progress") == EXIT_OK
+    assert (
+        _cli(
+            "infer",
+            "--model",
+            model,
+            "--input",
+            image_dir,
+            "--output",
+            root,
+            "--output_dirname",
+            "run",
+            "--workers",
+            0,
+            "--no-progress",
+        )
+        == EXIT_OK
+    )
     return root / "run"
 
 
@@ -168,8 +187,19 @@ def _copy_folder(source, target):
 
 def test_images_through_preprocess(zoo, tmp_path, capsys):
     bins, info = tmp_path / "bins", tmp_path / "list.info"
-    code = _cli("preprocess", "--image_src_path", zoo, "--bin_file_path", bins, "--bin_info_name", info,
-                "--input_size", S, "--workers", 2)
+    code = _cli(
+        "preprocess",
+        "--image_src_path",
+        zoo,
+        "--bin_file_path",
+        bins,
+        "--bin_info_name",
+        info,
+        "--input_size",
+        S,
+        "--workers",
+        2,
+    )
     err = capsys.readouterr().err
     assert code == EXIT_ITEMS_FAILED
     _assert_one_line_each(err, BAD_IMAGES)
@@ -184,8 +214,20 @@ def test_images_through_preprocess(zoo, tmp_path, capsys):
 
 
 def test_images_through_infer(zoo, model, tmp_path, capsys):
-    code = _cli("infer", "--model", model, "--input", zoo, "--output", tmp_path, "--output_dirname", "res",
-                "--workers", 1, "--no-progress")
+    code = _cli(
+        "infer",
+        "--model",
+        model,
+        "--input",
+        zoo,
+        "--output",
+        tmp_path,
+        "--output_dirname",
+        "res",
+        "--workers",
+        1,
+        "--no-progress",
+    )
     err = capsys.readouterr().err
     assert code == EXIT_ITEMS_FAILED
     _assert_one_line_each(err, BAD_IMAGES)
@@ -197,8 +239,21 @@ def test_images_through_infer(zoo, model, tmp_path, capsys):
     failed = {Path(f["file"]).name: f["cause"] for f in sidecar["failed"]}
     assert failed.keys() == BAD_IMAGES.keys()
 
-    code = _cli("infer", "--model", model, "--input", zoo, "--output", tmp_path, "--output_dirname", "strict",
-                "--workers", 0, "--strict", "--no-progress")
+    code = _cli(
+        "infer",
+        "--model",
+        model,
+        "--input",
+        zoo,
+        "--output",
+        tmp_path,
+        "--output_dirname",
+        "strict",
+        "--workers",
+        0,
+        "--strict",
+        "--no-progress",
+    )
     err = capsys.readouterr().err
     assert code == EXIT_BAD_INPUT
     assert _error_line(err).startswith(f"error: {zoo / 'bomb.png'}: {BAD_IMAGES['bomb.png']}")  # first by name
@@ -208,9 +263,9 @@ def test_images_through_infer(zoo, model, tmp_path, capsys):
 def checkpoint(tmp_path_factory):
     import torch
 
-    from retinamask.modeling.checkpoint import save_checkpoint
     from retinamask.config import load_config
     from retinamask.modeling import build_model
+    from retinamask.modeling.checkpoint import save_checkpoint
 
     torch.manual_seed(0)
     model = build_model(load_config(CONFIG, TINY_OPTS))
@@ -221,8 +276,21 @@ def checkpoint(tmp_path_factory):
 
 def test_images_through_predict(zoo, checkpoint, tmp_path, capsys):
     out = tmp_path / "predicted"
-    code = _cli("predict", "--input", zoo, "--output", out, "--weights", checkpoint, "--config", CONFIG,
-                "--input-size", S, "--opts", *TINY_OPTS)
+    code = _cli(
+        "predict",
+        "--input",
+        zoo,
+        "--output",
+        out,
+        "--weights",
+        checkpoint,
+        "--config",
+        CONFIG,
+        "--input-size",
+        S,
+        "--opts",
+        *TINY_OPTS,
+    )
     err = capsys.readouterr().err
     assert code == EXIT_ITEMS_FAILED
     _assert_one_line_each(err, BAD_IMAGES)
@@ -232,8 +300,23 @@ def test_images_through_predict(zoo, checkpoint, tmp_path, capsys):
         assert (out / f"{Path(name).stem}.png").is_file()
     assert not list(out.glob("*.tmp")) and not list(out.glob(".*"))
 
-    code = _cli("predict", "--input", zoo / "rgb.jpg", zoo / "text.png", "--output", tmp_path / "strict",
-                "--weights", checkpoint, "--config", CONFIG, "--input-size", S, "--strict", "--opts", *TINY_OPTS)
+    code = _cli(
+        "predict",
+        "--input",
+        zoo / "rgb.jpg",
+        zoo / "text.png",
+        "--output",
+        tmp_path / "strict",
+        "--weights",
+        checkpoint,
+        "--config",
+        CONFIG,
+        "--input-size",
+        S,
+        "--strict",
+        "--opts",
+        *TINY_OPTS,
+    )
     err = capsys.readouterr().err
     assert code == EXIT_BAD_INPUT
     assert _error_line(err) == f"error: {zoo / 'text.png'}: {BAD_IMAGES['text.png']} (unrecognised file format)"
@@ -247,8 +330,22 @@ def preprocessed(tmp_path_factory, dataset):
     """The box dataset preprocessed at S: (bin folder, .info with its sidecar)."""
     image_dir, _, _ = dataset
     root = tmp_path_factory.mktemp("preprocessed")
-    assert _cli("preprocess", "--image_src_path", image_dir, "--bin_file_path", root / "bins", "--bin_info_name",
-                root / "boxes.info", "--input_size", S, "--workers", 1) == EXIT_OK
+    assert (
+        _cli(
+            "preprocess",
+            "--image_src_path",
+            image_dir,
+            "--bin_file_path",
+            root / "bins",
+            "--bin_info_name",
+            root / "boxes.info",
+            "--input_size",
+            S,
+            "--workers",
+            1,
+        )
+        == EXIT_OK
+    )
     return root / "bins", root / "boxes.info"
 
 
@@ -272,27 +369,46 @@ def test_info_list_with_bad_lines_and_bins(preprocessed, model, tmp_path, capsys
     ]
     bad_info = tmp_path / "edited.info"
     bad_info.write_text("\n".join(edited) + "\n")  # no sidecar beside it: the listed sizes are used
-    code = _cli("infer", "--model", model, "--input", bad_info, "--output", tmp_path, "--output_dirname", "res",
-                "--no-progress")
+    code = _cli(
+        "infer", "--model", model, "--input", bad_info, "--output", tmp_path, "--output_dirname", "res", "--no-progress"
+    )
     err = capsys.readouterr().err
     assert code == EXIT_ITEMS_FAILED
-    _assert_one_line_each(err, {
-        "line 2:": "expected 'index bin_path width height'",
-        "img_002.bin:": f"expected {3 * S * S * 4} bytes (float32 [1, 3, {S}, {S}]), found 1000 bytes",
-        "img_999.bin": ".bin file not found",
-        "line 6:": "img_000.bin is listed twice (also on line 1)",
-    })
+    _assert_one_line_each(
+        err,
+        {
+            "line 2:": "expected 'index bin_path width height'",
+            "img_002.bin:": f"expected {3 * S * S * 4} bytes (float32 [1, 3, {S}, {S}]), found 1000 bytes",
+            "img_999.bin": ".bin file not found",
+            "line 6:": "img_000.bin is listed twice (also on line 1)",
+        },
+    )
     summary = json.loads((tmp_path / "res_summary.json").read_text())
     assert summary["count"] == 3 and len(summary["failed"]) == 4
-    assert sorted(p.name for p in (tmp_path / "res").glob("*_0.bin")) == ["img_000_0.bin", "img_001_0.bin",
-                                                                         "img_004_0.bin"]
+    assert sorted(p.name for p in (tmp_path / "res").glob("*_0.bin")) == [
+        "img_000_0.bin",
+        "img_001_0.bin",
+        "img_004_0.bin",
+    ]
 
-    code = _cli("infer", "--model", model, "--input", bad_info, "--output", tmp_path, "--output_dirname", "strict",
-                "--strict", "--no-progress")
+    code = _cli(
+        "infer",
+        "--model",
+        model,
+        "--input",
+        bad_info,
+        "--output",
+        tmp_path,
+        "--output_dirname",
+        "strict",
+        "--strict",
+        "--no-progress",
+    )
     err = capsys.readouterr().err
     assert code == EXIT_BAD_INPUT
-    assert _error_line(err) == (f"error: {bad_info}: line 2: expected 'index bin_path width height', "
-                                "got '1 only-three fields'")
+    assert _error_line(err) == (
+        f"error: {bad_info}: line 2: expected 'index bin_path width height', got '1 only-three fields'"
+    )
     assert not list((tmp_path / "strict").glob("*.bin"))
 
     # a file that is no .info at all stops the command
@@ -301,7 +417,8 @@ def test_info_list_with_bad_lines_and_bins(preprocessed, model, tmp_path, capsys
     assert _cli("infer", "--model", model, "--input", not_info, "--output", tmp_path, "--no-progress") == 2
     assert _error_line(capsys.readouterr().err).startswith(
         f"error: {not_info}: line 1: expected 'index bin_path width height', got 'shopping list' "
-        "(and all 2 other lines are bad too)")
+        "(and all 2 other lines are bad too)"
+    )
 
 
 def test_info_lines_are_skipped_by_evaluate_too(preprocessed, inferred, dataset, tmp_path, capsys):
@@ -310,8 +427,20 @@ def test_info_lines_are_skipped_by_evaluate_too(preprocessed, inferred, dataset,
     bad_info = tmp_path / "boxes.info"
     bad_info.write_text("\n".join(_info_lines(info)[:4] + ["4 img_004.bin wide 64"]) + "\n")
     (tmp_path / "boxes.info.json").write_bytes(info.with_name(info.name + ".json").read_bytes())
-    code = _cli("evaluate", "--infer_results_path", inferred, "--input_text_path", bad_info, "--ann_file", ann_file,
-                "--output_path", tmp_path / "e.txt", "--workers", 1, "--no-progress")
+    code = _cli(
+        "evaluate",
+        "--infer_results_path",
+        inferred,
+        "--input_text_path",
+        bad_info,
+        "--ann_file",
+        ann_file,
+        "--output_path",
+        tmp_path / "e.txt",
+        "--workers",
+        1,
+        "--no-progress",
+    )
     err = capsys.readouterr().err
     assert code == EXIT_ITEMS_FAILED
     _assert_one_line_each(err, {"line 5:": "index, width and height must be integers"})
@@ -320,18 +449,33 @@ def test_info_lines_are_skipped_by_evaluate_too(preprocessed, inferred, dataset,
 
 def test_bins_made_for_another_input_size(tmp_path, model, dataset, capsys):
     image_dir, _, _ = dataset
-    assert _cli("preprocess", "--image_src_path", image_dir, "--bin_file_path", tmp_path / "bins48",
-                "--bin_info_name", tmp_path / "b48.info", "--input_size", 48, "--workers", 1) == EXIT_OK
+    assert (
+        _cli(
+            "preprocess",
+            "--image_src_path",
+            image_dir,
+            "--bin_file_path",
+            tmp_path / "bins48",
+            "--bin_info_name",
+            tmp_path / "b48.info",
+            "--input_size",
+            48,
+            "--workers",
+            1,
+        )
+        == EXIT_OK
+    )
     capsys.readouterr()
     assert _cli("infer", "--model", model, "--input", tmp_path / "bins48", "--output", tmp_path, "--no-progress") == 2
     assert _error_line(capsys.readouterr().err).startswith(
         f"error: {tmp_path / 'bins48' / 'img_000.bin'}: holds a float32 [1, 3, 48, 48] input, "
-        f"the model takes [B, 3, {S}, {S}]")
-    assert _cli("infer", "--model", model, "--input", tmp_path / "b48.info", "--output", tmp_path,
-                "--no-progress") == 2
+        f"the model takes [B, 3, {S}, {S}]"
+    )
+    assert _cli("infer", "--model", model, "--input", tmp_path / "b48.info", "--output", tmp_path, "--no-progress") == 2
     assert _error_line(capsys.readouterr().err) == (
         f"error: {tmp_path / 'b48.info'}: the .info's sidecar says its .bin files are 48x48 inputs, "
-        f"the model takes {S}x{S}")
+        f"the model takes {S}x{S}"
+    )
 
 
 # --------------------------------------------------------------------------- inference outputs and annotations
@@ -344,8 +488,19 @@ def test_evaluate_strict_stops_at_the_first_bad_output(inferred, dataset, tmp_pa
     scores[3] = np.nan
     scores.tofile(broken / "img_001_2.bin")
     (broken / "img_003_0.bin").write_bytes(b"")
-    code = _cli("evaluate", "--infer_results_path", broken, "--ann_file", ann_file, "--output_path",
-                tmp_path / "e.txt", "--workers", 1, "--strict", "--no-progress")
+    code = _cli(
+        "evaluate",
+        "--infer_results_path",
+        broken,
+        "--ann_file",
+        ann_file,
+        "--output_path",
+        tmp_path / "e.txt",
+        "--workers",
+        1,
+        "--strict",
+        "--no-progress",
+    )
     err = capsys.readouterr().err
     assert code == EXIT_BAD_INPUT
     assert _error_line(err) == f"error: {broken / 'img_001_2.bin'}: 1 NaN/inf value(s) in scores"
@@ -358,8 +513,20 @@ def test_outputs_of_images_absent_from_the_annotations(inferred, dataset, tmp_pa
     (extra / "images.json").unlink()  # list the output files instead: stranger_* are among them
     for index in range(4):
         (extra / f"stranger_{index}.bin").write_bytes((extra / f"img_000_{index}.bin").read_bytes())
-    code = _cli("evaluate", "--infer_results_path", extra, "--ann_file", ann_file, "--output_path",
-                tmp_path / "e.txt", "--input-size", S, "--workers", 1, "--no-progress")
+    code = _cli(
+        "evaluate",
+        "--infer_results_path",
+        extra,
+        "--ann_file",
+        ann_file,
+        "--output_path",
+        tmp_path / "e.txt",
+        "--input-size",
+        S,
+        "--workers",
+        1,
+        "--no-progress",
+    )
     captured = capsys.readouterr()
     assert code == EXIT_ITEMS_FAILED
     _assert_one_line_each(captured.err, {"stranger": "no image stranger.* in the annotation file"})
@@ -367,16 +534,27 @@ def test_outputs_of_images_absent_from_the_annotations(inferred, dataset, tmp_pa
     assert stats["images_evaluated"] == 5 and stats["stats"]["bbox"]["AP50"] == pytest.approx(1.0)
 
 
-@pytest.mark.parametrize("content, cause", [
-    ('{"images": [], "categories": []}', "not a COCO annotation file: missing key 'annotations'"),
-    ('[{"id": 1}]', "not a COCO annotation file: top level is a list, not an object"),
-    ('{"images": [', "annotation file is not valid JSON"),
-])
+@pytest.mark.parametrize(
+    "content, cause",
+    [
+        ('{"images": [], "categories": []}', "not a COCO annotation file: missing key 'annotations'"),
+        ('[{"id": 1}]', "not a COCO annotation file: top level is a list, not an object"),
+        ('{"images": [', "annotation file is not valid JSON"),
+    ],
+)
 def test_annotation_file_that_is_not_coco(inferred, tmp_path, capsys, content, cause):
     ann_file = tmp_path / "annotations.json"
     ann_file.write_text(content)
-    code = _cli("evaluate", "--infer_results_path", inferred, "--ann_file", ann_file, "--output_path",
-                tmp_path / "e.txt", "--no-progress")
+    code = _cli(
+        "evaluate",
+        "--infer_results_path",
+        inferred,
+        "--ann_file",
+        ann_file,
+        "--output_path",
+        tmp_path / "e.txt",
+        "--no-progress",
+    )
     err = capsys.readouterr().err
     assert code == EXIT_BAD_INPUT
     assert _error_line(err).startswith(f"error: {ann_file}: {cause}")
@@ -388,13 +566,25 @@ def test_no_detections_at_all_is_map_zero_with_a_warning(inferred, dataset, tmp_
     empty = _copy_folder(inferred, tmp_path / "empty")
     for labels in empty.glob("*_1.bin"):
         np.full(labels.stat().st_size // 4, -1, "<i4").tofile(labels)  # every row is padding
-    code = _cli("evaluate", "--infer_results_path", empty, "--ann_file", ann_file, "--output_path",
-                tmp_path / "e.txt", "--workers", 1, "--no-progress")
+    code = _cli(
+        "evaluate",
+        "--infer_results_path",
+        empty,
+        "--ann_file",
+        ann_file,
+        "--output_path",
+        tmp_path / "e.txt",
+        "--workers",
+        1,
+        "--no-progress",
+    )
     assert code == EXIT_OK
     # logged on stderr (pytest takes the log records over from the stream)
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
-    assert warnings == ["no detections in any of the 5 evaluated images: AP and AR are 0 "
-                        "(-1 where the annotations have no object of that size)"]
+    assert warnings == [
+        "no detections in any of the 5 evaluated images: AP and AR are 0 "
+        "(-1 where the annotations have no object of that size)"
+    ]
     stats = json.loads((tmp_path / "e.json").read_text())["stats"]
     assert stats["bbox"]["AP"] == 0.0 and stats["segm"]["AP50"] == 0.0
     assert json.loads((tmp_path / "e_coco_results.json").read_text()) == []
@@ -414,8 +604,11 @@ def test_model_that_is_not_onnx_or_lacks_metadata(command, inferred, dataset, tm
         "bench": ["--loop", 1, "--warmup", 0],
         "evaluate": ["--infer_results_path", inferred, "--ann_file", ann_file, "--output_path", tmp_path / "e.txt"],
     }[command]
-    cases = ((not_onnx, "not an ONNX model (protobuf parse failed"), (tmp_path / "missing.onnx", "model file not found"),
-             (bare, "the model's metadata lacks retinamask.layout (pass --layout end2end|seed"))
+    cases = (
+        (not_onnx, "not an ONNX model (protobuf parse failed"),
+        (tmp_path / "missing.onnx", "model file not found"),
+        (bare, "the model's metadata lacks retinamask.layout (pass --layout end2end|seed"),
+    )
     for path, cause in cases:
         assert _cli(command, "--model", path, *rest) == EXIT_BAD_INPUT
         assert _error_line(capsys.readouterr().err).startswith(f"error: {path}: {cause}")
@@ -429,24 +622,50 @@ def test_evaluate_with_a_model_that_did_not_make_the_outputs(inferred, preproces
     bigger = build_fake_model(tmp_path / "s96.onnx", input_size=96)
     seed = build_fake_model(tmp_path / "seed.onnx", layout="seed", input_size=S)
     cases = [
-        (bigger, f"the model has input_size 96, but the outputs in {inferred} came from a model with "
-                 f"input_size {S} (their run sidecar)"),
+        (
+            bigger,
+            f"the model has input_size 96, but the outputs in {inferred} came from a model with "
+            f"input_size {S} (their run sidecar)",
+        ),
         (seed, f"the model has layout seed, but the outputs in {inferred} came from a model with layout end2end"),
     ]
     for model_path, cause in cases:
-        code = _cli("evaluate", "--infer_results_path", inferred, "--ann_file", ann_file, "--model", model_path,
-                    "--output_path", tmp_path / "e.txt", "--no-progress")
+        code = _cli(
+            "evaluate",
+            "--infer_results_path",
+            inferred,
+            "--ann_file",
+            ann_file,
+            "--model",
+            model_path,
+            "--output_path",
+            tmp_path / "e.txt",
+            "--no-progress",
+        )
         assert code == EXIT_BAD_INPUT
         assert _error_line(capsys.readouterr().err).startswith(f"error: {model_path}: {cause}")
     # the preprocess sidecar of the .info records the input size too
     without_sidecar = _copy_folder(inferred, tmp_path / "bare")
     (without_sidecar / "images.json").unlink()
-    code = _cli("evaluate", "--infer_results_path", without_sidecar, "--input_text_path", info, "--ann_file",
-                ann_file, "--model", bigger, "--output_path", tmp_path / "e.txt", "--no-progress")
+    code = _cli(
+        "evaluate",
+        "--infer_results_path",
+        without_sidecar,
+        "--input_text_path",
+        info,
+        "--ann_file",
+        ann_file,
+        "--model",
+        bigger,
+        "--output_path",
+        tmp_path / "e.txt",
+        "--no-progress",
+    )
     assert code == EXIT_BAD_INPUT
     assert _error_line(capsys.readouterr().err) == (
         f"error: {bigger}: the image list says its inputs were made for S = {S}, but {bigger} says S = 96; "
-        "boxes would be mapped back wrongly")
+        "boxes would be mapped back wrongly"
+    )
     assert not (tmp_path / "e.txt").exists()
 
 
@@ -463,21 +682,48 @@ class _RunsCode:
 
 def _command(name, config, weights, tmp_path, zoo):
     if name == "predict":
-        return ["predict", "--input", zoo / "rgb.jpg", "--output", tmp_path / "out", "--weights", weights,
-                "--config", config, "--input-size", S]
+        return [
+            "predict",
+            "--input",
+            zoo / "rgb.jpg",
+            "--output",
+            tmp_path / "out",
+            "--weights",
+            weights,
+            "--config",
+            config,
+            "--input-size",
+            S,
+        ]
     if name == "export":
-        return ["export", "--cfg_path", config, "--weight_path", weights, "--save_path", tmp_path / "m.onnx",
-                "--input-size", S, "--no-verify", "--no-simplify"]
+        return [
+            "export",
+            "--cfg_path",
+            config,
+            "--weight_path",
+            weights,
+            "--save_path",
+            tmp_path / "m.onnx",
+            "--input-size",
+            S,
+            "--no-verify",
+            "--no-simplify",
+        ]
     return ["train", "--config", config, "--data", tmp_path / "data", "--output", tmp_path / "run", "--max-iter", 1]
 
 
 @pytest.mark.parametrize("command", ["predict", "export", "train"])
-@pytest.mark.parametrize("yaml_text, cause", [
-    ("MODEL:\n  RESNETS:\n    BLOCK_COUNT: (1, 1, 1, 1)\n",
-     "unknown config key MODEL.RESNETS.BLOCK_COUNT (did you mean BLOCK_COUNTS"),
-    ("RETINANET:\n  NUM_CLASSES: four\n", "RETINANET.NUM_CLASSES expects int (default 81), got str 'four'"),
-    ("- just\n- a list\n", "not a config: the top level must be a mapping"),
-])
+@pytest.mark.parametrize(
+    "yaml_text, cause",
+    [
+        (
+            "MODEL:\n  RESNETS:\n    BLOCK_COUNT: (1, 1, 1, 1)\n",
+            "unknown config key MODEL.RESNETS.BLOCK_COUNT (did you mean BLOCK_COUNTS",
+        ),
+        ("RETINANET:\n  NUM_CLASSES: four\n", "RETINANET.NUM_CLASSES expects int (default 81), got str 'four'"),
+        ("- just\n- a list\n", "not a config: the top level must be a mapping"),
+    ],
+)
 def test_bad_config(command, yaml_text, cause, checkpoint, zoo, tmp_path, capsys):
     config = tmp_path / "bad config.yaml"
     config.write_text(yaml_text)
@@ -510,13 +756,19 @@ def test_checkpoints_that_do_not_fit(command, checkpoint, zoo, tmp_path, capsys)
     not_a_checkpoint = tmp_path / "notes.pth"
     not_a_checkpoint.write_text("not a checkpoint\n")
     cases = [
-        (tiny := _tiny_config(tmp_path), edited,
-         "checkpoint does not match the model built from the config (wrong config for these weights?) -- "
-         "missing keys: rpn.head.cls_logits.bias; shape conflicts: backbone.fpn.fpn_inner2.weight: "
-         "checkpoint (3, 3, 1, 1) vs model"),
-        (_tiny_config(tmp_path, num_classes=6), checkpoint,
-         f"shape conflicts: rpn.head.cls_logits.weight: checkpoint {classes_shape} vs model "
-         f"({classes_shape[0] // 3 * 5}, {', '.join(map(str, classes_shape[1:]))})"),
+        (
+            tiny := _tiny_config(tmp_path),
+            edited,
+            "checkpoint does not match the model built from the config (wrong config for these weights?) -- "
+            "missing keys: rpn.head.cls_logits.bias; shape conflicts: backbone.fpn.fpn_inner2.weight: "
+            "checkpoint (3, 3, 1, 1) vs model",
+        ),
+        (
+            _tiny_config(tmp_path, num_classes=6),
+            checkpoint,
+            f"shape conflicts: rpn.head.cls_logits.weight: checkpoint {classes_shape} vs model "
+            f"({classes_shape[0] // 3 * 5}, {', '.join(map(str, classes_shape[1:]))})",
+        ),
         (tiny, evil, "refused: the file holds pickled Python objects beyond tensors"),
         (tiny, not_a_checkpoint, "not a readable PyTorch checkpoint"),
         (tiny, tmp_path / "missing.pth", "no such checkpoint file"),
@@ -547,8 +799,10 @@ def test_unexpected_exception_is_one_line_unless_debug(model, dataset, tmp_path,
     args = ["infer", "--model", model, "--input", image_dir, "--output", tmp_path, "--workers", 0, "--no-progress"]
     # in a worker's job: that item's failure, the others go on
     assert _cli(*args, "--output_dirname", "a") == EXIT_ITEMS_FAILED
-    _assert_one_line_each(capsys.readouterr().err, {
-        "img_001.png": "cannot load this input (unexpected ZeroDivisionError: float division by zero)"})
+    _assert_one_line_each(
+        capsys.readouterr().err,
+        {"img_001.png": "cannot load this input (unexpected ZeroDivisionError: float division by zero)"},
+    )
     assert len(list((tmp_path / "a").glob("*_0.bin"))) == 4
 
     # outside any item: one line and exit 3, the traceback only with --debug
@@ -560,7 +814,8 @@ def test_unexpected_exception_is_one_line_unless_debug(model, dataset, tmp_path,
     monkeypatch.setattr(infer, "format_summary", broken_summary)
     assert _cli(*args, "--output_dirname", "b") == EXIT_INTERNAL_ERROR
     assert _error_line(capsys.readouterr().err) == (
-        "error: unexpected KeyError: 'NPU_compute_time' (a bug; 'retinamask --debug infer ...' shows the traceback)")
+        "error: unexpected KeyError: 'NPU_compute_time' (a bug; 'retinamask --debug infer ...' shows the traceback)"
+    )
     with pytest.raises(KeyError):
         _cli("--debug", *args, "--output_dirname", "c")
 
@@ -569,8 +824,18 @@ def test_unwritable_output_is_one_line(inferred, dataset, tmp_path, capsys):
     _, ann_file, _ = dataset
     blocker = tmp_path / "results"
     blocker.write_text("a file where the output folder should be\n")
-    code = _cli("evaluate", "--infer_results_path", inferred, "--ann_file", ann_file, "--output_path",
-                blocker / "e.txt", "--workers", 1, "--no-progress")
+    code = _cli(
+        "evaluate",
+        "--infer_results_path",
+        inferred,
+        "--ann_file",
+        ann_file,
+        "--output_path",
+        blocker / "e.txt",
+        "--workers",
+        1,
+        "--no-progress",
+    )
     err = capsys.readouterr().err
     assert code == EXIT_BAD_INPUT
     line = _error_line(err)
@@ -593,9 +858,17 @@ def many(tmp_path_factory):
         height, width = 36 + i % 7, 48 + i % 11
         Image.fromarray(_random_rgb(height, width, i)).save(folder / f"im_{i:04d}.png")
         images.append({"id": i + 1, "file_name": f"im_{i:04d}.png", "width": width, "height": height})
-        annotations.append({"id": i + 1, "image_id": i + 1, "category_id": 3, "iscrowd": 0,
-                            "bbox": [0.0, 0.0, float(width), float(height)], "area": float(width * height),
-                            "segmentation": [[0, 0, width - 1, 0, width - 1, height - 1, 0, height - 1]]})
+        annotations.append(
+            {
+                "id": i + 1,
+                "image_id": i + 1,
+                "category_id": 3,
+                "iscrowd": 0,
+                "bbox": [0.0, 0.0, float(width), float(height)],
+                "area": float(width * height),
+                "segmentation": [[0, 0, width - 1, 0, width - 1, height - 1, 0, height - 1]],
+            }
+        )
     categories = [{"id": 3, "name": "red box"}, {"id": 7, "name": "white box"}]
     ann_file = root / "annotations.json"
     ann_file.write_text(json.dumps({"images": images, "annotations": annotations, "categories": categories}))
@@ -611,8 +884,14 @@ def _run_and_kill_when(command, ready, kill_signal=signal.SIGKILL, timeout=120):
     returns (returncode, stderr). Fails if the command ended before it could be killed."""
     # SIGINT at its default in the child, even where this test runs with it ignored (a background
     # job of a non-interactive shell): Python only turns SIGINT into KeyboardInterrupt if it is not ignored
-    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                               start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    process = subprocess.Popen(
+        command,
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     deadline = time.monotonic() + timeout
     try:
         while not ready():
@@ -632,8 +911,10 @@ def _run_and_kill_when(command, ready, kill_signal=signal.SIGKILL, timeout=120):
 def _wait_until_group_ended(group, timeout=30):
     """The command's worker processes die a moment after it: a rerun must not meet them still writing."""
     deadline = time.monotonic() + timeout
-    while any(_group_and_state(stat)[0] == group and _group_and_state(stat)[1] not in ("Z", "X")
-              for stat in Path("/proc").glob("[0-9]*/stat")):
+    while any(
+        _group_and_state(stat)[0] == group and _group_and_state(stat)[1] not in ("Z", "X")
+        for stat in Path("/proc").glob("[0-9]*/stat")
+    ):
         assert time.monotonic() < deadline, "the killed command's processes did not end"
         time.sleep(0.01)
 
@@ -658,8 +939,22 @@ def test_kill_9_mid_infer_then_rerun_equals_an_uninterrupted_run(many, model, tm
     images, ann_file = many
 
     def infer(name):
-        return _retinamask("infer", "--model", model, "--input", images, "--output", tmp_path, "--output_dirname",
-                           name, "--batchsize", 2, "--workers", 1, "--no-progress")
+        return _retinamask(
+            "infer",
+            "--model",
+            model,
+            "--input",
+            images,
+            "--output",
+            tmp_path,
+            "--output_dirname",
+            name,
+            "--batchsize",
+            2,
+            "--workers",
+            1,
+            "--no-progress",
+        )
 
     subprocess.run(infer("whole"), cwd=REPO, check=True, capture_output=True)
     killed = tmp_path / "killed"
@@ -670,8 +965,19 @@ def test_kill_9_mid_infer_then_rerun_equals_an_uninterrupted_run(many, model, tm
     before = {p.name: p.stat().st_mtime_ns for p in killed.glob("*_3.bin")}
     # evaluate is told that the folder is unfinished rather than quietly scoring a part of it
     assert json.loads((killed / "images.json").read_text())["finished"] is False
-    assert _cli("evaluate", "--infer_results_path", killed, "--ann_file", ann_file, "--output_path",
-                tmp_path / "early.txt", "--no-progress") == EXIT_BAD_INPUT  # its list: the 0 images done before
+    assert (
+        _cli(
+            "evaluate",
+            "--infer_results_path",
+            killed,
+            "--ann_file",
+            ann_file,
+            "--output_path",
+            tmp_path / "early.txt",
+            "--no-progress",
+        )
+        == EXIT_BAD_INPUT
+    )  # its list: the 0 images done before
     assert any("the infer run that wrote it has not finished" in r.getMessage() for r in caplog.records)
 
     # what a writer killed mid-write leaves (the kill above may or may not have hit a write)
@@ -698,8 +1004,19 @@ def test_kill_9_mid_preprocess_then_rerun_equals_an_uninterrupted_run(many, tmp_
     images, _ = many
 
     def preprocess(name):  # S = 256: 0.8 MB per .bin, so that the run lasts long enough to be killed
-        return _retinamask("preprocess", "--image_src_path", images, "--bin_file_path", tmp_path / name,
-                           "--bin_info_name", tmp_path / name / "list.info", "--input_size", 256, "--workers", 2)
+        return _retinamask(
+            "preprocess",
+            "--image_src_path",
+            images,
+            "--bin_file_path",
+            tmp_path / name,
+            "--bin_info_name",
+            tmp_path / name / "list.info",
+            "--input_size",
+            256,
+            "--workers",
+            2,
+        )
 
     subprocess.run(preprocess("whole"), cwd=REPO, check=True, capture_output=True)
     killed = tmp_path / "killed"
@@ -722,12 +1039,39 @@ def test_kill_9_mid_preprocess_then_rerun_equals_an_uninterrupted_run(many, tmp_
 
 def test_kill_9_mid_evaluate_then_rerun_equals_an_uninterrupted_run(many, model, tmp_path):
     images, ann_file = many
-    assert _cli("infer", "--model", model, "--input", images, "--output", tmp_path, "--output_dirname", "out",
-                "--batchsize", 4, "--workers", 1, "--no-progress") == EXIT_OK
+    assert (
+        _cli(
+            "infer",
+            "--model",
+            model,
+            "--input",
+            images,
+            "--output",
+            tmp_path,
+            "--output_dirname",
+            "out",
+            "--batchsize",
+            4,
+            "--workers",
+            1,
+            "--no-progress",
+        )
+        == EXIT_OK
+    )
 
     def evaluate(name):
-        return _retinamask("evaluate", "--infer_results_path", tmp_path / "out", "--ann_file", ann_file,
-                           "--output_path", tmp_path / f"{name}.txt", "--workers", 1, "--no-progress")
+        return _retinamask(
+            "evaluate",
+            "--infer_results_path",
+            tmp_path / "out",
+            "--ann_file",
+            ann_file,
+            "--output_path",
+            tmp_path / f"{name}.txt",
+            "--workers",
+            1,
+            "--no-progress",
+        )
 
     subprocess.run(evaluate("whole"), cwd=REPO, check=True, capture_output=True)
     parts = tmp_path / "killed_parts"
@@ -747,8 +1091,20 @@ def test_kill_9_mid_evaluate_then_rerun_equals_an_uninterrupted_run(many, model,
 def test_ctrl_c_stops_with_130_and_no_tracebacks(many, model, tmp_path):
     images, _ = many
     out = tmp_path / "res"
-    command = _retinamask("infer", "--model", model, "--input", images, "--output", tmp_path, "--output_dirname",
-                          "res", "--workers", 2, "--no-progress")
+    command = _retinamask(
+        "infer",
+        "--model",
+        model,
+        "--input",
+        images,
+        "--output",
+        tmp_path,
+        "--output_dirname",
+        "res",
+        "--workers",
+        2,
+        "--no-progress",
+    )
     code, err = _run_and_kill_when(command, lambda: _complete_images(out) >= 2, kill_signal=signal.SIGINT)
     assert code == 130
     # stderr: the line saying which runtime --backend auto picked, then only "interrupted"
@@ -761,9 +1117,25 @@ def test_a_worker_killed_mid_run_stops_infer_with_one_line(many, model, tmp_path
     images, _ = many
     out = tmp_path / "res"
     process = subprocess.Popen(
-        _retinamask("infer", "--model", model, "--input", images, "--output", tmp_path, "--output_dirname", "res",
-                    "--workers", 2, "--no-progress"),
-        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+        _retinamask(
+            "infer",
+            "--model",
+            model,
+            "--input",
+            images,
+            "--output",
+            tmp_path,
+            "--output_dirname",
+            "res",
+            "--workers",
+            2,
+            "--no-progress",
+        ),
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
     try:
         while _complete_images(out) < 2:
             assert process.poll() is None, "infer ended before a worker could be killed"

@@ -31,7 +31,7 @@ def tiny(tmp_path_factory):
 
 
 def test_flop_counter_counts_the_dense_part_and_the_mask_head_per_roi(tiny):
-    model, _, paths, _ = tiny
+    _model, _, paths, _ = tiny
     end2end, seed, int8 = (suite.count_flops(paths[k]) for k in ("end2end", "seed", "int8"))
     # the same convolutions whichever the layout or the quantization
     assert end2end["dense_gflop"] == pytest.approx(seed["dense_gflop"]) == pytest.approx(int8["dense_gflop"])
@@ -68,11 +68,14 @@ def test_latency_rows_and_the_markdown_table(tiny, tmp_path):
     assert by_route[("ONNX Runtime, end2end K=50", "fp32")]["agreement_with_eager"] == 1.0
     assert by_route[("ONNX Runtime, end2end K=50", "fp32")]["detections"] <= 50
     assert by_route[("ONNX Runtime, end2end, batch 2", "fp32")]["batch"] == 2
-    gpu = [r for r in rows if r["route"].startswith("ONNX Runtime CUDA") or r["route"].startswith("ONNX Runtime TensorRT")]
+    gpu = [
+        r for r in rows if r["route"].startswith("ONNX Runtime CUDA") or r["route"].startswith("ONNX Runtime TensorRT")
+    ]
     assert gpu and all("error" in r or r["median_s"] > 0 for r in gpu)
 
-    preprocessing = suite.preprocessing_throughput(paths["end2end"], suite.write_jpegs(workdir / "jpegs", 3)[0].parent,
-                                                   [0, 1])
+    preprocessing = suite.preprocessing_throughput(
+        paths["end2end"], suite.write_jpegs(workdir / "jpegs", 3)[0].parent, [0, 1]
+    )
     assert [r["images"] for r in preprocessing] == [3, 3]
     post = suite.postprocess_and_evaluate(12, workers=1, chunk=5)
     assert post["detections"] == 12 * suite.MAX_DETECTIONS and post["fused_rle_mismatched_images"] == 0
@@ -81,8 +84,17 @@ def test_latency_rows_and_the_markdown_table(tiny, tmp_path):
     infer = suite.infer_routes(paths["end2end"], infer_dir, workdir, threads=1)
     assert infer["images"] == 2 and infer["bins_total_s"] >= infer["bins_preprocess_s"]
 
-    report = {"input_size": S, "environment": suite.environment(1), "latency": rows, "flops": flops, "peaks": peaks,
-              "preprocessing": preprocessing, "postprocess_eval": post, "infer": infer, "preparation_s": {}}
+    report = {
+        "input_size": S,
+        "environment": suite.environment(1),
+        "latency": rows,
+        "flops": flops,
+        "peaks": peaks,
+        "preprocessing": preprocessing,
+        "postprocess_eval": post,
+        "infer": infer,
+        "preparation_s": {},
+    }
     text = suite.markdown(report)
     table = [line for line in text.splitlines() if line.startswith("| PyTorch eager")]
     assert len(table) == 1 and "| 1.00 |" in table[0]
@@ -104,7 +116,8 @@ def test_synthetic_outputs_follow_the_end2end_contract():
     image = dataset["images"][0]
     anns = [a for a in dataset["annotations"] if a["image_id"] == image["id"]]
     (boxes, labels, scores, masks), original_hw, resized_hw = suite.synthetic_outputs(
-        image, anns, sorted(c["id"] for c in dataset["categories"]), rng)
+        image, anns, sorted(c["id"] for c in dataset["categories"]), rng
+    )
     assert boxes.shape == (100, 4) and labels.dtype == np.int32 and masks.shape == (100, 1, 28, 28)
     assert (np.diff(scores) <= 0).all() and labels.min() >= 1
     assert max(resized_hw) == suite.INPUT_SIZE and original_hw == (image["height"], image["width"])
@@ -116,7 +129,11 @@ def test_session_option_sweep(tiny, monkeypatch):
     sweep = suite.session_option_sweep(paths, suite.benchmark_input(S), 1, SETTINGS, workdir)
     assert len(sweep["latency"]) == 4 and all("median_s" in r or "error" in r for r in sweep["latency"])
     assert {(r["backend"], r["model"]) for r in sweep["session_creation"]} == {
-        ("onnxruntime", "end2end"), ("openvino", "end2end"), ("onnxruntime", "int8"), ("openvino", "int8")}
+        ("onnxruntime", "end2end"),
+        ("openvino", "end2end"),
+        ("onnxruntime", "int8"),
+        ("openvino", "int8"),
+    }
     assert all(r["cache_cold_s"] > 0 and r["cache_warm_s"] > 0 for r in sweep["session_creation"])
     # every run fills a cache of its own (a cold start is never a rerun's warm one), then removes it
     assert not list(workdir.glob("cache_*"))
@@ -150,16 +167,22 @@ def test_bench_compare_reports_gpu_routes_cleanly(tiny, monkeypatch, capsys):
 
     _, _, paths, _ = tiny
     assert main(["bench", "--model", str(paths["end2end"]), "--compare", "--loop", "1", "--warmup", "0"]) == 0
-    table = {line.split("|")[2].strip() + " " + line.split("|")[3].strip(): line
-             for line in capsys.readouterr().out.splitlines() if line.startswith("| onnxruntime")}
+    table = {
+        line.split("|")[2].strip() + " " + line.split("|")[3].strip(): line
+        for line in capsys.readouterr().out.splitlines()
+        if line.startswith("| onnxruntime")
+    }
     import onnxruntime
 
     if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
         assert "unavailable: this onnxruntime" in table["cuda fp32"] and "onnxruntime-gpu" in table["cuda fp32"]
         assert "unavailable:" in table["tensorrt fp16"]
 
-    monkeypatch.setattr(backends, "candidate_configurations",
-                        lambda: [("onnxruntime", "cpu", "fp32", None), ("onnxruntime", "cuda", "fp32", None)])
+    monkeypatch.setattr(
+        backends,
+        "candidate_configurations",
+        lambda: [("onnxruntime", "cpu", "fp32", None), ("onnxruntime", "cuda", "fp32", None)],
+    )
     real_run = bench.run_benchmark
 
     def run(model_path, backend, device, *args, **kwargs):
@@ -181,8 +204,14 @@ def test_other_processes_are_noticed():
 
     spin = "import time\nend = time.time() + 3\nwhile time.time() < end: pass"
     # started through a shell that exits at once, so that the spinner is no descendant of ours
-    outsider = int(subprocess.run(["sh", "-c", f'"{sys.executable}" -c "{spin}" >/dev/null 2>&1 & echo $!'],
-                                  capture_output=True, text=True, check=True).stdout)
+    outsider = int(
+        subprocess.run(
+            ["sh", "-c", f'"{sys.executable}" -c "{spin}" >/dev/null 2>&1 & echo $!'],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    )
     child = subprocess.Popen([sys.executable, "-c", spin])
     try:
         found = {b["pid"]: b for b in suite.other_busy_processes("test", interval=1.0)}
@@ -209,8 +238,9 @@ def test_load_monitor_counts_short_lived_outsiders_and_not_its_own_children():
     with monitor.timed("outsiders"):
         # three short-lived spinners, each started through a shell that exits at once (not our
         # descendants), each gone before the section ends
-        subprocess.run(["sh", "-c", " ; ".join([f'("{sys.executable}" -c "{burn}" &)'] * 3) + " ; sleep 0.1"],
-                       check=True)
+        subprocess.run(
+            ["sh", "-c", " ; ".join([f'("{sys.executable}" -c "{burn}" &)'] * 3) + " ; sleep 0.1"], check=True
+        )
         _wait_for_no_spinners(burn)
     summary = monitor.summary()
     assert summary["sections"]["outsiders"]["other_cpu_seconds"] >= 3.0  # other jobs on the machine only add

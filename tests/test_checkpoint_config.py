@@ -6,12 +6,11 @@ import pickle
 import pytest
 import torch
 
-from retinamask.modeling.checkpoint import load_checkpoint, read_state_dict, save_checkpoint
 from retinamask.config import load_config, shipped_configs
 from retinamask.core.errors import CheckpointError, ConfigError
 from retinamask.modeling import build_model
+from retinamask.modeling.checkpoint import load_checkpoint, read_state_dict, save_checkpoint
 from tiny_model import TINY_OPTS
-
 
 
 @pytest.fixture(scope="module")
@@ -27,8 +26,15 @@ def _randomised(model):
 def test_upstream_wrapped_module_prefixed_checkpoint_loads(tmp_path, tiny_model):
     state = _randomised(tiny_model)
     path = tmp_path / "model_0020001.pth"
-    torch.save({"model": {f"module.{k}": v for k, v in state.items()}, "optimizer": {"state": {}, "param_groups": []},
-                "scheduler": {"last_epoch": 5}, "iteration": 20001}, path)
+    torch.save(
+        {
+            "model": {f"module.{k}": v for k, v in state.items()},
+            "optimizer": {"state": {}, "param_groups": []},
+            "scheduler": {"last_epoch": 5},
+            "iteration": 20001,
+        },
+        path,
+    )
     fresh = build_model(load_config("retinanet_mask_R-50-FPN_2x_adjust_std011_ms", TINY_OPTS))
     load_checkpoint(fresh, path)
     for k, v in fresh.state_dict().items():
@@ -85,7 +91,7 @@ def test_pickled_arbitrary_object_is_refused_never_executed(tmp_path, tiny_model
     with open(tmp_path / "evil_raw.pkl", "wb") as f:
         pickle.dump(payload, f, protocol=2)
     for name in ("evil.pth", "evil_raw.pkl"):
-        with pytest.raises(CheckpointError, match="refused: .*GLOBAL"):
+        with pytest.raises(CheckpointError, match=r"refused: .*GLOBAL"):
             read_state_dict(tmp_path / name)
     assert not (tmp_path / "pwned").exists()
 
@@ -120,8 +126,9 @@ def test_every_upstream_config_loads_and_matches_the_effective_config(reference_
 
     for path in sorted((reference_dir / "configs").glob("*.yaml")):
         load_config(path)
-    cfg = load_config(reference_dir / "configs" / "retinanet_mask_R-50-FPN_2x_adjust_std011_ms.yaml",
-                      ["MODEL.DEVICE", "cpu"])
+    cfg = load_config(
+        reference_dir / "configs" / "retinanet_mask_R-50-FPN_2x_adjust_std011_ms.yaml", ["MODEL.DEVICE", "cpu"]
+    )
     effective = yaml.safe_load((reference_dir / "retinamask_R-50-FPN_effective_config.yaml").read_text())
 
     def compare(ours, theirs, prefix=""):
@@ -143,9 +150,12 @@ def test_shipped_configs_build_models_with_the_original_names(reference_dir):
 
     spec = json.loads((reference_dir / "retinamask_R-50-FPN_state_dict_spec.json").read_text())
     names = {"R-50": [n for n, _, _ in spec]}
-    assert {"retinanet_mask_R-50-FPN_2x_adjust_std011_ms.yaml", "retinanet_mask_R-101-FPN_2x_adjust_std011_ms.yaml",
-            "retinanet_mask_R-50-FPN_2x_adjust_std011_ms_gn.yaml",
-            "retinanet_mask_R-101-FPN_2x_adjust_std011_ms_gn.yaml"} <= set(shipped_configs())
+    assert {
+        "retinanet_mask_R-50-FPN_2x_adjust_std011_ms.yaml",
+        "retinanet_mask_R-101-FPN_2x_adjust_std011_ms.yaml",
+        "retinanet_mask_R-50-FPN_2x_adjust_std011_ms_gn.yaml",
+        "retinanet_mask_R-101-FPN_2x_adjust_std011_ms_gn.yaml",
+    } <= set(shipped_configs())
     r50 = build_model(load_config("retinanet_mask_R-50-FPN_2x_adjust_std011_ms")).state_dict()
     assert list(r50) == names["R-50"]
     r101 = build_model(load_config("retinanet_mask_R-101-FPN_2x_adjust_std011_ms")).state_dict()

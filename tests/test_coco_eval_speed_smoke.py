@@ -14,8 +14,12 @@ def test_coco_eval_speed_runs_every_evaluator_and_they_agree():
     import coco_eval_speed
 
     outcome = coco_eval_speed.run(15, workers=1)
-    assert [row["route"].split(" ")[0] for row in outcome["rows"]] == ["pycocotools", "faster-coco-eval", "direct,",
-                                                                         "direct"]
+    assert [row["route"].split(" ")[0] for row in outcome["rows"]] == [
+        "pycocotools",
+        "faster-coco-eval",
+        "direct,",
+        "direct",
+    ]
     assert outcome["detections"] == 15 * 100
     assert all(row["max_stat_difference"] <= 1e-12 and row["same_text"] for row in outcome["rows"])
     assert 0.2 < outcome["rows"][0]["stats"]["segm"]["AP"] < 1.0  # meaningful, not degenerate

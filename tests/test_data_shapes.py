@@ -9,6 +9,7 @@ import pytest
 from pycocotools.coco import COCO
 
 from retinamask.cli import main
+from retinamask.core.errors import RetinaMaskError
 from retinamask.data.shapes import (
     CATEGORIES,
     MIN_VISIBLE_AREA,
@@ -16,7 +17,6 @@ from retinamask.data.shapes import (
     render_shapes_image,
     shapes_parameters,
 )
-from retinamask.core.errors import RetinaMaskError
 
 NUM_VAL = 40
 

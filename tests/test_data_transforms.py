@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from retinamask.formats.images import list_images, load_image_rgb
+from retinamask.core.errors import InputError
 from retinamask.data.transforms import (
     PIXEL_MEAN,
     normalize_bgr,
@@ -20,7 +20,7 @@ from retinamask.data.transforms import (
     upstream_preprocess,
     upstream_test_size,
 )
-from retinamask.core.errors import InputError
+from retinamask.formats.images import list_images, load_image_rgb
 
 MEAN_BGR = np.array(PIXEL_MEAN, dtype=np.float32)
 

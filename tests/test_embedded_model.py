@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from retinamask.cli import main
 from retinamask.apps.demo import SHIPPED_CONFIG, SHIPPED_WEIGHTS
+from retinamask.cli import main
 
 # Measured with this model through the ONNX path on 200 val images of seed 7 (see retinamask/assets/README.md);
 # the floors sit a little below so that a regression fails.
@@ -56,10 +56,36 @@ def test_predict_pytorch_and_onnx_agree(demo_run, tmp_path):
     images = sorted((demo_run / "data" / "val").glob("*.png"))[:3]
     input_size = str(load_config(SHIPPED_CONFIG).INPUT.MAX_SIZE_TEST)
     args = ["--input", *map(str, images), "--score-threshold", "0.3"]
-    assert main(["predict", "--weights", str(SHIPPED_WEIGHTS), "--config", str(SHIPPED_CONFIG),
-                 "--input-size", input_size, "--output", str(tmp_path / "torch"), *args]) == 0
-    assert main(["predict", "--model", str(demo_run / "retinamask_shapes_small.onnx"),
-                 "--output", str(tmp_path / "onnx"), *args]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                "--weights",
+                str(SHIPPED_WEIGHTS),
+                "--config",
+                str(SHIPPED_CONFIG),
+                "--input-size",
+                input_size,
+                "--output",
+                str(tmp_path / "torch"),
+                *args,
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "predict",
+                "--model",
+                str(demo_run / "retinamask_shapes_small.onnx"),
+                "--output",
+                str(tmp_path / "onnx"),
+                *args,
+            ]
+        )
+        == 0
+    )
     for image in images:
         ours = json.loads((tmp_path / "torch" / f"{image.stem}.json").read_text())["detections"]
         theirs = json.loads((tmp_path / "onnx" / f"{image.stem}.json").read_text())["detections"]
@@ -96,10 +122,10 @@ def test_shipped_model_is_small_and_documented():
 def pytorch_stats(demo_run):
     """COCO stats of the eager model on the demo's val split, on the export's square canvas and
     with the mask cut raised to the export's 100 rows."""
-    from retinamask.modeling.checkpoint import load_checkpoint
     from retinamask.config import load_config
     from retinamask.engine.trainer import evaluate_split
     from retinamask.modeling import build_model
+    from retinamask.modeling.checkpoint import load_checkpoint
 
     cfg = load_config(SHIPPED_CONFIG, ["RETINANET.NUM_MASKS_TEST", "100"])
     model = build_model(cfg)
@@ -114,13 +140,55 @@ def test_onnx_layouts_give_the_pytorch_coco_stats(demo_run, pytorch_stats, layou
         stats_file = demo_run / "evaluation_results.json"
     else:
         model = tmp_path / "seed.onnx"
-        assert main(["export", "--cfg_path", str(SHIPPED_CONFIG), "--weight_path", str(SHIPPED_WEIGHTS),
-                     "--save_path", str(model), "--layout", "seed", "--no-verify"]) == 0
-        assert main(["infer", "--model", str(model), "--input", str(demo_run / "data" / "val"),
-                     "--output", str(tmp_path), "--output_dirname", "seed", "--no-progress"]) == 0
-        assert main(["evaluate", "--infer_results_path", str(tmp_path / "seed"),
-                     "--ann_file", str(demo_run / "data" / "annotations" / "instances_val.json"),
-                     "--output_path", str(tmp_path / "evaluation_results.txt"), "--no-progress"]) == 0
+        assert (
+            main(
+                [
+                    "export",
+                    "--cfg_path",
+                    str(SHIPPED_CONFIG),
+                    "--weight_path",
+                    str(SHIPPED_WEIGHTS),
+                    "--save_path",
+                    str(model),
+                    "--layout",
+                    "seed",
+                    "--no-verify",
+                ]
+            )
+            == 0
+        )
+        assert (
+            main(
+                [
+                    "infer",
+                    "--model",
+                    str(model),
+                    "--input",
+                    str(demo_run / "data" / "val"),
+                    "--output",
+                    str(tmp_path),
+                    "--output_dirname",
+                    "seed",
+                    "--no-progress",
+                ]
+            )
+            == 0
+        )
+        assert (
+            main(
+                [
+                    "evaluate",
+                    "--infer_results_path",
+                    str(tmp_path / "seed"),
+                    "--ann_file",
+                    str(demo_run / "data" / "annotations" / "instances_val.json"),
+                    "--output_path",
+                    str(tmp_path / "evaluation_results.txt"),
+                    "--no-progress",
+                ]
+            )
+            == 0
+        )
         stats_file = tmp_path / "evaluation_results.json"
     onnx_stats = json.loads(stats_file.read_text())["stats"]
     for iou_type in ("bbox", "segm"):

@@ -35,12 +35,36 @@ def _triangle(x0, y0, size):
 
 # image id -> (height, width, [(category id, polygon)])
 _OBJECTS = {
-    1: (200, 240, [(3, _rect(10, 10, 30, 28)), (3, _rect(100, 40, 200, 160)), (17, _triangle(40, 120, 60)),
-                   (90, _rect(150, 5, 170, 25))]),
-    2: (160, 160, [(17, _rect(5, 5, 150, 150)), (90, _triangle(20, 30, 40)), (3, _rect(60, 60, 70, 72)),
-                   (17, _rect(120, 2, 140, 12))]),
-    7: (120, 300, [(90, _rect(0, 0, 299, 119)), (3, _triangle(200, 10, 30)), (17, _rect(20, 20, 36, 44)),
-                   (90, _rect(250, 80, 270, 100))]),
+    1: (
+        200,
+        240,
+        [
+            (3, _rect(10, 10, 30, 28)),
+            (3, _rect(100, 40, 200, 160)),
+            (17, _triangle(40, 120, 60)),
+            (90, _rect(150, 5, 170, 25)),
+        ],
+    ),
+    2: (
+        160,
+        160,
+        [
+            (17, _rect(5, 5, 150, 150)),
+            (90, _triangle(20, 30, 40)),
+            (3, _rect(60, 60, 70, 72)),
+            (17, _rect(120, 2, 140, 12)),
+        ],
+    ),
+    7: (
+        120,
+        300,
+        [
+            (90, _rect(0, 0, 299, 119)),
+            (3, _triangle(200, 10, 30)),
+            (17, _rect(20, 20, 36, 44)),
+            (90, _rect(250, 80, 270, 100)),
+        ],
+    ),
 }
 
 
@@ -60,12 +84,17 @@ def _ground_truth():
         images.append({"id": image_id, "height": height, "width": width, "file_name": f"{image_id}.jpg"})
         for category_id, polygon in objects:
             xs, ys = polygon[0::2], polygon[1::2]
-            annotations.append({
-                "id": len(annotations) + 1, "image_id": image_id, "category_id": category_id,
-                "segmentation": [polygon], "iscrowd": 0,
-                "area": float(_polygon_mask(polygon, height, width).sum()),
-                "bbox": [min(xs), min(ys), max(xs) - min(xs), max(ys) - min(ys)],
-            })
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": image_id,
+                    "category_id": category_id,
+                    "segmentation": [polygon],
+                    "iscrowd": 0,
+                    "area": float(_polygon_mask(polygon, height, width).sum()),
+                    "bbox": [min(xs), min(ys), max(xs) - min(xs), max(ys) - min(ys)],
+                }
+            )
     # a crowd region on image 2: detections inside it are neither TP nor FP
     crowd = np.zeros((160, 160), np.uint8)
     crowd[100:150, 10:60] = 1
@@ -73,9 +102,17 @@ def _ground_truth():
     uncompressed = [len(list(g)) for _, g in itertools.groupby(crowd.flatten(order="F"))]
     if crowd.flatten(order="F")[0] == 1:
         uncompressed = [0] + uncompressed
-    annotations.append({"id": len(annotations) + 1, "image_id": 2, "category_id": 17, "iscrowd": 1,
-                        "segmentation": {"counts": uncompressed, "size": [160, 160]},
-                        "area": float(mask_util.area(counts)), "bbox": [10.0, 100.0, 50.0, 50.0]})
+    annotations.append(
+        {
+            "id": len(annotations) + 1,
+            "image_id": 2,
+            "category_id": 17,
+            "iscrowd": 1,
+            "segmentation": {"counts": uncompressed, "size": [160, 160]},
+            "area": float(mask_util.area(counts)),
+            "bbox": [10.0, 100.0, 50.0, 50.0],
+        }
+    )
     categories = [{"id": c, "name": f"class{c}", "supercategory": "thing"} for c in CATEGORY_IDS]
     return {"images": images, "annotations": annotations, "categories": categories}
 
@@ -87,8 +124,16 @@ def _gt_mask(dataset, ann):
 
 def _perfect_results(dataset, annotations=None):
     annotations = [a for a in dataset["annotations"] if not a["iscrowd"]] if annotations is None else annotations
-    return [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": list(a["bbox"]),
-             "segmentation": _rle(_gt_mask(dataset, a)), "score": 0.9} for a in annotations]
+    return [
+        {
+            "image_id": a["image_id"],
+            "category_id": a["category_id"],
+            "bbox": list(a["bbox"]),
+            "segmentation": _rle(_gt_mask(dataset, a)),
+            "score": 0.9,
+        }
+        for a in annotations
+    ]
 
 
 def _perturbed_results(dataset, seed=0):
@@ -103,17 +148,29 @@ def _perturbed_results(dataset, seed=0):
         shifted = np.roll(mask, (dy, dx), axis=(0, 1))
         x, y, w, h = ann["bbox"]
         category = ann["category_id"] if rng.uniform() > 0.1 else int(rng.choice(CATEGORY_IDS))
-        results.append({"image_id": ann["image_id"], "category_id": category,
-                        "bbox": [x + dx + rng.uniform(-1, 1), y + dy, w * rng.uniform(0.85, 1.15), h],
-                        "segmentation": _rle(shifted), "score": float(rng.uniform(0.3, 1.0))})
+        results.append(
+            {
+                "image_id": ann["image_id"],
+                "category_id": category,
+                "bbox": [x + dx + rng.uniform(-1, 1), y + dy, w * rng.uniform(0.85, 1.15), h],
+                "segmentation": _rle(shifted),
+                "score": float(rng.uniform(0.3, 1.0)),
+            }
+        )
     for image in dataset["images"]:
         for _ in range(3):
             x0, y0 = rng.integers(0, image["width"] - 20), rng.integers(0, image["height"] - 20)
             mask = np.zeros((image["height"], image["width"]), np.uint8)
             mask[y0 : y0 + 15, x0 : x0 + 18] = 1
-            results.append({"image_id": image["id"], "category_id": int(rng.choice(CATEGORY_IDS)),
-                            "bbox": [float(x0), float(y0), 18.0, 15.0], "segmentation": _rle(mask),
-                            "score": float(rng.uniform(0.0, 0.6))})
+            results.append(
+                {
+                    "image_id": image["id"],
+                    "category_id": int(rng.choice(CATEGORY_IDS)),
+                    "bbox": [float(x0), float(y0), 18.0, 15.0],
+                    "segmentation": _rle(mask),
+                    "score": float(rng.uniform(0.0, 0.6)),
+                }
+            )
     return results
 
 
@@ -138,8 +195,15 @@ def test_ground_truth_covers_every_area_range(ground_truth):
 def test_perfect_detections_give_ap_one(ann_file, ground_truth, backend):
     results = _perfect_results(ground_truth)
     # a detection inside the crowd region is ignored, not a false positive
-    results.append({"image_id": 2, "category_id": 17, "bbox": [12.0, 102.0, 40.0, 40.0], "score": 0.95,
-                    "segmentation": _rle(np.pad(np.ones((40, 40), np.uint8), ((102, 18), (12, 108))))})
+    results.append(
+        {
+            "image_id": 2,
+            "category_id": 17,
+            "bbox": [12.0, 102.0, 40.0, 40.0],
+            "score": 0.95,
+            "segmentation": _rle(np.pad(np.ones((40, 40), np.uint8), ((102, 18), (12, 108)))),
+        }
+    )
     report = evaluate_coco(ann_file, results, backend=backend)
     assert report["backend"] == backend and report["num_results"] == len(results)
     for iou_type in ("bbox", "segm"):
@@ -173,8 +237,9 @@ def test_boxes_at_iou_062_count_for_the_three_lowest_thresholds(ground_truth, ba
             continue
         x, y, w, h = ann["bbox"]
         # same height, width scaled by s with the left edge fixed: IoU = 1/s = 0.62
-        results.append({"image_id": ann["image_id"], "category_id": ann["category_id"],
-                        "bbox": [x, y, w / 0.62, h], "score": 0.8})
+        results.append(
+            {"image_id": ann["image_id"], "category_id": ann["category_id"], "bbox": [x, y, w / 0.62, h], "score": 0.8}
+        )
     stats = evaluate_coco(ground_truth, results, iou_types=["bbox"], backend=backend)["bbox"]
     assert "segm" not in evaluate_coco(ground_truth, results, iou_types=["bbox"], backend=backend)
     assert stats["AP50"] == 1.0 and stats["AP75"] == 0.0
@@ -203,7 +268,7 @@ def test_empty_results_warn_and_report_zero(ann_file, backend):
     with pytest.warns(RuntimeWarning, match="no detections"):
         report = evaluate_coco(ann_file, [], backend=backend)
     for iou_type in ("bbox", "segm"):
-        assert report[iou_type] == {name: 0.0 for name in STAT_NAMES}
+        assert report[iou_type] == dict.fromkeys(STAT_NAMES, 0.0)
 
 
 def test_results_with_unknown_image_ids_name_the_annotation_file(ann_file, ground_truth):
@@ -272,8 +337,9 @@ def test_format_stats_text_reproduces_pycocotools_summarize(ground_truth, tmp_pa
         gt = COCO()
         gt.dataset = copy.deepcopy(ground_truth)
         gt.createIndex()
-        evaluator = COCOeval(gt, gt.loadRes([{k: r[k] for k in ("image_id", "category_id", "bbox", "score")}
-                                             for r in results]), "bbox")
+        evaluator = COCOeval(
+            gt, gt.loadRes([{k: r[k] for k in ("image_id", "category_id", "bbox", "score")} for r in results]), "bbox"
+        )
         evaluator.evaluate()
         evaluator.accumulate()
     summary = io.StringIO()
@@ -290,8 +356,10 @@ def test_format_stats_text_reproduces_pycocotools_summarize(ground_truth, tmp_pa
 
 def test_detections_to_coco_results_uses_the_plus_one_width():
     rle = {"size": [4, 4], "counts": "04"}
-    results = detections_to_coco_results(7, np.array([[10, 20, 29, 39.5]], np.float32), np.float32([0.5]),
-                                         np.array([90]), [rle])
-    assert results == [{"image_id": 7, "category_id": 90, "bbox": [10.0, 20.0, 20.0, 20.5], "score": 0.5,
-                        "segmentation": rle}]
+    results = detections_to_coco_results(
+        7, np.array([[10, 20, 29, 39.5]], np.float32), np.float32([0.5]), np.array([90]), [rle]
+    )
+    assert results == [
+        {"image_id": 7, "category_id": 90, "bbox": [10.0, 20.0, 20.0, 20.5], "score": 0.5, "segmentation": rle}
+    ]
     assert json.loads(json.dumps(results)) == results

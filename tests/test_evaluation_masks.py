@@ -11,22 +11,48 @@ from retinamask.ops.masks import encode_masks, expand_boxes_int, paste_masks, pa
 
 # (probs key, boxes key, image size key or fixed (h, w), pasted key, rle key)
 REFERENCE_CASES = {
-    "direct": ("direct_mask_probs_28x28", "direct_det_boxes_xyxy", "direct_input_image_size_hw",
-               "direct_masks_pasted_uint8", "direct_mask_rle_counts"),
-    "direct_probe": ("direct_probe_mask_probs_28x28", "direct_probe_boxes_xyxy", "direct_input_image_size_hw",
-                     "direct_probe_masks_pasted_uint8", "direct_probe_mask_rle_counts"),
-    "e2e": ("e2e_mask_probs_28x28", "e2e_det_boxes_xyxy_orig", "e2e_mask_rle_size_hw",
-            "e2e_masks_pasted_uint8", "e2e_mask_rle_counts"),
-    "e2e_probe": ("e2e_probe_mask_probs_28x28", "e2e_probe_boxes_xyxy_orig", "e2e_mask_rle_size_hw",
-                  "e2e_probe_masks_pasted_uint8", "e2e_probe_mask_rle_counts"),
+    "direct": (
+        "direct_mask_probs_28x28",
+        "direct_det_boxes_xyxy",
+        "direct_input_image_size_hw",
+        "direct_masks_pasted_uint8",
+        "direct_mask_rle_counts",
+    ),
+    "direct_probe": (
+        "direct_probe_mask_probs_28x28",
+        "direct_probe_boxes_xyxy",
+        "direct_input_image_size_hw",
+        "direct_probe_masks_pasted_uint8",
+        "direct_probe_mask_rle_counts",
+    ),
+    "e2e": (
+        "e2e_mask_probs_28x28",
+        "e2e_det_boxes_xyxy_orig",
+        "e2e_mask_rle_size_hw",
+        "e2e_masks_pasted_uint8",
+        "e2e_mask_rle_counts",
+    ),
+    "e2e_probe": (
+        "e2e_probe_mask_probs_28x28",
+        "e2e_probe_boxes_xyxy_orig",
+        "e2e_mask_rle_size_hw",
+        "e2e_probe_masks_pasted_uint8",
+        "e2e_probe_mask_rle_counts",
+    ),
 }
 
 
 def _case(reference_npz, name):
     probs_key, boxes_key, size_key, pasted_key, rle_key = REFERENCE_CASES[name]
     height, width = (int(v) for v in reference_npz[size_key])
-    return (reference_npz[probs_key], reference_npz[boxes_key], height, width,
-            reference_npz[pasted_key], reference_npz[rle_key])
+    return (
+        reference_npz[probs_key],
+        reference_npz[boxes_key],
+        height,
+        width,
+        reference_npz[pasted_key],
+        reference_npz[rle_key],
+    )
 
 
 @pytest.mark.parametrize("name", sorted(REFERENCE_CASES))

@@ -15,7 +15,7 @@ def _random_case(rng):
     boxes = np.stack([x0, y0, x0 + sizes[0], y0 + sizes[1]], 1).astype(np.float32)
     boxes[0] = 0  # degenerate box at the corner
     yy, xx = (np.mgrid[0:28, 0:28] + 0.5) / 14 - 1
-    smooth = 1 / (1 + np.exp(-6 * (1 - np.sqrt(xx ** 2 + yy ** 2))))
+    smooth = 1 / (1 + np.exp(-6 * (1 - np.sqrt(xx**2 + yy**2))))
     probs = np.where(rng.random((n, 1, 1)) < 0.5, smooth, rng.uniform(0, 1, (n, 28, 28))).astype(np.float32)
     probs[min(1, n - 1)] = 1.0  # a mask that fills its box, touching the box's edges
     return probs, boxes, height, width
@@ -33,9 +33,18 @@ def test_fused_rle_equals_paste_then_encode(paste, paste_fn):
 
 def test_fused_rle_gives_the_original_rle_strings(reference_npz):
     for probs_key, boxes_key, size_key, rle_key in (
-        ("direct_probe_mask_probs_28x28", "direct_probe_boxes_xyxy", "direct_input_image_size_hw",
-         "direct_probe_mask_rle_counts"),
-        ("e2e_probe_mask_probs_28x28", "e2e_probe_boxes_xyxy_orig", "e2e_mask_rle_size_hw", "e2e_probe_mask_rle_counts"),
+        (
+            "direct_probe_mask_probs_28x28",
+            "direct_probe_boxes_xyxy",
+            "direct_input_image_size_hw",
+            "direct_probe_mask_rle_counts",
+        ),
+        (
+            "e2e_probe_mask_probs_28x28",
+            "e2e_probe_boxes_xyxy_orig",
+            "e2e_mask_rle_size_hw",
+            "e2e_probe_mask_rle_counts",
+        ),
     ):
         height, width = (int(v) for v in reference_npz[size_key])
         rles = paste_and_encode_masks(reference_npz[probs_key], reference_npz[boxes_key], height, width)

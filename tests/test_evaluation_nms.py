@@ -11,8 +11,12 @@ def _torchvision_keep(boxes, scores, labels, iou_threshold):
     torchvision = pytest.importorskip("torchvision")
     corners = torch.from_numpy(np.array(boxes, dtype=np.float32))
     corners[:, 2:] += 1
-    keep = torchvision.ops.batched_nms(corners, torch.from_numpy(np.asarray(scores, np.float32)),
-                                       torch.from_numpy(np.asarray(labels, np.int64)), iou_threshold)
+    keep = torchvision.ops.batched_nms(
+        corners,
+        torch.from_numpy(np.asarray(scores, np.float32)),
+        torch.from_numpy(np.asarray(labels, np.int64)),
+        iou_threshold,
+    )
     return keep.numpy()
 
 
@@ -37,7 +41,7 @@ def test_matches_torchvision_batched_nms_on_random_boxes(seed):
     rng = np.random.default_rng(seed)
     for n, num_classes in [(1000, 80), (1000, 3), (300, 1), (2500, 80)]:
         case = _random_case(rng, n, num_classes, integer_coords=seed % 2 == 0, tied_scores=seed % 3 == 0)
-        boxes, scores, labels = case
+        _boxes, scores, _labels = case
         keep = classwise_nms(*case, iou_threshold=0.4, max_detections=n)
         expected = _torchvision_keep(*case, 0.4)
         assert len(expected) < n  # suppression happened

@@ -19,8 +19,16 @@ from retinamask.data.shapes import generate_shapes_dataset
 from retinamask.evaluation.report import image_scores
 from seed_outputs import S, write_seed_outputs
 
-CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync")
+CHROMIUM_FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+)
 
 
 @pytest.fixture(scope="module")
@@ -31,8 +39,18 @@ def evaluated(tmp_path_factory):
     dataset = json.loads(paths["val_annotations"].read_text())
     (root / "outputs").mkdir()
     write_seed_outputs(root / "outputs", dataset, 5)
-    common = ["evaluate", "--infer_results_path", str(root / "outputs"), "--ann_file", str(paths["val_annotations"]),
-              "--input-size", str(S), "--workers", "1", "--no-progress"]
+    common = [
+        "evaluate",
+        "--infer_results_path",
+        str(root / "outputs"),
+        "--ann_file",
+        str(paths["val_annotations"]),
+        "--input-size",
+        str(S),
+        "--workers",
+        "1",
+        "--no-progress",
+    ]
     assert main(common + ["--output_path", str(root / "plain.txt")]) == 0
     assert main(common + ["--output_path", str(root / "reported.txt"), "--report", str(root / "report")]) == 0
     return root, dataset
@@ -62,22 +80,38 @@ def test_report_numbers_agree_with_the_coco_stats(evaluated):
         assert entry["tp"] + entry["fn"] == truth
     best_f1 = min(e["f1"] for e in numbers["images"]["best"])
     assert all(e["f1"] <= best_f1 for e in numbers["images"]["worst"])
-    for name in ("pr_bbox.png", "pr_segm.png", "pr_bbox_per_class.png", "pr_segm_per_class.png", "best_1.jpg",
-                 "worst_1.jpg"):
+    for name in (
+        "pr_bbox.png",
+        "pr_segm.png",
+        "pr_bbox_per_class.png",
+        "pr_segm_per_class.png",
+        "best_1.jpg",
+        "worst_1.jpg",
+    ):
         assert (root / "report" / "images" / name).stat().st_size > 1000
 
 
 def test_image_scores_count_matches_greedily_by_score():
-    dataset = {"images": [{"id": 1}, {"id": 2}],
-               "annotations": [{"image_id": 1, "category_id": 7}, {"image_id": 1, "category_id": 7},
-                               {"image_id": 1, "category_id": 7, "iscrowd": 1}, {"image_id": 2, "category_id": 7}]}
+    dataset = {
+        "images": [{"id": 1}, {"id": 2}],
+        "annotations": [
+            {"image_id": 1, "category_id": 7},
+            {"image_id": 1, "category_id": 7},
+            {"image_id": 1, "category_id": 7, "iscrowd": 1},
+            {"image_id": 2, "category_id": 7},
+        ],
+    }
     results = [{"image_id": 1, "category_id": 7, "score": s} for s in (0.9, 0.8, 0.7, 0.6, 0.2)]
     # rows by score; columns: annotations 0, 1 and the crowd region 2
-    ious = np.array([[0.9, 0.6, 0.0],   # 0.9 takes annotation 0
-                     [0.8, 0.3, 0.0],   # 0.8: annotation 0 is taken, 0.3 too low: false positive
-                     [0.0, 0.55, 0.0],  # 0.7 takes annotation 1
-                     [0.0, 0.0, 0.7],   # 0.6 falls in the crowd region: not counted
-                     [0.0, 0.0, 0.0]])  # 0.2: below the score threshold
+    ious = np.array(
+        [
+            [0.9, 0.6, 0.0],  # 0.9 takes annotation 0
+            [0.8, 0.3, 0.0],  # 0.8: annotation 0 is taken, 0.3 too low: false positive
+            [0.0, 0.55, 0.0],  # 0.7 takes annotation 1
+            [0.0, 0.0, 0.7],  # 0.6 falls in the crowd region: not counted
+            [0.0, 0.0, 0.0],
+        ]
+    )  # 0.2: below the score threshold
     scores = image_scores(dataset, results, {(1, 7): (ious, [0, 1, 2, 3, 4], [0, 1, 2])}, score_threshold=0.5)
     assert scores[1] == {"tp": 2, "fp": 1, "fn": 0, "f1": 0.8}
     assert scores[2] == {"tp": 0, "fp": 0, "fn": 1, "f1": 0.0}
@@ -97,8 +131,14 @@ def _chromium():
 def test_report_page_renders_in_headless_chromium(evaluated, tmp_path):
     root, _ = evaluated
     page = root / "report" / "index.html"
-    command = [_chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=10000",
-               "--dump-dom", page.as_uri()]
+    command = [
+        _chromium(),
+        *CHROMIUM_FLAGS,
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--virtual-time-budget=10000",
+        "--dump-dom",
+        page.as_uri(),
+    ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=120)
     dom = done.stdout
     assert done.returncode == 0 and "<body" in dom, done.stderr[-2000:]
@@ -107,18 +147,31 @@ def test_report_page_renders_in_headless_chromium(evaluated, tmp_path):
     assert loaded and total, "the page's script did not run"
     assert int(total.group(1)) == 4 + 8  # four precision-recall curves, four best and four worst images
     assert loaded.group(1) == total.group(1)  # every picture decoded (naturalWidth > 0)
-    for heading in ("COCO stats", "By object size", "Per class", "Precision-recall curves", "Best images",
-                    "Worst images"):
+    for heading in (
+        "COCO stats",
+        "By object size",
+        "Per class",
+        "Precision-recall curves",
+        "Best images",
+        "Worst images",
+    ):
         assert f">{heading}<" in dom
 
 
 def test_report_without_the_images_lists_them_and_still_writes_the_page(evaluated, tmp_path, caplog):
-    from retinamask.decode.postprocess import evaluate_outputs
+    from retinamask.apps.evaluate import evaluate_outputs
 
     root, _ = evaluated
-    summary = evaluate_outputs(root / "outputs", root / "data" / "annotations" / "instances_val.json", input_size=S,
-                               workers=1, progress=False, output_path=tmp_path / "e.txt", report_dir=tmp_path / "r",
-                               image_dir=tmp_path / "nowhere")
+    summary = evaluate_outputs(
+        root / "outputs",
+        root / "data" / "annotations" / "instances_val.json",
+        input_size=S,
+        workers=1,
+        progress=False,
+        output_path=tmp_path / "e.txt",
+        report_dir=tmp_path / "r",
+        image_dir=tmp_path / "nowhere",
+    )
     numbers = json.loads((tmp_path / "r" / "report.json").read_text())
     assert len(numbers["images"]["not_drawn"]) == 8 and "file not found" in numbers["images"]["not_drawn"][0]
     assert "image(s) not drawn" in caplog.text

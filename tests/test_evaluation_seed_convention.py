@@ -22,11 +22,10 @@ import pytest
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from retinamask.apps.evaluate import evaluate_outputs
 from retinamask.data.shapes import generate_shapes_dataset
+from retinamask.decode.seed_convention import seed_nms, seed_paste_masks
 from retinamask.evaluation.coco_eval import STAT_NAMES
-from retinamask.decode.postprocess import evaluate_outputs
-from retinamask.evaluation.seed_convention import seed_nms, seed_paste_masks
-
 from seed_outputs import S, write_seed_outputs
 
 # ---------------------------------------------------------------------------------------------
@@ -55,10 +54,12 @@ def ref_batched_nms(boxes, scores, labels, masks, iou_threshold=0.4, keep_num=10
     if len(keep) >= keep_num:
         return boxes[keep][:keep_num], labels[keep][:keep_num], scores[keep][:keep_num], masks[keep][:keep_num]
     pad = keep_num - len(keep)
-    return (np.concatenate([boxes[keep], np.zeros((pad, 4))]),
-            np.concatenate([labels[keep], -np.ones(pad, dtype=np.int64)]),
-            np.concatenate([scores[keep], np.zeros(pad)]),
-            np.concatenate([masks[keep], np.zeros((pad,) + masks.shape[1:])]))
+    return (
+        np.concatenate([boxes[keep], np.zeros((pad, 4))]),
+        np.concatenate([labels[keep], -np.ones(pad, dtype=np.int64)]),
+        np.concatenate([scores[keep], np.zeros(pad)]),
+        np.concatenate([masks[keep], np.zeros((pad,) + masks.shape[1:])]),
+    )
 
 
 def ref_paste(mask, box, im_h, im_w, thresh=0.5, padding=1):
@@ -67,10 +68,10 @@ def ref_paste(mask, box, im_h, im_w, thresh=0.5, padding=1):
     padded = np.zeros((m + 2 * padding, m + 2 * padding), dtype=np.float32)
     padded[padding:-padding, padding:-padding] = mask
     box = box[None].copy()
-    w_half = (box[:, 2] - box[:, 0]) * .5
-    h_half = (box[:, 3] - box[:, 1]) * .5
-    x_c = (box[:, 2] + box[:, 0]) * .5
-    y_c = (box[:, 3] + box[:, 1]) * .5
+    w_half = (box[:, 2] - box[:, 0]) * 0.5
+    h_half = (box[:, 3] - box[:, 1]) * 0.5
+    x_c = (box[:, 2] + box[:, 0]) * 0.5
+    y_c = (box[:, 3] + box[:, 1]) * 0.5
     w_half *= scale
     h_half *= scale
     expanded = np.zeros_like(box)
@@ -83,7 +84,7 @@ def ref_paste(mask, box, im_h, im_w, thresh=0.5, padding=1):
     box = [round(x) for x in box]
     im_mask = np.zeros((im_h, im_w), dtype=np.uint8)
     x_0, x_1, y_0, y_1 = max(box[0], 0), min(box[2], im_w), max(box[1], 0), min(box[3], im_h)
-    im_mask[y_0:y_1, x_0:x_1] = resized[(y_0 - box[1]):(y_1 - box[1]), (x_0 - box[0]):(x_1 - box[0])]
+    im_mask[y_0:y_1, x_0:x_1] = resized[(y_0 - box[1]) : (y_1 - box[1]), (x_0 - box[0]) : (x_1 - box[0])]
     return im_mask
 
 
@@ -107,9 +108,15 @@ def ref_image_results(folder, name, image, categories, fix_shape=S):
     for i in range(len(labels)):
         if labels[i] < 0:
             continue
-        results.append({"image_id": image["id"], "category_id": categories[labels[i] - 1]["id"],
-                        "bbox": bboxes[i].tolist(), "score": float(scores[i]),
-                        "segmentation": {"size": rles[i]["size"], "counts": rles[i]["counts"].decode("utf-8")}})
+        results.append(
+            {
+                "image_id": image["id"],
+                "category_id": categories[labels[i] - 1]["id"],
+                "bbox": bboxes[i].tolist(),
+                "score": float(scores[i]),
+                "segmentation": {"size": rles[i]["size"], "counts": rles[i]["counts"].decode("utf-8")},
+            }
+        )
     return results, kept
 
 
@@ -147,31 +154,48 @@ def test_seed_convention_equals_the_seeds_postprocess(split, tmp_path):
     ann_file, dataset, outputs = split
     reference, kept = [], []
     for image in dataset["images"]:
-        image_results, count = ref_image_results(outputs, image["file_name"].rsplit(".", 1)[0], image,
-                                                 dataset["categories"])
+        image_results, count = ref_image_results(
+            outputs, image["file_name"].rsplit(".", 1)[0], image, dataset["categories"]
+        )
         reference += image_results
         kept.append(count)
     assert min(kept) < 100 <= max(kept)  # both precisions of the seed's code path are exercised
     expected = ref_stats(ann_file, reference, tmp_path)
 
     # with the seed's evaluator (pycocotools): 24 of 24 stats bit for bit
-    summary = evaluate_outputs(outputs, ann_file, input_size=S, convention="seed", workers=1, progress=False,
-                               output_path=tmp_path / "seed.txt", coco_backend="pycocotools")
+    summary = evaluate_outputs(
+        outputs,
+        ann_file,
+        input_size=S,
+        convention="seed",
+        workers=1,
+        progress=False,
+        output_path=tmp_path / "seed.txt",
+        coco_backend="pycocotools",
+    )
     assert [[summary["stats"][t][k] for k in STAT_NAMES] for t in ("bbox", "segm")] == expected
     ours = json.loads((tmp_path / "seed_coco_results.json").read_text())
     assert ours == json.loads(json.dumps(reference))  # the same boxes, scores, categories and RLE strings
 
     # with the default (direct) evaluator: the same to the last printed digit (C++ sums may differ by an ulp)
-    direct = evaluate_outputs(outputs, ann_file, input_size=S, convention="seed", workers=2, progress=False,
-                              output_path=tmp_path / "direct.txt")
+    direct = evaluate_outputs(
+        outputs,
+        ann_file,
+        input_size=S,
+        convention="seed",
+        workers=2,
+        progress=False,
+        output_path=tmp_path / "direct.txt",
+    )
     assert direct["stats"]["backend"] == "direct"
     got = [[direct["stats"][t][k] for k in STAT_NAMES] for t in ("bbox", "segm")]
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-12)
     assert (tmp_path / "direct.txt").read_text() == (tmp_path / "seed.txt").read_text()
 
     # the same outputs under the original's convention: measurably different numbers
-    original = evaluate_outputs(outputs, ann_file, input_size=S, workers=1, progress=False,
-                                output_path=tmp_path / "original.txt")
+    original = evaluate_outputs(
+        outputs, ann_file, input_size=S, workers=1, progress=False, output_path=tmp_path / "original.txt"
+    )
     bbox_gap = abs(original["stats"]["bbox"]["AP"] - summary["stats"]["bbox"]["AP"])
     segm_gap = abs(original["stats"]["segm"]["AP"] - summary["stats"]["segm"]["AP"])
     assert bbox_gap > 0.005 and segm_gap > 0.001, (bbox_gap, segm_gap)
@@ -209,7 +233,7 @@ def test_seed_paste_equals_the_reference_paste(dtype):
 
 def test_seed_convention_where_the_seed_cannot_run():
     from retinamask.core.errors import InputError
-    from retinamask.decode.postprocess import image_coco_results
+    from retinamask.decode.coco_results import image_coco_results
 
     rng = np.random.default_rng(2)
     boxes = np.sort(rng.uniform(0, 60, (20, 4)).astype(np.float32).reshape(20, 2, 2), axis=1).reshape(20, 4)
@@ -217,8 +241,9 @@ def test_seed_convention_where_the_seed_cannot_run():
     scores = rng.uniform(0, 1, 20).astype(np.float32)
 
     def run(boxes, labels):
-        return image_coco_results((boxes, labels, scores, masks), "seed", 1, (50, 60), None, [3, 9],
-                                  convention="seed", input_size=64)
+        return image_coco_results(
+            (boxes, labels, scores, masks), "seed", 1, (50, 60), None, [3, 9], convention="seed", input_size=64
+        )
 
     with pytest.raises(InputError, match="label 0 but labels run from 1 to 2"):  # the seed: categories[-1]
         run(boxes, np.zeros(20, np.int32))
@@ -235,11 +260,23 @@ def test_mask_paste_is_a_deprecated_alias_of_convention(split, tmp_path, capsys)
     from retinamask.cli import main
 
     ann_file, _, outputs = split
-    common = ["evaluate", "--infer_results_path", str(outputs), "--ann_file", str(ann_file), "--input-size", str(S),
-              "--workers", "1", "--no-progress"]
+    common = [
+        "evaluate",
+        "--infer_results_path",
+        str(outputs),
+        "--ann_file",
+        str(ann_file),
+        "--input-size",
+        str(S),
+        "--workers",
+        "1",
+        "--no-progress",
+    ]
     assert main(common + ["--convention", "seed", "--output_path", str(tmp_path / "a.txt")]) == 0
     assert main(common + ["--mask-paste", "seed", "--output_path", str(tmp_path / "b.txt")]) == 0
     assert "--mask-paste is deprecated" in capsys.readouterr().err
     assert (tmp_path / "a.txt").read_text() == (tmp_path / "b.txt").read_text()
-    assert main(common + ["--convention", "original", "--mask-paste", "seed", "--output_path",
-                          str(tmp_path / "c.txt")]) == 2  # contradictory
+    assert (
+        main(common + ["--convention", "original", "--mask-paste", "seed", "--output_path", str(tmp_path / "c.txt")])
+        == 2
+    )  # contradictory

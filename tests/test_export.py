@@ -12,7 +12,6 @@ import onnx
 import pytest
 import torch
 
-from retinamask.modeling.checkpoint import save_checkpoint
 from retinamask.cli import main
 from retinamask.config import load_config
 from retinamask.export import End2EndGraph, SeedGraph, compare_detections, export_model, sample_input
@@ -26,13 +25,25 @@ from retinamask.export.onnx_export import (
 )
 from retinamask.modeling import build_model
 from retinamask.modeling.box_coder import BoxCoder
+from retinamask.modeling.checkpoint import save_checkpoint
 from tiny_model import TINY_OPTS, tiny_model_with_detections
 
 S = 256
 K = 100
 CONFIG = "retinanet_mask_R-50-FPN_2x_adjust_std011_ms"
-METADATA_KEYS = ("layout", "input_size", "pixel_mean", "pixel_std", "class_names", "score_threshold",
-                 "nms_threshold", "max_detections", "mask_resolution", "batch", "version")
+METADATA_KEYS = (
+    "layout",
+    "input_size",
+    "pixel_mean",
+    "pixel_std",
+    "class_names",
+    "score_threshold",
+    "nms_threshold",
+    "max_detections",
+    "mask_resolution",
+    "batch",
+    "version",
+)
 
 
 @pytest.fixture(scope="module")
@@ -104,8 +115,12 @@ def test_end2end_with_50_rows_is_the_originals_mask_cut(model, cfg):
     with torch.no_grad():
         original = model(images, [(S, S)])[0]  # NUM_MASKS_TEST = 50
         outputs = [t.numpy() for t in End2EndGraph(model, S, 50)(images)]
-    reference = {"boxes": original["boxes"].numpy(), "labels": original["labels"].numpy(),
-                 "scores": original["scores"].numpy(), "masks": original["mask_probs"].numpy()}
+    reference = {
+        "boxes": original["boxes"].numpy(),
+        "labels": original["labels"].numpy(),
+        "scores": original["scores"].numpy(),
+        "masks": original["mask_probs"].numpy(),
+    }
     assert len(reference["scores"]) == 50
     _assert_same(reference, output_detections(outputs, "end2end")[0], score_tol=1e-6, mask_tol=1e-5)
 
@@ -137,7 +152,7 @@ def test_end2end_export_structure_and_metadata(end2end_dynamic):
     assert outputs["scores"] == (onnx.TensorProto.FLOAT, [batch, K])
     assert outputs["masks"] == (onnx.TensorProto.FLOAT, [batch, K, 1, 28, 28])
     meta = {p.key: p.value for p in proto.metadata_props}
-    assert set(f"retinamask.{k}" for k in METADATA_KEYS) <= set(meta)
+    assert {f"retinamask.{k}" for k in METADATA_KEYS} <= set(meta)
     assert meta["retinamask.layout"] == "end2end"
     assert meta["retinamask.batch"] == "dynamic"
     assert meta["retinamask.input_size"] == str(S)
@@ -164,8 +179,9 @@ def test_end2end_onnxruntime_matches_the_eager_model(end2end_dynamic, model, cfg
 
 def test_end2end_dynamic_batch_1_2_5(end2end_dynamic, cfg):
     images = _images(cfg, 5)
-    single = [output_detections(run_onnxruntime(end2end_dynamic["path"], images[i:i + 1]), "end2end")[0]
-              for i in range(5)]
+    single = [
+        output_detections(run_onnxruntime(end2end_dynamic["path"], images[i : i + 1]), "end2end")[0] for i in range(5)
+    ]
     for batch in (2, 5):
         outputs = run_onnxruntime(end2end_dynamic["path"], images[:batch])
         assert outputs[0].shape == (batch, K, 4) and outputs[3].shape == (batch, K, 1, 28, 28)
@@ -201,7 +217,9 @@ def _seed_by_hand(model, images, num_candidates=1000):
             scores, deltas = [], []
             for level_logits, level_regression in zip(logits, regression):
                 _, _, h, w = level_logits.shape
-                scores.append(level_logits[i].reshape(-1, num_classes, h, w).permute(2, 3, 0, 1).reshape(-1, num_classes))
+                scores.append(
+                    level_logits[i].reshape(-1, num_classes, h, w).permute(2, 3, 0, 1).reshape(-1, num_classes)
+                )
                 deltas.append(level_regression[i].reshape(-1, 4, h, w).permute(2, 3, 0, 1).reshape(-1, 4))
             scores = torch.cat(scores).sigmoid().reshape(-1)
             top_scores, order = torch.sort(scores, descending=True, stable=True)
@@ -210,8 +228,9 @@ def _seed_by_hand(model, images, num_candidates=1000):
             boxes = coder.decode(torch.cat(deltas)[anchor_index], torch.cat(anchors)[anchor_index]).clamp(0, S)
             rois = torch.cat((torch.full((num_candidates, 1), float(i)), boxes), dim=1)
             masks = model.mask(features, rois, labels).sigmoid()
-            results.append({"boxes": boxes.numpy(), "labels": labels.numpy(), "scores": top_scores.numpy(),
-                            "masks": masks.numpy()})
+            results.append(
+                {"boxes": boxes.numpy(), "labels": labels.numpy(), "scores": top_scores.numpy(), "masks": masks.numpy()}
+            )
     return results
 
 
@@ -242,7 +261,9 @@ def test_seed_onnxruntime_matches_the_seed_semantics(seed_export, model, cfg):
     assert test["labels"].dtype == np.int32 and set(np.unique(test["labels"])) <= {1, 2, 3}
     assert test["boxes"].min() >= 0 and test["boxes"].max() <= S
     stats = compare_detections(reference, test, 0.99, cut=1000)
-    assert stats["matched"] + stats["unmatched_at_cut"] >= 999 and stats["unmatched"] == stats["unmatched_at_cut"], stats
+    assert stats["matched"] + stats["unmatched_at_cut"] >= 999 and stats["unmatched"] == stats["unmatched_at_cut"], (
+        stats
+    )
     assert stats["max_score_diff"] <= 1e-4 and stats["max_mask_diff"] <= 1e-3, stats
 
 
@@ -264,7 +285,11 @@ def test_fp16_export_is_close_to_float32(fp16_export, model, cfg):
     assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in proto.graph.initializer)
     assert proto.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
     assert [o.type.tensor_type.elem_type for o in proto.graph.output] == [
-        onnx.TensorProto.FLOAT, onnx.TensorProto.INT32, onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT]
+        onnx.TensorProto.FLOAT,
+        onnx.TensorProto.INT32,
+        onnx.TensorProto.FLOAT,
+        onnx.TensorProto.FLOAT,
+    ]
     assert _dims(proto.graph.input[0]) == [2, 3, S, S]
     assert fp16_export["batch"] == 2 and fp16_export["outputs"]["masks"] == [2, K, 1, 28, 28]
     verification = fp16_export["verification"]
@@ -290,8 +315,20 @@ def checkpoint(cfg, exports):
 @pytest.fixture(scope="module")
 def cli_export(checkpoint, exports):
     save_path = exports / "cli.onnx"
-    argv = ["export", "--cfg_path", f"configs/retina/{CONFIG}.yaml", "--weight_path", str(checkpoint),
-            "--save_path", str(save_path), "--simplify=True", "--input-size", str(S), "--opts", *TINY_OPTS]
+    argv = [
+        "export",
+        "--cfg_path",
+        f"configs/retina/{CONFIG}.yaml",
+        "--weight_path",
+        str(checkpoint),
+        "--save_path",
+        str(save_path),
+        "--simplify=True",
+        "--input-size",
+        str(S),
+        "--opts",
+        *TINY_OPTS,
+    ]
     return save_path, main(argv)
 
 
@@ -320,8 +357,26 @@ def test_empty_result_is_all_padding(cli_export, cfg):
 
 def test_cli_prints_the_report(checkpoint, exports, capsys):
     save_path = exports / "cli_seed.onnx"
-    code = main(["export", "--cfg-path", CONFIG, "--weight-path", str(checkpoint), "--save-path", str(save_path),
-                 "--layout", "seed", "--simplify", "False", "--input-size", str(S), "--no-verify", "--opts", *TINY_OPTS])
+    code = main(
+        [
+            "export",
+            "--cfg-path",
+            CONFIG,
+            "--weight-path",
+            str(checkpoint),
+            "--save-path",
+            str(save_path),
+            "--layout",
+            "seed",
+            "--simplify",
+            "False",
+            "--input-size",
+            str(S),
+            "--no-verify",
+            "--opts",
+            *TINY_OPTS,
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0
     assert "layout seed" in out and "not simplified" in out and "not verified" in out
@@ -331,21 +386,47 @@ def test_cli_prints_the_report(checkpoint, exports, capsys):
 def test_cli_checkpoint_mismatch_is_one_line(checkpoint, exports, capsys):
     save_path = exports / "never.onnx"
     opts = TINY_OPTS[:-1] + ["5"]  # 4 foreground classes: the checkpoint has 3
-    code = main(["export", "--cfg_path", CONFIG, "--weight_path", str(checkpoint), "--save_path", str(save_path),
-                 "--input-size", str(S), "--opts", *opts])
+    code = main(
+        [
+            "export",
+            "--cfg_path",
+            CONFIG,
+            "--weight_path",
+            str(checkpoint),
+            "--save_path",
+            str(save_path),
+            "--input-size",
+            str(S),
+            "--opts",
+            *opts,
+        ]
+    )
     err = capsys.readouterr().err.strip()
     assert code == 2 and not save_path.exists()
     assert err.startswith("error: ") and "\n" not in err and str(checkpoint) in err and "shape conflicts" in err
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--cfg_path", "no_such_config"], "no such config file"),
-    (["--cfg_path", CONFIG, "--input-size", "250"], "multiple of 32"),
-    (["--cfg_path", CONFIG, "--opset", "17"], "opset 17"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--cfg_path", "no_such_config"], "no such config file"),
+        (["--cfg_path", CONFIG, "--input-size", "250"], "multiple of 32"),
+        (["--cfg_path", CONFIG, "--opset", "17"], "opset 17"),
+    ],
+)
 def test_cli_bad_arguments_are_one_line(argv, message, checkpoint, exports, capsys):
-    code = main(["export", *argv, "--weight_path", str(checkpoint), "--save_path", str(exports / "never.onnx"),
-                 "--opts", *TINY_OPTS])
+    code = main(
+        [
+            "export",
+            *argv,
+            "--weight_path",
+            str(checkpoint),
+            "--save_path",
+            str(exports / "never.onnx"),
+            "--opts",
+            *TINY_OPTS,
+        ]
+    )
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.startswith("error: ") and "\n" not in err and message in err
 
@@ -377,9 +458,12 @@ def test_compare_detections_matches_sets_not_order():
     rng = np.random.default_rng(0)
     xy = rng.uniform(0, 200, size=(20, 2)).astype(np.float32)
     boxes = np.concatenate((xy, xy + rng.uniform(5, 50, size=(20, 2))), axis=1).astype(np.float32)
-    reference = {"boxes": boxes, "labels": rng.integers(1, 4, 20).astype(np.int32),
-                 "scores": np.sort(rng.uniform(0.05, 1, 20))[::-1].astype(np.float32),
-                 "masks": rng.uniform(0, 1, (20, 28, 28)).astype(np.float32)}
+    reference = {
+        "boxes": boxes,
+        "labels": rng.integers(1, 4, 20).astype(np.int32),
+        "scores": np.sort(rng.uniform(0.05, 1, 20))[::-1].astype(np.float32),
+        "masks": rng.uniform(0, 1, (20, 28, 28)).astype(np.float32),
+    }
     order = rng.permutation(20)
     test = {k: v[order].copy() for k, v in reference.items()}
     test["scores"] += 1e-5

@@ -6,8 +6,6 @@ import json
 import numpy as np
 import pytest
 
-from retinamask.data.transforms import policy_preprocess, seed_preprocess, upstream_preprocess
-from retinamask.ops.boxes import clip_boxes, rescale_boxes
 from retinamask.core.geometry import (
     BucketResize,
     OriginalResize,
@@ -19,9 +17,23 @@ from retinamask.core.geometry import (
     policy_from_metadata,
     policy_named,
 )
+from retinamask.data.transforms import policy_preprocess, seed_preprocess, upstream_preprocess
+from retinamask.ops.boxes import clip_boxes, rescale_boxes
 
-SIZES = [(480, 640), (640, 480), (256, 320), (224, 352), (300, 300), (500, 1400), (1400, 500), (37, 1000),
-         (800, 1066), (1333, 800), (427, 640), (612, 612)]
+SIZES = [
+    (480, 640),
+    (640, 480),
+    (256, 320),
+    (224, 352),
+    (300, 300),
+    (500, 1400),
+    (1400, 500),
+    (37, 1000),
+    (800, 1066),
+    (1333, 800),
+    (427, 640),
+    (612, 612),
+]
 
 
 def _image(h, w, seed=0):
@@ -106,8 +118,12 @@ def test_boxes_map_back_per_axis_as_the_original():
 
 
 def test_policies_round_trip_through_onnx_metadata():
-    for policy in (SeedResize(1344), OriginalResize(800, 1333), BucketResize(448, 448),
-                   BucketResize(800, 1333, canvases=[(800, 1088), (1088, 800)])):
+    for policy in (
+        SeedResize(1344),
+        OriginalResize(800, 1333),
+        BucketResize(448, 448),
+        BucketResize(800, 1333, canvases=[(800, 1088), (1088, 800)]),
+    ):
         metadata = policy.to_metadata()
         assert list(metadata) == ["retinamask.resize"]
         json.loads(metadata["retinamask.resize"])

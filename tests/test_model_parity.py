@@ -22,8 +22,15 @@ def direct_run(reference_model, reference_npz):
         candidates = reference_model.rpn.postprocessor.candidates(anchors, logits, regression, [size])[0]
         det100 = reference_model.rpn.postprocessor(anchors, logits, regression, [size])[0]
         detections = reference_model(x, [size])[0]
-    return dict(features=features, anchors=anchors, logits=logits, regression=regression,
-                candidates=candidates, det100=det100, detections=detections)
+    return dict(
+        features=features,
+        anchors=anchors,
+        logits=logits,
+        regression=regression,
+        candidates=candidates,
+        det100=det100,
+        detections=detections,
+    )
 
 
 def _close(ours, ref, tol=1e-4):
@@ -84,14 +91,22 @@ def _match(ours, ref_boxes, ref_labels, ref_scores):
 
 
 def test_post_nms_top100_detections(direct_run, reference_npz):
-    _match(direct_run["det100"], reference_npz["direct_det100_boxes_xyxy"],
-           reference_npz["direct_det100_labels"], reference_npz["direct_det100_scores"])
+    _match(
+        direct_run["det100"],
+        reference_npz["direct_det100_boxes_xyxy"],
+        reference_npz["direct_det100_labels"],
+        reference_npz["direct_det100_scores"],
+    )
 
 
 def test_final_detections_and_mask_probabilities(direct_run, reference_npz):
     det = direct_run["detections"]
-    matched = _match(det, reference_npz["direct_det_boxes_xyxy"],
-                     reference_npz["direct_det_labels"], reference_npz["direct_det_scores"])
+    matched = _match(
+        det,
+        reference_npz["direct_det_boxes_xyxy"],
+        reference_npz["direct_det_labels"],
+        reference_npz["direct_det_scores"],
+    )
     assert np.abs(det["mask_probs"][matched].numpy() - reference_npz["direct_mask_probs_28x28"]).max() <= 1e-3
     np.testing.assert_array_equal(det["mask_levels"][matched].numpy(), reference_npz["direct_mask_pooler_levels"])
 
@@ -109,8 +124,15 @@ def test_mask_head_on_probe_boxes_covers_levels_and_plus_one_boundaries(referenc
 
 def test_level_mapping_uses_plus_one_areas():
     # w = h = 224 maps to P4 only because of the +1 (225 px); 223.5 falls to P3.
-    boxes = torch.tensor([[0.0, 0.0, 223.0, 223.0], [0.0, 0.0, 222.5, 222.5], [0.0, 0.0, 447.0, 447.0],
-                          [0.0, 0.0, 2000.0, 2000.0], [5.0, 5.0, 5.0, 5.0]])
+    boxes = torch.tensor(
+        [
+            [0.0, 0.0, 223.0, 223.0],
+            [0.0, 0.0, 222.5, 222.5],
+            [0.0, 0.0, 447.0, 447.0],
+            [0.0, 0.0, 2000.0, 2000.0],
+            [5.0, 5.0, 5.0, 5.0],
+        ]
+    )
     assert map_levels(boxes).tolist() == [4, 3, 5, 5, 3]
 
 
@@ -125,8 +147,11 @@ def test_predictor_end_to_end_from_the_png(reference_model, reference_dir, refer
     result = predictor(reference_dir / "image_A_256x320.png")
     assert result.image_size == (256, 320)
     ref_boxes = reference_npz["e2e_det_boxes_xyxy_orig"]
-    ours = {"boxes": torch.from_numpy(result.boxes), "labels": torch.from_numpy(result.labels),
-            "scores": torch.from_numpy(result.scores)}
+    ours = {
+        "boxes": torch.from_numpy(result.boxes),
+        "labels": torch.from_numpy(result.labels),
+        "scores": torch.from_numpy(result.scores),
+    }
     matched = _match(ours, ref_boxes, reference_npz["e2e_det_labels"], reference_npz["e2e_det_scores"])
     assert np.abs(result.mask_probs[matched] - reference_npz["e2e_mask_probs_28x28"]).max() <= 1e-3
     for ours_mask, ref_mask in zip(result.masks[matched], reference_npz["e2e_masks_pasted_uint8"]):

@@ -10,10 +10,10 @@ import pytest
 from PIL import Image
 
 from retinamask.cli import main
-from retinamask.formats.images import load_image_rgb
+from retinamask.core.errors import EXIT_BAD_INPUT, EXIT_ITEMS_FAILED, EXIT_OK, InputError
 from retinamask.data.preprocess import bin_nbytes, preprocess_images, read_bin, read_info
 from retinamask.data.transforms import seed_preprocess
-from retinamask.core.errors import EXIT_BAD_INPUT, EXIT_ITEMS_FAILED, EXIT_OK, InputError
+from retinamask.formats.images import load_image_rgb
 
 SIZE = 64  # a small input size keeps the batch fast; the 1344 layout has its own test
 
@@ -45,7 +45,7 @@ def _make_images(folder):
     Image.fromarray(_random_rgb(*GOOD["gray.png"], 2)[..., 0]).save(folder / "gray.png")
     Image.fromarray(np.dstack([_random_rgb(20, 20, 3), np.full((20, 20), 7, np.uint8)])).save(folder / "rgba.png")
     Image.fromarray(_random_rgb(16, 24, 4)).convert("P").save(folder / "palette.png")
-    Image.fromarray((np.arange(30 * 40, dtype=np.uint16).reshape(30, 40) * 50)).save(folder / "sixteen.png")
+    Image.fromarray(np.arange(30 * 40, dtype=np.uint16).reshape(30, 40) * 50).save(folder / "sixteen.png")
     Image.new("CMYK", (32, 24), (10, 200, 30, 5)).save(folder / "cmyk.jpg")
     exif = Image.Exif()
     exif[0x0112] = 8
@@ -76,8 +76,18 @@ def _mtimes(folder):
 
 def test_cli_batch_good_and_bad_images(image_dir, tmp_path, capsys):
     bins, info = tmp_path / "out bins", tmp_path / "list.info"
-    code = _cli("--image_src_path", image_dir, "--bin_file_path", bins, "--bin_info_name", info,
-                "--input_size", SIZE, "--workers", 2)
+    code = _cli(
+        "--image_src_path",
+        image_dir,
+        "--bin_file_path",
+        bins,
+        "--bin_info_name",
+        info,
+        "--input_size",
+        SIZE,
+        "--workers",
+        2,
+    )
     assert code == EXIT_ITEMS_FAILED
     err = capsys.readouterr().err
     for name, cause in BAD.items():
@@ -113,8 +123,19 @@ def test_cli_batch_good_and_bad_images(image_dir, tmp_path, capsys):
 
 def test_strict_stops_at_first_bad_image(image_dir, tmp_path, capsys):
     info = tmp_path / "s.info"
-    code = _cli("--image-src-path", image_dir, "--bin-file-path", tmp_path / "b", "--bin-info-name", info,
-                "--input-size", SIZE, "--workers", 1, "--strict")
+    code = _cli(
+        "--image-src-path",
+        image_dir,
+        "--bin-file-path",
+        tmp_path / "b",
+        "--bin-info-name",
+        info,
+        "--input-size",
+        SIZE,
+        "--workers",
+        1,
+        "--strict",
+    )
     assert code == EXIT_BAD_INPUT
     err = capsys.readouterr().err
     assert "empty.jpg" in err and "empty file (0 bytes)" in err  # first bad one in name order
@@ -128,8 +149,18 @@ def test_all_good_exit_zero_and_resume_keeps_existing_bins(tmp_path):
     for i, (h, w) in enumerate([(30, 50), (50, 30), (8, 8)]):
         Image.fromarray(_random_rgb(h, w, i)).save(images / f"{i:012d}.jpg")
     bins, info = tmp_path / "bins", tmp_path / "x.info"
-    args = ("--image_src_path", images, "--bin_file_path", bins, "--bin_info_name", info, "--input_size", SIZE,
-            "--workers", 1)
+    args = (
+        "--image_src_path",
+        images,
+        "--bin_file_path",
+        bins,
+        "--bin_info_name",
+        info,
+        "--input_size",
+        SIZE,
+        "--workers",
+        1,
+    )
     assert _cli(*args) == EXIT_OK
     first = _mtimes(bins)
     first_info = info.read_text()
@@ -202,7 +233,9 @@ def test_read_info_seed_style_and_paths_with_spaces(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     records = read_info(info)
     assert [(r.index, r.name, r.width, r.height) for r in records] == [
-        (0, "000000000139", 1344, 1344), (1, "b c", 1344, 1344)]
+        (0, "000000000139", 1344, 1344),
+        (1, "b c", 1344, 1344),
+    ]
     assert records[1].bin_path == Path("my bins/b c.bin")
     assert records[0].scale is None and records[0].file_name is None
     # relative to the .info's folder when the current directory differs

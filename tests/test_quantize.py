@@ -11,15 +11,14 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("onnxruntime.quantization")
 
-from retinamask.modeling.checkpoint import save_checkpoint  # noqa: E402
 from retinamask.cli import main  # noqa: E402
 from retinamask.config import load_config  # noqa: E402
 from retinamask.core.errors import InputError, RetinaMaskError  # noqa: E402
 from retinamask.export import export_model, sample_input  # noqa: E402
-from retinamask.export.onnx_export import compare_detections, merge_stats, output_detections  # noqa: E402
 from retinamask.export.quantize import QUANTIZATION_METADATA_KEY, calibration_images, dense_nodes, quantize_onnx  # noqa: E402
-from retinamask.runtime.backends import create_session  # noqa: E402
 from retinamask.formats.model_info import read_model_info  # noqa: E402
+from retinamask.modeling.checkpoint import save_checkpoint  # noqa: E402
+from retinamask.runtime.backends import create_session  # noqa: E402
 from tiny_model import TINY_OPTS, tiny_model_with_detections  # noqa: E402
 
 S = 128
@@ -75,8 +74,11 @@ def test_only_the_dense_part_is_quantized(int8_model):
     dequantized = {n.output[0] for n in proto.graph.node if n.op_type == "DequantizeLinear"}
     # what gets quantized: outputs of the dense part, the pooled RoI features (ScatterND of the
     # per-level RoIAlign results) and the image
-    quantized_sources = {producer[n.input[0]].op_type if n.input[0] in producer else n.input[0]
-                         for n in proto.graph.node if n.op_type == "QuantizeLinear"}
+    quantized_sources = {
+        producer[n.input[0]].op_type if n.input[0] in producer else n.input[0]
+        for n in proto.graph.node
+        if n.op_type == "QuantizeLinear"
+    }
     assert quantized_sources <= {"Conv", "ConvTranspose", "Add", "MaxPool", "Resize", "Relu", "ScatterND", "input"}
     # post-processing reads float tensors: the decoding/NMS ops never see a dequantized tensor
     # directly, and RoIAlign's boxes are float
@@ -124,8 +126,11 @@ def test_int8_weights_fit_in_7_bits(int8_model):
 
     proto = onnx.load(str(int8_model[0]))
     initializers = {t.name: t for t in proto.graph.initializer}
-    weights = [numpy_helper.to_array(initializers[n.input[0]]) for n in proto.graph.node
-               if n.op_type == "DequantizeLinear" and n.input[0] in initializers]
+    weights = [
+        numpy_helper.to_array(initializers[n.input[0]])
+        for n in proto.graph.node
+        if n.op_type == "DequantizeLinear" and n.input[0] in initializers
+    ]
     int8_weights = [w for w in weights if w.dtype == np.int8]
     assert int8_weights and all(np.abs(w.astype(np.int32)).max() <= 64 for w in int8_weights)
 
@@ -144,8 +149,13 @@ def test_dense_nodes_stop_at_the_first_float_op():
         helper.make_node("Add", ["s", "shift"], ["decoded"], name="decode_add"),
         helper.make_node("Add", ["decoded", "c2"], ["y"], name="mixed_add"),
     ]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 4, 4])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [weight, shift])
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 4, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [weight, shift],
+    )
     assert dense_nodes(helper.make_model(graph)) == ["conv1", "conv2", "residual_add", "relu"]
 
 
@@ -165,8 +175,9 @@ def test_export_int8_argument_errors(model, cfg, tmp_path, calibration_dir):
     with pytest.raises(RetinaMaskError, match="--calib"):
         export_model(model, cfg, tmp_path / "m.onnx", input_size=S, int8=True)
     with pytest.raises(RetinaMaskError, match="exclude each other"):
-        export_model(model, cfg, tmp_path / "m.onnx", input_size=S, int8=True, fp16=True,
-                     calibration_dir=calibration_dir)
+        export_model(
+            model, cfg, tmp_path / "m.onnx", input_size=S, int8=True, fp16=True, calibration_dir=calibration_dir
+        )
     with pytest.raises(RetinaMaskError, match="only used with --int8"):
         export_model(model, cfg, tmp_path / "m.onnx", input_size=S, calibration_dir=calibration_dir)
     assert not (tmp_path / "m.onnx").exists()
@@ -175,8 +186,22 @@ def test_export_int8_argument_errors(model, cfg, tmp_path, calibration_dir):
 def test_cli_export_int8_needs_a_calibration_folder(model, tmp_path, capsys):
     checkpoint = tmp_path / "tiny.pth"
     save_checkpoint(checkpoint, model, iteration=0)
-    code = main(["export", "--cfg_path", CONFIG, "--weight_path", str(checkpoint), "--save_path",
-                 str(tmp_path / "never.onnx"), "--input-size", str(S), "--int8", "--opts", *TINY_OPTS])
+    code = main(
+        [
+            "export",
+            "--cfg_path",
+            CONFIG,
+            "--weight_path",
+            str(checkpoint),
+            "--save_path",
+            str(tmp_path / "never.onnx"),
+            "--input-size",
+            str(S),
+            "--int8",
+            "--opts",
+            *TINY_OPTS,
+        ]
+    )
     err = capsys.readouterr().err.strip()
     assert code == 2 and "--calib" in err and "\n" not in err
 
@@ -191,11 +216,13 @@ def test_unreadable_calibration_images_are_one_error(float_model, tmp_path):
 
 def test_calibration_cache_is_written_then_reused(float_model, calibration_dir, tmp_path):
     cache = tmp_path / "ranges.json"
-    first = quantize_onnx(float_model, tmp_path / "a.onnx", calibration_dir, calibration_count=2,
-                          calibration_cache=cache)
+    first = quantize_onnx(
+        float_model, tmp_path / "a.onnx", calibration_dir, calibration_count=2, calibration_cache=cache
+    )
     assert cache.is_file() and first["quantization"]["calibration_images"] == 2
-    second = quantize_onnx(float_model, tmp_path / "b.onnx", calibration_dir, calibration_count=2,
-                           calibration_cache=cache)
+    second = quantize_onnx(
+        float_model, tmp_path / "b.onnx", calibration_dir, calibration_count=2, calibration_cache=cache
+    )
     assert second["calibration_images_used"] == 0 and "ranges from ranges.json" in second["quantization"]["calibration"]
     a, b = onnx.load(str(tmp_path / "a.onnx")), onnx.load(str(tmp_path / "b.onnx"))
     assert [t.raw_data for t in a.graph.initializer] == [t.raw_data for t in b.graph.initializer]

@@ -13,12 +13,12 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("onnxruntime.quantization")
 
-from retinamask.cli import main  # noqa: E402
-from retinamask.data.shapes import generate_shapes_dataset  # noqa: E402
-from retinamask.apps.demo import DEMO_VAL_SEED  # noqa: E402
-from retinamask.decode.postprocess import evaluate_outputs  # noqa: E402
-from retinamask.runtime.infer import run_inference  # noqa: E402
-from retinamask.formats.model_info import read_model_info  # noqa: E402
+from retinamask.apps.demo import DEMO_VAL_SEED
+from retinamask.apps.evaluate import evaluate_outputs
+from retinamask.cli import main
+from retinamask.data.shapes import generate_shapes_dataset
+from retinamask.formats.model_info import read_model_info
+from retinamask.runtime.infer import run_inference
 
 NUM_VAL = 50
 MAX_MAP_DROP = 0.02
@@ -40,15 +40,21 @@ def models(data, tmp_path_factory):
     common = ["export", "--weight_path", "retinamask_shapes_small", "--dynamic-batch"]
     assert main([*common, "--save_path", str(paths["fp32"]), "--no-verify"]) == 0
     # verified against float32 PyTorch by the command (exit code 1 when the check fails)
-    assert main([*common, "--save_path", str(paths["int8"]), "--int8", "--calib", str(calib),
-                 "--calib-images", "8"]) == 0
+    assert (
+        main([*common, "--save_path", str(paths["int8"]), "--int8", "--calib", str(calib), "--calib-images", "8"]) == 0
+    )
     return paths
 
 
 def _map(model, val, backend, out):
     run_inference(model, val["val_images"], output_dir=out, output_dirname=backend, backend=backend, progress=False)
-    stats = evaluate_outputs(out / backend, val["val_annotations"], layout="end2end",
-                             output_path=out / "evaluation_results.txt", progress=False)["stats"]
+    stats = evaluate_outputs(
+        out / backend,
+        val["val_annotations"],
+        layout="end2end",
+        output_path=out / "evaluation_results.txt",
+        progress=False,
+    )["stats"]
     return stats["bbox"]["AP"], stats["segm"]["AP"]
 
 
@@ -56,7 +62,11 @@ def test_cli_int8_export_is_quantized_and_keeps_the_contract(models):
     info, float_info = read_model_info(models["int8"]), read_model_info(models["fp32"])
     assert info.quantized and not float_info.quantized
     assert (info.layout, info.input_size, info.batch_size, info.class_names) == (
-        float_info.layout, float_info.input_size, None, float_info.class_names)
+        float_info.layout,
+        float_info.input_size,
+        None,
+        float_info.class_names,
+    )
     assert models["int8"].stat().st_size < 0.5 * models["fp32"].stat().st_size
 
 
@@ -75,4 +85,6 @@ def test_int8_keeps_the_shipped_models_map(models, data, float_map, backend, tmp
     bbox, segm = _map(models["int8"], val, backend, tmp_path / "int8")
     assert float_bbox > 0.6 and float_segm > 0.55  # the model works at all on these images
     assert abs(bbox - float_bbox) <= MAX_MAP_DROP and abs(segm - float_segm) <= MAX_MAP_DROP, (
-        (bbox, segm), (float_bbox, float_segm))
+        (bbox, segm),
+        (float_bbox, float_segm),
+    )

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_runtime_fakes import box_image, build_fake_model, make_box_dataset
 
 from retinamask.cli import main
 from retinamask.runtime.infer import run_inference
+from test_runtime_fakes import box_image, build_fake_model, make_box_dataset
 
 S = 96
 WORKER_NODES = 2
@@ -29,8 +29,12 @@ TIMEOUT_S = 180  # one Ray run; far above what it takes (seconds), below CI's pa
 def _ray_env():
     """Environment for the cluster and its drivers: no token file in ~/.ray, no stray cluster address,
     a short temp folder (Unix socket paths are limited to 107 bytes)."""
-    return {"RAY_AUTH_MODE": "disabled", "RAY_TMPDIR": tempfile.mkdtemp(prefix="rmray-", dir="/tmp"),
-            "RAY_DATA_DISABLE_PROGRESS_BARS": "1", "RAY_ADDRESS": None}
+    return {
+        "RAY_AUTH_MODE": "disabled",
+        "RAY_TMPDIR": tempfile.mkdtemp(prefix="rmray-", dir="/tmp"),
+        "RAY_DATA_DISABLE_PROGRESS_BARS": "1",
+        "RAY_ADDRESS": None,
+    }
 
 
 @pytest.fixture(scope="module")
@@ -51,9 +55,18 @@ def cluster():
     ray_cluster = None
     try:
         # a dead node is noticed in about 1 s, not Ray's default 15 s or so (its raylet stops answering health checks)
-        ray_cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "_system_config": {
-            "health_check_initial_delay_ms": 0, "health_check_period_ms": 200, "health_check_timeout_ms": 200,
-            "health_check_failure_threshold": 3}})
+        ray_cluster = Cluster(
+            initialize_head=True,
+            head_node_args={
+                "num_cpus": 0,
+                "_system_config": {
+                    "health_check_initial_delay_ms": 0,
+                    "health_check_period_ms": 200,
+                    "health_check_timeout_ms": 200,
+                    "health_check_failure_threshold": 3,
+                },
+            },
+        )
         nodes = [ray_cluster.add_node(num_cpus=1) for _ in range(WORKER_NODES)]
         ray_cluster.wait_for_nodes(timeout=120)
         ray.init(address=ray_cluster.address, logging_level="WARNING")
@@ -125,8 +138,23 @@ def test_an_unreachable_cluster_is_one_line(tmp_path, model_path, monkeypatch, c
         else:
             monkeypatch.setenv(key, value)  # a fresh temp folder: no address file of another cluster
     image_dir = _many_images(tmp_path / "images", 1)
-    code = _run_with_timeout(main, ["infer", "--model", str(model_path), "--input", str(image_dir), "--output",
-                                    str(tmp_path / "out"), "--output_dirname", "r", "--no-progress", "--ray", "auto"])
+    code = _run_with_timeout(
+        main,
+        [
+            "infer",
+            "--model",
+            str(model_path),
+            "--input",
+            str(image_dir),
+            "--output",
+            str(tmp_path / "out"),
+            "--output_dirname",
+            "r",
+            "--no-progress",
+            "--ray",
+            "auto",
+        ],
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and "cannot connect to the Ray cluster at 'auto'" in err[-1], err
     assert not list((tmp_path / "out" / "r").glob("*.bin"))
@@ -140,8 +168,17 @@ def test_same_bytes_as_local_and_bad_images_reported(tmp_path, cluster, model_pa
     image_dir, ann_file, _ = make_box_dataset(tmp_path / "data")
     (image_dir / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
     (image_dir / "aaa_empty.jpg").write_bytes(b"")
-    common = ["--model", str(model_path), "--input", str(image_dir), "--output", str(tmp_path / "out"),
-              "--batchsize", "2", "--no-progress"]
+    common = [
+        "--model",
+        str(model_path),
+        "--input",
+        str(image_dir),
+        "--output",
+        str(tmp_path / "out"),
+        "--batchsize",
+        "2",
+        "--no-progress",
+    ]
     assert main(["infer", *common, "--output_dirname", "local", "--workers", "0"]) == 1
     capsys.readouterr()
     code = _run_with_timeout(main, ["infer", *common, "--output_dirname", "ray", "--ray", ray_cluster.address])
@@ -160,9 +197,20 @@ def test_same_bytes_as_local_and_bad_images_reported(tmp_path, cluster, model_pa
 
     evaluated = {}
     for name, extra in (("local", ["--workers", "1"]), ("ray", ["--ray", ray_cluster.address])):
-        code = _run_with_timeout(main, [
-            "evaluate", "--infer-results-path", str(tmp_path / "out" / name), "--ann-file", str(ann_file),
-            "--output-path", str(tmp_path / f"eval_{name}.txt"), "--no-progress", *extra])
+        code = _run_with_timeout(
+            main,
+            [
+                "evaluate",
+                "--infer-results-path",
+                str(tmp_path / "out" / name),
+                "--ann-file",
+                str(ann_file),
+                "--output-path",
+                str(tmp_path / f"eval_{name}.txt"),
+                "--no-progress",
+                *extra,
+            ],
+        )
         assert code == 0
         evaluated[name] = (tmp_path / f"eval_{name}_coco_results.json").read_bytes()
     assert evaluated["ray"] == evaluated["local"]
@@ -195,8 +243,9 @@ def test_worker_node_removed_mid_run(tmp_path, cluster, model_path):
     remover = threading.Thread(target=remove_a_node_mid_run, daemon=True)
     remover.start()
     try:
-        summary = _run_with_timeout(run_inference_on_ray, model_path, images, output_dir=tmp_path,
-                                    output_dirname="ray", progress=False)
+        summary = _run_with_timeout(
+            run_inference_on_ray, model_path, images, output_dir=tmp_path, output_dirname="ray", progress=False
+        )
     finally:
         removal["done"] = True
         remover.join(TIMEOUT_S)
@@ -219,9 +268,23 @@ def test_an_unwritable_output_stops_the_ray_run_with_one_line(tmp_path, cluster,
     ray_cluster, _ = cluster
     image_dir, _, _ = make_box_dataset(tmp_path / "data")
     (tmp_path / "out" / "r" / "img_002_1.bin").mkdir(parents=True)
-    code = _run_with_timeout(main, ["infer", "--model", str(model_path), "--input", str(image_dir), "--output",
-                                    str(tmp_path / "out"), "--output_dirname", "r", "--no-progress", "--ray",
-                                    ray_cluster.address])
+    code = _run_with_timeout(
+        main,
+        [
+            "infer",
+            "--model",
+            str(model_path),
+            "--input",
+            str(image_dir),
+            "--output",
+            str(tmp_path / "out"),
+            "--output_dirname",
+            "r",
+            "--no-progress",
+            "--ray",
+            ray_cluster.address,
+        ],
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and err[-1].startswith("error: ") and "img_002_1.bin: cannot write" in err[-1], err
 
@@ -229,23 +292,23 @@ def test_an_unwritable_output_stops_the_ray_run_with_one_line(tmp_path, cluster,
 def test_a_model_the_nodes_cannot_load_stops_the_run_with_one_line(tmp_path, cluster, model_path):
     """An actor that fails to start (here: the nodes are given a model path that does not exist) ends
     the run with that error (not a hang, not a Ray traceback)."""
-    from retinamask.distributed.ray_infer import RayExecutor
     from retinamask.core.errors import InputError
+    from retinamask.distributed.ray_infer import RayExecutor
 
     image_dir, _, _ = make_box_dataset(tmp_path / "data")
     executor = RayExecutor(tmp_path / "missing.onnx", threads=1)
-    with pytest.raises(InputError, match="missing.onnx: the model is not visible on node .* every node mounts"):
+    with pytest.raises(InputError, match=r"missing.onnx: the model is not visible on node .* every node mounts"):
         _run_with_timeout(run_inference, model_path, image_dir, tmp_path, "r", progress=False, executor=executor)
 
 
 def test_an_actor_that_cannot_see_the_output_folder_says_so(tmp_path, model_path):
     """A node that does not mount the output folder (no images.json, which the driver writes first)."""
     pytest.importorskip("ray.data", reason="Ray is an optional extra: pip install 'retinamask[ray]'")
-    from retinamask.distributed.ray_infer import _ModelActor
     from retinamask.core.errors import InputError
+    from retinamask.distributed.ray_infer import _ModelActor
     from retinamask.formats.model_info import read_model_info
 
-    with pytest.raises(InputError, match="output folder is not visible on node .*a path every node mounts"):
+    with pytest.raises(InputError, match=r"output folder is not visible on node .*a path every node mounts"):
         _ModelActor(read_model_info(model_path), "onnxruntime", "cpu", "fp32", 1, None, str(tmp_path), "BIN", False)
 
 
@@ -263,9 +326,28 @@ def test_killed_driver_leaves_a_folder_a_rerun_completes(tmp_path, cluster, mode
         name = f"killed_{rerun}"
         out = tmp_path / name
         driver = subprocess.Popen(
-            [sys.executable, "-m", "retinamask", "infer", "--model", str(model_path), "--input", str(images),
-             "--output", str(tmp_path), "--output_dirname", name, "--no-progress", "--ray", ray_cluster.address],
-            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+            [
+                sys.executable,
+                "-m",
+                "retinamask",
+                "infer",
+                "--model",
+                str(model_path),
+                "--input",
+                str(images),
+                "--output",
+                str(tmp_path),
+                "--output_dirname",
+                name,
+                "--no-progress",
+                "--ray",
+                ray_cluster.address,
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         try:
             deadline = time.monotonic() + TIMEOUT_S
             while time.monotonic() < deadline and driver.poll() is None and len(list(out.glob("*_3.bin"))) < 2:
@@ -283,8 +365,9 @@ def test_killed_driver_leaves_a_folder_a_rerun_completes(tmp_path, cluster, mode
         else:
             from retinamask.distributed.ray_infer import run_inference_on_ray
 
-            summary = _run_with_timeout(run_inference_on_ray, model_path, images, output_dir=tmp_path,
-                                        output_dirname=name, progress=False)
+            summary = _run_with_timeout(
+                run_inference_on_ray, model_path, images, output_dir=tmp_path, output_dirname=name, progress=False
+            )
         assert summary["count"] + summary["skipped"] == 24 and summary["skipped"] >= 2
         time.sleep(0.5)  # the killed driver's workers: gone once Ray notices their owner died
         got = _folder_bytes(out)
@@ -296,8 +379,10 @@ def test_killed_driver_leaves_a_folder_a_rerun_completes(tmp_path, cluster, mode
 def test_without_ray_the_flag_says_how_to_install_it(tmp_path, model_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError, as where it is not installed
     image_dir = _many_images(tmp_path / "images", 1)
-    for command in (["infer", "--model", str(model_path), "--input", str(image_dir), "--output", str(tmp_path)],
-                    ["evaluate", "--infer-results-path", str(tmp_path), "--ann-file", str(tmp_path / "a.json")]):
+    for command in (
+        ["infer", "--model", str(model_path), "--input", str(image_dir), "--output", str(tmp_path)],
+        ["evaluate", "--infer-results-path", str(tmp_path), "--ann-file", str(tmp_path / "a.json")],
+    ):
         capsys.readouterr()
         code = main([*command, "--ray"])
         err = capsys.readouterr().err.strip()
@@ -320,25 +405,43 @@ def test_a_dynamic_canvas_model_gives_the_local_bytes_on_ray(tmp_path, cluster):
     region reaches the actors, so clipping and outputs equal the local run's byte for byte."""
     pytest.importorskip("torch")
     from PIL import Image
-    from tiny_model import TINY_OPTS, tiny_model_with_detections
 
     from retinamask import export
     from retinamask.config import load_config
     from retinamask.export.onnx_export import synthetic_image
+    from tiny_model import TINY_OPTS, tiny_model_with_detections
 
-    cfg = load_config("retinanet_mask_R-50-FPN_2x_adjust_std011_ms",
-                      TINY_OPTS + ["INPUT.MIN_SIZE_TEST", "96", "INPUT.MAX_SIZE_TEST", "160"])
+    cfg = load_config(
+        "retinanet_mask_R-50-FPN_2x_adjust_std011_ms",
+        TINY_OPTS + ["INPUT.MIN_SIZE_TEST", "96", "INPUT.MAX_SIZE_TEST", "160"],
+    )
     model_path = tmp_path / "original.onnx"
-    export.export_model(tiny_model_with_detections(cfg, 128), cfg, model_path, resize="original",
-                        dynamic_batch=True, verify=False, simplify=False)
+    export.export_model(
+        tiny_model_with_detections(cfg, 128),
+        cfg,
+        model_path,
+        resize="original",
+        dynamic_batch=True,
+        verify=False,
+        simplify=False,
+    )
     images = tmp_path / "images"
     images.mkdir()
     # sizes whose resized region is smaller than its padded canvas (e.g. 70x150 -> 75x160 in 96x160)
     for i, (h, w) in enumerate(((70, 150), (100, 130), (150, 70), (130, 100), (110, 97), (97, 110))):
         Image.fromarray(synthetic_image(h, w, variant=i)).save(images / f"{i:03d}.png")
     ray_cluster, _ = cluster
-    common = ["--model", str(model_path), "--input", str(images), "--output", str(tmp_path / "out"),
-              "--batchsize", "2", "--no-progress"]
+    common = [
+        "--model",
+        str(model_path),
+        "--input",
+        str(images),
+        "--output",
+        str(tmp_path / "out"),
+        "--batchsize",
+        "2",
+        "--no-progress",
+    ]
     assert main(["infer", *common, "--output_dirname", "local", "--workers", "0"]) == 0
     assert _run_with_timeout(main, ["infer", *common, "--output_dirname", "ray", "--ray", ray_cluster.address]) == 0
     local, ray_out = _folder_bytes(tmp_path / "out" / "local"), _folder_bytes(tmp_path / "out" / "ray")

@@ -27,8 +27,9 @@ def original_model(tmp_path_factory, reference_model):
 
     path = tmp_path_factory.mktemp("resize_original") / "r50_original.onnx"
     # K = 50: the original returns its NUM_MASKS_TEST = 50 best detections
-    report = export_model(reference_model, load_config(CONFIG), path, resize="original", max_detections=50,
-                          verify=False)
+    report = export_model(
+        reference_model, load_config(CONFIG), path, resize="original", max_detections=50, verify=False
+    )
     assert report["resize"]["policy"] == "original" and report["input_size"] is None
     return path
 
@@ -46,15 +47,27 @@ def _iou_plus_one(a, b):
 def _predict(model_path, backend, reference_dir, out_dir):
     from retinamask.cli import main
 
-    code = main(["predict", "--model", str(model_path), "--backend", backend, "--input",
-                 str(reference_dir / IMAGE), "--output", str(out_dir)])
+    code = main(
+        [
+            "predict",
+            "--model",
+            str(model_path),
+            "--backend",
+            backend,
+            "--input",
+            str(reference_dir / IMAGE),
+            "--output",
+            str(out_dir),
+        ]
+    )
     assert code == 0
     return json.loads((out_dir / (IMAGE.rsplit(".", 1)[0] + ".json")).read_text())
 
 
 @pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
-def test_resize_original_export_reproduces_the_original_pipeline(original_model, backend, reference_dir,
-                                                                  reference_npz, tmp_path):
+def test_resize_original_export_reproduces_the_original_pipeline(
+    original_model, backend, reference_dir, reference_npz, tmp_path
+):
     if backend == "openvino":
         pytest.importorskip("openvino")
     from retinamask.formats.model_info import read_model_info
@@ -82,8 +95,10 @@ def test_resize_original_export_reproduces_the_original_pipeline(original_model,
     for r in np.argsort(-ref_scores, kind="stable"):
         candidates = np.where(used, -1.0, iou[r])
         t = int(candidates.argmax())
-        assert candidates[t] >= 0.99, (f"{backend}: reference detection {r} (label {ref_labels[r]}, score "
-                                       f"{ref_scores[r]:.6f}, box {ref_boxes[r]}) unmatched; best IoU {candidates[t]:.4f}")
+        assert candidates[t] >= 0.99, (
+            f"{backend}: reference detection {r} (label {ref_labels[r]}, score "
+            f"{ref_scores[r]:.6f}, box {ref_boxes[r]}) unmatched; best IoU {candidates[t]:.4f}"
+        )
         used[t] = True
         worst_iou = min(worst_iou, candidates[t])
         worst_score = max(worst_score, abs(scores[t] - ref_scores[r]))

@@ -14,14 +14,15 @@ import pytest
 torch = pytest.importorskip("torch")
 export = pytest.importorskip("retinamask.export")
 
+from retinamask.apps.evaluate import evaluate_outputs  # noqa: E402
 from retinamask.config import load_config  # noqa: E402
-from retinamask.formats.images import load_image_rgb  # noqa: E402
-from retinamask.data.transforms import policy_preprocess  # noqa: E402
 from retinamask.core.errors import InputError, RetinaMaskError  # noqa: E402
-from retinamask.decode.postprocess import evaluate_outputs, outputs_to_coco_results  # noqa: E402
+from retinamask.data.transforms import policy_preprocess  # noqa: E402
+from retinamask.decode.coco_results import outputs_to_coco_results  # noqa: E402
+from retinamask.formats.images import load_image_rgb  # noqa: E402
+from retinamask.formats.model_info import read_model_info  # noqa: E402
 from retinamask.runtime.backends import create_session  # noqa: E402
 from retinamask.runtime.infer import run_inference  # noqa: E402
-from retinamask.formats.model_info import read_model_info  # noqa: E402
 from test_runtime_fakes import build_fake_model, make_synthetic_dataset  # noqa: E402
 from tiny_model import TINY_OPTS, tiny_model_with_detections  # noqa: E402
 
@@ -35,16 +36,22 @@ def models(tmp_path_factory):
     cfg = load_config("retinanet_mask_R-50-FPN_2x_adjust_std011_ms", OPTS)
     model = tiny_model_with_detections(cfg, 128)
     folder = tmp_path_factory.mktemp("resize_models")
-    report = export.export_model(model, cfg, folder / "buckets.onnx", resize="buckets", dynamic_batch=True,
-                                 verify=True, simplify=False)
+    report = export.export_model(
+        model, cfg, folder / "buckets.onnx", resize="buckets", dynamic_batch=True, verify=True, simplify=False
+    )
     square = build_fake_model(folder / "square.onnx", input_size=160)  # a square (seed-policy) model's interface
     return {"buckets": folder / "buckets.onnx", "square": square, "report": report}
 
 
 @pytest.fixture(scope="module")
 def image_set(tmp_path_factory):
-    return make_synthetic_dataset(tmp_path_factory.mktemp("resize_images"), SIZES, CATEGORY_IDS, first_id=100,
-                                  box_origin=lambda j: (3.0 + 7 * j, 4.0 + 5 * j))
+    return make_synthetic_dataset(
+        tmp_path_factory.mktemp("resize_images"),
+        SIZES,
+        CATEGORY_IDS,
+        first_id=100,
+        box_origin=lambda j: (3.0 + 7 * j, 4.0 + 5 * j),
+    )
 
 
 def test_export_has_dynamic_canvas_image_sizes_and_the_policy(models):
@@ -86,31 +93,41 @@ def _direct_results(model_path, policy_name, image_dir, images):
         rgb = load_image_rgb(image_dir / image["file_name"])
         tensor, geometry = policy_preprocess(rgb, info.resize, info.pixel_mean, info.pixel_std)
         outputs = [o[0] for o in session.run(tensor[None], np.array([geometry.resized_hw]))]
-        results += outputs_to_coco_results(outputs, "end2end", image["id"], rgb.shape[:2], geometry.resized_hw,
-                                           sorted(CATEGORY_IDS), clip=False)
+        results += outputs_to_coco_results(
+            outputs, "end2end", image["id"], rgb.shape[:2], geometry.resized_hw, sorted(CATEGORY_IDS), clip=False
+        )
     return results
 
 
 @pytest.mark.parametrize("policy, open_canvases", [("buckets", 4), ("original", 4), ("original", 1)])
-def test_infer_batches_by_canvas_and_evaluate_equals_the_direct_run(tmp_path, models, image_set, policy,
-                                                                     open_canvases, monkeypatch):
+def test_infer_batches_by_canvas_and_evaluate_equals_the_direct_run(
+    tmp_path, models, image_set, policy, open_canvases, monkeypatch
+):
     import retinamask.runtime.infer as infer
 
     monkeypatch.setattr(infer, "MAX_OPEN_CANVASES", open_canvases)  # 1: every new canvas flushes the last
     image_dir, ann_file, images = image_set
-    summary = run_inference(models["buckets"], image_dir, tmp_path, "result", batch_size=2, workers=1,
-                            progress=False, resize=policy)
+    summary = run_inference(
+        models["buckets"], image_dir, tmp_path, "result", batch_size=2, workers=1, progress=False, resize=policy
+    )
     assert summary["count"] == len(SIZES) and summary["failed"] == [] and summary["resize"]["policy"] == policy
     records = json.loads((tmp_path / "result" / "images.json").read_text())["images"]
     canvases = {(r["canvas_height"], r["canvas_width"]) for r in records}
     assert len(canvases) >= 3  # several aspect classes, each its own canvas and batch
-    evaluation = evaluate_outputs(tmp_path / "result", ann_file, output_path=tmp_path / "eval.txt", workers=1,
-                                  progress=False)
+    evaluation = evaluate_outputs(
+        tmp_path / "result", ann_file, output_path=tmp_path / "eval.txt", workers=1, progress=False
+    )
     assert evaluation["failed"] == [] and evaluation["images_evaluated"] == len(SIZES)
     if open_canvases == 1:  # the seed's postprocess needs a square canvas: refused up front, not per image
         with pytest.raises(InputError, match="--convention seed maps boxes back"):
-            evaluate_outputs(tmp_path / "result", ann_file, output_path=tmp_path / "seed.txt", workers=1,
-                             progress=False, convention="seed")
+            evaluate_outputs(
+                tmp_path / "result",
+                ann_file,
+                output_path=tmp_path / "seed.txt",
+                workers=1,
+                progress=False,
+                convention="seed",
+            )
     ours = json.loads((tmp_path / "eval_coco_results.json").read_text())
     direct = _direct_results(models["buckets"], policy, image_dir, images)
     assert len(ours) == len(direct) > len(SIZES)
@@ -127,12 +144,28 @@ def test_preprocess_bins_of_any_canvas_infer_like_the_images(tmp_path, models, i
 
     image_dir, _, images = image_set
     info_path = tmp_path / "list.info"
-    assert main(["preprocess", "--image_src_path", str(image_dir), "--bin_file_path", str(tmp_path / "bins"),
-                 "--bin_info_name", str(info_path), "--model", str(models["buckets"]), "--workers", "1"]) == 0
+    assert (
+        main(
+            [
+                "preprocess",
+                "--image_src_path",
+                str(image_dir),
+                "--bin_file_path",
+                str(tmp_path / "bins"),
+                "--bin_info_name",
+                str(info_path),
+                "--model",
+                str(models["buckets"]),
+                "--workers",
+                "1",
+            ]
+        )
+        == 0
+    )
     lines = info_path.read_text().splitlines()
     assert len(lines) == len(SIZES)
     for line, image in zip(lines, images):  # the seed's line format: index path width height (original size)
-        index, path, width, height = line.split()
+        _index, path, width, height = line.split()
         assert (int(width), int(height)) == (image["width"], image["height"]) and path.endswith(".bin")
     records = read_info(info_path)
     for record in records:
@@ -161,14 +194,14 @@ def test_openvino_runs_the_dynamic_model_like_onnx_runtime(models):
 
 
 def test_square_models_refuse_other_policies_and_dynamic_models_need_sidecars(tmp_path, models, image_set):
-    image_dir, _, _ = image_set
+    _image_dir, _, _ = image_set
     with pytest.raises(InputError, match="fixed square canvas"):
         read_model_info(models["square"], resize="original")
     assert read_model_info(models["square"], resize="seed").resize.size == 160
     bins = tmp_path / "bins"
     bins.mkdir()
     np.zeros((1, 3, 96, 128), np.float32).tofile(bins / "a.bin")
-    with pytest.raises(InputError, match="needs each .bin's canvas"):
+    with pytest.raises(InputError, match=r"needs each \.bin's canvas"):
         run_inference(models["buckets"], bins, tmp_path, "out", workers=1, progress=False)
     with pytest.raises(RetinaMaskError, match="seed layout"):
         export.onnx_export.resolve_export_policy(load_config("retinamask_shapes_small"), "original", None, "seed")

@@ -3,7 +3,6 @@ and a missing accelerator is an error rather than a silent CPU run."""
 
 import numpy as np
 import pytest
-from test_runtime_fakes import BOX_IMAGES, MEAN, box_image, build_fake_model
 
 from retinamask.data.transforms import seed_preprocess
 from retinamask.runtime.backends import (
@@ -12,10 +11,13 @@ from retinamask.runtime.backends import (
     create_session,
     physical_cores,
 )
+from test_runtime_fakes import BOX_IMAGES, MEAN, box_image, build_fake_model
 
 
 def _batch(count, size=96):
-    tensors = [seed_preprocess(box_image(*BOX_IMAGES[i % len(BOX_IMAGES)], seed=i), size, MEAN)[0] for i in range(count)]
+    tensors = [
+        seed_preprocess(box_image(*BOX_IMAGES[i % len(BOX_IMAGES)], seed=i), size, MEAN)[0] for i in range(count)
+    ]
     return np.stack(tensors)
 
 

@@ -3,11 +3,11 @@
 import json
 
 import pytest
-from test_runtime_fakes import build_fake_model
 
 from retinamask.cli import main
 from retinamask.runtime.auto_backend import choose_backend
 from retinamask.runtime.bench import latency_stats, run_benchmark
+from test_runtime_fakes import build_fake_model
 
 
 @pytest.fixture(scope="module")
@@ -24,8 +24,9 @@ def test_latency_stats():
 
 def test_cli_prints_stats_and_writes_json(tmp_path, model_path, capsys):
     out = tmp_path / "bench.json"
-    code = main(["bench", "--model", str(model_path), "--loop", "5", "--warmup", "1", "--batchsize", "2",
-                 "--json", str(out)])
+    code = main(
+        ["bench", "--model", str(model_path), "--loop", "5", "--warmup", "1", "--batchsize", "2", "--json", str(out)]
+    )
     assert code == 0
     printed = capsys.readouterr().out
     expected = choose_backend("fp32", "cpu").backend  # --backend auto, the default
@@ -44,8 +45,10 @@ def test_fixed_batch_model_refuses_another_batch(tmp_path, capsys):
 
 def test_compare_prints_one_markdown_table(tmp_path, model_path, capsys):
     out = tmp_path / "compare.json"
-    assert main(["bench", "--model", str(model_path), "--compare", "--loop", "3", "--warmup", "1",
-                 "--json", str(out)]) == 0
+    assert (
+        main(["bench", "--model", str(model_path), "--compare", "--loop", "3", "--warmup", "1", "--json", str(out)])
+        == 0
+    )
     printed = capsys.readouterr().out
     table = [line for line in printed.splitlines() if line.startswith("|")]
     assert table[0].startswith("| backend | device | precision |")
@@ -56,6 +59,7 @@ def test_compare_prints_one_markdown_table(tmp_path, model_path, capsys):
     assert "error" in by_key[("onnxruntime", "cuda", "fp32")] or by_key[("onnxruntime", "cuda", "fp32")]["mean_ms"] > 0
     # the row --backend auto runs is marked, and one line says why
     chosen = [r for r in rows if r.get("auto")]
-    assert [(r["backend"], r["device"], r["precision"]) for r in chosen] == [(choose_backend("fp32", "cpu").backend,
-                                                                             "cpu", "fp32")]
+    assert [(r["backend"], r["device"], r["precision"]) for r in chosen] == [
+        (choose_backend("fp32", "cpu").backend, "cpu", "fp32")
+    ]
     assert f"--backend auto (the default) runs {chosen[0]['backend']} cpu fp32" in printed

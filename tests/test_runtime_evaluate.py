@@ -5,17 +5,14 @@ import json
 
 import numpy as np
 import pytest
-from test_runtime_fakes import BOX_IMAGES, RED_ID, WHITE_ID, build_fake_model, make_box_dataset
 
+from retinamask.apps.evaluate import evaluate_outputs
 from retinamask.cli import main
 from retinamask.core.errors import InputError
-from retinamask.decode.postprocess import (
-    boxes_to_original,
-    decode_outputs,
-    evaluate_outputs,
-    outputs_to_coco_results,
-)
+from retinamask.decode.coco_results import outputs_to_coco_results
+from retinamask.decode.outputs import boxes_to_original, decode_outputs
 from retinamask.runtime.infer import run_inference
+from test_runtime_fakes import BOX_IMAGES, RED_ID, WHITE_ID, build_fake_model, make_box_dataset
 
 S = 96
 
@@ -65,7 +62,9 @@ def test_seed_layout_gets_classwise_nms():
     outputs[1][4:] = 1  # seed rows are all real candidates (labels 1..80, score 0)
     detections = decode_outputs(outputs, "seed", (100, 100), (100, 100), max_detections=100, paste=False)
     # box 1 is suppressed by box 0 (same class, IoU > 0.4); box 2 is another class
-    assert detections.labels[:3].tolist() == [1, 2, 1] and detections.scores[:3].tolist() == pytest.approx([0.9, 0.7, 0.1])
+    assert detections.labels[:3].tolist() == [1, 2, 1] and detections.scores[:3].tolist() == pytest.approx(
+        [0.9, 0.7, 0.1]
+    )
     assert len(detections.scores) <= 100
     # the end2end reading of seed outputs would keep suppressed boxes: the layouts differ
     with pytest.raises(InputError, match="1-based"):
@@ -101,8 +100,10 @@ def dataset(tmp_path_factory):
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     folder = tmp_path_factory.mktemp("models")
-    return {layout: build_fake_model(folder / f"{layout}.onnx", layout=layout, input_size=S)
-            for layout in ("end2end", "seed")}
+    return {
+        layout: build_fake_model(folder / f"{layout}.onnx", layout=layout, input_size=S)
+        for layout in ("end2end", "seed")
+    }
 
 
 @pytest.fixture(scope="module")
@@ -115,8 +116,17 @@ def inferred(tmp_path_factory, dataset, models):
         for outfmt in ("BIN", "NPY"):
             for legacy in (False, True):
                 name = f"{layout}_{outfmt}_{'legacy' if legacy else 'ais'}"
-                run_inference(models[layout], image_dir, root, name, batch_size=2, outfmt=outfmt,
-                              legacy_names=legacy, workers=0, progress=False)
+                run_inference(
+                    models[layout],
+                    image_dir,
+                    root,
+                    name,
+                    batch_size=2,
+                    outfmt=outfmt,
+                    legacy_names=legacy,
+                    workers=0,
+                    progress=False,
+                )
                 runs[(layout, outfmt, legacy)] = root / name
     return runs
 
@@ -139,8 +149,8 @@ def test_chain_reads_every_layout_naming_and_format(tmp_path, dataset, inferred,
     _check_perfect(summary["stats"])
     results = json.loads((tmp_path / "eval_coco_results.json").read_text())
     by_image = {r["image_id"]: r for r in results if r["score"] > 0.5}
-    for (name, image_id), spec in zip(listing, BOX_IMAGES):
-        h, w, x1, y1, x2, y2, white = spec
+    for (_name, image_id), spec in zip(listing, BOX_IMAGES):
+        _h, _w, x1, y1, x2, y2, white = spec
         detection = by_image[image_id]
         assert detection["category_id"] == (WHITE_ID if white else RED_ID)
         np.testing.assert_allclose(detection["bbox"], [x1, y1, x2 - x1 + 1, y2 - y1 + 1], atol=3)
@@ -156,8 +166,9 @@ def test_layout_auto_without_sidecar_uses_the_rows(tmp_path, dataset, inferred):
         copy.mkdir()
         for path in inferred[(layout, "BIN", False)].glob("*.bin"):
             (copy / path.name).write_bytes(path.read_bytes())
-        summary = evaluate_outputs(copy, ann_file, output_path=tmp_path / f"{layout}.txt", workers=1,
-                                   input_size=S, progress=False)
+        summary = evaluate_outputs(
+            copy, ann_file, output_path=tmp_path / f"{layout}.txt", workers=1, input_size=S, progress=False
+        )
         assert summary["layout"] == layout and summary["failed"] == []
         _check_perfect(summary["stats"])
 
@@ -172,12 +183,37 @@ def test_seed_flags_with_an_info_list_and_parallel_workers(tmp_path, dataset, mo
     (coco / "annotations" / "instances_val2017.json").write_bytes(ann_file.read_bytes())
     info = tmp_path / "retinamask_coco2017.info"
     preprocess_images(image_dir, tmp_path / "bins", info, input_size=S, workers=1, progress=False)
-    assert main(["infer", "--model", str(models["seed"]), "--input", str(info), "--output", str(tmp_path / "result"),
-                 "--output_dirname", "dumpOutput_device0", "--legacy-names", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "infer",
+                "--model",
+                str(models["seed"]),
+                "--input",
+                str(info),
+                "--output",
+                str(tmp_path / "result"),
+                "--output_dirname",
+                "dumpOutput_device0",
+                "--legacy-names",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
-    code = main(["evaluate", f"--input_text_path={info}", f"--infer_results_path={tmp_path / 'result'}",
-                 f"--coco_path={coco}", f"--output_path={tmp_path / 'evaluation_results.txt'}", "--workers", "2",
-                 "--no-progress"])
+    code = main(
+        [
+            "evaluate",
+            f"--input_text_path={info}",
+            f"--infer_results_path={tmp_path / 'result'}",
+            f"--coco_path={coco}",
+            f"--output_path={tmp_path / 'evaluation_results.txt'}",
+            "--workers",
+            "2",
+            "--no-progress",
+        ]
+    )
     assert code == 0
     out = capsys.readouterr().out
     assert "IoU metric: segm" in out and "seed layout" in out
@@ -199,8 +235,20 @@ def test_broken_outputs_are_reported_by_name(tmp_path, dataset, inferred, capsys
     scores[0] = np.inf
     scores.tofile(broken / "img_003_2.bin")
 
-    code = main(["evaluate", "--infer-results-path", str(broken), "--ann-file", str(ann_file),
-                 "--output-path", str(tmp_path / "e.txt"), "--workers", "1", "--no-progress"])
+    code = main(
+        [
+            "evaluate",
+            "--infer-results-path",
+            str(broken),
+            "--ann-file",
+            str(ann_file),
+            "--output-path",
+            str(tmp_path / "e.txt"),
+            "--workers",
+            "1",
+            "--no-progress",
+        ]
+    )
     assert code == 1
     err = capsys.readouterr().err
     assert "img_001_3.bin" in err and "1000 bytes" in err
@@ -213,8 +261,20 @@ def test_broken_outputs_are_reported_by_name(tmp_path, dataset, inferred, capsys
 def test_wrong_layout_for_the_outputs(tmp_path, dataset, inferred, capsys):
     _, ann_file, _ = dataset
     # seed-layout outputs read as end2end outputs of the end2end model: every image fails by name
-    code = main(["evaluate", "--infer_results_path", str(inferred[("seed", "BIN", False)]), "--ann_file",
-                 str(ann_file), "--layout", "end2end", "--output_path", str(tmp_path / "w.txt"), "--no-progress"])
+    code = main(
+        [
+            "evaluate",
+            "--infer_results_path",
+            str(inferred[("seed", "BIN", False)]),
+            "--ann_file",
+            str(ann_file),
+            "--layout",
+            "end2end",
+            "--output_path",
+            str(tmp_path / "w.txt"),
+            "--no-progress",
+        ]
+    )
     assert code == 2
     assert "outputs came from a seed-layout model" in capsys.readouterr().err
     copy = tmp_path / "copy"
@@ -222,8 +282,22 @@ def test_wrong_layout_for_the_outputs(tmp_path, dataset, inferred, capsys):
     for path in inferred[("seed", "BIN", False)].glob("*.bin"):
         (copy / path.name).write_bytes(path.read_bytes())
     end2end_model = build_fake_model(tmp_path / "e2e.onnx", layout="end2end", input_size=S)
-    code = main(["evaluate", "--infer_results_path", str(copy), "--ann_file", str(ann_file), "--model",
-                 str(end2end_model), "--output_path", str(tmp_path / "w.txt"), "--workers", "1", "--no-progress"])
+    code = main(
+        [
+            "evaluate",
+            "--infer_results_path",
+            str(copy),
+            "--ann_file",
+            str(ann_file),
+            "--model",
+            str(end2end_model),
+            "--output_path",
+            str(tmp_path / "w.txt"),
+            "--workers",
+            "1",
+            "--no-progress",
+        ]
+    )
     assert code == 1
     err = capsys.readouterr().err
     assert "img_000_0.bin" in err and "1000 rows, not 10" in err
@@ -238,8 +312,7 @@ def test_unknown_image_is_reported(tmp_path, dataset, inferred):
         (extra / path.name).write_bytes(path.read_bytes())
         if path.name.startswith("img_000_"):
             (extra / path.name.replace("img_000", "stranger")).write_bytes(path.read_bytes())
-    summary = evaluate_outputs(extra, ann_file, output_path=tmp_path / "u.txt", workers=1, input_size=S,
-                               progress=False)
+    summary = evaluate_outputs(extra, ann_file, output_path=tmp_path / "u.txt", workers=1, input_size=S, progress=False)
     assert [f["file"] for f in summary["failed"]] == ["stranger"]
     assert "no image stranger.* in the annotation file" in summary["failed"][0]["cause"]
     _check_perfect(summary["stats"])
@@ -252,7 +325,8 @@ def test_npy_outputs_with_ais_bench_batch_axis(tmp_path, dataset, inferred):
     batched.mkdir()
     for path in inferred[("seed", "NPY", False)].glob("*.npy"):
         np.save(batched / path.name, np.load(path)[None])
-    summary = evaluate_outputs(batched, ann_file, output_path=tmp_path / "b.txt", workers=1, input_size=S,
-                               progress=False)
+    summary = evaluate_outputs(
+        batched, ann_file, output_path=tmp_path / "b.txt", workers=1, input_size=S, progress=False
+    )
     assert summary["failed"] == [] and summary["layout"] == "seed"
     _check_perfect(summary["stats"])

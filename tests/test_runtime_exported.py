@@ -15,9 +15,10 @@ import pytest
 torch = pytest.importorskip("torch")
 export = pytest.importorskip("retinamask.export")
 
+from retinamask.apps.evaluate import evaluate_outputs  # noqa: E402
 from retinamask.config import load_config  # noqa: E402
 from retinamask.data.transforms import seed_preprocess  # noqa: E402
-from retinamask.decode.postprocess import evaluate_outputs, outputs_to_coco_results  # noqa: E402
+from retinamask.decode.coco_results import outputs_to_coco_results  # noqa: E402
 from retinamask.runtime.backends import create_session  # noqa: E402
 from retinamask.runtime.infer import run_inference  # noqa: E402
 from test_runtime_fakes import make_synthetic_dataset  # noqa: E402
@@ -43,8 +44,14 @@ def exported(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def image_set(tmp_path_factory):
-    return make_synthetic_dataset(tmp_path_factory.mktemp("images"), SIZES, CATEGORY_IDS, first_id=10,
-                                  box_origin=lambda j: (5.0 + 10 * j, 8.0 + 5 * j), name_digits=12)
+    return make_synthetic_dataset(
+        tmp_path_factory.mktemp("images"),
+        SIZES,
+        CATEGORY_IDS,
+        first_id=10,
+        box_origin=lambda j: (5.0 + 10 * j, 8.0 + 5 * j),
+        name_digits=12,
+    )
 
 
 def _direct_results(model_path, layout, image_dir, images):
@@ -57,19 +64,20 @@ def _direct_results(model_path, layout, image_dir, images):
         rgb = load_image_rgb(image_dir / image["file_name"])
         tensor, _, resized_hw = seed_preprocess(rgb, S)
         outputs = [o[0] for o in session.run(tensor[None])]
-        results += outputs_to_coco_results(outputs, layout, image["id"], rgb.shape[:2], resized_hw,
-                                           sorted(CATEGORY_IDS))
+        results += outputs_to_coco_results(
+            outputs, layout, image["id"], rgb.shape[:2], resized_hw, sorted(CATEGORY_IDS)
+        )
     return results
 
 
 @pytest.mark.parametrize("layout", ["end2end", "seed"])
 def test_exported_model_through_infer_and_evaluate(tmp_path, exported, image_set, layout):
     image_dir, ann_file, images = image_set
-    summary = run_inference(exported[layout], image_dir, tmp_path, "result", batch_size=1, workers=1,
-                            progress=False)
+    summary = run_inference(exported[layout], image_dir, tmp_path, "result", batch_size=1, workers=1, progress=False)
     assert summary["count"] == len(SIZES) and summary["failed"] == [] and summary["layout"] == layout
-    evaluation = evaluate_outputs(tmp_path / "result", ann_file, output_path=tmp_path / "eval.txt", workers=1,
-                                  progress=False)
+    evaluation = evaluate_outputs(
+        tmp_path / "result", ann_file, output_path=tmp_path / "eval.txt", workers=1, progress=False
+    )
     assert evaluation["failed"] == [] and evaluation["layout"] == layout
     assert evaluation["images_evaluated"] == len(SIZES)
     assert set(evaluation["stats"]) >= {"bbox", "segm"}
@@ -89,4 +97,4 @@ def test_exported_model_through_infer_and_evaluate(tmp_path, exported, image_set
     for r in ours:
         x, y, w, h = r["bbox"]
         width, height = sizes[r["image_id"]]
-        assert 0 <= x and 0 <= y and x + w - 1 <= width - 1 + 1e-4 and y + h - 1 <= height - 1 + 1e-4
+        assert x >= 0 and y >= 0 and x + w - 1 <= width - 1 + 1e-4 and y + h - 1 <= height - 1 + 1e-4

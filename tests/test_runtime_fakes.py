@@ -22,12 +22,16 @@ from onnx import TensorProto, helper
 
 MEAN = (102.9801, 115.9465, 122.7717)
 # category ids deliberately unsorted in the file: label 1 -> smallest id (3, red), label 2 -> 7 (white)
-CATEGORIES = [{"id": 7, "name": "white box", "supercategory": "box"}, {"id": 3, "name": "red box", "supercategory": "box"}]
+CATEGORIES = [
+    {"id": 7, "name": "white box", "supercategory": "box"},
+    {"id": 3, "name": "red box", "supercategory": "box"},
+]
 RED_ID, WHITE_ID = 3, 7
 
 
-def build_fake_model(path, layout="end2end", input_size=96, rows=None, batch=None, metadata=True,
-                     threshold=50.0, mask_resolution=28):
+def build_fake_model(
+    path, layout="end2end", input_size=96, rows=None, batch=None, metadata=True, threshold=50.0, mask_resolution=28
+):
     """Write the fake model to ``path`` (see the module docstring); returns ``path``.
 
     rows: K (end2end default 10; seed always 1000). batch: None for a dynamic batch
@@ -51,12 +55,26 @@ def build_fake_model(path, layout="end2end", input_size=96, rows=None, batch=Non
         return node("ConstantOfShape", [shape], name, value=helper.make_tensor(name + "_v", dtype, [1], [value]))
 
     shape_all = node("Shape", ["input"], "shape_all")
-    batch_dim = node("Slice", [shape_all, const("zero1", np.array([0], np.int64)), const("one1", np.array([1], np.int64))],
-                     "batch_dim")
-    red = node("Slice", ["input", const("c2s", np.array([2], np.int64)), const("c2e", np.array([3], np.int64)),
-                         const("c_axis", np.array([1], np.int64))], "red")
-    blue = node("Slice", ["input", const("c0s", np.array([0], np.int64)), const("c0e", np.array([1], np.int64)),
-                          "c_axis"], "blue")
+    batch_dim = node(
+        "Slice",
+        [shape_all, const("zero1", np.array([0], np.int64)), const("one1", np.array([1], np.int64))],
+        "batch_dim",
+    )
+    red = node(
+        "Slice",
+        [
+            "input",
+            const("c2s", np.array([2], np.int64)),
+            const("c2e", np.array([3], np.int64)),
+            const("c_axis", np.array([1], np.int64)),
+        ],
+        "red",
+    )
+    blue = node(
+        "Slice",
+        ["input", const("c0s", np.array([0], np.int64)), const("c0e", np.array([1], np.int64)), "c_axis"],
+        "blue",
+    )
     thr = const("thr", np.array(threshold, np.float32))
     red_on = node("Cast", [node("Greater", [red, thr], "red_gt")], "red_on", to=TensorProto.FLOAT)
     blue_on = node("Cast", [node("Greater", [blue, thr], "blue_gt")], "blue_on", to=TensorProto.FLOAT)
@@ -73,13 +91,23 @@ def build_fake_model(path, layout="end2end", input_size=96, rows=None, batch=Non
 
     is_white = node("ReduceMax", [white, const("ax123", np.array([1, 2, 3], np.int64))], "is_white", keepdims=1)
     is_white = node("Reshape", [is_white, const("b1", np.array([-1, 1], np.int64))], "is_white_b1")  # [B,1]
-    label = node("Cast", [node("Add", [is_white, const("onef", np.array(1.0, np.float32))], "label_f")], "label_row",
-                 to=TensorProto.INT32)
+    label = node(
+        "Cast",
+        [node("Add", [is_white, const("onef", np.array(1.0, np.float32))], "label_f")],
+        "label_row",
+        to=TensorProto.INT32,
+    )
     # score: sigmoid(mean(red) / 100 + 2): a float reduction over the whole input, ~0.85..0.95
     mean_red = node("ReduceMean", [red, "ax123"], "mean_red", keepdims=1)
     mean_red = node("Reshape", [mean_red, "b1"], "mean_red_b1")
-    logit = node("Add", [node("Mul", [mean_red, const("c001", np.array(0.01, np.float32))], "scaled"),
-                         const("two", np.array(2.0, np.float32))], "logit")
+    logit = node(
+        "Add",
+        [
+            node("Mul", [mean_red, const("c001", np.array(0.01, np.float32))], "scaled"),
+            const("two", np.array(2.0, np.float32)),
+        ],
+        "logit",
+    )
     score = node("Sigmoid", [logit], "score_row")
     mask = filled("mask_row", [batch_dim, const("mshape", np.array([1, 1, m, m], np.int64))], 1.0, TensorProto.FLOAT)
 
@@ -87,12 +115,23 @@ def build_fake_model(path, layout="end2end", input_size=96, rows=None, batch=Non
         pad_box_value, pad_label, pad_score = np.array([0, 0, 3, 3], np.float32), 1, 0.001
     else:
         pad_box_value, pad_label, pad_score = np.zeros(4, np.float32), -1, 0.0
-    pad_boxes = node("Add", [filled("pad_zero_boxes", [batch_dim, const("pb", np.array([pad_rows, 4], np.int64))], 0.0,
-                                    TensorProto.FLOAT), const("pad_box_value", pad_box_value)], "pad_boxes")
-    pad_labels = filled("pad_labels", [batch_dim, const("pl", np.array([pad_rows], np.int64))], pad_label, TensorProto.INT32)
+    pad_boxes = node(
+        "Add",
+        [
+            filled(
+                "pad_zero_boxes", [batch_dim, const("pb", np.array([pad_rows, 4], np.int64))], 0.0, TensorProto.FLOAT
+            ),
+            const("pad_box_value", pad_box_value),
+        ],
+        "pad_boxes",
+    )
+    pad_labels = filled(
+        "pad_labels", [batch_dim, const("pl", np.array([pad_rows], np.int64))], pad_label, TensorProto.INT32
+    )
     pad_scores = filled("pad_scores", [batch_dim, "pl"], pad_score, TensorProto.FLOAT)
-    pad_masks = filled("pad_masks", [batch_dim, const("pm", np.array([pad_rows, 1, m, m], np.int64))], 0.0,
-                       TensorProto.FLOAT)
+    pad_masks = filled(
+        "pad_masks", [batch_dim, const("pm", np.array([pad_rows, 1, m, m], np.int64))], 0.0, TensorProto.FLOAT
+    )
 
     names = ("bboxs", "labels", "scores", "masks") if layout == "seed" else ("boxes", "labels", "scores", "masks")
     node("Concat", [box, pad_boxes], names[0], axis=1)
@@ -102,7 +141,8 @@ def build_fake_model(path, layout="end2end", input_size=96, rows=None, batch=Non
 
     b = batch if batch is not None else "batch"
     graph = helper.make_graph(
-        nodes, "fake_retinamask",
+        nodes,
+        "fake_retinamask",
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, [b, 3, s, s])],
         [
             helper.make_tensor_value_info(names[0], TensorProto.FLOAT, [b, k, 4]),
@@ -154,8 +194,8 @@ def box_image(height, width, x1, y1, x2, y2, white, seed=0):
 def make_box_dataset(root, image_format="png"):
     """Write ``root/images/*.{png}`` and ``root/annotations/instances_val2017.json``; returns
     (image_dir, ann_file, list of (file_name, image_id)). Image ids are not in file order."""
-    from PIL import Image
     import pycocotools.mask as mask_util
+    from PIL import Image
 
     image_dir = root / "images"
     (root / "annotations").mkdir(parents=True, exist_ok=True)
@@ -169,12 +209,17 @@ def make_box_dataset(root, image_format="png"):
         mask[y1 : y2 + 1, x1 : x2 + 1] = 1
         rle = mask_util.encode(np.asfortranarray(mask))
         images.append({"id": image_id, "file_name": name, "width": w, "height": h})
-        annotations.append({
-            "id": i + 1, "image_id": image_id, "category_id": WHITE_ID if white else RED_ID,
-            "bbox": [float(x1), float(y1), float(x2 - x1 + 1), float(y2 - y1 + 1)],
-            "area": float(mask.sum()), "iscrowd": 0,
-            "segmentation": {"size": [h, w], "counts": rle["counts"].decode("ascii")},
-        })
+        annotations.append(
+            {
+                "id": i + 1,
+                "image_id": image_id,
+                "category_id": WHITE_ID if white else RED_ID,
+                "bbox": [float(x1), float(y1), float(x2 - x1 + 1), float(y2 - y1 + 1)],
+                "area": float(mask.sum()),
+                "iscrowd": 0,
+                "segmentation": {"size": [h, w], "counts": rle["counts"].decode("ascii")},
+            }
+        )
         listing.append((name, image_id))
     ann_file = root / "annotations" / "instances_val2017.json"
     ann_file.write_text(json.dumps({"images": images, "annotations": annotations, "categories": CATEGORIES}))
@@ -202,13 +247,38 @@ def make_synthetic_dataset(root, sizes, category_ids, first_id, box_origin, name
         images.append({"id": first_id + i, "file_name": name, "width": w, "height": h})
         for j, category in enumerate(category_ids):
             box = [*box_origin(j), w / 3, h / 4]
-            annotations.append({"id": len(annotations) + 1, "image_id": first_id + i, "category_id": category,
-                                "bbox": box, "area": box[2] * box[3], "iscrowd": 0,
-                                "segmentation": [[box[0], box[1], box[0] + box[2], box[1], box[0] + box[2],
-                                                  box[1] + box[3], box[0], box[1] + box[3]]]})
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": first_id + i,
+                    "category_id": category,
+                    "bbox": box,
+                    "area": box[2] * box[3],
+                    "iscrowd": 0,
+                    "segmentation": [
+                        [
+                            box[0],
+                            box[1],
+                            box[0] + box[2],
+                            box[1],
+                            box[0] + box[2],
+                            box[1] + box[3],
+                            box[0],
+                            box[1] + box[3],
+                        ]
+                    ],
+                }
+            )
     ann_file = root / "instances.json"
-    ann_file.write_text(json.dumps({"images": images, "annotations": annotations,
-                                    "categories": [{"id": c, "name": f"c{c}"} for c in category_ids]}))
+    ann_file.write_text(
+        json.dumps(
+            {
+                "images": images,
+                "annotations": annotations,
+                "categories": [{"id": c, "name": f"c{c}"} for c in category_ids],
+            }
+        )
+    )
     return root / "images", ann_file, images
 
 

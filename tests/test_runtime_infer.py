@@ -5,14 +5,14 @@ import json
 
 import numpy as np
 import pytest
-from test_runtime_fakes import BOX_IMAGES, MEAN, box_image, build_fake_model, make_box_dataset
 
 from retinamask.cli import main
-from retinamask.data.transforms import seed_preprocess
 from retinamask.core.errors import InputError
+from retinamask.data.transforms import seed_preprocess
+from retinamask.formats.model_info import output_specs
 from retinamask.runtime.backends import create_session
 from retinamask.runtime.infer import run_inference
-from retinamask.formats.model_info import output_specs
+from test_runtime_fakes import BOX_IMAGES, MEAN, box_image, build_fake_model, make_box_dataset
 
 S = 96
 
@@ -126,12 +126,13 @@ def test_bin_folder_and_info_list(tmp_path, dataset, model_path):
 
     # evaluate needs no image geometry from a bare .bin run (the annotations and the model give it),
     # and takes the preprocess sidecar as its image list too
-    from retinamask.decode.postprocess import evaluate_outputs
+    from retinamask.apps.evaluate import evaluate_outputs
 
     _, ann_file, _ = dataset
     for results_dir, images_path in ((tmp_path / "b", None), (tmp_path / "a", tmp_path / "set.info.json")):
-        evaluation = evaluate_outputs(results_dir, ann_file, images_path=images_path, output_path=tmp_path / "e.txt",
-                                      workers=1, progress=False)
+        evaluation = evaluate_outputs(
+            results_dir, ann_file, images_path=images_path, output_path=tmp_path / "e.txt", workers=1, progress=False
+        )
         assert evaluation["failed"] == [] and evaluation["images_evaluated"] == len(BOX_IMAGES)
         assert evaluation["stats"]["segm"]["AP50"] == pytest.approx(1.0)
 
@@ -152,8 +153,22 @@ def test_bad_items_are_listed_and_the_rest_processed(tmp_path, dataset, model_pa
     (images / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
     (images / "img_001.webp").write_bytes((image_dir / "img_001.png").read_bytes())  # same basename
 
-    code = main(["infer", "--model", str(model_path), "--input", str(images), "--output", str(tmp_path),
-                 "--output_dirname", "res", "--workers", "1", "--no-progress"])
+    code = main(
+        [
+            "infer",
+            "--model",
+            str(model_path),
+            "--input",
+            str(images),
+            "--output",
+            str(tmp_path),
+            "--output_dirname",
+            "res",
+            "--workers",
+            "1",
+            "--no-progress",
+        ]
+    )
     assert code == 1
     err = capsys.readouterr().err
     assert "broken.png" in err and "img_001.webp" in err
@@ -162,17 +177,51 @@ def test_bad_items_are_listed_and_the_rest_processed(tmp_path, dataset, model_pa
     assert sorted(f["file"].rsplit("/", 1)[1] for f in summary["failed"]) == ["broken.png", "img_001.webp"]
     assert all(f["cause"] for f in summary["failed"])
 
-    code = main(["infer", "--model", str(model_path), "--input", str(images), "--output", str(tmp_path),
-                 "--output-dirname", "strict", "--strict", "--workers", "0", "--no-progress"])
+    code = main(
+        [
+            "infer",
+            "--model",
+            str(model_path),
+            "--input",
+            str(images),
+            "--output",
+            str(tmp_path),
+            "--output-dirname",
+            "strict",
+            "--strict",
+            "--workers",
+            "0",
+            "--no-progress",
+        ]
+    )
     assert code == 2
     assert "img_001.webp" in capsys.readouterr().err
 
 
 def test_cli_prints_an_ais_bench_like_summary(tmp_path, dataset, model_path, capsys):
     image_dir, _, _ = dataset
-    code = main(["infer", "--model", str(model_path), "--input", str(image_dir), "--output", str(tmp_path),
-                 "--output_dirname", "cli", "--batchsize", "2", "--outfmt", "npy", "--backend", "openvino",
-                 "--workers", "0", "--no-progress"])
+    code = main(
+        [
+            "infer",
+            "--model",
+            str(model_path),
+            "--input",
+            str(image_dir),
+            "--output",
+            str(tmp_path),
+            "--output_dirname",
+            "cli",
+            "--batchsize",
+            "2",
+            "--outfmt",
+            "npy",
+            "--backend",
+            "openvino",
+            "--workers",
+            "0",
+            "--no-progress",
+        ]
+    )
     assert code == 0
     out = capsys.readouterr().out
     assert "openvino-cpu-fp32" in out and "throughput 1000*batchsize(2)" in out and "percentile(99%)" in out
@@ -188,6 +237,22 @@ def test_model_errors_exit_2(tmp_path, dataset, capsys):
     bare = build_fake_model(tmp_path / "bare.onnx", metadata=False)
     assert main(["infer", "--model", str(bare), "--input", str(image_dir), "--output", str(tmp_path)]) == 2
     assert "--layout" in capsys.readouterr().err
-    code = main(["infer", "--model", str(bare), "--layout", "end2end", "--input", str(image_dir), "--output",
-                 str(tmp_path), "--output_dirname", "bare", "--workers", "0", "--no-progress"])
+    code = main(
+        [
+            "infer",
+            "--model",
+            str(bare),
+            "--layout",
+            "end2end",
+            "--input",
+            str(image_dir),
+            "--output",
+            str(tmp_path),
+            "--output_dirname",
+            "bare",
+            "--workers",
+            "0",
+            "--no-progress",
+        ]
+    )
     assert code == 0

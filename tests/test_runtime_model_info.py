@@ -2,10 +2,10 @@
 
 import numpy as np
 import pytest
-from test_runtime_fakes import build_fake_model
 
 from retinamask.core.errors import InputError
 from retinamask.formats.model_info import output_specs, read_model_info
+from test_runtime_fakes import build_fake_model
 
 
 @pytest.mark.parametrize("layout,rows", [("end2end", 10), ("seed", 1000)])
@@ -27,7 +27,7 @@ def test_fixed_batch(tmp_path):
 
 
 def test_output_specs_sizes():
-    boxes, labels, scores, masks = output_specs("end2end")
+    boxes, labels, _scores, masks = output_specs("end2end")
     assert boxes.nbytes == 100 * 16 and labels.nbytes == 400 and masks.nbytes == 100 * 28 * 28 * 4
     assert output_specs("seed")[0].name == "bboxs" and output_specs("seed")[0].shape == (1000, 4)
 

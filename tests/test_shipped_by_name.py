@@ -29,17 +29,29 @@ def test_predict_with_no_model_named_uses_the_shipped_model(shapes_image, tmp_pa
     names = {"circle", "rectangle", "triangle", "star", "cross", "ring"}
     assert record["detections"] and {d["class_name"] for d in record["detections"]} <= names
     # the same model named explicitly gives the same detections
-    assert main(["predict", "--input", str(shapes_image), "--output", str(tmp_path / "named"),
-                 "--weights", "retinamask_shapes_small"]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                "--input",
+                str(shapes_image),
+                "--output",
+                str(tmp_path / "named"),
+                "--weights",
+                "retinamask_shapes_small",
+            ]
+        )
+        == 0
+    )
     named = json.loads((tmp_path / "named" / f"{shapes_image.stem}.json").read_text())
     assert named["detections"] == record["detections"]
 
 
 def test_the_shipped_config_fits_the_shipped_weights():
-    from retinamask.modeling.checkpoint import load_checkpoint
     from retinamask.config import load_config
-    from retinamask.modeling import build_model
     from retinamask.config.shipped import SHIPPED_WEIGHTS
+    from retinamask.modeling import build_model
+    from retinamask.modeling.checkpoint import load_checkpoint
 
     cfg = load_config("retinamask_shapes_small")  # the name a user finds in retinamask/configs
     load_checkpoint(build_model(cfg), SHIPPED_WEIGHTS)
@@ -49,8 +61,17 @@ def test_the_shipped_config_fits_the_shipped_weights():
 def test_a_config_that_does_not_fit_names_the_one_saved_with_the_weights(tmp_path, capsys):
     from retinamask.config.shipped import SHIPPED_CONFIG, SHIPPED_WEIGHTS
 
-    code = main(["export", "--cfg_path", "retinanet_mask_R-50-FPN_2x_adjust_std011_ms", "--weight_path",
-                 str(SHIPPED_WEIGHTS), "--save_path", str(tmp_path / "never.onnx")])
+    code = main(
+        [
+            "export",
+            "--cfg_path",
+            "retinanet_mask_R-50-FPN_2x_adjust_std011_ms",
+            "--weight_path",
+            str(SHIPPED_WEIGHTS),
+            "--save_path",
+            str(tmp_path / "never.onnx"),
+        ]
+    )
     err = capsys.readouterr().err.strip()
     assert code == 2 and "\n" not in err
     assert "shape conflicts" in err and f"the config saved with these weights is {SHIPPED_CONFIG}" in err
@@ -58,9 +79,9 @@ def test_a_config_that_does_not_fit_names_the_one_saved_with_the_weights(tmp_pat
 
 
 def test_weights_without_a_config_need_one_saved_beside_them(tmp_path, capsys):
-    from retinamask.modeling.checkpoint import save_checkpoint
     from retinamask.config import load_config
     from retinamask.modeling import build_model
+    from retinamask.modeling.checkpoint import save_checkpoint
 
     weights = tmp_path / "m.pth"
     save_checkpoint(weights, build_model(load_config("retinamask_shapes_small")))
@@ -73,9 +94,15 @@ def _prediction(h, w, boxes, labels):
     masks = np.zeros((len(boxes), h, w), np.uint8)
     for m, (x1, y1, x2, y2) in zip(masks, boxes.astype(int)):
         m[y1:y2, x1:x2] = 1
-    return Prediction(boxes=boxes, scores=np.linspace(0.9, 0.5, len(boxes)).astype(np.float32),
-                      labels=np.asarray(labels), class_names=[f"class{label}" for label in labels], masks=masks,
-                      mask_probs=np.zeros((len(boxes), 28, 28), np.float32), image_size=(h, w))
+    return Prediction(
+        boxes=boxes,
+        scores=np.linspace(0.9, 0.5, len(boxes)).astype(np.float32),
+        labels=np.asarray(labels),
+        class_names=[f"class{label}" for label in labels],
+        masks=masks,
+        mask_probs=np.zeros((len(boxes), 28, 28), np.float32),
+        image_size=(h, w),
+    )
 
 
 def test_small_images_are_drawn_scaled_up():
@@ -86,7 +113,11 @@ def test_small_images_are_drawn_scaled_up():
     # the mask is drawn where the box is, scaled by the same factor
     assert not np.array_equal(overlay[3 * 50, 3 * 35], [128, 128, 128])
     assert np.array_equal(overlay[3 * 150, 3 * 200], [128, 128, 128])
-    assert draw_prediction(np.full((900, 1000, 3), 128, np.uint8), _prediction(900, 1000, [], [])).shape == (900, 1000, 3)
+    assert draw_prediction(np.full((900, 1000, 3), 128, np.uint8), _prediction(900, 1000, [], [])).shape == (
+        900,
+        1000,
+        3,
+    )
 
 
 def test_labels_never_cover_each_other():
@@ -95,6 +126,6 @@ def test_labels_never_cover_each_other():
     rects = layout_labels([f"cross 0.{i}" for i in range(6)], boxes, (800, 1000), 0.9)
     for i, (ax1, ay1, ax2, ay2) in enumerate(rects):
         assert 0 <= ax1 < ax2 <= 1000 and 0 <= ay1 < ay2 <= 800
-        for bx1, by1, bx2, by2 in rects[i + 1:]:
+        for bx1, by1, bx2, by2 in rects[i + 1 :]:
             assert ax2 <= bx1 or bx2 <= ax1 or ay2 <= by1 or by2 <= ay1, (rects[i], (bx1, by1, bx2, by2))
     assert rects[0][3] <= 100  # the best detection's label keeps the place above its box

@@ -98,13 +98,15 @@ def shapes_dir(tmp_path_factory):
 
 GT_BOXES = torch.tensor([[0.0, 0.0, 9.0, 9.0], [40.0, 40.0, 45.0, 45.0]])
 GT_LABELS = torch.tensor([2, 1])
-ANCHORS = torch.tensor([
-    [0.0, 0.0, 9.0, 9.0],      # IoU 1 with GT 0 -> positive, class 2
-    [0.0, 0.0, 9.0, 14.0],     # IoU 100/150 with GT 0 -> positive, class 2
-    [0.0, 0.0, 9.0, 21.0],     # IoU 100/220 = 0.45 -> between thresholds: ignored
-    [20.0, 20.0, 29.0, 29.0],  # IoU 0 -> background
-    [40.0, 40.0, 49.0, 49.0],  # IoU 36/100 with GT 1, its best anchor -> low-quality positive, class 1
-])
+ANCHORS = torch.tensor(
+    [
+        [0.0, 0.0, 9.0, 9.0],  # IoU 1 with GT 0 -> positive, class 2
+        [0.0, 0.0, 9.0, 14.0],  # IoU 100/150 with GT 0 -> positive, class 2
+        [0.0, 0.0, 9.0, 21.0],  # IoU 100/220 = 0.45 -> between thresholds: ignored
+        [20.0, 20.0, 29.0, 29.0],  # IoU 0 -> background
+        [40.0, 40.0, 49.0, 49.0],  # IoU 36/100 with GT 1, its best anchor -> low-quality positive, class 1
+    ]
+)
 
 
 def test_iou_uses_the_plus_one_convention():
@@ -126,7 +128,7 @@ def _focal(logit, target, alpha=0.25, gamma=2.0):
     p = 1 / (1 + math.exp(-logit))
     if target:
         return -alpha * (1 - p) ** gamma * math.log(p)
-    return -(1 - alpha) * p ** gamma * math.log(1 - p)
+    return -(1 - alpha) * p**gamma * math.log(1 - p)
 
 
 def _smooth_l1(x, beta):
@@ -139,15 +141,20 @@ def test_focal_and_regression_losses_match_hand_computation():
     torch.manual_seed(0)
     logits = torch.randn(1, num_anchors * num_classes, 1, 1)
     regression = torch.randn(1, num_anchors * 4, 1, 1) * 0.5
-    loss = RetinaNetLoss(num_classes, Matcher(0.5, 0.4, True), BoxCoder((10.0, 10.0, 5.0, 5.0)),
-                         regression_loss=SmoothL1Loss(beta=0.11))
+    loss = RetinaNetLoss(
+        num_classes, Matcher(0.5, 0.4, True), BoxCoder((10.0, 10.0, 5.0, 5.0)), regression_loss=SmoothL1Loss(beta=0.11)
+    )
     cls_loss, reg_loss = loss([ANCHORS], [logits], [regression], [{"boxes": GT_BOXES, "labels": GT_LABELS}])
 
     flat_logits = logits.view(num_anchors, num_classes).tolist()
     flat_reg = regression.view(num_anchors, 4).tolist()
     labels = [2, 2, None, 0, 1]  # None: ignored
-    expected_cls = sum(_focal(flat_logits[a][c], labels[a] == c + 1)
-                       for a in range(num_anchors) if labels[a] is not None for c in range(num_classes))
+    expected_cls = sum(
+        _focal(flat_logits[a][c], labels[a] == c + 1)
+        for a in range(num_anchors)
+        if labels[a] is not None
+        for c in range(num_classes)
+    )
     num_positive, num_images = 3, 1
     assert cls_loss.item() == pytest.approx(expected_cls / (num_positive + num_images), rel=1e-5)
 
@@ -156,8 +163,12 @@ def test_focal_and_regression_losses_match_hand_computation():
         ax1, ay1, ax2, ay2 = ANCHORS[a].tolist()
         gx1, gy1, gx2, gy2 = GT_BOXES[g].tolist()
         aw, ah, gw, gh = ax2 - ax1 + 1, ay2 - ay1 + 1, gx2 - gx1 + 1, gy2 - gy1 + 1
-        target = [10 * ((gx1 + gw / 2) - (ax1 + aw / 2)) / aw, 10 * ((gy1 + gh / 2) - (ay1 + ah / 2)) / ah,
-                  5 * math.log(gw / aw), 5 * math.log(gh / ah)]
+        target = [
+            10 * ((gx1 + gw / 2) - (ax1 + aw / 2)) / aw,
+            10 * ((gy1 + gh / 2) - (ay1 + ah / 2)) / ah,
+            5 * math.log(gw / aw),
+            5 * math.log(gh / ah),
+        ]
         expected_reg += sum(_smooth_l1(p - t, 0.11) for p, t in zip(flat_reg[a], target))
     assert reg_loss.item() == pytest.approx(expected_reg / (num_positive * 4), rel=1e-5)
 
@@ -165,8 +176,12 @@ def test_focal_and_regression_losses_match_hand_computation():
 def test_no_ground_truth_gives_finite_losses():
     loss = RetinaNetLoss(2, Matcher(0.5, 0.4, True), BoxCoder((10.0, 10.0, 5.0, 5.0)))
     logits = torch.zeros(1, ANCHORS.shape[0] * 2, 1, 1, requires_grad=True)
-    cls_loss, reg_loss = loss([ANCHORS], [logits], [torch.zeros(1, ANCHORS.shape[0] * 4, 1, 1)],
-                              [{"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}])
+    cls_loss, reg_loss = loss(
+        [ANCHORS],
+        [logits],
+        [torch.zeros(1, ANCHORS.shape[0] * 4, 1, 1)],
+        [{"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}],
+    )
     expected = ANCHORS.shape[0] * 2 * _focal(0.0, False) / 1
     assert cls_loss.item() == pytest.approx(expected, rel=1e-5) and reg_loss.item() == 0.0
 
@@ -190,12 +205,17 @@ def test_self_adjusting_smooth_l1_follows_running_statistics():
 
 # -- mask targets ------------------------------------------------------------------------------
 
+
 def test_mask_targets_of_a_square():
     masks = torch.zeros(1, 40, 48, dtype=torch.uint8)
     masks[0, 8:24, 8:24] = 1  # pixels 8..23: the +1 box (8, 8, 23, 23)
-    boxes = torch.tensor([[8.0, 8.0, 23.0, 23.0],   # the square itself
-                          [8.0, 8.0, 39.0, 23.0],   # twice as wide: left half
-                          [0.0, 0.0, 31.0, 31.0]])  # 32 x 32 from the corner: cells 7..20 of 28
+    boxes = torch.tensor(
+        [
+            [8.0, 8.0, 23.0, 23.0],  # the square itself
+            [8.0, 8.0, 39.0, 23.0],  # twice as wide: left half
+            [0.0, 0.0, 31.0, 31.0],
+        ]
+    )  # 32 x 32 from the corner: cells 7..20 of 28
     targets = project_masks_on_boxes(masks, boxes, torch.zeros(3, dtype=torch.int64), 28)
     assert targets.shape == (3, 28, 28) and targets.dtype == torch.float32
     assert targets.min() >= 0 and targets.max() <= 1
@@ -206,12 +226,13 @@ def test_mask_targets_of_a_square():
     assert torch.equal((targets >= 0.5).float(), expected)
     # soft (fractional coverage) only in the cells along an edge of the mask or of the box
     padded = torch.nn.functional.pad(expected, (1, 1, 1, 1), value=-1)
-    near_edge = (torch.nn.functional.max_pool2d(padded, 3, 1) != -torch.nn.functional.max_pool2d(-padded, 3, 1))
+    near_edge = torch.nn.functional.max_pool2d(padded, 3, 1) != -torch.nn.functional.max_pool2d(-padded, 3, 1)
     assert torch.equal(targets[~near_edge], expected[~near_edge])
     assert targets.sum((1, 2)).tolist() == pytest.approx(expected.sum((1, 2)).tolist(), rel=0.05)
 
 
 # -- training steps ----------------------------------------------------------------------------
+
 
 def _synthetic_batch():
     """Two 64x64 images with two squares each; normalised-looking inputs."""
@@ -221,11 +242,12 @@ def _synthetic_batch():
         masks = torch.zeros(2, 64, 64, dtype=torch.uint8)
         boxes = []
         for k, (x1, y1, x2, y2) in enumerate((a, b)):
-            images[i, k, y1:y2 + 1, x1:x2 + 1] = 80.0
-            masks[k, y1:y2 + 1, x1:x2 + 1] = 1
+            images[i, k, y1 : y2 + 1, x1 : x2 + 1] = 80.0
+            masks[k, y1 : y2 + 1, x1 : x2 + 1] = 1
             boxes.append([x1, y1, x2, y2])
-        targets.append({"boxes": torch.tensor(boxes, dtype=torch.float32), "labels": torch.tensor([1, 2]),
-                        "masks": masks})
+        targets.append(
+            {"boxes": torch.tensor(boxes, dtype=torch.float32), "labels": torch.tensor([1, 2]), "masks": masks}
+        )
     return images, [(64, 64), (64, 64)], targets
 
 
@@ -255,8 +277,19 @@ def test_a_few_sgd_steps_reduce_the_loss(tiny_config):
 def test_optimizer_groups_and_warmup_schedule(tiny_config):
     from retinamask.engine.trainer import make_optimizer, make_scheduler
 
-    cfg = load_config(tiny_config, ["RETINANET.NUM_CLASSES", "3", "SOLVER.WARMUP_ITERS", "4",
-                                    "SOLVER.WARMUP_FACTOR", "0.25", "SOLVER.STEPS", "(6, 8)"])
+    cfg = load_config(
+        tiny_config,
+        [
+            "RETINANET.NUM_CLASSES",
+            "3",
+            "SOLVER.WARMUP_ITERS",
+            "4",
+            "SOLVER.WARMUP_FACTOR",
+            "0.25",
+            "SOLVER.STEPS",
+            "(6, 8)",
+        ],
+    )
     model = build_model(cfg)
     optimizer = make_optimizer(cfg, model)
     names = [n for n, p in model.named_parameters() if p.requires_grad]
@@ -276,6 +309,7 @@ def test_optimizer_groups_and_warmup_schedule(tiny_config):
 
 
 # -- data --------------------------------------------------------------------------------------
+
 
 def test_dataset_labels_boxes_masks_and_flip(shapes_dir, tiny_config):
     from retinamask.data.coco_dataset import CocoTrainDataset, TrainTransform
@@ -319,6 +353,7 @@ def test_batch_sampler_is_a_function_of_the_iteration():
 
 # -- checkpoints, resume, CLI --------------------------------------------------------------------
 
+
 def _train(tiny_config, shapes_dir, output, **kwargs):
     from retinamask.engine.trainer import train
 
@@ -326,8 +361,8 @@ def _train(tiny_config, shapes_dir, output, **kwargs):
 
 
 def test_interrupted_training_resumes_exactly(tiny_config, shapes_dir, tmp_path, monkeypatch):
-    from retinamask.modeling.checkpoint import read_checkpoint
     from retinamask.engine import trainer as trainer_module
+    from retinamask.modeling.checkpoint import read_checkpoint
 
     uninterrupted = read_checkpoint(_train(tiny_config, shapes_dir, tmp_path / "a"))
 
@@ -351,19 +386,33 @@ def test_interrupted_training_resumes_exactly(tiny_config, shapes_dir, tmp_path,
         assert torch.equal(resumed["model"][key], value), key
     for index, state in uninterrupted["optimizer"]["state"].items():
         assert torch.equal(resumed["optimizer"]["state"][index]["momentum_buffer"], state["momentum_buffer"])
-    assert [g["lr"] for g in resumed["optimizer"]["param_groups"]] == \
-        [g["lr"] for g in uninterrupted["optimizer"]["param_groups"]]
+    assert [g["lr"] for g in resumed["optimizer"]["param_groups"]] == [
+        g["lr"] for g in uninterrupted["optimizer"]["param_groups"]
+    ]
     for key, value in uninterrupted["loss_state"]["retinanet"].items():
         assert torch.equal(resumed["loss_state"]["retinanet"][key], value)
 
 
 def test_cli_trains_two_iterations_and_writes_a_loadable_model(tiny_config, shapes_dir, tmp_path):
-    from retinamask.modeling.checkpoint import load_checkpoint
     from retinamask.cli import main
+    from retinamask.modeling.checkpoint import load_checkpoint
 
     out = tmp_path / "run"
-    code = main(["train", "--config", str(tiny_config), "--data", str(shapes_dir), "--output", str(out),
-                 "--max-iter", "2", "--workers", "0"])
+    code = main(
+        [
+            "train",
+            "--config",
+            str(tiny_config),
+            "--data",
+            str(shapes_dir),
+            "--output",
+            str(out),
+            "--max-iter",
+            "2",
+            "--workers",
+            "0",
+        ]
+    )
     assert code == 0
     assert (out / "last_checkpoint").read_text().strip() == "model_final.pth"
     cfg = load_config(out / "config.yaml")
@@ -373,14 +422,31 @@ def test_cli_trains_two_iterations_and_writes_a_loadable_model(tiny_config, shap
     load_checkpoint(model, out / "model_final.pth")
     assert model.class_names == cfg.CLASS_NAMES
     # rerunning the finished command does nothing and succeeds
-    assert main(["train", "--config", str(tiny_config), "--data", str(shapes_dir), "--output", str(out),
-                 "--max-iter", "2", "--workers", "0"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--config",
+                str(tiny_config),
+                "--data",
+                str(shapes_dir),
+                "--output",
+                str(out),
+                "--max-iter",
+                "2",
+                "--workers",
+                "0",
+            ]
+        )
+        == 0
+    )
 
 
 def test_cli_reports_a_missing_dataset(tiny_config, tmp_path, capsys):
     from retinamask.cli import main
 
-    code = main(["train", "--config", str(tiny_config), "--data", str(tmp_path / "nowhere"),
-                 "--output", str(tmp_path / "run")])
+    code = main(
+        ["train", "--config", str(tiny_config), "--data", str(tmp_path / "nowhere"), "--output", str(tmp_path / "run")]
+    )
     assert code == 2
     assert "instances_train.json" in capsys.readouterr().err

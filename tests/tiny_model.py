@@ -3,10 +3,22 @@ stage and narrow widths (``load_config(name, TINY_OPTS)``), and random weights r
 detects something.
 Importing this module needs no torch (the runtime-only tests use TINY_OPTS too)."""
 
-TINY_OPTS = ["MODEL.RESNETS.BLOCK_COUNTS", "(1, 1, 1, 1)", "MODEL.RESNETS.WIDTH_PER_GROUP", "8",
-             "MODEL.RESNETS.STEM_OUT_CHANNELS", "8", "MODEL.RESNETS.RES2_OUT_CHANNELS", "32",
-             "MODEL.BACKBONE.OUT_CHANNELS", "32", "MODEL.ROI_MASK_HEAD.CONV_LAYERS", "(32, 32)",
-             "RETINANET.NUM_CLASSES", "4"]
+TINY_OPTS = [
+    "MODEL.RESNETS.BLOCK_COUNTS",
+    "(1, 1, 1, 1)",
+    "MODEL.RESNETS.WIDTH_PER_GROUP",
+    "8",
+    "MODEL.RESNETS.STEM_OUT_CHANNELS",
+    "8",
+    "MODEL.RESNETS.RES2_OUT_CHANNELS",
+    "32",
+    "MODEL.BACKBONE.OUT_CHANNELS",
+    "32",
+    "MODEL.ROI_MASK_HEAD.CONV_LAYERS",
+    "(32, 32)",
+    "RETINANET.NUM_CLASSES",
+    "4",
+]
 
 
 def tiny_model_with_detections(cfg, input_size, structured_masks=False):

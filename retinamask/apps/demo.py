@@ -9,23 +9,22 @@ import json
 import time
 from pathlib import Path
 
-from retinamask.config.shipped import SHIPPED_CONFIG, SHIPPED_WEIGHTS  # noqa: F401 (re-exported for the CLI and tests)
+from retinamask.config.shipped import SHIPPED_CONFIG, SHIPPED_WEIGHTS
 
 # The demo's val split uses a seed the shipped model was never trained or tuned on.
 DEMO_VAL_SEED = 7
 
 
-def run_demo(output_dir="runs/demo", num_images=200, backend="auto", num_overlays=8, bench_loops=30,
-             log=print):
+def run_demo(output_dir="runs/demo", num_images=200, backend="auto", num_overlays=8, bench_loops=30, log=print):
     """Run every step; returns a dict with the mAPs, fps and paths. Prints progress through ``log``."""
+    from retinamask.apps.evaluate import evaluate_outputs
+    from retinamask.apps.onnx_predictor import OnnxPredictor
+    from retinamask.apps.predict_images import predict_images
     from retinamask.config import load_config
     from retinamask.data.shapes import generate_shapes_dataset
-    from retinamask.apps.predict_images import predict_images
-    from retinamask.decode.postprocess import evaluate_outputs
     from retinamask.export.onnx_export import export_onnx
     from retinamask.runtime.bench import run_benchmark
     from retinamask.runtime.infer import run_inference
-    from retinamask.apps.onnx_predictor import OnnxPredictor
 
     out = Path(output_dir)
     timings = {}
@@ -47,8 +46,9 @@ def run_demo(output_dir="runs/demo", num_images=200, backend="auto", num_overlay
     start = time.perf_counter()
     model_path = out / "retinamask_shapes_small.onnx"
     if not model_path.exists() or model_path.stat().st_mtime < SHIPPED_WEIGHTS.stat().st_mtime:
-        report = export_onnx(cfg, SHIPPED_WEIGHTS, model_path, layout="end2end", dynamic_batch=True,
-                             input_size=input_size, verify=True)
+        report = export_onnx(
+            cfg, SHIPPED_WEIGHTS, model_path, layout="end2end", dynamic_batch=True, input_size=input_size, verify=True
+        )
         from retinamask.export.report import format_report
 
         log("[2/5] " + format_report(report))
@@ -57,24 +57,30 @@ def run_demo(output_dir="runs/demo", num_images=200, backend="auto", num_overlay
     timings["export"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    infer_summary = run_inference(model_path, images_dir, output_dir=out, output_dirname="infer", batch_size=1,
-                                  backend=backend, progress=True)
+    infer_summary = run_inference(
+        model_path, images_dir, output_dir=out, output_dirname="infer", batch_size=1, backend=backend, progress=True
+    )
     timings["infer"] = time.perf_counter() - start
     log(f"[3/5] infer: {infer_summary['count']} images inferred, {infer_summary['skipped']} kept from an earlier run")
 
     start = time.perf_counter()
-    eval_summary = evaluate_outputs(out / "infer", ann_file, layout="end2end", output_path=out / "evaluation_results.txt",
-                                    progress=True)
+    eval_summary = evaluate_outputs(
+        out / "infer", ann_file, layout="end2end", output_path=out / "evaluation_results.txt", progress=True
+    )
     timings["evaluate"] = time.perf_counter() - start
     stats = eval_summary["stats"]
-    log(f"[4/5] evaluate: bbox mAP {stats['bbox']['AP']:.3f}, segm mAP {stats['segm']['AP']:.3f} "
-        f"(COCO mAP@[.5:.95], {num_images} images) -> {out / 'evaluation_results.txt'}")
+    log(
+        f"[4/5] evaluate: bbox mAP {stats['bbox']['AP']:.3f}, segm mAP {stats['segm']['AP']:.3f} "
+        f"(COCO mAP@[.5:.95], {num_images} images) -> {out / 'evaluation_results.txt'}"
+    )
 
     start = time.perf_counter()
     bench = run_benchmark(model_path, backend=backend, batch_size=1, loop=bench_loops, warmup=3)
     timings["bench"] = time.perf_counter() - start
-    log(f"[5/5] bench: {backend} {bench['precision']}: {bench['throughput']:.1f} fps, "
-        f"latency mean {bench['mean_ms']:.1f} ms, p99 {bench['p99_ms']:.1f} ms")
+    log(
+        f"[5/5] bench: {backend} {bench['precision']}: {bench['throughput']:.1f} fps, "
+        f"latency mean {bench['mean_ms']:.1f} ms, p99 {bench['p99_ms']:.1f} ms"
+    )
 
     predictor = OnnxPredictor(model_path, backend=backend)
     images = sorted(Path(images_dir).iterdir())[:num_overlays]
@@ -82,9 +88,16 @@ def run_demo(output_dir="runs/demo", num_images=200, backend="auto", num_overlay
     log(f"overlays: {len(images)} PNGs (+ JSON) in {out / 'overlays'}")
 
     result = {
-        "bbox_mAP": stats["bbox"]["AP"], "segm_mAP": stats["segm"]["AP"], "fps": bench["throughput"],
-        "latency_ms": bench["mean_ms"], "backend": backend, "num_images": num_images, "input_size": input_size,
-        "model": str(model_path), "overlays": str(out / "overlays"), "seconds": timings,
+        "bbox_mAP": stats["bbox"]["AP"],
+        "segm_mAP": stats["segm"]["AP"],
+        "fps": bench["throughput"],
+        "latency_ms": bench["mean_ms"],
+        "backend": backend,
+        "num_images": num_images,
+        "input_size": input_size,
+        "model": str(model_path),
+        "overlays": str(out / "overlays"),
+        "seconds": timings,
     }
     (out / "demo_summary.json").write_text(json.dumps(result, indent=2) + "\n")
     return result

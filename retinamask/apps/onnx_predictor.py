@@ -2,12 +2,12 @@
 
 import numpy as np
 
-from retinamask.formats.images import as_rgb_array
-from retinamask.data.transforms import policy_preprocess
-from retinamask.decode.postprocess import decode_outputs
 from retinamask.core.detections import Prediction
-from retinamask.runtime.backends import create_session
+from retinamask.data.transforms import policy_preprocess
+from retinamask.decode.outputs import decode_outputs
+from retinamask.formats.images import as_rgb_array
 from retinamask.formats.model_info import read_model_info
+from retinamask.runtime.backends import create_session
 
 
 class OnnxPredictor:
@@ -18,8 +18,7 @@ class OnnxPredictor:
     the host-side NMS.
     """
 
-    def __init__(self, model_path, backend="auto", device="cpu", precision="fp32", mask_threshold=0.5,
-                 resize=None):
+    def __init__(self, model_path, backend="auto", device="cpu", precision="fp32", mask_threshold=0.5, resize=None):
         self.info = read_model_info(model_path, resize=resize)
         self.session = create_session(model_path, backend, device, precision, model_info=self.info)
         self.mask_threshold = mask_threshold
@@ -37,14 +36,27 @@ class OnnxPredictor:
         else:
             outputs = self.session.run(chw[None])
         outputs = [o[0] for o in outputs]
-        det = decode_outputs(outputs, info.layout, rgb.shape[:2], geometry.resized_hw,
-                             nms_threshold=info.nms_threshold, clip=info.resize.clip_to_image,
-                             max_detections=info.max_detections, mask_threshold=self.mask_threshold)
+        det = decode_outputs(
+            outputs,
+            info.layout,
+            rgb.shape[:2],
+            geometry.resized_hw,
+            nms_threshold=info.nms_threshold,
+            clip=info.resize.clip_to_image,
+            max_detections=info.max_detections,
+            mask_threshold=self.mask_threshold,
+        )
         order = np.argsort(-det.scores, kind="stable")
         labels = det.labels[order].astype(np.int64)
-        return Prediction(boxes=det.boxes[order], scores=det.scores[order], labels=labels,
-                          class_names=[self._name(i) for i in labels], masks=det.masks[order],
-                          mask_probs=det.mask_probs[order], image_size=tuple(rgb.shape[:2]))
+        return Prediction(
+            boxes=det.boxes[order],
+            scores=det.scores[order],
+            labels=labels,
+            class_names=[self._name(i) for i in labels],
+            masks=det.masks[order],
+            mask_probs=det.mask_probs[order],
+            image_size=tuple(rgb.shape[:2]),
+        )
 
     def _name(self, label):
         names = self.class_names

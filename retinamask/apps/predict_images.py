@@ -3,9 +3,9 @@
 import logging
 from pathlib import Path
 
-from retinamask.formats.images import list_images, load_image_rgb
 from retinamask.core.errors import EXIT_ITEMS_FAILED, EXIT_OK, InputError, RetinaMaskError
 from retinamask.core.fileio import atomic_write_json
+from retinamask.formats.images import list_images, load_image_rgb
 from retinamask.ops.draw import write_overlay
 
 log = logging.getLogger(__name__)
@@ -44,8 +44,11 @@ def predict_images(predict, images, output_dir, score_threshold=0.3, strict=Fals
     for path in tqdm(images, desc="predict", unit="img", disable=not show):
         try:
             if path.stem in stems:
-                raise InputError(f"same name as {stems[path.stem]}: its outputs {path.stem}.png/.json would be "
-                                 "overwritten (rename one, or run them separately)", path=path)
+                raise InputError(
+                    f"same name as {stems[path.stem]}: its outputs {path.stem}.png/.json would be "
+                    "overwritten (rename one, or run them separately)",
+                    path=path,
+                )
             stems[path.stem] = path
             rgb = load_image_rgb(path)
             prediction = predict(rgb)
@@ -59,5 +62,9 @@ def predict_images(predict, images, output_dir, score_threshold=0.3, strict=Fals
         atomic_write_json(output_dir / f"{path.stem}.json", record)
         write_overlay(output_dir / f"{path.stem}.png", rgb, prediction, score_threshold)
         written.append(str(path))
-    return {"written": written, "failed": failures, "output_dir": str(output_dir),
-            "exit_code": EXIT_ITEMS_FAILED if failures else EXIT_OK}
+    return {
+        "written": written,
+        "failed": failures,
+        "output_dir": str(output_dir),
+        "exit_code": EXIT_ITEMS_FAILED if failures else EXIT_OK,
+    }

@@ -11,7 +11,14 @@ import importlib
 import logging
 import sys
 
-from retinamask.core.errors import EXIT_BAD_INPUT, EXIT_INTERNAL_ERROR, EXIT_INTERRUPTED, EXIT_ITEMS_FAILED, EXIT_OK, RetinaMaskError
+from retinamask.core.errors import (
+    EXIT_BAD_INPUT,
+    EXIT_INTERNAL_ERROR,
+    EXIT_INTERRUPTED,
+    EXIT_ITEMS_FAILED,
+    EXIT_OK,
+    RetinaMaskError,
+)
 
 # subcommand name -> module under retinamask.cli (in --help order)
 COMMANDS = {
@@ -103,8 +110,11 @@ def main(argv=None):
         if args.debug:
             raise
         text = " ".join(str(e).split())[:300]
-        print(f"error: unexpected {type(e).__name__}: {text} (a bug; 'retinamask --debug {args.command} ...' "
-              "shows the traceback)", file=sys.stderr)
+        print(
+            f"error: unexpected {type(e).__name__}: {text} (a bug; 'retinamask --debug {args.command} ...' "
+            "shows the traceback)",
+            file=sys.stderr,
+        )
         return EXIT_INTERNAL_ERROR
 
 
@@ -114,8 +124,12 @@ if __name__ == "__main__":
 
 def add_resize_argument(parser, default_help="the model's, from its metadata"):
     """``--resize original|seed|buckets`` (shared by preprocess, infer, evaluate, predict, bench)."""
-    parser.add_argument("--resize", choices=("original", "seed", "buckets"), default=None,
-                        help="resize policy: original (the original's test resize, padded to /32; exact), "
-                             "seed (long side S, S x S canvas: the Ascend seed's), buckets (the original's resize "
-                             f"padded to a few fixed canvases); default: {default_help}. A model exported with "
-                             "--resize original or buckets runs any of them; a square (seed) model only seed")
+    parser.add_argument(
+        "--resize",
+        choices=("original", "seed", "buckets"),
+        default=None,
+        help="resize policy: original (the original's test resize, padded to /32; exact), "
+        "seed (long side S, S x S canvas: the Ascend seed's), buckets (the original's resize "
+        f"padded to a few fixed canvases); default: {default_help}. A model exported with "
+        "--resize original or buckets runs any of them; a square (seed) model only seed",
+    )

@@ -2,8 +2,8 @@
 ``--loop`` mode) on random input of the model's shape; ``--compare`` runs every
 backend/precision available here and prints one Markdown table."""
 
-from retinamask.core.errors import EXIT_OK
 from retinamask.cli import add_resize_argument
+from retinamask.core.errors import EXIT_OK
 
 HELP = "pure-inference benchmark of an exported model (ais_bench-style)"
 
@@ -14,24 +14,48 @@ def add_arguments(parser):
     parser.add_argument("--model", required=True, help="exported ONNX model")
     parser.add_argument("--loop", type=int, default=100, help="timed runs (default 100)")
     parser.add_argument("--warmup", type=int, default=5, help="untimed runs first (default 5)")
-    parser.add_argument("--batchsize", "--batch-size", "--batch_size", dest="batchsize", type=int, default=None,
-                        help="batch size (default: the model's fixed batch, else 1)")
-    parser.add_argument("--backend", choices=BACKEND_CHOICES, default="auto",
-                        help="auto (default): the fastest installed runtime for this CPU and precision")
+    parser.add_argument(
+        "--batchsize",
+        "--batch-size",
+        "--batch_size",
+        dest="batchsize",
+        type=int,
+        default=None,
+        help="batch size (default: the model's fixed batch, else 1)",
+    )
+    parser.add_argument(
+        "--backend",
+        choices=BACKEND_CHOICES,
+        default="auto",
+        help="auto (default): the fastest installed runtime for this CPU and precision",
+    )
     parser.add_argument("--device", choices=DEVICES, default="cpu")
     parser.add_argument("--precision", default="fp32", help="fp32 (default), bf16 (OpenVINO), fp16 (TensorRT)")
     parser.add_argument("--threads", type=int, default=None, help="inference threads (default: physical cores)")
-    parser.add_argument("--cache-dir", "--cache_dir", dest="cache_dir", default=None,
-                        help="keep optimized/compiled models here")
-    parser.add_argument("--performance-hint", "--performance_hint", dest="performance_hint",
-                        choices=PERFORMANCE_HINTS, default="LATENCY", help="OpenVINO performance hint")
-    parser.add_argument("--compare", action="store_true",
-                        help="run every backend/precision available here and print a Markdown table")
+    parser.add_argument(
+        "--cache-dir", "--cache_dir", dest="cache_dir", default=None, help="keep optimized/compiled models here"
+    )
+    parser.add_argument(
+        "--performance-hint",
+        "--performance_hint",
+        dest="performance_hint",
+        choices=PERFORMANCE_HINTS,
+        default="LATENCY",
+        help="OpenVINO performance hint",
+    )
+    parser.add_argument(
+        "--compare", action="store_true", help="run every backend/precision available here and print a Markdown table"
+    )
     parser.add_argument("--json", dest="json_path", default=None, help="also write the results as JSON here")
     add_resize_argument(parser)
-    parser.add_argument("--image-size", "--image_size", dest="image_size", default="640x480", metavar="WxH",
-                        help="models that take any canvas: time the canvas the policy gives a WxH image "
-                             "(default: 640x480)")
+    parser.add_argument(
+        "--image-size",
+        "--image_size",
+        dest="image_size",
+        default="640x480",
+        metavar="WxH",
+        help="models that take any canvas: time the canvas the policy gives a WxH image (default: 640x480)",
+    )
 
 
 def run(args):
@@ -40,15 +64,32 @@ def run(args):
 
     image_hw = _image_hw(args.image_size)
     if args.compare:
-        rows = compare_backends(args.model, args.batchsize, args.loop, args.warmup, threads=args.threads,
-                                cache_dir=args.cache_dir, resize=args.resize, image_hw=image_hw)
+        rows = compare_backends(
+            args.model,
+            args.batchsize,
+            args.loop,
+            args.warmup,
+            threads=args.threads,
+            cache_dir=args.cache_dir,
+            resize=args.resize,
+            image_hw=image_hw,
+        )
         print(format_table(rows))
         result = {"model": args.model, "loop": args.loop, "warmup": args.warmup, "rows": rows}
     else:
         result = run_benchmark(
-            args.model, args.backend, args.device, args.precision, args.batchsize, args.loop, args.warmup,
-            threads=args.threads, cache_dir=args.cache_dir, performance_hint=args.performance_hint,
-            resize=args.resize, image_hw=image_hw,
+            args.model,
+            args.backend,
+            args.device,
+            args.precision,
+            args.batchsize,
+            args.loop,
+            args.warmup,
+            threads=args.threads,
+            cache_dir=args.cache_dir,
+            performance_hint=args.performance_hint,
+            resize=args.resize,
+            image_hw=image_hw,
         )
         print(format_stats(result))
     if args.json_path:
@@ -66,6 +107,7 @@ def _image_hw(text):
         if width <= 0 or height <= 0:
             raise ValueError
     except ValueError:
-        raise ConfigError(f"--image-size must be WxH with positive sides, e.g. 640x480, got {text!r}",
-                          path="command line") from None
+        raise ConfigError(
+            f"--image-size must be WxH with positive sides, e.g. 640x480, got {text!r}", path="command line"
+        ) from None
     return (height, width)

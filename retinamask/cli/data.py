@@ -38,9 +38,7 @@ def add_arguments(parser):
         "--num-images", required=True, type=int, metavar="N", help="number of images in the --split-name split"
     )
     shapes.add_argument("--seed", type=int, default=0, metavar="S", help="random seed, >= 0 (default: 0)")
-    shapes.add_argument(
-        "--split-name", default="val", metavar="NAME", help="name of the N-image split (default: val)"
-    )
+    shapes.add_argument("--split-name", default="val", metavar="NAME", help="name of the N-image split (default: val)")
     shapes.add_argument(
         "--train-images",
         type=int,

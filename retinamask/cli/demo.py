@@ -6,8 +6,12 @@ from retinamask.core.errors import EXIT_OK, RetinaMaskError
 def add_arguments(parser):
     parser.add_argument("--output", default="runs/demo", help="working folder (default: runs/demo); reruns reuse it")
     parser.add_argument("--num-images", type=int, default=200, help="synthetic val images (default 200)")
-    parser.add_argument("--backend", default="auto", choices=["auto", "onnxruntime", "openvino"],
-                        help="auto (default): the fastest installed runtime for this CPU")
+    parser.add_argument(
+        "--backend",
+        default="auto",
+        choices=["auto", "onnxruntime", "openvino"],
+        help="auto (default): the fastest installed runtime for this CPU",
+    )
     parser.add_argument("--overlays", type=int, default=8, help="overlay PNGs to write (default 8)")
 
 
@@ -18,9 +22,13 @@ def run(args):
         raise RetinaMaskError("the shipped model is missing from this install", path=SHIPPED_WEIGHTS)
     result = run_demo(args.output, num_images=args.num_images, backend=args.backend, num_overlays=args.overlays)
     print()
-    print(f"RetinaMask (small, shipped) on {result['num_images']} synthetic images, "
-          f"{result['input_size']}x{result['input_size']} input, {result['backend']} CPU:")
-    print(f"  bbox mAP {result['bbox_mAP']:.3f}   segm mAP {result['segm_mAP']:.3f}   "
-          f"{result['fps']:.1f} fps ({result['latency_ms']:.1f} ms/image)")
+    print(
+        f"RetinaMask (small, shipped) on {result['num_images']} synthetic images, "
+        f"{result['input_size']}x{result['input_size']} input, {result['backend']} CPU:"
+    )
+    print(
+        f"  bbox mAP {result['bbox_mAP']:.3f}   segm mAP {result['segm_mAP']:.3f}   "
+        f"{result['fps']:.1f} fps ({result['latency_ms']:.1f} ms/image)"
+    )
     print(f"  overlays: {result['overlays']}   summary: {args.output}/demo_summary.json")
     return EXIT_OK

@@ -16,62 +16,148 @@ HELP = "inference outputs -> COCO results JSON + bbox/segm mAP"
 
 
 def add_arguments(parser):
-    from retinamask.decode.postprocess import default_workers
+    from retinamask.apps.evaluate import default_workers
 
-    parser.add_argument("--infer_results_path", "--infer-results-path", dest="infer_results_path", required=True,
-                        help="folder of per-image outputs ({name}_0.bin ...), e.g. result/<output_dirname>")
-    parser.add_argument("--input_text_path", "--input-text-path", dest="input_text_path", default=None,
-                        help="the .info list of the inferred .bin files (the seed's); its sidecar is used when present")
-    parser.add_argument("--images", default=None,
-                        help="image list: the images.json that infer writes (default: the one in the results "
-                             "folder) or a preprocess sidecar; alternative to --input_text_path")
-    parser.add_argument("--coco_path", "--coco-path", dest="coco_path", default="./coco",
-                        help="COCO root holding annotations/ (default: ./coco)")
-    parser.add_argument("--ann_file", "--ann-file", dest="ann_file", default=None,
-                        help="annotation JSON (default: {coco_path}/annotations/instances_val2017.json)")
-    parser.add_argument("--output_path", "--output-path", dest="output_path", default="./evaluation_results.txt",
-                        help="the 12 bbox + 12 segm stats as text (default: ./evaluation_results.txt); the stats "
-                             "JSON goes beside it as <name>.json")
-    parser.add_argument("--results-json", "--results_json", dest="results_json", default=None,
-                        help="COCO results JSON (default: <output_path without .txt>_coco_results.json)")
-    parser.add_argument("--layout", choices=("auto", "end2end", "seed"), default="auto",
-                        help="output layout (auto: the run sidecar / --model metadata, else 1000 rows = seed)")
+    parser.add_argument(
+        "--infer_results_path",
+        "--infer-results-path",
+        dest="infer_results_path",
+        required=True,
+        help="folder of per-image outputs ({name}_0.bin ...), e.g. result/<output_dirname>",
+    )
+    parser.add_argument(
+        "--input_text_path",
+        "--input-text-path",
+        dest="input_text_path",
+        default=None,
+        help="the .info list of the inferred .bin files (the seed's); its sidecar is used when present",
+    )
+    parser.add_argument(
+        "--images",
+        default=None,
+        help="image list: the images.json that infer writes (default: the one in the results "
+        "folder) or a preprocess sidecar; alternative to --input_text_path",
+    )
+    parser.add_argument(
+        "--coco_path",
+        "--coco-path",
+        dest="coco_path",
+        default="./coco",
+        help="COCO root holding annotations/ (default: ./coco)",
+    )
+    parser.add_argument(
+        "--ann_file",
+        "--ann-file",
+        dest="ann_file",
+        default=None,
+        help="annotation JSON (default: {coco_path}/annotations/instances_val2017.json)",
+    )
+    parser.add_argument(
+        "--output_path",
+        "--output-path",
+        dest="output_path",
+        default="./evaluation_results.txt",
+        help="the 12 bbox + 12 segm stats as text (default: ./evaluation_results.txt); the stats "
+        "JSON goes beside it as <name>.json",
+    )
+    parser.add_argument(
+        "--results-json",
+        "--results_json",
+        dest="results_json",
+        default=None,
+        help="COCO results JSON (default: <output_path without .txt>_coco_results.json)",
+    )
+    parser.add_argument(
+        "--layout",
+        choices=("auto", "end2end", "seed"),
+        default="auto",
+        help="output layout (auto: the run sidecar / --model metadata, else 1000 rows = seed)",
+    )
     parser.add_argument("--model", default=None, help="the ONNX model that produced the outputs (for its metadata)")
-    parser.add_argument("--input-size", "--input_size", dest="input_size", type=int, default=None,
-                        help="model input side S when nothing else says it (default 1344, the seed's)")
-    parser.add_argument("--convention", choices=("original", "seed"), default=None,
-                        help="outputs -> COCO results and their evaluation: original (default: the original "
-                             "RetinaMask's) or seed (the Ascend seed's RetinaMask_postprocess.py, number for number: "
-                             "its NMS, one resize ratio, box width x2 - x1, its mask paste, box areas for segm)")
+    parser.add_argument(
+        "--input-size",
+        "--input_size",
+        dest="input_size",
+        type=int,
+        default=None,
+        help="model input side S when nothing else says it (default 1344, the seed's)",
+    )
+    parser.add_argument(
+        "--convention",
+        choices=("original", "seed"),
+        default=None,
+        help="outputs -> COCO results and their evaluation: original (default: the original "
+        "RetinaMask's) or seed (the Ascend seed's RetinaMask_postprocess.py, number for number: "
+        "its NMS, one resize ratio, box width x2 - x1, its mask paste, box areas for segm)",
+    )
     add_resize_argument(parser, "the image list's resized sizes, else the model's or the run sidecar's policy")
-    parser.add_argument("--mask-paste", "--mask_paste", dest="mask_paste", choices=("original", "seed"),
-                        default=None, help="deprecated: --convention")
-    parser.add_argument("--coco-backend", dest="coco_backend",
-                        choices=("auto", "direct", "pycocotools", "faster-coco-eval"), default="auto",
-                        help="COCO evaluator (auto: direct = faster-coco-eval's C++ evaluator fed our own IoUs, "
-                             "when faster-coco-eval is installed, else pycocotools; all give the same stats)")
-    parser.add_argument("--report", dest="report_dir", default=None, metavar="DIR",
-                        help="also write an evaluation report to DIR: index.html with per-class AP, AP by object "
-                             "size, precision-recall curves and the best and worst images drawn")
-    parser.add_argument("--image-dir", "--image_dir", dest="image_dir", default=None,
-                        help="the images, for the report's drawings (default: the annotation file's split folder, "
-                             "e.g. coco/val2017 for annotations/instances_val2017.json)")
-    parser.add_argument("--workers", type=int, default=default_workers(),
-                        help="postprocessing processes (default %(default)s; 1: in this process)")
-    parser.add_argument("--no-progress", dest="progress", action="store_false", default=None,
-                        help="no progress bar (default: shown on a terminal)")
+    parser.add_argument(
+        "--mask-paste",
+        "--mask_paste",
+        dest="mask_paste",
+        choices=("original", "seed"),
+        default=None,
+        help="deprecated: --convention",
+    )
+    parser.add_argument(
+        "--coco-backend",
+        dest="coco_backend",
+        choices=("auto", "direct", "pycocotools", "faster-coco-eval"),
+        default="auto",
+        help="COCO evaluator (auto: direct = faster-coco-eval's C++ evaluator fed our own IoUs, "
+        "when faster-coco-eval is installed, else pycocotools; all give the same stats)",
+    )
+    parser.add_argument(
+        "--report",
+        dest="report_dir",
+        default=None,
+        metavar="DIR",
+        help="also write an evaluation report to DIR: index.html with per-class AP, AP by object "
+        "size, precision-recall curves and the best and worst images drawn",
+    )
+    parser.add_argument(
+        "--image-dir",
+        "--image_dir",
+        dest="image_dir",
+        default=None,
+        help="the images, for the report's drawings (default: the annotation file's split folder, "
+        "e.g. coco/val2017 for annotations/instances_val2017.json)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=default_workers(),
+        help="postprocessing processes (default %(default)s; 1: in this process)",
+    )
+    parser.add_argument(
+        "--no-progress",
+        dest="progress",
+        action="store_false",
+        default=None,
+        help="no progress bar (default: shown on a terminal)",
+    )
     parser.add_argument("--strict", action="store_true", help="stop at the first bad item (exit code 2)")
-    parser.add_argument("--no-resume", dest="resume", action="store_false",
-                        help="redo every image, not reusing what an interrupted run left in <output_path stem>_parts/")
-    parser.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
-                        help="postprocess on a Ray cluster (COCO evaluation stays here): auto, ray://host:10001 or "
-                             "host:port (no address: RAY_ADDRESS, else a local Ray instance); the results folder "
-                             "must be at the same path on every node (pip install 'retinamask[ray]')")
+    parser.add_argument(
+        "--no-resume",
+        dest="resume",
+        action="store_false",
+        help="redo every image, not reusing what an interrupted run left in <output_path stem>_parts/",
+    )
+    parser.add_argument(
+        "--ray",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="ADDRESS",
+        help="postprocess on a Ray cluster (COCO evaluation stays here): auto, ray://host:10001 or "
+        "host:port (no address: RAY_ADDRESS, else a local Ray instance); the results folder "
+        "must be at the same path on every node (pip install 'retinamask[ray]')",
+    )
 
 
 def run(args):
+    from retinamask.apps.evaluate import evaluate_outputs
     from retinamask.evaluation.coco_eval import format_stats_text
-    from retinamask.decode.postprocess import evaluate_outputs
 
     ann_file = args.ann_file or os.path.join(args.coco_path, "annotations", "instances_val2017.json")
     convention = args.convention or args.mask_paste or "original"
@@ -122,6 +208,9 @@ def run(args):
     if summary.get("report"):
         print(f"report: {summary['report']} ({timing['report_s']:.2f} s)")
     if summary["annotation_images_without_outputs"]:
-        print(f"note: {summary['annotation_images_without_outputs']} annotation images have no outputs "
-              "(they count as images without detections)", file=sys.stderr)
+        print(
+            f"note: {summary['annotation_images_without_outputs']} annotation images have no outputs "
+            "(they count as images without detections)",
+            file=sys.stderr,
+        )
     return report_failures(summary["failed"])

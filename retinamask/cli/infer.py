@@ -6,7 +6,6 @@ and dashed forms too. Exit codes: 0 all done; 1 some items failed (listed); 2 no
 usable (bad model/arguments, or the first bad item under --strict).
 """
 
-
 from retinamask.cli import add_resize_argument, report_failures
 
 HELP = "run an exported model over .bin files or images (ais_bench-style outputs)"
@@ -17,48 +16,121 @@ def add_arguments(parser):
     from retinamask.runtime.infer import default_workers
 
     parser.add_argument("--model", required=True, help="exported ONNX model (retinamask export)")
-    parser.add_argument("--input", required=True,
-                        help="folder of images, folder of .bin files, an .info list, or one .bin/image file")
+    parser.add_argument(
+        "--input", required=True, help="folder of images, folder of .bin files, an .info list, or one .bin/image file"
+    )
     parser.add_argument("--output", default=".", help="parent folder of the results folder (default: .)")
-    parser.add_argument("--output_dirname", "--output-dirname", dest="output_dirname", default=None,
-                        help="results subfolder (default: the start time, as ais_bench; name it to resume a run)")
-    parser.add_argument("--batchsize", "--batch-size", "--batch_size", dest="batchsize", type=int, default=1,
-                        help="images per model call (a fixed-batch model uses its own; default 1)")
-    parser.add_argument("--outfmt", type=str.upper, choices=("BIN", "NPY"), default="BIN",
-                        help="per-image output files: raw little-endian BIN (as ais_bench) or NPY")
-    parser.add_argument("--backend", choices=BACKEND_CHOICES, default="auto",
-                        help="auto (default): the fastest installed runtime for this CPU and precision")
-    parser.add_argument("--device", choices=DEVICES, default="cpu",
-                        help="cpu, cuda or tensorrt (ONNX Runtime EPs; onnxruntime-gpu needed for the last two)")
-    parser.add_argument("--precision", default="fp32",
-                        help="fp32 (default); bf16 with --backend openvino on a CPU that has it; fp16 with tensorrt")
-    parser.add_argument("--legacy-names", "--legacy_names", dest="legacy_names", action="store_true",
-                        help="name outputs _1.._4 (the seed postprocess's) instead of ais_bench's _0.._3")
-    parser.add_argument("--workers", type=int, default=default_workers(),
-                        help="image preprocessing processes (0: in this process; default %(default)s)")
+    parser.add_argument(
+        "--output_dirname",
+        "--output-dirname",
+        dest="output_dirname",
+        default=None,
+        help="results subfolder (default: the start time, as ais_bench; name it to resume a run)",
+    )
+    parser.add_argument(
+        "--batchsize",
+        "--batch-size",
+        "--batch_size",
+        dest="batchsize",
+        type=int,
+        default=1,
+        help="images per model call (a fixed-batch model uses its own; default 1)",
+    )
+    parser.add_argument(
+        "--outfmt",
+        type=str.upper,
+        choices=("BIN", "NPY"),
+        default="BIN",
+        help="per-image output files: raw little-endian BIN (as ais_bench) or NPY",
+    )
+    parser.add_argument(
+        "--backend",
+        choices=BACKEND_CHOICES,
+        default="auto",
+        help="auto (default): the fastest installed runtime for this CPU and precision",
+    )
+    parser.add_argument(
+        "--device",
+        choices=DEVICES,
+        default="cpu",
+        help="cpu, cuda or tensorrt (ONNX Runtime EPs; onnxruntime-gpu needed for the last two)",
+    )
+    parser.add_argument(
+        "--precision",
+        default="fp32",
+        help="fp32 (default); bf16 with --backend openvino on a CPU that has it; fp16 with tensorrt",
+    )
+    parser.add_argument(
+        "--legacy-names",
+        "--legacy_names",
+        dest="legacy_names",
+        action="store_true",
+        help="name outputs _1.._4 (the seed postprocess's) instead of ais_bench's _0.._3",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=default_workers(),
+        help="image preprocessing processes (0: in this process; default %(default)s)",
+    )
     parser.add_argument("--strict", action="store_true", help="stop at the first bad item (exit code 2)")
     parser.add_argument("--threads", type=int, default=None, help="inference threads (default: physical cores)")
-    parser.add_argument("--cache-dir", "--cache_dir", dest="cache_dir", default=None,
-                        help="keep optimized/compiled models here (ORT optimized graph, TensorRT engines, OpenVINO blobs)")
-    parser.add_argument("--performance-hint", "--performance_hint", dest="performance_hint",
-                        choices=PERFORMANCE_HINTS, default="LATENCY", help="OpenVINO performance hint")
-    parser.add_argument("--layout", choices=("end2end", "seed"), default=None,
-                        help="the model's output layout, for models whose metadata lacks retinamask.layout")
-    parser.add_argument("--input-size", "--input_size", dest="input_size", type=int, default=None,
-                        help="the model's input side S, for models whose metadata and input shape lack it")
+    parser.add_argument(
+        "--cache-dir",
+        "--cache_dir",
+        dest="cache_dir",
+        default=None,
+        help="keep optimized/compiled models here (ORT optimized graph, TensorRT engines, OpenVINO blobs)",
+    )
+    parser.add_argument(
+        "--performance-hint",
+        "--performance_hint",
+        dest="performance_hint",
+        choices=PERFORMANCE_HINTS,
+        default="LATENCY",
+        help="OpenVINO performance hint",
+    )
+    parser.add_argument(
+        "--layout",
+        choices=("end2end", "seed"),
+        default=None,
+        help="the model's output layout, for models whose metadata lacks retinamask.layout",
+    )
+    parser.add_argument(
+        "--input-size",
+        "--input_size",
+        dest="input_size",
+        type=int,
+        default=None,
+        help="the model's input side S, for models whose metadata and input shape lack it",
+    )
     add_resize_argument(parser)
-    parser.add_argument("--no-progress", dest="progress", action="store_false", default=None,
-                        help="no progress bar (default: shown on a terminal)")
-    add_ray_arguments(parser, "model actors (default: one per --threads CPUs of each node, or one per GPU with "
-                      "--device cuda/tensorrt); --threads is then each actor's CPUs and threads (default 1)")
+    parser.add_argument(
+        "--no-progress",
+        dest="progress",
+        action="store_false",
+        default=None,
+        help="no progress bar (default: shown on a terminal)",
+    )
+    add_ray_arguments(
+        parser,
+        "model actors (default: one per --threads CPUs of each node, or one per GPU with "
+        "--device cuda/tensorrt); --threads is then each actor's CPUs and threads (default 1)",
+    )
 
 
 def add_ray_arguments(parser, actors_help):
     """--ray [ADDRESS] and --ray-actors (infer and evaluate)."""
-    parser.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
-                        help="run on a Ray cluster: auto, ray://host:10001 or host:port (no address: RAY_ADDRESS, "
-                             "else a local Ray instance); model, inputs and outputs must be at the same paths on "
-                             "every node (pip install 'retinamask[ray]')")
+    parser.add_argument(
+        "--ray",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="ADDRESS",
+        help="run on a Ray cluster: auto, ray://host:10001 or host:port (no address: RAY_ADDRESS, "
+        "else a local Ray instance); model, inputs and outputs must be at the same paths on "
+        "every node (pip install 'retinamask[ray]')",
+    )
     parser.add_argument("--ray-actors", "--ray_actors", dest="ray_actors", type=int, default=None, help=actors_help)
 
 

@@ -2,8 +2,8 @@
 
 import logging
 
-from retinamask.core.errors import ConfigError
 from retinamask.cli import add_resize_argument, report_failures
+from retinamask.core.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -12,16 +12,27 @@ def add_arguments(parser):
     parser.add_argument("--input", "-i", nargs="+", required=True, help="image files and/or folders of images")
     parser.add_argument("--output", "-o", required=True, help="folder for {name}.png overlays and {name}.json")
     source = parser.add_argument_group("model (one of)")
-    source.add_argument("--weights", help="PyTorch checkpoint (.pth), or retinamask_shapes_small (the shipped model); "
-                                          "with --config unless a config is saved beside it")
+    source.add_argument(
+        "--weights",
+        help="PyTorch checkpoint (.pth), or retinamask_shapes_small (the shipped model); "
+        "with --config unless a config is saved beside it",
+    )
     source.add_argument("--config", help="config (shipped name or YAML path) for --weights")
     source.add_argument("--model", help="exported ONNX model (runs without torch)")
     source.description = "none given: the shipped model retinamask_shapes_small (needs torch)"
-    parser.add_argument("--input-size", type=int, default=None,
-                        help="PyTorch only: run on the seed's fixed SxS canvas instead of the original resize")
+    parser.add_argument(
+        "--input-size",
+        type=int,
+        default=None,
+        help="PyTorch only: run on the seed's fixed SxS canvas instead of the original resize",
+    )
     add_resize_argument(parser, "--model: its metadata's; PyTorch: original (seed with --input-size)")
-    parser.add_argument("--backend", default="auto", choices=["auto", "onnxruntime", "openvino"],
-                        help="for --model; auto (default): the fastest installed runtime for this CPU")
+    parser.add_argument(
+        "--backend",
+        default="auto",
+        choices=["auto", "onnxruntime", "openvino"],
+        help="for --model; auto (default): the fastest installed runtime for this CPU",
+    )
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda", "tensorrt"], help="for --model")
     parser.add_argument("--score-threshold", type=float, default=0.3, help="drawn in overlays (JSON keeps all)")
     parser.add_argument("--strict", action="store_true", help="stop at the first bad image")
@@ -54,6 +65,9 @@ def _make_predict(args):
     try:
         from retinamask.engine.predictor import Predictor
     except ImportError as e:
-        raise ConfigError(f"the PyTorch model needs torch ({e}): pip install 'retinamask[torch]', "
-                          "or give an exported model with --model", path="command line") from None
+        raise ConfigError(
+            f"the PyTorch model needs torch ({e}): pip install 'retinamask[torch]', "
+            "or give an exported model with --model",
+            path="command line",
+        ) from None
     return Predictor.from_config(config, weights, opts=args.opts, input_size=args.input_size, resize=args.resize)

@@ -23,32 +23,55 @@ def add_arguments(parser):
     parser.add_argument("--data", required=True, metavar="DIR", help="COCO-format dataset folder")
     parser.add_argument("--output", required=True, metavar="DIR", help="folder for checkpoints and config.yaml")
     parser.add_argument("--opts", nargs="*", default=[], metavar="KEY VALUE", help="config overrides")
-    parser.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
-                        help="continue from OUTPUT/last_checkpoint if present (default: yes)")
+    parser.add_argument(
+        "--resume",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="continue from OUTPUT/last_checkpoint if present (default: yes)",
+    )
     parser.add_argument("--max-iter", type=int, default=None, metavar="N", help="override SOLVER.MAX_ITER")
-    parser.add_argument("--workers", type=int, default=None, metavar="N",
-                        help="data loader processes (default: DATALOADER.NUM_WORKERS)")
+    parser.add_argument(
+        "--workers", type=int, default=None, metavar="N", help="data loader processes (default: DATALOADER.NUM_WORKERS)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default: 2)")
     parser.add_argument("--split", default="train", help="training split name (default: train)")
-    parser.add_argument("--eval", action="store_true",
-                        help="after training, evaluate the eager model on DIR/val (bbox/segm mAP -> OUTPUT/eval_val.json)")
-    parser.add_argument("--log-period", type=int, default=20, metavar="N",
-                        help="iterations between log lines when stderr is not a terminal (default: 20)")
+    parser.add_argument(
+        "--eval",
+        action="store_true",
+        help="after training, evaluate the eager model on DIR/val (bbox/segm mAP -> OUTPUT/eval_val.json)",
+    )
+    parser.add_argument(
+        "--log-period",
+        type=int,
+        default=20,
+        metavar="N",
+        help="iterations between log lines when stderr is not a terminal (default: 20)",
+    )
 
 
 def run(args):
     from retinamask.config import load_config
-    from retinamask.engine.trainer import train
     from retinamask.core.errors import ConfigError
+    from retinamask.engine.trainer import train
 
     if args.max_iter is not None and args.max_iter < 0:
         raise ConfigError(f"--max-iter must be >= 0, got {args.max_iter}", path="command line")
     if args.workers is not None and args.workers < 0:
         raise ConfigError(f"--workers must be >= 0, got {args.workers}", path="command line")
     cfg = load_config(args.config, args.opts)
-    final = train(cfg, args.data, args.output, resume=args.resume, max_iter=args.max_iter, num_workers=args.workers,
-                  seed=args.seed, threads=args.threads, log_period=args.log_period, split=args.split)
+    final = train(
+        cfg,
+        args.data,
+        args.output,
+        resume=args.resume,
+        max_iter=args.max_iter,
+        num_workers=args.workers,
+        seed=args.seed,
+        threads=args.threads,
+        log_period=args.log_period,
+        split=args.split,
+    )
     print(f"final checkpoint: {final}")
     if args.eval:
         _evaluate(final, args)
@@ -58,11 +81,11 @@ def run(args):
 def _evaluate(final, args):
     from pathlib import Path
 
-    from retinamask.modeling.checkpoint import load_checkpoint
     from retinamask.config import load_config
     from retinamask.engine.trainer import CONFIG_NAME, evaluate_split
     from retinamask.evaluation import format_stats_text, write_stats_json
     from retinamask.modeling import build_model
+    from retinamask.modeling.checkpoint import load_checkpoint
 
     cfg = load_config(Path(args.output) / CONFIG_NAME)
     model = build_model(cfg)

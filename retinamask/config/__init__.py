@@ -9,8 +9,8 @@ from pathlib import Path
 import yaml
 from yacs.config import CfgNode
 
-from retinamask.core.errors import ConfigError
 from retinamask.config.defaults import _C
+from retinamask.core.errors import ConfigError, one_line
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
@@ -49,7 +49,7 @@ def load_config(name_or_path=None, opts=()):
             with open(path) as f:
                 loaded = yaml.safe_load(f)
         except (OSError, yaml.YAMLError) as e:
-            raise ConfigError(f"cannot read YAML: {_one_line(e)}", path=path) from None
+            raise ConfigError(f"cannot read YAML: {one_line(e)}", path=path) from None
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):
@@ -120,8 +120,4 @@ def _close_keys(cfg, key):
     return f" (did you mean {', '.join(close)}?)" if close else ""
 
 
-def _one_line(e):
-    return " ".join(str(e).split())
-
-
-__all__ = ["get_default_config", "load_config", "resolve_config_path", "shipped_configs", "CONFIG_DIR"]
+__all__ = ["CONFIG_DIR", "get_default_config", "load_config", "resolve_config_path", "shipped_configs"]

@@ -8,7 +8,7 @@ saved with it. Commands that need a model and are given none use it, and say so.
 from pathlib import Path
 
 SHIPPED_NAME = "retinamask_shapes_small"
-ASSETS = Path(__file__).resolve().parent / "assets"
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
 SHIPPED_WEIGHTS = ASSETS / f"{SHIPPED_NAME}.pth"
 SHIPPED_CONFIG = ASSETS / f"{SHIPPED_NAME}.yaml"  # the fully resolved config the training run saved
 
@@ -32,16 +32,22 @@ def resolve_model_files(config=None, weights=None):
     from retinamask.core.errors import ConfigError
 
     if config is None and weights is None:
-        return SHIPPED_CONFIG, SHIPPED_WEIGHTS, (
-            f"no model named: using the shipped model {SHIPPED_NAME} ({SHIPPED_WEIGHTS.name}, 6 shape classes; "
-            "retinamask/assets/README.md)")
+        return (
+            SHIPPED_CONFIG,
+            SHIPPED_WEIGHTS,
+            (
+                f"no model named: using the shipped model {SHIPPED_NAME} ({SHIPPED_WEIGHTS.name}, 6 shape classes; "
+                "retinamask/assets/README.md)"
+            ),
+        )
     if is_shipped_name(weights):
         return (SHIPPED_CONFIG if config is None else config), SHIPPED_WEIGHTS, None
     if config is None:
         beside = config_beside(weights)
         if beside is None:
-            raise ConfigError(f"a config is needed with the weights {weights} (none is saved beside them)",
-                              path="command line")
+            raise ConfigError(
+                f"a config is needed with the weights {weights} (none is saved beside them)", path="command line"
+            )
         return beside, weights, f"no config named: using {beside}, saved with the weights"
     return config, weights, None
 

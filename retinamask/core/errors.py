@@ -35,3 +35,10 @@ class InputError(RetinaMaskError):
 
 class OutputError(RetinaMaskError):
     """An output that cannot be written (no space left, permission denied, read-only file system)."""
+
+
+def one_line(error, limit=None):
+    """``error``'s text on one line (whitespace runs collapsed), cut to ``limit`` characters when given:
+    how a library's multi-line exception is quoted in one of our one-line messages."""
+    text = " ".join(str(error).split())
+    return text if limit is None else text[:limit]

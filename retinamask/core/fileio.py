@@ -5,6 +5,7 @@ the temp files a killed process left behind can be told from those of a live wri
 (:func:`remove_stale_temp_files`).
 """
 
+import contextlib
 import hashlib
 import json
 import os
@@ -71,10 +72,8 @@ def atomic_open(path, mode="wb"):
         except OSError as e:
             raise _cannot_write(e, path) from None
     except BaseException:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        except FileNotFoundError:
-            pass
         raise
 
 

@@ -18,12 +18,15 @@ per axis, and :meth:`ImageGeometry.boxes_to_image` to map boxes back. Policies r
 through ONNX metadata (:meth:`ResizePolicy.to_metadata` / :func:`policy_from_metadata`).
 """
 
+import itertools
 import json
 from dataclasses import dataclass
 
+from retinamask.core.contract import RESIZE_METADATA_KEY, SEED_CANVAS_SIDE
+
 POLICIES = ("original", "seed", "buckets")
-METADATA_KEY = "retinamask.resize"
-SEED_INPUT_SIZE = 1344
+METADATA_KEY = RESIZE_METADATA_KEY
+SEED_INPUT_SIZE = SEED_CANVAS_SIDE
 # Aspect-ratio breakpoints (long / short side) of the default buckets: square-ish to 4:3,
 # 4:3 to 16:9, wider than 16:9 -- each with its landscape and portrait canvas.
 BUCKET_ASPECT_BREAKS = (4 / 3, 16 / 9)
@@ -48,7 +51,7 @@ def upstream_test_size(h, w, min_size=800, max_size=1333):
         min_original_size = float(min((w, h)))
         max_original_size = float(max((w, h)))
         if max_original_size / min_original_size * size > max_size:
-            size = int(round(max_size * min_original_size / max_original_size))
+            size = round(max_size * min_original_size / max_original_size)
     if (w <= h and w == size) or (h <= w and h == size):
         return (h, w)
     if w < h:
@@ -117,10 +120,15 @@ class ImageGeometry:
 
     def to_record(self):
         """The sidecar fields of this geometry (width/height are the image's)."""
-        return {"width": int(self.image_hw[1]), "height": int(self.image_hw[0]),
-                "resized_width": int(self.resized_hw[1]), "resized_height": int(self.resized_hw[0]),
-                "canvas_width": int(self.canvas_hw[1]), "canvas_height": int(self.canvas_hw[0]),
-                "scale": float(self.seed_scale)}
+        return {
+            "width": int(self.image_hw[1]),
+            "height": int(self.image_hw[0]),
+            "resized_width": int(self.resized_hw[1]),
+            "resized_height": int(self.resized_hw[0]),
+            "canvas_width": int(self.canvas_hw[1]),
+            "canvas_height": int(self.canvas_hw[0]),
+            "scale": float(self.seed_scale),
+        }
 
 
 class ResizePolicy:
@@ -245,12 +253,17 @@ class OriginalResize(ResizePolicy):
         return (side, side)
 
     def to_dict(self):
-        return {"policy": "original", "min_size": self.min_size, "max_size": self.max_size,
-                "size_divisibility": self.size_divisibility}
+        return {
+            "policy": "original",
+            "min_size": self.min_size,
+            "max_size": self.max_size,
+            "size_divisibility": self.size_divisibility,
+        }
 
     def describe(self):
-        return (f"original: short side {self.min_size}, long side <= {self.max_size}, "
-                f"padded to /{self.size_divisibility}")
+        return (
+            f"original: short side {self.min_size}, long side <= {self.max_size}, padded to /{self.size_divisibility}"
+        )
 
 
 def default_buckets(min_size=800, max_size=1333, size_divisibility=32, breaks=BUCKET_ASPECT_BREAKS):
@@ -259,6 +272,7 @@ def default_buckets(min_size=800, max_size=1333, size_divisibility=32, breaks=BU
     (short side at the range's lowest ratio, long side at its highest) and its portrait mirror,
     rounded up to ``size_divisibility``; duplicates removed. 800/1333 gives 800x1088,
     800x1344, 768x1344 and their mirrors."""
+
     def short_side(ratio):  # the resized short side at this long/short ratio (a bound)
         return min(float(min_size), max_size / ratio)
 
@@ -267,7 +281,7 @@ def default_buckets(min_size=800, max_size=1333, size_divisibility=32, breaks=BU
 
     edges = (1.0,) + tuple(breaks) + (float("inf"),)
     canvases = []
-    for low, high in zip(edges[:-1], edges[1:]):
+    for low, high in itertools.pairwise(edges):
         h = ceil_to(int(-(-short_side(low) // 1)), size_divisibility)
         w = ceil_to(int(-(-long_side(high) // 1)), size_divisibility)
         for canvas in ((h, w), (w, h)):
@@ -365,8 +379,14 @@ def policy_from_config(cfg, name, input_size=None, canvases=None):
     """:func:`make_policy` with the config's INPUT.MIN_SIZE_TEST / MAX_SIZE_TEST and
     DATALOADER.SIZE_DIVISIBILITY (32 where it says 0: the FPN needs it)."""
     divisibility = int(cfg.DATALOADER.SIZE_DIVISIBILITY) or 32
-    return make_policy(name, int(cfg.INPUT.MIN_SIZE_TEST), int(cfg.INPUT.MAX_SIZE_TEST), divisibility,
-                       input_size=input_size, canvases=canvases)
+    return make_policy(
+        name,
+        int(cfg.INPUT.MIN_SIZE_TEST),
+        int(cfg.INPUT.MAX_SIZE_TEST),
+        divisibility,
+        input_size=input_size,
+        canvases=canvases,
+    )
 
 
 def parse_canvases(text):

@@ -28,8 +28,9 @@ def worker_pool(workers, initializer=None, initargs=()):
     """
     from concurrent.futures import ProcessPoolExecutor
 
-    return ProcessPoolExecutor(workers, mp_context=worker_context(), initializer=_start_worker,
-                               initargs=(initializer, tuple(initargs)))
+    return ProcessPoolExecutor(
+        workers, mp_context=worker_context(), initializer=_start_worker, initargs=(initializer, tuple(initargs))
+    )
 
 
 def worker_context():

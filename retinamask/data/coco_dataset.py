@@ -77,7 +77,8 @@ class CocoTrainDataset(torch.utils.data.Dataset):
         return int(info["height"]), int(info["width"])
 
     def load(self, index):
-        """Untransformed sample: (RGB uint8 [H, W, 3], boxes float32 [G, 4], labels int64 [G], masks uint8 [G, H, W])."""
+        """Untransformed sample: (RGB uint8 [H, W, 3], boxes float32 [G, 4], labels int64 [G],
+        masks uint8 [G, H, W])."""
         image_id = self.ids[index]
         info = self.coco.imgs[image_id]
         path = self.image_dir / info["file_name"]
@@ -143,8 +144,9 @@ class TrainTransform:
         boxes = torch.from_numpy(boxes) * torch.tensor([new_w / width, new_h / height] * 2, dtype=torch.float32)
         masks = torch.from_numpy(masks)
         if masks.shape[0] and (new_h, new_w) != (height, width):
-            resized = F.interpolate(masks[:, None].float(), size=(new_h, new_w), mode="bilinear",
-                                    align_corners=False, antialias=True)
+            resized = F.interpolate(
+                masks[:, None].float(), size=(new_h, new_w), mode="bilinear", align_corners=False, antialias=True
+            )
             masks = (resized[:, 0] >= 0.5).to(torch.uint8)
         elif not masks.shape[0]:
             masks = masks.new_zeros((0, new_h, new_w))
@@ -209,19 +211,19 @@ class IterationBatchSampler(torch.utils.data.Sampler):
         order = np.random.default_rng([self.seed, epoch, 0x5A]).permutation(self.dataset_size)
         b = self.batch_size
         if self.group_flags is None:
-            return [order[i: i + b].tolist() for i in range(0, len(order) - b + 1, b)]
+            return [order[i : i + b].tolist() for i in range(0, len(order) - b + 1, b)]
         position = np.empty(self.dataset_size, dtype=np.int64)
         position[order] = np.arange(self.dataset_size)
         batches, leftovers = [], []
         for flag in (True, False):
             members = order[self.group_flags[order] == flag]
             full = len(members) // b * b
-            batches += [(int(position[members[i]]), members[i: i + b].tolist()) for i in range(0, full, b)]
+            batches += [(int(position[members[i]]), members[i : i + b].tolist()) for i in range(0, full, b)]
             leftovers.append(members[full:])
         batches = [batch for _, batch in sorted(batches, key=lambda t: t[0])]
         rest = np.concatenate(leftovers)
         rest = rest[np.argsort(position[rest], kind="stable")]
-        batches += [rest[i: i + b].tolist() for i in range(0, len(rest) - b + 1, b)]
+        batches += [rest[i : i + b].tolist() for i in range(0, len(rest) - b + 1, b)]
         return batches
 
     def sample_seed(self, iteration, slot):
@@ -249,8 +251,13 @@ def build_train_dataset(cfg, data_dir, split="train"):
     if not cfg.INPUT.TO_BGR255:
         raise ConfigError("INPUT.TO_BGR255 False (RGB 0..1 input) is not supported for training")
     data_dir = Path(data_dir)
-    transform = TrainTransform(cfg.INPUT.MIN_SIZE_TRAIN, cfg.INPUT.MAX_SIZE_TRAIN,
-                               cfg.INPUT.HORIZONTAL_FLIP_PROB_TRAIN, cfg.INPUT.PIXEL_MEAN, cfg.INPUT.PIXEL_STD)
+    transform = TrainTransform(
+        cfg.INPUT.MIN_SIZE_TRAIN,
+        cfg.INPUT.MAX_SIZE_TRAIN,
+        cfg.INPUT.HORIZONTAL_FLIP_PROB_TRAIN,
+        cfg.INPUT.PIXEL_MEAN,
+        cfg.INPUT.PIXEL_STD,
+    )
     return CocoTrainDataset(data_dir / split, data_dir / "annotations" / f"instances_{split}.json", transform)
 
 
@@ -262,12 +269,22 @@ def build_train_loader(cfg, dataset, max_iter, start_iter=0, seed=0, num_workers
     sampler = IterationBatchSampler(len(dataset), cfg.SOLVER.IMS_PER_BATCH, max_iter, start_iter, seed, group_flags)
     workers = cfg.DATALOADER.NUM_WORKERS if num_workers is None else num_workers
     return torch.utils.data.DataLoader(
-        dataset, batch_sampler=sampler, num_workers=workers, collate_fn=Collate(cfg.DATALOADER.SIZE_DIVISIBILITY),
+        dataset,
+        batch_sampler=sampler,
+        num_workers=workers,
+        collate_fn=Collate(cfg.DATALOADER.SIZE_DIVISIBILITY),
         prefetch_factor=2 if workers > 0 else None,
         # its own generator: worker seeds must not consume the global RNG (exact resume)
         generator=torch.Generator().manual_seed(seed),
     )
 
 
-__all__ = ["Collate", "CocoTrainDataset", "IterationBatchSampler", "TrainTransform", "build_train_dataset",
-           "build_train_loader", "collate"]
+__all__ = [
+    "CocoTrainDataset",
+    "Collate",
+    "IterationBatchSampler",
+    "TrainTransform",
+    "build_train_dataset",
+    "build_train_loader",
+    "collate",
+]

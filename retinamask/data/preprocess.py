@@ -43,9 +43,9 @@ import numpy as np
 from retinamask.core import parallel
 from retinamask.core.errors import InputError, OutputError
 from retinamask.core.fileio import atomic_open, atomic_write_json, atomic_write_text, remove_stale_temp_files
-from retinamask.formats.images import IMAGE_EXTENSIONS, list_images, load_image_rgb
 from retinamask.core.geometry import SeedResize
 from retinamask.data.transforms import PIXEL_MEAN, PIXEL_STD, SEED_INPUT_SIZE, policy_preprocess
+from retinamask.formats.images import IMAGE_EXTENSIONS, list_images, load_image_rgb
 
 logger = logging.getLogger(__name__)
 
@@ -182,12 +182,13 @@ def preprocess_images(
     }
     if input_size is None:  # the seed policy's sidecar stays as it always was
         sidecar["resize"] = policy.to_dict()
-        sidecar["resize_rule"] = (f"{policy.describe()}; PIL bilinear; zero padding bottom/right to each image's "
-                                  "canvas_height x canvas_width after normalisation; boxes map back per axis: "
-                                  "x * width / resized_width, y * height / resized_height")
+        sidecar["resize_rule"] = (
+            f"{policy.describe()}; PIL bilinear; zero padding bottom/right to each image's "
+            "canvas_height x canvas_width after normalisation; boxes map back per axis: "
+            "x * width / resized_width, y * height / resized_height"
+        )
     info_lines = [
-        f"{r['index']} {os.path.join(bin_dir_as_given, r['bin_name'])} {r['width']} {r['height']}\n"
-        for r in records
+        f"{r['index']} {os.path.join(bin_dir_as_given, r['bin_name'])} {r['width']} {r['height']}\n" for r in records
     ]
     atomic_write_json(sidecar_path, sidecar)
     atomic_write_text(info_path, "".join(info_lines))
@@ -227,9 +228,12 @@ def _plan_bin_names(images):
             continue
         key = name.casefold()
         if key in owner_by_key:
-            yield image_path, (
-                f"its output {name} would be the same file as that of {owner_by_key[key].name} "
-                "(same name without extension); rename one of them"
+            yield (
+                image_path,
+                (
+                    f"its output {name} would be the same file as that of {owner_by_key[key].name} "
+                    "(same name without extension); rename one of them"
+                ),
             )
             continue
         owner_by_key[key] = image_path
@@ -271,10 +275,16 @@ def _run_tasks(tasks, workers, progress):
     from tqdm.contrib.logging import logging_redirect_tqdm
 
     workers = min(workers, len(tasks))
-    with logging_redirect_tqdm(), tqdm(
-        total=len(tasks), desc="preprocess", unit="img", disable=(None if progress is None else not progress),
-        file=sys.stderr,
-    ) as bar:
+    with (
+        logging_redirect_tqdm(),
+        tqdm(
+            total=len(tasks),
+            desc="preprocess",
+            unit="img",
+            disable=(None if progress is None else not progress),
+            file=sys.stderr,
+        ) as bar,
+    ):
         if workers <= 1:
             for task in tasks:
                 yield _process_one(task)
@@ -328,8 +338,11 @@ def _process_one(task):
     except MemoryError:
         return ("failed", str(image_path), "not enough memory to preprocess this image")
     except Exception as e:  # one odd file must not stop a run over thousands
-        return ("failed", str(image_path),
-                f"cannot preprocess (unexpected {type(e).__name__}: {' '.join(str(e).split())[:200]})")
+        return (
+            "failed",
+            str(image_path),
+            f"cannot preprocess (unexpected {type(e).__name__}: {' '.join(str(e).split())[:200]})",
+        )
     (height, width), resized_hw = geometry.image_hw, geometry.resized_hw
     record = {
         "index": None,
@@ -380,7 +393,9 @@ def _warn_about_unlisted_bins(bin_dir, listed_names):
         logger.warning(
             "%s: %d .bin file(s) not from this run's images (e.g. %s); they are not in the .info, "
             "but tools that read the whole folder will see them",
-            bin_dir, len(unlisted), unlisted[0],
+            bin_dir,
+            len(unlisted),
+            unlisted[0],
         )
 
 
@@ -470,8 +485,18 @@ def read_info_lines(info_path, check_files=True, sidecar_path=None):
             continue
         where = f"line {line_number}"
         try:
-            record = _info_record(line, where, info_path, check_files, sidecar, sidecar_path, sidecar_entries,
-                                  sidecar_bin_dir, line_of_index, line_of_name)
+            record = _info_record(
+                line,
+                where,
+                info_path,
+                check_files,
+                sidecar,
+                sidecar_path,
+                sidecar_entries,
+                sidecar_bin_dir,
+                line_of_index,
+                line_of_name,
+            )
         except InputError as e:
             problems.append(e.cause)
             continue
@@ -479,13 +504,25 @@ def read_info_lines(info_path, check_files=True, sidecar_path=None):
         line_of_name[record.bin_path.name.casefold()] = line_number
         records.append(record)
     if problems and not records:
-        raise InputError(problems[0] + (f" (and all {len(problems)} other lines are bad too)" if len(problems) > 1
-                                        else ""), info_path)
+        raise InputError(
+            problems[0] + (f" (and all {len(problems)} other lines are bad too)" if len(problems) > 1 else ""),
+            info_path,
+        )
     return records, problems
 
 
-def _info_record(line, where, info_path, check_files, sidecar, sidecar_path, sidecar_entries, sidecar_bin_dir,
-                 line_of_index, line_of_name):
+def _info_record(
+    line,
+    where,
+    info_path,
+    check_files,
+    sidecar,
+    sidecar_path,
+    sidecar_entries,
+    sidecar_bin_dir,
+    line_of_index,
+    line_of_name,
+):
     """One .info line -> InfoRecord; raises InputError(cause starting with ``where``)."""
     index, listed_path, width, height = _parse_info_line(line, where, info_path)
     bin_name = Path(listed_path).name
@@ -503,7 +540,8 @@ def _info_record(line, where, info_path, check_files, sidecar, sidecar_path, sid
         entry = sidecar_entries.get(bin_name)
         if entry is None:
             raise InputError(
-                f"{where}: {bin_name} is not in the sidecar {sidecar_path} (outputs of different runs? rerun preprocess)",
+                f"{where}: {bin_name} is not in the sidecar {sidecar_path} "
+                "(outputs of different runs? rerun preprocess)",
                 info_path,
             )
         if (entry["width"], entry["height"]) != (width, height):
@@ -542,9 +580,7 @@ def _parse_info_line(line, where, info_path):
             f"{where}: index, width and height must be integers, got {line.strip()!r}", info_path
         ) from None
     if index < 0 or width <= 0 or height <= 0:
-        raise InputError(
-            f"{where}: index must be >= 0 and width, height > 0, got {line.strip()!r}", info_path
-        )
+        raise InputError(f"{where}: index must be >= 0 and width, height > 0, got {line.strip()!r}", info_path)
     return index, listed_path, width, height
 
 
@@ -579,9 +615,7 @@ def _load_sidecar(sidecar_path):
     entry_keys = ("file_name", "bin_name", "width", "height", "resized_width", "resized_height", "scale")
     for position, entry in enumerate(sidecar["images"]):
         if not isinstance(entry, dict) or any(k not in entry for k in entry_keys):
-            raise InputError(
-                f"images[{position}] needs the keys {', '.join(entry_keys)}", sidecar_path
-            )
+            raise InputError(f"images[{position}] needs the keys {', '.join(entry_keys)}", sidecar_path)
     return sidecar
 
 

@@ -401,10 +401,10 @@ def rasterize(polygons, centre, height, width):
     """
     absolute = [(pts + np.asarray(centre), value) for pts, value in polygons]
     all_points = np.concatenate([pts for pts, _ in absolute])
-    x0 = max(int(math.floor(all_points[:, 0].min())), 0)
-    y0 = max(int(math.floor(all_points[:, 1].min())), 0)
-    x1 = min(int(math.ceil(all_points[:, 0].max())) + 1, width)
-    y1 = min(int(math.ceil(all_points[:, 1].max())) + 1, height)
+    x0 = max(math.floor(all_points[:, 0].min()), 0)
+    y0 = max(math.floor(all_points[:, 1].min()), 0)
+    x1 = min(math.ceil(all_points[:, 0].max()) + 1, width)
+    y1 = min(math.ceil(all_points[:, 1].max()) + 1, height)
     local = np.zeros((y1 - y0, x1 - x0), np.uint8)
     for pts, value in absolute:
         # 4 fractional bits: sub-pixel vertex positions, still a hard 0/1 fill.

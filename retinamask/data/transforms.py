@@ -17,10 +17,8 @@ Arrays: images are uint8 [H, W, 3] RGB; model inputs are float32 [3, H, W] BGR.
 import numpy as np
 from PIL import Image
 
-from retinamask.core.geometry import SEED_INPUT_SIZE, seed_resize_geometry, upstream_test_size  # noqa: F401 (re-exported)
-
-PIXEL_MEAN = (102.9801, 115.9465, 122.7717)  # BGR, 0..255
-PIXEL_STD = (1.0, 1.0, 1.0)
+from retinamask.core.contract import PIXEL_MEAN, PIXEL_STD
+from retinamask.core.geometry import SEED_INPUT_SIZE, seed_resize_geometry, upstream_test_size
 
 
 def resize_rgb(img, size_hw):

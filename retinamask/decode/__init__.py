@@ -1,1 +1,3 @@
-"""Raw model outputs -> Detections (per image, torch-free): the one conversion predict, evaluate, Ray and serving share."""
+"""Raw model outputs -> Detections (per image, torch-free): the one conversion predict, evaluate, Ray and serving
+share.
+"""

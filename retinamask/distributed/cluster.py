@@ -20,7 +20,7 @@ def import_ray():
     """The ``ray`` module with Ray Data, or InputError saying how to install it."""
     try:
         import ray
-        import ray.data  # noqa: F401  (the extra is ray[data]: pandas and pyarrow come with it)
+        import ray.data
     except ImportError as e:
         raise InputError(f"--ray needs Ray Data, which is not installed ({e.name or e}): {INSTALL_HINT}") from None
     return ray
@@ -53,8 +53,9 @@ def connected(address=None):
         try:
             ray.init(address=target, **options)
         except (ConnectionError, ValueError, RuntimeError, TimeoutError) as e:
-            raise InputError(f"cannot connect to the Ray cluster at {target!r}: {' '.join(str(e).split())[:300]}") \
-                from None
+            raise InputError(
+                f"cannot connect to the Ray cluster at {target!r}: {' '.join(str(e).split())[:300]}"
+            ) from None
         logger.info("Ray: connected to %s (%s)", target, _describe_resources(ray.cluster_resources()))
     else:
         logger.info("Ray: using this driver's connection (%s)", _describe_resources(ray.cluster_resources()))

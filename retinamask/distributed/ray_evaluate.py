@@ -1,7 +1,7 @@
 """``retinamask evaluate --ray``: the per-image postprocessing (read outputs, NMS, mask paste, RLE)
 as Ray tasks; the COCO evaluation stays on the driver.
 
-The driver runs :func:`~retinamask.decode.postprocess.evaluate_outputs` as a local run does
+The driver runs :func:`~retinamask.apps.evaluate.evaluate_outputs` as a local run does
 (image list, ground truth, the resumable per-image parts, the COCO evaluation, the reports);
 only its postprocessing loop is replaced by :class:`RayJobRunner`, which runs the local run's
 per-image function (``_evaluate_one``) in Ray Data tasks and hands the outcomes back in job
@@ -22,10 +22,10 @@ JOBS_PER_CPU = 8  # blocks per cluster CPU: small enough to balance, large enoug
 
 
 def evaluate_outputs_on_ray(results_dir, ann_file, address=None, **kwargs):
-    """:func:`~retinamask.decode.postprocess.evaluate_outputs` with the postprocessing on a Ray
+    """:func:`~retinamask.apps.evaluate.evaluate_outputs` with the postprocessing on a Ray
     cluster (``address``: see :func:`.cluster.resolve_address`). Other arguments and the returned
     summary: ``evaluate_outputs``'s (``workers`` is not used); the summary has a ``ray`` entry."""
-    from retinamask.decode.postprocess import evaluate_outputs
+    from retinamask.apps.evaluate import evaluate_outputs
 
     runner = RayJobRunner(address)
     summary = evaluate_outputs(results_dir, ann_file, runner=runner, **kwargs)
@@ -51,16 +51,25 @@ class RayJobRunner:
 
         if not jobs:
             return
-        with connected(self.address) as ray, logging_redirect_tqdm(), tqdm(
-            total=len(jobs), desc="evaluate", unit="img", file=sys.stderr,
-            disable=(None if progress is None else not progress),
-        ) as bar:
+        with (
+            connected(self.address) as ray,
+            logging_redirect_tqdm(),
+            tqdm(
+                total=len(jobs),
+                desc="evaluate",
+                unit="img",
+                file=sys.stderr,
+                disable=(None if progress is None else not progress),
+            ) as bar,
+        ):
             nodes = alive_node_resources(ray)
             cpus = int(sum(n.get("CPU", 0) for n in nodes))
             self.report = {"nodes": len(nodes), "cluster_cpus": cpus, "duplicates_ignored": 0}
             # results_dir (job[0]) absolute: workers do not run in the driver's folder
-            rows = [{"position": i, "job": pickle.dumps((os.path.abspath(job[0]),) + tuple(job[1:]))}
-                    for i, job in enumerate(jobs)]
+            rows = [
+                {"position": i, "job": pickle.dumps((os.path.abspath(job[0]),) + tuple(job[1:]))}
+                for i, job in enumerate(jobs)
+            ]
             ds = ray.data.from_items(rows, override_num_blocks=min(len(rows), max(1, cpus * JOBS_PER_CPU)))
             ds = ds.map_batches(_evaluate_rows, batch_size=None, num_cpus=1)
             outcomes, next_position = {}, 0
@@ -81,8 +90,10 @@ class RayJobRunner:
             except Exception as e:
                 raise as_user_error(e) from None
         if next_position != len(jobs):
-            raise RetinaMaskError(f"the Ray run returned no outcome for {len(jobs) - next_position} image(s); "
-                                  "rerun to complete them (finished images are kept)")
+            raise RetinaMaskError(
+                f"the Ray run returned no outcome for {len(jobs) - next_position} image(s); "
+                "rerun to complete them (finished images are kept)"
+            )
 
 
 _cv2_single_threaded = False
@@ -93,7 +104,7 @@ def _evaluate_rows(batch):
     global _cv2_single_threaded
     import numpy as np
 
-    from retinamask.decode.postprocess import _evaluate_one, _init_worker
+    from retinamask.apps.evaluate_jobs import _evaluate_one, _init_worker
 
     if not _cv2_single_threaded:  # as the local run's worker processes (a task holds one CPU)
         _init_worker()

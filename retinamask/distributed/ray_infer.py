@@ -37,8 +37,19 @@ logger = logging.getLogger(__name__)
 _MAX_BLOCKS = 10_000  # input rows are split into at most this many blocks (one row each below it)
 
 
-def run_inference_on_ray(model_path, input_path, address=None, actors=None, threads=None, preprocess_cpus=None,
-                         backend="auto", device="cpu", precision="fp32", cache_dir=None, **kwargs):
+def run_inference_on_ray(
+    model_path,
+    input_path,
+    address=None,
+    actors=None,
+    threads=None,
+    preprocess_cpus=None,
+    backend="auto",
+    device="cpu",
+    precision="fp32",
+    cache_dir=None,
+    **kwargs,
+):
     """:func:`~retinamask.runtime.infer.run_inference` on a Ray cluster (see the module docstring).
 
     address: "auto", "ray://host:10001", "host:port"; None: RAY_ADDRESS, else a new local Ray
@@ -52,11 +63,27 @@ def run_inference_on_ray(model_path, input_path, address=None, actors=None, thre
     """
     from retinamask.runtime.infer import run_inference
 
-    executor = RayExecutor(model_path, address=address, actors=actors, threads=threads,
-                           preprocess_cpus=preprocess_cpus, backend=backend, device=device, precision=precision,
-                           cache_dir=cache_dir)
-    summary = run_inference(model_path, input_path, backend=backend, device=device, precision=precision,
-                            cache_dir=cache_dir, executor=executor, **kwargs)
+    executor = RayExecutor(
+        model_path,
+        address=address,
+        actors=actors,
+        threads=threads,
+        preprocess_cpus=preprocess_cpus,
+        backend=backend,
+        device=device,
+        precision=precision,
+        cache_dir=cache_dir,
+    )
+    summary = run_inference(
+        model_path,
+        input_path,
+        backend=backend,
+        device=device,
+        precision=precision,
+        cache_dir=cache_dir,
+        executor=executor,
+        **kwargs,
+    )
     summary["ray"] = executor.report
     return summary
 
@@ -64,10 +91,20 @@ def run_inference_on_ray(model_path, input_path, address=None, actors=None, thre
 class RayExecutor:
     """Runs ``run_inference``'s items on Ray (the ``executor`` it takes); ``report`` describes the last run."""
 
-    def __init__(self, model_path, address=None, actors=None, threads=None, preprocess_cpus=None,
-                 backend="auto", device="cpu", precision="fp32", cache_dir=None):
-        from retinamask.runtime.backends import normalize_precision
+    def __init__(
+        self,
+        model_path,
+        address=None,
+        actors=None,
+        threads=None,
+        preprocess_cpus=None,
+        backend="auto",
+        device="cpu",
+        precision="fp32",
+        cache_dir=None,
+    ):
         from retinamask.distributed.cluster import import_ray
+        from retinamask.runtime.backends import normalize_precision
 
         import_ray()  # without Ray: say how to install it before anything is written
         self.model_path = os.path.abspath(model_path)
@@ -91,8 +128,14 @@ class RayExecutor:
         """Yield ``infer_local``'s events for ``todo``: "done" in the order images finish, "failed" in
         item order (so the sidecar lists failures as a local run does)."""
         from retinamask.core.fileio import remove_stale_temp_files
+        from retinamask.distributed.cluster import (
+            alive_node_resources,
+            as_user_error,
+            connected,
+            import_ray,
+            resolve_address,
+        )
         from retinamask.runtime.infer import load_job
-        from retinamask.distributed.cluster import alive_node_resources, as_user_error, connected, import_ray, resolve_address
 
         if not todo:
             return
@@ -101,17 +144,29 @@ class RayExecutor:
             nodes = alive_node_resources(ray)
             actors = self.actors or self._default_actors(nodes)
             self.name = f"ray:{self.backend}-{self.device}-{self.precision} x{actors}"
-            self.report = {"address": "this driver's connection" if already_connected
-                           else resolve_address(self.address), "nodes": len(nodes),
-                           "cluster_cpus": sum(n.get("CPU", 0) for n in nodes),
-                           "cluster_gpus": sum(n.get("GPU", 0) for n in nodes), "actors": actors,
-                           "threads_per_actor": self.threads, "gpus_per_actor": self.gpus,
-                           "preprocess_cpus": self.preprocess_cpus, "duplicates_ignored": 0, "sessions": set()}
+            self.report = {
+                "address": "this driver's connection" if already_connected else resolve_address(self.address),
+                "nodes": len(nodes),
+                "cluster_cpus": sum(n.get("CPU", 0) for n in nodes),
+                "cluster_gpus": sum(n.get("GPU", 0) for n in nodes),
+                "actors": actors,
+                "threads_per_actor": self.threads,
+                "gpus_per_actor": self.gpus,
+                "preprocess_cpus": self.preprocess_cpus,
+                "duplicates_ignored": 0,
+                "sessions": set(),
+            }
             if not self.gpus and self.report["cluster_gpus"]:
-                logger.info("the cluster has %g GPUs: --device cuda runs the model actors on them",
-                            self.report["cluster_gpus"])
-            logger.info("Ray: %d model actors (%d thread(s), %s GPU each), decode tasks of %g CPU", actors,
-                        self.threads, self.gpus, self.preprocess_cpus)
+                logger.info(
+                    "the cluster has %g GPUs: --device cuda runs the model actors on them", self.report["cluster_gpus"]
+                )
+            logger.info(
+                "Ray: %d model actors (%d thread(s), %s GPU each), decode tasks of %g CPU",
+                actors,
+                self.threads,
+                self.gpus,
+                self.preprocess_cpus,
+            )
             ds = _build_dataset(ray, todo, info, load_job, self, actors, batch_size, out_dir, outfmt, legacy_names)
             try:
                 yield from _events(ds, todo, self.report)
@@ -151,8 +206,15 @@ def _build_dataset(ray, todo, info, load_job, executor, actors, batch_size, out_
     rows = []
     for position, item in enumerate(todo):
         absolute = dataclasses.replace(item, source=Path(os.path.abspath(item.source)))
-        rows.append({"position": position, "basename": item.basename, "source": str(absolute.source),
-                     "record": json.dumps(item.record), "job": pickle.dumps(load_job(absolute, info))})
+        rows.append(
+            {
+                "position": position,
+                "basename": item.basename,
+                "source": str(absolute.source),
+                "record": json.dumps(item.record),
+                "job": pickle.dumps(load_job(absolute, info)),
+            }
+        )
     ds = ray.data.from_items(rows, override_num_blocks=min(len(rows), _MAX_BLOCKS))
     ds = ds.map_batches(_load_rows, batch_size=None, num_cpus=executor.preprocess_cpus)
     model_info = dataclasses.replace(info, path=Path(executor.model_path))
@@ -165,9 +227,15 @@ def _build_dataset(ray, todo, info, load_job, executor, actors, batch_size, out_
         num_cpus=actor_cpus,
         num_gpus=executor.gpus or None,
         fn_constructor_kwargs={
-            "model_info": model_info, "backend": executor.backend, "device": executor.device,
-            "precision": executor.precision, "threads": executor.threads, "cache_dir": executor.cache_dir,
-            "out_dir": os.path.abspath(out_dir), "outfmt": outfmt, "legacy_names": legacy_names,
+            "model_info": model_info,
+            "backend": executor.backend,
+            "device": executor.device,
+            "precision": executor.precision,
+            "threads": executor.threads,
+            "cache_dir": executor.cache_dir,
+            "out_dir": os.path.abspath(out_dir),
+            "outfmt": outfmt,
+            "legacy_names": legacy_names,
         },
     )
 
@@ -184,9 +252,14 @@ def _load_rows(batch):
         # the item's record (a .bin's geometry from its sidecar) with what loading added (an image's)
         extras.append(json.dumps({**json.loads(record), **extra}))
         causes.append(cause or "")
-    return {"position": batch["position"], "basename": batch["basename"], "source": batch["source"],
-            "tensor": _column(tensors), "extra": np.array(extras, dtype=object),
-            "cause": np.array(causes, dtype=object)}
+    return {
+        "position": batch["position"],
+        "basename": batch["basename"],
+        "source": batch["source"],
+        "tensor": _column(tensors),
+        "extra": np.array(extras, dtype=object),
+        "cause": np.array(causes, dtype=object),
+    }
 
 
 def _column(arrays):
@@ -202,17 +275,23 @@ class _ModelActor:
     """Ray actor: one inference session; writes the outputs of the rows it gets and returns their status."""
 
     def __init__(self, model_info, backend, device, precision, threads, cache_dir, out_dir, outfmt, legacy_names):
+        import socket
+
         from retinamask.runtime.backends import create_session
         from retinamask.runtime.infer import SIDECAR_NAME
 
-        import socket
-
         if not Path(model_info.path).is_file():
-            raise InputError(f"the model is not visible on node {socket.gethostname()}: on a cluster it must be "
-                             "at a path every node mounts", model_info.path)
+            raise InputError(
+                f"the model is not visible on node {socket.gethostname()}: on a cluster it must be "
+                "at a path every node mounts",
+                model_info.path,
+            )
         if not (Path(out_dir) / SIDECAR_NAME).is_file():  # the driver wrote it before starting the actors
-            raise InputError(f"the output folder is not visible on node {socket.gethostname()} (no {SIDECAR_NAME} "
-                             "there): on a cluster it must be a path every node mounts", out_dir)
+            raise InputError(
+                f"the output folder is not visible on node {socket.gethostname()} (no {SIDECAR_NAME} "
+                "there): on a cluster it must be a path every node mounts",
+                out_dir,
+            )
         if backend == "auto":  # for this node's CPU
             from retinamask.runtime.auto_backend import choose_backend
 
@@ -223,8 +302,16 @@ class _ModelActor:
         from retinamask.core.parallel import usable_cpus
 
         options = {"ENABLE_CPU_PINNING": False} if backend == "openvino" and threads < usable_cpus() else None
-        self.session = create_session(model_info.path, backend, device, precision, threads=threads,
-                                      cache_dir=cache_dir, model_info=model_info, runtime_options=options)
+        self.session = create_session(
+            model_info.path,
+            backend,
+            device,
+            precision,
+            threads=threads,
+            cache_dir=cache_dir,
+            model_info=model_info,
+            runtime_options=options,
+        )
         self.specs = model_info.outputs
         self.out_dir, self.outfmt, self.legacy_names = Path(out_dir), outfmt, legacy_names
 
@@ -240,14 +327,23 @@ class _ModelActor:
             by_shape.setdefault(tuple(batch["tensor"][i].shape), []).append(i)
         for indices in by_shape.values():
             # the record carries each image's valid region, which a dynamic-H/W model takes as image_sizes
-            items = [InputItem(batch["basename"][i], Path(batch["source"][i]), "image", json.loads(batch["extra"][i]))
-                     for i in indices]
+            items = [
+                InputItem(batch["basename"][i], Path(batch["source"][i]), "image", json.loads(batch["extra"][i]))
+                for i in indices
+            ]
             tensors = np.stack([batch["tensor"][i] for i in indices])
-            ms[indices] = infer_batch(self.session, tensors, items, self.out_dir, self.specs, self.outfmt,
-                                      self.legacy_names)
+            ms[indices] = infer_batch(
+                self.session, tensors, items, self.out_dir, self.specs, self.outfmt, self.legacy_names
+            )
             call[indices] = batch["position"][indices[0]]
-        return {"position": batch["position"], "cause": batch["cause"], "extra": batch["extra"], "ms": ms,
-                "call": call, "session": np.full(rows, f"{self.session.backend}\t{self.session.name}", dtype=object)}
+        return {
+            "position": batch["position"],
+            "cause": batch["cause"],
+            "extra": batch["extra"],
+            "ms": ms,
+            "call": call,
+            "session": np.full(rows, f"{self.session.backend}\t{self.session.name}", dtype=object),
+        }
 
 
 def _events(ds, todo, report):
@@ -259,8 +355,9 @@ def _events(ds, todo, report):
     for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
         calls = {}
         report["sessions"].update(set(batch["session"]))
-        for position, cause, extra, ms, call in zip(batch["position"], batch["cause"], batch["extra"], batch["ms"],
-                                                    batch["call"]):
+        for position, cause, extra, ms, call in zip(
+            batch["position"], batch["cause"], batch["extra"], batch["ms"], batch["call"]
+        ):
             position = int(position)
             if resolved[position]:
                 report["duplicates_ignored"] += 1

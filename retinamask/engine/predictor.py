@@ -8,16 +8,16 @@
 import numpy as np
 import torch
 
-from retinamask.modeling.checkpoint import load_checkpoint
 from retinamask.config import load_config
-from retinamask.formats.images import as_rgb_array
-from retinamask.data.transforms import policy_preprocess
-from retinamask.ops.boxes import rescale_boxes
-from retinamask.core.geometry import OriginalResize, SeedResize, make_policy
-from retinamask.decode.postprocess import boxes_to_original
-from retinamask.ops.masks import paste_masks
-from retinamask.modeling import build_model
 from retinamask.core.detections import Prediction
+from retinamask.core.geometry import OriginalResize, SeedResize, make_policy
+from retinamask.data.transforms import policy_preprocess
+from retinamask.decode.outputs import boxes_to_original
+from retinamask.formats.images import as_rgb_array
+from retinamask.modeling import build_model
+from retinamask.modeling.checkpoint import load_checkpoint
+from retinamask.ops.boxes import rescale_boxes
+from retinamask.ops.masks import paste_masks
 
 
 class Predictor:
@@ -40,8 +40,13 @@ class Predictor:
             if resize == "original":
                 resize = OriginalResize(inp.MIN_SIZE_TEST, inp.MAX_SIZE_TEST, cfg.DATALOADER.SIZE_DIVISIBILITY)
             else:
-                resize = make_policy(resize, inp.MIN_SIZE_TEST, inp.MAX_SIZE_TEST,
-                                     int(cfg.DATALOADER.SIZE_DIVISIBILITY) or 32, input_size=input_size)
+                resize = make_policy(
+                    resize,
+                    inp.MIN_SIZE_TEST,
+                    inp.MAX_SIZE_TEST,
+                    int(cfg.DATALOADER.SIZE_DIVISIBILITY) or 32,
+                    input_size=input_size,
+                )
         self.policy = resize
         self.input_size = resize.size if isinstance(resize, SeedResize) else None
         self.device = torch.device(device)
@@ -83,8 +88,9 @@ class Predictor:
         # The fixed canvas clips to the whole canvas, as the exported graphs do.
         sizes = [(height, width) if self.input_size else valid_hw for _, valid_hw in inputs]
         detections = self.model(torch.from_numpy(batch).to(self.device), sizes)
-        return [self._to_original(det, valid_hw, rgb.shape[:2])
-                for det, (_, valid_hw), rgb in zip(detections, inputs, rgbs)]
+        return [
+            self._to_original(det, valid_hw, rgb.shape[:2]) for det, (_, valid_hw), rgb in zip(detections, inputs, rgbs)
+        ]
 
     def _to_original(self, det, resized_hw, original_hw):
         order = torch.argsort(det["scores"], descending=True, stable=True)
@@ -96,7 +102,13 @@ class Predictor:
         probs = det.get("mask_probs", np.zeros((len(boxes), 28, 28), np.float32))
         masks = paste_masks(probs, boxes, original_hw[0], original_hw[1], threshold=self.mask_threshold)
         labels = det["labels"].astype(np.int64)
-        return Prediction(boxes=boxes, scores=det["scores"].astype(np.float32), labels=labels,
-                          class_names=[self.class_names[i - 1] for i in labels], masks=masks,
-                          mask_probs=probs, image_size=tuple(original_hw),
-                          extras={"mask_levels": det.get("mask_levels")})
+        return Prediction(
+            boxes=boxes,
+            scores=det["scores"].astype(np.float32),
+            labels=labels,
+            class_names=[self.class_names[i - 1] for i in labels],
+            masks=masks,
+            mask_probs=probs,
+            image_size=tuple(original_hw),
+            extras={"mask_levels": det.get("mask_levels")},
+        )

@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from retinamask.modeling.checkpoint import read_checkpoint, save_checkpoint
 from retinamask.core.errors import CheckpointError, ConfigError
 from retinamask.core.fileio import atomic_write_text
+from retinamask.modeling.checkpoint import read_checkpoint, save_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +54,16 @@ class WarmupMultiStepLR(torch.optim.lr_scheduler.LRScheduler):
     ``factor`` ("constant") or ``factor * (1 - i / iters) + i / iters`` ("linear") for
     i < ``warmup_iters`` and 1 afterwards. Call ``step()`` after each iteration."""
 
-    def __init__(self, optimizer, milestones, gamma=0.1, warmup_factor=1.0 / 3, warmup_iters=500,
-                 warmup_method="linear", last_epoch=-1):
+    def __init__(
+        self,
+        optimizer,
+        milestones,
+        gamma=0.1,
+        warmup_factor=1.0 / 3,
+        warmup_iters=500,
+        warmup_method="linear",
+        last_epoch=-1,
+    ):
         milestones = list(milestones)
         if milestones != sorted(milestones):
             raise ConfigError(f"SOLVER.STEPS must be increasing, got {milestones}")
@@ -150,8 +158,16 @@ class Trainer:
     def save(self, name):
         """Write ``output_dir/name`` atomically and point ``last_checkpoint`` at it."""
         path = self.output_dir / name
-        save_checkpoint(path, self.model, self.optimizer, self.scheduler, self.iteration,
-                        loss_state=self.loss.state_dict(), rng_state=torch.get_rng_state(), seed=self.seed)
+        save_checkpoint(
+            path,
+            self.model,
+            self.optimizer,
+            self.scheduler,
+            self.iteration,
+            loss_state=self.loss.state_dict(),
+            rng_state=torch.get_rng_state(),
+            seed=self.seed,
+        )
         atomic_write_text(self.output_dir / LAST_CHECKPOINT, name + "\n")
         return path
 
@@ -188,7 +204,8 @@ class Trainer:
             raise FloatingPointError(
                 f"non-finite loss at iteration {self.iteration}: "
                 + ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
-                + " (lower SOLVER.BASE_LR or lengthen the warm-up)")
+                + " (lower SOLVER.BASE_LR or lengthen the warm-up)"
+            )
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
         self.optimizer.step()
@@ -205,8 +222,9 @@ class Trainer:
         max_iter = self.cfg.SOLVER.MAX_ITER
         period = self.cfg.SOLVER.CHECKPOINT_PERIOD
         self.model.train()
-        loader = build_train_loader(self.cfg, self.dataset, max_iter, start_iter=self.iteration, seed=self.seed,
-                                    num_workers=self.num_workers)
+        loader = build_train_loader(
+            self.cfg, self.dataset, max_iter, start_iter=self.iteration, seed=self.seed, num_workers=self.num_workers
+        )
         if progress is None:
             progress = sys.stderr.isatty()
         bar = None
@@ -222,15 +240,24 @@ class Trainer:
                     averages[k] = v if k not in averages else 0.9 * averages[k] + 0.1 * v
                 lr = self.optimizer.param_groups[0]["lr"]
                 if bar is not None:
-                    bar.set_postfix_str(" ".join(f"{k.replace('loss_', '')}={v:.3f}" for k, v in averages.items())
-                                        + f" lr={lr:.2e}", refresh=False)
+                    bar.set_postfix_str(
+                        " ".join(f"{k.replace('loss_', '')}={v:.3f}" for k, v in averages.items()) + f" lr={lr:.2e}",
+                        refresh=False,
+                    )
                     bar.update(1)
                 elif self.iteration % log_period == 0 or self.iteration == max_iter:
                     rate = (self.iteration - start_iteration) / max(time.perf_counter() - start, 1e-9)
                     eta = (max_iter - self.iteration) / max(rate, 1e-9)
-                    log.info("iter %d/%d  %s  lr %.2e  %.2f it/s  eta %s  max mem %.0f MB", self.iteration, max_iter,
-                             "  ".join(f"{k} {v:.4f}" for k, v in averages.items()), lr, rate, _hms(eta),
-                             _max_rss_mb())
+                    log.info(
+                        "iter %d/%d  %s  lr %.2e  %.2f it/s  eta %s  max mem %.0f MB",
+                        self.iteration,
+                        max_iter,
+                        "  ".join(f"{k} {v:.4f}" for k, v in averages.items()),
+                        lr,
+                        rate,
+                        _hms(eta),
+                        _max_rss_mb(),
+                    )
                 if period > 0 and self.iteration % period == 0 and self.iteration < max_iter:
                     self.save(f"model_{self.iteration:07d}.pth")
         finally:
@@ -239,13 +266,30 @@ class Trainer:
         seconds = time.perf_counter() - start
         done = self.iteration - start_iteration
         if done:
-            log.info("trained %d iterations in %s (%.3f s/it, %.2f it/s)", done, _hms(seconds),
-                     seconds / done, done / max(seconds, 1e-9))
+            log.info(
+                "trained %d iterations in %s (%.3f s/it, %.2f it/s)",
+                done,
+                _hms(seconds),
+                seconds / done,
+                done / max(seconds, 1e-9),
+            )
         return self.save(FINAL_CHECKPOINT)
 
 
-def train(cfg, data_dir, output_dir, *, resume=True, max_iter=None, num_workers=None, seed=0, progress=None,
-          threads=2, log_period=20, split="train"):
+def train(
+    cfg,
+    data_dir,
+    output_dir,
+    *,
+    resume=True,
+    max_iter=None,
+    num_workers=None,
+    seed=0,
+    progress=None,
+    threads=2,
+    log_period=20,
+    split="train",
+):
     """Train (or continue training) a RetinaMask on the COCO-format dataset under ``data_dir``.
 
     cfg: a config (``retinamask.config.load_config``); max_iter overrides SOLVER.MAX_ITER.
@@ -269,8 +313,11 @@ def train(cfg, data_dir, output_dir, *, resume=True, max_iter=None, num_workers=
         trainer.resume(checkpoint)
         log.info("resumed from %s at iteration %d", checkpoint, trainer.iteration)
     trainer.write_config()
-    if trainer.iteration >= trainer.cfg.SOLVER.MAX_ITER and checkpoint is not None \
-            and checkpoint.name == FINAL_CHECKPOINT:
+    if (
+        trainer.iteration >= trainer.cfg.SOLVER.MAX_ITER
+        and checkpoint is not None
+        and checkpoint.name == FINAL_CHECKPOINT
+    ):
         log.info("already trained to iteration %d: %s", trainer.iteration, checkpoint)
         return checkpoint
     return trainer.run(progress=progress, log_period=log_period)
@@ -310,7 +357,7 @@ def _max_rss_mb():
 
 
 def _hms(seconds):
-    seconds = int(round(seconds)) if math.isfinite(seconds) else 0
+    seconds = round(seconds) if math.isfinite(seconds) else 0
     return f"{seconds // 3600:d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
@@ -341,7 +388,7 @@ def evaluate_split(model, cfg, data_dir, split="val", input_size=None, batch_siz
 
         iterator = tqdm(iterator, desc=f"eval {split}", unit="batch")
     for start in iterator:
-        chunk = images[start:start + batch_size]
+        chunk = images[start : start + batch_size]
         predictions = predictor.predict_batch([data_dir / split / im["file_name"] for im in chunk])
         for im, pred in zip(chunk, predictions):
             cats = [category_ids[label - 1] for label in pred.labels]
@@ -349,5 +396,14 @@ def evaluate_split(model, cfg, data_dir, split="val", input_size=None, batch_siz
     return evaluate_coco(dataset, results)
 
 
-__all__ = ["Trainer", "WarmupMultiStepLR", "config_for_dataset", "evaluate_split", "last_checkpoint_path",
-           "make_optimizer", "make_scheduler", "seed_everything", "train"]
+__all__ = [
+    "Trainer",
+    "WarmupMultiStepLR",
+    "config_for_dataset",
+    "evaluate_split",
+    "last_checkpoint_path",
+    "make_optimizer",
+    "make_scheduler",
+    "seed_everything",
+    "train",
+]

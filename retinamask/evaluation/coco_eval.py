@@ -76,7 +76,9 @@ def load_ground_truth(ann_file_or_coco):
         path = getattr(ann_file_or_coco, "annotation_file", None)
         path = path if isinstance(path, (str, Path)) else None
     else:
-        raise TypeError(f"expected an annotation file path, a dataset dict or a COCO object, got {type(ann_file_or_coco)}")
+        raise TypeError(
+            f"expected an annotation file path, a dataset dict or a COCO object, got {type(ann_file_or_coco)}"
+        )
 
     if not isinstance(dataset, dict):
         raise InputError(f"not a COCO annotation file: top level is a {type(dataset).__name__}, not an object", path)
@@ -131,8 +133,16 @@ def _results_for(results, iou_type, segm_area="mask"):
     """Fresh dicts with only the fields for one iou type (COCO tools add fields in place); with
     ``segm_area="box"`` each keeps its box and mask, so that loadRes gives it its box's area."""
     if segm_area == "box":
-        return [{"image_id": r["image_id"], "category_id": r["category_id"], "score": r["score"], "bbox": r["bbox"],
-                 "segmentation": r["segmentation"]} for r in results]
+        return [
+            {
+                "image_id": r["image_id"],
+                "category_id": r["category_id"],
+                "score": r["score"],
+                "bbox": r["bbox"],
+                "segmentation": r["segmentation"],
+            }
+            for r in results
+        ]
     geometry = "bbox" if iou_type == "bbox" else "segmentation"
     return [
         {"image_id": r["image_id"], "category_id": r["category_id"], "score": r["score"], geometry: r[geometry]}
@@ -197,10 +207,14 @@ def _evaluation(iou_type, evaluator):
 
     params = evaluator.params
     return CocoEvaluation(
-        iou_type=iou_type, stats=np.asarray(evaluator.stats[:12], dtype=np.float64),
-        precision=np.asarray(evaluator.eval["precision"]), recall=np.asarray(evaluator.eval["recall"]),
-        cat_ids=list(params.catIds), iou_thresholds=np.asarray(params.iouThrs),
-        recall_thresholds=np.asarray(params.recThrs), area_labels=list(params.areaRngLbl),
+        iou_type=iou_type,
+        stats=np.asarray(evaluator.stats[:12], dtype=np.float64),
+        precision=np.asarray(evaluator.eval["precision"]),
+        recall=np.asarray(evaluator.eval["recall"]),
+        cat_ids=list(params.catIds),
+        iou_thresholds=np.asarray(params.iouThrs),
+        recall_thresholds=np.asarray(params.recThrs),
+        area_labels=list(params.areaRngLbl),
     )
 
 
@@ -222,8 +236,17 @@ def _run_faster_coco_eval(dataset, results_by_type):
     return stats
 
 
-def evaluate_coco(ann_file_or_coco, results, iou_types=IOU_TYPES, backend="auto", segm_area="mask",
-                  segm_areas=None, return_evaluations=False, keep_ious=False, threads=None):
+def evaluate_coco(
+    ann_file_or_coco,
+    results,
+    iou_types=IOU_TYPES,
+    backend="auto",
+    segm_area="mask",
+    segm_areas=None,
+    return_evaluations=False,
+    keep_ious=False,
+    threads=None,
+):
     """COCO evaluation of ``results`` against a ground truth.
 
     ann_file_or_coco: annotation JSON path, dataset dict or COCO object.
@@ -268,8 +291,15 @@ def evaluate_coco(ann_file_or_coco, results, iou_types=IOU_TYPES, backend="auto"
     if name == "direct" and results:
         from retinamask.evaluation.coco_fast import evaluate_direct
 
-        evaluations = evaluate_direct(dataset, results, iou_types, segm_areas=segm_areas, segm_area=segm_area,
-                                      keep_ious=keep_ious, threads=threads)
+        evaluations = evaluate_direct(
+            dataset,
+            results,
+            iou_types,
+            segm_areas=segm_areas,
+            segm_area=segm_area,
+            keep_ious=keep_ious,
+            threads=threads,
+        )
     else:
         results_by_type = {iou_type: _results_for(results, iou_type, segm_area) for iou_type in iou_types}
         run = _run_pycocotools if name == "pycocotools" else _run_faster_coco_eval
@@ -319,7 +349,12 @@ def xywh_results(image_id, xywh, scores, category_ids, rles=None):
         raise ValueError("boxes, scores, category_ids (and rles) must have the same length")
     results = []
     for i, box in enumerate(xywh.tolist()):
-        result = {"image_id": int(image_id), "category_id": int(category_ids[i]), "bbox": box, "score": float(scores[i])}
+        result = {
+            "image_id": int(image_id),
+            "category_id": int(category_ids[i]),
+            "bbox": box,
+            "score": float(scores[i]),
+        }
         if rles is not None:
             result["segmentation"] = rles[i]
         results.append(result)

@@ -118,8 +118,9 @@ def _thread_count():
         return max(1, min(os.cpu_count() or 1, 8))
 
 
-def evaluate_direct(dataset, results, iou_types=("bbox", "segm"), segm_areas=None, segm_area="mask", keep_ious=False,
-                    threads=None):
+def evaluate_direct(
+    dataset, results, iou_types=("bbox", "segm"), segm_areas=None, segm_area="mask", keep_ious=False, threads=None
+):
     """COCO evaluation of ``results`` (checked COCO result dicts) against ``dataset`` (a GT dict).
 
     segm_areas: float [N] mask areas of the results (pixel counts), when the caller knows them;
@@ -127,7 +128,8 @@ def evaluate_direct(dataset, results, iou_types=("bbox", "segm"), segm_areas=Non
     its mask's, as when bbox and segm results are evaluated as separate lists: the original's
     evaluation) or "box" (its box's w * h: one list holding both, as the seed evaluates).
     threads: for the IoUs and the two IoU types (default: the CPUs this process may use, at
-    most 8; they overlap where faster-coco-eval's C++ code releases the GIL). keep_ious: keep each pair's IoU matrix (the report).
+    most 8; they overlap where faster-coco-eval's C++ code releases the GIL).
+    keep_ious: keep each pair's IoU matrix (the report).
     Returns {iou type: CocoEvaluation}. Needs faster-coco-eval.
     """
     from concurrent.futures import ThreadPoolExecutor
@@ -149,8 +151,11 @@ def evaluate_direct(dataset, results, iou_types=("bbox", "segm"), segm_areas=Non
         if pair in gt.by_pair:
             rows = np.asarray(rows, dtype=np.int64)
             order[pair] = rows[np.argsort(-scores[rows], kind="stable")][:_MAX_DETS].tolist()
-    gt_boxes = {pair: np.array([gt.annotations[p]["bbox"] for p in gt.by_pair[pair]], dtype=np.float64)
-                for pair in order} if "bbox" in iou_types else {}
+    gt_boxes = (
+        {pair: np.array([gt.annotations[p]["bbox"] for p in gt.by_pair[pair]], dtype=np.float64) for pair in order}
+        if "bbox" in iou_types
+        else {}
+    )
     gt_rles = {pair: gt.rles(pair, mask_api) for pair in order} if "segm" in iou_types else {}
 
     def pair_iou(task):
@@ -180,8 +185,9 @@ def evaluate_direct(dataset, results, iou_types=("bbox", "segm"), segm_areas=Non
             ious[iou_type][pair] = np.asarray(matrix, dtype=np.float64).reshape(len(order[pair]), -1)
         jobs = [(iou_type, ious[iou_type], areas_for(iou_type)) for iou_type in iou_types]
         run = pool.map if threads > 1 else map
-        evaluations = dict(zip(iou_types, run(lambda job: _accumulate(gt, det_pairs, scores, order, *job, keep_ious),
-                                              jobs)))
+        evaluations = dict(
+            zip(iou_types, run(lambda job: _accumulate(gt, det_pairs, scores, order, *job, keep_ious), jobs))
+        )
     return evaluations
 
 
@@ -203,17 +209,23 @@ def _accumulate(gt, det_pairs, scores, order, iou_type, ious, areas, keep_ious):
     area_list, score_list = areas.tolist(), scores.tolist()
     for pair, rows in det_pairs.items():
         for row in rows:
-            dt_data.append_ref(pair[0], pair[1], {"id": row + 1, "score": score_list[row], "area": area_list[row],
-                                                  "iscrowd": 0})
+            dt_data.append_ref(
+                pair[0], pair[1], {"id": row + 1, "score": score_list[row], "area": area_list[row], "iscrowd": 0}
+            )
     as_lists = {pair: matrix.tolist() for pair, matrix in ious.items()}
     iou_lists = [[as_lists.get((image_id, cat_id), []) for cat_id in gt.cat_ids] for image_id in gt.image_ids]
-    evaluator.eval = cpp.COCOevalEvaluateAccumulate(copy.deepcopy(params), iou_lists, gt_data, dt_data,
-                                                    params.imgIds, params.catIds, True)
+    evaluator.eval = cpp.COCOevalEvaluateAccumulate(
+        copy.deepcopy(params), iou_lists, gt_data, dt_data, params.imgIds, params.catIds, True
+    )
     evaluator.summarize()
     return CocoEvaluation(
-        iou_type=iou_type, stats=np.asarray(evaluator.stats[:12], dtype=np.float64),
-        precision=np.asarray(evaluator.eval["precision"]), recall=np.asarray(evaluator.eval["recall"]),
-        cat_ids=list(gt.cat_ids), iou_thresholds=np.asarray(params.iouThrs),
-        recall_thresholds=np.asarray(params.recThrs), area_labels=list(params.areaRngLbl),
+        iou_type=iou_type,
+        stats=np.asarray(evaluator.stats[:12], dtype=np.float64),
+        precision=np.asarray(evaluator.eval["precision"]),
+        recall=np.asarray(evaluator.eval["recall"]),
+        cat_ids=list(gt.cat_ids),
+        iou_thresholds=np.asarray(params.iouThrs),
+        recall_thresholds=np.asarray(params.recThrs),
+        area_labels=list(params.areaRngLbl),
         ious={pair: (matrix, order[pair], gt.by_pair[pair]) for pair, matrix in ious.items()} if keep_ious else {},
     )

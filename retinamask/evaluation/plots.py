@@ -5,8 +5,18 @@ import io
 
 from PIL import Image, ImageDraw, ImageFont
 
-PALETTE = ((31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
-           (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207))
+PALETTE = (
+    (31, 119, 180),
+    (255, 127, 14),
+    (44, 160, 44),
+    (214, 39, 40),
+    (148, 103, 189),
+    (140, 86, 75),
+    (227, 119, 194),
+    (127, 127, 127),
+    (188, 189, 34),
+    (23, 190, 207),
+)
 
 
 @functools.lru_cache(maxsize=8)
@@ -56,8 +66,15 @@ def line_chart_png(series, title, x_label="recall", y_label="precision", size=(5
         if len(points) > 1:
             draw.line(points, fill=colour, width=2 * scale, joint="curve")
         elif points:
-            draw.ellipse([points[0][0] - 3 * scale, points[0][1] - 3 * scale, points[0][0] + 3 * scale,
-                          points[0][1] + 3 * scale], fill=colour)
+            draw.ellipse(
+                [
+                    points[0][0] - 3 * scale,
+                    points[0][1] - 3 * scale,
+                    points[0][0] + 3 * scale,
+                    points[0][1] + 3 * scale,
+                ],
+                fill=colour,
+            )
         if index < len(PALETTE):
             legend.append((label, colour))
     for row, (label, colour) in enumerate(legend):  # bottom left: PR curves fall towards the bottom right

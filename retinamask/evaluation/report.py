@@ -23,7 +23,7 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 AREA_LABELS = ("all", "small", "medium", "large")
-AREA_RANGES = {"small": (0, 32 ** 2), "medium": (32 ** 2, 96 ** 2), "large": (96 ** 2, 1e10)}
+AREA_RANGES = {"small": (0, 32**2), "medium": (32**2, 96**2), "large": (96**2, 1e10)}
 
 
 def _mean_valid(values):
@@ -39,15 +39,19 @@ def per_class_ap(evaluation):
     t75 = int(np.argmin(np.abs(evaluation.iou_thresholds - 0.75)))
     out = {}
     for k, cat_id in enumerate(evaluation.cat_ids):
-        out[cat_id] = {"AP": _mean_valid(precision[:, :, k, 0, -1]), "AP50": _mean_valid(precision[t50, :, k, 0, -1]),
-                       "AP75": _mean_valid(precision[t75, :, k, 0, -1])}
+        out[cat_id] = {
+            "AP": _mean_valid(precision[:, :, k, 0, -1]),
+            "AP50": _mean_valid(precision[t50, :, k, 0, -1]),
+            "AP75": _mean_valid(precision[t75, :, k, 0, -1]),
+        }
         for a, name in ((1, "APs"), (2, "APm"), (3, "APl")):
             out[cat_id][name] = _mean_valid(precision[:, :, k, a, -1])
     return out
 
 
 def pr_curves(evaluation):
-    """(recall points [R], {"IoU 0.50": precision [R], "IoU 0.75": ..., "IoU 0.50:0.95": ...}, {cat id: precision@0.50 [R]});
+    """(recall points [R], {"IoU 0.50": precision [R], "IoU 0.75": ..., "IoU 0.50:0.95": ...},
+    {cat id: precision@0.50 [R]});
     precision averaged over classes (and IoUs) where defined, -1 where nowhere defined."""
     precision = evaluation.precision[:, :, :, 0, -1]  # [T, R, K]
     t50 = int(np.argmin(np.abs(evaluation.iou_thresholds - 0.5)))
@@ -60,8 +64,11 @@ def pr_curves(evaluation):
         counts = valid.sum(axis=1)
         return np.where(counts > 0, sums / np.maximum(counts, 1), -1.0)
 
-    overall = {"IoU 0.50": average(precision[t50]), "IoU 0.75": average(precision[t75]),
-               "IoU 0.50:0.95": average(precision)}
+    overall = {
+        "IoU 0.50": average(precision[t50]),
+        "IoU 0.75": average(precision[t75]),
+        "IoU 0.50:0.95": average(precision),
+    }
     per_class = {cat_id: precision[t50, :, k] for k, cat_id in enumerate(evaluation.cat_ids)}
     return evaluation.recall_thresholds, overall, per_class
 
@@ -91,8 +98,13 @@ def _pair_ious_fallback(dataset, results, iou_type):
             gt = []
             for a in annotations:
                 segm = a["segmentation"]
-                rle = (mask_util.merge(mask_util.frPyObjects(segm, height, width)) if isinstance(segm, list)
-                       else mask_util.frPyObjects(segm, height, width) if isinstance(segm["counts"], list) else segm)
+                rle = (
+                    mask_util.merge(mask_util.frPyObjects(segm, height, width))
+                    if isinstance(segm, list)
+                    else mask_util.frPyObjects(segm, height, width)
+                    if isinstance(segm["counts"], list)
+                    else segm
+                )
                 gt.append(rle)
             ious = mask_util.iou([results[r]["segmentation"] for r in rows], gt, crowd)
         out[pair] = (np.asarray(ious, dtype=np.float64).reshape(len(rows), -1), rows, gt_pairs[pair])
@@ -146,31 +158,61 @@ def _overlay_jpeg(image_rgb, dataset_image, annotations, results, names, label_o
         boxes = np.array([boxes_of(i) for i in items], dtype=np.float32).reshape(-1, 4)
         masks = np.stack([masks_of(i) for i in items]) if items else np.zeros((0, height, width), np.uint8)
         labels = np.array([label_of[i["category_id"]] for i in items], dtype=np.int64)
-        return Prediction(boxes, np.array([scores_of(i) for i in items], np.float32), labels,
-                          [names[i["category_id"]] for i in items], masks, None, (height, width))
+        return Prediction(
+            boxes,
+            np.array([scores_of(i) for i in items], np.float32),
+            labels,
+            [names[i["category_id"]] for i in items],
+            masks,
+            None,
+            (height, width),
+        )
 
     def gt_mask(annotation):
         segm = annotation["segmentation"]
-        rle = (mask_util.merge(mask_util.frPyObjects(segm, height, width)) if isinstance(segm, list)
-               else mask_util.frPyObjects(segm, height, width) if isinstance(segm["counts"], list) else segm)
+        rle = (
+            mask_util.merge(mask_util.frPyObjects(segm, height, width))
+            if isinstance(segm, list)
+            else mask_util.frPyObjects(segm, height, width)
+            if isinstance(segm["counts"], list)
+            else segm
+        )
         return mask_util.decode(rle)
 
     extra = 0.0 if convention == "seed" else 1.0  # the seed's width is x2 - x1, the original's x2 - x1 + 1
     kept = sorted((r for r in results if r["score"] >= score_threshold), key=lambda r: -r["score"])
-    truth = prediction(annotations, lambda a: [a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2] - 1,
-                                               a["bbox"][1] + a["bbox"][3] - 1], gt_mask, lambda a: 1.0)
-    found = prediction(kept, lambda r: [r["bbox"][0], r["bbox"][1], r["bbox"][0] + r["bbox"][2] - extra,
-                                        r["bbox"][1] + r["bbox"][3] - extra],
-                       lambda r: mask_util.decode(r["segmentation"]), lambda r: r["score"])
-    panels = [draw_prediction(image_rgb, truth, score_threshold=0.0, show_scores=False, min_side=0),
-              draw_prediction(image_rgb, found, score_threshold=score_threshold, min_side=0)]
+    truth = prediction(
+        annotations,
+        lambda a: [a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2] - 1, a["bbox"][1] + a["bbox"][3] - 1],
+        gt_mask,
+        lambda a: 1.0,
+    )
+    found = prediction(
+        kept,
+        lambda r: [
+            r["bbox"][0],
+            r["bbox"][1],
+            r["bbox"][0] + r["bbox"][2] - extra,
+            r["bbox"][1] + r["bbox"][3] - extra,
+        ],
+        lambda r: mask_util.decode(r["segmentation"]),
+        lambda r: r["score"],
+    )
+    panels = [
+        draw_prediction(image_rgb, truth, score_threshold=0.0, show_scores=False, min_side=0),
+        draw_prediction(image_rgb, found, score_threshold=score_threshold, min_side=0),
+    ]
     factor = min(1.0, 420.0 / width)
     if factor < 1.0:
-        panels = [cv2.resize(p, (round(width * factor), round(height * factor)), interpolation=cv2.INTER_AREA)
-                  for p in panels]
+        panels = [
+            cv2.resize(p, (round(width * factor), round(height * factor)), interpolation=cv2.INTER_AREA) for p in panels
+        ]
     gap = np.full((panels[0].shape[0], 6, 3), 255, np.uint8)
-    ok, data = cv2.imencode(".jpg", cv2.cvtColor(np.concatenate([panels[0], gap, panels[1]], axis=1),
-                                                 cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 88])
+    ok, data = cv2.imencode(
+        ".jpg",
+        cv2.cvtColor(np.concatenate([panels[0], gap, panels[1]], axis=1), cv2.COLOR_RGB2BGR),
+        [cv2.IMWRITE_JPEG_QUALITY, 88],
+    )
     return data.tobytes() if ok else None
 
 
@@ -179,22 +221,23 @@ def _default_image_dir(ann_file):
     if ann_file is None:
         return None
     ann_file = Path(ann_file)
-    split = ann_file.stem[len("instances_"):] if ann_file.stem.startswith("instances_") else ann_file.stem
+    split = ann_file.stem[len("instances_") :] if ann_file.stem.startswith("instances_") else ann_file.stem
     return ann_file.parent.parent / split
 
 
-def write_report(report_dir, dataset, results, evaluations, summary, ann_file=None, image_dir=None,
-                 score_threshold=0.5, num_images=4):
+def write_report(
+    report_dir, dataset, results, evaluations, summary, ann_file=None, image_dir=None, score_threshold=0.5, num_images=4
+):
     """Write the report (see the module docstring) into ``report_dir``; return the path of index.html.
 
     evaluations: {iou type: CocoEvaluation} (``evaluate_coco(return_evaluations=True)``; their
     kept IoUs are used, else recomputed); summary: ``evaluate_outputs``' summary (for the header).
     """
-    from retinamask.formats.images import load_image_rgb
     from retinamask.core.errors import InputError
     from retinamask.core.fileio import atomic_write_bytes, atomic_write_json, atomic_write_text
     from retinamask.evaluation.plots import line_chart_png
     from retinamask.evaluation.report_html import render_page
+    from retinamask.formats.images import load_image_rgb
 
     report_dir = Path(report_dir)
     (report_dir / "images").mkdir(parents=True, exist_ok=True)
@@ -207,28 +250,42 @@ def write_report(report_dir, dataset, results, evaluations, summary, ann_file=No
         pictures.append((name, data, caption))
         return len(pictures) - 1
 
-    gt_counts = {cat: {size: 0 for size in AREA_LABELS} for cat in names}
+    gt_counts = {cat: dict.fromkeys(AREA_LABELS, 0) for cat in names}
     for annotation in dataset["annotations"]:
         if annotation.get("iscrowd", 0):
             continue
-        counts = gt_counts.setdefault(annotation["category_id"], {size: 0 for size in AREA_LABELS})
+        counts = gt_counts.setdefault(annotation["category_id"], dict.fromkeys(AREA_LABELS, 0))
         counts["all"] += 1
         for size, (low, high) in AREA_RANGES.items():
             counts[size] += int(low <= annotation["area"] < high)
 
-    numbers = {"stats": {t: summary["stats"][t] for t in evaluations}, "per_class": {}, "gt_counts": gt_counts,
-               "score_threshold": score_threshold}
+    numbers = {
+        "stats": {t: summary["stats"][t] for t in evaluations},
+        "per_class": {},
+        "gt_counts": gt_counts,
+        "score_threshold": score_threshold,
+    }
     curves = {}
     for iou_type, evaluation in evaluations.items():
         numbers["per_class"][iou_type] = per_class_ap(evaluation)
         recall, overall, per_class = pr_curves(evaluation)
         curves[iou_type] = (
-            picture(f"images/pr_{iou_type}.png", line_chart_png(
-                [(label, recall, values) for label, values in overall.items()],
-                f"{iou_type}: precision-recall, all classes"), f"{iou_type}: all classes"),
-            picture(f"images/pr_{iou_type}_per_class.png", line_chart_png(
-                [(names.get(cat, str(cat)), recall, values) for cat, values in per_class.items()],
-                f"{iou_type}: precision-recall per class at IoU 0.50"), f"{iou_type}: per class, IoU 0.50"),
+            picture(
+                f"images/pr_{iou_type}.png",
+                line_chart_png(
+                    [(label, recall, values) for label, values in overall.items()],
+                    f"{iou_type}: precision-recall, all classes",
+                ),
+                f"{iou_type}: all classes",
+            ),
+            picture(
+                f"images/pr_{iou_type}_per_class.png",
+                line_chart_png(
+                    [(names.get(cat, str(cat)), recall, values) for cat, values in per_class.items()],
+                    f"{iou_type}: precision-recall per class at IoU 0.50",
+                ),
+                f"{iou_type}: per class, IoU 0.50",
+            ),
         )
 
     ranking_type = "segm" if "segm" in evaluations else next(iter(evaluations))
@@ -254,17 +311,27 @@ def write_report(report_dir, dataset, results, evaluations, summary, ann_file=No
                 if path is None:
                     raise InputError("no image folder (pass --image-dir)")
                 rgb = load_image_rgb(path)
-                data = _overlay_jpeg(rgb, images[image_id], annotations_of.get(image_id, []),
-                                    results_of.get(image_id, []), names, label_of, score_threshold,
-                                    summary.get("convention", "original"))
+                data = _overlay_jpeg(
+                    rgb,
+                    images[image_id],
+                    annotations_of.get(image_id, []),
+                    results_of.get(image_id, []),
+                    names,
+                    label_of,
+                    score_threshold,
+                    summary.get("convention", "original"),
+                )
                 entry["picture"] = picture(f"images/{group}_{rank}.jpg", data, entry["file_name"])
             except (InputError, OSError, ValueError) as e:
                 missing.append(f"{images[image_id]['file_name']}: {getattr(e, 'cause', e)}")
             shown[group].append(entry)
     if missing:
         logger.warning("report: %d image(s) not drawn, e.g. %s", len(missing), missing[0])
-    numbers["images"] = {"ranked_by": f"{ranking_type} F1 at IoU 0.5, score >= {score_threshold}", **shown,
-                         "not_drawn": missing}
+    numbers["images"] = {
+        "ranked_by": f"{ranking_type} F1 at IoU 0.5, score >= {score_threshold}",
+        **shown,
+        "not_drawn": missing,
+    }
 
     index = report_dir / "index.html"
     atomic_write_text(index, render_page(summary, numbers, names, curves, shown, pictures, missing))

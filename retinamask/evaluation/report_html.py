@@ -6,9 +6,18 @@ import html
 from retinamask.evaluation.coco_eval import STAT_NAMES
 
 _STAT_TITLES = {
-    "AP": "AP @[.50:.95]", "AP50": "AP @.50", "AP75": "AP @.75", "APs": "AP small", "APm": "AP medium",
-    "APl": "AP large", "AR1": "AR max 1", "AR10": "AR max 10", "AR100": "AR max 100", "ARs": "AR small",
-    "ARm": "AR medium", "ARl": "AR large",
+    "AP": "AP @[.50:.95]",
+    "AP50": "AP @.50",
+    "AP75": "AP @.75",
+    "APs": "AP small",
+    "APm": "AP medium",
+    "APl": "AP large",
+    "AR1": "AR max 1",
+    "AR10": "AR max 10",
+    "AR100": "AR max 100",
+    "ARs": "AR small",
+    "ARm": "AR medium",
+    "ARl": "AR large",
 }
 
 _STYLE = """
@@ -54,35 +63,55 @@ def render_page(summary, numbers, names, curves, shown, pictures, missing):
     e = html.escape
     stats = numbers["stats"]
     types = list(stats)
-    parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
-             "<title>RetinaMask evaluation report</title>", f"<style>{_STYLE}</style>",
-             f"<script>{_SCRIPT}</script></head><body>", '<div id="load-warning"></div>',
-             "<h1>RetinaMask evaluation report</h1>"]
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        "<title>RetinaMask evaluation report</title>",
+        f"<style>{_STYLE}</style>",
+        f"<script>{_SCRIPT}</script></head><body>",
+        '<div id="load-warning"></div>',
+        "<h1>RetinaMask evaluation report</h1>",
+    ]
     parts.append(
         f'<p class="meta">{summary["images_evaluated"]} images evaluated ({e(str(summary["layout"]))} layout, '
-        f'{e(str(summary.get("convention", "original")))} convention, {summary["num_results"]} detections, '
-        f'COCO backend {e(str(summary["stats"].get("backend")))}); outputs: {e(str(summary["results_dir"]))}</p>')
+        f"{e(str(summary.get('convention', 'original')))} convention, {summary['num_results']} detections, "
+        f"COCO backend {e(str(summary['stats'].get('backend')))}); outputs: {e(str(summary['results_dir']))}</p>"
+    )
 
     parts.append("<h2>COCO stats</h2><table><tr><th>stat</th>" + "".join(f"<th>{t}</th>" for t in types) + "</tr>")
     for name in STAT_NAMES:
-        parts.append(f"<tr><td>{_STAT_TITLES[name]}</td>"
-                     + "".join(f'<td class="n">{_fmt(stats[t][name])}</td>' for t in types) + "</tr>")
+        parts.append(
+            f"<tr><td>{_STAT_TITLES[name]}</td>"
+            + "".join(f'<td class="n">{_fmt(stats[t][name])}</td>' for t in types)
+            + "</tr>"
+        )
     parts.append("</table>")
 
     counts = numbers["gt_counts"]
     totals = {size: sum(c[size] for c in counts.values()) for size in ("small", "medium", "large")}
-    parts.append("<h2>By object size</h2><p class=\"meta\">small &lt; 32&sup2; px, medium &lt; 96&sup2; px, "
-                 "large above (COCO's ranges; a detection's size is its own area).</p>")
-    parts.append("<table><tr><th>size</th><th>objects</th>" + "".join(f"<th>{t} AP</th><th>{t} AR</th>" for t in types)
-                 + "</tr>")
+    parts.append(
+        '<h2>By object size</h2><p class="meta">small &lt; 32&sup2; px, medium &lt; 96&sup2; px, '
+        "large above (COCO's ranges; a detection's size is its own area).</p>"
+    )
+    parts.append(
+        "<table><tr><th>size</th><th>objects</th>" + "".join(f"<th>{t} AP</th><th>{t} AR</th>" for t in types) + "</tr>"
+    )
     for size, key in (("small", "s"), ("medium", "m"), ("large", "l")):
-        parts.append(f'<tr><td>{size}</td><td class="n">{totals[size]}</td>' + "".join(
-            f'<td class="n">{_fmt(stats[t]["AP" + key])}</td><td class="n">{_fmt(stats[t]["AR" + key])}</td>'
-            for t in types) + "</tr>")
+        parts.append(
+            f'<tr><td>{size}</td><td class="n">{totals[size]}</td>'
+            + "".join(
+                f'<td class="n">{_fmt(stats[t]["AP" + key])}</td><td class="n">{_fmt(stats[t]["AR" + key])}</td>'
+                for t in types
+            )
+            + "</tr>"
+        )
     parts.append("</table>")
 
-    parts.append("<h2>Per class</h2><table><tr><th>class</th><th>objects</th>" + "".join(
-        f"<th>{t} AP</th><th>{t} AP50</th><th>{t} AP75</th><th>{t} APs / APm / APl</th>" for t in types) + "</tr>")
+    parts.append(
+        "<h2>Per class</h2><table><tr><th>class</th><th>objects</th>"
+        + "".join(f"<th>{t} AP</th><th>{t} AP50</th><th>{t} AP75</th><th>{t} APs / APm / APl</th>" for t in types)
+        + "</tr>"
+    )
     for cat_id, name in names.items():
         row = f'<tr><td>{e(name)}</td><td class="n">{counts.get(cat_id, {}).get("all", 0)}</td>'
         for t in types:
@@ -92,24 +121,29 @@ def render_page(summary, numbers, names, curves, shown, pictures, missing):
         parts.append(row + "</tr>")
     parts.append("</table>")
 
-    parts.append("<h2>Precision-recall curves</h2><div class=\"grid\">")
+    parts.append('<h2>Precision-recall curves</h2><div class="grid">')
     for t in types:
         for index in curves[t]:
-            parts.append(f"<figure>{_img(pictures, index, pictures[index][2])}"
-                         f"<figcaption>{e(pictures[index][2])}</figcaption></figure>")
+            parts.append(
+                f"<figure>{_img(pictures, index, pictures[index][2])}"
+                f"<figcaption>{e(pictures[index][2])}</figcaption></figure>"
+            )
     parts.append("</div>")
 
     ranking = numbers["images"]["ranked_by"]
     for group, title in (("best", "Best images"), ("worst", "Worst images")):
-        parts.append(f"<h2>{title}</h2><p class=\"meta\">Ranked by {e(ranking)}; left: ground truth, right: "
-                     "detections above the score threshold.</p><div class=\"grid\">")
+        parts.append(
+            f'<h2>{title}</h2><p class="meta">Ranked by {e(ranking)}; left: ground truth, right: '
+            'detections above the score threshold.</p><div class="grid">'
+        )
         for entry in shown[group]:
-            caption = (f'{e(entry["file_name"])}: F1 {entry["f1"]:.2f} (TP {entry["tp"]}, FP {entry["fp"]}, '
-                       f'FN {entry["fn"]})')
+            caption = (
+                f"{e(entry['file_name'])}: F1 {entry['f1']:.2f} (TP {entry['tp']}, FP {entry['fp']}, FN {entry['fn']})"
+            )
             picture = _img(pictures, entry["picture"], entry["file_name"]) if "picture" in entry else ""
             parts.append(f"<figure>{picture}<figcaption>{caption}</figcaption></figure>")
         parts.append("</div>")
     if missing:
-        parts.append("<p class=\"meta\">Not drawn: " + "; ".join(e(m) for m in missing[:10]) + "</p>")
+        parts.append('<p class="meta">Not drawn: ' + "; ".join(e(m) for m in missing[:10]) + "</p>")
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"

@@ -4,5 +4,13 @@
 from retinamask.export.graphs import End2EndGraph, SeedGraph, half_precision_copy
 from retinamask.export.onnx_export import ExportError, compare_detections, export_model, export_onnx, sample_input
 
-__all__ = ["End2EndGraph", "SeedGraph", "ExportError", "compare_detections", "export_model", "export_onnx",
-           "half_precision_copy", "sample_input"]
+__all__ = [
+    "End2EndGraph",
+    "ExportError",
+    "SeedGraph",
+    "compare_detections",
+    "export_model",
+    "export_onnx",
+    "half_precision_copy",
+    "sample_input",
+]

@@ -19,14 +19,14 @@ import torch
 from torch import nn
 from torchvision.ops import nms
 
+from retinamask.core.contract import OUTPUT_NAMES, SEED_NUM_CANDIDATES
 from retinamask.core.errors import ConfigError
 from retinamask.modeling.layers import FrozenBatchNorm2d
 from retinamask.modeling.retinanet_head import flatten_level
 from retinamask.modeling.retinanet_postprocess import clip_boxes
 
-END2END_OUTPUTS = ("boxes", "labels", "scores", "masks")
-SEED_OUTPUTS = ("bboxs", "labels", "scores", "masks")
-SEED_NUM_CANDIDATES = 1000
+END2END_OUTPUTS = OUTPUT_NAMES["end2end"]
+SEED_OUTPUTS = OUTPUT_NAMES["seed"]
 
 
 def _check_model(model, input_size):
@@ -153,8 +153,9 @@ class End2EndGraph(nn.Module):
         above = torch.nonzero(flat_scores > self.score_threshold).squeeze(1)
         image_index = torch.div(above, num_candidates, rounding_mode="floor")
         groups = image_index * self.num_classes + labels.reshape(-1)[above] - 1
-        keep = above[nms_by_group(boxes.reshape(-1, 4)[above], flat_scores[above], groups,
-                                  self.nms_threshold, pitch=pitch)]
+        keep = above[
+            nms_by_group(boxes.reshape(-1, 4)[above], flat_scores[above], groups, self.nms_threshold, pitch=pitch)
+        ]
 
         # Top K per image among the survivors; -1 marks the rest (sigmoid scores are >= 0).
         kept_scores = torch.full_like(flat_scores, -1.0).index_put((keep,), flat_scores[keep])
@@ -206,8 +207,9 @@ class End2EndGraph(nn.Module):
             level_scores = torch.cat((level_scores, level_scores.new_full((batch, extra, num_classes), -1.0)), 1)
             deltas = torch.cat((deltas, deltas.new_zeros((batch, extra, 4))), 1)
             anchors = torch.cat((anchors, anchors.new_zeros((extra, 4))), 0)
-            level_boxes, level_top, level_labels = top_candidates(level_scores, deltas, anchors, self.pre_nms_top_n,
-                                                                  self.box_coder)
+            level_boxes, level_top, level_labels = top_candidates(
+                level_scores, deltas, anchors, self.pre_nms_top_n, self.box_coder
+            )
             boxes.append(level_boxes)
             scores.append(level_top)
             labels.append(level_labels)
@@ -221,8 +223,13 @@ class End2EndGraph(nn.Module):
         runs on the valid rows only."""
         batch, k = valid.shape
         rows = torch.nonzero(valid.reshape(-1)).squeeze(1)
-        probs = _mask_probabilities(self.model, features, boxes.reshape(-1, 4)[rows], labels.reshape(-1)[rows],
-                                    torch.div(rows, k, rounding_mode="floor"))
+        probs = _mask_probabilities(
+            self.model,
+            features,
+            boxes.reshape(-1, 4)[rows],
+            labels.reshape(-1)[rows],
+            torch.div(rows, k, rounding_mode="floor"),
+        )
         masks = probs.new_zeros((batch * k,) + tuple(probs.shape[1:])).index_put((rows,), probs)
         return masks.view(batch, k, 1, probs.shape[-2], probs.shape[-1])
 

@@ -22,35 +22,59 @@ import numpy as np
 import torch
 
 from retinamask import __version__
-from retinamask.core.errors import RetinaMaskError
-from retinamask.core.geometry import ResizePolicy, SeedResize, policy_from_config
+from retinamask.core.contract import LAYOUTS
+from retinamask.core.errors import RetinaMaskError, one_line
 from retinamask.core.fileio import atomic_write_bytes
+from retinamask.core.geometry import ResizePolicy, SeedResize, policy_from_config
+from retinamask.export.graphs import (
+    END2END_OUTPUTS,
+    SEED_NUM_CANDIDATES,
+    SEED_OUTPUTS,
+    End2EndGraph,
+    SeedGraph,
+    half_precision_copy,
+)
+from retinamask.export.verify import (
+    sample_input,
+    verify_export,
+)
 from retinamask.formats.model_info import IMAGE_SIZES_INPUT  # int64 [B, 2] (h, w) of each image's valid region
-from retinamask.export.graphs import END2END_OUTPUTS, SEED_NUM_CANDIDATES, SEED_OUTPUTS, End2EndGraph, SeedGraph, half_precision_copy
-from retinamask.export.verify import TOLERANCES, box_iou_matrix, compare_detections, eager_detections, eager_limits, example_canvas, judge, merge_stats, output_detections, run_onnxruntime, sample_input, synthetic_image, verify_export
 
 logger = logging.getLogger(__name__)
 
-LAYOUTS = ("end2end", "seed")
 MAX_CANVAS_SIDE = 4096  # bound of the dynamic H/W axes (torch.export Dim)
 MIN_OPSET = 18  # opset 17 gave a ReduceMax that onnxruntime rejects (shared/facts)
 FORBIDDEN_OPS = ("If", "Loop", "Scan")
 EMBED_LIMIT_BYTES = 1_900_000_000  # protobuf's 2 GB cap, with room for the graph itself
 
 
-
 class ExportError(RetinaMaskError):
     """The exported graph breaks the contract (unexpected op, output shape or metadata)."""
 
 
-def export_onnx(cfg, weights, save_path, layout="end2end", batch_size=1, dynamic_batch=False, fp16=False,
-                opset=18, simplify=True, input_size=None, max_detections=None, verify=True, int8=False,
-                calibration_dir=None, calibration_images=None, resize=None):
+def export_onnx(
+    cfg,
+    weights,
+    save_path,
+    layout="end2end",
+    batch_size=1,
+    dynamic_batch=False,
+    fp16=False,
+    opset=18,
+    simplify=True,
+    input_size=None,
+    max_detections=None,
+    verify=True,
+    int8=False,
+    calibration_dir=None,
+    calibration_images=None,
+    resize=None,
+):
     """Build the model of ``cfg`` (a config or a config name/path), load ``weights`` (a checkpoint
     path; None keeps the random initialisation) and export it; see :func:`export_model`."""
-    from retinamask.modeling.checkpoint import load_checkpoint
     from retinamask.config import load_config
     from retinamask.modeling import build_model
+    from retinamask.modeling.checkpoint import load_checkpoint
 
     if not hasattr(cfg, "MODEL"):
         cfg = load_config(cfg)
@@ -61,17 +85,45 @@ def export_onnx(cfg, weights, save_path, layout="end2end", batch_size=1, dynamic
     model = build_model(cfg)
     if weights is not None:
         load_checkpoint(model, weights)
-    report = export_model(model, cfg, save_path, layout=layout, batch_size=batch_size, dynamic_batch=dynamic_batch,
-                          fp16=fp16, opset=opset, simplify=simplify, max_detections=max_detections, verify=verify,
-                          int8=int8, calibration_dir=calibration_dir, calibration_images=calibration_images,
-                          resize=policy)
+    report = export_model(
+        model,
+        cfg,
+        save_path,
+        layout=layout,
+        batch_size=batch_size,
+        dynamic_batch=dynamic_batch,
+        fp16=fp16,
+        opset=opset,
+        simplify=simplify,
+        max_detections=max_detections,
+        verify=verify,
+        int8=int8,
+        calibration_dir=calibration_dir,
+        calibration_images=calibration_images,
+        resize=policy,
+    )
     report["weights"] = None if weights is None else str(weights)
     return report
 
 
-def export_model(model, cfg, save_path, layout="end2end", batch_size=1, dynamic_batch=False, fp16=False,
-                 opset=18, simplify=True, input_size=None, max_detections=None, verify=True, int8=False,
-                 calibration_dir=None, calibration_images=None, resize=None):
+def export_model(
+    model,
+    cfg,
+    save_path,
+    layout="end2end",
+    batch_size=1,
+    dynamic_batch=False,
+    fp16=False,
+    opset=18,
+    simplify=True,
+    input_size=None,
+    max_detections=None,
+    verify=True,
+    int8=False,
+    calibration_dir=None,
+    calibration_images=None,
+    resize=None,
+):
     """Export a built RetinaMask (eval mode, float32) to ``save_path`` in one ONNX file.
 
     ``resize``: the resize policy (a :class:`~retinamask.core.geometry.ResizePolicy` or its name,
@@ -122,8 +174,7 @@ def export_model(model, cfg, save_path, layout="end2end", batch_size=1, dynamic_
     simplification["constant_fills"] = constant_fills_to_nodes(proto)
     simplification["nodes_after"] = len(proto.graph.node)
 
-    metadata = contract_metadata(cfg, model, layout, policy, max_detections,
-                                 "dynamic" if dynamic_batch else batch_size)
+    metadata = contract_metadata(cfg, model, layout, policy, max_detections, "dynamic" if dynamic_batch else batch_size)
     _set_metadata(proto, metadata)
     proto.producer_name = "retinamask"
     proto.producer_version = __version__
@@ -132,15 +183,29 @@ def export_model(model, cfg, save_path, layout="end2end", batch_size=1, dynamic_
     try:
         onnx.checker.check_model(proto)
     except onnx.checker.ValidationError as e:
-        raise ExportError(f"onnx.checker rejected the exported graph: {_one_line(e)}", path=save_path) from None
-    check_contract(proto, layout, None if dynamic_batch else batch_size, input_size,
-                   max_detections if layout == "end2end" else SEED_NUM_CANDIDATES,
-                   int(metadata["retinamask.mask_resolution"]), path=save_path)
+        raise ExportError(f"onnx.checker rejected the exported graph: {one_line(e, 300)}", path=save_path) from None
+    check_contract(
+        proto,
+        layout,
+        None if dynamic_batch else batch_size,
+        input_size,
+        max_detections if layout == "end2end" else SEED_NUM_CANDIDATES,
+        int(metadata["retinamask.mask_resolution"]),
+        path=save_path,
+    )
     quantization = None
     if int8:
-        external, quantization = _save_quantized(proto, save_path, calibration_dir, calibration_images, layout,
-                                                 None if dynamic_batch else batch_size, input_size, max_detections,
-                                                 int(metadata["retinamask.mask_resolution"]))
+        external, quantization = _save_quantized(
+            proto,
+            save_path,
+            calibration_dir,
+            calibration_images,
+            layout,
+            None if dynamic_batch else batch_size,
+            input_size,
+            max_detections,
+            int(metadata["retinamask.mask_resolution"]),
+        )
     else:
         external = _save(proto, save_path)
     total_seconds = time.perf_counter() - start
@@ -165,8 +230,17 @@ def export_model(model, cfg, save_path, layout="end2end", batch_size=1, dynamic_
         "quantization": quantization,
     }
     if verify:
-        report["verification"] = verify_export(model, graph, cfg, save_path, layout, policy, max_detections,
-                                               batch=example_batch, precision=report["precision"])
+        report["verification"] = verify_export(
+            model,
+            graph,
+            cfg,
+            save_path,
+            layout,
+            policy,
+            max_detections,
+            batch=example_batch,
+            precision=report["precision"],
+        )
     return report
 
 
@@ -193,8 +267,10 @@ def resolve_export_policy(cfg, resize, input_size, layout="end2end"):
         policy = resize
     else:
         if resize != "seed" and input_size is not None:
-            raise RetinaMaskError(f"--input-size sets the seed policy's square canvas; --resize {resize} takes the "
-                                  "config's INPUT.MIN_SIZE_TEST / MAX_SIZE_TEST (change them with --opts)")
+            raise RetinaMaskError(
+                f"--input-size sets the seed policy's square canvas; --resize {resize} takes the "
+                "config's INPUT.MIN_SIZE_TEST / MAX_SIZE_TEST (change them with --opts)"
+            )
         if input_size is not None and (int(input_size) <= 0 or int(input_size) % 32):
             raise RetinaMaskError(f"input size must be a positive multiple of 32, got {input_size}")
         try:
@@ -202,8 +278,10 @@ def resolve_export_policy(cfg, resize, input_size, layout="end2end"):
         except ValueError as e:
             raise RetinaMaskError(str(e)) from None
     if layout == "seed" and not isinstance(policy, SeedResize):
-        raise RetinaMaskError(f"the seed layout is the Ascend seed's fixed square graph: it takes --resize seed, "
-                              f"not {policy.name} (use --layout end2end)")
+        raise RetinaMaskError(
+            f"the seed layout is the Ascend seed's fixed square graph: it takes --resize seed, "
+            f"not {policy.name} (use --layout end2end)"
+        )
     return policy
 
 
@@ -214,13 +292,16 @@ def _check_arguments(layout, batch_size, opset, policy, max_detections):
     if int(batch_size) < 1:
         raise RetinaMaskError(f"batch size must be >= 1, got {batch_size}")
     if int(opset) < MIN_OPSET:
-        raise RetinaMaskError(f"opset {opset} is not supported: use {MIN_OPSET} or later "
-                              "(with opset 17 the exporter emits a ReduceMax that onnxruntime rejects)")
+        raise RetinaMaskError(
+            f"opset {opset} is not supported: use {MIN_OPSET} or later "
+            "(with opset 17 the exporter emits a ReduceMax that onnxruntime rejects)"
+        )
     if int(input_size) <= 0 or int(input_size) % 32:
         raise RetinaMaskError(f"input size must be a positive multiple of 32, got {input_size}")
     if policy.size_divisibility % 32:
-        raise RetinaMaskError(f"canvases must be multiples of 32 (the FPN), got SIZE_DIVISIBILITY "
-                              f"{policy.size_divisibility}")
+        raise RetinaMaskError(
+            f"canvases must be multiples of 32 (the FPN), got SIZE_DIVISIBILITY {policy.size_divisibility}"
+        )
     if int(max_detections) < 1:
         raise RetinaMaskError(f"max detections must be >= 1, got {max_detections}")
 
@@ -233,14 +314,24 @@ def _check_int8_arguments(int8, fp16, calibration_dir):
     if fp16:
         raise RetinaMaskError("--int8 and --fp16 exclude each other (the INT8 model is quantized from float32)")
     if calibration_dir is None:
-        raise RetinaMaskError("--int8 needs calibration images: --calib DIR (a few dozen images like the data "
-                              "the model will see)")
+        raise RetinaMaskError(
+            "--int8 needs calibration images: --calib DIR (a few dozen images like the data the model will see)"
+        )
     if not Path(calibration_dir).is_dir():
         raise RetinaMaskError("calibration folder not found", calibration_dir)
 
 
-def _save_quantized(proto, save_path, calibration_dir, calibration_images, layout, batch_size, input_size,
-                    max_detections, mask_resolution):
+def _save_quantized(
+    proto,
+    save_path,
+    calibration_dir,
+    calibration_images,
+    layout,
+    batch_size,
+    input_size,
+    max_detections,
+    mask_resolution,
+):
     """Quantize the float32 ``proto`` to INT8 at ``save_path`` (the float32 model only lives in a
     temporary file next to it). Returns (external data file or None, quantization report)."""
     import tempfile
@@ -253,12 +344,19 @@ def _save_quantized(proto, save_path, calibration_dir, calibration_images, layou
     with tempfile.TemporaryDirectory(prefix=".retinamask-fp32-", dir=save_path.parent) as tmp:
         float_path = Path(tmp) / "float32.onnx"
         if _save(proto, float_path) is not None:
-            raise ExportError("the float32 model is over 2 GB: INT8 quantization needs the weights in one file",
-                              path=save_path)
-        report = quantize_onnx(float_path, save_path, calibration_dir,
-                               calibration_images or DEFAULT_CALIBRATION_IMAGES)
-    check_contract(onnx.load(str(save_path), load_external_data=False), layout, batch_size, input_size,
-                   max_detections if layout == "end2end" else SEED_NUM_CANDIDATES, mask_resolution, path=save_path)
+            raise ExportError(
+                "the float32 model is over 2 GB: INT8 quantization needs the weights in one file", path=save_path
+            )
+        report = quantize_onnx(float_path, save_path, calibration_dir, calibration_images or DEFAULT_CALIBRATION_IMAGES)
+    check_contract(
+        onnx.load(str(save_path), load_external_data=False),
+        layout,
+        batch_size,
+        input_size,
+        max_detections if layout == "end2end" else SEED_NUM_CANDIDATES,
+        mask_resolution,
+        path=save_path,
+    )
     report.pop("source", None)
     return None, report
 
@@ -290,9 +388,16 @@ def _torch_export(graph, example, layout, dynamic_batch, opset, dynamic_hw=False
         warnings.filterwarnings("ignore", message=".*create_unbacked_symint.*")
         # input and image_sizes share the batch Dim on purpose
         warnings.filterwarnings("ignore", message=".*shares the same shape constraints with another axis.*")
-        program = torch.onnx.export(graph, args, dynamo=True, opset_version=int(opset), verbose=False,
-                                    input_names=input_names, output_names=output_names,
-                                    dynamic_shapes=dynamic_shapes)
+        program = torch.onnx.export(
+            graph,
+            args,
+            dynamo=True,
+            opset_version=int(opset),
+            verbose=False,
+            input_names=input_names,
+            output_names=output_names,
+            dynamic_shapes=dynamic_shapes,
+        )
     return program.model_proto
 
 
@@ -320,7 +425,7 @@ def _simplify(proto, simplification):
         with _quiet_loggers("onnxslim"):
             slim = onnxslim.slim(proto)
     except Exception as e:  # a simplifier bug must not cost the export
-        simplification["skipped"] = f"onnxslim failed ({type(e).__name__}: {_one_line(e)})"
+        simplification["skipped"] = f"onnxslim failed ({type(e).__name__}: {one_line(e, 300)})"
         logger.warning("not simplified: %s", simplification["skipped"])
         return proto, simplification
     simplification["tool"] = f"onnxslim {getattr(onnxslim, '__version__', '')}".strip()
@@ -347,8 +452,7 @@ def constant_fills_to_nodes(proto, min_bytes=1 << 20):
             continue
         shape = numpy_helper.from_array(np.array(values.shape, dtype=np.int64), f"{tensor.name}__shape")
         fill = numpy_helper.from_array(first.astype(values.dtype))
-        node = helper.make_node("ConstantOfShape", [shape.name], [tensor.name], name=f"{tensor.name}__fill",
-                                value=fill)
+        node = helper.make_node("ConstantOfShape", [shape.name], [tensor.name], name=f"{tensor.name}__fill", value=fill)
         replaced.append((tensor, shape, node))
     for tensor, shape, node in replaced:
         proto.graph.initializer.remove(tensor)
@@ -391,18 +495,22 @@ def _set_metadata(proto, metadata):
 
 
 def _dims(value_info):
-    return [d.dim_param if d.HasField("dim_param") else (d.dim_value if d.HasField("dim_value") else None)
-            for d in value_info.type.tensor_type.shape.dim]
+    return [
+        d.dim_param if d.HasField("dim_param") else (d.dim_value if d.HasField("dim_value") else None)
+        for d in value_info.type.tensor_type.shape.dim
+    ]
 
 
 def _all_nodes(proto):
     """Every node of the model: main graph, subgraphs, and local functions."""
+
     def walk(nodes):
         for node in nodes:
             yield node
             for attr in node.attribute:
                 for g in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
                     yield from walk(g.node)
+
     yield from walk(proto.graph.node)
     for function in proto.functions:
         yield from walk(function.node)
@@ -426,15 +534,19 @@ def check_contract(proto, layout, batch_size, input_size, rows, mask_resolution=
         # (a "symbolic" expectation takes a named dim; with a static batch the exporter may name none)
         ok = ok and all((isinstance(d, str) if e == "symbolic" else d == e) for d, e in zip(dims, expected))
         if not ok:
-            raise ExportError(f"{value.name!r} is {onnx.helper.tensor_dtype_to_np_dtype(got_type)} {dims}, "
-                              f"the contract says {name!r} {onnx.helper.tensor_dtype_to_np_dtype(elem_type)} "
-                              f"{expected}", path=path)
+            raise ExportError(
+                f"{value.name!r} is {onnx.helper.tensor_dtype_to_np_dtype(got_type)} {dims}, "
+                f"the contract says {name!r} {onnx.helper.tensor_dtype_to_np_dtype(elem_type)} "
+                f"{expected}",
+                path=path,
+            )
 
     inputs = list(proto.graph.input)
     if input_size is None:  # dynamic H/W: input [B, 3, H, W] and image_sizes [B, 2]
         if [i.name for i in inputs] != ["input", IMAGE_SIZES_INPUT]:
-            raise ExportError(f"expected inputs ['input', '{IMAGE_SIZES_INPUT}'], found {[i.name for i in inputs]}",
-                              path=path)
+            raise ExportError(
+                f"expected inputs ['input', '{IMAGE_SIZES_INPUT}'], found {[i.name for i in inputs]}", path=path
+            )
         check(inputs[0], "input", onnx.TensorProto.FLOAT, (3, "symbolic", "symbolic"))
         check(inputs[1], IMAGE_SIZES_INPUT, onnx.TensorProto.INT64, (2,))
     else:
@@ -471,7 +583,3 @@ def _save(proto, path):
 
 # ---------------------------------------------------------------------------------------------
 # Verification: the exported model in ONNX Runtime against PyTorch on a sample image
-
-
-def _one_line(e):
-    return " ".join(str(e).split())[:300]

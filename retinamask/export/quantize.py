@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from retinamask import __version__
-from retinamask.core.errors import InputError, RetinaMaskError
+from retinamask.core.errors import InputError, RetinaMaskError, one_line
 
 logger = logging.getLogger(__name__)
 
@@ -89,8 +89,8 @@ class SeedTransformReader:
         self._batches = None
 
     def _generate(self):
-        from retinamask.formats.images import load_image_rgb
         from retinamask.data.transforms import seed_preprocess
+        from retinamask.formats.images import load_image_rgb
 
         if self.policy is not None:
             yield from self._generate_any_canvas()
@@ -114,8 +114,8 @@ class SeedTransformReader:
             yield {self.input_name: np.stack(pending)}
 
     def _generate_any_canvas(self):
-        from retinamask.formats.images import load_image_rgb
         from retinamask.data.transforms import policy_preprocess
+        from retinamask.formats.images import load_image_rgb
 
         for path in self.images:
             try:
@@ -126,8 +126,10 @@ class SeedTransformReader:
                 continue
             self.used += 1
             b = self.batch_size  # a fixed batch B > 1: the image B times
-            yield {self.input_name: np.repeat(tensor[None], b, axis=0),
-                   "image_sizes": np.asarray([geometry.resized_hw] * b, np.int64)}
+            yield {
+                self.input_name: np.repeat(tensor[None], b, axis=0),
+                "image_sizes": np.asarray([geometry.resized_hw] * b, np.int64),
+            }
 
     def get_next(self):
         if self._batches is None:
@@ -162,8 +164,15 @@ def dense_nodes(proto):
     return chosen
 
 
-def quantize_onnx(model_path, save_path, calibration_dir, calibration_count=DEFAULT_CALIBRATION_IMAGES,
-                  per_channel=True, calibration_cache=None, reduce_range=True):
+def quantize_onnx(
+    model_path,
+    save_path,
+    calibration_dir,
+    calibration_count=DEFAULT_CALIBRATION_IMAGES,
+    per_channel=True,
+    calibration_cache=None,
+    reduce_range=True,
+):
     """Quantize the float32 model at ``model_path`` to INT8 at ``save_path`` (see the module docstring).
 
     ``reduce_range`` (default): weights in 7 bits (symmetric: |w| <= 64), so that the AVX2 u8 x s8 kernels
@@ -185,14 +194,21 @@ def quantize_onnx(model_path, save_path, calibration_dir, calibration_count=DEFA
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from retinamask.formats.model_info import read_model_info
     from retinamask.export.onnx_export import _save
+    from retinamask.formats.model_info import read_model_info
 
     model_path, save_path = Path(model_path), Path(save_path)
     info = read_model_info(model_path)
     images = calibration_images(calibration_dir, calibration_count)
-    reader = SeedTransformReader(images, info.input_name, info.input_size, info.pixel_mean, info.pixel_std,
-                                 info.batch_size or 1, policy=info.resize if info.dynamic_hw else None)
+    reader = SeedTransformReader(
+        images,
+        info.input_name,
+        info.input_size,
+        info.pixel_mean,
+        info.pixel_std,
+        info.batch_size or 1,
+        policy=info.resize if info.dynamic_hw else None,
+    )
     from_cache = calibration_cache is not None and Path(calibration_cache).is_file()
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="retinamask-quant-", dir=save_path.parent) as tmp:
@@ -201,8 +217,9 @@ def quantize_onnx(model_path, save_path, calibration_dir, calibration_count=DEFA
         try:
             quant_pre_process(str(model_path), str(prepared), skip_symbolic_shape=True)
         except Exception as e:
-            raise QuantizationError(f"ONNX Runtime's quantization pre-processing failed: {_one_line(e)}",
-                                    model_path) from None
+            raise QuantizationError(
+                f"ONNX Runtime's quantization pre-processing failed: {one_line(e, 300)}", model_path
+            ) from None
         prepared_proto = onnx.load(str(prepared))
         nodes = dense_nodes(prepared_proto)
         del prepared_proto
@@ -210,7 +227,9 @@ def quantize_onnx(model_path, save_path, calibration_dir, calibration_count=DEFA
         try:
             with _root_logger_at_least(logging.WARNING):  # ONNX Runtime logs each bias copy at INFO on the root
                 quantize_static(
-                    str(prepared), str(quantized), reader,
+                    str(prepared),
+                    str(quantized),
+                    reader,
                     quant_format=QuantFormat.QDQ,
                     per_channel=per_channel,
                     activation_type=QuantType.QUInt8,
@@ -226,7 +245,9 @@ def quantize_onnx(model_path, save_path, calibration_dir, calibration_count=DEFA
         except Exception as e:
             if reader.used == 0 and not from_cache:
                 raise InputError("none of the calibration images could be read", calibration_dir) from None
-            raise QuantizationError(f"ONNX Runtime's static quantization failed: {_one_line(e)}", model_path) from None
+            raise QuantizationError(
+                f"ONNX Runtime's static quantization failed: {one_line(e, 300)}", model_path
+            ) from None
         proto = onnx.load(str(quantized))
 
     counts = {}
@@ -238,8 +259,9 @@ def quantize_onnx(model_path, save_path, calibration_dir, calibration_count=DEFA
     quantization = {
         "method": "onnxruntime.quantize_static",
         "format": "QDQ",
-        "weights": ("int8 in 7 bits (reduce_range) " if reduce_range else "int8 ") + "symmetric "
-                   + ("per channel" if per_channel else "per tensor"),
+        "weights": ("int8 in 7 bits (reduce_range) " if reduce_range else "int8 ")
+        + "symmetric "
+        + ("per channel" if per_channel else "per tensor"),
         "activations": "uint8 asymmetric per tensor",
         "calibration": "minmax" + (f" (ranges from {Path(calibration_cache).name})" if from_cache else ""),
         "calibration_images": None if from_cache else reader.used,
@@ -276,7 +298,3 @@ def _root_logger_at_least(level):
         yield
     finally:
         root.setLevel(saved)
-
-
-def _one_line(e):
-    return " ".join(str(e).split())[:300]

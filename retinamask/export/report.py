@@ -22,9 +22,11 @@ def format_report(report):
     ]
     q = report.get("quantization")
     if q:
-        lines.append(f"  INT8: {q['quantized_nodes']} nodes quantized (QDQ, per-channel int8 weights, uint8 activations), "
-                     f"calibrated on {q['calibration_images_used']} image(s) of {q['calibration_dir']} "
-                     f"in {q['total_seconds']:.1f} s")
+        lines.append(
+            f"  INT8: {q['quantized_nodes']} nodes quantized (QDQ, per-channel int8 weights, uint8 activations), "
+            f"calibrated on {q['calibration_images_used']} image(s) of {q['calibration_dir']} "
+            f"in {q['total_seconds']:.1f} s"
+        )
     if report.get("external_data"):
         lines.append(f"  weights in the side file {report['external_data']} (model over 2 GB)")
     v = report["verification"]

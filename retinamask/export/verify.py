@@ -8,8 +8,8 @@ import numpy as np
 import torch
 
 from retinamask.core.geometry import ResizePolicy, SeedResize
-from retinamask.formats.model_info import IMAGE_SIZES_INPUT
 from retinamask.export.graphs import SEED_NUM_CANDIDATES, SeedGraph
+from retinamask.formats.model_info import IMAGE_SIZES_INPUT
 
 # Parity tolerances against PyTorch (float32 eager). Detections are matched by label and box IoU.
 # float16: the convolutions run in half precision, so scores move by ~1e-3 and a few
@@ -39,9 +39,9 @@ def synthetic_image(height=640, width=640, variant=0):
         cy, cx = rng.integers(0, height), rng.integers(0, width)
         ry, rx = rng.integers(10, height // 3), rng.integers(10, width // 3)
         if rng.random() < 0.5:
-            image[max(0, cy - ry):cy + ry, max(0, cx - rx):cx + rx] = color
+            image[max(0, cy - ry) : cy + ry, max(0, cx - rx) : cx + rx] = color
         else:
-            image[(yy - cy) ** 2 / ry ** 2 + (xx - cx) ** 2 / rx ** 2 <= 1] = color
+            image[(yy - cy) ** 2 / ry**2 + (xx - cx) ** 2 / rx**2 <= 1] = color
     image += rng.normal(0.0, 12.0, size=image.shape)
     return np.clip(image, 0, 255).astype(np.uint8)
 
@@ -56,12 +56,16 @@ def sample_input(cfg, input_size, batch=1):
 
     policy = input_size if isinstance(input_size, ResizePolicy) else SeedResize(input_size)
     if isinstance(policy, SeedResize):
-        tensors = [policy_preprocess(synthetic_image(variant=i), policy, cfg.INPUT.PIXEL_MEAN, cfg.INPUT.PIXEL_STD)[0]
-                   for i in range(batch)]
+        tensors = [
+            policy_preprocess(synthetic_image(variant=i), policy, cfg.INPUT.PIXEL_MEAN, cfg.INPUT.PIXEL_STD)[0]
+            for i in range(batch)
+        ]
         return torch.from_numpy(np.stack(tensors))
     height, width = example_canvas(policy)
-    tensors = [normalize_bgr(synthetic_image(height, width, variant=i), cfg.INPUT.PIXEL_MEAN, cfg.INPUT.PIXEL_STD)
-               for i in range(batch)]
+    tensors = [
+        normalize_bgr(synthetic_image(height, width, variant=i), cfg.INPUT.PIXEL_MEAN, cfg.INPUT.PIXEL_STD)
+        for i in range(batch)
+    ]
     return torch.from_numpy(np.stack(tensors)), torch.tensor([(height, width)] * batch, dtype=torch.int64)
 
 
@@ -99,8 +103,15 @@ def eager_detections(model, images, max_detections, image_sizes=None):
     image_sizes = [tuple(int(v) for v in hw) for hw in image_sizes]
     with torch.no_grad(), eager_limits(model, max_detections):
         results = model(images, image_sizes)
-    return [{"boxes": r["boxes"].numpy(), "labels": r["labels"].numpy(), "scores": r["scores"].numpy(),
-             "masks": r["mask_probs"].numpy()} for r in results]
+    return [
+        {
+            "boxes": r["boxes"].numpy(),
+            "labels": r["labels"].numpy(),
+            "scores": r["scores"].numpy(),
+            "masks": r["mask_probs"].numpy(),
+        }
+        for r in results
+    ]
 
 
 def output_detections(outputs, layout):
@@ -110,8 +121,14 @@ def output_detections(outputs, layout):
     results = []
     for i in range(boxes.shape[0]):
         keep = labels[i] >= 1 if layout == "end2end" else np.ones(labels.shape[1], dtype=bool)
-        results.append({"boxes": boxes[i][keep], "labels": labels[i][keep], "scores": scores[i][keep],
-                        "masks": masks[i][keep][:, 0]})
+        results.append(
+            {
+                "boxes": boxes[i][keep],
+                "labels": labels[i][keep],
+                "scores": scores[i][keep],
+                "masks": masks[i][keep][:, 0],
+            }
+        )
     return results
 
 
@@ -136,15 +153,19 @@ def compare_detections(reference, test, min_box_iou=0.99, cut=None, cut_toleranc
     """Match ``test`` detections to ``reference`` ones (dicts of numpy boxes/labels/scores/masks).
 
     Greedy in reference score order: the unmatched test detection of the same label with the
-    highest box IoU >= ``min_box_iou`` (the original's IoU, +1 areas). ``cut``: the number of rows the producer keeps; where
+    highest box IoU >= ``min_box_iou`` (the original's IoU, +1 areas). ``cut``: the number of rows the producer
+    keeps; where
     the reference reached it, unmatched detections scoring at most the last kept score
     + ``cut_tolerance`` are attributed to the top-K cut (ties / near-ties) and counted apart.
     Returns counts and, over matched pairs, max |d score|, min box IoU, max |d box| (px),
     max |d mask prob| and min mask IoU (at 0.5).
     """
     ref_n, test_n = len(reference["scores"]), len(test["scores"])
-    iou = (box_iou_matrix(reference["boxes"], test["boxes"], plus_one=True) if ref_n and test_n
-           else np.zeros((ref_n, test_n)))
+    iou = (
+        box_iou_matrix(reference["boxes"], test["boxes"], plus_one=True)
+        if ref_n and test_n
+        else np.zeros((ref_n, test_n))
+    )
     iou = np.where(reference["labels"][:, None] == test["labels"][None], iou, -1.0)
     used = np.zeros(test_n, dtype=bool)
     pairs = []
@@ -160,12 +181,22 @@ def compare_detections(reference, test, min_box_iou=0.99, cut=None, cut_toleranc
     at_cut = 0
     if cut is not None and ref_n >= cut:
         last_kept = np.sort(reference["scores"])[::-1][cut - 1]
-        at_cut = int((reference["scores"][~matched_ref] <= last_kept + cut_tolerance).sum()
-                     + (test["scores"][~used] <= last_kept + cut_tolerance).sum())
-    stats = {"reference": ref_n, "exported": test_n, "matched": len(pairs),
-             "unmatched": int((~matched_ref).sum() + (~used).sum()), "unmatched_at_cut": at_cut,
-             "max_score_diff": 0.0, "min_box_iou": 1.0, "max_box_diff": 0.0, "max_mask_diff": 0.0,
-             "min_mask_iou": 1.0}
+        at_cut = int(
+            (reference["scores"][~matched_ref] <= last_kept + cut_tolerance).sum()
+            + (test["scores"][~used] <= last_kept + cut_tolerance).sum()
+        )
+    stats = {
+        "reference": ref_n,
+        "exported": test_n,
+        "matched": len(pairs),
+        "unmatched": int((~matched_ref).sum() + (~used).sum()),
+        "unmatched_at_cut": at_cut,
+        "max_score_diff": 0.0,
+        "min_box_iou": 1.0,
+        "max_box_diff": 0.0,
+        "max_mask_diff": 0.0,
+        "min_mask_iou": 1.0,
+    }
     if pairs:
         r, t = (np.array(v) for v in zip(*pairs))
         stats["max_score_diff"] = float(np.abs(reference["scores"][r] - test["scores"][t]).max())
@@ -200,9 +231,12 @@ def judge(stats, precision):
     fraction = explained / max(1, max(stats["reference"], stats["exported"]))
     if precision == "fp32":
         fraction = 1.0 if stats["unmatched"] == stats["unmatched_at_cut"] else 0.0
-    return bool(fraction >= tol["min_matched_fraction"] and stats["min_box_iou"] >= tol["min_box_iou"]
-                and stats["max_score_diff"] <= tol["max_score_diff"]
-                and stats["max_mask_diff"] <= tol["max_mask_diff"])
+    return bool(
+        fraction >= tol["min_matched_fraction"]
+        and stats["min_box_iou"] >= tol["min_box_iou"]
+        and stats["max_score_diff"] <= tol["max_score_diff"]
+        and stats["max_mask_diff"] <= tol["max_mask_diff"]
+    )
 
 
 def run_onnxruntime(path, images, image_sizes=None):
@@ -234,8 +268,11 @@ def verify_export(model, graph, cfg, path, layout, input_size, max_detections, b
     ort_seconds = time.perf_counter() - start
     if layout == "end2end":
         reference = eager_detections(model, images, max_detections, image_sizes)
-        where = (f"({input_size}, {input_size})" if image_sizes is None
-                 else "the images' sizes " + ", ".join(f"{h}x{w}" for h, w in image_sizes.tolist()))
+        where = (
+            f"({input_size}, {input_size})"
+            if image_sizes is None
+            else "the images' sizes " + ", ".join(f"{h}x{w}" for h, w in image_sizes.tolist())
+        )
         reference_kind = f"eager model, image_sizes {where}, NUM_MASKS_TEST {max_detections}"
         cut = max_detections
     else:
@@ -245,8 +282,18 @@ def verify_export(model, graph, cfg, path, layout, input_size, max_detections, b
         reference_kind = "SeedGraph in PyTorch (float32)"
         cut = SEED_NUM_CANDIDATES
     tolerances = TOLERANCES[precision]
-    stats = merge_stats([compare_detections(r, t, tolerances["min_box_iou"], cut, tolerances["max_score_diff"])
-                         for r, t in zip(reference, output_detections(outputs, layout))])
-    return {"compared_with": reference_kind, "images": batch, "onnxruntime_seconds": round(ort_seconds, 3),
-            "output_shapes": [list(o.shape) for o in outputs], **stats,
-            "tolerances": tolerances, "passed": judge(stats, precision)}
+    stats = merge_stats(
+        [
+            compare_detections(r, t, tolerances["min_box_iou"], cut, tolerances["max_score_diff"])
+            for r, t in zip(reference, output_detections(outputs, layout))
+        ]
+    )
+    return {
+        "compared_with": reference_kind,
+        "images": batch,
+        "onnxruntime_seconds": round(ort_seconds, 3),
+        "output_shapes": [list(o.shape) for o in outputs],
+        **stats,
+        "tolerances": tolerances,
+        "passed": judge(stats, precision),
+    }

@@ -1,1 +1,3 @@
-"""File formats: images, .bin/.info, raw output files, the exported model's contract (ModelInfo), the run sidecar. No torch."""
+"""File formats: images, .bin/.info, raw output files, the exported model's contract (ModelInfo), the run
+sidecar. No torch.
+"""

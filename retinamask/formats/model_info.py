@@ -14,26 +14,36 @@ from pathlib import Path
 
 import numpy as np
 
+from retinamask.core.contract import (
+    DEFAULT_MASK_RESOLUTION,
+    DEFAULT_MAX_DETECTIONS,
+    IMAGE_SIZES_INPUT,
+    LAYOUTS,
+    META_PREFIX,
+    OUTPUT_NAMES,
+    SEED_NUM_CANDIDATES,
+)
+from retinamask.core.contract import PIXEL_MEAN as DEFAULT_PIXEL_MEAN
+from retinamask.core.contract import PIXEL_STD as DEFAULT_PIXEL_STD
 from retinamask.core.errors import InputError
 from retinamask.core.geometry import POLICIES, ResizePolicy, SeedResize, policy_from_metadata, policy_named
 
 logger = logging.getLogger(__name__)
 
-LAYOUTS = ("end2end", "seed")
-IMAGE_SIZES_INPUT = "image_sizes"
-META_PREFIX = "retinamask."
-SEED_NUM_CANDIDATES = 1000  # rows of every seed-layout output
-DEFAULT_MAX_DETECTIONS = 100
-DEFAULT_MASK_RESOLUTION = 28
-DEFAULT_PIXEL_MEAN = (102.9801, 115.9465, 122.7717)
-DEFAULT_PIXEL_STD = (1.0, 1.0, 1.0)
 
 # Output index -> (name in the layout, dtype); the per-image shapes come from output_specs().
-_OUTPUT_NAMES = {"end2end": ("boxes", "labels", "scores", "masks"), "seed": ("bboxs", "labels", "scores", "masks")}
 _OUTPUT_DTYPES = (np.dtype("<f4"), np.dtype("<i4"), np.dtype("<f4"), np.dtype("<f4"))
 
-_ONNX_ELEM_TYPES = {1: np.dtype("float32"), 6: np.dtype("int32"), 7: np.dtype("int64"), 10: np.dtype("float16"),
-                    11: np.dtype("float64"), 9: np.dtype("bool"), 3: np.dtype("int8"), 2: np.dtype("uint8")}
+_ONNX_ELEM_TYPES = {
+    1: np.dtype("float32"),
+    6: np.dtype("int32"),
+    7: np.dtype("int64"),
+    10: np.dtype("float16"),
+    11: np.dtype("float64"),
+    9: np.dtype("bool"),
+    3: np.dtype("int8"),
+    2: np.dtype("uint8"),
+}
 
 
 @dataclass(frozen=True)
@@ -65,7 +75,7 @@ def output_specs(layout, num_detections=None, mask_resolution=DEFAULT_MASK_RESOL
     shapes = ((k, 4), (k,), (k,), (k, 1, m, m))
     return tuple(
         OutputSpec(i, name, dtype, shape)
-        for i, (name, dtype, shape) in enumerate(zip(_OUTPUT_NAMES[layout], _OUTPUT_DTYPES, shapes))
+        for i, (name, dtype, shape) in enumerate(zip(OUTPUT_NAMES[layout], _OUTPUT_DTYPES, shapes))
     )
 
 
@@ -172,12 +182,14 @@ def read_model_info(model_path, layout=None, input_size=None, resize=None):
         image_sizes_name = IMAGE_SIZES_INPUT
         size_dims = _dims(inputs[1])
         if size_dims is not None and (len(size_dims) != 2 or size_dims[1] not in (2, None)):
-            raise InputError(f"expected input {IMAGE_SIZES_INPUT!r} of shape [B, 2], found {_fmt_dims(size_dims)}",
-                             path)
+            raise InputError(
+                f"expected input {IMAGE_SIZES_INPUT!r} of shape [B, 2], found {_fmt_dims(size_dims)}", path
+            )
     elif len(inputs) != 1:
         raise InputError(
             f"expected one input [B, 3, S, S] (or input + {IMAGE_SIZES_INPUT}), the model has {len(inputs)}: "
-            f"{[i.name for i in inputs]}", path
+            f"{[i.name for i in inputs]}",
+            path,
         )
     input_value = inputs[0]
     in_dims = _dims(input_value)
@@ -189,9 +201,12 @@ def read_model_info(model_path, layout=None, input_size=None, resize=None):
     if image_sizes_name is not None:
         return _dynamic_model_info(path, model, metadata, inputs, in_dims, layout, input_size, resize)
     if resize is not None and getattr(resize, "name", resize) != "seed":
-        raise InputError(f"--resize {getattr(resize, 'name', resize)}: this model takes only a fixed square canvas "
-                         "(exported with --resize seed); export with --resize original or buckets for other "
-                         "canvases", path)
+        raise InputError(
+            f"--resize {getattr(resize, 'name', resize)}: this model takes only a fixed square canvas "
+            "(exported with --resize seed); export with --resize original or buckets for other "
+            "canvases",
+            path,
+        )
 
     # --- layout
     meta_layout = metadata.get(META_PREFIX + "layout")
@@ -209,7 +224,11 @@ def read_model_info(model_path, layout=None, input_size=None, resize=None):
         raise InputError(f"the input must be square [B, 3, S, S], found {_fmt_dims(in_dims)}", path)
     graph_size = static_sizes.pop() if static_sizes else None
     meta_size = _int_meta(metadata, "input_size", path)
-    candidates = {"metadata retinamask.input_size": meta_size, "the input shape": graph_size, "--input-size": input_size}
+    candidates = {
+        "metadata retinamask.input_size": meta_size,
+        "the input shape": graph_size,
+        "--input-size": input_size,
+    }
     known = {k: v for k, v in candidates.items() if v is not None}
     if len(set(known.values())) > 1:
         raise InputError("input size disagreement: " + ", ".join(f"{k} says {v}" for k, v in known.items()), path)
@@ -237,7 +256,9 @@ def read_model_info(model_path, layout=None, input_size=None, resize=None):
         try:
             meta_batch_value = int(meta_batch)
         except ValueError:
-            raise InputError(f"metadata retinamask.batch={meta_batch!r} is neither 'dynamic' nor an integer", path) from None
+            raise InputError(
+                f"metadata retinamask.batch={meta_batch!r} is neither 'dynamic' nor an integer", path
+            ) from None
         if batch_dim is not None and batch_dim != meta_batch_value:
             raise InputError(f"metadata retinamask.batch={meta_batch} but the input's batch axis is {batch_dim}", path)
     if batch_dim is not None and batch_dim <= 0:
@@ -262,8 +283,9 @@ def read_model_info(model_path, layout=None, input_size=None, resize=None):
     specs = output_specs(resolved_layout, num_rows, mask_resolution)
     _check_outputs(graph.output, out_dims, specs, resolved_layout, path)
     if resize is not None and isinstance(resize, ResizePolicy) and resize != SeedResize(resolved_size):
-        raise InputError(f"--resize {resize.describe()} disagrees with the model's {resolved_size}x{resolved_size} "
-                         "canvas", path)
+        raise InputError(
+            f"--resize {resize.describe()} disagrees with the model's {resolved_size}x{resolved_size} canvas", path
+        )
 
     return ModelInfo(
         path=path,
@@ -306,8 +328,11 @@ def _dynamic_model_info(path, model, metadata, inputs, in_dims, layout, input_si
         if resize not in POLICIES:
             raise InputError(f"--resize must be one of {', '.join(POLICIES)}, got {resize!r}")
         if policy is None or isinstance(policy, SeedResize):
-            raise InputError(f"the model's metadata lacks its test sizes (retinamask.resize); --resize {resize} "
-                             "needs them: re-export, or pass a policy", path)
+            raise InputError(
+                f"the model's metadata lacks its test sizes (retinamask.resize); --resize {resize} "
+                "needs them: re-export, or pass a policy",
+                path,
+            )
         policy = policy_named(policy, resize)
         supplied.append("resize")
     if policy is None:
@@ -321,14 +346,25 @@ def _dynamic_model_info(path, model, metadata, inputs, in_dims, layout, input_si
     _check_outputs(graph.output, out_dims, specs, "end2end", path)
     batch_dim = in_dims[0] if in_dims[0] and in_dims[0] > 0 else None
     return ModelInfo(
-        path=path, layout="end2end", input_name=inputs[0].name, input_size=None, batch_size=batch_dim,
-        output_names=tuple(o.name for o in graph.output), outputs=specs,
+        path=path,
+        layout="end2end",
+        input_name=inputs[0].name,
+        input_size=None,
+        batch_size=batch_dim,
+        output_names=tuple(o.name for o in graph.output),
+        outputs=specs,
         pixel_mean=_floats_meta(metadata, "pixel_mean", path) or DEFAULT_PIXEL_MEAN,
         pixel_std=_floats_meta(metadata, "pixel_std", path) or DEFAULT_PIXEL_STD,
-        class_names=_class_names(metadata, path), score_threshold=_float_meta(metadata, "score_threshold", path),
-        nms_threshold=_float_meta(metadata, "nms_threshold", path) or 0.4, max_detections=max_detections,
-        mask_resolution=int(mask_resolution), version=metadata.get(META_PREFIX + "version"), metadata=metadata,
-        supplied=tuple(supplied), resize=policy, image_sizes_name=IMAGE_SIZES_INPUT,
+        class_names=_class_names(metadata, path),
+        score_threshold=_float_meta(metadata, "score_threshold", path),
+        nms_threshold=_float_meta(metadata, "nms_threshold", path) or 0.4,
+        max_detections=max_detections,
+        mask_resolution=int(mask_resolution),
+        version=metadata.get(META_PREFIX + "version"),
+        metadata=metadata,
+        supplied=tuple(supplied),
+        resize=policy,
+        image_sizes_name=IMAGE_SIZES_INPUT,
     )
 
 
@@ -385,7 +421,8 @@ def _check_outputs(outputs, out_dims, specs, layout, path):
         dtype = _elem_dtype(value)
         problem = None
         if dims is not None and (
-            len(dims) != len(expected) or any(d is not None and e is not None and d != e for d, e in zip(dims, expected))
+            len(dims) != len(expected)
+            or any(d is not None and e is not None and d != e for d, e in zip(dims, expected))
         ):
             problem = f"shape {_fmt_dims(dims)}, expected [B, {', '.join(str(e) for e in spec.shape)}]"
         elif dtype is not None and dtype != spec.dtype:
@@ -400,7 +437,7 @@ def _check_outputs(outputs, out_dims, specs, layout, path):
 
 def _guess_layout(graph):
     names = tuple(o.name for o in graph.output)
-    for layout, expected in _OUTPUT_NAMES.items():
+    for layout, expected in OUTPUT_NAMES.items():
         if names == expected:
             return layout
     return None

@@ -193,7 +193,9 @@ def probe_output_geometry(files):
         if len(boxes_shape) == 3 and boxes_shape[0] == 1:  # ais_bench keeps the batch axis
             boxes_shape, masks_shape = boxes_shape[1:], masks_shape[1:]
         if len(boxes_shape) != 2 or boxes_shape[1] != 4 or len(masks_shape) < 3:
-            raise InputError(f"boxes {list(boxes_shape)} / masks {list(masks_shape)} are not [K,4] / [K,1,M,M]", boxes_path)
+            raise InputError(
+                f"boxes {list(boxes_shape)} / masks {list(masks_shape)} are not [K,4] / [K,1,M,M]", boxes_path
+            )
         return int(boxes_shape[0]), int(masks_shape[-1])
     try:
         boxes_bytes = boxes_path.stat().st_size
@@ -203,7 +205,7 @@ def probe_output_geometry(files):
     if boxes_bytes == 0 or boxes_bytes % 16:
         raise InputError(f"{boxes_bytes} bytes is not float32 [K, 4] boxes", boxes_path)
     rows = boxes_bytes // 16
-    side = int(round((masks_bytes / (4 * rows)) ** 0.5))
+    side = round((masks_bytes / (4 * rows)) ** 0.5)
     if side <= 0 or side * side * 4 * rows != masks_bytes:
         raise InputError(f"{masks_bytes} bytes is not float32 [{rows}, 1, M, M] masks", masks_path)
     return rows, side
@@ -213,7 +215,9 @@ def _npy_shape(path):
     try:
         with open(path, "rb") as f:
             version = np.lib.format.read_magic(f)
-            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            read_header = (
+                np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            )
             shape, _, _ = read_header(f)
     except FileNotFoundError:
         raise InputError("output file not found", path) from None

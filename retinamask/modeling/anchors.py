@@ -32,8 +32,14 @@ class AnchorGenerator(nn.Module):
     (xyxy in input pixels, flat order (y, x, a)); the same for every image of the batch.
     """
 
-    def __init__(self, sizes=(32, 64, 128, 256, 512), strides=(8, 16, 32, 64, 128),
-                 aspect_ratios=(0.5, 1.0, 2.0), octave=2.0, scales_per_octave=3):
+    def __init__(
+        self,
+        sizes=(32, 64, 128, 256, 512),
+        strides=(8, 16, 32, 64, 128),
+        aspect_ratios=(0.5, 1.0, 2.0),
+        octave=2.0,
+        scales_per_octave=3,
+    ):
         super().__init__()
         self.strides = tuple(strides)
         self.cell_anchors = nn.Module()

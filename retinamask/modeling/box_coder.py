@@ -26,12 +26,15 @@ class BoxCoder:
         gt_h = gt_boxes[:, 3] - gt_boxes[:, 1] + 1
         gt_cx = gt_boxes[:, 0] + 0.5 * gt_w
         gt_cy = gt_boxes[:, 1] + 0.5 * gt_h
-        return torch.stack((
-            wx * (gt_cx - ex_cx) / ex_w,
-            wy * (gt_cy - ex_cy) / ex_h,
-            ww * torch.log(gt_w / ex_w),
-            wh * torch.log(gt_h / ex_h),
-        ), dim=1)
+        return torch.stack(
+            (
+                wx * (gt_cx - ex_cx) / ex_w,
+                wy * (gt_cy - ex_cy) / ex_h,
+                ww * torch.log(gt_w / ex_w),
+                wh * torch.log(gt_h / ex_h),
+            ),
+            dim=1,
+        )
 
     def decode(self, deltas, anchors):
         """deltas: [..., 4] (dx, dy, dw, dh), anchors: [..., 4] xyxy -> boxes [..., 4] xyxy.
@@ -52,9 +55,12 @@ class BoxCoder:
         pred_ctr_y = dy * heights + ctr_y
         pred_w = torch.exp(dw) * widths
         pred_h = torch.exp(dh) * heights
-        return torch.stack((
-            pred_ctr_x - 0.5 * pred_w,
-            pred_ctr_y - 0.5 * pred_h,
-            pred_ctr_x + 0.5 * pred_w - 1,
-            pred_ctr_y + 0.5 * pred_h - 1,
-        ), dim=-1)
+        return torch.stack(
+            (
+                pred_ctr_x - 0.5 * pred_w,
+                pred_ctr_y - 0.5 * pred_h,
+                pred_ctr_x + 0.5 * pred_w - 1,
+                pred_ctr_y + 0.5 * pred_h - 1,
+            ),
+            dim=-1,
+        )

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from retinamask.core.errors import CheckpointError
+from retinamask.core.errors import CheckpointError, one_line
 from retinamask.core.fileio import atomic_write_bytes
 
 
@@ -50,7 +50,11 @@ def check_compatible(model, state, path=None):
     ]
     if missing or unexpected or conflicts:
         parts = []
-        for title, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape conflicts", conflicts)):
+        for title, items in (
+            ("missing keys", missing),
+            ("unexpected keys", unexpected),
+            ("shape conflicts", conflicts),
+        ):
             if items:
                 shown = ", ".join(items[:8]) + (f", ... ({len(items)} in all)" if len(items) > 8 else "")
                 parts.append(f"{title}: {shown}")
@@ -60,7 +64,8 @@ def check_compatible(model, state, path=None):
         hint = f" -- the config saved with these weights is {beside}" if beside is not None else ""
         raise CheckpointError(
             "checkpoint does not match the model built from the config (wrong config for these weights?) -- "
-            + "; ".join(parts) + hint,
+            + "; ".join(parts)
+            + hint,
             path=path,
         )
 
@@ -97,19 +102,16 @@ def read_checkpoint(path):
             path=path,
         ) from None
     except Exception as e:  # torch raises many types for files that are not checkpoints
-        raise CheckpointError(f"not a readable PyTorch checkpoint ({type(e).__name__}: {_one_line(e)})",
-                              path=path) from None
+        raise CheckpointError(
+            f"not a readable PyTorch checkpoint ({type(e).__name__}: {one_line(e, 200)})", path=path
+        ) from None
 
 
 def _strip_module(key):
-    return key[len("module."):] if key.startswith("module.") else key
+    return key[len("module.") :] if key.startswith("module.") else key
 
 
 def _weights_only_reason(e):
     lines = [line.strip() for line in str(e).splitlines() if line.strip()]
     after = [lines[i + 1] for i, line in enumerate(lines[:-1]) if "WeightsUnpickler error" in line]
-    return after[0] if after else _one_line(e)
-
-
-def _one_line(e):
-    return " ".join(str(e).split())[:200]
+    return after[0] if after else one_line(e, 200)

@@ -193,10 +193,12 @@ class RetinaNetLoss:
         return torch.stack(labels), torch.stack(matched_boxes)
 
     def __call__(self, anchors, logits, box_regression, targets):
-        flat_logits, flat_regression = zip(*(
-            flatten_level(level_logits, level_regression, self.num_classes)
-            for level_logits, level_regression in zip(logits, box_regression)
-        ))
+        flat_logits, flat_regression = zip(
+            *(
+                flatten_level(level_logits, level_regression, self.num_classes)
+                for level_logits, level_regression in zip(logits, box_regression)
+            )
+        )
         flat_logits = torch.cat(flat_logits, dim=1)  # [N, A_total, K]
         flat_regression = torch.cat(flat_regression, dim=1)  # [N, A_total, 4]
         all_anchors = torch.cat(anchors, dim=0)
@@ -207,8 +209,9 @@ class RetinaNetLoss:
         num_positive = int(positive.sum())
         valid = labels >= 0
         one_hot = F.one_hot(labels.clamp(min=0), self.num_classes + 1)[..., 1:].to(flat_logits.dtype)
-        cls_loss = sigmoid_focal_loss(flat_logits[valid], one_hot[valid], alpha=self.alpha, gamma=self.gamma,
-                                      reduction="sum") / (num_positive + num_images)
+        cls_loss = sigmoid_focal_loss(
+            flat_logits[valid], one_hot[valid], alpha=self.alpha, gamma=self.gamma, reduction="sum"
+        ) / (num_positive + num_images)
 
         anchor_index = positive.nonzero(as_tuple=True)[1]
         regression_targets = self.box_coder.encode(matched_boxes[positive], all_anchors[anchor_index])
@@ -244,8 +247,9 @@ def project_masks_on_boxes(gt_masks, boxes, matched_index, resolution=28):
         return torch.zeros((0, resolution, resolution), dtype=torch.float32, device=boxes.device)
     rois = torch.cat((matched_index[:, None].to(boxes.dtype), boxes[:, :2], boxes[:, 2:] + 1), dim=1)
     masks = gt_masks[:, None].to(torch.float32)
-    sampled = roi_align(masks, rois.to(torch.float32), (resolution, resolution), spatial_scale=1.0,
-                        sampling_ratio=2, aligned=True)
+    sampled = roi_align(
+        masks, rois.to(torch.float32), (resolution, resolution), spatial_scale=1.0, sampling_ratio=2, aligned=True
+    )
     return sampled[:, 0].clamp(0.0, 1.0)
 
 
@@ -318,7 +322,8 @@ class RetinaMaskLoss:
         if self.mask_loss is not None and self._model.mask is not None:
             with torch.no_grad():
                 detections = self._model.rpn.postprocessor(
-                    anchors, [x.detach() for x in logits], [x.detach() for x in box_regression], image_sizes)
+                    anchors, [x.detach() for x in logits], [x.detach() for x in box_regression], image_sizes
+                )
             proposals = [
                 torch.cat((det["boxes"], target["boxes"].to(det["boxes"].dtype)))
                 for det, target in zip(detections, targets)
@@ -336,21 +341,33 @@ class RetinaMaskLoss:
 def build_loss(model, cfg):
     """The ``RetinaMaskLoss`` of a model built from ``cfg`` (not attached; see attach_losses)."""
     r = cfg.RETINANET
-    anchor_matcher = Matcher(cfg.MODEL.RPN.FG_IOU_THRESHOLD, cfg.MODEL.RPN.BG_IOU_THRESHOLD,
-                             allow_low_quality_matches=r.LOW_QUALITY_MATCHES,
-                             low_quality_threshold=r.LOW_QUALITY_THRESHOLD)
+    anchor_matcher = Matcher(
+        cfg.MODEL.RPN.FG_IOU_THRESHOLD,
+        cfg.MODEL.RPN.BG_IOU_THRESHOLD,
+        allow_low_quality_matches=r.LOW_QUALITY_MATCHES,
+        low_quality_threshold=r.LOW_QUALITY_THRESHOLD,
+    )
     if r.SELFADJUST_SMOOTH_L1:
         regression_loss = AdjustSmoothL1Loss(4, beta=r.BBOX_REG_BETA)
     else:
         regression_loss = SmoothL1Loss(beta=r.BBOX_REG_BETA)
-    retinanet_loss = RetinaNetLoss(r.NUM_CLASSES - 1, anchor_matcher, BoxCoder((10.0, 10.0, 5.0, 5.0)),
-                                   alpha=r.LOSS_ALPHA, gamma=r.LOSS_GAMMA, regression_loss=regression_loss)
+    retinanet_loss = RetinaNetLoss(
+        r.NUM_CLASSES - 1,
+        anchor_matcher,
+        BoxCoder((10.0, 10.0, 5.0, 5.0)),
+        alpha=r.LOSS_ALPHA,
+        gamma=r.LOSS_GAMMA,
+        regression_loss=regression_loss,
+    )
     mask_loss = None
     if cfg.MODEL.MASK_ON:
         h = cfg.MODEL.ROI_HEADS
         mask_matcher = Matcher(h.FG_IOU_THRESHOLD, h.BG_IOU_THRESHOLD, allow_low_quality_matches=False)
-        mask_loss = MaskLoss(mask_matcher, resolution=cfg.MODEL.ROI_MASK_HEAD.RESOLUTION,
-                             max_positives_per_image=int(h.BATCH_SIZE_PER_IMAGE * h.POSITIVE_FRACTION))
+        mask_loss = MaskLoss(
+            mask_matcher,
+            resolution=cfg.MODEL.ROI_MASK_HEAD.RESOLUTION,
+            max_positives_per_image=int(h.BATCH_SIZE_PER_IMAGE * h.POSITIVE_FRACTION),
+        )
     return RetinaMaskLoss(model, retinanet_loss, mask_loss)
 
 
@@ -362,6 +379,15 @@ def attach_losses(model, cfg):
 
 
 __all__ = [
-    "AdjustSmoothL1Loss", "LOSS_NAMES", "MaskLoss", "Matcher", "RetinaMaskLoss", "RetinaNetLoss", "SmoothL1Loss",
-    "attach_losses", "box_iou_plus_one", "build_loss", "project_masks_on_boxes",
+    "LOSS_NAMES",
+    "AdjustSmoothL1Loss",
+    "MaskLoss",
+    "Matcher",
+    "RetinaMaskLoss",
+    "RetinaNetLoss",
+    "SmoothL1Loss",
+    "attach_losses",
+    "box_iou_plus_one",
+    "build_loss",
+    "project_masks_on_boxes",
 ]

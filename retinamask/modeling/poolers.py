@@ -32,14 +32,24 @@ class MultiLevelRoIAlign(nn.Module):
         self.max_level = int(-math.log2(self.scales[-1]))
 
     def forward(self, features, rois):
-        levels = map_levels(rois[:, 1:], canonical_level=self.canonical_level,
-                            min_level=self.min_level, max_level=self.max_level) - self.min_level
+        levels = (
+            map_levels(
+                rois[:, 1:], canonical_level=self.canonical_level, min_level=self.min_level, max_level=self.max_level
+            )
+            - self.min_level
+        )
         num_rois = rois.shape[0]
         channels = features[0].shape[1]
         out = features[0].new_zeros((num_rois, channels, self.output_size, self.output_size))
         for index, (feature, scale) in enumerate(zip(features, self.scales)):
             selected = torch.nonzero(levels == index).squeeze(1)
-            pooled = roi_align(feature, rois[selected], self.output_size, spatial_scale=scale,
-                               sampling_ratio=self.sampling_ratio, aligned=False)
+            pooled = roi_align(
+                feature,
+                rois[selected],
+                self.output_size,
+                spatial_scale=scale,
+                sampling_ratio=self.sampling_ratio,
+                aligned=False,
+            )
             out[selected] = pooled.to(out.dtype)
         return out

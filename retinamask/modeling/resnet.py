@@ -50,8 +50,13 @@ class Bottleneck(nn.Module):
         self.conv1 = nn.Conv2d(in_channels, bottleneck_channels, kernel_size=1, stride=stride_1x1, bias=False)
         self.bn1 = norm(bottleneck_channels)
         self.conv2 = nn.Conv2d(
-            bottleneck_channels, bottleneck_channels, kernel_size=3, stride=stride_3x3,
-            padding=1, groups=num_groups, bias=False,
+            bottleneck_channels,
+            bottleneck_channels,
+            kernel_size=3,
+            stride=stride_3x3,
+            padding=1,
+            groups=num_groups,
+            bias=False,
         )
         self.bn2 = norm(bottleneck_channels)
         self.conv3 = nn.Conv2d(bottleneck_channels, out_channels, kernel_size=1, bias=False)
@@ -71,9 +76,18 @@ class ResNet(nn.Module):
     forward: images [N,3,H,W] -> [C2, C3, C4, C5], Ck: [N, res2_out * 2**(k-2), H/2**k, W/2**k].
     """
 
-    def __init__(self, block_counts, stem_out_channels=64, res2_out_channels=256, num_groups=1,
-                 width_per_group=64, stride_in_1x1=True, stem_norm=FrozenBatchNorm2d,
-                 block_norm=FrozenBatchNorm2d, freeze_at=2):
+    def __init__(
+        self,
+        block_counts,
+        stem_out_channels=64,
+        res2_out_channels=256,
+        num_groups=1,
+        width_per_group=64,
+        stride_in_1x1=True,
+        stem_norm=FrozenBatchNorm2d,
+        block_norm=FrozenBatchNorm2d,
+        freeze_at=2,
+    ):
         super().__init__()
         self.stem = Stem(stem_out_channels, stem_norm)
         in_channels = stem_out_channels
@@ -83,8 +97,9 @@ class ResNet(nn.Module):
             blocks = []
             for block_index in range(count):
                 stride = 2 if index > 0 and block_index == 0 else 1
-                blocks.append(Bottleneck(in_channels, bottleneck, out_channels, num_groups, stride,
-                                         stride_in_1x1, block_norm))
+                blocks.append(
+                    Bottleneck(in_channels, bottleneck, out_channels, num_groups, stride, stride_in_1x1, block_norm)
+                )
                 in_channels = out_channels
             self.add_module(f"layer{index + 1}", nn.Sequential(*blocks))
             bottleneck *= 2
@@ -118,8 +133,10 @@ def build_resnet(cfg):
     elif depth in BLOCK_COUNTS:
         block_counts = BLOCK_COUNTS[depth]
     else:
-        raise ConfigError(f"MODEL.BACKBONE.CONV_BODY {conv_body!r} is not one of "
-                          f"{', '.join(k + '-FPN' for k in BLOCK_COUNTS)} (or set MODEL.RESNETS.BLOCK_COUNTS)")
+        raise ConfigError(
+            f"MODEL.BACKBONE.CONV_BODY {conv_body!r} is not one of "
+            f"{', '.join(k + '-FPN' for k in BLOCK_COUNTS)} (or set MODEL.RESNETS.BLOCK_COUNTS)"
+        )
     for key in (r.STEM_FUNC, r.TRANS_FUNC):
         if key not in NORMS:
             raise ConfigError(f"unsupported MODEL.RESNETS function {key!r} (supported: {', '.join(NORMS)})")

@@ -68,20 +68,25 @@ class RetinaMask(nn.Module):
             for det in detections
             for keep in [keep_top_with_ties(det["scores"], self.num_masks_test)]
         ]
-        rois = torch.cat([
-            torch.cat((torch.full_like(det["boxes"][:, :1], i), det["boxes"]), dim=1)
-            for i, det in enumerate(detections)
-        ])
+        rois = torch.cat(
+            [
+                torch.cat((torch.full_like(det["boxes"][:, :1], i), det["boxes"]), dim=1)
+                for i, det in enumerate(detections)
+            ]
+        )
         labels = torch.cat([det["labels"] for det in detections])
         logits = self.mask(features, rois, labels) if rois.shape[0] else rois.new_zeros((0, 28, 28))
-        levels = map_levels(rois[:, 1:], min_level=self.mask.feature_extractor.pooler.min_level,
-                            max_level=self.mask.feature_extractor.pooler.max_level)
+        levels = map_levels(
+            rois[:, 1:],
+            min_level=self.mask.feature_extractor.pooler.min_level,
+            max_level=self.mask.feature_extractor.pooler.max_level,
+        )
         start = 0
         for det in detections:
             n = det["boxes"].shape[0]
-            det["mask_logits"] = logits[start:start + n]
-            det["mask_probs"] = logits[start:start + n].sigmoid()
-            det["mask_levels"] = levels[start:start + n]
+            det["mask_logits"] = logits[start : start + n]
+            det["mask_probs"] = logits[start : start + n].sigmoid()
+            det["mask_levels"] = levels[start : start + n]
             start += n
         return detections
 
@@ -93,13 +98,28 @@ def build_model(cfg):
     r = cfg.RETINANET
     anchor_generator = build_anchor_generator(cfg)
     num_foreground = r.NUM_CLASSES - 1
-    head = RetinaNetHead(cfg.MODEL.BACKBONE.OUT_CHANNELS, anchor_generator.num_anchors_per_location,
-                         num_foreground, r.NUM_CONVS, cfg.MODEL.USE_GN, r.PRIOR_PROB)
+    head = RetinaNetHead(
+        cfg.MODEL.BACKBONE.OUT_CHANNELS,
+        anchor_generator.num_anchors_per_location,
+        num_foreground,
+        r.NUM_CONVS,
+        cfg.MODEL.USE_GN,
+        r.PRIOR_PROB,
+    )
     postprocessor = RetinaNetPostProcessor(
-        num_foreground, score_threshold=r.INFERENCE_TH, pre_nms_top_n=r.PRE_NMS_TOP_N,
-        nms_threshold=r.NMS_TH, detections_per_image=r.DETECTIONS_PER_IMG, box_coder=BoxCoder((10.0, 10.0, 5.0, 5.0)),
+        num_foreground,
+        score_threshold=r.INFERENCE_TH,
+        pre_nms_top_n=r.PRE_NMS_TOP_N,
+        nms_threshold=r.NMS_TH,
+        detections_per_image=r.DETECTIONS_PER_IMG,
+        box_coder=BoxCoder((10.0, 10.0, 5.0, 5.0)),
     )
     mask = build_mask_head(cfg) if cfg.MODEL.MASK_ON else None
-    model = RetinaMask(build_backbone(cfg), RetinaNetModule(anchor_generator, head, postprocessor), mask,
-                       num_masks_test=r.NUM_MASKS_TEST, class_names=class_names_from_config(cfg))
+    model = RetinaMask(
+        build_backbone(cfg),
+        RetinaNetModule(anchor_generator, head, postprocessor),
+        mask,
+        num_masks_test=r.NUM_MASKS_TEST,
+        class_names=class_names_from_config(cfg),
+    )
     return model.eval()

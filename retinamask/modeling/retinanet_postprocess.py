@@ -49,8 +49,15 @@ class RetinaNetPostProcessor:
     [{"boxes": [D, 4] xyxy, "scores": [D], "labels": [D] int64 in 1..K}], sorted by score.
     """
 
-    def __init__(self, num_classes, score_threshold=0.05, pre_nms_top_n=1000, nms_threshold=0.4,
-                 detections_per_image=100, box_coder=None):
+    def __init__(
+        self,
+        num_classes,
+        score_threshold=0.05,
+        pre_nms_top_n=1000,
+        nms_threshold=0.4,
+        detections_per_image=100,
+        box_coder=None,
+    ):
         self.num_classes = num_classes
         self.score_threshold = score_threshold
         self.pre_nms_top_n = pre_nms_top_n
@@ -70,13 +77,15 @@ class RetinaNetPostProcessor:
                 cand_scores, order = scores[i][is_candidate[i]].topk(int(top_n[i]), sorted=False)
                 anchor_index, class_index = is_candidate[i].nonzero()[order].unbind(1)
                 boxes = self.box_coder.decode(deltas[i][anchor_index], level_anchors[anchor_index])
-                per_image[i].append({
-                    "boxes": clip_boxes(boxes, h, w),
-                    "scores": cand_scores,
-                    "labels": class_index + 1,
-                    "levels": torch.full_like(anchor_index, level),
-                    "anchor_index": anchor_index,
-                })
+                per_image[i].append(
+                    {
+                        "boxes": clip_boxes(boxes, h, w),
+                        "scores": cand_scores,
+                        "labels": class_index + 1,
+                        "levels": torch.full_like(anchor_index, level),
+                        "anchor_index": anchor_index,
+                    }
+                )
         return [{k: torch.cat([c[k] for c in levels]) for k in levels[0]} for levels in per_image]
 
     def __call__(self, anchors, logits, box_regression, image_sizes):

@@ -16,8 +16,9 @@ def class_colour(label):
 MIN_OVERLAY_SIDE = 800  # small images are drawn scaled up to this long side, so that labels stay readable
 
 
-def draw_prediction(image_rgb, prediction, score_threshold=0.3, alpha=0.45, min_side=MIN_OVERLAY_SIDE,
-                    show_scores=True):
+def draw_prediction(
+    image_rgb, prediction, score_threshold=0.3, alpha=0.45, min_side=MIN_OVERLAY_SIDE, show_scores=True
+):
     """uint8 [H, W, 3] RGB + Prediction -> uint8 [H', W', 3] RGB overlay (the input is not modified).
 
     An image whose long side is under ``min_side`` is drawn scaled up by an integer factor
@@ -40,17 +41,20 @@ def draw_prediction(image_rgb, prediction, score_threshold=0.3, alpha=0.45, min_
         mask = mask.astype(bool)
         canvas[mask] = (canvas[mask] * (1 - alpha) + colour * alpha).astype(np.uint8)
     thickness = max(1, round(max(canvas.shape[:2]) / 500))
-    boxes = [tuple(int(round(v * factor)) for v in prediction.boxes[i]) for i in keep]
+    boxes = [tuple(round(v * factor) for v in prediction.boxes[i]) for i in keep]
     for i, (x1, y1, x2, y2) in zip(reversed(keep), reversed(boxes)):
         cv2.rectangle(canvas, (x1, y1), (x2, y2), class_colour(int(prediction.labels[i])), thickness)
     scale = 0.45 * thickness
-    texts = [f"{prediction.class_names[i]} {prediction.scores[i]:.2f}" if show_scores else str(prediction.class_names[i])
-             for i in keep]
+    texts = [
+        f"{prediction.class_names[i]} {prediction.scores[i]:.2f}" if show_scores else str(prediction.class_names[i])
+        for i in keep
+    ]
     for i, text, (x1, y1, x2, y2) in zip(keep, texts, layout_labels(texts, boxes, canvas.shape[:2], scale)):
         cv2.rectangle(canvas, (x1, y1), (x2, y2), class_colour(int(prediction.labels[i])), -1)
         baseline = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)[1]
-        cv2.putText(canvas, text, (x1 + 2, y2 - 2 - baseline), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 1,
-                    cv2.LINE_AA)
+        cv2.putText(
+            canvas, text, (x1 + 2, y2 - 2 - baseline), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 1, cv2.LINE_AA
+        )
     return canvas
 
 
@@ -69,10 +73,12 @@ def layout_labels(texts, boxes, canvas_hw, scale):
 def _free_label_spot(box, width, height, placed, canvas_hw):
     """Top-left corner for a width x height label of ``box`` that overlaps no ``placed`` label:
     above the box, inside its top edge, below it, then further down in label-height steps."""
-    x1, y1, x2, y2 = box
+    x1, y1, _x2, y2 = box
     canvas_h, canvas_w = canvas_hw
     x = min(max(x1, 0), max(canvas_w - width, 0))
-    candidates = [y1 - height, y1, y2] + [y2 + k * height for k in range(1, 40)] + [y1 - k * height for k in range(2, 40)]
+    candidates = (
+        [y1 - height, y1, y2] + [y2 + k * height for k in range(1, 40)] + [y1 - k * height for k in range(2, 40)]
+    )
     for y in candidates:
         if y < 0 or y + height > canvas_h:
             continue

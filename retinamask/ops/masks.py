@@ -111,7 +111,7 @@ def paste_masks_seed(probs, boxes, height, width, threshold=0.5, padding=1, retu
     """``paste_masks`` with ``cv2.resize`` instead of PIL: the original's geometry, OpenCV's bilinear.
 
     Not the seed's paste, despite the name (kept for compatibility): the seed also rounds the
-    box and drops its last row and column (:func:`retinamask.evaluation.seed_convention.seed_paste_masks`).
+    box and drops its last row and column (:func:`retinamask.decode.seed_convention.seed_paste_masks`).
     Same shapes and dtypes as ``paste_masks``. OpenCV's bilinear does not antialias when
     shrinking, so masks of boxes smaller than the padded mask (30 px) can differ from the
     original's by a few border pixels.

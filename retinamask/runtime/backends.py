@@ -36,10 +36,22 @@ OPENVINO_STATIC_SHAPES = False
 DEVICES = ("cpu", "cuda", "tensorrt")
 PRECISIONS = ("fp32", "bf16", "fp16")
 PERFORMANCE_HINTS = ("LATENCY", "THROUGHPUT")
-_PRECISION_ALIASES = {"f32": "fp32", "float32": "fp32", "fp32": "fp32", "bf16": "bf16", "bfloat16": "bf16",
-                      "f16": "fp16", "fp16": "fp16", "float16": "fp16"}
+_PRECISION_ALIASES = {
+    "f32": "fp32",
+    "float32": "fp32",
+    "fp32": "fp32",
+    "bf16": "bf16",
+    "bfloat16": "bf16",
+    "f16": "fp16",
+    "fp16": "fp16",
+    "float16": "fp16",
+}
 _OPENVINO_PRECISION = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
-_ORT_PROVIDER = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
+_ORT_PROVIDER = {
+    "cpu": "CPUExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+}
 
 
 class BackendUnavailable(RetinaMaskError):
@@ -67,8 +79,12 @@ def physical_cores():
     for cpu in cpus:
         topology = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology")
         try:
-            cores.add((topology.joinpath("physical_package_id").read_text().strip(),
-                       topology.joinpath("core_id").read_text().strip()))
+            cores.add(
+                (
+                    topology.joinpath("physical_package_id").read_text().strip(),
+                    topology.joinpath("core_id").read_text().strip(),
+                )
+            )
         except OSError:
             return len(cpus)
     return max(1, len(cores))
@@ -192,9 +208,17 @@ def create_session(
     if backend == "onnxruntime":
         session = _create_onnxruntime(Path(model_path), info, device, precision, threads, cache_dir, runtime_options)
     else:
-        session = _create_openvino(Path(model_path), info, device, precision, threads, cache_dir, performance_hint,
-                                   runtime_options,
-                                   OPENVINO_STATIC_SHAPES if static_shapes is None else static_shapes)
+        session = _create_openvino(
+            Path(model_path),
+            info,
+            device,
+            precision,
+            threads,
+            cache_dir,
+            performance_hint,
+            runtime_options,
+            OPENVINO_STATIC_SHAPES if static_shapes is None else static_shapes,
+        )
     session.choice = choice
     return session
 
@@ -206,8 +230,14 @@ def create_session(
 class OnnxRuntimeSession(Session):
     def __init__(self, session, info, device, precision):
         super().__init__(
-            f"onnxruntime-{device}-{precision}", "onnxruntime", device, precision,
-            info.input_name, info.input_size, info.batch_size, info.image_sizes_name,
+            f"onnxruntime-{device}-{precision}",
+            "onnxruntime",
+            device,
+            precision,
+            info.input_name,
+            info.input_size,
+            info.batch_size,
+            info.image_sizes_name,
         )
         self.session = session
         self.providers = tuple(session.get_providers())
@@ -225,9 +255,7 @@ def _create_onnxruntime(path, info, device, precision, threads, cache_dir, runti
     allowed = {"cpu": ("fp32",), "cuda": ("fp32",), "tensorrt": ("fp32", "fp16")}[device]
     if precision not in allowed:
         hint = " (for bf16 on the CPU use --backend openvino)" if precision == "bf16" else ""
-        raise BackendUnavailable(
-            f"onnxruntime on {device} runs {', '.join(allowed)}, not {precision}{hint}"
-        )
+        raise BackendUnavailable(f"onnxruntime on {device} runs {', '.join(allowed)}, not {precision}{hint}")
     available = ort.get_available_providers()
     wanted = _ORT_PROVIDER[device]
     if wanted not in available:
@@ -260,8 +288,12 @@ def _create_onnxruntime(path, info, device, precision, threads, cache_dir, runti
         if cache_dir is not None:
             trt_dir = cache_dir / "tensorrt"
             trt_dir.mkdir(parents=True, exist_ok=True)
-            trt_options.update(trt_engine_cache_enable=True, trt_engine_cache_path=str(trt_dir),
-                               trt_timing_cache_enable=True, trt_timing_cache_path=str(trt_dir))
+            trt_options.update(
+                trt_engine_cache_enable=True,
+                trt_engine_cache_path=str(trt_dir),
+                trt_timing_cache_enable=True,
+                trt_timing_cache_path=str(trt_dir),
+            )
         # Nodes TensorRT cannot take run on CUDA, not on the CPU.
         providers = [("TensorrtExecutionProvider", trt_options), "CUDAExecutionProvider", "CPUExecutionProvider"]
 
@@ -326,8 +358,14 @@ class OpenVinoSession(Session):
 
     def __init__(self, compiled, info, precision, applied_precision, compile_for_shape=None):
         super().__init__(
-            f"openvino-cpu-{precision}", "openvino", "cpu", precision,
-            info.input_name, info.input_size, info.batch_size, info.image_sizes_name,
+            f"openvino-cpu-{precision}",
+            "openvino",
+            "cpu",
+            precision,
+            info.input_name,
+            info.input_size,
+            info.batch_size,
+            info.image_sizes_name,
         )
         self.compiled = compiled
         self.request = compiled.create_infer_request()
@@ -362,8 +400,9 @@ def openvino_capabilities():
     return tuple(ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
 
 
-def _create_openvino(path, info, device, precision, threads, cache_dir, performance_hint, runtime_options,
-                     static_shapes=True):
+def _create_openvino(
+    path, info, device, precision, threads, cache_dir, performance_hint, runtime_options, static_shapes=True
+):
     try:
         import openvino as ov
     except ImportError:
@@ -400,10 +439,12 @@ def _create_openvino(path, info, device, precision, threads, cache_dir, performa
         raise BackendUnavailable(f"OpenVINO would run {applied} instead of the requested {precision} on this CPU")
     compile_for_shape = None
     if info.image_sizes_name is not None and static_shapes:
+
         def compile_for_shape(shape):
             model = core.read_model(str(path))
             model.reshape({0: ov.PartialShape(list(shape)), 1: ov.PartialShape([shape[0], 2])})
             return core.compile_model(model, "CPU", config)
+
     return OpenVinoSession(compiled, info, precision, applied, compile_for_shape)
 
 
@@ -436,9 +477,12 @@ def candidate_configurations():
     for device, precisions in (("cuda", ("fp32",)), ("tensorrt", ("fp32", "fp16"))):
         reason = None
         if _ORT_PROVIDER[device] not in available:
-            reason = (f"this onnxruntime {ort.__version__} is a CPU build (the {device} route needs onnxruntime-gpu "
-                      "and an NVIDIA GPU)" if "CUDAExecutionProvider" not in available
-                      else "this onnxruntime-gpu build has no TensorRT EP")
+            reason = (
+                f"this onnxruntime {ort.__version__} is a CPU build (the {device} route needs onnxruntime-gpu "
+                "and an NVIDIA GPU)"
+                if "CUDAExecutionProvider" not in available
+                else "this onnxruntime-gpu build has no TensorRT EP"
+            )
         for precision in precisions:
             rows.append(("onnxruntime", device, precision, reason))
     return rows

@@ -39,8 +39,11 @@ def latency_stats(times_ms, batch_size):
         "throughput": 1000.0 * batch_size / float(t.mean()),
     }
     stats["NPU_compute_time"] = {
-        "min": stats["min_ms"], "max": stats["max_ms"], "mean": stats["mean_ms"],
-        "median": stats["p50_ms"], "percentile(99%)": stats["p99_ms"],
+        "min": stats["min_ms"],
+        "max": stats["max_ms"],
+        "mean": stats["mean_ms"],
+        "median": stats["p50_ms"],
+        "percentile(99%)": stats["p99_ms"],
     }
     return stats
 
@@ -75,33 +78,69 @@ def benchmark_session(session, batch_size, loop=100, warmup=5, seed=0, geometry=
         start = time.perf_counter()
         call()
         times.append((time.perf_counter() - start) * 1000.0)
-    return {"session": session.name, "batchsize": batch_size, "loop": loop, "warmup": warmup,
-            "canvas": list(canvas), **latency_stats(times, batch_size)}
+    return {
+        "session": session.name,
+        "batchsize": batch_size,
+        "loop": loop,
+        "warmup": warmup,
+        "canvas": list(canvas),
+        **latency_stats(times, batch_size),
+    }
 
 
-def run_benchmark(model_path, backend="auto", device="cpu", precision="fp32", batch_size=1, loop=100,
-                  warmup=5, threads=None, cache_dir=None, performance_hint="LATENCY", model_info=None, resize=None,
-                  image_hw=DEFAULT_IMAGE_HW, static_shapes=None):
+def run_benchmark(
+    model_path,
+    backend="auto",
+    device="cpu",
+    precision="fp32",
+    batch_size=1,
+    loop=100,
+    warmup=5,
+    threads=None,
+    cache_dir=None,
+    performance_hint="LATENCY",
+    model_info=None,
+    resize=None,
+    image_hw=DEFAULT_IMAGE_HW,
+    static_shapes=None,
+):
     """Compile the model (timed as ``load_s``) and benchmark it (see :func:`benchmark_session`).
 
     A fixed-batch model runs its own batch size (a different ``batch_size`` is an error).
     A dynamic-H/W model is timed on the canvas its resize policy (``resize``, else the
     metadata's) gives an ``image_hw`` image (default 480 x 640).
     """
-    from retinamask.runtime.backends import create_session
     from retinamask.formats.model_info import read_model_info
+    from retinamask.runtime.backends import create_session
 
     info = model_info or read_model_info(model_path, resize=resize)
     batch_size = _batch_for(info, batch_size)
     start = time.perf_counter()
-    session = create_session(model_path, backend, device, precision, threads=threads, cache_dir=cache_dir,
-                             performance_hint=performance_hint, model_info=info, static_shapes=static_shapes)
+    session = create_session(
+        model_path,
+        backend,
+        device,
+        precision,
+        threads=threads,
+        cache_dir=cache_dir,
+        performance_hint=performance_hint,
+        model_info=info,
+        static_shapes=static_shapes,
+    )
     load_s = time.perf_counter() - start
     geometry = info.resize.geometry(*image_hw) if info.dynamic_hw else None
     result = benchmark_session(session, batch_size, loop, warmup, geometry=geometry)
-    result.update(backend=session.backend, device=session.device, precision=session.precision,
-                  load_s=load_s, model=str(model_path), layout=info.layout, input_size=info.input_size,
-                  resize=info.resize.to_dict(), image_hw=list(image_hw) if geometry else None)
+    result.update(
+        backend=session.backend,
+        device=session.device,
+        precision=session.precision,
+        load_s=load_s,
+        model=str(model_path),
+        layout=info.layout,
+        input_size=info.input_size,
+        resize=info.resize.to_dict(),
+        image_hw=list(image_hw) if geometry else None,
+    )
     return result
 
 
@@ -114,22 +153,24 @@ def _batch_for(info, batch_size):
     if info.batch_size is not None and batch_size != info.batch_size:
         raise RetinaMaskError(
             f"the model has a fixed batch of {info.batch_size}; --batchsize {batch_size} cannot run on it "
-            "(export with a dynamic batch or that batch size)", info.path,
+            "(export with a dynamic batch or that batch size)",
+            info.path,
         )
     return batch_size
 
 
-def compare_backends(model_path, batch_size=None, loop=20, warmup=3, threads=None, cache_dir=None, resize=None,
-                     image_hw=DEFAULT_IMAGE_HW):
+def compare_backends(
+    model_path, batch_size=None, loop=20, warmup=3, threads=None, cache_dir=None, resize=None, image_hw=DEFAULT_IMAGE_HW
+):
     """Benchmark every (backend, device, precision) of ``backends.candidate_configurations``.
 
     Returns a list of row dicts (those of :func:`run_benchmark`); a configuration that
     cannot run here has ``error`` set instead of timings. The row that ``--backend auto``
     runs (CPU, fp32) has ``auto`` set to the reason it is chosen.
     """
+    from retinamask.formats.model_info import read_model_info
     from retinamask.runtime.auto_backend import choose_backend
     from retinamask.runtime.backends import candidate_configurations
-    from retinamask.formats.model_info import read_model_info
 
     info = read_model_info(model_path, resize=resize)
     batch_size = _batch_for(info, batch_size)
@@ -144,8 +185,19 @@ def compare_backends(model_path, batch_size=None, loop=20, warmup=3, threads=Non
             continue
         logger.info("benchmarking %s %s %s ...", backend, device, precision)
         try:
-            result = run_benchmark(model_path, backend, device, precision, batch_size, loop, warmup,
-                                   threads=threads, cache_dir=cache_dir, model_info=info, image_hw=image_hw)
+            result = run_benchmark(
+                model_path,
+                backend,
+                device,
+                precision,
+                batch_size,
+                loop,
+                warmup,
+                threads=threads,
+                cache_dir=cache_dir,
+                model_info=info,
+                image_hw=image_hw,
+            )
             rows.append({**result, **({"auto": row["auto"]} if "auto" in row else {})})
         except RetinaMaskError as e:
             rows.append({**row, "error": e.cause})
@@ -158,16 +210,18 @@ def compare_backends(model_path, batch_size=None, loop=20, warmup=3, threads=Non
 
 def format_stats(result):
     """Console lines for one benchmark, ais_bench-like."""
-    return "\n".join([
-        f"[INFO] {result['session']}  model {result['model']}  batchsize {result['batchsize']}  "
-        f"canvas {'x'.join(map(str, result.get('canvas') or []))}  "
-        f"loop {result['loop']} (+{result['warmup']} warm-up)  load {result['load_s']:.2f} s",
-        f"[INFO] latency (ms): mean = {result['mean_ms']:.2f}, p50 = {result['p50_ms']:.2f}, "
-        f"p90 = {result['p90_ms']:.2f}, p99 = {result['p99_ms']:.2f}, min = {result['min_ms']:.2f}, "
-        f"max = {result['max_ms']:.2f}",
-        f"[INFO] throughput 1000*batchsize({result['batchsize']})/NPU_compute_time.mean({result['mean_ms']:.2f}): "
-        f"{result['throughput']:.3f}",
-    ])
+    return "\n".join(
+        [
+            f"[INFO] {result['session']}  model {result['model']}  batchsize {result['batchsize']}  "
+            f"canvas {'x'.join(map(str, result.get('canvas') or []))}  "
+            f"loop {result['loop']} (+{result['warmup']} warm-up)  load {result['load_s']:.2f} s",
+            f"[INFO] latency (ms): mean = {result['mean_ms']:.2f}, p50 = {result['p50_ms']:.2f}, "
+            f"p90 = {result['p90_ms']:.2f}, p99 = {result['p99_ms']:.2f}, min = {result['min_ms']:.2f}, "
+            f"max = {result['max_ms']:.2f}",
+            f"[INFO] throughput 1000*batchsize({result['batchsize']})/NPU_compute_time.mean({result['mean_ms']:.2f}): "
+            f"{result['throughput']:.3f}",
+        ]
+    )
 
 
 def format_table(rows):
@@ -190,6 +244,8 @@ def format_table(rows):
     chosen = next((row for row in rows if row.get("auto")), None)
     if chosen is not None:
         lines.append("")
-        lines.append(f"--backend auto (the default) runs {chosen['backend']} {chosen['device']} "
-                     f"{chosen['precision']}: {chosen['auto']}")
+        lines.append(
+            f"--backend auto (the default) runs {chosen['backend']} {chosen['device']} "
+            f"{chosen['precision']}: {chosen['auto']}"
+        )
     return "\n".join(lines)

@@ -43,6 +43,7 @@ from pathlib import Path
 import numpy as np
 
 from retinamask.core import parallel
+from retinamask.core.contract import IMAGE_EXTENSIONS
 from retinamask.core.errors import InputError, RetinaMaskError
 from retinamask.core.fileio import atomic_write_json, remove_stale_temp_files
 from retinamask.formats.outputs import OUTFMTS, output_file_name, outputs_complete, write_image_outputs
@@ -54,7 +55,6 @@ SIDECAR_NAME = "images.json"
 # a new canvas beyond this many runs the oldest first.
 MAX_OPEN_CANVASES = 4
 SIDECAR_FORMAT = "retinamask.infer/1"
-_IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 
 @dataclass
@@ -118,8 +118,8 @@ def run_inference(
     (list of {"file", "cause"}), ``NPU_compute_time`` (per-batch ms stats),
     ``throughput`` (1000 * batchsize / mean compute ms), ``e2e`` wall time and images/s.
     """
-    from retinamask.runtime.backends import create_session
     from retinamask.formats.model_info import read_model_info
+    from retinamask.runtime.backends import create_session
 
     outfmt = str(outfmt).upper()
     if outfmt not in OUTFMTS:
@@ -133,8 +133,12 @@ def run_inference(
     info = read_model_info(model_path, layout=layout, input_size=input_size, resize=resize)
     batch_size = int(batch_size)
     if info.batch_size is not None and batch_size != info.batch_size:
-        logger.warning("the model has a fixed batch of %d: running batches of %d, not %d",
-                       info.batch_size, info.batch_size, batch_size)
+        logger.warning(
+            "the model has a fixed batch of %d: running batches of %d, not %d",
+            info.batch_size,
+            info.batch_size,
+            batch_size,
+        )
         batch_size = info.batch_size
 
     items, failed = collect_items(input_path, info.input_size, info.resize)
@@ -155,23 +159,32 @@ def run_inference(
     earlier = _earlier_records(sidecar_path, settings, out_dir)
 
     if executor is None and session is None:
-        session = create_session(model_path, backend, device, precision, threads=threads, cache_dir=cache_dir,
-                                 model_info=info)
+        session = create_session(
+            model_path, backend, device, precision, threads=threads, cache_dir=cache_dir, model_info=info
+        )
 
     specs = info.outputs
     todo, records = [], {}
     for item in items:
         if earlier is not None and outputs_complete(out_dir, item.basename, specs, outfmt, legacy_names):
             records[item.basename] = earlier.get(item.basename) or _record_without_pixels(
-                item, info, outfmt, legacy_names)
+                item, info, outfmt, legacy_names
+            )
         else:
             todo.append(item)
     skipped = len(records)
     if skipped:
         logger.info("%d of %d images already have complete outputs in %s: skipped", skipped, len(items), out_dir)
     # before the first output: a run killed from here on leaves a sidecar naming its settings
-    _write_sidecar(sidecar_path, settings, info, input_path,
-                   [records[item.basename] for item in items if item.basename in records], failed, finished=False)
+    _write_sidecar(
+        sidecar_path,
+        settings,
+        info,
+        input_path,
+        [records[item.basename] for item in items if item.basename in records],
+        failed,
+        finished=False,
+    )
 
     compute_ms, inferred = [], 0
     ran_by = session if executor is None else executor
@@ -180,10 +193,16 @@ def run_inference(
         from tqdm import tqdm
         from tqdm.contrib.logging import logging_redirect_tqdm
 
-        with logging_redirect_tqdm(), tqdm(
-            total=len(todo), desc="infer", unit="img", file=sys.stderr,
-            disable=(None if progress is None else not progress),
-        ) as bar:
+        with (
+            logging_redirect_tqdm(),
+            tqdm(
+                total=len(todo),
+                desc="infer",
+                unit="img",
+                file=sys.stderr,
+                disable=(None if progress is None else not progress),
+            ) as bar,
+        ):
             if executor is None:
                 events = infer_local(todo, info, session, batch_size, workers, out_dir, outfmt, legacy_names)
             else:
@@ -198,8 +217,9 @@ def run_inference(
                         bar.update()
                         continue
                     for item in done:
-                        item.record["outputs"] = [output_file_name(item.basename, i, outfmt, legacy_names)
-                                                  for i in range(4)]
+                        item.record["outputs"] = [
+                            output_file_name(item.basename, i, outfmt, legacy_names) for i in range(4)
+                        ]
                         records[item.basename] = item.record
                     if value is not None:
                         compute_ms.append(value)
@@ -250,7 +270,7 @@ def timing_stats(compute_ms, batch_size):
     """
     times = np.asarray(compute_ms, dtype=np.float64)
     if times.size == 0:
-        stats = {k: 0.0 for k in ("min", "max", "mean", "median", "percentile(99%)")}
+        stats = dict.fromkeys(("min", "max", "mean", "median", "percentile(99%)"), 0.0)
         return {"NPU_compute_time": stats, "throughput": 0.0}
     stats = {
         "min": float(times.min()),
@@ -306,7 +326,7 @@ def collect_items(input_path, input_size, policy=None):
         if suffix == ".bin":
             _check_bin_size(path, input_size)
             return [InputItem(path.stem, path, "bin", {"basename": path.stem, "source": str(path)})], []
-        if suffix in _IMAGE_EXTENSIONS:
+        if suffix in IMAGE_EXTENSIONS:
             return _items_from_images([path])
         raise InputError("expected a folder, an .info list, a .bin or an image file", path)
     try:
@@ -314,11 +334,12 @@ def collect_items(input_path, input_size, policy=None):
     except OSError as e:
         raise InputError(f"cannot list the folder: {e.strerror or e}", path) from None
     bins = [p for p in entries if p.suffix.lower() == ".bin"]
-    images = [p for p in entries if p.suffix.lower() in _IMAGE_EXTENSIONS]
+    images = [p for p in entries if p.suffix.lower() in IMAGE_EXTENSIONS]
     if bins and images:
         raise InputError(
             f"the folder holds both .bin files ({len(bins)}) and images ({len(images)}); "
-            "pass an .info list or a folder with one kind", path,
+            "pass an .info list or a folder with one kind",
+            path,
         )
     if bins:
         _check_bin_size(bins[0], input_size)
@@ -336,8 +357,11 @@ def _items_from_images(images):
             failed.append({"file": str(image), "cause": cause, "listing": True})
             continue
         owner[key] = image
-        items.append(InputItem(image.stem, image, "image",
-                               {"basename": image.stem, "source": str(image), "file_name": image.name}))
+        items.append(
+            InputItem(
+                image.stem, image, "image", {"basename": image.stem, "source": str(image), "file_name": image.name}
+            )
+        )
     return items, failed
 
 
@@ -355,18 +379,33 @@ def _items_from_info(info_path, input_size, policy=None):
         if input_size is not None and canvas is not None and canvas != (input_size, input_size):
             raise InputError(
                 f"the .info's sidecar says its .bin files are {canvas[0]}x{canvas[1]} inputs, "
-                f"the model takes {input_size}x{input_size}", info_path,
+                f"the model takes {input_size}x{input_size}",
+                info_path,
             )
         if input_size is None and canvas is None:
-            raise InputError("a model that takes any canvas needs each .bin's canvas and valid region: pass the "
-                             ".info of `retinamask preprocess` with its sidecar (<info>.json) beside it", info_path)
+            raise InputError(
+                "a model that takes any canvas needs each .bin's canvas and valid region: pass the "
+                ".info of `retinamask preprocess` with its sidecar (<info>.json) beside it",
+                info_path,
+            )
         if input_size is None and policy is not None and record.resize not in (None, policy.to_dict()):
-            logger.warning("%s: its .bin files were made with the %s policy, the run asks for %s: the .bin "
-                           "canvases are used as they are", info_path, record.resize.get("policy"), policy.name)
+            logger.warning(
+                "%s: its .bin files were made with the %s policy, the run asks for %s: the .bin "
+                "canvases are used as they are",
+                info_path,
+                record.resize.get("policy"),
+                policy.name,
+            )
         entry = {"basename": record.name, "source": str(record.bin_path), "file_name": record.file_name}
         if record.file_name is not None:  # a sidecar gave the original geometry
-            entry.update(width=record.width, height=record.height, resized_width=record.resized_width,
-                         resized_height=record.resized_height, scale=record.scale, input_size=record.input_size)
+            entry.update(
+                width=record.width,
+                height=record.height,
+                resized_width=record.resized_width,
+                resized_height=record.resized_height,
+                scale=record.scale,
+                input_size=record.input_size,
+            )
             if canvas is not None:
                 entry.update(canvas_height=canvas[0], canvas_width=canvas[1])
         items.append(InputItem(record.name, Path(record.bin_path), "bin", entry))
@@ -378,16 +417,20 @@ def _check_bin_size(bin_path, input_size):
     from retinamask.data.preprocess import bin_nbytes
 
     if input_size is None:
-        raise InputError("a model that takes any canvas needs each .bin's canvas and valid region: pass the .info "
-                         "of `retinamask preprocess` (with its sidecar) instead of bare .bin files", bin_path)
+        raise InputError(
+            "a model that takes any canvas needs each .bin's canvas and valid region: pass the .info "
+            "of `retinamask preprocess` (with its sidecar) instead of bare .bin files",
+            bin_path,
+        )
     size = bin_path.stat().st_size
     if size == bin_nbytes(input_size):
         return
-    side = int(round((size / 12) ** 0.5))
+    side = round((size / 12) ** 0.5)
     if side > 0 and bin_nbytes(side) == size:
         raise InputError(
             f"holds a float32 [1, 3, {side}, {side}] input, the model takes [B, 3, {input_size}, {input_size}] "
-            "(preprocess with --input_size matching the model)", bin_path,
+            "(preprocess with --input_size matching the model)",
+            bin_path,
         )
 
 
@@ -439,7 +482,8 @@ def _load_inputs(items, info, workers):
         raise InputError(
             "a preprocessing worker process died (killed for lack of memory, or crashed in an image decoder) "
             "while this image or one near it was loaded; finished outputs are kept and a rerun resumes; "
-            "--workers 0 pinpoints the image", item.source,
+            "--workers 0 pinpoints the image",
+            item.source,
         ) from None
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
@@ -458,8 +502,15 @@ def _ordered_bounded(pool, function, jobs, window):
 
 def load_job(item, info):
     """The picklable job for :func:`load_item` that loads ``item`` for the model ``info`` describes."""
-    return (str(item.source), item.kind, _bin_canvas(item, info), info.resize, tuple(info.pixel_mean),
-            tuple(info.pixel_std), None)
+    return (
+        str(item.source),
+        item.kind,
+        _bin_canvas(item, info),
+        info.resize,
+        tuple(info.pixel_mean),
+        tuple(info.pixel_std),
+        None,
+    )
 
 
 _loader_slots = None  # in a worker process: the shared [window, 3, Hmax, Wmax] float32 slots
@@ -492,8 +543,8 @@ def load_item(job):
     try:
         if kind == "bin":
             return read_bin(path, bin_canvas)[0], {}, None
-        from retinamask.formats.images import load_image_rgb
         from retinamask.data.transforms import policy_preprocess
+        from retinamask.formats.images import load_image_rgb
 
         image = load_image_rgb(path)
         tensor, geometry = policy_preprocess(image, policy, mean, std)
@@ -648,14 +699,16 @@ def _earlier_records(sidecar_path, settings, out_dir):
         from retinamask.formats.outputs import list_output_basenames
 
         if list_output_basenames(out_dir):
-            logger.info("%s: output files without a run sidecar (%s): which model made them is unknown; "
-                        "every image is redone", out_dir, SIDECAR_NAME)
+            logger.info(
+                "%s: output files without a run sidecar (%s): which model made them is unknown; every image is redone",
+                out_dir,
+                SIDECAR_NAME,
+            )
         return None
     try:
         earlier = json.loads(sidecar_path.read_text(encoding="utf-8"))
         if earlier.get("settings") != settings:
-            logger.info("%s: the earlier run used another model or output format; every image is redone",
-                        sidecar_path)
+            logger.info("%s: the earlier run used another model or output format; every image is redone", sidecar_path)
             return None
         return {r["basename"]: r for r in earlier["images"]}
     except (OSError, ValueError, KeyError, TypeError):
@@ -666,15 +719,18 @@ def _earlier_records(sidecar_path, settings, out_dir):
 def _write_sidecar(path, settings, info, input_path, records, failed, finished=True):
     """``finished``: False while the run goes on, so that a reader can tell the sidecar of a killed run
     (it lists only the images done before that run started)."""
-    atomic_write_json(path, {
-        "format": SIDECAR_FORMAT,
-        "finished": finished,
-        "settings": settings,
-        "model": info.summary(),
-        "input": str(input_path),
-        "images": records,
-        "failed": [{"file": f["file"], "cause": f["cause"]} for f in failed],
-    })
+    atomic_write_json(
+        path,
+        {
+            "format": SIDECAR_FORMAT,
+            "finished": finished,
+            "settings": settings,
+            "model": info.summary(),
+            "input": str(input_path),
+            "images": records,
+            "failed": [{"file": f["file"], "cause": f["cause"]} for f in failed],
+        },
+    )
 
 
 def read_run_sidecar(path):
@@ -694,9 +750,13 @@ def read_run_sidecar(path):
     if not isinstance(data, dict) or not isinstance(data.get("images"), list):
         raise InputError("not an infer or preprocess sidecar: no 'images' list", path)
     if data.get("finished") is False:
-        logger.warning("%s: the infer run that wrote it has not finished (killed, or still running): it lists only "
-                       "the %d images done before that run started; rerun infer with the same --output_dirname to "
-                       "complete the outputs", path, len(data["images"]))
+        logger.warning(
+            "%s: the infer run that wrote it has not finished (killed, or still running): it lists only "
+            "the %d images done before that run started; rerun infer with the same --output_dirname to "
+            "complete the outputs",
+            path,
+            len(data["images"]),
+        )
     entries = []
     for position, entry in enumerate(data["images"]):
         if not isinstance(entry, dict):

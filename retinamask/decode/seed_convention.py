@@ -4,7 +4,7 @@ The seed (Ascend ModelZoo ``ACL_PyTorch/contrib/cv/detection/RetinaMask``:
 ``RetinaMask_postprocess.py`` with ``tools/utils.py``) turns each image's model outputs
 into COCO results with conventions of its own. ``evaluate --convention seed`` uses this
 module, so that the same output files give the seed's figures; ``original`` (the default,
-:mod:`retinamask.decode.postprocess`) gives the original RetinaMask's. The seed's
+:mod:`retinamask.decode.outputs`) gives the original RetinaMask's. The seed's
 conventions, each reproduced here:
 
 * NMS: one greedy pass over ALL rows (no score threshold), classes kept apart by shifting
@@ -104,8 +104,12 @@ def seed_detections(outputs, original_hw, input_size, iou_threshold=SEED_IOU_THR
     kept_boxes[:, 0::2] = np.clip(kept_boxes[:, 0::2], 0, width)
     kept_boxes[:, 1::2] = np.clip(kept_boxes[:, 1::2], 0, height)
     real = labels[order] >= 0
-    return (kept_boxes[real], scores[order][real], labels[order][real],
-            masks[order][real].astype(np.float32, copy=False))
+    return (
+        kept_boxes[real],
+        scores[order][real],
+        labels[order][real],
+        masks[order][real].astype(np.float32, copy=False),
+    )
 
 
 def seed_paste_masks(probs, boxes, height, width, threshold=SEED_MASK_THRESHOLD, padding=1, return_areas=False):
@@ -133,7 +137,7 @@ def seed_paste_masks(probs, boxes, height, width, threshold=SEED_MASK_THRESHOLD,
         return (columns_first.transpose(0, 2, 1), areas) if return_areas else columns_first.transpose(0, 2, 1)
     m = probs.shape[-1]
     padded = np.zeros((n, m + 2 * padding, m + 2 * padding), dtype=np.float32)
-    padded[:, padding:padding + m, padding:padding + m] = probs
+    padded[:, padding : padding + m, padding : padding + m] = probs
     real = boxes.dtype.type
     half, scale = real(0.5), real(float(m + 2 * padding) / m)
     centre_x, centre_y = (boxes[:, 2] + boxes[:, 0]) * half, (boxes[:, 3] + boxes[:, 1]) * half
@@ -148,15 +152,23 @@ def seed_paste_masks(probs, boxes, height, width, threshold=SEED_MASK_THRESHOLD,
         if x1 <= x0 or y1 <= y0:
             continue
         resized = cv2.resize(padded[i], (int(sizes[i, 0]), int(sizes[i, 1])))
-        crop = resized[y0 - by0:y1 - by0, x0 - bx0:x1 - bx0] > threshold
-        columns_first[i, x0:x0 + crop.shape[1], y0:y0 + crop.shape[0]] = crop.T
+        crop = resized[y0 - by0 : y1 - by0, x0 - bx0 : x1 - bx0] > threshold
+        columns_first[i, x0 : x0 + crop.shape[1], y0 : y0 + crop.shape[0]] = crop.T
         areas[i] = np.count_nonzero(crop)
     masks = columns_first.transpose(0, 2, 1)
     return (masks, areas) if return_areas else masks
 
 
-def seed_coco_results(outputs, image_id, original_hw, input_size, category_ids_in_file_order,
-                      iou_threshold=SEED_IOU_THRESHOLD, keep=SEED_KEEP, with_masks=True):
+def seed_coco_results(
+    outputs,
+    image_id,
+    original_hw,
+    input_size,
+    category_ids_in_file_order,
+    iou_threshold=SEED_IOU_THRESHOLD,
+    keep=SEED_KEEP,
+    with_masks=True,
+):
     """One image's 4 outputs -> (COCO result dicts, mask areas) as the seed makes them.
 
     Each result: bbox [x1, y1, x2 - x1, y2 - y1] (the boxes' precision), score, category_id =

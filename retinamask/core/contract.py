@@ -1,0 +1,35 @@
+"""The exported model's contract, as constants: one home for the names and numbers that the
+exporter writes, the runtime reads and the file formats keep (docs/onnx_contract.md).
+
+``SEED_CANVAS_SIDE`` is the Ascend seed's square model input side S (1344 x 1344); it is the
+only meaning ``input_size`` keeps in this code base (the seed's ``--input_size`` flag).
+"""
+
+# output layouts: end2end (final detections, NMS in the graph) and seed (the seed's 1000 candidates)
+LAYOUTS = ("end2end", "seed")
+OUTPUT_NAMES = {
+    "end2end": ("boxes", "labels", "scores", "masks"),
+    "seed": ("bboxs", "labels", "scores", "masks"),
+}
+SEED_NUM_CANDIDATES = 1000  # rows of every seed-layout output
+DEFAULT_MAX_DETECTIONS = 100
+DEFAULT_MASK_RESOLUTION = 28
+DEFAULT_NMS_THRESHOLD = 0.4
+
+# the seed's fixed square canvas: long side 1344, zero-padded to 1344 x 1344
+SEED_CANVAS_SIDE = 1344
+
+# inputs and metadata
+IMAGE_SIZES_INPUT = "image_sizes"  # int64 [B, 2] (h, w) of each image's valid region (any-canvas models)
+META_PREFIX = "retinamask."
+RESIZE_METADATA_KEY = "retinamask.resize"
+
+# the original's normalisation: BGR, 0..255
+PIXEL_MEAN = (102.9801, 115.9465, 122.7717)
+PIXEL_STD = (1.0, 1.0, 1.0)
+
+# evaluation conventions: the original RetinaMask's mapping to COCO results, or the seed's
+CONVENTIONS = ("original", "seed")
+
+# image files infer, predict and preprocess take
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")

@@ -1,0 +1,114 @@
+"""One image's raw model outputs -> COCO results, in either convention: ``original`` (the original
+RetinaMask's mapping, through :func:`~retinamask.decode.outputs.decode_outputs`) or ``seed`` (the Ascend
+seed's postprocess, number for number: :mod:`retinamask.decode.seed_convention`).
+"""
+
+import logging
+
+import numpy as np
+
+from retinamask.core.contract import CONVENTIONS, LAYOUTS
+from retinamask.decode.outputs import checked_outputs, decode_outputs
+
+logger = logging.getLogger(__name__)
+
+
+def outputs_to_coco_results(
+    outputs,
+    layout,
+    image_id,
+    original_hw,
+    resized_hw,
+    category_ids,
+    nms_threshold=0.4,
+    max_detections=100,
+    mask_threshold=0.5,
+    mask_paste="original",
+    with_masks=True,
+    convention="original",
+    input_size=None,
+    clip=True,
+):
+    """One image's 4 model outputs -> list of COCO result dicts (bbox [x,y,w,h] with the
+    +1 width convention, score, category_id, and RLE ``segmentation`` when ``with_masks``).
+
+    category_ids: the annotation file's category ids sorted ascending; label L maps to
+    ``category_ids[L - 1]``. Other arguments: :func:`decode_outputs`.
+    convention "seed": the seed's postprocess instead (:mod:`.seed_convention`: its NMS on
+    any layout, one ratio ``input_size / long side``, its paste, width x2 - x1); then
+    ``category_ids`` are in the annotation file's order and ``input_size`` is needed.
+    """
+    return image_coco_results(
+        outputs,
+        layout,
+        image_id,
+        original_hw,
+        resized_hw,
+        category_ids,
+        nms_threshold=nms_threshold,
+        max_detections=max_detections,
+        mask_threshold=mask_threshold,
+        mask_paste=mask_paste,
+        with_masks=with_masks,
+        convention=convention,
+        input_size=input_size,
+        clip=clip,
+    )[0]
+
+
+def image_coco_results(
+    outputs,
+    layout,
+    image_id,
+    original_hw,
+    resized_hw,
+    category_ids,
+    nms_threshold=0.4,
+    max_detections=100,
+    mask_threshold=0.5,
+    mask_paste="original",
+    with_masks=True,
+    convention="original",
+    input_size=None,
+    clip=True,
+):
+    """:func:`outputs_to_coco_results` and the results' mask areas: (results, int64 [N] or None)."""
+    from retinamask.evaluation.coco_eval import detections_to_coco_results
+    from retinamask.ops.masks import encode_masks
+
+    if convention not in CONVENTIONS:
+        raise ValueError(f"convention must be one of {CONVENTIONS}, got {convention!r}")
+    if convention == "seed":
+        from retinamask.decode.seed_convention import seed_coco_results
+
+        if input_size is None:
+            raise ValueError("the seed convention needs the model's input size S")
+        if layout not in LAYOUTS:
+            raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+        return seed_coco_results(
+            checked_outputs(outputs),
+            image_id,
+            original_hw,
+            input_size,
+            category_ids,
+            iou_threshold=nms_threshold,
+            keep=max_detections,
+            with_masks=with_masks,
+        )
+    detections = decode_outputs(
+        outputs,
+        layout,
+        original_hw,
+        resized_hw,
+        nms_threshold=nms_threshold,
+        max_detections=max_detections,
+        mask_threshold=mask_threshold,
+        mask_paste=mask_paste,
+        num_classes=len(category_ids),
+        paste=with_masks,
+        clip=clip,
+    )
+    categories = np.asarray(category_ids)[detections.labels - 1] if detections.labels.size else []
+    rles = encode_masks(detections.masks) if with_masks else None
+    results = detections_to_coco_results(image_id, detections.boxes, detections.scores, categories, rles)
+    return results, detections.mask_areas
