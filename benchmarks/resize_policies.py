@@ -108,7 +108,7 @@ def cpu_description():
 
 
 def test_image():
-    from retinamask.export.onnx_export import synthetic_image
+    from retinamask.export.verify import synthetic_image
 
     return synthetic_image(*IMAGE_HW, variant=3)
 
@@ -158,7 +158,7 @@ def prepare_r50(workdir, settings, int8, reuse):
         calibration.mkdir(exist_ok=True)
         from PIL import Image
 
-        from retinamask.export.onnx_export import synthetic_image
+        from retinamask.export.verify import synthetic_image
 
         for i in range(settings["calibration_images"]):
             path = calibration / f"{i:03d}.jpg"

@@ -411,7 +411,7 @@ def benchmark_input(size=INPUT_SIZE, variant=0):
     """One preprocessed image, float32 [1, 3, S, S]: a textured synthetic 4:3 picture through the
     seed transform (so the canvas has the zero padding a real landscape image gives)."""
     from retinamask.data.transforms import seed_preprocess
-    from retinamask.export.onnx_export import synthetic_image
+    from retinamask.export.verify import synthetic_image
 
     image = synthetic_image(height=size * 3 // 4, width=size, variant=variant)
     return seed_preprocess(image, size)[0][None]
@@ -421,7 +421,7 @@ def write_jpegs(folder, count, height=480, width=640, start_variant=100):
     """``count`` synthetic JPEG photos (quality 90), COCO-sized by default."""
     from PIL import Image
 
-    from retinamask.export.onnx_export import synthetic_image
+    from retinamask.export.verify import synthetic_image
 
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -511,7 +511,7 @@ def eager_route(model, images):
 
 
 def end2end_route(session, images):
-    from retinamask.export.onnx_export import output_detections
+    from retinamask.export.verify import output_detections
 
     return lambda: output_detections(session.run(images), "end2end")
 
@@ -542,7 +542,7 @@ def seed_route(session, images, nms_threshold=0.4, max_detections=MAX_DETECTIONS
 def agreement(reference, detections, min_box_iou=0.9):
     """Share of the reference's detections that ``detections`` has too (same label, box IoU >=
     ``min_box_iou``), over the reference's count (eager keeps 50 with masks, others 100)."""
-    from retinamask.export.onnx_export import compare_detections
+    from retinamask.export.verify import compare_detections
 
     matched = total = 0
     for ref, det in zip(reference, detections):

@@ -15,9 +15,9 @@ import torch
 from retinamask.cli import main
 from retinamask.config import load_config
 from retinamask.export import End2EndGraph, SeedGraph, compare_detections, export_model, sample_input
-from retinamask.export.onnx_export import (
+from retinamask.export.onnx_export import default_input_size
+from retinamask.export.verify import (
     TOLERANCES,
-    default_input_size,
     eager_detections,
     eager_limits,
     output_detections,

@@ -40,7 +40,7 @@ def model(cfg):
 def calibration_dir(tmp_path_factory):
     from PIL import Image
 
-    from retinamask.export.onnx_export import synthetic_image
+    from retinamask.export.verify import synthetic_image
 
     folder = tmp_path_factory.mktemp("calib")
     for i in range(4):

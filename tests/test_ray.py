@@ -408,7 +408,7 @@ def test_a_dynamic_canvas_model_gives_the_local_bytes_on_ray(tmp_path, cluster):
 
     from retinamask import export
     from retinamask.config import load_config
-    from retinamask.export.onnx_export import synthetic_image
+    from retinamask.export.verify import synthetic_image
     from tiny_model import TINY_OPTS, tiny_model_with_detections
 
     cfg = load_config(

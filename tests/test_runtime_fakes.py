@@ -237,7 +237,7 @@ def make_synthetic_dataset(root, sizes, category_ids, first_id, box_origin, name
     Returns (image folder, annotation file, COCO image entries)."""
     from PIL import Image
 
-    from retinamask.export.onnx_export import synthetic_image
+    from retinamask.export.verify import synthetic_image
 
     (root / "images").mkdir()
     images, annotations = [], []

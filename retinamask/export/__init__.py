@@ -2,7 +2,8 @@
 (layouts ``end2end`` and ``seed``, docs/onnx_contract.md) and :func:`export_onnx`."""
 
 from retinamask.export.graphs import End2EndGraph, SeedGraph, half_precision_copy
-from retinamask.export.onnx_export import ExportError, compare_detections, export_model, export_onnx, sample_input
+from retinamask.export.onnx_export import ExportError, export_model, export_onnx
+from retinamask.export.verify import compare_detections, sample_input
 
 __all__ = [
     "End2EndGraph",
