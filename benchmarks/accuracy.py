@@ -4,7 +4,7 @@ code) with ONNX Runtime and OpenVINO, fp32 / bf16 / INT8. Prints a Markdown tabl
 segm mAP, their change against ONNX Runtime fp32 and the pure-inference throughput at the
 model's 448x448 canvas.
 
-    .venv/bin/python benchmarks/accuracy.py [--workdir DIR] [--num-images 200] [--calib-images 32]
+    .venv/bin/python -m benchmarks.accuracy [--workdir DIR] [--num-images 200] [--calib-images 32]
 
 Val: the demo's split (seed 7, never trained or tuned on). INT8 calibration: images of a
 separate split generated with seed 11, so calibration never sees the evaluated images.

@@ -5,7 +5,7 @@ detections per image made by the real post-processing (``image_coco_results``: m
 RLE, which also gives each mask's area), then each evaluator on the same results in the same
 run; the stats must agree (asserted) and the times are printed side by side.
 
-    flock -x /work/.cpu.lock .venv/bin/python benchmarks/coco_eval_speed.py --images 5000
+    flock -x /work/.cpu.lock .venv/bin/python -m benchmarks.coco_eval_speed --images 5000
 
 ``direct`` is ``evaluate_coco(backend="direct")``: faster-coco-eval's C++ matching and
 accumulation fed our own IoUs, with the mask areas known from the paste (no RLE decoded for an
@@ -17,18 +17,14 @@ import json
 import multiprocessing
 import os
 import pickle
-import platform
-import sys
 import time
 import warnings
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-import suite
+from benchmarks.machine import cpu_model
+from benchmarks.synthetic import synthetic_jobs, synthetic_outputs
 
 
 def _chunk(job):
@@ -38,11 +34,11 @@ def _chunk(job):
     rng = np.random.default_rng(seed)
     results, areas = [], []
     for image in images:
-        outputs, original_hw, resized_hw = suite.synthetic_outputs(
+        outputs, image_hw, resized_hw = synthetic_outputs(
             image, annotations_by_image.get(image["id"], []), category_ids, rng
         )
         image_results, image_areas = image_coco_results(
-            outputs, "end2end", image["id"], original_hw, resized_hw, category_ids
+            outputs, "end2end", image["id"], image_hw, resized_hw, category_ids
         )
         results += image_results
         areas += image_areas.tolist()
@@ -51,7 +47,7 @@ def _chunk(job):
 
 def make_results(num_images, workers, chunk=50):
     """(ground truth dict, results, mask areas float64 [N]) for ``num_images`` synthetic images."""
-    dataset, jobs = suite.synthetic_jobs(num_images, chunk)
+    dataset, jobs = synthetic_jobs(num_images, chunk)
     if workers > 1:
         context = multiprocessing.get_context("spawn")
         with context.Pool(workers) as pool:
@@ -110,7 +106,7 @@ def run(num_images, workers, cache=None, repeats=1):
         "detections": len(results),
         "synthesis_s": made,
         "rows": rows,
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": cpu_model(),
         "cpus": os.cpu_count(),
     }
 

@@ -5,18 +5,15 @@ trained on, JPEG), the shipped shapes model exported in the seed layout (1000 ca
 NMS) at its 448 input, ``infer --legacy-names``, then the same output files evaluated with
 ``--convention original`` and ``--convention seed``, each without and with ``--report``.
 
-    .venv/bin/python benchmarks/conventions.py --out runs/conventions
+    .venv/bin/python -m benchmarks.conventions --out runs/conventions
 
 Prints the 24 stats' headline numbers side by side and the wall times (evaluate alone, evaluate
 + report). Finished steps (data, export, infer) are kept and reused by a rerun.
 """
 
 import argparse
-import sys
 import time
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
 def main(argv=None):

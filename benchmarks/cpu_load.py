@@ -12,13 +12,17 @@ CPU time vanishes from /proc when it exits (it moves into its parent's counters)
 >>> monitor.summary()   # {"other_cpu_seconds": ..., "share": ..., "fit_for_record": ...}
 
 A run is fit for the record when other processes used at most ``MAX_OTHER_SHARE`` of the
-machine's CPU capacity (elapsed seconds x logical CPUs) during the timed sections.
+machine's CPU capacity (elapsed seconds x logical CPUs) during the timed sections (a script may
+set its own share). :func:`other_busy_processes` names the processes behind a load: a sample
+of every process's CPU time over a short interval.
 """
 
 import contextlib
 import os
 import time
 from pathlib import Path
+
+from retinamask.core.cpu import logical_cpus
 
 MAX_OTHER_SHARE = 0.05  # 5 % of the machine: e.g. 0.1 CPU of 2 for the whole timed time
 _TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
@@ -44,16 +48,19 @@ def _proc_stat(pid):
     return int(fields[1]), sum(int(v) for v in fields[11:15]) / _TICKS
 
 
-def own_tree_seconds():
-    """CPU seconds of this process, the children it reaped and its live descendants."""
-    times = os.times()
-    total = times.user + times.system + times.children_user + times.children_system
-    parents, seconds = {}, {}
+def _live_processes():
+    """pid -> (parent pid, CPU seconds) of every readable process."""
+    found = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             stat = _proc_stat(int(entry.name))
             if stat is not None:
-                parents[int(entry.name)], seconds[int(entry.name)] = stat
+                found[int(entry.name)] = stat
+    return found
+
+
+def own_tree(parents):
+    """This process's pid and its live descendants (pool workers, forkserver), from pid -> parent pid."""
     tree, changed = {os.getpid()}, True
     while changed:
         changed = False
@@ -61,11 +68,16 @@ def own_tree_seconds():
             if parent in tree and pid not in tree:
                 tree.add(pid)
                 changed = True
-    return total + sum(seconds[pid] for pid in tree if pid != os.getpid())
+    return tree
 
 
-def logical_cpus():
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+def own_tree_seconds():
+    """CPU seconds of this process, the children it reaped and its live descendants."""
+    times = os.times()
+    total = times.user + times.system + times.children_user + times.children_system
+    live = _live_processes()
+    tree = own_tree({pid: parent for pid, (parent, _) in live.items()})
+    return total + sum(live[pid][1] for pid in tree if pid != os.getpid())
 
 
 class LoadMonitor:
@@ -114,3 +126,37 @@ class LoadMonitor:
             f"{s['elapsed_s']:.0f} s of timed sections ({100 * s['share']:.1f} % of {s['logical_cpus']} CPUs; "
             f"limit {100 * s['max_share']:.0f} %): {state}."
         )
+
+
+def _process_cpu_seconds():
+    """pid -> (user + system CPU seconds so far, command line) for every readable process."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+            found[int(entry.name)] = ((int(fields[11]) + int(fields[12])) / _TICKS, command)
+        except (OSError, IndexError, ValueError):
+            continue
+    return found
+
+
+def other_busy_processes(when, interval=2.0, threshold=10.0):
+    """Processes outside this one's tree that used more than ``threshold`` % of a CPU over
+    ``interval`` seconds: a benchmark sharing the CPU with them measures the sharing."""
+    if not Path("/proc/self/stat").exists():
+        return []
+    before = _process_cpu_seconds()
+    time.sleep(interval)
+    after = _process_cpu_seconds()
+    own = own_tree({pid: parent for pid, (parent, _) in _live_processes().items()})
+    busy = []
+    for pid, (seconds, command) in after.items():
+        if pid in own or pid not in before:
+            continue
+        percent = 100.0 * (seconds - before[pid][0]) / interval
+        if percent > threshold:
+            busy.append({"when": when, "pid": pid, "cpu_percent": percent, "command": command})
+    return busy

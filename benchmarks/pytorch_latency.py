@@ -1,38 +1,22 @@
 """PyTorch eager latency of R-50-FPN RetinaMask on this machine, split by stage.
 
-    .venv/bin/python benchmarks/pytorch_latency.py [--repeats 3] [--threads N]
+    .venv/bin/python -m benchmarks.pytorch_latency [--repeats 3] [--threads N]
 
 Random weights (He init; the classification bias lowered so that ~100 detections survive,
-as with a trained model), batch 1, float32, CPU. Sizes: the seed's fixed 1344x1344 canvas and
+as with a trained model: benchmarks/r50.py), batch 1, float32, CPU. Sizes: the seed's fixed 1344x1344 canvas and
 the original's test size for a 480x640 COCO image (800x1066, padded to 800x1088).
 Stages: backbone+FPN, RetinaNet head + post-processing (candidates, decode, NMS, top-100),
 mask head (RoIAlign + convs + deconv on the top-50 detections). Median of the repeats.
 """
 
 import argparse
-import platform
 import statistics
 import time
 
 import torch
 
-from retinamask.config import load_config
-from retinamask.modeling import build_model
-
-
-def build_benchmark_model():
-    torch.manual_seed(0)
-    model = build_model(load_config("retinanet_mask_R-50-FPN_2x_adjust_std011_ms"))
-    with torch.no_grad():
-        for name, tensor in model.state_dict().items():
-            if name.endswith("running_var"):
-                tensor.fill_(1.0)
-            elif ".bn" in name or "downsample.1" in name:
-                tensor.normal_(1.0 if name.endswith("weight") else 0.0, 0.05 if name.endswith("weight") else 0.01)
-        model.backbone.body.stem.conv1.weight.mul_(1 / 64)  # inputs are 0-255 minus mean
-        model.rpn.head.cls_logits.bias.fill_(-2.5)
-        model.rpn.head.cls_logits.weight.normal_(0, 0.02)
-    return model.eval()
+from benchmarks.machine import cpu_model
+from benchmarks.r50 import build_benchmark_model
 
 
 def time_stages(model, height, width, repeats):
@@ -63,10 +47,7 @@ def main():
     if args.threads:
         torch.set_num_threads(args.threads)
     model = build_benchmark_model()
-    print(
-        f"# PyTorch {torch.__version__} eager, float32, batch 1, {torch.get_num_threads()} threads, "
-        f"{platform.processor() or platform.machine()}"
-    )
+    print(f"# PyTorch {torch.__version__} eager, float32, batch 1, {torch.get_num_threads()} threads, {cpu_model()}")
     print("| input | backbone+FPN (s) | head+postprocess (s) | mask head (s) | total (s) | masks |")
     print("|---|---|---|---|---|---|")
     for height, width, label in ((1344, 1344, "1344x1344 (seed canvas)"), (800, 1088, "800x1088 (original test size)")):

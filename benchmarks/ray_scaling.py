@@ -1,6 +1,6 @@
 """``infer`` on Ray vs the local pool, and Ray's scaling over worker nodes, on this machine.
 
-    .venv/bin/python benchmarks/ray_scaling.py [--images N] [--model M.onnx] [--threads T] [--json OUT]
+    .venv/bin/python -m benchmarks.ray_scaling [--images N] [--model M.onnx] [--threads T] [--json OUT]
 
 Runs, over the same folder of synthetic 640x480 JPEGs and the same model:
 
@@ -11,7 +11,7 @@ Runs, over the same folder of synthetic 640x480 JPEGs and the same model:
    two 1-CPU worker nodes (one 1-thread actor per node).
 
 Model: R-50-FPN RetinaMask (random weights with ~100 detections per image, as
-``benchmarks/suite.py``) exported end2end fp32 at 512 x 512: about 1.5-2.5 s per image on one
+``python -m benchmarks.suite``) exported end2end fp32 at 512 x 512: about 1.5-2.5 s per image on one
 thread here, so the per-image work, not Ray's per-image overhead (tens of ms of CPU: a task, an
 object transfer, a status row), is what is measured. ``--model`` takes another export (with the
 shipped 448 x 448 model, ~0.1 s per image, that overhead is a visible share on 2 cores).
@@ -24,6 +24,7 @@ a speed: the numbers are the result; run it alone (``flock -x``) for the record.
 """
 
 import argparse
+import functools
 import json
 import logging
 import os
@@ -33,11 +34,9 @@ import tempfile
 import time
 from pathlib import Path
 
-BENCH_DIR = Path(__file__).resolve().parent
-REPO = BENCH_DIR.parent
-for path in (str(BENCH_DIR), str(REPO)):
-    if path not in sys.path:
-        sys.path.insert(0, path)
+from benchmarks.cpu_load import LoadMonitor
+from benchmarks.machine import environment, load_average
+from benchmarks.r50 import CONFIG, MAX_DETECTIONS, build_benchmark_model, write_jpegs
 
 logger = logging.getLogger("ray_scaling")
 WARMUP_IMAGES = 5  # images written before the steady rate's clock starts
@@ -97,7 +96,7 @@ def ray_cluster(worker_nodes, tmp):
     return cluster
 
 
-def main(argv=None):
+def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=24)
     parser.add_argument("--model", default=None, help="ONNX model (default: R-50 at 512, exported here)")
@@ -105,113 +104,121 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=2, help="threads of the local session and the 1-actor run")
     parser.add_argument("--workdir", default=None)
     parser.add_argument("--json", default=None)
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def benchmark_model(model, input_size):
+    """``model`` as given, else the R-50 exported at ``input_size`` (the seed's S) to that path."""
+    if model.exists():
+        return model
+    from retinamask.config import load_config
+    from retinamask.export import export_model
+
+    logger.info("exporting R-50 at %d to %s ...", input_size, model)
+    export_model(
+        build_benchmark_model(),
+        load_config(CONFIG),
+        model,
+        input_size=input_size,
+        verify=False,
+        max_detections=MAX_DETECTIONS,
+    )
+    return model
+
+
+def ray_local_rows(monitor, env, model, images, out, reference, threads):
+    """Ray on a local instance: 1 actor x ``threads`` threads, then ``threads`` actors x 1 thread."""
+    import ray
+
+    from retinamask.distributed.ray_infer import run_inference_on_ray
+
+    rows = []
+    for actors, actor_threads in ((1, threads), (threads, 1)):
+        name = f"ray_local_{actors}x{actor_threads}"
+        # started outside the timing, so that its processes are alive (and counted as this run's) at the end
+        started = time.perf_counter()
+        ray.init(num_cpus=threads, include_dashboard=False, logging_level="WARNING")
+        env["ray_local_startup_s"] = time.perf_counter() - started
+        run = functools.partial(
+            run_inference_on_ray,
+            model,
+            images,
+            output_dir=out,
+            output_dirname=name,
+            actors=actors,
+            threads=actor_threads,
+            progress=False,
+        )
+        try:
+            label = f"Ray, local instance: {actors} actor(s) x {actor_threads} thread(s)"
+            rows.append(
+                timed(
+                    monitor, label, run, out / name, reference, kind="ray-local", actors=actors, threads=actor_threads
+                )
+            )
+        finally:
+            ray.shutdown()
+    return rows
+
+
+def ray_cluster_rows(monitor, env, model, images, out, reference, workdir):
+    """A Ray cluster on this machine with one, then two 1-CPU worker nodes (one 1-thread actor each)."""
+    import ray
+
+    from retinamask.distributed.ray_infer import run_inference_on_ray
+
+    rows = []
+    for nodes in (1, 2):
+        name = f"ray_cluster_{nodes}"
+        started = time.perf_counter()
+        cluster = ray_cluster(nodes, workdir)
+        env[f"ray_cluster_{nodes}_startup_s"] = time.perf_counter() - started
+        run = functools.partial(
+            run_inference_on_ray, model, images, output_dir=out, output_dirname=name, threads=1, progress=False
+        )
+        try:
+            label = f"Ray cluster: {nodes} worker node(s) x 1 CPU, 1 actor x 1 thread each"
+            rows.append(timed(monitor, label, run, out / name, reference, kind="ray-cluster", nodes=nodes, threads=1))
+        finally:
+            ray.shutdown()
+            cluster.shutdown()
+    return rows
+
+
+def main(argv=None):
+    args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # no token file in ~/.ray for these throw-away instances
     os.environ.pop("RAY_ADDRESS", None)
 
     import ray
-    import suite
-    from cpu_load import LoadMonitor
 
-    from retinamask.distributed.ray_infer import run_inference_on_ray
     from retinamask.runtime.infer import run_inference
 
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="ray_scaling-"))
     own_tmp = None
     if "RAY_TMPDIR" not in os.environ:  # short (socket paths), and removed at the end
         own_tmp = os.environ["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="rmray-", dir="/tmp")
-    model = Path(args.model) if args.model else workdir / f"r50_{args.size}.onnx"
-    if not model.exists():
-        from pytorch_latency import build_benchmark_model
-
-        from retinamask.config import load_config
-        from retinamask.export import export_model
-
-        logger.info("exporting R-50 at %d to %s ...", args.size, model)
-        export_model(
-            build_benchmark_model(),
-            load_config(suite.CONFIG),
-            model,
-            input_size=args.size,
-            verify=False,
-            max_detections=suite.MAX_DETECTIONS,
-        )
+    model = benchmark_model(Path(args.model) if args.model else workdir / f"r50_{args.size}.onnx", args.size)
     images = workdir / "images"
-    suite.write_jpegs(images, args.images)
+    write_jpegs(images, args.images)
     out = workdir / "out"
     shutil.rmtree(out, ignore_errors=True)
-    env = suite.environment(args.threads)
+    env = environment(args.threads)
     env["versions"]["ray"] = ray.__version__
     monitor = LoadMonitor()
 
-    rows = []
     reference = out / "local"
-    rows.append(
-        timed(
-            monitor,
-            f"local pool: 1 session x {args.threads} threads, 1 preprocessing process",
-            lambda: run_inference(model, images, out, "local", threads=args.threads, workers=1, progress=False),
-            reference,
-            kind="local",
-            threads=args.threads,
-        )
+    local = functools.partial(
+        run_inference, model, images, out, "local", threads=args.threads, workers=1, progress=False
     )
-    for actors, threads in ((1, args.threads), (args.threads, 1)):
-        name = f"ray_local_{actors}x{threads}"
-        # started outside the timing, so that its processes are alive (and counted as this run's) at the end
-        started = time.perf_counter()
-        ray.init(num_cpus=args.threads, include_dashboard=False, logging_level="WARNING")
-        env["ray_local_startup_s"] = time.perf_counter() - started
-        try:
-            rows.append(
-                timed(
-                    monitor,
-                    f"Ray, local instance: {actors} actor(s) x {threads} thread(s)",
-                    lambda: run_inference_on_ray(
-                        model,
-                        images,
-                        output_dir=out,
-                        output_dirname=name,
-                        actors=actors,
-                        threads=threads,
-                        progress=False,
-                    ),
-                    out / name,
-                    reference,
-                    kind="ray-local",
-                    actors=actors,
-                    threads=threads,
-                )
-            )
-        finally:
-            ray.shutdown()
-    for nodes in (1, 2):
-        name = f"ray_cluster_{nodes}"
-        started = time.perf_counter()
-        cluster = ray_cluster(nodes, workdir)
-        env[f"ray_cluster_{nodes}_startup_s"] = time.perf_counter() - started
-        try:
-            rows.append(
-                timed(
-                    monitor,
-                    f"Ray cluster: {nodes} worker node(s) x 1 CPU, 1 actor x 1 thread each",
-                    lambda: run_inference_on_ray(
-                        model, images, output_dir=out, output_dirname=name, threads=1, progress=False
-                    ),
-                    out / name,
-                    reference,
-                    kind="ray-cluster",
-                    nodes=nodes,
-                    threads=1,
-                )
-            )
-        finally:
-            ray.shutdown()
-            cluster.shutdown()
+    label = f"local pool: 1 session x {args.threads} threads, 1 preprocessing process"
+    rows = [timed(monitor, label, local, reference, kind="local", threads=args.threads)]
+    rows += ray_local_rows(monitor, env, model, images, out, reference, args.threads)
+    rows += ray_cluster_rows(monitor, env, model, images, out, reference, workdir)
     env["load_check"] = monitor.summary()
     env["load_verdict"] = monitor.verdict()
-    env["load_average_at_end"] = os.getloadavg()
+    env["load_average_at_end"] = load_average()
     report = {"environment": env, "model": str(model), "rows": rows}
     if own_tmp:
         shutil.rmtree(own_tmp, ignore_errors=True)

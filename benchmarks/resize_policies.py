@@ -1,7 +1,7 @@
 """Resize policies side by side, in ONE run (issue 10): speed of R-50 per image and accuracy of the
 shipped model per policy.
 
-    .venv/bin/python benchmarks/resize_policies.py [--quick] [--int8] [--workdir DIR] [--json OUT]
+    .venv/bin/python -m benchmarks.resize_policies [--quick] [--int8] [--workdir DIR] [--json OUT]
 
 Prints Markdown tables (copied into benchmarks/RESULTS.md, "Resize policies"):
 
@@ -19,20 +19,16 @@ Prints Markdown tables (copied into benchmarks/RESULTS.md, "Resize policies"):
    bbox / segm mAP through ``retinamask infer`` (``--backend auto``, fp32) + ``evaluate`` per policy.
    ``original`` is the per-image exact canvas; ``buckets`` pads to a few fixed canvases.
 
-R-50 weights: random, with ~100 detections surviving (benchmarks/pytorch_latency.py), as
-benchmarks/suite.py. The load check: CPU time of the whole machine (/proc/stat) minus this
-process's own, over the timed parts; above 10 % of the machine the run is marked unfit for
-the record. Nothing here asserts a speed.
+R-50 weights: random, with ~100 detections surviving (benchmarks/r50.py), as
+``python -m benchmarks.suite``. The load check (benchmarks/cpu_load.py): CPU time of the whole
+machine (/proc/stat) minus this process tree's own, over the timed parts; above 10 % of the
+machine the run is marked unfit for the record. Nothing here asserts a speed.
 """
 
 import argparse
-import datetime
+import functools
 import json
 import logging
-import os
-import platform
-import resource
-import statistics
 import sys
 import tempfile
 import time
@@ -40,71 +36,42 @@ from pathlib import Path
 
 import numpy as np
 
-BENCH_DIR = Path(__file__).resolve().parent
-if str(BENCH_DIR) not in sys.path:
-    sys.path.insert(0, str(BENCH_DIR))
+from benchmarks.cpu_load import LoadMonitor
+from benchmarks.machine import command_line, cpu_model, utc_now
+from benchmarks.r50 import CONFIG, INPUT_SIZE, MAX_DETECTIONS, build_benchmark_model
+from benchmarks.tables import table_head
+from benchmarks.timing import median_ms
+from retinamask.core.cpu import CLASS_DESCRIPTION_FLAGS, cpu_class, this_cpu
 
-CONFIG = "retinanet_mask_R-50-FPN_2x_adjust_std011_ms"
 IMAGE_HW = (480, 640)
-SEED_SIZE = 1344
-MAX_LOAD_SHARE = 0.10
+MAX_LOAD_SHARE = 0.10  # this script's record limit (the suite's is cpu_load.MAX_OTHER_SHARE)
 FULL = {"warmup": 2, "repeats": 5, "val_images": 200, "calibration_images": 8}
 QUICK = {"warmup": 1, "repeats": 1, "val_images": 20, "calibration_images": 2}
 
 logger = logging.getLogger("resize_policies")
 
 
-class LoadCheck:
-    """Other processes' CPU use over the timed parts: whole-machine busy time (/proc/stat) minus
-    this process's (threads included; children reaped)."""
-
-    def __init__(self):
-        self.other_s = 0.0
-        self.elapsed_s = 0.0
-
-    @staticmethod
-    def _machine_busy_s():
-        fields = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
-        return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
-
-    @staticmethod
-    def _own_s():
-        own = resource.getrusage(resource.RUSAGE_SELF)
-        children = resource.getrusage(resource.RUSAGE_CHILDREN)
-        return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
-
-    def __enter__(self):
-        self._start = (self._machine_busy_s(), self._own_s(), time.perf_counter())
-        return self
-
-    def __exit__(self, *exc):
-        machine, own, started = self._start
-        self.other_s += max(0.0, (self._machine_busy_s() - machine) - (self._own_s() - own))
-        self.elapsed_s += time.perf_counter() - started
-
-    def report(self):
-        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-        share = self.other_s / (self.elapsed_s * cpus) if self.elapsed_s else 0.0
-        return {
-            "other_cpu_s": round(self.other_s, 1),
-            "timed_s": round(self.elapsed_s, 1),
-            "cpus": cpus,
-            "other_share": round(share, 4),
-            "fit_for_record": share <= MAX_LOAD_SHARE,
-        }
+def load_report(monitor):
+    """The load check as this script reports it: other CPU-seconds, timed seconds, CPUs, share, verdict."""
+    summary = monitor.summary()
+    return {
+        "other_cpu_s": round(summary["other_cpu_seconds"], 1),
+        "timed_s": round(summary["elapsed_s"], 1),
+        "cpus": summary["logical_cpus"],
+        "other_share": round(summary["share"], 4),
+        "fit_for_record": summary["fit_for_record"],
+    }
 
 
 def cpu_description():
-    text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    model = next(
-        (line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")),
-        platform.processor(),
-    )
-    flags = set(next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), []))
-    wanted = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile") if f in flags]
-    cpu_class = "A" if {"avx512f", "avx512_vnni", "avx512_bf16"} <= flags else "B (AVX2)"
-    return {"model": model, "flags": wanted, "class": cpu_class}
+    """{"model", "flags" (those a class description shows), "class" ('A', 'B (AVX2)' or '?')}."""
+    cpu = this_cpu()
+    klass = cpu_class(cpu)
+    return {
+        "model": cpu_model(),
+        "flags": [flag for flag in CLASS_DESCRIPTION_FLAGS if flag in cpu.flags],
+        "class": "B (AVX2)" if klass == "B" else klass,
+    }
 
 
 def test_image():
@@ -113,26 +80,12 @@ def test_image():
     return synthetic_image(*IMAGE_HW, variant=3)
 
 
-def median_ms(fn, warmup, repeats, load):
-    for _ in range(warmup):
-        fn()
-    times = []
-    with load:
-        for _ in range(repeats):
-            start = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - start) * 1000.0)
-    return statistics.median(times)
-
-
 # ---------------------------------------------------------------------------------------------
 # 1 + 2: R-50 latency
 
 
 def prepare_r50(workdir, settings, int8, reuse):
     """Exports: seed 1344 and the dynamic-H/W (original) model; INT8 copies with ``int8``."""
-    from pytorch_latency import build_benchmark_model
-
     from retinamask.config import load_config
     from retinamask.export import export_model
     from retinamask.export.quantize import quantize_onnx
@@ -149,8 +102,8 @@ def prepare_r50(workdir, settings, int8, reuse):
             cfg,
             paths[name],
             resize=resize,
-            input_size=SEED_SIZE if resize == "seed" else None,
-            max_detections=100,
+            input_size=INPUT_SIZE if resize == "seed" else None,
+            max_detections=MAX_DETECTIONS,
             verify=False,
         )
     if int8:
@@ -173,7 +126,7 @@ def prepare_r50(workdir, settings, int8, reuse):
     return paths
 
 
-def latency_rows(paths, settings, threads, int8, load):
+def latency_rows(paths, settings, threads, int8, monitor):
     from retinamask.data.transforms import policy_preprocess
     from retinamask.formats.model_info import read_model_info
     from retinamask.runtime.backends import create_session, openvino_capabilities
@@ -195,16 +148,20 @@ def latency_rows(paths, settings, threads, int8, load):
             chw, geometry = policy_preprocess(image, info.resize, info.pixel_mean, info.pixel_std)
             batch = chw[None]
             sizes = np.asarray([geometry.resized_hw], np.int64)
-            run = (lambda: session.run(batch, sizes)) if session.dynamic_hw else (lambda: session.run(batch))
+            run = (
+                functools.partial(session.run, batch, sizes)
+                if session.dynamic_hw
+                else functools.partial(session.run, batch)
+            )
             logger.info("%s %s: canvas %s", label, policy_name, geometry.canvas_hw)
-            row[policy_name] = median_ms(run, settings["warmup"], settings["repeats"], load)
+            row[policy_name] = median_ms(run, settings["warmup"], settings["repeats"], monitor, "latency")
             row[f"{policy_name}_canvas"] = "x".join(map(str, geometry.canvas_hw))
-            del session
+            del session, run  # free it before the next one is built
         rows.append(row)
     return rows
 
 
-def shape_mode_rows(path, settings, threads, load):
+def shape_mode_rows(path, settings, threads, monitor):
     """Dynamic vs static for the dynamic model at 800 x 1088, both runtimes."""
     import onnxruntime as ort
 
@@ -229,10 +186,11 @@ def shape_mode_rows(path, settings, threads, load):
         session.run(None, {"input": batch, "image_sizes": sizes})
         first = (time.perf_counter() - start) * 1000
         ms = median_ms(
-            lambda s=session: s.run(None, {"input": batch, "image_sizes": sizes}),
+            functools.partial(session.run, None, {"input": batch, "image_sizes": sizes}),
             settings["warmup"],
             settings["repeats"],
-            load,
+            monitor,
+            "shape modes",
         )
         rows.append({"runtime": "ONNX Runtime fp32", "mode": mode, "ms": ms, "first_call_ms": first})
     try:
@@ -248,7 +206,8 @@ def shape_mode_rows(path, settings, threads, load):
         start = time.perf_counter()
         request = core.compile_model(model, "CPU", config).create_infer_request()
         compile_ms = (time.perf_counter() - start) * 1000
-        ms = median_ms(lambda r=request: r.infer({0: batch, 1: sizes}), settings["warmup"], settings["repeats"], load)
+        infer = functools.partial(request.infer, {0: batch, 1: sizes})
+        ms = median_ms(infer, settings["warmup"], settings["repeats"], monitor, "shape modes")
         rows.append({"runtime": "OpenVINO fp32", "mode": mode, "ms": ms, "compile_ms": compile_ms})
     return rows
 
@@ -273,7 +232,7 @@ def prepare_shipped(workdir, settings, reuse):
     return data, models
 
 
-def shipped_accuracy(workdir, settings, threads, reuse, load):
+def shipped_accuracy(workdir, settings, threads, reuse, monitor):
     import shutil
 
     from retinamask.apps.evaluate import evaluate_outputs
@@ -284,7 +243,7 @@ def shipped_accuracy(workdir, settings, threads, reuse, load):
     for policy, key in (("seed", "seed"), ("buckets", "dynamic"), ("original", "dynamic")):
         run_dir = workdir / f"infer_{policy}"
         shutil.rmtree(run_dir, ignore_errors=True)  # a fresh folder: never time a resume
-        with load:
+        with monitor.timed("accuracy"):
             summary = run_inference(
                 models[key],
                 data["val_images"],
@@ -344,8 +303,7 @@ def markdown(report):
         "",
         "R-50-FPN RetinaMask, one 640x480 image, batch 1, ms per image (median); speed-up over seed 1344²:",
         "",
-        "| route | seed 1344² | buckets | original | original vs seed | buckets vs seed |",
-        "|---|---:|---:|---:|---:|---:|",
+        *table_head("route", "seed 1344²:", "buckets:", "original:", "original vs seed:", "buckets vs seed:"),
     ]
     for row in report["latency"]:
         lines.append(
@@ -357,8 +315,7 @@ def markdown(report):
         "",
         "The dynamic-H/W model at 800x1088, dynamic vs static shapes (ms per image, median):",
         "",
-        "| runtime | mode | ms | first call / compile ms |",
-        "|---|---|---:|---:|",
+        *table_head("runtime", "mode", "ms:", "first call / compile ms:"),
     ]
     for row in report["shape_modes"]:
         extra = row.get("first_call_ms", row.get("compile_ms"))
@@ -371,8 +328,15 @@ def markdown(report):
             f"Shipped shapes model, held-out val split (seed 7, {original['images']} images), "
             f"{original['session']} (`infer --backend auto` + `evaluate`):",
             "",
-            "| policy | canvases used | bbox mAP | segm mAP | Δ bbox vs original | Δ segm vs original | infer images/s |",
-            "|---|---:|---:|---:|---:|---:|---:|",
+            *table_head(
+                "policy",
+                "canvases used:",
+                "bbox mAP:",
+                "segm mAP:",
+                "Δ bbox vs original:",
+                "Δ segm vs original:",
+                "infer images/s:",
+            ),
         ]
         for row in acc:
             lines.append(
@@ -400,14 +364,14 @@ def main(argv=None):
     parser.add_argument("--json", default=None, help="also write the report as JSON")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    from retinamask.runtime.backends import physical_cores
+    from retinamask.core.cpu import physical_cores
 
     settings = QUICK if args.quick else FULL
     threads = args.threads or physical_cores()
     with tempfile.TemporaryDirectory(prefix="resize-policies-") as tmp:
         workdir = Path(args.workdir or tmp)
         workdir.mkdir(parents=True, exist_ok=True)
-        load = LoadCheck()
+        monitor = LoadMonitor(max_other_share=MAX_LOAD_SHARE)
         paths = prepare_r50(workdir, settings, args.int8, args.reuse_models)
         if args.prepare_only:
             if args.accuracy:
@@ -419,15 +383,15 @@ def main(argv=None):
                 "cpu": cpu_description(),
                 "threads": threads,
                 "settings": settings,
-                "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-                "command": " ".join(["python", *sys.argv]),
+                "date": utc_now(),
+                "command": " ".join(["python", *command_line()]),
             }
         }
-        report["latency"] = latency_rows(paths, settings, threads, args.int8, load)
-        report["shape_modes"] = shape_mode_rows(paths["dynamic"], settings, threads, load)
+        report["latency"] = latency_rows(paths, settings, threads, args.int8, monitor)
+        report["shape_modes"] = shape_mode_rows(paths["dynamic"], settings, threads, monitor)
         if args.accuracy:
-            report["accuracy"] = shipped_accuracy(workdir, settings, threads, args.reuse_models, load)
-        report["load"] = load.report()
+            report["accuracy"] = shipped_accuracy(workdir, settings, threads, args.reuse_models, monitor)
+        report["load"] = load_report(monitor)
     text = markdown(report)
     print(text)
     if args.json:

@@ -5,47 +5,78 @@ import logging
 
 import pytest
 
-from retinamask.runtime.auto_backend import choose_backend, cpu_class, describe_cpu
+from retinamask.core.cpu import CpuInfo, cpu_class, describe_cpu_class, read_cpu_info
+from retinamask.runtime.auto_backend import choose_backend
 from retinamask.runtime.backends import create_session
 from test_runtime_fakes import build_fake_model
 
-CLASS_A = {"sse4_2", "avx2", "avx512f", "avx512_vnni", "avx512_bf16"}
-CLASS_B = {"sse4_2", "avx2", "fma"}
+CLASS_A = CpuInfo.from_flags({"sse4_2", "avx2", "avx512f", "avx512_vnni", "avx512_bf16"}, "AuthenticAMD", "AMD EPYC")
+CLASS_B = CpuInfo.from_flags({"sse4_2", "avx2", "fma"}, "AuthenticAMD", "AMD EPYC")
+NO_AVX2 = CpuInfo.from_flags({"sse2"})
 BOTH = ("onnxruntime", "openvino")
 
 
 def test_cpu_classes_from_flags():
-    assert cpu_class(CLASS_A) == "A" and cpu_class(CLASS_B) == "B" and cpu_class({"sse2"}) == "?"
-    assert cpu_class({"avx2", "avx512f"}) == "B"  # AVX-512 without VNNI: the AVX2 INT8 path, not class A
-    assert describe_cpu(CLASS_B) == "class B (avx2 only)"
-    assert "avx512_vnni" in describe_cpu(CLASS_A)
+    assert cpu_class(CLASS_A) == "A" and cpu_class(CLASS_B) == "B" and cpu_class(NO_AVX2) == "?"
+    # AVX-512 without VNNI: the AVX2 INT8 path, not class A
+    assert cpu_class(CpuInfo.from_flags({"avx2", "avx512f"})) == "B"
+    # bf16 is not part of the rule: AVX-512 + VNNI without it is class A, as --backend auto always chose
+    assert cpu_class(CpuInfo.from_flags({"avx2", "avx512f", "avx512_vnni"})) == "A"
+    assert describe_cpu_class(CLASS_B) == "class B (avx2 only)"
+    assert describe_cpu_class(CLASS_A) == "class A (avx2 avx512f avx512_vnni avx512_bf16)"
+    assert describe_cpu_class(NO_AVX2) == "class ? (no avx2)"
+
+
+CPUINFO_XEON = """processor\t: 0
+vendor_id\t: GenuineIntel
+model name\t: Intel(R) Xeon(R) Processor
+flags\t\t: fpu sse2 avx2 avx512f avx512_vnni avx512_bf16 avx512_fp16 avx_vnni
+vmx flags\t: vnmi
+
+processor\t: 1
+vendor_id\t: GenuineIntel
+model name\t: Intel(R) Xeon(R) Processor
+flags\t\t: fpu sse2 avx2 avx512f avx512_vnni avx512_bf16 avx512_fp16 avx_vnni
+"""
+
+
+def test_cpu_info_reads_vendor_model_and_the_flags_that_decide_speed(tmp_path):
+    path = tmp_path / "cpuinfo"
+    path.write_text(CPUINFO_XEON)
+    info = read_cpu_info(path)
+    assert (info.vendor, info.model_name) == ("GenuineIntel", "Intel(R) Xeon(R) Processor")
+    assert info.speed_flags == ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "avx512_fp16")
+    assert info.avx512 and info.vnni and info.avx512_bf16 and info.avx512_fp16 and not info.amx
+    assert "vnmi" not in info.flags  # "vmx flags" is another line
+    assert cpu_class(info) == "A"
+    assert read_cpu_info(tmp_path / "missing") == CpuInfo() and cpu_class(CpuInfo()) == "?"
 
 
 @pytest.mark.parametrize(
-    "flags, quantized, expected",
+    "cpu, quantized, expected",
     [
         (CLASS_A, False, "openvino"),
         (CLASS_A, True, "openvino"),
         (CLASS_B, False, "onnxruntime"),
         (CLASS_B, True, "onnxruntime"),
-        ({"sse2"}, False, "onnxruntime"),
+        (NO_AVX2, False, "onnxruntime"),
     ],
 )
-def test_fastest_cpu_runtime_per_class(flags, quantized, expected):
-    choice = choose_backend("fp32", "cpu", quantized=quantized, flags=flags, installed=BOTH)
+def test_fastest_cpu_runtime_per_class(cpu, quantized, expected):
+    choice = choose_backend("fp32", "cpu", quantized=quantized, cpu=cpu, installed=BOTH)
     assert choice.backend == expected
     assert choice.reason  # one line says why
 
 
 def test_precision_and_device_decide_before_speed():
-    assert choose_backend("bf16", "cpu", flags=CLASS_B, installed=BOTH).backend == "openvino"
-    assert choose_backend("fp16", "cpu", flags=CLASS_A, installed=BOTH).backend == "openvino"
+    assert choose_backend("bf16", "cpu", cpu=CLASS_B, installed=BOTH).backend == "openvino"
+    assert choose_backend("fp16", "cpu", cpu=CLASS_A, installed=BOTH).backend == "openvino"
     for device in ("cuda", "tensorrt"):
-        assert choose_backend("fp32", device, flags=CLASS_A, installed=BOTH).backend == "onnxruntime"
+        assert choose_backend("fp32", device, cpu=CLASS_A, installed=BOTH).backend == "onnxruntime"
 
 
 def test_a_faster_runtime_that_is_not_installed_is_named_not_used():
-    choice = choose_backend("fp32", "cpu", flags=CLASS_A, installed=("onnxruntime",))
+    choice = choose_backend("fp32", "cpu", cpu=CLASS_A, installed=("onnxruntime",))
     assert (
         choice.backend == "onnxruntime" and "openvino is faster" in choice.reason and "not installed" in choice.reason
     )

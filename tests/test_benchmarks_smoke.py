@@ -1,6 +1,8 @@
-"""benchmarks/suite.py, piece by piece on a tiny model at S = 128: every section runs and reports
-what the Markdown table needs. No timing is asserted: speed is what the suite prints."""
+"""``python -m benchmarks.suite``, section by section on a tiny model at S = 128: every section
+runs and reports what the Markdown table needs; every benchmark script starts as a module from
+the repository root. No timing is asserted: speed is what the suite prints."""
 
+import subprocess
 import sys
 from pathlib import Path
 
@@ -9,11 +11,24 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
-import suite  # noqa: E402
-
+from benchmarks import suite  # noqa: E402
+from benchmarks.cpu_load import LoadMonitor, other_busy_processes, own_tree_seconds  # noqa: E402
+from benchmarks.flops import count_flops  # noqa: E402
+from benchmarks.machine import environment  # noqa: E402
+from benchmarks.r50 import CONFIG, INPUT_SIZE, MAX_DETECTIONS, benchmark_input, write_jpegs  # noqa: E402
+from benchmarks.sections import sweep as sweep_section  # noqa: E402
+from benchmarks.sections.infer_routes import infer_routes  # noqa: E402
+from benchmarks.sections.latency import latency_rows  # noqa: E402
+from benchmarks.sections.models import prepare_models  # noqa: E402
+from benchmarks.sections.peaks import matmul_peaks  # noqa: E402
+from benchmarks.sections.postprocess_eval import postprocess_and_evaluate  # noqa: E402
+from benchmarks.sections.preprocessing import preprocessing_throughput  # noqa: E402
+from benchmarks.synthetic import synthetic_ground_truth, synthetic_outputs  # noqa: E402
 from retinamask.config import load_config  # noqa: E402
 from tiny_model import TINY_OPTS, tiny_model_with_detections  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+SCRIPTS = ("suite", "resize_policies", "accuracy", "conventions", "coco_eval_speed", "ray_scaling", "pytorch_latency")
 
 S = 128
 SETTINGS = {**suite.QUICK, "warmup": 0, "repeats": 1, "calibration_images": 2, "batched": True}
@@ -22,17 +37,17 @@ SETTINGS = {**suite.QUICK, "warmup": 0, "repeats": 1, "calibration_images": 2, "
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """(model, cfg, paths of the end2end / seed / int8 exports, work folder)."""
-    cfg = load_config(suite.CONFIG, TINY_OPTS)
+    cfg = load_config(CONFIG, TINY_OPTS)
     model = tiny_model_with_detections(cfg, S)
     workdir = tmp_path_factory.mktemp("suite")
-    paths, seconds = suite.prepare_models(workdir, model, cfg, S, SETTINGS, reuse=False)
+    paths, seconds = prepare_models(workdir, model, cfg, S, SETTINGS, reuse=False)
     assert set(seconds) == {"end2end", "seed", "end2end_dynamic", "end2end_k50", "int8", "int8_k50"}
     return model, cfg, paths, workdir
 
 
 def test_flop_counter_counts_the_dense_part_and_the_mask_head_per_roi(tiny):
     _model, _, paths, _ = tiny
-    end2end, seed, int8 = (suite.count_flops(paths[k]) for k in ("end2end", "seed", "int8"))
+    end2end, seed, int8 = (count_flops(paths[k]) for k in ("end2end", "seed", "int8"))
     # the same convolutions whichever the layout or the quantization
     assert end2end["dense_gflop"] == pytest.approx(seed["dense_gflop"]) == pytest.approx(int8["dense_gflop"])
     assert end2end["mask_gflop_per_roi"] == pytest.approx(seed["mask_gflop_per_roi"])
@@ -47,16 +62,16 @@ def test_flop_counter_counts_the_dense_part_and_the_mask_head_per_roi(tiny):
 
 
 def test_matmul_peaks_cover_each_precision(tmp_path):
-    peaks = suite.matmul_peaks(tmp_path, threads=1, size=64, repeats=1)
+    peaks = matmul_peaks(tmp_path, threads=1, size=64, repeats=1)
     assert {"fp32", "int8"} <= set(peaks["peak"])
     assert all(rate["gflops"] > 0 for rate in peaks["rates"])
 
 
 def test_latency_rows_and_the_markdown_table(tiny, tmp_path):
     model, _, paths, workdir = tiny
-    flops = {key: suite.count_flops(paths[key]) for key in ("end2end", "seed")}
-    peaks = suite.matmul_peaks(tmp_path, threads=1, size=64, repeats=1)
-    rows = suite.latency_rows(paths, model, suite.benchmark_input(S), flops, peaks, 1, SETTINGS)
+    flops = {key: count_flops(paths[key]) for key in ("end2end", "seed")}
+    peaks = matmul_peaks(tmp_path, threads=1, size=64, repeats=1)
+    rows = latency_rows(paths, model, benchmark_input(S), flops, peaks, 1, SETTINGS)
     measured = [r for r in rows if "error" not in r]
     assert measured[0]["route"].startswith("PyTorch eager") and measured[0]["speedup_vs_eager"] == 1.0
     routes = {(r["route"], r["precision"]) for r in measured}
@@ -73,20 +88,18 @@ def test_latency_rows_and_the_markdown_table(tiny, tmp_path):
     ]
     assert gpu and all("error" in r or r["median_s"] > 0 for r in gpu)
 
-    preprocessing = suite.preprocessing_throughput(
-        paths["end2end"], suite.write_jpegs(workdir / "jpegs", 3)[0].parent, [0, 1]
-    )
+    preprocessing = preprocessing_throughput(paths["end2end"], write_jpegs(workdir / "jpegs", 3)[0].parent, [0, 1])
     assert [r["images"] for r in preprocessing] == [3, 3]
-    post = suite.postprocess_and_evaluate(12, workers=1, chunk=5)
-    assert post["detections"] == 12 * suite.MAX_DETECTIONS and post["fused_rle_mismatched_images"] == 0
+    post = postprocess_and_evaluate(12, workers=1, chunk=5)
+    assert post["detections"] == 12 * MAX_DETECTIONS and post["fused_rle_mismatched_images"] == 0
     infer_dir = workdir / "infer_jpegs"
-    suite.write_jpegs(infer_dir, 2, height=96, width=128)
-    infer = suite.infer_routes(paths["end2end"], infer_dir, workdir, threads=1)
+    write_jpegs(infer_dir, 2, height=96, width=128)
+    infer = infer_routes(paths["end2end"], infer_dir, workdir, threads=1)
     assert infer["images"] == 2 and infer["bins_total_s"] >= infer["bins_preprocess_s"]
 
     report = {
         "input_size": S,
-        "environment": suite.environment(1),
+        "environment": environment(1),
         "latency": rows,
         "flops": flops,
         "peaks": peaks,
@@ -103,7 +116,7 @@ def test_latency_rows_and_the_markdown_table(tiny, tmp_path):
 
 def test_synthetic_evaluation_gives_identical_stats_in_both_evaluators():
     pytest.importorskip("faster_coco_eval")
-    post = suite.postprocess_and_evaluate(20, workers=1, chunk=7)
+    post = postprocess_and_evaluate(20, workers=1, chunk=7)
     assert post["ground_truth"] > 20
     assert post["max_stat_difference"] == 0.0
     stats = post["evaluation"]["pycocotools"]["stats"]
@@ -112,21 +125,21 @@ def test_synthetic_evaluation_gives_identical_stats_in_both_evaluators():
 
 def test_synthetic_outputs_follow_the_end2end_contract():
     rng = np.random.default_rng(0)
-    dataset = suite.synthetic_ground_truth(3)
+    dataset = synthetic_ground_truth(3)
     image = dataset["images"][0]
     anns = [a for a in dataset["annotations"] if a["image_id"] == image["id"]]
-    (boxes, labels, scores, masks), original_hw, resized_hw = suite.synthetic_outputs(
+    (boxes, labels, scores, masks), image_hw, resized_hw = synthetic_outputs(
         image, anns, sorted(c["id"] for c in dataset["categories"]), rng
     )
     assert boxes.shape == (100, 4) and labels.dtype == np.int32 and masks.shape == (100, 1, 28, 28)
     assert (np.diff(scores) <= 0).all() and labels.min() >= 1
-    assert max(resized_hw) == suite.INPUT_SIZE and original_hw == (image["height"], image["width"])
+    assert max(resized_hw) == INPUT_SIZE and image_hw == (image["height"], image["width"])
 
 
 def test_session_option_sweep(tiny, monkeypatch):
     _, _, paths, workdir = tiny
-    monkeypatch.setattr(suite, "SWEEP", suite.SWEEP[:2] + suite.SWEEP[-2:])
-    sweep = suite.session_option_sweep(paths, suite.benchmark_input(S), 1, SETTINGS, workdir)
+    monkeypatch.setattr(sweep_section, "SWEEP", sweep_section.SWEEP[:2] + sweep_section.SWEEP[-2:])
+    sweep = sweep_section.session_option_sweep(paths, benchmark_input(S), 1, SETTINGS, workdir)
     assert len(sweep["latency"]) == 4 and all("median_s" in r or "error" in r for r in sweep["latency"])
     assert {(r["backend"], r["model"]) for r in sweep["session_creation"]} == {
         ("onnxruntime", "end2end"),
@@ -143,7 +156,7 @@ def test_infer_routes_time_fresh_runs_not_resumes(tiny, tmp_path, monkeypatch):
     """Two runs in one work folder both infer every image: the second does not time a resume."""
     _, _, paths, workdir = tiny
     jpegs = tmp_path / "jpegs"
-    suite.write_jpegs(jpegs, 2, height=96, width=128)
+    write_jpegs(jpegs, 2, height=96, width=128)
     counts = []
     import retinamask.runtime.infer as infer_module
 
@@ -156,7 +169,7 @@ def test_infer_routes_time_fresh_runs_not_resumes(tiny, tmp_path, monkeypatch):
 
     monkeypatch.setattr(infer_module, "run_inference", counting)
     for _ in range(2):
-        suite.infer_routes(paths["end2end"], jpegs, workdir, 1)
+        infer_routes(paths["end2end"], jpegs, workdir, 1)
     assert counts == [(2, 0)] * 4  # (inferred, skipped) for streaming and .bin routes, both runs
 
 
@@ -214,7 +227,7 @@ def test_other_processes_are_noticed():
     )
     child = subprocess.Popen([sys.executable, "-c", spin])
     try:
-        found = {b["pid"]: b for b in suite.other_busy_processes("test", interval=1.0)}
+        found = {b["pid"]: b for b in other_busy_processes("test", interval=1.0)}
         assert outsider in found and found[outsider]["cpu_percent"] > 20
         assert child.pid not in found
     finally:
@@ -227,8 +240,6 @@ def test_load_monitor_counts_short_lived_outsiders_and_not_its_own_children():
     """Other processes that start and end inside a timed section (invisible to per-process
     sampling) are counted; CPU used by this process and its children is not."""
     import subprocess
-
-    from cpu_load import LoadMonitor, own_tree_seconds
 
     burn = "import time\nend = time.process_time() + 1.5\nwhile time.process_time() < end: pass"
     before = own_tree_seconds()
@@ -263,3 +274,13 @@ def _cmdline(proc):
         return (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
     except OSError:
         return ""
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_every_benchmark_starts_as_a_module_from_the_repository_root(name):
+    """``python -m benchmarks.NAME --help``: the package imports without sys.path edits."""
+    done = subprocess.run(
+        [sys.executable, "-m", f"benchmarks.{name}", "--help"], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "usage:" in done.stdout

@@ -4,12 +4,13 @@ The choice is a rule drawn from side-by-side measurements (benchmarks/RESULTS.md
 section per CPU class), not a timing taken at start-up: a start-up race would cost
 seconds per command and pick differently from run to run on a busy machine.
 
-Measured, R-50 RetinaMask end2end 1344x1344 batch 1 (``benchmarks/suite.py``):
+Measured, R-50 RetinaMask end2end 1344x1344 batch 1 (``python -m benchmarks.suite``); the CPU
+classes are :func:`retinamask.core.cpu.cpu_class`'s:
 
 =========================  ===================================  ====================================
 CPU class                  fp32 (s / image)                     INT8 model (s / image)
 =========================  ===================================  ====================================
-A: AVX-512 + VNNI + bf16   OpenVINO 4.21, ONNX Runtime 4.48     OpenVINO 1.18, ONNX Runtime 1.23
+A: AVX-512 + VNNI (+bf16)  OpenVINO 4.21, ONNX Runtime 4.48     OpenVINO 1.18, ONNX Runtime 1.23
 B: AVX2 only               ONNX Runtime 5.89, OpenVINO 6.19     ONNX Runtime 2.84, OpenVINO 3.09
 =========================  ===================================  ====================================
 
@@ -19,8 +20,8 @@ see backends.py), so ``auto`` never trades exactness for speed.
 """
 
 from dataclasses import dataclass
-from functools import lru_cache
-from pathlib import Path
+
+from retinamask.core.cpu import cpu_class, describe_cpu_class
 
 AUTO = "auto"
 
@@ -33,42 +34,6 @@ _FASTEST_CPU_RUNTIME = {
 }
 
 
-@lru_cache(maxsize=1)
-def cpu_flags():
-    """The CPU feature flags of /proc/cpuinfo (a frozenset; empty where it cannot be read)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return frozenset(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return frozenset()
-
-
-def cpu_class(flags=None):
-    """'A' (AVX-512 with VNNI), 'B' (AVX2 without them) or '?' (neither, or unreadable).
-
-    The two classes this project's machines come with (../shared/facts/cpu-classes.md):
-    they differ in the fastest fp32 runtime, in bf16 support and in INT8 kernels.
-    """
-    flags = cpu_flags() if flags is None else frozenset(flags)
-    if {"avx512f", "avx512_vnni"} <= flags:
-        return "A"
-    if "avx2" in flags:
-        return "B"
-    return "?"
-
-
-def describe_cpu(flags=None):
-    """E.g. 'class A (avx512f avx512_vnni avx512_bf16)' or 'class B (avx2 only)'."""
-    flags = cpu_flags() if flags is None else frozenset(flags)
-    shown = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile") if f in flags]
-    klass = cpu_class(flags)
-    if klass == "B":
-        return "class B (avx2 only)"
-    return f"class {klass} ({' '.join(shown) or 'no avx2'})"
-
-
 @dataclass(frozen=True)
 class BackendChoice:
     backend: str
@@ -78,27 +43,28 @@ class BackendChoice:
         return f"backend auto -> {self.backend} ({device}, {precision}): {self.reason}"
 
 
-def choose_backend(precision="fp32", device="cpu", quantized=False, flags=None, installed=None):
+def choose_backend(precision="fp32", device="cpu", quantized=False, cpu=None, installed=None):
     """The runtime ``auto`` stands for, and why.
 
     precision: the normalised precision asked for ("fp32", "bf16", "fp16"); device: "cpu",
-    "cuda" or "tensorrt"; quantized: the model is an INT8 (QDQ) export; flags: CPU flags
-    (default: this machine's); installed: the installed runtimes (default: probed).
+    "cuda" or "tensorrt"; quantized: the model is an INT8 (QDQ) export; cpu: a
+    :class:`~retinamask.core.cpu.CpuInfo` (default: this machine's, classed by
+    :func:`~retinamask.core.cpu.cpu_class`); installed: the installed runtimes (default: probed).
     """
     installed = _installed_runtimes() if installed is None else tuple(installed)
     if device != "cpu":
         return BackendChoice("onnxruntime", f"only ONNX Runtime runs --device {device}")
     if precision in ("bf16", "fp16"):
         return BackendChoice("openvino", f"only OpenVINO runs {precision} on the CPU")
-    klass = cpu_class(flags)
+    klass = cpu_class(cpu)
     kind = "int8" if quantized else "fp32"
     backend, measured = _FASTEST_CPU_RUNTIME.get((klass, kind), ("onnxruntime", None))
-    cpu = describe_cpu(flags)
+    described = describe_cpu_class(cpu)
     if measured is None:
-        return BackendChoice("onnxruntime", f"no measurement for this CPU ({cpu}): the portable default")
+        return BackendChoice("onnxruntime", f"no measurement for this CPU ({described}): the portable default")
     if backend not in installed:
-        return BackendChoice("onnxruntime", f"{backend} is faster on {cpu} ({measured}) but not installed")
-    return BackendChoice(backend, f"fastest on {cpu}: {measured} (R-50 1344², benchmarks/RESULTS.md)")
+        return BackendChoice("onnxruntime", f"{backend} is faster on {described} ({measured}) but not installed")
+    return BackendChoice(backend, f"fastest on {described}: {measured} (R-50 1344², benchmarks/RESULTS.md)")
 
 
 def _installed_runtimes():

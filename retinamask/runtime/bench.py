@@ -6,6 +6,7 @@ import time
 
 import numpy as np
 
+from retinamask.core.contract import PIXEL_MEAN, PIXEL_STD
 from retinamask.core.errors import RetinaMaskError
 
 logger = logging.getLogger(__name__)
@@ -14,10 +15,10 @@ logger = logging.getLogger(__name__)
 DEFAULT_IMAGE_HW = (480, 640)  # the image a dynamic-H/W model is timed on: COCO's common 640 x 480
 
 
-def random_input(batch_size, input_size, mean=(102.9801, 115.9465, 122.7717), std=(1.0, 1.0, 1.0), seed=0):
-    """float32 [B, 3, S, S] (``input_size`` S, or a canvas (H, W)): uniform 0..255 pixels normalised
-    like real input (a fixed seed)."""
-    h, w = (input_size, input_size) if isinstance(input_size, int) else input_size
+def random_input(batch_size, canvas, mean=PIXEL_MEAN, std=PIXEL_STD, seed=0):
+    """float32 [B, 3, H, W] for ``canvas`` (H, W), or [B, 3, S, S] for an int S: uniform 0..255
+    pixels normalised like real input (a fixed seed)."""
+    h, w = (canvas, canvas) if isinstance(canvas, int) else canvas
     rng = np.random.default_rng(seed)
     pixels = rng.uniform(0.0, 255.0, size=(batch_size, 3, h, w)).astype(np.float32)
     pixels -= np.asarray(mean, np.float32).reshape(1, 3, 1, 1)
