@@ -36,7 +36,7 @@ import cv2
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from retinamask.core import parallel
+from retinamask.core import jobs
 from retinamask.core.errors import RetinaMaskError
 from retinamask.core.fileio import atomic_write_bytes, atomic_write_text
 
@@ -182,12 +182,14 @@ def generate_split(out_dir, split, num_images, params, *, workers=0, force=False
         json_path.unlink()
     images_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    jobs = [(str(images_dir), split, index, params) for index in range(num_images)]
+    render_jobs = [(str(images_dir), split, index, params) for index in range(num_images)]
     if workers > 0:
-        with parallel.worker_pool(workers, initializer=_init_worker) as pool:
-            results = list(pool.map(_render_and_write, jobs, chunksize=max(1, min(16, num_images // (4 * workers)))))
+        with jobs.worker_pool(workers, initializer=_init_worker) as pool:
+            results = list(
+                pool.map(_render_and_write, render_jobs, chunksize=max(1, min(16, num_images // (4 * workers))))
+            )
     else:
-        results = [_render_and_write(job) for job in jobs]
+        results = [_render_and_write(job) for job in render_jobs]
     _remove_stale_images(images_dir, {image["file_name"] for image, _ in results})
 
     coco = _coco_document(results, info_params)
