@@ -111,11 +111,8 @@ def evaluate_outputs(
         results_dir, dataset, info_path, images_path, layout, model_path, input_size, resize, convention, failures
     )
 
-    output_path = Path(output_path)
-    stem = output_path.with_suffix("") if output_path.suffix else output_path
-    results_json = Path(results_json) if results_json else stem.with_name(stem.name + "_coco_results.json")
-    stats_json = Path(stats_json) if stats_json else stem.with_name(stem.name + ".json")
-    parts = PartStore(stem.with_name(stem.name + "_parts"), enabled=resume)
+    output_path, results_json, stats_json, parts_dir = _output_paths(output_path, results_json, stats_json)
+    parts = PartStore(parts_dir, enabled=resume)
 
     workers = jobs.default_workers(WORKER_LIMIT) if workers is None else int(workers)
     done, resumed, post_seconds = _postprocess(evaluate_jobs, parts, runner or run_jobs, workers, progress, failures)
@@ -127,18 +124,13 @@ def evaluate_outputs(
     stats, evaluations = _score(dataset, results, done, iou_types, coco_backend, convention, report_dir)
     eval_seconds = time.perf_counter() - eval_started
 
-    listed = {e["basename"] for e in entries}
-    without_outputs = sum(1 for image in dataset["images"] if Path(image["file_name"]).stem not in listed)
     summary = {
         "results_dir": str(results_dir),
         "images_resumed": resumed,
         "layout": geometry.layout,
         "rows": geometry.rows,
         "input_size": geometry.input_size,
-        "images_listed": len(entries),
-        "images_evaluated": evaluated,
-        "annotation_images": len(dataset["images"]),
-        "annotation_images_without_outputs": without_outputs,
+        **_image_counts(dataset, entries, evaluated),
         "num_results": len(results),
         "failed": failures.items,
         "convention": convention,
@@ -166,6 +158,28 @@ def evaluate_outputs(
     _write_stats(output_path, stats_json, stats, summary)
     _finish_parts(parts, failures)
     return summary
+
+
+def _output_paths(output_path, results_json, stats_json):
+    """(stats text, COCO results JSON, summary JSON, resume folder) paths: the last three default
+    to ``{output stem}_coco_results.json``, ``{output stem}.json`` and ``{output stem}_parts``."""
+    output_path = Path(output_path)
+    stem = output_path.with_suffix("") if output_path.suffix else output_path
+    results_json = Path(results_json) if results_json else stem.with_name(stem.name + "_coco_results.json")
+    stats_json = Path(stats_json) if stats_json else stem.with_name(stem.name + ".json")
+    return output_path, results_json, stats_json, stem.with_name(stem.name + "_parts")
+
+
+def _image_counts(dataset, entries, evaluated):
+    """The summary's image counts: listed, evaluated, in the annotations, and those without outputs."""
+    listed = {e["basename"] for e in entries}
+    without_outputs = sum(1 for image in dataset["images"] if Path(image["file_name"]).stem not in listed)
+    return {
+        "images_listed": len(entries),
+        "images_evaluated": evaluated,
+        "annotation_images": len(dataset["images"]),
+        "annotation_images_without_outputs": without_outputs,
+    }
 
 
 def _plan_jobs(

@@ -148,17 +148,7 @@ def run_inference(
         "skipped": skipped,
         "total": len(items) + sum(1 for f in failures.items if f.get("listing")),
         "failed": [{"file": f["file"], "cause": f["cause"]} for f in failures.items],
-        "batchsize": batch_size,
-        "session": ran_by.name,
-        "backend": ran_by.backend,
-        "device": ran_by.device,
-        "precision": ran_by.precision,
-        "model": str(model_path),
-        "layout": info.layout,
-        "input_size": info.input_size,
-        "resize": info.resize.to_dict(),
-        "outfmt": outfmt,
-        "legacy_names": bool(legacy_names),
+        **_run_description(ran_by, batch_size, model_path, info, outfmt, legacy_names),
         "output_dir": str(out_dir),
         "sidecar": str(sidecar_path),
         **timing_stats(compute_ms, batch_size),
@@ -171,6 +161,23 @@ def run_inference(
     atomic_write_json(summary_path, summary)
     summary["summary_path"] = str(summary_path)
     return summary
+
+
+def _run_description(ran_by, batch_size, model_path, info, outfmt, legacy_names):
+    """The summary's fields that say how the run ran: batch, session, model, layout, resize, format."""
+    return {
+        "batchsize": batch_size,
+        "session": ran_by.name,
+        "backend": ran_by.backend,
+        "device": ran_by.device,
+        "precision": ran_by.precision,
+        "model": str(model_path),
+        "layout": info.layout,
+        "input_size": info.input_size,
+        "resize": info.resize.to_dict(),
+        "outfmt": outfmt,
+        "legacy_names": bool(legacy_names),
+    }
 
 
 def _checked_settings(outfmt, batch_size, workers):
