@@ -131,8 +131,9 @@ def parse_args(argv):
 
 def run_sections(report, args, settings, threads, workdir):
     """Every section in order, each timed part a section of the load monitor; fills ``report``."""
-    from retinamask.apps.evaluate import default_workers
+    from retinamask.apps.evaluate import WORKER_LIMIT
     from retinamask.config import load_config
+    from retinamask.core.jobs import default_workers
 
     monitor = LoadMonitor()
     model = build_benchmark_model()
@@ -159,7 +160,7 @@ def run_sections(report, args, settings, threads, workdir):
         )
     with monitor.timed("post-processing + evaluation"):
         report["postprocess_eval"] = postprocess_eval.postprocess_and_evaluate(
-            settings["eval_images"], default_workers()
+            settings["eval_images"], default_workers(WORKER_LIMIT)
         )
     infer_dir = workdir / "infer_jpegs"
     write_jpegs(infer_dir, settings["infer_images"], start_variant=500)

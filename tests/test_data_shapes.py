@@ -10,13 +10,8 @@ from pycocotools.coco import COCO
 
 from retinamask.cli import main
 from retinamask.core.errors import RetinaMaskError
-from retinamask.data.shapes import (
-    CATEGORIES,
-    MIN_VISIBLE_AREA,
-    generate_shapes_dataset,
-    render_shapes_image,
-    shapes_parameters,
-)
+from retinamask.data.shapes import generate_shapes_dataset, shapes_parameters
+from retinamask.data.shapes_render import CATEGORIES, MIN_VISIBLE_AREA, render_shapes_image
 
 NUM_VAL = 40
 

@@ -11,8 +11,9 @@ from PIL import Image
 
 from retinamask.cli import main
 from retinamask.core.errors import EXIT_BAD_INPUT, EXIT_ITEMS_FAILED, EXIT_OK, InputError
-from retinamask.data.preprocess import bin_nbytes, preprocess_images, read_bin, read_info
+from retinamask.data.preprocess import preprocess_images
 from retinamask.data.transforms import seed_preprocess
+from retinamask.formats.bins import bin_nbytes, read_bin, read_info
 from retinamask.formats.images import load_image_rgb
 
 SIZE = 64  # a small input size keeps the batch fast; the 1344 layout has its own test

@@ -103,9 +103,9 @@ def _direct_results(model_path, policy_name, image_dir, images):
 def test_infer_batches_by_canvas_and_evaluate_equals_the_direct_run(
     tmp_path, models, image_set, policy, open_canvases, monkeypatch
 ):
-    import retinamask.runtime.infer as infer
+    import retinamask.runtime.infer_batches as infer_batches
 
-    monkeypatch.setattr(infer, "MAX_OPEN_CANVASES", open_canvases)  # 1: every new canvas flushes the last
+    monkeypatch.setattr(infer_batches, "MAX_OPEN_CANVASES", open_canvases)  # 1: every new canvas flushes the last
     image_dir, ann_file, images = image_set
     summary = run_inference(
         models["buckets"], image_dir, tmp_path, "result", batch_size=2, workers=1, progress=False, resize=policy
@@ -140,7 +140,7 @@ def test_infer_batches_by_canvas_and_evaluate_equals_the_direct_run(
 
 def test_preprocess_bins_of_any_canvas_infer_like_the_images(tmp_path, models, image_set):
     from retinamask.cli import main
-    from retinamask.data.preprocess import read_info
+    from retinamask.formats.bins import read_info
 
     image_dir, _, images = image_set
     info_path = tmp_path / "list.info"

@@ -12,7 +12,7 @@ def preprocessing_throughput(model_path, image_dir, worker_counts):
     """Images/s of JPEG -> tensor through infer's loader (its worker processes and shared-memory
     slots), each tensor copied into a batch buffer as infer does; pool start-up included."""
     from retinamask.formats.model_info import read_model_info
-    from retinamask.runtime.infer import _load_inputs, collect_items
+    from retinamask.runtime.infer_inputs import collect_items, load_inputs
 
     info = read_model_info(model_path)
     items, _ = collect_items(image_dir, info.input_size)
@@ -21,7 +21,7 @@ def preprocessing_throughput(model_path, image_dir, worker_counts):
     for workers in worker_counts:
         start = time.perf_counter()
         count = 0
-        for _, tensor, _, cause in _load_inputs(items, info, workers):
+        for _, tensor, _, cause in load_inputs(items, info, workers):
             if cause is not None:
                 raise RuntimeError(cause)
             buffer[0] = tensor

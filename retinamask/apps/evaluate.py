@@ -10,24 +10,21 @@ from pathlib import Path
 import numpy as np
 
 from retinamask.apps.evaluate_inputs import (
-    _ground_truth_index,
-    _image_entries,
-    _job_for,
-    _resolve_geometry,
-    _resolve_results_dir,
+    ground_truth_index,
+    image_entries,
+    job_for,
+    resolve_geometry,
+    resolve_results_dir,
 )
-from retinamask.apps.evaluate_jobs import _run_jobs
-from retinamask.apps.evaluate_store import _PartStore
-from retinamask.core import parallel
+from retinamask.apps.evaluate_jobs import run_jobs
+from retinamask.apps.evaluate_store import PartStore
+from retinamask.core import jobs
 from retinamask.core.contract import CONVENTIONS, LAYOUTS
 from retinamask.core.errors import InputError
 
 logger = logging.getLogger(__name__)
 
-
-def default_workers():
-    """min(4, CPUs this process may use)."""
-    return parallel.default_workers(limit=4)
+WORKER_LIMIT = 4  # default --workers: min(4, CPUs this process may use)
 
 
 def evaluate_outputs(
@@ -89,19 +86,13 @@ def evaluate_outputs(
     annotation file's split folder, and an HTML page).
 
     runner: where the images are postprocessed (None: here, ``workers`` processes): a callable
-    ``(jobs, workers, progress)`` yielding each job's outcome in job order, as :func:`_run_jobs`
-    (e.g. :class:`retinamask.distributed.ray_evaluate.RayJobRunner`).
+    ``(jobs, workers, progress)`` yielding each job's outcome in job order, as
+    :func:`~.evaluate_jobs.run_jobs` (e.g. :class:`retinamask.distributed.ray_evaluate.RayJobRunner`).
 
     Returns a summary dict with ``stats`` (``evaluate_coco``'s report), ``failed``,
     counts, timings and paths.
     """
-    from retinamask.evaluation.coco_eval import (
-        evaluate_coco,
-        load_ground_truth,
-        write_results_json,
-        write_stats_json,
-        write_stats_text,
-    )
+    from retinamask.evaluation.coco_eval import load_ground_truth, write_results_json
 
     started = time.perf_counter()
     if mask_paste is not None:
@@ -113,123 +104,35 @@ def evaluate_outputs(
         raise InputError(f"--convention must be original or seed, got {convention!r}")
     if layout not in ("auto",) + LAYOUTS:
         raise InputError(f"--layout must be auto, end2end or seed, got {layout!r}")
-    results_dir = _resolve_results_dir(results_dir)
+    results_dir = resolve_results_dir(results_dir)
     dataset, _ = load_ground_truth(ann_file)
-    gt_images = _ground_truth_index(dataset)
-    # label L -> category: the original's contiguous ids sorted ascending; the seed's position in the file
-    category_ids = (
-        [int(c["id"]) for c in dataset["categories"]]
-        if convention == "seed"
-        else sorted(int(c["id"]) for c in dataset["categories"])
+    failures = jobs.Failures(strict, logger)
+    entries, geometry, evaluate_jobs = _plan_jobs(
+        results_dir, dataset, info_path, images_path, layout, model_path, input_size, resize, convention, failures
     )
 
-    failed = []
+    output_path, results_json, stats_json, parts_dir = _output_paths(output_path, results_json, stats_json)
+    parts = PartStore(parts_dir, enabled=resume)
 
-    def item_failed(file, cause):
-        if strict:
-            raise InputError(cause, file)
-        logger.warning("%s: %s", file, cause)
-        failed.append({"file": str(file), "cause": cause})
-
-    entries, sidecar_model, listing_problems = _image_entries(results_dir, info_path, images_path)
-    for cause in listing_problems:
-        item_failed(info_path, cause)
-    if not entries:
-        raise InputError("no images to evaluate: the image list is empty, or there are no output files", results_dir)
-    geometry = _resolve_geometry(layout, model_path, sidecar_model, input_size, results_dir, entries, resize)
-    if convention == "seed" and geometry["input_size"] is None:
-        raise InputError(
-            "--convention seed maps boxes back with the seed's one ratio S / long side of a square "
-            "S x S canvas; these outputs came from a model that takes any canvas (--resize original "
-            "or buckets): evaluate them with --convention original",
-            results_dir,
-        )
-
-    jobs = []
-    for entry in entries:
-        job, cause = _job_for(entry, gt_images, geometry, results_dir, category_ids, convention)
-        if cause is not None:
-            item_failed(entry["basename"], cause)
-        else:
-            jobs.append(job)
-
-    output_path = Path(output_path)
-    stem = output_path.with_suffix("") if output_path.suffix else output_path
-    results_json = Path(results_json) if results_json else stem.with_name(stem.name + "_coco_results.json")
-    stats_json = Path(stats_json) if stats_json else stem.with_name(stem.name + ".json")
-    parts = _PartStore(stem.with_name(stem.name + "_parts"), enabled=resume)
-
-    # keys taken before the outputs are read: outputs rewritten meanwhile are redone by a rerun
-    keys = [parts.key(job) for job in jobs]
-    results_per_job = [parts.load(job, key) for job, key in zip(jobs, keys)]  # (results, mask areas) or None
-    todo = [position for position, results in enumerate(results_per_job) if results is None]
-    resumed = len(jobs) - len(todo)
-    if resumed:
-        logger.info(
-            "%d of %d images already evaluated in an interrupted run (%s): reused", resumed, len(jobs), parts.folder
-        )
-
-    workers = default_workers() if workers is None else int(workers)
-    post_started = time.perf_counter()
-    for position, outcome in zip(todo, (runner or _run_jobs)([jobs[i] for i in todo], workers, progress)):
-        if outcome[0] == "failed":
-            _, path, cause = outcome
-            item_failed(path, cause)
-            continue
-        results_per_job[position] = outcome[1:]
-        parts.save(jobs[position], keys[position], *outcome[1:])
-    post_seconds = time.perf_counter() - post_started
-    done = [r for r in results_per_job if r is not None]
+    workers = jobs.default_workers(WORKER_LIMIT) if workers is None else int(workers)
+    done, resumed, post_seconds = _postprocess(evaluate_jobs, parts, runner or run_jobs, workers, progress, failures)
     evaluated = len(done)
     results = [result for job_results, _ in done for result in job_results]
-    areas = None
-    if "segm" in iou_types and all(job_areas is not None for _, job_areas in done):
-        areas = np.concatenate(
-            [np.asarray(job_areas, dtype=np.float64).reshape(-1) for _, job_areas in done] + [np.zeros(0)]
-        )
     write_results_json(results_json, results)
-    if evaluated and not results:
-        logger.warning(
-            "no detections in any of the %d evaluated images: AP and AR are 0 "
-            "(-1 where the annotations have no object of that size)",
-            evaluated,
-        )
 
     eval_started = time.perf_counter()
-    evaluations = None
-    if results or evaluated:
-        import warnings
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            stats, evaluations = evaluate_coco(
-                dataset,
-                results,
-                iou_types=iou_types,
-                backend=coco_backend,
-                segm_area="box" if convention == "seed" else "mask",
-                segm_areas=areas,
-                return_evaluations=True,
-                keep_ious=report_dir is not None,
-            )
-    else:
-        stats = {"backend": None, "num_results": 0, **dict.fromkeys(iou_types)}
+    stats, evaluations = _score(dataset, results, done, iou_types, coco_backend, convention, report_dir)
     eval_seconds = time.perf_counter() - eval_started
 
-    listed = {e["basename"] for e in entries}
-    without_outputs = sum(1 for image in dataset["images"] if Path(image["file_name"]).stem not in listed)
     summary = {
         "results_dir": str(results_dir),
         "images_resumed": resumed,
-        "layout": geometry["layout"],
-        "rows": geometry["rows"],
-        "input_size": geometry["input_size"],
-        "images_listed": len(entries),
-        "images_evaluated": evaluated,
-        "annotation_images": len(dataset["images"]),
-        "annotation_images_without_outputs": without_outputs,
+        "layout": geometry.layout,
+        "rows": geometry.rows,
+        "input_size": geometry.input_size,
+        **_image_counts(dataset, entries, evaluated),
         "num_results": len(results),
-        "failed": failed,
+        "failed": failures.items,
         "convention": convention,
         "workers": workers,
         "timing": {
@@ -252,6 +155,134 @@ def evaluate_outputs(
         )
         summary["timing"]["report_s"] = time.perf_counter() - report_started
         summary["timing"]["total_s"] = time.perf_counter() - started
+    _write_stats(output_path, stats_json, stats, summary)
+    _finish_parts(parts, failures)
+    return summary
+
+
+def _output_paths(output_path, results_json, stats_json):
+    """(stats text, COCO results JSON, summary JSON, resume folder) paths: the last three default
+    to ``{output stem}_coco_results.json``, ``{output stem}.json`` and ``{output stem}_parts``."""
+    output_path = Path(output_path)
+    stem = output_path.with_suffix("") if output_path.suffix else output_path
+    results_json = Path(results_json) if results_json else stem.with_name(stem.name + "_coco_results.json")
+    stats_json = Path(stats_json) if stats_json else stem.with_name(stem.name + ".json")
+    return output_path, results_json, stats_json, stem.with_name(stem.name + "_parts")
+
+
+def _image_counts(dataset, entries, evaluated):
+    """The summary's image counts: listed, evaluated, in the annotations, and those without outputs."""
+    listed = {e["basename"] for e in entries}
+    without_outputs = sum(1 for image in dataset["images"] if Path(image["file_name"]).stem not in listed)
+    return {
+        "images_listed": len(entries),
+        "images_evaluated": evaluated,
+        "annotation_images": len(dataset["images"]),
+        "annotation_images_without_outputs": without_outputs,
+    }
+
+
+def _plan_jobs(
+    results_dir, dataset, info_path, images_path, layout, model_path, input_size, resize, convention, failures
+):
+    """(image list entries, :class:`~.evaluate_inputs.OutputGeometry`, one
+    :class:`~.evaluate_jobs.EvaluateJob` per usable entry); unusable entries go to ``failures``."""
+    gt_images = ground_truth_index(dataset)
+    # label L -> category: the original's contiguous ids sorted ascending; the seed's position in the file
+    category_ids = (
+        [int(c["id"]) for c in dataset["categories"]]
+        if convention == "seed"
+        else sorted(int(c["id"]) for c in dataset["categories"])
+    )
+    entries, sidecar_model, listing_problems = image_entries(results_dir, info_path, images_path)
+    for cause in listing_problems:
+        failures.add(info_path, cause)
+    if not entries:
+        raise InputError("no images to evaluate: the image list is empty, or there are no output files", results_dir)
+    geometry = resolve_geometry(layout, model_path, sidecar_model, input_size, results_dir, entries, resize)
+    if convention == "seed" and geometry.input_size is None:
+        raise InputError(
+            "--convention seed maps boxes back with the seed's one ratio S / long side of a square "
+            "S x S canvas; these outputs came from a model that takes any canvas (--resize original "
+            "or buckets): evaluate them with --convention original",
+            results_dir,
+        )
+    evaluate_jobs = []
+    for entry in entries:
+        job, cause = job_for(entry, gt_images, geometry, results_dir, category_ids, convention)
+        if cause is not None:
+            failures.add(entry["basename"], cause)
+        else:
+            evaluate_jobs.append(job)
+    return entries, geometry, evaluate_jobs
+
+
+def _postprocess(evaluate_jobs, parts, runner, workers, progress, failures):
+    """Each job's (COCO results, mask areas or None), from the resume store or by ``runner``, kept
+    in the store as made. Returns (those of the jobs done, in job order; how many were resumed;
+    seconds spent postprocessing the others)."""
+    # keys taken before the outputs are read: outputs rewritten meanwhile are redone by a rerun
+    keys = [parts.key(job) for job in evaluate_jobs]
+    results_per_job = [parts.load(job, key) for job, key in zip(evaluate_jobs, keys)]  # or None
+    todo = [position for position, results in enumerate(results_per_job) if results is None]
+    resumed = len(evaluate_jobs) - len(todo)
+    if resumed:
+        logger.info(
+            "%d of %d images already evaluated in an interrupted run (%s): reused",
+            resumed,
+            len(evaluate_jobs),
+            parts.folder,
+        )
+    started = time.perf_counter()
+    for position, outcome in zip(todo, runner([evaluate_jobs[i] for i in todo], workers, progress)):
+        if outcome[0] == "failed":
+            _, path, cause = outcome
+            failures.add(path, cause)
+            continue
+        results_per_job[position] = outcome[1:]
+        parts.save(evaluate_jobs[position], keys[position], *outcome[1:])
+    return [r for r in results_per_job if r is not None], resumed, time.perf_counter() - started
+
+
+def _score(dataset, results, done, iou_types, coco_backend, convention, report_dir):
+    """(COCO stats, per-image evaluations or None) of ``results``; ``done``: each evaluated image's
+    (results, mask areas or None). No detections at all is AP 0, with a warning."""
+    from retinamask.evaluation.coco_eval import evaluate_coco
+
+    evaluated = len(done)
+    if evaluated and not results:
+        logger.warning(
+            "no detections in any of the %d evaluated images: AP and AR are 0 "
+            "(-1 where the annotations have no object of that size)",
+            evaluated,
+        )
+    if not (results or evaluated):
+        return {"backend": None, "num_results": 0, **dict.fromkeys(iou_types)}, None
+    areas = None
+    if "segm" in iou_types and all(job_areas is not None for _, job_areas in done):
+        areas = np.concatenate(
+            [np.asarray(job_areas, dtype=np.float64).reshape(-1) for _, job_areas in done] + [np.zeros(0)]
+        )
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return evaluate_coco(
+            dataset,
+            results,
+            iou_types=iou_types,
+            backend=coco_backend,
+            segm_area="box" if convention == "seed" else "mask",
+            segm_areas=areas,
+            return_evaluations=True,
+            keep_ious=report_dir is not None,
+        )
+
+
+def _write_stats(output_path, stats_json, stats, summary):
+    """The stats text (``output_path``) and the summary JSON (``stats_json``)."""
+    from retinamask.evaluation.coco_eval import write_stats_json, write_stats_text
+
     if stats.get("bbox") is not None:
         write_stats_text(output_path, stats)
     else:
@@ -259,7 +290,11 @@ def evaluate_outputs(
 
         atomic_write_text(output_path, "no images could be evaluated\n")
     write_stats_json(stats_json, summary)
-    if failed:
+
+
+def _finish_parts(parts, failures):
+    """Remove the resume store once every image was evaluated; keep it when some failed."""
+    if failures:
         if parts.count():
             logger.info(
                 "%s: kept the results of the evaluated images, so that a rerun redoes only the failed ones",
@@ -267,4 +302,3 @@ def evaluate_outputs(
             )
     else:
         parts.remove()
-    return summary

@@ -1,16 +1,43 @@
 """What ``evaluate`` reads before it decodes: the outputs folder, the image list, the ground truth
 index and the geometry (layout, rows, resize policy) that maps each image's outputs back."""
 
+import dataclasses
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
-from retinamask.core.contract import LAYOUTS, SEED_CANVAS_SIDE, SEED_NUM_CANDIDATES
+from retinamask.apps.evaluate_jobs import EvaluateJob
+from retinamask.core.contract import (
+    DEFAULT_MASK_RESOLUTION,
+    DEFAULT_MAX_DETECTIONS,
+    DEFAULT_NMS_THRESHOLD,
+    LAYOUTS,
+    SEED_CANVAS_SIDE,
+    SEED_NUM_CANDIDATES,
+)
 from retinamask.core.errors import InputError
+from retinamask.core.geometry import ResizePolicy
+from retinamask.formats.bins import read_info_lines
+from retinamask.formats.run_sidecar import SIDECAR_NAME, read_run_sidecar
 
 logger = logging.getLogger(__name__)
 
 
-def _resolve_results_dir(results_dir):
+@dataclass(frozen=True)
+class OutputGeometry:
+    """How to read the outputs back and map them to the images: the model that made them."""
+
+    layout: str  # "end2end" or "seed"
+    rows: int  # rows K of every output
+    mask_resolution: int
+    input_size: int | None  # the seed's S (None: a model that takes any canvas)
+    max_detections: int
+    nms_threshold: float
+    source: str  # what said so: the model file, "the infer run sidecar" or "the output files"
+    policy: ResizePolicy | None = None  # an image's resized size where the image list does not give it
+
+
+def resolve_results_dir(results_dir):
     from retinamask.formats.outputs import list_output_basenames
 
     results_dir = Path(results_dir)
@@ -32,7 +59,7 @@ def _resolve_results_dir(results_dir):
     raise InputError("no inference output files ({basename}_0.bin ... or .npy) found", results_dir)
 
 
-def _ground_truth_index(dataset):
+def ground_truth_index(dataset):
     """file name and file stem -> (image id, height, width); a stem shared by two files maps to None."""
     index = {}
     for image in dataset["images"]:
@@ -44,17 +71,14 @@ def _ground_truth_index(dataset):
     return index
 
 
-def _image_entries(results_dir, info_path, images_path):
+def image_entries(results_dir, info_path, images_path):
     """(entries, model summary or None, causes of skipped .info lines) from the sidecar, the .info,
     infer's images.json or the files."""
     from retinamask.formats.outputs import list_output_basenames
-    from retinamask.runtime.infer import SIDECAR_NAME, read_run_sidecar
 
     if images_path is not None:
         return (*read_run_sidecar(images_path), [])
     if info_path is not None:
-        from retinamask.data.preprocess import read_info_lines
-
         records, problems = read_info_lines(info_path, check_files=False)
         entries = []
         for record in records:
@@ -81,97 +105,111 @@ def _image_entries(results_dir, info_path, images_path):
     return [{"basename": name} for name in list_output_basenames(results_dir)], None, []
 
 
-def _resolve_geometry(layout, model_path, sidecar_model, input_size, results_dir, entries, resize=None):
-    """Layout, rows K, mask resolution, input size S, resize policy and NMS settings for reading
-    the outputs."""
-    geometry = _resolve_layout_and_size(layout, model_path, sidecar_model, input_size, results_dir, entries, resize)
-    geometry["policy"] = _resolve_policy(geometry, resize, sidecar_model, results_dir)
-    return geometry
+def resolve_geometry(layout, model_path, sidecar_model, input_size, results_dir, entries, resize=None):
+    """The :class:`OutputGeometry` for reading the outputs: from the model file (``model_path``), else
+    the infer run sidecar's model (``sidecar_model``), else the output files themselves; its resize
+    policy from ``resize`` (a name or ResizePolicy), else the model's, else the seed's S x S."""
+    geometry = _layout_and_size(layout, model_path, sidecar_model, input_size, results_dir, entries, resize)
+    return dataclasses.replace(geometry, policy=_resolve_policy(geometry, resize, sidecar_model, results_dir))
 
 
 def _resolve_policy(geometry, resize, sidecar_model, results_dir):
     """The ResizePolicy that gives an image's resized size where the image list does not."""
-    from retinamask.core.geometry import ResizePolicy, SeedResize, policy_from_dict, policy_named
+    from retinamask.core.geometry import SeedResize, policy_from_dict, policy_named
 
     if isinstance(resize, ResizePolicy):
         return resize
-    base = geometry.get("policy")
+    base = geometry.policy
     if base is None and sidecar_model and isinstance(sidecar_model.get("resize"), dict):
         base = policy_from_dict(sidecar_model["resize"])
     if base is None:
-        base = SeedResize(geometry["input_size"] or SEED_CANVAS_SIDE)
+        base = SeedResize(geometry.input_size or SEED_CANVAS_SIDE)
     try:
         return policy_named(base, resize)
     except ValueError as e:
         raise InputError(f"--resize {resize}: {e}", results_dir) from None
 
 
-def _resolve_layout_and_size(layout, model_path, sidecar_model, input_size, results_dir, entries, resize=None):
-    from retinamask.formats.model_info import DEFAULT_MASK_RESOLUTION, read_model_info
-    from retinamask.formats.outputs import find_output_files, probe_output_geometry
-
+def _layout_and_size(layout, model_path, sidecar_model, input_size, results_dir, entries, resize=None):
+    """The geometry without its policy (set only for a model file that takes any canvas)."""
     model = None
     if model_path is not None:
-        info = read_model_info(
-            model_path, layout=None if layout == "auto" else layout, input_size=input_size, resize=resize
-        )
-        model = {
-            "layout": info.layout,
-            "rows": info.num_rows,
-            "mask_resolution": info.mask_resolution,
-            "input_size": info.input_size,
-            "max_detections": info.max_detections,
-            "nms_threshold": info.nms_threshold,
-            "source": str(model_path),
-        }
-        if sidecar_model:
-            # another model's geometry would map every box wrongly and quietly give a wrong mAP
-            made_by = _sidecar_geometry(sidecar_model)
-            for what, value in made_by.items():
-                if value is not None and value != model[what]:
-                    raise InputError(
-                        f"the model has {what} {model[what]}, but the outputs in {results_dir} came from a model "
-                        f"with {what} {value} (their run sidecar); is this the model that made them?",
-                        model_path,
-                    )
+        model, info = _model_file_geometry(model_path, layout, input_size, resize, sidecar_model, results_dir)
+        dynamic = info.dynamic_hw
     elif sidecar_model:
-        outputs = sidecar_model.get("outputs") or []
-        rows = outputs[0]["shape"][0] if outputs else None
-        model = {
-            "layout": sidecar_model.get("layout"),
-            "rows": rows,
-            "mask_resolution": sidecar_model.get("mask_resolution", DEFAULT_MASK_RESOLUTION),
-            "input_size": sidecar_model.get("input_size"),
-            "max_detections": sidecar_model.get("max_detections", 100),
-            "nms_threshold": sidecar_model.get("nms_threshold", 0.4),
-            "source": "the infer run sidecar",
-        }
-        if layout != "auto" and model["layout"] != layout:
-            raise InputError(
-                f"--layout {layout}, but the outputs came from a {model['layout']}-layout model ({model['source']})",
-                results_dir,
-            )
-        if input_size is not None and model["input_size"] not in (None, input_size):
-            raise InputError(
-                f"--input-size {input_size}, but the outputs came from a model with "
-                f"S = {model['input_size']} ({model['source']})",
-                results_dir,
-            )
+        model = _run_sidecar_geometry(sidecar_model, layout, input_size, results_dir)
+        dynamic = sidecar_model.get("image_sizes_input") is not None
 
-    if model is not None and model["layout"] in LAYOUTS and model["rows"]:
-        dynamic = (model_path is not None and info.dynamic_hw) or (
-            model_path is None and sidecar_model.get("image_sizes_input") is not None
-        )
+    if model is not None and model.layout in LAYOUTS and model.rows:
         if dynamic:  # a model that takes any canvas: no S
-            geometry = {**model, "input_size": None}
-            if model_path is not None:
-                geometry["policy"] = info.resize
+            geometry = dataclasses.replace(
+                model, input_size=None, policy=info.resize if model_path is not None else None
+            )
         else:
-            geometry = {**model, "input_size": model["input_size"] or input_size or SEED_CANVAS_SIDE}
+            geometry = dataclasses.replace(model, input_size=model.input_size or input_size or SEED_CANVAS_SIDE)
         _check_entry_input_sizes(entries, geometry)
         return geometry
+    return _probed_geometry(layout, input_size, results_dir, entries)
 
-    # No model description: probe the first image with output files.
+
+def _model_file_geometry(model_path, layout, input_size, resize, sidecar_model, results_dir):
+    """(geometry, ModelInfo) of the model file, checked against the run sidecar's model when there is one."""
+    from retinamask.formats.model_info import read_model_info
+
+    info = read_model_info(
+        model_path, layout=None if layout == "auto" else layout, input_size=input_size, resize=resize
+    )
+    model = OutputGeometry(
+        layout=info.layout,
+        rows=info.num_rows,
+        mask_resolution=info.mask_resolution,
+        input_size=info.input_size,
+        max_detections=info.max_detections,
+        nms_threshold=info.nms_threshold,
+        source=str(model_path),
+    )
+    if sidecar_model:
+        # another model's geometry would map every box wrongly and quietly give a wrong mAP
+        for what, value in _sidecar_geometry(sidecar_model).items():
+            if value is not None and value != getattr(model, what):
+                raise InputError(
+                    f"the model has {what} {getattr(model, what)}, but the outputs in {results_dir} came from a "
+                    f"model with {what} {value} (their run sidecar); is this the model that made them?",
+                    model_path,
+                )
+    return model, info
+
+
+def _run_sidecar_geometry(sidecar_model, layout, input_size, results_dir):
+    """The geometry the infer run sidecar's model gives, checked against ``--layout`` and ``--input-size``."""
+    outputs = sidecar_model.get("outputs") or []
+    model = OutputGeometry(
+        layout=sidecar_model.get("layout"),
+        rows=outputs[0]["shape"][0] if outputs else None,
+        mask_resolution=sidecar_model.get("mask_resolution", DEFAULT_MASK_RESOLUTION),
+        input_size=sidecar_model.get("input_size"),
+        max_detections=sidecar_model.get("max_detections", DEFAULT_MAX_DETECTIONS),
+        nms_threshold=sidecar_model.get("nms_threshold", DEFAULT_NMS_THRESHOLD),
+        source="the infer run sidecar",
+    )
+    if layout != "auto" and model.layout != layout:
+        raise InputError(
+            f"--layout {layout}, but the outputs came from a {model.layout}-layout model ({model.source})",
+            results_dir,
+        )
+    if input_size is not None and model.input_size not in (None, input_size):
+        raise InputError(
+            f"--input-size {input_size}, but the outputs came from a model with "
+            f"S = {model.input_size} ({model.source})",
+            results_dir,
+        )
+    return model
+
+
+def _probed_geometry(layout, input_size, results_dir, entries):
+    """No model description: the geometry read from the first image with output files."""
+    from retinamask.formats.outputs import find_output_files, probe_output_geometry
+
     probe = None
     for entry in entries:
         try:
@@ -194,15 +232,15 @@ def _resolve_layout_and_size(layout, model_path, sidecar_model, input_size, resu
     if input_size is None:
         input_size = SEED_CANVAS_SIDE
         logger.info("input size %d assumed (the seed's; pass --input-size or --model otherwise)", input_size)
-    return {
-        "layout": layout,
-        "rows": rows,
-        "mask_resolution": mask_resolution,
-        "input_size": input_size,
-        "max_detections": 100,
-        "nms_threshold": 0.4,
-        "source": "the output files",
-    }
+    return OutputGeometry(
+        layout=layout,
+        rows=rows,
+        mask_resolution=mask_resolution,
+        input_size=input_size,
+        max_detections=DEFAULT_MAX_DETECTIONS,
+        nms_threshold=DEFAULT_NMS_THRESHOLD,
+        source="the output files",
+    )
 
 
 def _sidecar_geometry(sidecar_model):
@@ -218,16 +256,16 @@ def _sidecar_geometry(sidecar_model):
 def _check_entry_input_sizes(entries, geometry):
     """The image list (a preprocess sidecar) may record the input size its inputs were made for."""
     sizes = sorted({e.get("input_size") for e in entries} - {None})
-    if sizes and sizes != [geometry["input_size"]]:
+    if sizes and sizes != [geometry.input_size]:
         raise InputError(
             f"the image list says its inputs were made for S = {', '.join(map(str, sizes))}, but "
-            f"{geometry['source']} says S = {geometry['input_size']}; boxes would be mapped back wrongly",
-            geometry["source"] if geometry["source"] not in ("the output files", "the infer run sidecar") else None,
+            f"{geometry.source} says S = {geometry.input_size}; boxes would be mapped back wrongly",
+            geometry.source if geometry.source not in ("the output files", "the infer run sidecar") else None,
         )
 
 
-def _job_for(entry, gt_images, geometry, results_dir, category_ids, convention):
-    """(job tuple, None) or (None, cause) for one listed image."""
+def job_for(entry, gt_images, geometry, results_dir, category_ids, convention):
+    """(:class:`~.evaluate_jobs.EvaluateJob`, None) or (None, cause) for one listed image."""
     basename = entry["basename"]
     file_name = entry.get("file_name")
     found = gt_images.get(("name", Path(file_name).name)) if file_name else None
@@ -243,26 +281,26 @@ def _job_for(entry, gt_images, geometry, results_dir, category_ids, convention):
             f"the annotation file says {width}x{height}, the image list {entry['width']}x{entry['height']} "
             "(another image with the same name?)"
         )
-    input_size = geometry["input_size"]
+    input_size = geometry.input_size
     entry_size = entry.get("input_size")
     if entry.get("resized_width") and entry.get("resized_height") and entry_size in (None, input_size):
         resized_hw = (int(entry["resized_height"]), int(entry["resized_width"]))
     else:
-        resized_hw = geometry["policy"].geometry(height, width).resized_hw
-    job = (
-        str(results_dir),
-        basename,
-        image_id,
-        (height, width),
-        resized_hw,
-        geometry["layout"],
-        geometry["rows"],
-        geometry["mask_resolution"],
-        geometry["nms_threshold"],
-        geometry["max_detections"],
-        tuple(category_ids),
-        convention,
-        input_size,
-        geometry["policy"].clip_to_image,
+        resized_hw = geometry.policy.geometry(height, width).resized_hw
+    job = EvaluateJob(
+        results_dir=str(results_dir),
+        basename=basename,
+        image_id=image_id,
+        image_hw=(height, width),
+        resized_hw=resized_hw,
+        layout=geometry.layout,
+        rows=geometry.rows,
+        mask_resolution=geometry.mask_resolution,
+        nms_threshold=geometry.nms_threshold,
+        max_detections=geometry.max_detections,
+        category_ids=tuple(category_ids),
+        convention=convention,
+        input_size=input_size,
+        clip=geometry.policy.clip_to_image,
     )
     return job, None

@@ -1,60 +1,63 @@
-"""Running ``evaluate``'s per-image jobs: in this process or in worker processes, in job order."""
+"""``evaluate``'s per-image job: one image's outputs -> its COCO results, run in this process or in
+worker processes (:func:`run_jobs`) or as Ray tasks (:mod:`retinamask.distributed.ray_evaluate`),
+outcomes in job order."""
 
 import logging
-import sys
+from dataclasses import dataclass
 
-from retinamask.core import parallel
+from retinamask.core import jobs
 from retinamask.core.errors import InputError, RetinaMaskError
 from retinamask.decode.coco_results import image_coco_results
 
 logger = logging.getLogger(__name__)
 
 
-def _run_jobs(jobs, workers, progress):
-    """Yield each job's outcome in order, with a progress bar, in a process pool when workers > 1."""
-    from tqdm import tqdm
-    from tqdm.contrib.logging import logging_redirect_tqdm
+@dataclass(frozen=True)
+class EvaluateJob:
+    """Everything :func:`evaluate_one` needs for one image (picklable; its fields, through JSON, key
+    the image's resumable part)."""
 
-    workers = min(workers, len(jobs))
-    with (
-        logging_redirect_tqdm(),
-        tqdm(
-            total=len(jobs),
-            desc="evaluate",
-            unit="img",
-            file=sys.stderr,
-            disable=(None if progress is None else not progress),
-        ) as bar,
-    ):
-        if workers <= 1:
-            for job in jobs:
-                yield _evaluate_one(job)
+    results_dir: str  # the folder of the image's output files
+    basename: str  # the output files' common prefix
+    image_id: int  # in the annotation file
+    image_hw: tuple  # (height, width) of the original image
+    resized_hw: tuple  # (height, width) of the resized image: the valid region of its canvas
+    layout: str  # "end2end" or "seed"
+    rows: int  # rows K of every output
+    mask_resolution: int
+    nms_threshold: float
+    max_detections: int
+    category_ids: tuple  # label L -> category id
+    convention: str  # "original" or "seed"
+    input_size: int | None  # the seed's S (None: a model that takes any canvas)
+    clip: bool  # clip boxes to the image (the resize policy's rule)
+
+
+def run_jobs(evaluate_jobs, workers, progress):
+    """Yield each job's outcome (see :func:`evaluate_one`) in job order, with the "evaluate"
+    progress bar, in a process pool when ``workers`` > 1."""
+    with jobs.progress_bar("evaluate", len(evaluate_jobs), progress) as bar:
+        try:
+            for _, outcome in jobs.map_ordered(evaluate_one, evaluate_jobs, workers, initializer=init_worker):
+                yield outcome
                 bar.update()
-            return
-        from concurrent.futures.process import BrokenProcessPool
-
-        with parallel.worker_pool(workers, initializer=_init_worker) as executor:
-            try:
-                for outcome in executor.map(_evaluate_one, jobs, chunksize=2):
-                    yield outcome
-                    bar.update()
-            except BrokenProcessPool:
-                raise RetinaMaskError(
-                    "a postprocessing worker process died (killed for lack of memory?); the images evaluated so "
-                    "far are kept and a rerun resumes; --workers 1 runs in this process",
-                    jobs[0][0],
-                ) from None
-            finally:
-                executor.shutdown(wait=True, cancel_futures=True)
+        except jobs.WorkerDied:
+            raise RetinaMaskError(
+                "a postprocessing worker process died (killed for lack of memory?); the images evaluated so "
+                "far are kept and a rerun resumes; --workers 1 runs in this process",
+                evaluate_jobs[0].results_dir,
+            ) from None
 
 
-def _init_worker():
+def init_worker():
+    """Set up a process (or Ray task) that runs :func:`evaluate_one`: OpenCV single-threaded, as
+    each worker holds one CPU."""
     import cv2
 
     cv2.setNumThreads(1)
 
 
-def _evaluate_one(job):
+def evaluate_one(job):
     """Read one image's outputs and turn them into COCO results. Runs in a worker.
 
     Returns ("ok", results, mask areas) or ("failed", file, cause).
@@ -62,39 +65,23 @@ def _evaluate_one(job):
     from retinamask.formats.model_info import output_specs
     from retinamask.formats.outputs import find_output_files, read_image_outputs
 
-    (
-        results_dir,
-        basename,
-        image_id,
-        original_hw,
-        resized_hw,
-        layout,
-        rows,
-        mask_resolution,
-        nms_threshold,
-        max_detections,
-        category_ids,
-        convention,
-        input_size,
-        clip,
-    ) = job
-    where = basename
+    where = job.basename
     try:
-        files = find_output_files(results_dir, basename)
+        files = find_output_files(job.results_dir, job.basename)
         where = str(files.paths[0])
-        outputs = read_image_outputs(files, output_specs(layout, rows, mask_resolution))
+        outputs = read_image_outputs(files, output_specs(job.layout, job.rows, job.mask_resolution))
         results, areas = image_coco_results(
             outputs,
-            layout,
-            image_id,
-            original_hw,
-            resized_hw,
-            category_ids,
-            nms_threshold=nms_threshold,
-            max_detections=max_detections,
-            convention=convention,
-            input_size=input_size,
-            clip=clip,
+            job.layout,
+            job.image_id,
+            job.image_hw,
+            job.resized_hw,
+            job.category_ids,
+            nms_threshold=job.nms_threshold,
+            max_detections=job.max_detections,
+            convention=job.convention,
+            input_size=job.input_size,
+            clip=job.clip,
         )
     except InputError as e:
         return ("failed", e.path or where, e.cause)

@@ -8,7 +8,7 @@ from retinamask.core.errors import InputError
 logger = logging.getLogger(__name__)
 
 
-class _PartStore:
+class PartStore:
     """Per-image COCO results of an evaluation in progress: ``{folder}/{basename}.json``, each
     written atomically with the key it was made under (the job's settings, the output files'
     sizes and modification times), and used again only under the same key."""
@@ -22,7 +22,7 @@ class _PartStore:
             remove_stale_temp_files(self.folder)
 
     def _path(self, job):
-        return self.folder / f"{job[1]}.json"
+        return self.folder / f"{job.basename}.json"
 
     def key(self, job):
         return _part_key(job) if self.enabled else None
@@ -69,15 +69,17 @@ class _PartStore:
 
 
 def _part_key(job):
-    """JSON-comparable identity of one image's evaluation: the job and its output files' (name, size, mtime)."""
+    """JSON-comparable identity of one image's evaluation (an :class:`~.evaluate_jobs.EvaluateJob`):
+    the job's fields and its output files' (name, size, mtime)."""
+    import dataclasses
     import json
 
     from retinamask.formats.outputs import find_output_files
 
     try:
-        files = find_output_files(job[0], job[1])
+        files = find_output_files(job.results_dir, job.basename)
         stats = [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in files.paths]
     except (InputError, OSError):
         return None
     # through JSON, so that the key compares equal to one read back (tuples become lists)
-    return json.loads(json.dumps({"job": list(job), "files": stats}))
+    return json.loads(json.dumps({"job": dataclasses.asdict(job), "files": stats}))

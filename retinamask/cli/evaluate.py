@@ -16,7 +16,8 @@ HELP = "inference outputs -> COCO results JSON + bbox/segm mAP"
 
 
 def add_arguments(parser):
-    from retinamask.apps.evaluate import default_workers
+    from retinamask.apps.evaluate import WORKER_LIMIT
+    from retinamask.core.jobs import default_workers
 
     parser.add_argument(
         "--infer_results_path",
@@ -126,7 +127,7 @@ def add_arguments(parser):
     parser.add_argument(
         "--workers",
         type=int,
-        default=default_workers(),
+        default=default_workers(WORKER_LIMIT),
         help="postprocessing processes (default %(default)s; 1: in this process)",
     )
     parser.add_argument(

@@ -12,8 +12,9 @@ HELP = "run an exported model over .bin files or images (ais_bench-style outputs
 
 
 def add_arguments(parser):
+    from retinamask.core.jobs import default_workers
     from retinamask.runtime.backends import BACKEND_CHOICES, DEVICES, PERFORMANCE_HINTS
-    from retinamask.runtime.infer import default_workers
+    from retinamask.runtime.infer import WORKER_LIMIT
 
     parser.add_argument("--model", required=True, help="exported ONNX model (retinamask export)")
     parser.add_argument(
@@ -70,7 +71,7 @@ def add_arguments(parser):
     parser.add_argument(
         "--workers",
         type=int,
-        default=default_workers(),
+        default=default_workers(WORKER_LIMIT),
         help="image preprocessing processes (0: in this process; default %(default)s)",
     )
     parser.add_argument("--strict", action="store_true", help="stop at the first bad item (exit code 2)")

@@ -11,7 +11,8 @@ HELP = "images -> seed-compatible 1344x1344 float32 .bin files + .info list"
 
 
 def add_arguments(parser):
-    from retinamask.data.preprocess import default_workers
+    from retinamask.core.jobs import default_workers
+    from retinamask.data.preprocess import WORKER_LIMIT
 
     parser.add_argument(
         "--image_src_path",
@@ -65,7 +66,7 @@ def add_arguments(parser):
     parser.add_argument(
         "--workers",
         type=int,
-        default=default_workers(),
+        default=default_workers(WORKER_LIMIT),
         help="worker processes (default: min(4, CPUs), here %(default)s)",
     )
     parser.add_argument(

@@ -108,7 +108,7 @@ def as_user_error(error):
             break
         seen = inner
     text = re.sub(r"\x1b\[[0-9;]*m", "", str(error))
-    found = re.findall(r"retinamask\.core\.errors\.(\w+): ([^\n]+)", text)
+    found = re.findall(r"retinamask\.(?:core\.)?errors\.(\w+): ([^\n]+)", text)
     if found:
         name, message = found[-1]
         kind = getattr(errors, name, RetinaMaskError)

@@ -4,15 +4,15 @@ as Ray tasks; the COCO evaluation stays on the driver.
 The driver runs :func:`~retinamask.apps.evaluate.evaluate_outputs` as a local run does
 (image list, ground truth, the resumable per-image parts, the COCO evaluation, the reports);
 only its postprocessing loop is replaced by :class:`RayJobRunner`, which runs the local run's
-per-image function (``_evaluate_one``) in Ray Data tasks and hands the outcomes back in job
-order, so that the results, the failures and their order are the local run's. The outputs
+per-image function (:func:`~retinamask.apps.evaluate_jobs.evaluate_one`) in Ray Data tasks and
+hands the outcomes back in job order, so that the results, the failures and their order are the local run's. The outputs
 folder must be at the same path on every node.
 """
 
+import dataclasses
 import logging
 import os
 import pickle
-import sys
 
 from retinamask.core.errors import RetinaMaskError
 
@@ -44,30 +44,21 @@ class RayJobRunner:
         self.report = {}
 
     def __call__(self, jobs, workers, progress):
-        from tqdm import tqdm
-        from tqdm.contrib.logging import logging_redirect_tqdm
-
+        from retinamask.core.jobs import progress_bar
         from retinamask.distributed.cluster import alive_node_resources, as_user_error, connected
 
         if not jobs:
             return
-        with (
-            connected(self.address) as ray,
-            logging_redirect_tqdm(),
-            tqdm(
-                total=len(jobs),
-                desc="evaluate",
-                unit="img",
-                file=sys.stderr,
-                disable=(None if progress is None else not progress),
-            ) as bar,
-        ):
+        with connected(self.address) as ray, progress_bar("evaluate", len(jobs), progress) as bar:
             nodes = alive_node_resources(ray)
             cpus = int(sum(n.get("CPU", 0) for n in nodes))
             self.report = {"nodes": len(nodes), "cluster_cpus": cpus, "duplicates_ignored": 0}
-            # results_dir (job[0]) absolute: workers do not run in the driver's folder
+            # results_dir absolute: workers do not run in the driver's folder
             rows = [
-                {"position": i, "job": pickle.dumps((os.path.abspath(job[0]),) + tuple(job[1:]))}
+                {
+                    "position": i,
+                    "job": pickle.dumps(dataclasses.replace(job, results_dir=os.path.abspath(job.results_dir))),
+                }
                 for i, job in enumerate(jobs)
             ]
             ds = ray.data.from_items(rows, override_num_blocks=min(len(rows), max(1, cpus * JOBS_PER_CPU)))
@@ -100,15 +91,15 @@ _cv2_single_threaded = False
 
 
 def _evaluate_rows(batch):
-    """Ray task: ``_evaluate_one`` (the local run's per-image function) for each row's job."""
+    """Ray task: ``evaluate_one`` (the local run's per-image function) for each row's job."""
     global _cv2_single_threaded
     import numpy as np
 
-    from retinamask.apps.evaluate_jobs import _evaluate_one, _init_worker
+    from retinamask.apps.evaluate_jobs import evaluate_one, init_worker
 
     if not _cv2_single_threaded:  # as the local run's worker processes (a task holds one CPU)
-        _init_worker()
+        init_worker()
         _cv2_single_threaded = True
     outcomes = np.empty(len(batch["job"]), dtype=object)
-    outcomes[:] = [pickle.dumps(_evaluate_one(pickle.loads(job))) for job in batch["job"]]
+    outcomes[:] = [pickle.dumps(evaluate_one(pickle.loads(job))) for job in batch["job"]]
     return {"position": batch["position"], "outcome": outcomes}

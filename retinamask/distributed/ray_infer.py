@@ -2,7 +2,7 @@
 
 The driver does what a local run does before and after inference (listing, resume,
 the run sidecar, the summary: :func:`~retinamask.runtime.infer.run_inference`); this module
-replaces only the part in between, :func:`~retinamask.runtime.infer.infer_local`:
+replaces only the part in between, :func:`~retinamask.runtime.infer_batches.infer_local`:
 
 * a dataset of the items still to do (one picklable load job per row, paths made absolute);
 * decoding and preprocessing as Ray tasks (``load_item``, the local run's function);
@@ -135,7 +135,7 @@ class RayExecutor:
             import_ray,
             resolve_address,
         )
-        from retinamask.runtime.infer import load_job
+        from retinamask.runtime.infer_inputs import load_job
 
         if not todo:
             return
@@ -242,7 +242,7 @@ def _build_dataset(ray, todo, info, load_job, executor, actors, batch_size, out_
 
 def _load_rows(batch):
     """Ray task: decode and preprocess each row's item (``load_item``, as the local run's workers)."""
-    from retinamask.runtime.infer import load_item
+    from retinamask.runtime.infer_inputs import load_item
 
     tensors, extras, causes = [], [], []
     for job, record in zip(batch["job"], batch["record"]):
@@ -277,8 +277,8 @@ class _ModelActor:
     def __init__(self, model_info, backend, device, precision, threads, cache_dir, out_dir, outfmt, legacy_names):
         import socket
 
+        from retinamask.formats.run_sidecar import SIDECAR_NAME
         from retinamask.runtime.backends import create_session
-        from retinamask.runtime.infer import SIDECAR_NAME
 
         if not Path(model_info.path).is_file():
             raise InputError(
@@ -299,7 +299,7 @@ class _ModelActor:
         # OpenVINO pins a session's threads to the first cores of the process's CPU mask: actors that share
         # a node would share those cores (two 1-thread actors measured no faster than one). Unpinned, the
         # OS spreads them; an actor with the whole node keeps the pinning (measured faster there).
-        from retinamask.core.parallel import usable_cpus
+        from retinamask.core.jobs import usable_cpus
 
         options = {"ENABLE_CPU_PINNING": False} if backend == "openvino" and threads < usable_cpus() else None
         self.session = create_session(
@@ -316,7 +316,8 @@ class _ModelActor:
         self.out_dir, self.outfmt, self.legacy_names = Path(out_dir), outfmt, legacy_names
 
     def __call__(self, batch):
-        from retinamask.runtime.infer import InputItem, infer_batch
+        from retinamask.runtime.infer_batches import infer_batch
+        from retinamask.runtime.infer_inputs import InputItem
 
         rows = len(batch["position"])
         ms = np.full(rows, -1.0)
