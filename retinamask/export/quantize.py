@@ -39,6 +39,7 @@ import numpy as np
 
 from retinamask import __version__
 from retinamask.core.errors import InputError, RetinaMaskError, one_line
+from retinamask.core.geometry import SeedResize
 
 logger = logging.getLogger(__name__)
 
@@ -74,14 +75,14 @@ class SeedTransformReader:
     """ONNX Runtime CalibrationDataReader: images through ``seed_preprocess`` in batches of the
     model's batch size (1 when dynamic). Unreadable images are skipped with a warning.
 
-    ``policy``: for models that take any canvas, a ResizePolicy instead of the seed transform:
-    one image per batch (canvases differ; repeated to a fixed batch), with its ``image_sizes``."""
+    ``policy``: the model's resize policy: the seed's S x S canvas (``SeedResize``), or for
+    models that take any canvas another ResizePolicy: one image per batch (canvases differ;
+    repeated to a fixed batch), with its ``image_sizes``."""
 
-    def __init__(self, images, input_name, input_size, mean, std, batch_size=1, policy=None):
+    def __init__(self, images, input_name, policy, mean, std, batch_size=1):
         self.images = list(images)
         self.input_name = input_name
         self.policy = policy
-        self.input_size = None if policy is not None else int(input_size)
         self.mean, self.std = tuple(mean), tuple(std)
         self.batch_size = int(batch_size)
         self.used = 0
@@ -92,13 +93,13 @@ class SeedTransformReader:
         from retinamask.data.transforms import seed_preprocess
         from retinamask.formats.images import load_image_rgb
 
-        if self.policy is not None:
+        if not isinstance(self.policy, SeedResize):
             yield from self._generate_any_canvas()
             return
         pending = []
         for path in self.images:
             try:
-                tensor = seed_preprocess(load_image_rgb(path), self.input_size, self.mean, self.std)[0]
+                tensor = seed_preprocess(load_image_rgb(path), self.policy.size, self.mean, self.std)[0]
             except InputError as e:
                 logger.warning("%s: %s (not used for calibration)", path, e.cause)
                 self.skipped.append(str(path))
@@ -194,20 +195,14 @@ def quantize_onnx(
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from retinamask.export.onnx_export import _save
+    from retinamask.export.save import save_onnx
     from retinamask.formats.model_info import read_model_info
 
     model_path, save_path = Path(model_path), Path(save_path)
     info = read_model_info(model_path)
     images = calibration_images(calibration_dir, calibration_count)
     reader = SeedTransformReader(
-        images,
-        info.input_name,
-        info.input_size,
-        info.pixel_mean,
-        info.pixel_std,
-        info.batch_size or 1,
-        policy=info.resize if info.dynamic_hw else None,
+        images, info.input_name, info.resize, info.pixel_mean, info.pixel_std, info.batch_size or 1
     )
     from_cache = calibration_cache is not None and Path(calibration_cache).is_file()
     started = time.perf_counter()
@@ -273,7 +268,7 @@ def quantize_onnx(
         entry.key = QUANTIZATION_METADATA_KEY
     entry.value = json.dumps(quantization)
     proto.producer_name, proto.producer_version = "retinamask", __version__
-    _save(proto, save_path)
+    save_onnx(proto, save_path)
     return {
         "path": str(save_path),
         "source": str(model_path),
