@@ -355,7 +355,7 @@ def test_batch_sampler_is_a_function_of_the_iteration():
 
 
 def _train(tiny_config, shapes_dir, output, **kwargs):
-    from retinamask.engine.trainer import train
+    from retinamask.engine.train_run import train
 
     return train(load_config(tiny_config), shapes_dir, output, num_workers=0, progress=False, **kwargs)
 

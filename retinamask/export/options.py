@@ -16,9 +16,9 @@ class ExportOptions:
     """The options of one export (``retinamask export``'s flags); see
     :func:`~retinamask.export.onnx_export.export_model` for their meaning.
 
-    ``resize``: a ResizePolicy or its name (None = ``seed``); ``input_size``: the seed policy's
-    square side S (None: :func:`default_input_size`), only with ``seed``. :meth:`resolve` turns
-    both into one policy and fills ``max_detections``.
+    ``resize``: a ResizePolicy or its name (None = ``seed``); ``input_size`` (the keyword of
+    ``--input-size``): the seed policy's square side S (None: :func:`default_input_size`), only
+    with ``seed``. :meth:`resolve` turns both into one policy and fills ``max_detections``.
     """
 
     layout: str = "end2end"
@@ -36,7 +36,7 @@ class ExportOptions:
     resize: ResizePolicy | str | None = None
 
     def resolve(self, cfg):
-        """These options with ``resize`` a ResizePolicy (``input_size`` folded into it, then None)
+        """These options with ``resize`` a ResizePolicy (the seed side S folded into it, then None)
         and ``max_detections`` set; raises RetinaMaskError for bad arguments."""
         policy = resolve_export_policy(cfg, self.resize, self.input_size, self.layout)
         max_detections = default_max_detections(cfg, policy) if self.max_detections is None else self.max_detections
@@ -97,24 +97,24 @@ def default_max_detections(cfg, policy):
     return 100 if isinstance(policy, SeedResize) else int(cfg.RETINANET.NUM_MASKS_TEST)
 
 
-def resolve_export_policy(cfg, resize, input_size, layout="end2end"):
+def resolve_export_policy(cfg, resize, canvas_side, layout="end2end"):
     """The policy an export uses: ``resize`` a ResizePolicy or a name (``seed`` / ``original`` /
-    ``buckets``, sizes from the config; None = ``seed``); ``input_size`` is the seed canvas
-    side S (None: :func:`default_input_size`) and only goes with ``seed``."""
+    ``buckets``, sizes from the config; None = ``seed``); ``canvas_side`` is the seed canvas
+    side S (``--input-size``; None: :func:`default_input_size`) and only goes with ``seed``."""
     if resize is None:
         resize = "seed"
     if isinstance(resize, ResizePolicy):
         policy = resize
     else:
-        if resize != "seed" and input_size is not None:
+        if resize != "seed" and canvas_side is not None:
             raise RetinaMaskError(
                 f"--input-size sets the seed policy's square canvas; --resize {resize} takes the "
                 "config's INPUT.MIN_SIZE_TEST / MAX_SIZE_TEST (change them with --opts)"
             )
-        if input_size is not None and (int(input_size) <= 0 or int(input_size) % 32):
-            raise RetinaMaskError(f"input size must be a positive multiple of 32, got {input_size}")
+        if canvas_side is not None and (int(canvas_side) <= 0 or int(canvas_side) % 32):
+            raise RetinaMaskError(f"input size must be a positive multiple of 32, got {canvas_side}")
         try:
-            policy = policy_from_config(cfg, resize, input_size=input_size or default_input_size(cfg))
+            policy = policy_from_config(cfg, resize, input_size=canvas_side or default_input_size(cfg))
         except ValueError as e:
             raise RetinaMaskError(str(e)) from None
     if layout == "seed" and not isinstance(policy, SeedResize):
