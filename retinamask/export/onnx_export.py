@@ -119,25 +119,8 @@ def export_model(model, cfg, save_path, options=None, **overrides):
         external, quantization = save_onnx(proto, save_path), None
     total_seconds = time.perf_counter() - start
 
-    report = {
-        "path": str(save_path),
-        "layout": options.layout,
-        "batch": options.batch,
-        "input_size": options.canvas_side,
-        "resize": options.resize.to_dict(),
-        "max_detections": options.max_detections,
-        "opset": options.opset,
-        "precision": options.precision,
-        "export_seconds": round(export_seconds, 2),
-        "total_seconds": round(total_seconds, 2),
-        "file_bytes": save_path.stat().st_size,
-        "external_data": external,
-        "simplification": simplification,
-        "metadata": metadata,
-        "outputs": {o.name: value_dims(o) for o in proto.graph.output},
-        "verification": None,
-        "quantization": quantization,
-    }
+    timings = {"export_seconds": round(export_seconds, 2), "total_seconds": round(total_seconds, 2)}
+    report = _report(proto, save_path, options, timings, simplification, metadata, external, quantization)
     if options.verify:
         report["verification"] = verify_export(
             model,
@@ -151,6 +134,28 @@ def export_model(model, cfg, save_path, options=None, **overrides):
             precision=options.precision,
         )
     return report
+
+
+def _report(proto, save_path, options, timings, simplification, metadata, external, quantization):
+    """export_model's report dict (``verification`` None: filled in afterwards)."""
+    return {
+        "path": str(save_path),
+        "layout": options.layout,
+        "batch": options.batch,
+        "input_size": options.canvas_side,
+        "resize": options.resize.to_dict(),
+        "max_detections": options.max_detections,
+        "opset": options.opset,
+        "precision": options.precision,
+        **timings,
+        "file_bytes": save_path.stat().st_size,
+        "external_data": external,
+        "simplification": simplification,
+        "metadata": metadata,
+        "outputs": {o.name: value_dims(o) for o in proto.graph.output},
+        "verification": None,
+        "quantization": quantization,
+    }
 
 
 def _options(options, overrides):

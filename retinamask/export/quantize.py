@@ -191,10 +191,6 @@ def quantize_onnx(
     file size. Raises InputError for a missing calibration set, QuantizationError when ONNX
     Runtime's quantization fails or no convolution got quantized.
     """
-    import onnx
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
     from retinamask.export.save import save_onnx
     from retinamask.formats.model_info import read_model_info
 
@@ -204,6 +200,55 @@ def quantize_onnx(
     reader = SeedTransformReader(
         images, info.input_name, info.resize, info.pixel_mean, info.pixel_std, info.batch_size or 1
     )
+    from_cache = calibration_cache is not None and Path(calibration_cache).is_file()
+    started = time.perf_counter()
+    settings = {"per_channel": per_channel, "reduce_range": reduce_range, "calibration_cache": calibration_cache}
+    proto, nodes, prepare_seconds = _quantize_dense_nodes(model_path, save_path, reader, settings, calibration_dir)
+
+    counts = {}
+    for node in proto.graph.node:
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    if not counts.get("DequantizeLinear"):
+        raise QuantizationError("no convolution was quantized", model_path)
+    quantization = {
+        "method": "onnxruntime.quantize_static",
+        "format": "QDQ",
+        "weights": ("int8 in 7 bits (reduce_range) " if reduce_range else "int8 ")
+        + "symmetric "
+        + ("per channel" if per_channel else "per tensor"),
+        "activations": "uint8 asymmetric per tensor",
+        "calibration": "minmax" + (f" (ranges from {Path(calibration_cache).name})" if from_cache else ""),
+        "calibration_images": None if from_cache else reader.used,
+        "quantized_nodes": len(nodes),
+    }
+    _stamp(proto, quantization)
+    save_onnx(proto, save_path)
+    return {
+        "path": str(save_path),
+        "source": str(model_path),
+        "calibration_dir": str(calibration_dir),
+        "calibration_images_used": reader.used,
+        "calibration_images_skipped": reader.skipped,
+        "quantized_nodes": len(nodes),
+        "qdq_nodes": counts,
+        "prepare_seconds": round(prepare_seconds, 2),
+        "total_seconds": round(time.perf_counter() - started, 2),
+        "file_bytes": save_path.stat().st_size,
+        "quantization": quantization,
+    }
+
+
+def _quantize_dense_nodes(model_path, save_path, reader, settings, calibration_dir):
+    """ONNX Runtime's pre-processing, then ``quantize_static`` of :func:`dense_nodes` calibrated on
+    ``reader`` (in a temporary folder next to ``save_path``). ``settings``: per_channel,
+    reduce_range, calibration_cache. Returns (the quantized ModelProto, the quantized node names,
+    seconds spent preparing)."""
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    calibration_cache = settings["calibration_cache"]
     from_cache = calibration_cache is not None and Path(calibration_cache).is_file()
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="retinamask-quant-", dir=save_path.parent) as tmp:
@@ -226,12 +271,12 @@ def quantize_onnx(
                     str(quantized),
                     reader,
                     quant_format=QuantFormat.QDQ,
-                    per_channel=per_channel,
+                    per_channel=settings["per_channel"],
                     activation_type=QuantType.QUInt8,
                     weight_type=QuantType.QInt8,
                     nodes_to_quantize=nodes,
                     calibrate_method=CalibrationMethod.MinMax,
-                    reduce_range=reduce_range,
+                    reduce_range=settings["reduce_range"],
                     extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
                     calibration_cache_path=None if calibration_cache is None else str(calibration_cache),
                 )
@@ -243,45 +288,17 @@ def quantize_onnx(
             raise QuantizationError(
                 f"ONNX Runtime's static quantization failed: {one_line(e, 300)}", model_path
             ) from None
-        proto = onnx.load(str(quantized))
+        return onnx.load(str(quantized)), nodes, prepare_seconds
 
-    counts = {}
-    for node in proto.graph.node:
-        if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
-            counts[node.op_type] = counts.get(node.op_type, 0) + 1
-    if not counts.get("DequantizeLinear"):
-        raise QuantizationError("no convolution was quantized", model_path)
-    quantization = {
-        "method": "onnxruntime.quantize_static",
-        "format": "QDQ",
-        "weights": ("int8 in 7 bits (reduce_range) " if reduce_range else "int8 ")
-        + "symmetric "
-        + ("per channel" if per_channel else "per tensor"),
-        "activations": "uint8 asymmetric per tensor",
-        "calibration": "minmax" + (f" (ranges from {Path(calibration_cache).name})" if from_cache else ""),
-        "calibration_images": None if from_cache else reader.used,
-        "quantized_nodes": len(nodes),
-    }
+
+def _stamp(proto, quantization):
+    """Write the quantization settings into the metadata and retinamask as the producer."""
     entry = next((p for p in proto.metadata_props if p.key == QUANTIZATION_METADATA_KEY), None)
     if entry is None:
         entry = proto.metadata_props.add()
         entry.key = QUANTIZATION_METADATA_KEY
     entry.value = json.dumps(quantization)
     proto.producer_name, proto.producer_version = "retinamask", __version__
-    save_onnx(proto, save_path)
-    return {
-        "path": str(save_path),
-        "source": str(model_path),
-        "calibration_dir": str(calibration_dir),
-        "calibration_images_used": reader.used,
-        "calibration_images_skipped": reader.skipped,
-        "quantized_nodes": len(nodes),
-        "qdq_nodes": counts,
-        "prepare_seconds": round(prepare_seconds, 2),
-        "total_seconds": round(time.perf_counter() - started, 2),
-        "file_bytes": save_path.stat().st_size,
-        "quantization": quantization,
-    }
 
 
 @contextlib.contextmanager
