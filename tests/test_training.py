@@ -394,6 +394,7 @@ def test_interrupted_training_resumes_exactly(tiny_config, shapes_dir, tmp_path,
         assert torch.equal(resumed["loss_state"]["retinanet"][key], value)
 
 
+@pytest.mark.filterwarnings("ignore:no detections to evaluate")  # 2 iterations detect nothing on val
 def test_cli_trains_two_iterations_and_writes_a_loadable_model(tiny_config, shapes_dir, tmp_path, capsys):
     from retinamask.cli import main
     from retinamask.modeling.checkpoint import load_checkpoint
