@@ -134,7 +134,7 @@ def test_seed_resize_geometry(hw, size, expected_hw):
 def test_seed_preprocess_geometry_colour_order_and_padding():
     img = np.zeros((100, 200, 3), np.uint8)
     img[20:40, 50:90] = (255, 0, 0)  # a red rectangle (RGB)
-    tensor, scale, resized_hw = seed_preprocess(img, input_size=400)
+    tensor, scale, resized_hw = seed_preprocess(img, canvas_side=400)
     assert tensor.shape == (3, 400, 400) and tensor.dtype == np.float32
     assert scale == 2.0 and resized_hw == (200, 400)
     red_inside = tensor[:, 42:78, 102:178]  # rectangle at rows 40..80, cols 100..180, away from the blurred edge
@@ -151,7 +151,7 @@ def test_seed_preprocess_geometry_colour_order_and_padding():
 
 def test_seed_preprocess_non_integer_scale_pads_bottom_right():
     img = np.full((30, 50, 3), 200, np.uint8)
-    tensor, scale, (rh, rw) = seed_preprocess(img, input_size=64)
+    tensor, scale, (rh, rw) = seed_preprocess(img, canvas_side=64)
     assert (rh, rw) == (38, 64) and scale == 64 / 50
     np.testing.assert_array_equal(tensor[:, :rh, :rw], (200 - MEAN_BGR)[:, None, None] * np.ones((1, rh, rw)))
     assert not tensor[:, rh:, :].any()

@@ -15,7 +15,7 @@ import torch
 from retinamask.cli import main
 from retinamask.config import load_config
 from retinamask.export import End2EndGraph, SeedGraph, compare_detections, export_model, sample_input
-from retinamask.export.onnx_export import default_input_size
+from retinamask.export.options import ExportOptions, default_input_size
 from retinamask.export.verify import (
     TOLERANCES,
     eager_detections,
@@ -481,3 +481,26 @@ def test_default_input_size_is_the_test_max_size_rounded_up_to_32():
     assert default_input_size(load_config(CONFIG)) == 1344
     assert default_input_size(load_config("retinamask_shapes_small")) == 448
     assert default_input_size(load_config(CONFIG, ["INPUT.MAX_SIZE_TEST", "1000"])) == 1024
+
+
+def test_export_options_resolve_one_policy_the_rows_and_the_batch():
+    from retinamask.core.errors import RetinaMaskError
+    from retinamask.core.geometry import SeedResize
+
+    cfg = load_config("retinamask_shapes_small")
+    square = ExportOptions(input_size=S, dynamic_batch=True).resolve(cfg)
+    assert square.resize == SeedResize(S) and square.input_size is None and square.canvas_side == S
+    assert (square.max_detections, square.rows) == (100, 100)
+    assert (square.batch, square.fixed_batch, square.example_batch) == ("dynamic", None, 2)
+    assert square.resolve(cfg) == square  # resolving is idempotent (export_onnx resolves, then export_model)
+    seed = ExportOptions(layout="seed", batch_size=3).resolve(cfg)
+    assert (seed.canvas_side, seed.rows, seed.batch, seed.precision) == (448, 1000, 3, "fp32")
+    original = ExportOptions(resize="original", fp16=True).resolve(cfg)
+    assert original.dynamic_hw and original.canvas_side is None and original.precision == "fp16"
+    assert original.max_detections == original.rows == cfg.RETINANET.NUM_MASKS_TEST
+    with pytest.raises(RetinaMaskError, match="seed layout"):
+        ExportOptions(layout="seed", resize="original").resolve(cfg)
+    with pytest.raises(RetinaMaskError, match="multiple of 32"):
+        ExportOptions(input_size=100).resolve(cfg)
+    with pytest.raises(TypeError):
+        ExportOptions(no_such_option=1)

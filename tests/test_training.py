@@ -1,5 +1,6 @@
 """Training: losses against hand-computed values, mask targets, a few SGD steps, exact resume, the CLI."""
 
+import json
 import math
 
 import numpy as np
@@ -355,7 +356,7 @@ def test_batch_sampler_is_a_function_of_the_iteration():
 
 
 def _train(tiny_config, shapes_dir, output, **kwargs):
-    from retinamask.engine.trainer import train
+    from retinamask.engine.train_run import train
 
     return train(load_config(tiny_config), shapes_dir, output, num_workers=0, progress=False, **kwargs)
 
@@ -393,7 +394,8 @@ def test_interrupted_training_resumes_exactly(tiny_config, shapes_dir, tmp_path,
         assert torch.equal(resumed["loss_state"]["retinanet"][key], value)
 
 
-def test_cli_trains_two_iterations_and_writes_a_loadable_model(tiny_config, shapes_dir, tmp_path):
+@pytest.mark.filterwarnings("ignore:no detections to evaluate")  # 2 iterations detect nothing on val
+def test_cli_trains_two_iterations_and_writes_a_loadable_model(tiny_config, shapes_dir, tmp_path, capsys):
     from retinamask.cli import main
     from retinamask.modeling.checkpoint import load_checkpoint
 
@@ -421,7 +423,8 @@ def test_cli_trains_two_iterations_and_writes_a_loadable_model(tiny_config, shap
     model = build_model(cfg)
     load_checkpoint(model, out / "model_final.pth")
     assert model.class_names == cfg.CLASS_NAMES
-    # rerunning the finished command does nothing and succeeds
+    # rerunning the finished command does nothing and succeeds; --eval scores the final model on val
+    capsys.readouterr()
     assert (
         main(
             [
@@ -436,10 +439,15 @@ def test_cli_trains_two_iterations_and_writes_a_loadable_model(tiny_config, shap
                 "2",
                 "--workers",
                 "0",
+                "--eval",
             ]
         )
         == 0
     )
+    printed = capsys.readouterr().out
+    assert "final checkpoint" in printed and "model_final.pth" in printed
+    stats = json.loads((out / "eval_val.json").read_text())
+    assert "bbox" in json.dumps(stats) and "segm" in json.dumps(stats)
 
 
 def test_cli_reports_a_missing_dataset(tiny_config, tmp_path, capsys):

@@ -23,6 +23,13 @@ def _bool(text):
 
 
 def add_arguments(parser):
+    _add_file_arguments(parser)
+    _add_graph_arguments(parser)
+    _add_canvas_arguments(parser)
+
+
+def _add_file_arguments(parser):
+    """Config, weights, output file, simplification."""
     parser.add_argument(
         "--cfg_path",
         "--cfg-path",
@@ -55,6 +62,10 @@ def add_arguments(parser):
         help="simplify with onnxslim (default: True; skipped with a note if onnxslim is missing)",
     )
     parser.add_argument("--no-simplify", dest="simplify", action="store_false", help="same as --simplify=False")
+
+
+def _add_graph_arguments(parser):
+    """Layout, batch, precision (fp16 / int8 and its calibration), opset."""
     parser.add_argument(
         "--layout",
         choices=("end2end", "seed"),
@@ -105,6 +116,10 @@ def add_arguments(parser):
         help="with --int8: use N images of --calib, evenly spread (default: 32)",
     )
     parser.add_argument("--opset", type=int, default=18, help="ONNX opset, 18 or later (default: 18)")
+
+
+def _add_canvas_arguments(parser):
+    """Resize policy and its canvas, output rows, verification, config overrides."""
     parser.add_argument(
         "--resize",
         choices=("seed", "original", "buckets"),

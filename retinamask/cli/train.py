@@ -53,7 +53,7 @@ def add_arguments(parser):
 def run(args):
     from retinamask.config import load_config
     from retinamask.core.errors import ConfigError
-    from retinamask.engine.trainer import train
+    from retinamask.engine.train_run import evaluate_checkpoint, train
 
     if args.max_iter is not None and args.max_iter < 0:
         raise ConfigError(f"--max-iter must be >= 0, got {args.max_iter}", path="command line")
@@ -74,22 +74,8 @@ def run(args):
     )
     print(f"final checkpoint: {final}")
     if args.eval:
-        _evaluate(final, args)
+        from retinamask.evaluation import format_stats_text
+
+        report = evaluate_checkpoint(final, args.output, args.data, "val")
+        print(format_stats_text(report), end="")
     return 0
-
-
-def _evaluate(final, args):
-    from pathlib import Path
-
-    from retinamask.config import load_config
-    from retinamask.engine.trainer import CONFIG_NAME, evaluate_split
-    from retinamask.evaluation import format_stats_text, write_stats_json
-    from retinamask.modeling import build_model
-    from retinamask.modeling.checkpoint import load_checkpoint
-
-    cfg = load_config(Path(args.output) / CONFIG_NAME)
-    model = build_model(cfg)
-    load_checkpoint(model, final)
-    report = evaluate_split(model, cfg, args.data, "val")
-    write_stats_json(Path(args.output) / "eval_val.json", report)
-    print(format_stats_text(report), end="")

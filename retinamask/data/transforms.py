@@ -7,9 +7,9 @@ resize policy of ``retinamask.core.geometry``):
   transform: short side to ``min_size`` with the long side capped at
   ``max_size`` (``Resize.get_size``), PIL bilinear, BGR 0..255 minus PIXEL_MEAN
   divided by PIXEL_STD, zero padding bottom/right to a multiple of 32.
-* ``seed_preprocess``: the Ascend seed's fixed-size transform: long side to
-  ``input_size`` (1344), PIL bilinear, the same normalisation, zero padding
-  bottom/right to ``input_size`` x ``input_size``.
+* ``seed_preprocess``: the Ascend seed's fixed-size transform: long side to the
+  square canvas side S (1344), PIL bilinear, the same normalisation, zero padding
+  bottom/right to S x S.
 
 Arrays: images are uint8 [H, W, 3] RGB; model inputs are float32 [3, H, W] BGR.
 """
@@ -18,7 +18,13 @@ import numpy as np
 from PIL import Image
 
 from retinamask.core.contract import PIXEL_MEAN, PIXEL_STD
-from retinamask.core.geometry import SEED_INPUT_SIZE, seed_resize_geometry, upstream_test_size
+from retinamask.core.geometry import (
+    SEED_INPUT_SIZE,
+    ImageGeometry,
+    SeedResize,
+    seed_resize_geometry,
+    upstream_test_size,
+)
 
 
 def resize_rgb(img, size_hw):
@@ -82,19 +88,19 @@ def upstream_preprocess(img_rgb, min_size=800, max_size=1333, mean=PIXEL_MEAN, s
     return pad_divisible(normalize_bgr(resized, mean, std), size_divisible), resized_hw
 
 
-def seed_preprocess(img_rgb, input_size=SEED_INPUT_SIZE, mean=PIXEL_MEAN, std=PIXEL_STD):
+def seed_preprocess(img_rgb, canvas_side=SEED_INPUT_SIZE, mean=PIXEL_MEAN, std=PIXEL_STD):
     """The seed's fixed-size input for one image.
 
     ``img_rgb``: uint8 [H, W, 3] RGB. Returns (float32 [3, S, S] BGR with S =
-    ``input_size``: the image resized so its long side is S (see
+    ``canvas_side``: the image resized so its long side is S (see
     :func:`seed_resize_geometry` for rounding), normalised, zero-padded
     bottom/right; ``scale`` = S / max(H, W), which postprocessing divides boxes by;
     (resized_h, resized_w), the valid region).
     """
     h, w = img_rgb.shape[:2]
-    resized_hw, scale = seed_resize_geometry(h, w, input_size)
+    resized_hw, scale = seed_resize_geometry(h, w, canvas_side)
     resized = resize_rgb(img_rgb, resized_hw)
-    return pad_to(normalize_bgr(resized, mean, std), (input_size, input_size)), scale, resized_hw
+    return pad_to(normalize_bgr(resized, mean, std), (canvas_side, canvas_side)), scale, resized_hw
 
 
 def policy_preprocess(img_rgb, policy, mean=PIXEL_MEAN, std=PIXEL_STD):
@@ -102,8 +108,6 @@ def policy_preprocess(img_rgb, policy, mean=PIXEL_MEAN, std=PIXEL_STD):
     (float32 [3, Hc, Wc] BGR, normalised, zero-padded bottom/right to the policy's canvas;
     the image's :class:`~retinamask.core.geometry.ImageGeometry`). The ``seed`` policy gives exactly
     :func:`seed_preprocess`'s tensor, ``original`` exactly :func:`upstream_preprocess`'s."""
-    from retinamask.core.geometry import ImageGeometry, SeedResize
-
     h, w = img_rgb.shape[:2]
     if isinstance(policy, SeedResize):  # the seed's route, literally
         tensor, _, resized_hw = seed_preprocess(img_rgb, policy.size, mean, std)

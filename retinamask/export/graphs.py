@@ -29,12 +29,12 @@ END2END_OUTPUTS = OUTPUT_NAMES["end2end"]
 SEED_OUTPUTS = OUTPUT_NAMES["seed"]
 
 
-def _check_model(model, input_size):
+def _check_model(model, canvas_side):
     if model.mask is None:
         raise ConfigError("the export layouts need the mask head: set MODEL.MASK_ON True")
-    if input_size <= 0 or input_size % 32:
+    if canvas_side <= 0 or canvas_side % 32:
         # The FPN's nearest x2 top-down path needs C3..C5 sizes that halve exactly.
-        raise ConfigError(f"input size must be a positive multiple of 32, got {input_size}")
+        raise ConfigError(f"input size must be a positive multiple of 32, got {canvas_side}")
 
 
 def _compute_dtype(model):
@@ -106,7 +106,7 @@ class End2EndGraph(nn.Module):
     forward(images [B, 3, S, S]) -> (boxes [B, K, 4] float32 (canvas pixels, clipped to
     [0, S-1]), labels [B, K] int32 (1-based, -1 on padding), scores [B, K] float32 (descending,
     0 on padding), masks [B, K, 1, M, M] float32 (probability of the row's class, 0 on padding)).
-    With ``input_size`` None the canvas may have any size: forward(images [B, 3, H, W],
+    With ``canvas_side`` None the canvas may have any size: forward(images [B, 3, H, W],
     image_sizes [B, 2] int64 (h, w) of each image's valid region), boxes clipped to
     [0, w-1] x [0, h-1] per image, as the original clips them (``candidates_in_images``).
 
@@ -121,14 +121,14 @@ class End2EndGraph(nn.Module):
     original's 50.
     """
 
-    def __init__(self, model, input_size, max_detections=100):
+    def __init__(self, model, canvas_side, max_detections=100):
         super().__init__()
-        _check_model(model, input_size or 32)
+        _check_model(model, canvas_side or 32)
         if max_detections <= 0:
             raise ConfigError(f"max detections must be positive, got {max_detections}")
         postprocessor = model.rpn.postprocessor
         self.model = model
-        self.input_size = int(input_size) if input_size else None  # None: any canvas, with image_sizes
+        self.canvas_side = int(canvas_side) if canvas_side else None  # None: any canvas, with image_sizes
         self.max_detections = int(max_detections)
         self.num_classes = model.rpn.head.num_classes
         self.score_threshold = float(postprocessor.score_threshold)
@@ -138,13 +138,13 @@ class End2EndGraph(nn.Module):
 
     def forward(self, images, image_sizes=None):
         features, levels = dense_predictions(self.model, images)
-        if self.input_size is None:
+        if self.canvas_side is None:
             boxes, scores, labels = self.candidates_in_images(levels, image_sizes)
             # tiles as wide as the largest valid region: groups never overlap
             pitch = image_sizes.max().to(boxes.dtype) + 1
         else:
             boxes, scores, labels = self.candidates(levels)
-            pitch = float(self.input_size + 1)
+            pitch = float(self.canvas_side + 1)
         batch, num_candidates = scores.shape
         k = self.max_detections
 
@@ -188,7 +188,7 @@ class End2EndGraph(nn.Module):
             scores.append(level_top)
             labels.append(level_labels)
         boxes = torch.cat(boxes, dim=1)
-        canvas = self.input_size
+        canvas = self.canvas_side
         boxes = clip_boxes(boxes.reshape(-1, 4), canvas, canvas).view(boxes.shape)
         return boxes, torch.cat(scores, dim=1), torch.cat(labels, dim=1)
 
@@ -244,11 +244,11 @@ class SeedGraph(nn.Module):
     The 1000 rows are the global top-1000 (anchor, class) sigmoid scores over all levels.
     """
 
-    def __init__(self, model, input_size, num_candidates=SEED_NUM_CANDIDATES):
+    def __init__(self, model, canvas_side, num_candidates=SEED_NUM_CANDIDATES):
         super().__init__()
-        _check_model(model, input_size)
+        _check_model(model, canvas_side)
         self.model = model
-        self.input_size = int(input_size)
+        self.canvas_side = int(canvas_side)
         self.num_candidates = int(num_candidates)
         self.box_coder = model.rpn.postprocessor.box_coder
 
@@ -258,7 +258,7 @@ class SeedGraph(nn.Module):
         deltas = torch.cat([level[1] for level in levels], dim=1)
         anchors = torch.cat([level[2] for level in levels], dim=0)
         boxes, scores, labels = top_candidates(scores, deltas, anchors, self.num_candidates, self.box_coder)
-        boxes = boxes.clamp(min=0, max=self.input_size)
+        boxes = boxes.clamp(min=0, max=self.canvas_side)
         batch, k = scores.shape
         image_index = torch.arange(batch, device=images.device).view(-1, 1).expand(batch, k).reshape(-1)
         probs = _mask_probabilities(self.model, features, boxes.reshape(-1, 4), labels.reshape(-1), image_index)

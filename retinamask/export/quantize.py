@@ -39,6 +39,7 @@ import numpy as np
 
 from retinamask import __version__
 from retinamask.core.errors import InputError, RetinaMaskError, one_line
+from retinamask.core.geometry import SeedResize
 
 logger = logging.getLogger(__name__)
 
@@ -74,14 +75,14 @@ class SeedTransformReader:
     """ONNX Runtime CalibrationDataReader: images through ``seed_preprocess`` in batches of the
     model's batch size (1 when dynamic). Unreadable images are skipped with a warning.
 
-    ``policy``: for models that take any canvas, a ResizePolicy instead of the seed transform:
-    one image per batch (canvases differ; repeated to a fixed batch), with its ``image_sizes``."""
+    ``policy``: the model's resize policy: the seed's S x S canvas (``SeedResize``), or for
+    models that take any canvas another ResizePolicy: one image per batch (canvases differ;
+    repeated to a fixed batch), with its ``image_sizes``."""
 
-    def __init__(self, images, input_name, input_size, mean, std, batch_size=1, policy=None):
+    def __init__(self, images, input_name, policy, mean, std, batch_size=1):
         self.images = list(images)
         self.input_name = input_name
         self.policy = policy
-        self.input_size = None if policy is not None else int(input_size)
         self.mean, self.std = tuple(mean), tuple(std)
         self.batch_size = int(batch_size)
         self.used = 0
@@ -92,13 +93,13 @@ class SeedTransformReader:
         from retinamask.data.transforms import seed_preprocess
         from retinamask.formats.images import load_image_rgb
 
-        if self.policy is not None:
+        if not isinstance(self.policy, SeedResize):
             yield from self._generate_any_canvas()
             return
         pending = []
         for path in self.images:
             try:
-                tensor = seed_preprocess(load_image_rgb(path), self.input_size, self.mean, self.std)[0]
+                tensor = seed_preprocess(load_image_rgb(path), self.policy.size, self.mean, self.std)[0]
             except InputError as e:
                 logger.warning("%s: %s (not used for calibration)", path, e.cause)
                 self.skipped.append(str(path))
@@ -190,25 +191,64 @@ def quantize_onnx(
     file size. Raises InputError for a missing calibration set, QuantizationError when ONNX
     Runtime's quantization fails or no convolution got quantized.
     """
-    import onnx
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    from retinamask.export.onnx_export import _save
+    from retinamask.export.save import save_onnx
     from retinamask.formats.model_info import read_model_info
 
     model_path, save_path = Path(model_path), Path(save_path)
     info = read_model_info(model_path)
     images = calibration_images(calibration_dir, calibration_count)
     reader = SeedTransformReader(
-        images,
-        info.input_name,
-        info.input_size,
-        info.pixel_mean,
-        info.pixel_std,
-        info.batch_size or 1,
-        policy=info.resize if info.dynamic_hw else None,
+        images, info.input_name, info.resize, info.pixel_mean, info.pixel_std, info.batch_size or 1
     )
+    from_cache = calibration_cache is not None and Path(calibration_cache).is_file()
+    started = time.perf_counter()
+    settings = {"per_channel": per_channel, "reduce_range": reduce_range, "calibration_cache": calibration_cache}
+    proto, nodes, prepare_seconds = _quantize_dense_nodes(model_path, save_path, reader, settings, calibration_dir)
+
+    counts = {}
+    for node in proto.graph.node:
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    if not counts.get("DequantizeLinear"):
+        raise QuantizationError("no convolution was quantized", model_path)
+    quantization = {
+        "method": "onnxruntime.quantize_static",
+        "format": "QDQ",
+        "weights": ("int8 in 7 bits (reduce_range) " if reduce_range else "int8 ")
+        + "symmetric "
+        + ("per channel" if per_channel else "per tensor"),
+        "activations": "uint8 asymmetric per tensor",
+        "calibration": "minmax" + (f" (ranges from {Path(calibration_cache).name})" if from_cache else ""),
+        "calibration_images": None if from_cache else reader.used,
+        "quantized_nodes": len(nodes),
+    }
+    _stamp(proto, quantization)
+    save_onnx(proto, save_path)
+    return {
+        "path": str(save_path),
+        "source": str(model_path),
+        "calibration_dir": str(calibration_dir),
+        "calibration_images_used": reader.used,
+        "calibration_images_skipped": reader.skipped,
+        "quantized_nodes": len(nodes),
+        "qdq_nodes": counts,
+        "prepare_seconds": round(prepare_seconds, 2),
+        "total_seconds": round(time.perf_counter() - started, 2),
+        "file_bytes": save_path.stat().st_size,
+        "quantization": quantization,
+    }
+
+
+def _quantize_dense_nodes(model_path, save_path, reader, settings, calibration_dir):
+    """ONNX Runtime's pre-processing, then ``quantize_static`` of :func:`dense_nodes` calibrated on
+    ``reader`` (in a temporary folder next to ``save_path``). ``settings``: per_channel,
+    reduce_range, calibration_cache. Returns (the quantized ModelProto, the quantized node names,
+    seconds spent preparing)."""
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    calibration_cache = settings["calibration_cache"]
     from_cache = calibration_cache is not None and Path(calibration_cache).is_file()
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="retinamask-quant-", dir=save_path.parent) as tmp:
@@ -231,12 +271,12 @@ def quantize_onnx(
                     str(quantized),
                     reader,
                     quant_format=QuantFormat.QDQ,
-                    per_channel=per_channel,
+                    per_channel=settings["per_channel"],
                     activation_type=QuantType.QUInt8,
                     weight_type=QuantType.QInt8,
                     nodes_to_quantize=nodes,
                     calibrate_method=CalibrationMethod.MinMax,
-                    reduce_range=reduce_range,
+                    reduce_range=settings["reduce_range"],
                     extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
                     calibration_cache_path=None if calibration_cache is None else str(calibration_cache),
                 )
@@ -248,45 +288,17 @@ def quantize_onnx(
             raise QuantizationError(
                 f"ONNX Runtime's static quantization failed: {one_line(e, 300)}", model_path
             ) from None
-        proto = onnx.load(str(quantized))
+        return onnx.load(str(quantized)), nodes, prepare_seconds
 
-    counts = {}
-    for node in proto.graph.node:
-        if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
-            counts[node.op_type] = counts.get(node.op_type, 0) + 1
-    if not counts.get("DequantizeLinear"):
-        raise QuantizationError("no convolution was quantized", model_path)
-    quantization = {
-        "method": "onnxruntime.quantize_static",
-        "format": "QDQ",
-        "weights": ("int8 in 7 bits (reduce_range) " if reduce_range else "int8 ")
-        + "symmetric "
-        + ("per channel" if per_channel else "per tensor"),
-        "activations": "uint8 asymmetric per tensor",
-        "calibration": "minmax" + (f" (ranges from {Path(calibration_cache).name})" if from_cache else ""),
-        "calibration_images": None if from_cache else reader.used,
-        "quantized_nodes": len(nodes),
-    }
+
+def _stamp(proto, quantization):
+    """Write the quantization settings into the metadata and retinamask as the producer."""
     entry = next((p for p in proto.metadata_props if p.key == QUANTIZATION_METADATA_KEY), None)
     if entry is None:
         entry = proto.metadata_props.add()
         entry.key = QUANTIZATION_METADATA_KEY
     entry.value = json.dumps(quantization)
     proto.producer_name, proto.producer_version = "retinamask", __version__
-    _save(proto, save_path)
-    return {
-        "path": str(save_path),
-        "source": str(model_path),
-        "calibration_dir": str(calibration_dir),
-        "calibration_images_used": reader.used,
-        "calibration_images_skipped": reader.skipped,
-        "quantized_nodes": len(nodes),
-        "qdq_nodes": counts,
-        "prepare_seconds": round(prepare_seconds, 2),
-        "total_seconds": round(time.perf_counter() - started, 2),
-        "file_bytes": save_path.stat().st_size,
-        "quantization": quantization,
-    }
 
 
 @contextlib.contextmanager

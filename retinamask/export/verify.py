@@ -7,9 +7,9 @@ import time
 import numpy as np
 import torch
 
+from retinamask.core.contract import IMAGE_SIZES_INPUT, SEED_NUM_CANDIDATES
 from retinamask.core.geometry import ResizePolicy, SeedResize
-from retinamask.export.graphs import SEED_NUM_CANDIDATES, SeedGraph
-from retinamask.formats.model_info import IMAGE_SIZES_INPUT
+from retinamask.export.graphs import SeedGraph
 
 # Parity tolerances against PyTorch (float32 eager). Detections are matched by label and box IoU.
 # float16: the convolutions run in half precision, so scores move by ~1e-3 and a few
@@ -46,15 +46,15 @@ def synthetic_image(height=640, width=640, variant=0):
     return np.clip(image, 0, 255).astype(np.uint8)
 
 
-def sample_input(cfg, input_size, batch=1):
+def sample_input(cfg, resize, batch=1):
     """``synthetic_image`` variants for tracing and verifying an export.
 
-    ``input_size``: a ResizePolicy, or the seed canvas side S. Returns float32 [B, 3, S, S] (the
+    ``resize``: a ResizePolicy, or the seed canvas side S. Returns float32 [B, 3, S, S] (the
     square pictures through the seed transform) for the seed policy; otherwise (float32
     [B, 3, H, W] pictures of exactly :func:`example_canvas`'s size, int64 image_sizes [B, 2])."""
     from retinamask.data.transforms import normalize_bgr, policy_preprocess
 
-    policy = input_size if isinstance(input_size, ResizePolicy) else SeedResize(input_size)
+    policy = resize if isinstance(resize, ResizePolicy) else SeedResize(resize)
     if isinstance(policy, SeedResize):
         tensors = [
             policy_preprocess(synthetic_image(variant=i), policy, cfg.INPUT.PIXEL_MEAN, cfg.INPUT.PIXEL_STD)[0]
@@ -253,30 +253,30 @@ def run_onnxruntime(path, images, image_sizes=None):
     return session.run(None, feed)
 
 
-def verify_export(model, graph, cfg, path, layout, input_size, max_detections, batch=1, precision="fp32"):
+def verify_export(model, graph, cfg, path, layout, resize, max_detections, batch=1, precision="fp32"):
     """One ONNX Runtime run of the exported file on the sample input, compared with PyTorch:
     end2end against the eager model (image_sizes: the canvas for the seed policy, else the
     images' true sizes; NUM_MASKS_TEST = K), seed against the float32 SeedGraph run eagerly.
-    ``input_size``: the ResizePolicy (or the seed canvas side S)."""
-    policy = input_size if isinstance(input_size, ResizePolicy) else SeedResize(input_size)
+    ``resize``: the ResizePolicy (or the seed canvas side S)."""
+    policy = resize if isinstance(resize, ResizePolicy) else SeedResize(resize)
     images, image_sizes = sample_input(cfg, policy, batch), None
     if not isinstance(policy, SeedResize):
         images, image_sizes = images
-    input_size = getattr(policy, "size", None)
+    canvas_side = getattr(policy, "size", None)  # the seed's square canvas S
     start = time.perf_counter()
     outputs = run_onnxruntime(path, images.numpy(), None if image_sizes is None else image_sizes.numpy())
     ort_seconds = time.perf_counter() - start
     if layout == "end2end":
         reference = eager_detections(model, images, max_detections, image_sizes)
         where = (
-            f"({input_size}, {input_size})"
+            f"({canvas_side}, {canvas_side})"
             if image_sizes is None
             else "the images' sizes " + ", ".join(f"{h}x{w}" for h, w in image_sizes.tolist())
         )
         reference_kind = f"eager model, image_sizes {where}, NUM_MASKS_TEST {max_detections}"
         cut = max_detections
     else:
-        seed_graph = graph if precision == "fp32" else SeedGraph(model, input_size)
+        seed_graph = graph if precision == "fp32" else SeedGraph(model, canvas_side)
         with torch.no_grad():
             reference = output_detections([t.numpy() for t in seed_graph(images)], layout)
         reference_kind = "SeedGraph in PyTorch (float32)"

@@ -3,12 +3,10 @@
 See docs/onnx_contract.md: one input ``[B, 3, S, S]`` float32 (the ``seed`` resize policy), or
 ``input`` [B, 3, H, W] with dynamic H/W plus ``image_sizes`` int64 [B, 2] (``original`` /
 ``buckets``); four outputs in the ``end2end`` or ``seed`` layout, and ``retinamask.*``
-metadata_props. Models without the metadata (e.g. the seed's own ONNX) work when
-``layout``/``input_size`` are given.
+metadata_props. Models without the metadata (e.g. the seed's own ONNX) work when the layout
+and the canvas side S are given (``--layout``, ``--input-size``).
 """
 
-import json
-import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,23 +25,22 @@ from retinamask.core.contract import PIXEL_MEAN as DEFAULT_PIXEL_MEAN
 from retinamask.core.contract import PIXEL_STD as DEFAULT_PIXEL_STD
 from retinamask.core.errors import InputError
 from retinamask.core.geometry import POLICIES, ResizePolicy, SeedResize, policy_from_metadata, policy_named
-
-logger = logging.getLogger(__name__)
-
+from retinamask.formats.onnx_graph import (
+    check_outputs,
+    class_names_meta,
+    elem_dtype,
+    float_meta,
+    floats_meta,
+    format_dims,
+    guess_layout,
+    int_meta,
+    load_onnx_graph,
+    static_rows,
+    value_dims,
+)
 
 # Output index -> (name in the layout, dtype); the per-image shapes come from output_specs().
 _OUTPUT_DTYPES = (np.dtype("<f4"), np.dtype("<i4"), np.dtype("<f4"), np.dtype("<f4"))
-
-_ONNX_ELEM_TYPES = {
-    1: np.dtype("float32"),
-    6: np.dtype("int32"),
-    7: np.dtype("int64"),
-    10: np.dtype("float16"),
-    11: np.dtype("float64"),
-    9: np.dtype("bool"),
-    3: np.dtype("int8"),
-    2: np.dtype("uint8"),
-}
 
 
 @dataclass(frozen=True)
@@ -160,8 +157,8 @@ class ModelInfo:
 def read_model_info(model_path, layout=None, input_size=None, resize=None):
     """Read an exported model's inputs, outputs and ``retinamask.*`` metadata.
 
-    ``layout`` / ``input_size``: used where the metadata lacks them (and checked
-    against it where it has them). ``resize``: the policy to run (a name or a
+    ``layout`` / ``input_size`` (the square canvas side S): used where the metadata lacks them
+    (and checked against it where it has them). ``resize``: the policy to run (a name or a
     ResizePolicy; None: the metadata's): a dynamic-H/W model runs any policy (the
     test sizes come from its metadata), a square model only ``seed``.
     The weights are not loaded (only the graph).
@@ -170,20 +167,24 @@ def read_model_info(model_path, layout=None, input_size=None, resize=None):
     supplies (naming the keys and the flags), or disagreements between them.
     """
     path = Path(model_path)
-    model = _load_onnx_graph(path)
-    graph = model.graph
+    model = load_onnx_graph(path)
     metadata = {p.key: p.value for p in model.metadata_props}
-    supplied = []
+    input_value, in_dims, dynamic_hw = _read_inputs(model.graph, path)
+    model_info = _dynamic_model_info if dynamic_hw else _square_model_info
+    return model_info(path, model, metadata, input_value, in_dims, layout, input_size, resize)
 
+
+def _read_inputs(graph, path):
+    """The graph's image input checked against the contract: (its ValueInfo, its dims, True when
+    an ``image_sizes`` input [B, 2] makes it a dynamic-H/W model)."""
     initializers = {t.name for t in graph.initializer}
     inputs = [i for i in graph.input if i.name not in initializers]
-    image_sizes_name = None
-    if len(inputs) == 2 and inputs[1].name == IMAGE_SIZES_INPUT:
-        image_sizes_name = IMAGE_SIZES_INPUT
-        size_dims = _dims(inputs[1])
+    dynamic_hw = len(inputs) == 2 and inputs[1].name == IMAGE_SIZES_INPUT
+    if dynamic_hw:
+        size_dims = value_dims(inputs[1])
         if size_dims is not None and (len(size_dims) != 2 or size_dims[1] not in (2, None)):
             raise InputError(
-                f"expected input {IMAGE_SIZES_INPUT!r} of shape [B, 2], found {_fmt_dims(size_dims)}", path
+                f"expected input {IMAGE_SIZES_INPUT!r} of shape [B, 2], found {format_dims(size_dims)}", path
             )
     elif len(inputs) != 1:
         raise InputError(
@@ -192,14 +193,21 @@ def read_model_info(model_path, layout=None, input_size=None, resize=None):
             path,
         )
     input_value = inputs[0]
-    in_dims = _dims(input_value)
-    in_dtype = _elem_dtype(input_value)
+    in_dims = value_dims(input_value)
+    in_dtype = elem_dtype(input_value)
     if in_dims is None or len(in_dims) != 4 or in_dims[1] not in (3, None):
-        raise InputError(f"expected input {input_value.name!r} of shape [B, 3, S, S], found {_fmt_dims(in_dims)}", path)
+        raise InputError(
+            f"expected input {input_value.name!r} of shape [B, 3, S, S], found {format_dims(in_dims)}", path
+        )
     if in_dtype is not None and in_dtype != np.float32:
         raise InputError(f"expected a float32 input, {input_value.name!r} is {in_dtype}", path)
-    if image_sizes_name is not None:
-        return _dynamic_model_info(path, model, metadata, inputs, in_dims, layout, input_size, resize)
+    return input_value, in_dims, dynamic_hw
+
+
+def _square_model_info(path, model, metadata, input_value, in_dims, layout, given_side, resize):
+    """ModelInfo of a square model (one input [B, 3, S, S], the seed policy): the layout and S
+    from the metadata, else the graph, else the arguments (``given_side``: S as asked for)."""
+    graph = model.graph
     if resize is not None and getattr(resize, "name", resize) != "seed":
         raise InputError(
             f"--resize {getattr(resize, 'name', resize)}: this model takes only a fixed square canvas "
@@ -207,8 +215,60 @@ def read_model_info(model_path, layout=None, input_size=None, resize=None):
             "canvases",
             path,
         )
+    meta_layout, resolved_layout = _resolve_layout(metadata, layout, path)
+    meta_side, canvas_side = _resolve_canvas_side(metadata, in_dims, given_side, path)
+    _require_layout_and_side(graph, resolved_layout, canvas_side, path)
+    supplied = (["input_size"] if meta_side is None else []) + (["layout"] if meta_layout is None else [])
+    batch_dim = _batch_axis(in_dims, metadata, path)
 
-    # --- layout
+    if len(graph.output) != 4:
+        raise InputError(
+            f"expected 4 outputs (boxes, labels, scores, masks: docs/onnx_contract.md), found {len(graph.output)}: "
+            f"{[o.name for o in graph.output]}",
+            path,
+        )
+    specs, max_detections, mask_resolution = _read_outputs(graph, metadata, resolved_layout, path, True)
+    if resize is not None and isinstance(resize, ResizePolicy) and resize != SeedResize(canvas_side):
+        raise InputError(
+            f"--resize {resize.describe()} disagrees with the model's {canvas_side}x{canvas_side} canvas", path
+        )
+    return ModelInfo(
+        path=path,
+        layout=resolved_layout,
+        input_name=input_value.name,
+        input_size=int(canvas_side),
+        batch_size=batch_dim,
+        output_names=tuple(o.name for o in graph.output),
+        outputs=specs,
+        **_described_fields(metadata, path),
+        max_detections=max_detections,
+        mask_resolution=mask_resolution,
+        version=_version(metadata),
+        metadata=metadata,
+        supplied=tuple(supplied),
+    )
+
+
+def _read_outputs(graph, metadata, layout, path, mask_resolution_from_graph):
+    """The 4 outputs of ``layout``: (per-image OutputSpecs checked against the graph,
+    max_detections, mask resolution M). Rows K: the seed's 1000, else the graph's static rows,
+    else retinamask.max_detections; M from the graph's static mask shape where
+    ``mask_resolution_from_graph`` (square models), else from the metadata."""
+    mask_resolution = int_meta(metadata, "mask_resolution", path) or DEFAULT_MASK_RESOLUTION
+    max_detections = int_meta(metadata, "max_detections", path) or DEFAULT_MAX_DETECTIONS
+    out_dims = [value_dims(o) for o in graph.output]
+    # the seed layout always has 1000 rows; a graph with other static rows fails the check below
+    num_rows = SEED_NUM_CANDIDATES if layout == "seed" else (static_rows(out_dims) or max_detections)
+    mask_dims = out_dims[3]
+    if mask_resolution_from_graph and mask_dims is not None and len(mask_dims) == 5 and mask_dims[-1] is not None:
+        mask_resolution = mask_dims[-1]
+    specs = output_specs(layout, num_rows, mask_resolution)
+    check_outputs(graph.output, out_dims, specs, layout, path)
+    return specs, max_detections, int(mask_resolution)
+
+
+def _resolve_layout(metadata, layout, path):
+    """(the metadata's layout or None, the layout to use: the metadata's, else ``layout``)."""
     meta_layout = metadata.get(META_PREFIX + "layout")
     if meta_layout is not None and meta_layout not in LAYOUTS:
         raise InputError(f"metadata retinamask.layout={meta_layout!r} is not one of {LAYOUTS}", path)
@@ -216,40 +276,44 @@ def read_model_info(model_path, layout=None, input_size=None, resize=None):
         raise InputError(f"layout must be one of {LAYOUTS}, got {layout!r}")
     if meta_layout and layout and meta_layout != layout:
         raise InputError(f"--layout {layout} disagrees with the model's metadata retinamask.layout={meta_layout}", path)
-    resolved_layout = meta_layout or layout
+    return meta_layout, meta_layout or layout
 
-    # --- input size: metadata, else the static input shape, else the argument
-    static_sizes = {d for d in in_dims[2:] if d is not None}
-    if len(static_sizes) > 1:
-        raise InputError(f"the input must be square [B, 3, S, S], found {_fmt_dims(in_dims)}", path)
-    graph_size = static_sizes.pop() if static_sizes else None
-    meta_size = _int_meta(metadata, "input_size", path)
+
+def _resolve_canvas_side(metadata, in_dims, given_side, path):
+    """(the metadata's S or None, the square canvas side S: the metadata's, else the static
+    input shape's, else ``given_side``; None when none knows it). They must agree."""
+    static_sides = {d for d in in_dims[2:] if d is not None}
+    if len(static_sides) > 1:
+        raise InputError(f"the input must be square [B, 3, S, S], found {format_dims(in_dims)}", path)
+    graph_side = static_sides.pop() if static_sides else None
+    meta_side = int_meta(metadata, "input_size", path)
     candidates = {
-        "metadata retinamask.input_size": meta_size,
-        "the input shape": graph_size,
-        "--input-size": input_size,
+        "metadata retinamask.input_size": meta_side,
+        "the input shape": graph_side,
+        "--input-size": given_side,
     }
     known = {k: v for k, v in candidates.items() if v is not None}
     if len(set(known.values())) > 1:
         raise InputError("input size disagreement: " + ", ".join(f"{k} says {v}" for k, v in known.items()), path)
-    resolved_size = next(iter(known.values()), None)
-    if meta_size is None and resolved_size is not None:
-        supplied.append("input_size")
+    return meta_side, next(iter(known.values()), None)
 
+
+def _require_layout_and_side(graph, layout, canvas_side, path):
+    """Raise InputError naming the metadata keys (and the flags that supply them) still unknown."""
     missing = []
-    if resolved_layout is None:
-        missing.append(("retinamask.layout", "--layout end2end|seed", _guess_layout(graph)))
-    if resolved_size is None:
+    if layout is None:
+        missing.append(("retinamask.layout", "--layout end2end|seed", guess_layout(graph)))
+    if canvas_side is None:
         missing.append(("retinamask.input_size", "--input-size S", None))
     if missing:
         parts = []
         for key, flag, hint in missing:
             parts.append(f"{key} (pass {flag}{'; the output names suggest ' + hint if hint else ''})")
         raise InputError("the model's metadata lacks " + "; ".join(parts), path)
-    if meta_layout is None:
-        supplied.append("layout")
 
-    # --- batch
+
+def _batch_axis(in_dims, metadata, path):
+    """The input's fixed batch B (checked against retinamask.batch), None when dynamic."""
     batch_dim = in_dims[0]
     meta_batch = metadata.get(META_PREFIX + "batch")
     if meta_batch not in (None, "dynamic"):
@@ -263,60 +327,60 @@ def read_model_info(model_path, layout=None, input_size=None, resize=None):
             raise InputError(f"metadata retinamask.batch={meta_batch} but the input's batch axis is {batch_dim}", path)
     if batch_dim is not None and batch_dim <= 0:
         batch_dim = None
-
-    # --- outputs
-    if len(graph.output) != 4:
-        raise InputError(
-            f"expected 4 outputs (boxes, labels, scores, masks: docs/onnx_contract.md), found {len(graph.output)}: "
-            f"{[o.name for o in graph.output]}",
-            path,
-        )
-    mask_resolution = _int_meta(metadata, "mask_resolution", path) or DEFAULT_MASK_RESOLUTION
-    max_detections = _int_meta(metadata, "max_detections", path) or DEFAULT_MAX_DETECTIONS
-    out_dims = [_dims(o) for o in graph.output]
-    rows = _static_rows(out_dims)
-    # the seed layout always has 1000 rows; a graph with other static rows fails the check below
-    num_rows = SEED_NUM_CANDIDATES if resolved_layout == "seed" else (rows or max_detections)
-    mask_dims = out_dims[3]
-    if mask_dims is not None and len(mask_dims) == 5 and mask_dims[-1] is not None:
-        mask_resolution = mask_dims[-1]
-    specs = output_specs(resolved_layout, num_rows, mask_resolution)
-    _check_outputs(graph.output, out_dims, specs, resolved_layout, path)
-    if resize is not None and isinstance(resize, ResizePolicy) and resize != SeedResize(resolved_size):
-        raise InputError(
-            f"--resize {resize.describe()} disagrees with the model's {resolved_size}x{resolved_size} canvas", path
-        )
-
-    return ModelInfo(
-        path=path,
-        layout=resolved_layout,
-        input_name=input_value.name,
-        input_size=int(resolved_size),
-        batch_size=batch_dim,
-        output_names=tuple(o.name for o in graph.output),
-        outputs=specs,
-        pixel_mean=_floats_meta(metadata, "pixel_mean", path) or DEFAULT_PIXEL_MEAN,
-        pixel_std=_floats_meta(metadata, "pixel_std", path) or DEFAULT_PIXEL_STD,
-        class_names=_class_names(metadata, path),
-        score_threshold=_float_meta(metadata, "score_threshold", path),
-        nms_threshold=_float_meta(metadata, "nms_threshold", path) or 0.4,
-        max_detections=max_detections,
-        mask_resolution=int(mask_resolution),
-        version=metadata.get(META_PREFIX + "version"),
-        metadata=metadata,
-        supplied=tuple(supplied),
-    )
+    return batch_dim
 
 
-def _dynamic_model_info(path, model, metadata, inputs, in_dims, layout, input_size, resize):
+def _described_fields(metadata, path):
+    """The ModelInfo fields that only the metadata describes (the defaults where it lacks them)."""
+    return {
+        "pixel_mean": floats_meta(metadata, "pixel_mean", path) or DEFAULT_PIXEL_MEAN,
+        "pixel_std": floats_meta(metadata, "pixel_std", path) or DEFAULT_PIXEL_STD,
+        "class_names": class_names_meta(metadata, path),
+        "score_threshold": float_meta(metadata, "score_threshold", path),
+        "nms_threshold": float_meta(metadata, "nms_threshold", path) or 0.4,
+    }
+
+
+def _version(metadata):
+    return metadata.get(META_PREFIX + "version")
+
+
+def _dynamic_model_info(path, model, metadata, input_value, in_dims, layout, given_side, resize):
     """ModelInfo of a dynamic-H/W model (input + image_sizes): end2end layout, a policy in the
     metadata (or ``resize`` given as a policy)."""
     graph = model.graph
-    if input_size is not None:
+    if given_side is not None:
         raise InputError("--input-size is for square models; this one takes any canvas (pass --resize)", path)
     meta_layout = metadata.get(META_PREFIX + "layout", "end2end")
     if meta_layout != "end2end" or (layout is not None and layout != "end2end"):
         raise InputError(f"a model with {IMAGE_SIZES_INPUT} has the end2end layout, not {layout or meta_layout}", path)
+    policy, supplied = _dynamic_policy(metadata, resize, path)
+    if len(graph.output) != 4:
+        raise InputError(f"expected 4 outputs (boxes, labels, scores, masks), found {len(graph.output)}", path)
+    specs, max_detections, mask_resolution = _read_outputs(graph, metadata, "end2end", path, False)
+    batch_dim = in_dims[0] if in_dims[0] and in_dims[0] > 0 else None
+    return ModelInfo(
+        path=path,
+        layout="end2end",
+        input_name=input_value.name,
+        input_size=None,
+        batch_size=batch_dim,
+        output_names=tuple(o.name for o in graph.output),
+        outputs=specs,
+        **_described_fields(metadata, path),
+        max_detections=max_detections,
+        mask_resolution=mask_resolution,
+        version=_version(metadata),
+        metadata=metadata,
+        supplied=tuple(supplied),
+        resize=policy,
+        image_sizes_name=IMAGE_SIZES_INPUT,
+    )
+
+
+def _dynamic_policy(metadata, resize, path):
+    """(the policy a dynamic-H/W model runs, supplied keys): ``resize`` as a ResizePolicy, or the
+    metadata's policy (renamed to ``resize`` when that is a name)."""
     try:
         policy = policy_from_metadata(metadata)
     except ValueError as e:
@@ -337,156 +401,4 @@ def _dynamic_model_info(path, model, metadata, inputs, in_dims, layout, input_si
         supplied.append("resize")
     if policy is None:
         raise InputError("the model's metadata lacks retinamask.resize (its resize policy); re-export it", path)
-    if len(graph.output) != 4:
-        raise InputError(f"expected 4 outputs (boxes, labels, scores, masks), found {len(graph.output)}", path)
-    mask_resolution = _int_meta(metadata, "mask_resolution", path) or DEFAULT_MASK_RESOLUTION
-    max_detections = _int_meta(metadata, "max_detections", path) or DEFAULT_MAX_DETECTIONS
-    out_dims = [_dims(o) for o in graph.output]
-    specs = output_specs("end2end", _static_rows(out_dims) or max_detections, mask_resolution)
-    _check_outputs(graph.output, out_dims, specs, "end2end", path)
-    batch_dim = in_dims[0] if in_dims[0] and in_dims[0] > 0 else None
-    return ModelInfo(
-        path=path,
-        layout="end2end",
-        input_name=inputs[0].name,
-        input_size=None,
-        batch_size=batch_dim,
-        output_names=tuple(o.name for o in graph.output),
-        outputs=specs,
-        pixel_mean=_floats_meta(metadata, "pixel_mean", path) or DEFAULT_PIXEL_MEAN,
-        pixel_std=_floats_meta(metadata, "pixel_std", path) or DEFAULT_PIXEL_STD,
-        class_names=_class_names(metadata, path),
-        score_threshold=_float_meta(metadata, "score_threshold", path),
-        nms_threshold=_float_meta(metadata, "nms_threshold", path) or 0.4,
-        max_detections=max_detections,
-        mask_resolution=int(mask_resolution),
-        version=metadata.get(META_PREFIX + "version"),
-        metadata=metadata,
-        supplied=tuple(supplied),
-        resize=policy,
-        image_sizes_name=IMAGE_SIZES_INPUT,
-    )
-
-
-def _load_onnx_graph(path):
-    import onnx
-    from google.protobuf.message import DecodeError
-
-    if not path.exists():
-        raise InputError("model file not found", path)
-    if path.is_dir():
-        raise InputError("is a directory, not an ONNX model file", path)
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except DecodeError as e:
-        raise InputError(f"not an ONNX model (protobuf parse failed: {e})", path) from None
-    except OSError as e:
-        raise InputError(f"cannot read the model: {e.strerror or e}", path) from None
-    except Exception as e:  # onnx raises various errors for garbage input
-        raise InputError(f"not an ONNX model ({type(e).__name__}: {e})", path) from None
-    if not model.HasField("graph") or not model.graph.output:
-        raise InputError("not an ONNX model (no graph or no outputs)", path)
-    return model
-
-
-def _dims(value_info):
-    """Static dims of a graph input/output (None for symbolic ones), or None when the rank is unknown."""
-    tensor = value_info.type.tensor_type
-    if not tensor.HasField("shape"):
-        return None
-    return [d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim]
-
-
-def _elem_dtype(value_info):
-    return _ONNX_ELEM_TYPES.get(value_info.type.tensor_type.elem_type)
-
-
-def _fmt_dims(dims):
-    if dims is None:
-        return "an unknown shape"
-    return "[" + ", ".join("?" if d is None else str(d) for d in dims) + "]"
-
-
-def _static_rows(out_dims):
-    """K from the outputs' second axis where it is static (None if none is)."""
-    for dims in out_dims:
-        if dims is not None and len(dims) >= 2 and dims[1] is not None:
-            return dims[1]
-    return None
-
-
-def _check_outputs(outputs, out_dims, specs, layout, path):
-    for value, dims, spec in zip(outputs, out_dims, specs):
-        expected = [None] + list(spec.shape)
-        dtype = _elem_dtype(value)
-        problem = None
-        if dims is not None and (
-            len(dims) != len(expected)
-            or any(d is not None and e is not None and d != e for d, e in zip(dims, expected))
-        ):
-            problem = f"shape {_fmt_dims(dims)}, expected [B, {', '.join(str(e) for e in spec.shape)}]"
-        elif dtype is not None and dtype != spec.dtype:
-            problem = f"dtype {dtype}, expected {spec.dtype.name}"
-        if problem:
-            raise InputError(
-                f"output {spec.index} ({value.name!r}) has {problem} for the {layout} layout "
-                "(docs/onnx_contract.md); wrong --layout?",
-                path,
-            )
-
-
-def _guess_layout(graph):
-    names = tuple(o.name for o in graph.output)
-    for layout, expected in OUTPUT_NAMES.items():
-        if names == expected:
-            return layout
-    return None
-
-
-def _int_meta(metadata, key, path):
-    value = metadata.get(META_PREFIX + key)
-    if value is None:
-        return None
-    try:
-        number = int(value)
-    except ValueError:
-        raise InputError(f"metadata retinamask.{key}={value!r} is not an integer", path) from None
-    if number <= 0:
-        raise InputError(f"metadata retinamask.{key}={value!r} must be positive", path)
-    return number
-
-
-def _float_meta(metadata, key, path):
-    value = metadata.get(META_PREFIX + key)
-    if value is None:
-        return None
-    try:
-        return float(value)
-    except ValueError:
-        raise InputError(f"metadata retinamask.{key}={value!r} is not a number", path) from None
-
-
-def _floats_meta(metadata, key, path):
-    value = metadata.get(META_PREFIX + key)
-    if value is None:
-        return None
-    try:
-        numbers = tuple(float(v) for v in json.loads(value))
-    except (ValueError, TypeError):
-        raise InputError(f"metadata retinamask.{key}={value!r} is not a JSON list of numbers", path) from None
-    if len(numbers) != 3:
-        raise InputError(f"metadata retinamask.{key} needs 3 values, has {len(numbers)}", path)
-    return numbers
-
-
-def _class_names(metadata, path):
-    value = metadata.get(META_PREFIX + "class_names")
-    if value is None:
-        return None
-    try:
-        names = json.loads(value)
-    except ValueError:
-        raise InputError("metadata retinamask.class_names is not a JSON list", path) from None
-    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-        raise InputError("metadata retinamask.class_names is not a JSON list of strings", path)
-    return tuple(names)
+    return policy, supplied
