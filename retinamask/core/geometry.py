@@ -14,13 +14,15 @@ and the zero-padded canvas the model sees (the image sits in the top-left corner
   :func:`default_buckets`): fixed shapes for runtimes that compile per shape.
 
 Each gives an :class:`ImageGeometry` per image: image size, resized size, canvas, the scale
-per axis, and :meth:`ImageGeometry.boxes_to_image` to map boxes back. Policies round-trip
+per axis; :func:`boxes_to_image` maps boxes back. Policies round-trip
 through ONNX metadata (:meth:`ResizePolicy.to_metadata` / :func:`policy_from_metadata`).
 """
 
 import itertools
 import json
 from dataclasses import dataclass
+
+import numpy as np
 
 from retinamask.core.contract import RESIZE_METADATA_KEY, SEED_CANVAS_SIDE
 
@@ -80,6 +82,28 @@ def seed_resize_geometry(h, w, input_size=SEED_INPUT_SIZE):
     return (new_h, new_w), scale
 
 
+def boxes_to_image(boxes, image_hw, resized_hw, clip=True):
+    """Boxes on the model's canvas -> boxes on the original image: the inverse of the resize.
+
+    boxes: float [N, 4] x1, y1, x2, y2 in canvas pixels, the image in the canvas's top-left
+    ``resized_hw`` region; image_hw: the original (h, w). Each axis is divided by its own resize
+    ratio (the short side was rounded down, so the two differ slightly), as the original's
+    ``BoxList.resize``: float32 boxes times float32(w / resized_w), float32(h / resized_h). Then,
+    with ``clip``, clipped to [0, w - 1] x [0, h - 1] (+1 convention): the seed's route clips there
+    (its graph clipped to the canvas); the original does not (its graph clipped to the resized
+    image, so a box may end up to one scale step past w - 1): ``ResizePolicy.clip_to_image``.
+    Returns float32 [N, 4].
+    """
+    boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
+    (h, w), (resized_h, resized_w) = image_hw, resized_hw
+    ratio_w, ratio_h = np.float32(float(w) / float(resized_w)), np.float32(float(h) / float(resized_h))
+    boxes = boxes * np.array([ratio_w, ratio_h, ratio_w, ratio_h], dtype=np.float32)
+    if clip:
+        boxes[:, 0::2] = boxes[:, 0::2].clip(0, int(w) - 1)
+        boxes[:, 1::2] = boxes[:, 1::2].clip(0, int(h) - 1)
+    return boxes
+
+
 @dataclass(frozen=True)
 class ImageGeometry:
     """Where one image sits in the model input.
@@ -103,20 +127,8 @@ class ImageGeometry:
         return max(self.resized_hw) / max(self.image_hw)
 
     def boxes_to_image(self, boxes, clip=True):
-        """xyxy boxes [N, 4] in canvas pixels -> float32 [N, 4] in image pixels: each axis divided
-        by its own scale as the original's ``BoxList.resize`` (float32 products), then (``clip``)
-        clipped to [0, w - 1] x [0, h - 1]. The original clips in the resized image only, so a
-        box may end up to one scale step past w - 1 (see ``ResizePolicy.clip_to_image``)."""
-        import numpy as np
-
-        boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
-        (h, w), (rh, rw) = self.image_hw, self.resized_hw
-        ratio_w, ratio_h = np.float32(float(w) / float(rw)), np.float32(float(h) / float(rh))
-        out = boxes * np.array([ratio_w, ratio_h, ratio_w, ratio_h], dtype=np.float32)
-        if clip:
-            out[:, 0::2] = out[:, 0::2].clip(0, w - 1)
-            out[:, 1::2] = out[:, 1::2].clip(0, h - 1)
-        return out
+        """Boxes [N, 4] on the canvas -> float32 [N, 4] on the image: :func:`boxes_to_image`."""
+        return boxes_to_image(boxes, self.image_hw, self.resized_hw, clip=clip)
 
     def to_record(self):
         """The sidecar fields of this geometry (width/height are the image's)."""
