@@ -13,9 +13,9 @@ and the zero-padded canvas the model sees (the image sits in the top-left corner
   few fixed canvases that holds it (one per aspect class and orientation, see
   :func:`default_buckets`): fixed shapes for runtimes that compile per shape.
 
-Each gives an :class:`ImageGeometry` per image: image size, resized size, canvas, the scale
-per axis; :func:`boxes_to_image` maps boxes back. Policies round-trip
-through ONNX metadata (:meth:`ResizePolicy.to_metadata` / :func:`policy_from_metadata`).
+Each gives an :class:`ImageGeometry` per image (image, resized and canvas sizes);
+:func:`boxes_to_image` maps boxes back. Policies round-trip through ONNX metadata
+(:meth:`ResizePolicy.to_metadata` / :func:`policy_from_metadata`).
 """
 
 import itertools
@@ -27,7 +27,6 @@ import numpy as np
 from retinamask.core.contract import RESIZE_METADATA_KEY, SEED_CANVAS_SIDE
 
 POLICIES = ("original", "seed", "buckets")
-METADATA_KEY = RESIZE_METADATA_KEY
 SEED_INPUT_SIZE = SEED_CANVAS_SIDE
 # Aspect-ratio breakpoints (long / short side) of the default buckets: square-ish to 4:3,
 # 4:3 to 16:9, wider than 16:9 -- each with its landscape and portrait canvas.
@@ -83,16 +82,14 @@ def seed_resize_geometry(h, w, input_size=SEED_INPUT_SIZE):
 
 
 def boxes_to_image(boxes, image_hw, resized_hw, clip=True):
-    """Boxes on the model's canvas -> boxes on the original image: the inverse of the resize.
+    """Boxes [N, 4] x1, y1, x2, y2 on the canvas (the image in its top-left ``resized_hw``) ->
+    float32 [N, 4] on the original image (``image_hw`` = (h, w)): the inverse of the resize.
 
-    boxes: float [N, 4] x1, y1, x2, y2 in canvas pixels, the image in the canvas's top-left
-    ``resized_hw`` region; image_hw: the original (h, w). Each axis is divided by its own resize
-    ratio (the short side was rounded down, so the two differ slightly), as the original's
-    ``BoxList.resize``: float32 boxes times float32(w / resized_w), float32(h / resized_h). Then,
-    with ``clip``, clipped to [0, w - 1] x [0, h - 1] (+1 convention): the seed's route clips there
-    (its graph clipped to the canvas); the original does not (its graph clipped to the resized
-    image, so a box may end up to one scale step past w - 1): ``ResizePolicy.clip_to_image``.
-    Returns float32 [N, 4].
+    As the original's ``BoxList.resize``, each axis by its own ratio (the short side was rounded
+    down): float32 boxes times float32(w / resized_w), float32(h / resized_h). ``clip``: then
+    clipped to [0, w - 1] x [0, h - 1], as the seed's route (its graph clipped to the canvas); the
+    original's graph clipped to the resized image and it does not clip again (a box may end up to
+    one scale step past w - 1): ``ResizePolicy.clip_to_image`` says which.
     """
     boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
     (h, w), (resized_h, resized_w) = image_hw, resized_hw
@@ -115,11 +112,6 @@ class ImageGeometry:
     image_hw: tuple
     resized_hw: tuple
     canvas_hw: tuple
-
-    @property
-    def scale_hw(self):
-        """(resized_h / h, resized_w / w): the per-axis scale from image to canvas pixels."""
-        return (self.resized_hw[0] / self.image_hw[0], self.resized_hw[1] / self.image_hw[1])
 
     @property
     def seed_scale(self):
@@ -186,7 +178,7 @@ class ResizePolicy:
 
     def to_metadata(self):
         """{``retinamask.resize``: JSON} for an ONNX model's metadata_props."""
-        return {METADATA_KEY: json.dumps(self.to_dict(), sort_keys=True)}
+        return {RESIZE_METADATA_KEY: json.dumps(self.to_dict(), sort_keys=True)}
 
     def describe(self):
         """One line for logs and summaries."""
@@ -364,12 +356,12 @@ def policy_from_dict(data):
 def policy_from_metadata(metadata):
     """The policy in ONNX ``metadata_props`` (a dict): ``retinamask.resize``, else the square
     models' ``retinamask.input_size`` (the seed policy), else None."""
-    text = metadata.get(METADATA_KEY)
+    text = metadata.get(RESIZE_METADATA_KEY)
     if text is not None:
         try:
             return policy_from_dict(json.loads(text))
         except (ValueError, TypeError) as e:
-            raise ValueError(f"metadata {METADATA_KEY}={text!r} is not a resize policy ({e})") from None
+            raise ValueError(f"metadata {RESIZE_METADATA_KEY}={text!r} is not a resize policy ({e})") from None
     size = metadata.get("retinamask.input_size")
     return SeedResize(int(size)) if size is not None else None
 
