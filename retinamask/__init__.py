@@ -22,7 +22,8 @@ _LAZY = {
     "load_checkpoint": "retinamask.modeling.checkpoint",
     "save_checkpoint": "retinamask.modeling.checkpoint",
     "Predictor": "retinamask.engine.predictor",
-    "Prediction": "retinamask.core.detections",
+    "Detections": "retinamask.core.detections",
+    "Prediction": "retinamask.core.detections",  # the same type as Detections
 }
 
 __all__ = sorted(_LAZY)

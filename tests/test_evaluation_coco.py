@@ -10,16 +10,17 @@ import numpy as np
 import pycocotools.mask as mask_util
 import pytest
 
+from retinamask.core.detections import Detections, Prediction
 from retinamask.core.errors import InputError
 from retinamask.evaluation.coco_eval import (
     STAT_NAMES,
-    detections_to_coco_results,
     evaluate_coco,
     format_stats_text,
     write_results_json,
     write_stats_json,
     write_stats_text,
 )
+from retinamask.ops.coco_results import detections_to_coco_results, detections_to_json, results_from_detections
 
 BACKENDS = ("pycocotools", "faster-coco-eval", "direct")
 CATEGORY_IDS = (3, 17, 90)  # non-contiguous, like COCO's
@@ -363,3 +364,46 @@ def test_detections_to_coco_results_uses_the_plus_one_width():
         {"image_id": 7, "category_id": 90, "bbox": [10.0, 20.0, 20.0, 20.5], "score": 0.5, "segmentation": rle}
     ]
     assert json.loads(json.dumps(results)) == results
+
+
+def test_results_from_detections_map_labels_to_category_ids():
+    detections = Detections(
+        boxes=np.array([[0, 0, 9, 4], [2, 2, 3, 3]], np.float32),
+        scores=np.float32([0.9, 0.4]),
+        labels=np.array([3, 1]),
+        image_hw=(6, 12),
+    )
+    results = results_from_detections(5, detections, [4, 8, 30])
+    assert [r["category_id"] for r in results] == [30, 4]
+    assert results[0]["bbox"] == [0.0, 0.0, 10.0, 5.0] and "segmentation" not in results[0]
+    none = Detections(boxes=np.zeros((0, 4), np.float32), scores=np.zeros(0, np.float32), labels=np.zeros(0, int))
+    assert results_from_detections(5, none, [4]) == []
+
+
+def test_detections_to_json_keeps_the_scores_at_the_threshold():
+    masks = np.zeros((2, 3, 4), np.uint8)
+    masks[0, 1, 2] = 1
+    detections = Prediction(  # the public name of the same type
+        boxes=np.array([[0.12345, 1, 2, 3], [1, 1, 2, 2]], np.float32),
+        scores=np.float32([0.7, 0.2]),
+        labels=np.array([2, 1], np.int64),
+        class_names=["b", "a"],
+        masks=masks,
+        image_hw=(3, 4),
+    )
+    record = detections_to_json(detections, score_threshold=0.5)
+    rle = mask_util.encode(np.asfortranarray(masks[0]))
+    assert record == {
+        "height": 3,
+        "width": 4,
+        "detections": [
+            {
+                "label": 2,
+                "class_name": "b",
+                "score": 0.7,
+                "box_xyxy": [0.123, 1.0, 2.0, 3.0],
+                "mask_rle": {"size": [3, 4], "counts": rle["counts"].decode()},
+            }
+        ],
+    }
+    assert len(detections_to_json(detections)["detections"]) == 2

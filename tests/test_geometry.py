@@ -10,6 +10,7 @@ from retinamask.core.geometry import (
     BucketResize,
     OriginalResize,
     SeedResize,
+    boxes_to_image,
     default_buckets,
     make_policy,
     parse_canvases,
@@ -18,7 +19,6 @@ from retinamask.core.geometry import (
     policy_named,
 )
 from retinamask.data.transforms import policy_preprocess, seed_preprocess, upstream_preprocess
-from retinamask.ops.boxes import clip_boxes, rescale_boxes
 
 SIZES = [
     (480, 640),
@@ -109,10 +109,17 @@ def test_buckets_refuse_canvases_that_cannot_hold_an_image_or_are_not_multiples_
 def test_boxes_map_back_per_axis_as_the_original():
     g = OriginalResize(800, 1333).geometry(480, 640)  # resized 800 x 1066: scales 1.6667 / 1.6656
     boxes = np.array([[10.0, 20.0, 1065.0, 799.0], [-3.0, 5.5, 30.25, 40.0]], np.float32)
-    expected = rescale_boxes(boxes, (800, 1066), (480, 640))
+    # BoxList.resize: float32 boxes times the float32 of (original / resized) per axis
+    ratios = np.array([640 / 1066, 480 / 800] * 2, np.float32)
+    expected = boxes * ratios
+    assert expected.dtype == np.float32
     assert np.array_equal(g.boxes_to_image(boxes, clip=False), expected)
-    assert np.array_equal(g.boxes_to_image(boxes), clip_boxes(expected, 480, 640))
-    assert g.scale_hw == (800 / 480, 1066 / 640)
+    clipped = expected.copy()
+    clipped[:, 0::2] = expected[:, 0::2].clip(0, 639)  # [0, w - 1] x [0, h - 1]
+    clipped[:, 1::2] = expected[:, 1::2].clip(0, 479)
+    assert np.array_equal(g.boxes_to_image(boxes), clipped)
+    assert np.array_equal(boxes_to_image(boxes, (480, 640), (800, 1066)), clipped)  # the one function
+    assert g.boxes_to_image(boxes)[0].tolist() == [np.float32(10 * ratios[0]), np.float32(20 * ratios[1]), 639, 479]
     assert g.boxes_to_image(boxes, clip=False)[0, 3] > 479  # the original does not clip again
     assert SeedResize().clip_to_image and not OriginalResize().clip_to_image
 

@@ -145,7 +145,7 @@ def test_predictor_end_to_end_from_the_png(reference_model, reference_dir, refer
 
     predictor = Predictor(reference_model, load_config("retinanet_mask_R-50-FPN_2x_adjust_std011_ms"))
     result = predictor(reference_dir / "image_A_256x320.png")
-    assert result.image_size == (256, 320)
+    assert result.image_hw == (256, 320)
     ref_boxes = reference_npz["e2e_det_boxes_xyxy_orig"]
     ours = {
         "boxes": torch.from_numpy(result.boxes),

@@ -9,8 +9,9 @@ import pytest
 from retinamask.apps.evaluate import evaluate_outputs
 from retinamask.cli import main
 from retinamask.core.errors import InputError
+from retinamask.core.geometry import boxes_to_image
 from retinamask.decode.coco_results import outputs_to_coco_results
-from retinamask.decode.outputs import boxes_to_original, decode_outputs
+from retinamask.decode.outputs import decode_outputs
 from retinamask.runtime.infer import run_inference
 from test_runtime_fakes import BOX_IMAGES, RED_ID, WHITE_ID, build_fake_model, make_box_dataset
 
@@ -21,17 +22,17 @@ S = 96
 # geometry and one image
 
 
-def test_boxes_to_original_divides_per_axis_and_clips():
+def test_boxes_to_image_divides_per_axis_and_clips():
     # 300 x 200 (h x w) image at S = 96: resized 96 x 64
     boxes = np.array([[32.0, 48.0, 63.0, 95.0], [-5.0, -1.0, 100.0, 120.0]], np.float32)
-    out = boxes_to_original(boxes, original_hw=(300, 200), resized_hw=(96, 64))
+    out = boxes_to_image(boxes, image_hw=(300, 200), resized_hw=(96, 64))
     np.testing.assert_allclose(out[0], [32 * 200 / 64, 48 * 300 / 96, 63 * 200 / 64, 95 * 300 / 96], rtol=1e-6)
     np.testing.assert_array_equal(out[1], [0, 0, 199, 299])
     assert out.dtype == np.float32
     # per axis: 100 x 333 resized to 28 x 96 (floor) -> x ratio 96/333, y ratio 28/100, not the same
-    out = boxes_to_original([[96.0, 28.0, 96.0, 28.0]], (100, 333), (28, 96))
+    out = boxes_to_image([[96.0, 28.0, 96.0, 28.0]], (100, 333), (28, 96))
     np.testing.assert_allclose(out[0], [332, 99, 332, 99])  # clipped to w-1, h-1
-    out = boxes_to_original([[48.0, 14.0, 48.0, 14.0]], (100, 333), (28, 96))
+    out = boxes_to_image([[48.0, 14.0, 48.0, 14.0]], (100, 333), (28, 96))
     np.testing.assert_allclose(out[0], [48 * 333 / 96, 50, 48 * 333 / 96, 50], rtol=1e-6)
 
 

@@ -101,7 +101,7 @@ def _prediction(h, w, boxes, labels):
         class_names=[f"class{label}" for label in labels],
         masks=masks,
         mask_probs=np.zeros((len(boxes), 28, 28), np.float32),
-        image_size=(h, w),
+        image_hw=(h, w),
     )
 
 

@@ -52,10 +52,10 @@ class PartStore:
         import json
 
         from retinamask.core.fileio import atomic_write_text
-        from retinamask.evaluation.coco_eval import _json_default
+        from retinamask.ops.coco_results import json_default
 
         atomic_write_text(
-            self._path(job), json.dumps({"key": key, "results": results, "areas": areas}, default=_json_default)
+            self._path(job), json.dumps({"key": key, "results": results, "areas": areas}, default=json_default)
         )
 
     def count(self):

@@ -2,7 +2,6 @@
 
 import numpy as np
 
-from retinamask.core.detections import Prediction
 from retinamask.data.transforms import policy_preprocess
 from retinamask.decode.outputs import decode_outputs
 from retinamask.formats.images import as_rgb_array
@@ -11,7 +10,7 @@ from retinamask.runtime.backends import create_session
 
 
 class OnnxPredictor:
-    """image (path, PIL image or uint8 RGB array) -> Prediction, through ONNX Runtime or OpenVINO.
+    """image (path, PIL image or uint8 RGB array) -> Detections, through ONNX Runtime or OpenVINO.
 
     Preprocessing (the resize policy: ``resize``, else the metadata's), class names, thresholds
     and the layout come from the model's metadata (docs/onnx_contract.md); the seed layout gets
@@ -36,7 +35,7 @@ class OnnxPredictor:
         else:
             outputs = self.session.run(chw[None])
         outputs = [o[0] for o in outputs]
-        det = decode_outputs(
+        detections = decode_outputs(
             outputs,
             info.layout,
             rgb.shape[:2],
@@ -45,18 +44,9 @@ class OnnxPredictor:
             clip=info.resize.clip_to_image,
             max_detections=info.max_detections,
             mask_threshold=self.mask_threshold,
-        )
-        order = np.argsort(-det.scores, kind="stable")
-        labels = det.labels[order].astype(np.int64)
-        return Prediction(
-            boxes=det.boxes[order],
-            scores=det.scores[order],
-            labels=labels,
-            class_names=[self._name(i) for i in labels],
-            masks=det.masks[order],
-            mask_probs=det.mask_probs[order],
-            image_size=tuple(rgb.shape[:2]),
-        )
+        ).sorted_by_score()
+        detections.class_names = [self._name(label) for label in detections.labels]
+        return detections
 
     def _name(self, label):
         names = self.class_names

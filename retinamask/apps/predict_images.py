@@ -6,6 +6,7 @@ from pathlib import Path
 from retinamask.core.errors import EXIT_ITEMS_FAILED, EXIT_OK, InputError, RetinaMaskError
 from retinamask.core.fileio import atomic_write_json
 from retinamask.formats.images import list_images, load_image_rgb
+from retinamask.ops.coco_results import detections_to_json
 from retinamask.ops.draw import write_overlay
 
 log = logging.getLogger(__name__)
@@ -26,7 +27,7 @@ def collect_images(inputs):
 
 
 def predict_images(predict, images, output_dir, score_threshold=0.3, strict=False, progress=None):
-    """``predict(rgb uint8 [H, W, 3]) -> Prediction`` over ``images``; writes, per image,
+    """``predict(rgb uint8 [H, W, 3]) -> Detections`` over ``images``; writes, per image,
     ``{stem}.png`` (overlay) and ``{stem}.json`` (all detections, masks as RLE) into ``output_dir``.
 
     Bad images (and images whose stem another image of the run already took, which would
@@ -58,7 +59,7 @@ def predict_images(predict, images, output_dir, score_threshold=0.3, strict=Fals
             log.error("%s", e)
             failures.append({"file": str(path), "cause": e.cause})
             continue
-        record = {"image": str(path), **prediction.to_json()}
+        record = {"image": str(path), **detections_to_json(prediction)}
         atomic_write_json(output_dir / f"{path.stem}.json", record)
         write_overlay(output_dir / f"{path.stem}.png", rgb, prediction, score_threshold)
         written.append(str(path))

@@ -1,48 +1,66 @@
-"""Prediction: the detections of one image in original image coordinates (torch-free)."""
+"""Detections: the one result type, the detections of one image in its own pixels (torch-free).
 
-from dataclasses import dataclass, field
+Made by the PyTorch ``Predictor`` (engine), the ``OnnxPredictor`` (apps) and decode (raw model
+outputs -> detections, used by evaluate and Ray). Turned into predict's JSON and COCO results by
+:mod:`retinamask.ops.coco_results`. ``Prediction`` is its public name since the first release.
+"""
+
+from dataclasses import dataclass
 
 import numpy as np
 
 
 @dataclass
-class Prediction:
-    """Detections of one image, in original image coordinates, sorted by score.
+class Detections:
+    """Detections of one image, in the original image's pixels.
 
-    boxes float32 [D, 4] xyxy; scores float32 [D]; labels int64 [D] (1-based);
-    class_names list of D names; masks uint8 [D, H, W] (0/1); mask_probs float32 [D, 28, 28];
-    image_size (H, W).
+    With N detections and an image of ``image_hw`` = (H, W):
+
+    * boxes float32 [N, 4] x1, y1, x2, y2 (inclusive pixels);
+    * scores float32 [N]: descending for the predictors; for decode, the model's order
+      (end2end) or the NMS order (seed);
+    * labels int64 [N], 1-based contiguous (label L is class ``L - 1`` of the model);
+    * class_names: list of N names (None where decode made them: it knows no names);
+    * masks uint8 [N, H, W] of 0/1, stored column-major (``ops.masks.paste_masks``), or None
+      where they were not pasted;
+    * mask_probs float32 [N, M, M]: the model's mask probabilities for each row's class (or None);
+    * image_hw (H, W) of the original image;
+    * mask_areas int64 [N]: pixel counts of ``masks`` (None where not counted).
+
+    The label dtype does not reach any output: predict's JSON and COCO results write Python ints.
     """
 
     boxes: np.ndarray
     scores: np.ndarray
     labels: np.ndarray
-    class_names: list
-    masks: np.ndarray
-    mask_probs: np.ndarray
-    image_size: tuple
-    extras: dict = field(default_factory=dict)
+    class_names: list | None = None
+    masks: np.ndarray | None = None
+    mask_probs: np.ndarray | None = None
+    image_hw: tuple | None = None
+    mask_areas: np.ndarray | None = None
 
     def __len__(self):
         return len(self.scores)
 
-    def to_json(self, score_threshold=0.0):
-        """A JSON-ready dict; masks as COCO RLE."""
-        from retinamask.ops.masks import encode_masks
+    def sorted_by_score(self):
+        """These detections by descending score (a stable sort: ties keep their order)."""
+        order = np.argsort(-self.scores, kind="stable")
 
-        keep = np.flatnonzero(self.scores >= score_threshold)
-        rles = encode_masks(self.masks[keep]) if len(keep) else []
-        return {
-            "height": int(self.image_size[0]),
-            "width": int(self.image_size[1]),
-            "detections": [
-                {
-                    "label": int(self.labels[i]),
-                    "class_name": self.class_names[i],
-                    "score": round(float(self.scores[i]), 6),
-                    "box_xyxy": [round(float(v), 3) for v in self.boxes[i]],
-                    "mask_rle": rle,
-                }
-                for i, rle in zip(keep, rles)
-            ],
-        }
+        def take(values):
+            if values is None:
+                return None
+            return [values[i] for i in order] if isinstance(values, list) else values[order]
+
+        return Detections(
+            boxes=self.boxes[order],
+            scores=self.scores[order],
+            labels=self.labels[order],
+            class_names=take(self.class_names),
+            masks=take(self.masks),
+            mask_probs=take(self.mask_probs),
+            image_hw=self.image_hw,
+            mask_areas=take(self.mask_areas),
+        )
+
+
+Prediction = Detections  # the public name (retinamask.Prediction, README): the same type

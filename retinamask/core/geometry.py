@@ -13,19 +13,20 @@ and the zero-padded canvas the model sees (the image sits in the top-left corner
   few fixed canvases that holds it (one per aspect class and orientation, see
   :func:`default_buckets`): fixed shapes for runtimes that compile per shape.
 
-Each gives an :class:`ImageGeometry` per image: image size, resized size, canvas, the scale
-per axis, and :meth:`ImageGeometry.boxes_to_image` to map boxes back. Policies round-trip
-through ONNX metadata (:meth:`ResizePolicy.to_metadata` / :func:`policy_from_metadata`).
+Each gives an :class:`ImageGeometry` per image (image, resized and canvas sizes);
+:func:`boxes_to_image` maps boxes back. Policies round-trip through ONNX metadata
+(:meth:`ResizePolicy.to_metadata` / :func:`policy_from_metadata`).
 """
 
 import itertools
 import json
 from dataclasses import dataclass
 
+import numpy as np
+
 from retinamask.core.contract import RESIZE_METADATA_KEY, SEED_CANVAS_SIDE
 
 POLICIES = ("original", "seed", "buckets")
-METADATA_KEY = RESIZE_METADATA_KEY
 SEED_INPUT_SIZE = SEED_CANVAS_SIDE
 # Aspect-ratio breakpoints (long / short side) of the default buckets: square-ish to 4:3,
 # 4:3 to 16:9, wider than 16:9 -- each with its landscape and portrait canvas.
@@ -80,6 +81,26 @@ def seed_resize_geometry(h, w, input_size=SEED_INPUT_SIZE):
     return (new_h, new_w), scale
 
 
+def boxes_to_image(boxes, image_hw, resized_hw, clip=True):
+    """Boxes [N, 4] x1, y1, x2, y2 on the canvas (the image in its top-left ``resized_hw``) ->
+    float32 [N, 4] on the original image (``image_hw`` = (h, w)): the inverse of the resize.
+
+    As the original's ``BoxList.resize``, each axis by its own ratio (the short side was rounded
+    down): float32 boxes times float32(w / resized_w), float32(h / resized_h). ``clip``: then
+    clipped to [0, w - 1] x [0, h - 1], as the seed's route (its graph clipped to the canvas); the
+    original's graph clipped to the resized image and it does not clip again (a box may end up to
+    one scale step past w - 1): ``ResizePolicy.clip_to_image`` says which.
+    """
+    boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
+    (h, w), (resized_h, resized_w) = image_hw, resized_hw
+    ratio_w, ratio_h = np.float32(float(w) / float(resized_w)), np.float32(float(h) / float(resized_h))
+    boxes = boxes * np.array([ratio_w, ratio_h, ratio_w, ratio_h], dtype=np.float32)
+    if clip:
+        boxes[:, 0::2] = boxes[:, 0::2].clip(0, int(w) - 1)
+        boxes[:, 1::2] = boxes[:, 1::2].clip(0, int(h) - 1)
+    return boxes
+
+
 @dataclass(frozen=True)
 class ImageGeometry:
     """Where one image sits in the model input.
@@ -93,30 +114,13 @@ class ImageGeometry:
     canvas_hw: tuple
 
     @property
-    def scale_hw(self):
-        """(resized_h / h, resized_w / w): the per-axis scale from image to canvas pixels."""
-        return (self.resized_hw[0] / self.image_hw[0], self.resized_hw[1] / self.image_hw[1])
-
-    @property
     def seed_scale(self):
         """The seed's single ratio, long side of the canvas image / long side of the image."""
         return max(self.resized_hw) / max(self.image_hw)
 
     def boxes_to_image(self, boxes, clip=True):
-        """xyxy boxes [N, 4] in canvas pixels -> float32 [N, 4] in image pixels: each axis divided
-        by its own scale as the original's ``BoxList.resize`` (float32 products), then (``clip``)
-        clipped to [0, w - 1] x [0, h - 1]. The original clips in the resized image only, so a
-        box may end up to one scale step past w - 1 (see ``ResizePolicy.clip_to_image``)."""
-        import numpy as np
-
-        boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
-        (h, w), (rh, rw) = self.image_hw, self.resized_hw
-        ratio_w, ratio_h = np.float32(float(w) / float(rw)), np.float32(float(h) / float(rh))
-        out = boxes * np.array([ratio_w, ratio_h, ratio_w, ratio_h], dtype=np.float32)
-        if clip:
-            out[:, 0::2] = out[:, 0::2].clip(0, w - 1)
-            out[:, 1::2] = out[:, 1::2].clip(0, h - 1)
-        return out
+        """Boxes [N, 4] on the canvas -> float32 [N, 4] on the image: :func:`boxes_to_image`."""
+        return boxes_to_image(boxes, self.image_hw, self.resized_hw, clip=clip)
 
     def to_record(self):
         """The sidecar fields of this geometry (width/height are the image's)."""
@@ -174,7 +178,7 @@ class ResizePolicy:
 
     def to_metadata(self):
         """{``retinamask.resize``: JSON} for an ONNX model's metadata_props."""
-        return {METADATA_KEY: json.dumps(self.to_dict(), sort_keys=True)}
+        return {RESIZE_METADATA_KEY: json.dumps(self.to_dict(), sort_keys=True)}
 
     def describe(self):
         """One line for logs and summaries."""
@@ -352,12 +356,12 @@ def policy_from_dict(data):
 def policy_from_metadata(metadata):
     """The policy in ONNX ``metadata_props`` (a dict): ``retinamask.resize``, else the square
     models' ``retinamask.input_size`` (the seed policy), else None."""
-    text = metadata.get(METADATA_KEY)
+    text = metadata.get(RESIZE_METADATA_KEY)
     if text is not None:
         try:
             return policy_from_dict(json.loads(text))
         except (ValueError, TypeError) as e:
-            raise ValueError(f"metadata {METADATA_KEY}={text!r} is not a resize policy ({e})") from None
+            raise ValueError(f"metadata {RESIZE_METADATA_KEY}={text!r} is not a resize policy ({e})") from None
     size = metadata.get("retinamask.input_size")
     return SeedResize(int(size)) if size is not None else None
 

@@ -3,21 +3,18 @@ RetinaMask's mapping, through :func:`~retinamask.decode.outputs.decode_outputs`)
 seed's postprocess, number for number: :mod:`retinamask.decode.seed_convention`).
 """
 
-import logging
-
-import numpy as np
-
 from retinamask.core.contract import CONVENTIONS, LAYOUTS
 from retinamask.decode.outputs import checked_outputs, decode_outputs
-
-logger = logging.getLogger(__name__)
+from retinamask.decode.seed_convention import seed_coco_results
+from retinamask.ops.coco_results import results_from_detections
+from retinamask.ops.masks import paste_and_encode_masks
 
 
 def outputs_to_coco_results(
     outputs,
     layout,
     image_id,
-    original_hw,
+    image_hw,
     resized_hw,
     category_ids,
     nms_threshold=0.4,
@@ -32,17 +29,19 @@ def outputs_to_coco_results(
     """One image's 4 model outputs -> list of COCO result dicts (bbox [x,y,w,h] with the
     +1 width convention, score, category_id, and RLE ``segmentation`` when ``with_masks``).
 
+    image_hw: the image's (h, w); resized_hw: its resized (h, w) on the canvas.
     category_ids: the annotation file's category ids sorted ascending; label L maps to
     ``category_ids[L - 1]``. Other arguments: :func:`decode_outputs`.
     convention "seed": the seed's postprocess instead (:mod:`.seed_convention`: its NMS on
     any layout, one ratio ``input_size / long side``, its paste, width x2 - x1); then
-    ``category_ids`` are in the annotation file's order and ``input_size`` is needed.
+    ``category_ids`` are in the annotation file's order and ``input_size`` (the seed's square
+    canvas side S) is needed.
     """
     return image_coco_results(
         outputs,
         layout,
         image_id,
-        original_hw,
+        image_hw,
         resized_hw,
         category_ids,
         nms_threshold=nms_threshold,
@@ -60,7 +59,7 @@ def image_coco_results(
     outputs,
     layout,
     image_id,
-    original_hw,
+    image_hw,
     resized_hw,
     category_ids,
     nms_threshold=0.4,
@@ -72,15 +71,15 @@ def image_coco_results(
     input_size=None,
     clip=True,
 ):
-    """:func:`outputs_to_coco_results` and the results' mask areas: (results, int64 [N] or None)."""
-    from retinamask.evaluation.coco_eval import detections_to_coco_results
-    from retinamask.ops.masks import encode_masks
+    """:func:`outputs_to_coco_results` and the results' mask areas: (results, int64 [N] or None).
 
+    The original convention's masks take the fused route (:func:`paste_and_encode_masks`: RLE and
+    areas straight from each box's columns, no full-image mask), which gives the same RLE strings
+    and areas as ``encode_masks`` of ``decode_outputs``' pasted masks (tests/test_evaluation_masks_fused.py).
+    """
     if convention not in CONVENTIONS:
         raise ValueError(f"convention must be one of {CONVENTIONS}, got {convention!r}")
     if convention == "seed":
-        from retinamask.decode.seed_convention import seed_coco_results
-
         if input_size is None:
             raise ValueError("the seed convention needs the model's input size S")
         if layout not in LAYOUTS:
@@ -88,7 +87,7 @@ def image_coco_results(
         return seed_coco_results(
             checked_outputs(outputs),
             image_id,
-            original_hw,
+            image_hw,
             input_size,
             category_ids,
             iou_threshold=nms_threshold,
@@ -98,17 +97,27 @@ def image_coco_results(
     detections = decode_outputs(
         outputs,
         layout,
-        original_hw,
+        image_hw,
         resized_hw,
         nms_threshold=nms_threshold,
         max_detections=max_detections,
         mask_threshold=mask_threshold,
         mask_paste=mask_paste,
         num_classes=len(category_ids),
-        paste=with_masks,
+        paste=False,
         clip=clip,
     )
-    categories = np.asarray(category_ids)[detections.labels - 1] if detections.labels.size else []
-    rles = encode_masks(detections.masks) if with_masks else None
-    results = detections_to_coco_results(image_id, detections.boxes, detections.scores, categories, rles)
-    return results, detections.mask_areas
+    rles = areas = None
+    if with_masks:
+        height, width = detections.image_hw
+        rles, areas = paste_and_encode_masks(
+            detections.mask_probs,
+            detections.boxes,
+            height,
+            width,
+            threshold=mask_threshold,
+            padding=1,
+            paste=mask_paste,
+            return_areas=True,
+        )
+    return results_from_detections(image_id, detections, category_ids, rles), areas

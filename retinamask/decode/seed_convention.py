@@ -36,6 +36,8 @@ which is the id on COCO val2017).
 import numpy as np
 
 from retinamask.core.errors import InputError
+from retinamask.ops.coco_results import xywh_results
+from retinamask.ops.masks import encode_masks
 
 SEED_IOU_THRESHOLD = 0.4
 SEED_KEEP = 100
@@ -74,7 +76,7 @@ def seed_nms(boxes, scores, labels, iou_threshold=SEED_IOU_THRESHOLD):
     return np.asarray(kept, dtype=np.int64)
 
 
-def seed_detections(outputs, original_hw, input_size, iou_threshold=SEED_IOU_THRESHOLD, keep=SEED_KEEP):
+def seed_detections(outputs, image_hw, input_size, iou_threshold=SEED_IOU_THRESHOLD, keep=SEED_KEEP):
     """One image's 4 outputs -> (boxes, scores, labels, mask_probs) after the seed's NMS and mapping.
 
     outputs: (boxes [K,4] f32 canvas pixels, labels [K] int, scores [K] f32, masks [K,1,M,M]
@@ -95,11 +97,11 @@ def seed_detections(outputs, original_hw, input_size, iou_threshold=SEED_IOU_THR
     if order.size >= keep:
         order = order[:keep]
         kept_boxes = boxes[order]  # float32 from here on
-        ratio = np.float32(input_size / max(original_hw))
+        ratio = np.float32(input_size / max(image_hw))
     else:
         kept_boxes = boxes[order].astype(np.float64)
-        ratio = input_size / max(original_hw)
-    height, width = (int(v) for v in original_hw)
+        ratio = input_size / max(image_hw)
+    height, width = (int(v) for v in image_hw)
     kept_boxes = kept_boxes / ratio
     kept_boxes[:, 0::2] = np.clip(kept_boxes[:, 0::2], 0, width)
     kept_boxes[:, 1::2] = np.clip(kept_boxes[:, 1::2], 0, height)
@@ -162,7 +164,7 @@ def seed_paste_masks(probs, boxes, height, width, threshold=SEED_MASK_THRESHOLD,
 def seed_coco_results(
     outputs,
     image_id,
-    original_hw,
+    image_hw,
     input_size,
     category_ids_in_file_order,
     iou_threshold=SEED_IOU_THRESHOLD,
@@ -176,10 +178,7 @@ def seed_coco_results(
     ``segmentation`` when ``with_masks``. Mask areas: int64 [D] pixel counts (None without masks).
     Raises InputError for labels 0 or above the number of categories.
     """
-    from retinamask.evaluation.coco_eval import xywh_results
-    from retinamask.ops.masks import encode_masks
-
-    boxes, scores, labels, probs = seed_detections(outputs, original_hw, input_size, iou_threshold, keep)
+    boxes, scores, labels, probs = seed_detections(outputs, image_hw, input_size, iou_threshold, keep)
     if labels.size and (labels.min() < 1 or labels.max() > len(category_ids_in_file_order)):
         bad = int(labels.min()) if labels.min() < 1 else int(labels.max())
         raise InputError(f"label {bad} but labels run from 1 to {len(category_ids_in_file_order)} (the categories)")
@@ -187,6 +186,6 @@ def seed_coco_results(
     xywh = np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1)
     rles = areas = None
     if with_masks:
-        masks, areas = seed_paste_masks(probs, boxes, *(int(v) for v in original_hw), return_areas=True)
+        masks, areas = seed_paste_masks(probs, boxes, *(int(v) for v in image_hw), return_areas=True)
         rles = encode_masks(masks)
     return xywh_results(image_id, xywh, scores, categories, rles), areas

@@ -9,14 +9,12 @@ import numpy as np
 import torch
 
 from retinamask.config import load_config
-from retinamask.core.detections import Prediction
-from retinamask.core.geometry import OriginalResize, SeedResize, make_policy
+from retinamask.core.detections import Detections
+from retinamask.core.geometry import OriginalResize, boxes_to_image, make_policy
 from retinamask.data.transforms import policy_preprocess
-from retinamask.decode.outputs import boxes_to_original
 from retinamask.formats.images import as_rgb_array
 from retinamask.modeling import build_model
 from retinamask.modeling.checkpoint import load_checkpoint
-from retinamask.ops.boxes import rescale_boxes
 from retinamask.ops.masks import paste_masks
 
 
@@ -48,7 +46,6 @@ class Predictor:
                     input_size=input_size,
                 )
         self.policy = resize
-        self.input_size = resize.size if isinstance(resize, SeedResize) else None
         self.device = torch.device(device)
         self.mask_threshold = mask_threshold
 
@@ -66,7 +63,7 @@ class Predictor:
         return self.model.class_names
 
     def preprocess(self, image_rgb):
-        """uint8 [H, W, 3] RGB -> (float32 [3, Hc, Wc] input on the policy's canvas, (h, w) valid region)."""
+        """uint8 [H, W, 3] RGB -> (float32 [3, Hc, Wc] input on the policy's canvas, resized (h, w))."""
         inp = self.cfg.INPUT
         chw, geometry = policy_preprocess(image_rgb, self.policy, inp.PIXEL_MEAN, inp.PIXEL_STD)
         return chw, geometry.resized_hw
@@ -77,7 +74,7 @@ class Predictor:
 
     @torch.no_grad()
     def predict_batch(self, images):
-        """A list of images (paths, PIL images or uint8 RGB arrays) -> list of Prediction."""
+        """A list of images (paths, PIL images or uint8 RGB arrays) -> list of Detections."""
         rgbs = [as_rgb_array(image) for image in images]
         inputs = [self.preprocess(rgb) for rgb in rgbs]
         height = max(chw.shape[1] for chw, _ in inputs)
@@ -85,30 +82,29 @@ class Predictor:
         batch = np.zeros((len(inputs), 3, height, width), dtype=np.float32)
         for i, (chw, _) in enumerate(inputs):
             batch[i, :, : chw.shape[1], : chw.shape[2]] = chw
-        # The fixed canvas clips to the whole canvas, as the exported graphs do.
-        sizes = [(height, width) if self.input_size else valid_hw for _, valid_hw in inputs]
+        # The fixed square canvas clips to the whole canvas, as the exported graphs do.
+        sizes = [(height, width) if self.policy.square else resized_hw for _, resized_hw in inputs]
         detections = self.model(torch.from_numpy(batch).to(self.device), sizes)
         return [
-            self._to_original(det, valid_hw, rgb.shape[:2]) for det, (_, valid_hw), rgb in zip(detections, inputs, rgbs)
+            self._to_image(det, resized_hw, rgb.shape[:2])
+            for det, (_, resized_hw), rgb in zip(detections, inputs, rgbs)
         ]
 
-    def _to_original(self, det, resized_hw, original_hw):
+    def _to_image(self, det, resized_hw, image_hw):
+        """One image's model detections (canvas pixels, tensors) -> Detections in image pixels, by score."""
         order = torch.argsort(det["scores"], descending=True, stable=True)
         det = {k: v[order].cpu().numpy() for k, v in det.items()}
-        if self.input_size:  # as the exported models: the canvas is clipped, then the image
-            boxes = boxes_to_original(det["boxes"], original_hw, resized_hw)
-        else:  # as the original: scaled, not clipped again
-            boxes = rescale_boxes(det["boxes"], resized_hw, original_hw)
+        # The seed's canvas is clipped again in the image, as the exported models; the original's is not.
+        boxes = boxes_to_image(det["boxes"], image_hw, resized_hw, clip=self.policy.clip_to_image)
         probs = det.get("mask_probs", np.zeros((len(boxes), 28, 28), np.float32))
-        masks = paste_masks(probs, boxes, original_hw[0], original_hw[1], threshold=self.mask_threshold)
+        masks = paste_masks(probs, boxes, image_hw[0], image_hw[1], threshold=self.mask_threshold)
         labels = det["labels"].astype(np.int64)
-        return Prediction(
+        return Detections(
             boxes=boxes,
             scores=det["scores"].astype(np.float32),
             labels=labels,
             class_names=[self.class_names[i - 1] for i in labels],
             masks=masks,
             mask_probs=probs,
-            image_size=tuple(original_hw),
-            extras={"mask_levels": det.get("mask_levels")},
+            image_hw=tuple(image_hw),
         )

@@ -299,12 +299,12 @@ def evaluate_split(model, cfg, data_dir, split="val", input_size=None, batch_siz
     Returns ``retinamask.evaluation.evaluate_coco``'s report.
     """
     from retinamask.engine.predictor import Predictor
-    from retinamask.evaluation import detections_to_coco_results, encode_masks, evaluate_coco
+    from retinamask.evaluation import evaluate_coco, load_ground_truth
+    from retinamask.ops.coco_results import results_from_detections
+    from retinamask.ops.masks import encode_masks
 
     data_dir = Path(data_dir)
     ann_file = data_dir / "annotations" / f"instances_{split}.json"
-    from retinamask.evaluation import load_ground_truth
-
     dataset, _ = load_ground_truth(ann_file)
     category_ids = sorted(c["id"] for c in dataset["categories"])
     predictor = Predictor(model.eval(), cfg, input_size=input_size, resize=resize)
@@ -318,9 +318,8 @@ def evaluate_split(model, cfg, data_dir, split="val", input_size=None, batch_siz
     for start in iterator:
         chunk = images[start : start + batch_size]
         predictions = predictor.predict_batch([data_dir / split / im["file_name"] for im in chunk])
-        for im, pred in zip(chunk, predictions):
-            cats = [category_ids[label - 1] for label in pred.labels]
-            results += detections_to_coco_results(im["id"], pred.boxes, pred.scores, cats, encode_masks(pred.masks))
+        for im, detections in zip(chunk, predictions):
+            results += results_from_detections(im["id"], detections, category_ids, encode_masks(detections.masks))
     return evaluate_coco(dataset, results)
 
 

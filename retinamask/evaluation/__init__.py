@@ -2,7 +2,6 @@
 
 from retinamask.evaluation.coco_eval import (
     STAT_NAMES,
-    detections_to_coco_results,
     evaluate_coco,
     format_stats_text,
     load_ground_truth,
@@ -10,6 +9,7 @@ from retinamask.evaluation.coco_eval import (
     write_stats_json,
     write_stats_text,
 )
+from retinamask.ops.coco_results import detections_to_coco_results
 from retinamask.ops.masks import encode_masks, paste_masks, paste_masks_seed
 from retinamask.ops.nms import classwise_nms
 

@@ -21,6 +21,7 @@ import numpy as np
 
 from retinamask.core.errors import InputError
 from retinamask.core.fileio import atomic_write_json, atomic_write_text
+from retinamask.ops.coco_results import json_default
 
 STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
 IOU_TYPES = ("bbox", "segm")
@@ -325,55 +326,9 @@ def format_stats_text(stats):
     return "\n".join(lines) + "\n"
 
 
-def detections_to_coco_results(image_id, boxes_xyxy, scores, category_ids, rles=None):
-    """COCO result dicts for one image.
-
-    boxes_xyxy: float [N,4] in original-image pixels; converted to [x, y, w, h]
-    with the original's +1 (BoxList.convert("xywh"): w = x2 - x1 + 1).
-    scores: float [N]; category_ids: int [N] COCO category ids (not model labels).
-    rles: optional list of N RLE dicts (``encode_masks``) added as "segmentation".
-    """
-    boxes = np.asarray(boxes_xyxy, dtype=np.float64).reshape(-1, 4)
-    xywh = np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2] + 1.0], axis=1)
-    return xywh_results(image_id, xywh, scores, category_ids, rles)
-
-
-def xywh_results(image_id, xywh, scores, category_ids, rles=None):
-    """COCO result dicts for one image from boxes already [x, y, w, h] (float [N,4], written as
-    their values: float32 ones as float32, as the seed writes them); other arguments as
-    :func:`detections_to_coco_results`."""
-    xywh = np.asarray(xywh).reshape(-1, 4)
-    scores = np.asarray(scores).reshape(-1).tolist()
-    category_ids = np.asarray(category_ids).reshape(-1).tolist()
-    if not (len(xywh) == len(scores) == len(category_ids)) or (rles is not None and len(rles) != len(xywh)):
-        raise ValueError("boxes, scores, category_ids (and rles) must have the same length")
-    results = []
-    for i, box in enumerate(xywh.tolist()):
-        result = {
-            "image_id": int(image_id),
-            "category_id": int(category_ids[i]),
-            "bbox": box,
-            "score": float(scores[i]),
-        }
-        if rles is not None:
-            result["segmentation"] = rles[i]
-        results.append(result)
-    return results
-
-
-def _json_default(value):
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, bytes):
-        return value.decode("utf-8")
-    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
-
-
 def write_results_json(path, results):
     """Write COCO results (list of dicts; numpy scalars and bytes RLE counts allowed) atomically."""
-    atomic_write_text(path, json.dumps(results, default=_json_default))
+    atomic_write_text(path, json.dumps(results, default=json_default))
 
 
 def write_stats_json(path, stats):

@@ -19,7 +19,7 @@ MIN_OVERLAY_SIDE = 800  # small images are drawn scaled up to this long side, so
 def draw_prediction(
     image_rgb, prediction, score_threshold=0.3, alpha=0.45, min_side=MIN_OVERLAY_SIDE, show_scores=True
 ):
-    """uint8 [H, W, 3] RGB + Prediction -> uint8 [H', W', 3] RGB overlay (the input is not modified).
+    """uint8 [H, W, 3] RGB + Detections -> uint8 [H', W', 3] RGB overlay (the input is not modified).
 
     An image whose long side is under ``min_side`` is drawn scaled up by an integer factor
     (H' = f * H), so boxes, labels and masks of small images stay legible. Labels are placed

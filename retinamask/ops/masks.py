@@ -12,6 +12,8 @@ import numpy as np
 import pycocotools.mask as mask_util
 from PIL import Image
 
+MASK_PASTES = ("original", "seed")  # PIL bilinear as the original; cv2 bilinear as the seed's host code
+
 
 def _resize_pil(mask, width, height):
     """float32 [h0,w0] -> float32 [height,width] with PIL bilinear (antialiased when shrinking)."""
@@ -133,38 +135,48 @@ def encode_masks(masks):
     return rles
 
 
-def paste_and_encode_masks(probs, boxes, height, width, threshold=0.5, padding=1, paste="original"):
+def paste_and_encode_masks(probs, boxes, height, width, threshold=0.5, padding=1, paste="original", return_areas=False):
     """``encode_masks(paste_masks(...))`` without the full-image masks: the same RLE strings.
 
     COCO RLE runs down the columns, so a mask is zeros up to its box's first column, the box's
     columns, then zeros: only the box's columns are scanned (a 100-px box in a 640x480 image is
     a sixth of the pixels), and no [N, H, W] array is allocated. ``paste``: "original" (PIL,
     as ``paste_masks``) or "seed" (cv2, as ``paste_masks_seed``). Returns a list of N
-    {"size": [H, W], "counts": str}.
+    {"size": [H, W], "counts": str}; with ``return_areas`` also the masks' int64 [N] pixel
+    counts, as ``paste_masks(..., return_areas=True)`` gives them. evaluate's path
+    (``decode.coco_results.image_coco_results``), where no full-image mask is needed.
     """
-    if paste not in ("original", "seed"):
+    if paste not in MASK_PASTES:
         raise ValueError(f"paste must be original or seed, got {paste!r}")
     n = _mask_count(probs, boxes)
     resize = _resize_pil if paste == "original" else _resize_cv2
     counts = [[height * width] for _ in range(n)]  # all zeros unless a visible crop says otherwise
+    areas = np.zeros(n, dtype=np.int64)
     for i, x0, x1, y0, y1, crop in _visible_crops(probs, boxes, height, width, threshold, padding, resize):
-        band = np.zeros((x1 - x0, height), dtype=np.uint8)  # the box's columns, column-major
-        band[:, y0:y1] = crop.T
-        flat = band.reshape(-1)
-        changes = np.flatnonzero(flat[1:] != flat[:-1]) + 1
-        runs = np.diff(np.concatenate(([0], changes, [flat.size]))).tolist()
-        if flat[0]:  # RLE starts with a (possibly empty) run of zeros
-            runs.insert(0, 0)
-        runs[0] += x0 * height
-        after = (width - x1) * height
-        if len(runs) % 2:  # ends with zeros
-            runs[-1] += after
-        elif after:
-            runs.append(after)
-        counts[i] = runs
-    if n == 0:
-        return []
-    rles = mask_util.frPyObjects([{"size": [height, width], "counts": c} for c in counts], height, width)
-    for rle in rles:
-        rle["counts"] = rle["counts"].decode("utf-8")
-    return rles
+        counts[i] = _band_runs(crop, x0, x1, y0, y1, height, width)
+        areas[i] = np.count_nonzero(crop)
+    rles = []
+    if n:
+        rles = mask_util.frPyObjects([{"size": [height, width], "counts": c} for c in counts], height, width)
+        for rle in rles:
+            rle["counts"] = rle["counts"].decode("utf-8")
+    return (rles, areas) if return_areas else rles
+
+
+def _band_runs(crop, x0, x1, y0, y1, height, width):
+    """Uncompressed COCO RLE runs (zeros first) of a [height, width] mask that is zero outside the
+    columns [x0, x1) and holds ``crop`` (bool [y1 - y0, x1 - x0]) in rows [y0, y1) of them."""
+    band = np.zeros((x1 - x0, height), dtype=np.uint8)  # the box's columns, column-major
+    band[:, y0:y1] = crop.T
+    flat = band.reshape(-1)
+    changes = np.flatnonzero(flat[1:] != flat[:-1]) + 1
+    runs = np.diff(np.concatenate(([0], changes, [flat.size]))).tolist()
+    if flat[0]:  # RLE starts with a (possibly empty) run of zeros
+        runs.insert(0, 0)
+    runs[0] += x0 * height
+    after = (width - x1) * height
+    if len(runs) % 2:  # ends with zeros
+        runs[-1] += after
+    elif after:
+        runs.append(after)
+    return runs
