@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
-# Set up (first run) and run the test suite (slow tests excluded; pass -m slow or "" to change).
+# Set up (first run), check the house (ruff lint + format, import-linter's layer, torch-free and
+# acyclic contracts), then run the test suite (slow tests excluded; pass -m slow or "" to change).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
+.venv/bin/ruff check retinamask benchmarks tests
+.venv/bin/ruff format --check retinamask benchmarks tests
+.venv/bin/lint-imports
 exec .venv/bin/python -m pytest -q -m "not slow" "$@"
