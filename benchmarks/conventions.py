@@ -32,13 +32,13 @@ def main(argv=None):
     out = Path(args.out)
 
     cfg = load_config(SHIPPED_CONFIG)
-    input_size = int(cfg.INPUT.MAX_SIZE_TEST)
+    canvas_side = int(cfg.INPUT.MAX_SIZE_TEST)
     data = generate_shapes_dataset(
         out / "data", num_train=0, num_val=args.images, seed=DEMO_VAL_SEED, image_format="jpg"
     )
     model = out / "retinamask_shapes_small_seed.onnx"
     if not model.exists():
-        export_onnx(cfg, SHIPPED_WEIGHTS, model, layout="seed", input_size=input_size, verify=True)
+        export_onnx(cfg, SHIPPED_WEIGHTS, model, layout="seed", canvas_side=canvas_side, verify=True)
     if not (out / "infer" / "images.json").exists():
         run_inference(
             model, data["val_images"], output_dir=out, output_dirname="infer", legacy_names=True, progress=False
@@ -63,7 +63,7 @@ def main(argv=None):
             rows[convention, report] = (best, summary)
 
     print(
-        f"shipped model, seed layout, {args.images} images (seed {DEMO_VAL_SEED}, JPEG), S = {input_size}; "
+        f"shipped model, seed layout, {args.images} images (seed {DEMO_VAL_SEED}, JPEG), S = {canvas_side}; "
         f"same output files:\n"
     )
     print("| convention | bbox AP | bbox AP50 | bbox APs | segm AP | segm AP50 | segm APs | evaluate s | + report s |")

@@ -33,14 +33,14 @@ def build_benchmark_model():
     return model.eval()
 
 
-def benchmark_input(input_size=INPUT_SIZE, variant=0):
+def benchmark_input(canvas_side=INPUT_SIZE, variant=0):
     """One preprocessed image, float32 [1, 3, S, S]: a textured synthetic 4:3 picture through the
     seed transform (so the canvas has the zero padding a real landscape image gives)."""
     from retinamask.data.transforms import seed_preprocess
     from retinamask.export.verify import synthetic_image
 
-    image = synthetic_image(height=input_size * 3 // 4, width=input_size, variant=variant)
-    return seed_preprocess(image, input_size)[0][None]
+    image = synthetic_image(height=canvas_side * 3 // 4, width=canvas_side, variant=variant)
+    return seed_preprocess(image, canvas_side)[0][None]
 
 
 def write_jpegs(folder, count, height=480, width=640, start_variant=100):

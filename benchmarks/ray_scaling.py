@@ -107,19 +107,19 @@ def parse_args(argv):
     return parser.parse_args(argv)
 
 
-def benchmark_model(model, input_size):
-    """``model`` as given, else the R-50 exported at ``input_size`` (the seed's S) to that path."""
+def benchmark_model(model, canvas_side):
+    """``model`` as given, else the R-50 exported at ``canvas_side`` (the seed's S) to that path."""
     if model.exists():
         return model
     from retinamask.config import load_config
     from retinamask.export import export_model
 
-    logger.info("exporting R-50 at %d to %s ...", input_size, model)
+    logger.info("exporting R-50 at %d to %s ...", canvas_side, model)
     export_model(
         build_benchmark_model(),
         load_config(CONFIG),
         model,
-        input_size=input_size,
+        canvas_side=canvas_side,
         verify=False,
         max_detections=MAX_DETECTIONS,
     )

@@ -102,7 +102,7 @@ def prepare_r50(workdir, settings, int8, reuse):
             cfg,
             paths[name],
             resize=resize,
-            input_size=INPUT_SIZE if resize == "seed" else None,
+            canvas_side=INPUT_SIZE if resize == "seed" else None,
             max_detections=MAX_DETECTIONS,
             verify=False,
         )

@@ -125,7 +125,7 @@ def parse_args(argv):
     parser.add_argument(
         "--sweep", action="store_true", help="also time alternative session options and the compiled-model caches"
     )
-    parser.add_argument("--input-size", type=int, default=INPUT_SIZE, help=argparse.SUPPRESS)
+    parser.add_argument("--input-size", dest="canvas_side", type=int, default=INPUT_SIZE, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
 
@@ -138,12 +138,12 @@ def run_sections(report, args, settings, threads, workdir):
     monitor = LoadMonitor()
     model = build_benchmark_model()
     paths, report["preparation_s"] = prepare_models(
-        workdir, model, load_config(CONFIG), args.input_size, settings, args.reuse_models
+        workdir, model, load_config(CONFIG), args.canvas_side, settings, args.reuse_models
     )
     report["flops"] = {key: count_flops(paths[key]) for key in ("end2end", "seed")}
     with monitor.timed("matmul peaks"):
         report["peaks"] = peaks.matmul_peaks(workdir, threads, settings["peak_size"], settings["peak_repeats"])
-    images = benchmark_input(args.input_size)
+    images = benchmark_input(args.canvas_side)
     with monitor.timed("latency table"):
         report["latency"] = latency.latency_rows(
             paths, model, images, report["flops"], report["peaks"], threads, settings
@@ -186,7 +186,7 @@ def main(argv=None):
         else:
             workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="retinamask-suite-")))
         report = {
-            "input_size": args.input_size,
+            "input_size": args.canvas_side,
             "quick": args.quick,
             "settings": settings,
             "environment": environment(threads),

@@ -52,15 +52,15 @@ def _soft_ellipse_mask(resolution, sharpness, rng):
     return (1 / (1 + np.exp(-logits))).astype(np.float32)
 
 
-def synthetic_outputs(image, annotations, category_ids, rng, rows=MAX_DETECTIONS, input_size=INPUT_SIZE):
+def synthetic_outputs(image, annotations, category_ids, rng, rows=MAX_DETECTIONS, canvas_side=INPUT_SIZE):
     """end2end-layout model outputs for one image: each ground-truth object found once or twice
     (jittered box, score 0.3-1), the remaining rows false positives (score 0.05-0.4), sorted.
-    ``input_size``: the seed's S the boxes are scaled to. Returns ((boxes [rows, 4] float32,
+    ``canvas_side``: the seed's S the boxes are scaled to. Returns ((boxes [rows, 4] float32,
     labels [rows] int32, scores [rows] float32, masks [rows, 1, 28, 28] float32), image_hw, resized_hw)."""
     from retinamask.data.transforms import seed_resize_geometry
 
     height, width = image["height"], image["width"]
-    (resized_h, resized_w), scale = seed_resize_geometry(height, width, input_size)
+    (resized_h, resized_w), scale = seed_resize_geometry(height, width, canvas_side)
     contiguous = {c: i + 1 for i, c in enumerate(sorted(category_ids))}
     boxes, labels, scores = [], [], []
     for ann in annotations:
@@ -80,7 +80,7 @@ def synthetic_outputs(image, annotations, category_ids, rng, rows=MAX_DETECTIONS
         scores.append(rng.uniform(0.05, 0.4))
     order = np.argsort(-np.asarray(scores), kind="stable")[:rows]
     boxes = np.asarray(boxes, np.float32)[order] * np.float32(scale)
-    boxes = np.clip(boxes, 0, input_size - 1)
+    boxes = np.clip(boxes, 0, canvas_side - 1)
     masks = np.stack([_soft_ellipse_mask(28, rng.uniform(4, 12), rng) for _ in order])[:, None]
     outputs = (boxes, np.asarray(labels, np.int32)[order], np.asarray(scores, np.float32)[order], masks)
     return outputs, (height, width), (resized_h, resized_w)

@@ -83,7 +83,7 @@ def test_a_faster_runtime_that_is_not_installed_is_named_not_used():
 
 
 def test_auto_session_runs_the_chosen_runtime_and_logs_why(tmp_path, caplog):
-    model = build_fake_model(tmp_path / "m.onnx", input_size=64)
+    model = build_fake_model(tmp_path / "m.onnx", canvas_side=64)
     expected = choose_backend("fp32", "cpu")
     with caplog.at_level(logging.INFO, logger="retinamask.runtime.backends"):
         session = create_session(model)  # backend="auto" is the default

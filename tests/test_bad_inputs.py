@@ -141,7 +141,7 @@ def zoo(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
-    return build_fake_model(tmp_path_factory.mktemp("models") / "end2end.onnx", input_size=S)
+    return build_fake_model(tmp_path_factory.mktemp("models") / "end2end.onnx", canvas_side=S)
 
 
 @pytest.fixture(scope="module")
@@ -598,7 +598,7 @@ def test_model_that_is_not_onnx_or_lacks_metadata(command, inferred, dataset, tm
     image_dir, ann_file, _ = dataset
     not_onnx = tmp_path / "weights.onnx"
     not_onnx.write_bytes(b"PK\x03\x04 a zip file, not a protobuf")
-    bare = build_fake_model(tmp_path / "bare.onnx", input_size=S, metadata=False)
+    bare = build_fake_model(tmp_path / "bare.onnx", canvas_side=S, metadata=False)
     rest = {
         "infer": ["--input", image_dir, "--output", tmp_path, "--no-progress"],
         "bench": ["--loop", 1, "--warmup", 0],
@@ -619,8 +619,8 @@ def test_evaluate_with_a_model_that_did_not_make_the_outputs(inferred, preproces
     """Another model's input size or layout would map every box wrongly: refused, not a quietly wrong mAP."""
     _, info = preprocessed
     _, ann_file, _ = dataset
-    bigger = build_fake_model(tmp_path / "s96.onnx", input_size=96)
-    seed = build_fake_model(tmp_path / "seed.onnx", layout="seed", input_size=S)
+    bigger = build_fake_model(tmp_path / "s96.onnx", canvas_side=96)
+    seed = build_fake_model(tmp_path / "seed.onnx", layout="seed", canvas_side=S)
     cases = [
         (
             bigger,

@@ -54,7 +54,7 @@ def test_predict_pytorch_and_onnx_agree(demo_run, tmp_path):
     from retinamask.config import load_config
 
     images = sorted((demo_run / "data" / "val").glob("*.png"))[:3]
-    input_size = str(load_config(SHIPPED_CONFIG).INPUT.MAX_SIZE_TEST)
+    canvas_side = str(load_config(SHIPPED_CONFIG).INPUT.MAX_SIZE_TEST)
     args = ["--input", *map(str, images), "--score-threshold", "0.3"]
     assert (
         main(
@@ -65,7 +65,7 @@ def test_predict_pytorch_and_onnx_agree(demo_run, tmp_path):
                 "--config",
                 str(SHIPPED_CONFIG),
                 "--input-size",
-                input_size,
+                canvas_side,
                 "--output",
                 str(tmp_path / "torch"),
                 *args,
@@ -123,6 +123,7 @@ def pytorch_stats(demo_run):
     """COCO stats of the eager model on the demo's val split, on the export's square canvas and
     with the mask cut raised to the export's 100 rows."""
     from retinamask.config import load_config
+    from retinamask.core.geometry import SeedResize
     from retinamask.engine.trainer import evaluate_split
     from retinamask.modeling import build_model
     from retinamask.modeling.checkpoint import load_checkpoint
@@ -130,7 +131,7 @@ def pytorch_stats(demo_run):
     cfg = load_config(SHIPPED_CONFIG, ["RETINANET.NUM_MASKS_TEST", "100"])
     model = build_model(cfg)
     load_checkpoint(model, SHIPPED_WEIGHTS)
-    return evaluate_split(model, cfg, demo_run / "data", "val", input_size=int(cfg.INPUT.MAX_SIZE_TEST))
+    return evaluate_split(model, cfg, demo_run / "data", "val", resize=SeedResize(int(cfg.INPUT.MAX_SIZE_TEST)))
 
 
 @pytest.mark.parametrize("layout", ["end2end", "seed"])

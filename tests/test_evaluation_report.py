@@ -165,7 +165,7 @@ def test_report_without_the_images_lists_them_and_still_writes_the_page(evaluate
     summary = evaluate_outputs(
         root / "outputs",
         root / "data" / "annotations" / "instances_val.json",
-        input_size=S,
+        canvas_side=S,
         workers=1,
         progress=False,
         output_path=tmp_path / "e.txt",

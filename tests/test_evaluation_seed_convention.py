@@ -166,7 +166,7 @@ def test_seed_convention_equals_the_seeds_postprocess(split, tmp_path):
     summary = evaluate_outputs(
         outputs,
         ann_file,
-        input_size=S,
+        canvas_side=S,
         convention="seed",
         workers=1,
         progress=False,
@@ -181,7 +181,7 @@ def test_seed_convention_equals_the_seeds_postprocess(split, tmp_path):
     direct = evaluate_outputs(
         outputs,
         ann_file,
-        input_size=S,
+        canvas_side=S,
         convention="seed",
         workers=2,
         progress=False,
@@ -194,7 +194,7 @@ def test_seed_convention_equals_the_seeds_postprocess(split, tmp_path):
 
     # the same outputs under the original's convention: measurably different numbers
     original = evaluate_outputs(
-        outputs, ann_file, input_size=S, workers=1, progress=False, output_path=tmp_path / "original.txt"
+        outputs, ann_file, canvas_side=S, workers=1, progress=False, output_path=tmp_path / "original.txt"
     )
     bbox_gap = abs(original["stats"]["bbox"]["AP"] - summary["stats"]["bbox"]["AP"])
     segm_gap = abs(original["stats"]["segm"]["AP"] - summary["stats"]["segm"]["AP"])

@@ -64,18 +64,18 @@ def exports(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def end2end_dynamic(model, cfg, exports):
-    report = export_model(model, cfg, exports / "end2end_dynamic.onnx", dynamic_batch=True, input_size=S)
+    report = export_model(model, cfg, exports / "end2end_dynamic.onnx", dynamic_batch=True, canvas_side=S)
     return report
 
 
 @pytest.fixture(scope="module")
 def seed_export(model, cfg, exports):
-    return export_model(model, cfg, exports / "seed.onnx", layout="seed", input_size=S)
+    return export_model(model, cfg, exports / "seed.onnx", layout="seed", canvas_side=S)
 
 
 @pytest.fixture(scope="module")
 def fp16_export(model, cfg, exports):
-    return export_model(model, cfg, exports / "end2end_fp16_b2.onnx", batch_size=2, fp16=True, input_size=S)
+    return export_model(model, cfg, exports / "end2end_fp16_b2.onnx", batch_size=2, fp16=True, canvas_side=S)
 
 
 def _images(cfg, batch):
@@ -488,8 +488,8 @@ def test_export_options_resolve_one_policy_the_rows_and_the_batch():
     from retinamask.core.geometry import SeedResize
 
     cfg = load_config("retinamask_shapes_small")
-    square = ExportOptions(input_size=S, dynamic_batch=True).resolve(cfg)
-    assert square.resize == SeedResize(S) and square.input_size is None and square.canvas_side == S
+    square = ExportOptions(canvas_side=S, dynamic_batch=True).resolve(cfg)
+    assert square.resize == SeedResize(S) and square.canvas_side == S
     assert (square.max_detections, square.rows) == (100, 100)
     assert (square.batch, square.fixed_batch, square.example_batch) == ("dynamic", None, 2)
     assert square.resolve(cfg) == square  # resolving is idempotent (export_onnx resolves, then export_model)
@@ -501,6 +501,6 @@ def test_export_options_resolve_one_policy_the_rows_and_the_batch():
     with pytest.raises(RetinaMaskError, match="seed layout"):
         ExportOptions(layout="seed", resize="original").resolve(cfg)
     with pytest.raises(RetinaMaskError, match="multiple of 32"):
-        ExportOptions(input_size=100).resolve(cfg)
+        ExportOptions(canvas_side=100).resolve(cfg)
     with pytest.raises(TypeError):
         ExportOptions(no_such_option=1)

@@ -11,6 +11,7 @@ from PIL import Image
 
 from retinamask.cli import main
 from retinamask.core.errors import EXIT_BAD_INPUT, EXIT_ITEMS_FAILED, EXIT_OK, InputError
+from retinamask.core.geometry import SeedResize
 from retinamask.data.preprocess import preprocess_images
 from retinamask.data.transforms import seed_preprocess
 from retinamask.formats.bins import bin_nbytes, read_bin, read_info
@@ -112,7 +113,7 @@ def test_cli_batch_good_and_bad_images(image_dir, tmp_path, capsys):
         expected, scale, (rh, rw) = seed_preprocess(load_image_rgb(image_dir / record.file_name), SIZE)
         np.testing.assert_array_equal(read_bin(record.bin_path, SIZE)[0], expected)
         assert (record.scale, record.resized_height, record.resized_width) == (scale, rh, rw)
-        assert record.input_size == SIZE and record.name == Path(record.file_name).stem
+        assert record.canvas_side == SIZE and record.name == Path(record.file_name).stem
 
     sidecar = json.loads((tmp_path / "list.info.json").read_text(encoding="utf-8"))
     assert sidecar["input_size"] == SIZE and sidecar["tensor"]["shape"] == [1, 3, SIZE, SIZE]
@@ -166,7 +167,7 @@ def test_all_good_exit_zero_and_resume_keeps_existing_bins(tmp_path):
     first = _mtimes(bins)
     first_info = info.read_text()
 
-    summary = preprocess_images(images, bins, info, input_size=SIZE, workers=1)
+    summary = preprocess_images(images, bins, info, resize=SeedResize(SIZE), workers=1)
     assert (summary["written"], summary["resumed"], summary["failed"]) == (0, 3, [])
     assert _mtimes(bins) == first
     assert info.read_text() == first_info
@@ -175,14 +176,14 @@ def test_all_good_exit_zero_and_resume_keeps_existing_bins(tmp_path):
     (bins / "000000000000.bin").write_bytes(b"\0" * 100)
     newer = first["000000000001.bin"] + 10**9
     os.utime(images / "000000000001.jpg", ns=(newer, newer))
-    summary = preprocess_images(images, bins, info, input_size=SIZE, workers=1)
+    summary = preprocess_images(images, bins, info, resize=SeedResize(SIZE), workers=1)
     assert (summary["written"], summary["resumed"]) == (2, 1)
     assert _mtimes(bins)["000000000002.bin"] == first["000000000002.bin"]
     assert (bins / "000000000000.bin").stat().st_size == bin_nbytes(SIZE)
     assert info.read_text() == first_info
 
     # other settings recorded in the sidecar: nothing is kept
-    summary = preprocess_images(images, bins, info, input_size=SIZE, workers=1, mean=(0, 0, 0))
+    summary = preprocess_images(images, bins, info, resize=SeedResize(SIZE), workers=1, mean=(0, 0, 0))
     assert (summary["written"], summary["resumed"]) == (3, 0)
 
 
@@ -204,7 +205,7 @@ def test_colliding_output_names_are_reported(tmp_path):
     images.mkdir()
     Image.new("RGB", (4, 4)).save(images / "same.jpg")
     Image.new("RGB", (4, 4)).save(images / "same.png")
-    summary = preprocess_images(images, tmp_path / "b", tmp_path / "c.info", input_size=SIZE, workers=1)
+    summary = preprocess_images(images, tmp_path / "b", tmp_path / "c.info", resize=SeedResize(SIZE), workers=1)
     assert [r["file_name"] for r in summary["records"]] == ["same.jpg"]
     assert summary["failed"][0]["file"].endswith("same.png") and "same.bin" in summary["failed"][0]["cause"]
 
@@ -214,8 +215,8 @@ def test_no_images_and_bad_settings_are_errors(tmp_path):
     with pytest.raises(InputError, match="no images"):
         preprocess_images(tmp_path / "empty", tmp_path / "b", tmp_path / "i.info")
     assert _cli("--image_src_path", tmp_path / "missing", "--bin_info_name", tmp_path / "i.info") == EXIT_BAD_INPUT
-    with pytest.raises(InputError, match="input_size"):
-        preprocess_images(tmp_path / "empty", tmp_path / "b", tmp_path / "i.info", input_size=0)
+    with pytest.raises(InputError, match="workers"):
+        preprocess_images(tmp_path / "empty", tmp_path / "b", tmp_path / "i.info", workers=0)
 
 
 # --------------------------------------------------------------------------- readers
@@ -272,7 +273,7 @@ def test_read_info_sidecar_must_agree(tmp_path):
     images.mkdir()
     Image.new("RGB", (6, 4)).save(images / "x.png")
     info = tmp_path / "r.info"
-    preprocess_images(images, tmp_path / "bins", info, input_size=SIZE, workers=1)
+    preprocess_images(images, tmp_path / "bins", info, resize=SeedResize(SIZE), workers=1)
     line = info.read_text()
     info.write_text(line.replace(" 6 4", " 7 4"))
     with pytest.raises(InputError, match="disagrees with the sidecar"):

@@ -52,7 +52,7 @@ def calibration_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def float_model(model, cfg, tmp_path_factory):
     path = tmp_path_factory.mktemp("float") / "end2end.onnx"
-    export_model(model, cfg, path, input_size=S, verify=False)
+    export_model(model, cfg, path, canvas_side=S, verify=False)
     return path
 
 
@@ -94,7 +94,7 @@ def test_only_the_dense_part_is_quantized(int8_model):
 def test_int8_model_keeps_the_contract_and_metadata(int8_model, float_model):
     path, _ = int8_model
     info, float_info = read_model_info(path), read_model_info(float_model)
-    assert (info.layout, info.input_size, info.batch_size) == (float_info.layout, float_info.input_size, 1)
+    assert (info.layout, info.canvas_side, info.batch_size) == (float_info.layout, float_info.canvas_side, 1)
     assert info.class_names == float_info.class_names
     meta = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
     quantization = json.loads(meta[QUANTIZATION_METADATA_KEY])
@@ -173,13 +173,13 @@ def test_calibration_images_are_spread_over_the_folder(calibration_dir):
 
 def test_export_int8_argument_errors(model, cfg, tmp_path, calibration_dir):
     with pytest.raises(RetinaMaskError, match="--calib"):
-        export_model(model, cfg, tmp_path / "m.onnx", input_size=S, int8=True)
+        export_model(model, cfg, tmp_path / "m.onnx", canvas_side=S, int8=True)
     with pytest.raises(RetinaMaskError, match="exclude each other"):
         export_model(
-            model, cfg, tmp_path / "m.onnx", input_size=S, int8=True, fp16=True, calibration_dir=calibration_dir
+            model, cfg, tmp_path / "m.onnx", canvas_side=S, int8=True, fp16=True, calibration_dir=calibration_dir
         )
     with pytest.raises(RetinaMaskError, match="only used with --int8"):
-        export_model(model, cfg, tmp_path / "m.onnx", input_size=S, calibration_dir=calibration_dir)
+        export_model(model, cfg, tmp_path / "m.onnx", canvas_side=S, calibration_dir=calibration_dir)
     assert not (tmp_path / "m.onnx").exists()
 
 

@@ -61,9 +61,9 @@ def _map(model, val, backend, out):
 def test_cli_int8_export_is_quantized_and_keeps_the_contract(models):
     info, float_info = read_model_info(models["int8"]), read_model_info(models["fp32"])
     assert info.quantized and not float_info.quantized
-    assert (info.layout, info.input_size, info.batch_size, info.class_names) == (
+    assert (info.layout, info.canvas_side, info.batch_size, info.class_names) == (
         float_info.layout,
-        float_info.input_size,
+        float_info.canvas_side,
         None,
         float_info.class_names,
     )

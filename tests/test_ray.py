@@ -85,7 +85,7 @@ def cluster():
 
 @pytest.fixture(scope="module")
 def model_path(tmp_path_factory):
-    return build_fake_model(tmp_path_factory.mktemp("model") / "m.onnx", layout="end2end", input_size=S)
+    return build_fake_model(tmp_path_factory.mktemp("model") / "m.onnx", layout="end2end", canvas_side=S)
 
 
 def _many_images(folder, count):

@@ -39,7 +39,7 @@ def models(tmp_path_factory):
     report = export.export_model(
         model, cfg, folder / "buckets.onnx", resize="buckets", dynamic_batch=True, verify=True, simplify=False
     )
-    square = build_fake_model(folder / "square.onnx", input_size=160)  # a square (seed-policy) model's interface
+    square = build_fake_model(folder / "square.onnx", canvas_side=160)  # a square (seed-policy) model's interface
     return {"buckets": folder / "buckets.onnx", "square": square, "report": report}
 
 
@@ -68,7 +68,7 @@ def test_export_has_dynamic_canvas_image_sizes_and_the_policy(models):
     assert "retinamask.input_size" not in metadata
     assert json.loads(metadata["retinamask.resize"])["canvases"]  # the buckets, for runtimes that compile per shape
     info = read_model_info(models["buckets"])
-    assert info.dynamic_hw and info.input_size is None and info.resize.name == "buckets"
+    assert info.dynamic_hw and info.canvas_side is None and info.resize.name == "buckets"
     assert read_model_info(models["buckets"], resize="original").resize.name == "original"
     # K defaults to the original's own output under its resize: its top NUM_MASKS_TEST (50), all masked
     assert report["max_detections"] == info.max_detections == 50 and info.num_rows == 50

@@ -23,7 +23,7 @@ def _batch(count, size=96):
 
 @pytest.fixture(scope="module")
 def model_path(tmp_path_factory):
-    return build_fake_model(tmp_path_factory.mktemp("model") / "m.onnx", layout="end2end", input_size=96)
+    return build_fake_model(tmp_path_factory.mktemp("model") / "m.onnx", layout="end2end", canvas_side=96)
 
 
 def test_onnxruntime_cpu_runs_a_batch(model_path):

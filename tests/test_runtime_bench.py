@@ -12,7 +12,7 @@ from test_runtime_fakes import build_fake_model
 
 @pytest.fixture(scope="module")
 def model_path(tmp_path_factory):
-    return build_fake_model(tmp_path_factory.mktemp("model") / "m.onnx", input_size=64)
+    return build_fake_model(tmp_path_factory.mktemp("model") / "m.onnx", canvas_side=64)
 
 
 def test_latency_stats():
@@ -37,7 +37,7 @@ def test_cli_prints_stats_and_writes_json(tmp_path, model_path, capsys):
 
 
 def test_fixed_batch_model_refuses_another_batch(tmp_path, capsys):
-    fixed = build_fake_model(tmp_path / "fixed.onnx", input_size=64, batch=2)
+    fixed = build_fake_model(tmp_path / "fixed.onnx", canvas_side=64, batch=2)
     assert run_benchmark(fixed, loop=2, warmup=0, batch_size=None)["batchsize"] == 2
     assert main(["bench", "--model", str(fixed), "--loop", "2", "--batchsize", "4"]) == 2
     assert "fixed batch of 2" in capsys.readouterr().err

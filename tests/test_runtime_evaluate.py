@@ -9,7 +9,7 @@ import pytest
 from retinamask.apps.evaluate import evaluate_outputs
 from retinamask.cli import main
 from retinamask.core.errors import InputError
-from retinamask.core.geometry import boxes_to_image
+from retinamask.core.geometry import SeedResize, boxes_to_image
 from retinamask.decode.coco_results import outputs_to_coco_results
 from retinamask.decode.outputs import decode_outputs
 from retinamask.runtime.infer import run_inference
@@ -102,7 +102,7 @@ def dataset(tmp_path_factory):
 def models(tmp_path_factory):
     folder = tmp_path_factory.mktemp("models")
     return {
-        layout: build_fake_model(folder / f"{layout}.onnx", layout=layout, input_size=S)
+        layout: build_fake_model(folder / f"{layout}.onnx", layout=layout, canvas_side=S)
         for layout in ("end2end", "seed")
     }
 
@@ -168,7 +168,7 @@ def test_layout_auto_without_sidecar_uses_the_rows(tmp_path, dataset, inferred):
         for path in inferred[(layout, "BIN", False)].glob("*.bin"):
             (copy / path.name).write_bytes(path.read_bytes())
         summary = evaluate_outputs(
-            copy, ann_file, output_path=tmp_path / f"{layout}.txt", workers=1, input_size=S, progress=False
+            copy, ann_file, output_path=tmp_path / f"{layout}.txt", workers=1, canvas_side=S, progress=False
         )
         assert summary["layout"] == layout and summary["failed"] == []
         _check_perfect(summary["stats"])
@@ -183,7 +183,7 @@ def test_seed_flags_with_an_info_list_and_parallel_workers(tmp_path, dataset, mo
     (coco / "annotations").mkdir(parents=True)
     (coco / "annotations" / "instances_val2017.json").write_bytes(ann_file.read_bytes())
     info = tmp_path / "retinamask_coco2017.info"
-    preprocess_images(image_dir, tmp_path / "bins", info, input_size=S, workers=1, progress=False)
+    preprocess_images(image_dir, tmp_path / "bins", info, resize=SeedResize(S), workers=1, progress=False)
     assert (
         main(
             [
@@ -282,7 +282,7 @@ def test_wrong_layout_for_the_outputs(tmp_path, dataset, inferred, capsys):
     copy.mkdir()
     for path in inferred[("seed", "BIN", False)].glob("*.bin"):
         (copy / path.name).write_bytes(path.read_bytes())
-    end2end_model = build_fake_model(tmp_path / "e2e.onnx", layout="end2end", input_size=S)
+    end2end_model = build_fake_model(tmp_path / "e2e.onnx", layout="end2end", canvas_side=S)
     code = main(
         [
             "evaluate",
@@ -313,7 +313,9 @@ def test_unknown_image_is_reported(tmp_path, dataset, inferred):
         (extra / path.name).write_bytes(path.read_bytes())
         if path.name.startswith("img_000_"):
             (extra / path.name.replace("img_000", "stranger")).write_bytes(path.read_bytes())
-    summary = evaluate_outputs(extra, ann_file, output_path=tmp_path / "u.txt", workers=1, input_size=S, progress=False)
+    summary = evaluate_outputs(
+        extra, ann_file, output_path=tmp_path / "u.txt", workers=1, canvas_side=S, progress=False
+    )
     assert [f["file"] for f in summary["failed"]] == ["stranger"]
     assert "no image stranger.* in the annotation file" in summary["failed"][0]["cause"]
     _check_perfect(summary["stats"])
@@ -327,7 +329,7 @@ def test_npy_outputs_with_ais_bench_batch_axis(tmp_path, dataset, inferred):
     for path in inferred[("seed", "NPY", False)].glob("*.npy"):
         np.save(batched / path.name, np.load(path)[None])
     summary = evaluate_outputs(
-        batched, ann_file, output_path=tmp_path / "b.txt", workers=1, input_size=S, progress=False
+        batched, ann_file, output_path=tmp_path / "b.txt", workers=1, canvas_side=S, progress=False
     )
     assert summary["failed"] == [] and summary["layout"] == "seed"
     _check_perfect(summary["stats"])

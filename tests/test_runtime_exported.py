@@ -36,9 +36,9 @@ def exported(tmp_path_factory):
     folder = tmp_path_factory.mktemp("exported")
     paths = {}
     paths["end2end"] = folder / "end2end.onnx"
-    export.export_model(model, cfg, paths["end2end"], dynamic_batch=True, input_size=S, verify=False, simplify=False)
+    export.export_model(model, cfg, paths["end2end"], dynamic_batch=True, canvas_side=S, verify=False, simplify=False)
     paths["seed"] = folder / "seed.onnx"
-    export.export_model(model, cfg, paths["seed"], layout="seed", input_size=S, verify=False, simplify=False)
+    export.export_model(model, cfg, paths["seed"], layout="seed", canvas_side=S, verify=False, simplify=False)
     return paths
 
 

@@ -30,7 +30,7 @@ RED_ID, WHITE_ID = 3, 7
 
 
 def build_fake_model(
-    path, layout="end2end", input_size=96, rows=None, batch=None, metadata=True, threshold=50.0, mask_resolution=28
+    path, layout="end2end", canvas_side=96, rows=None, batch=None, metadata=True, threshold=50.0, mask_resolution=28
 ):
     """Write the fake model to ``path`` (see the module docstring); returns ``path``.
 
@@ -38,7 +38,7 @@ def build_fake_model(
     axis, else the fixed batch size. metadata: False writes no metadata_props.
     """
     rows = rows or (1000 if layout == "seed" else 10)
-    s, m, k = input_size, mask_resolution, rows
+    s, m, k = canvas_side, mask_resolution, rows
     pad_rows = k - 1
     nodes, inits = [], []
 
@@ -288,7 +288,7 @@ def test_fake_model_finds_the_box_on_the_canvas(tmp_path, layout):
 
     from retinamask.data.transforms import seed_preprocess
 
-    path = build_fake_model(tmp_path / "m.onnx", layout=layout, input_size=96)
+    path = build_fake_model(tmp_path / "m.onnx", layout=layout, canvas_side=96)
     h, w, x1, y1, x2, y2, white = BOX_IMAGES[1]
     tensor, scale, _ = seed_preprocess(box_image(h, w, x1, y1, x2, y2, white), 96, MEAN)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])

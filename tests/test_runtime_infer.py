@@ -8,6 +8,7 @@ import pytest
 
 from retinamask.cli import main
 from retinamask.core.errors import InputError
+from retinamask.core.geometry import SeedResize
 from retinamask.data.transforms import seed_preprocess
 from retinamask.formats.model_info import output_specs
 from retinamask.runtime.backends import create_session
@@ -24,7 +25,7 @@ def dataset(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def model_path(tmp_path_factory):
-    return build_fake_model(tmp_path_factory.mktemp("model") / "m.onnx", layout="end2end", input_size=S)
+    return build_fake_model(tmp_path_factory.mktemp("model") / "m.onnx", layout="end2end", canvas_side=S)
 
 
 def test_images_streamed_with_workers(tmp_path, dataset, model_path):
@@ -90,7 +91,7 @@ def test_resume_skips_complete_outputs_and_redoes_deleted(tmp_path, dataset, mod
 def test_other_model_in_the_folder_redoes_everything(tmp_path, dataset, model_path):
     image_dir, _, _ = dataset
     run_inference(model_path, image_dir, tmp_path, "r", workers=0, progress=False)
-    other = build_fake_model(tmp_path / "k20.onnx", layout="end2end", input_size=S, rows=20)
+    other = build_fake_model(tmp_path / "k20.onnx", layout="end2end", canvas_side=S, rows=20)
     summary = run_inference(other, image_dir, tmp_path, "r", workers=0, progress=False)
     assert summary["count"] == len(BOX_IMAGES) and summary["skipped"] == 0
     assert (tmp_path / "r" / "img_000_0.bin").stat().st_size == 20 * 16
@@ -110,7 +111,7 @@ def test_bin_folder_and_info_list(tmp_path, dataset, model_path):
 
     image_dir, _, _ = dataset
     info = tmp_path / "set.info"
-    preprocess_images(image_dir, tmp_path / "bins", info, input_size=S, workers=1, progress=False)
+    preprocess_images(image_dir, tmp_path / "bins", info, resize=SeedResize(S), workers=1, progress=False)
     from_images = run_inference(model_path, image_dir, tmp_path, "a", workers=0, progress=False)
     from_bins = run_inference(model_path, tmp_path / "bins", tmp_path, "b", batch_size=3, progress=False)
     from_info = run_inference(model_path, info, tmp_path, "c", progress=False)

@@ -10,9 +10,9 @@ from test_runtime_fakes import build_fake_model
 
 @pytest.mark.parametrize("layout,rows", [("end2end", 10), ("seed", 1000)])
 def test_reads_layout_size_batch_and_metadata(tmp_path, layout, rows):
-    path = build_fake_model(tmp_path / "m.onnx", layout=layout, input_size=96)
+    path = build_fake_model(tmp_path / "m.onnx", layout=layout, canvas_side=96)
     info = read_model_info(path)
-    assert info.layout == layout and info.input_size == 96 and info.batch_size is None and info.dynamic_batch
+    assert info.layout == layout and info.canvas_side == 96 and info.batch_size is None and info.dynamic_batch
     assert info.input_name == "input" and info.num_rows == rows
     assert [o.shape for o in info.outputs] == [(rows, 4), (rows,), (rows,), (rows, 1, 28, 28)]
     assert [o.dtype for o in info.outputs] == [np.float32, np.int32, np.float32, np.float32]
@@ -50,13 +50,13 @@ def test_missing_metadata_names_keys_and_flags(tmp_path):
     assert "suggest seed" in e.value.cause  # output names bboxs, labels, scores, masks
     info = read_model_info(path, layout="seed")
     # the static input shape gives the size; the flag gave the layout
-    assert info.layout == "seed" and info.input_size == 96 and set(info.supplied) == {"layout", "input_size"}
+    assert info.layout == "seed" and info.canvas_side == 96 and set(info.supplied) == {"layout", "input_size"}
 
 
 def test_disagreements_are_errors(tmp_path):
-    path = build_fake_model(tmp_path / "m.onnx", layout="end2end", input_size=96)
+    path = build_fake_model(tmp_path / "m.onnx", layout="end2end", canvas_side=96)
     with pytest.raises(InputError, match="input size disagreement"):
-        read_model_info(path, input_size=128)
+        read_model_info(path, canvas_side=128)
     with pytest.raises(InputError, match="disagrees with the model's metadata"):
         read_model_info(path, layout="seed")
     bare = build_fake_model(tmp_path / "bare.onnx", layout="end2end", rows=10, metadata=False)

@@ -21,7 +21,7 @@ TINY_OPTS = [
 ]
 
 
-def tiny_model_with_detections(cfg, input_size, structured_masks=False):
+def tiny_model_with_detections(cfg, canvas_side, structured_masks=False):
     """Seeded random weights, eval mode. Classification logits rescaled to std 1.5 around -3 on a
     sample input (so that detections survive the score threshold), box regression x20 (boxes that
     differ from their anchors); ``structured_masks``: mask logits x5 (masks with structure)."""
@@ -34,7 +34,7 @@ def tiny_model_with_detections(cfg, input_size, structured_masks=False):
     model = build_model(cfg).eval()
     head = model.rpn.head
     with torch.no_grad():
-        _, logits, _ = model.rpn(model.backbone(sample_input(cfg, input_size, 1)))
+        _, logits, _ = model.rpn(model.backbone(sample_input(cfg, canvas_side, 1)))
         raw = torch.cat([(level - head.cls_logits.bias.view(1, -1, 1, 1)).flatten() for level in logits])
         head.cls_logits.weight.mul_(1.5 / raw.std())
         head.cls_logits.bias.fill_(-3.0 - (raw.mean() * 1.5 / raw.std()).item())

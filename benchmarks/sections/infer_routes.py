@@ -22,7 +22,7 @@ def infer_routes(model_path, image_dir, workdir, threads):
 
     info = read_model_info(model_path)
     session = create_session(model_path, "onnxruntime", "cpu", threads=threads, model_info=info)
-    session.run(np.zeros((1, 3, info.input_size, info.input_size), np.float32))  # warm-up
+    session.run(np.zeros((1, 3, info.canvas_side, info.canvas_side), np.float32))  # warm-up
     count = len(list(Path(image_dir).iterdir()))
 
     fresh = Path(tempfile.mkdtemp(prefix="infer-", dir=workdir))  # never a resume of an earlier run's outputs
@@ -31,7 +31,7 @@ def infer_routes(model_path, image_dir, workdir, threads):
     streaming = time.perf_counter() - start
 
     start = time.perf_counter()
-    preprocess_images(image_dir, fresh / "bins", fresh / "bins.info", input_size=info.input_size, progress=False)
+    preprocess_images(image_dir, fresh / "bins", fresh / "bins.info", resize=info.resize, progress=False)
     preprocess_seconds = time.perf_counter() - start
     run_inference(
         model_path, fresh / "bins.info", output_dir=fresh, output_dirname="from_bins", session=session, progress=False

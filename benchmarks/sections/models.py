@@ -9,7 +9,7 @@ from benchmarks.r50 import MAX_DETECTIONS, write_jpegs
 logger = logging.getLogger("suite")
 
 
-def prepare_models(workdir, model, cfg, input_size, settings, reuse):
+def prepare_models(workdir, model, cfg, canvas_side, settings, reuse):
     """Export end2end (batch 1, K = 100), seed, and for full runs end2end with a dynamic batch and
     end2end with K = 50 (the eager model's mask cut); quantize the end2end models to INT8 (one
     calibration, shared through a range cache). Returns paths and how long each step took."""
@@ -35,14 +35,14 @@ def prepare_models(workdir, model, cfg, input_size, settings, reuse):
             model,
             cfg,
             paths[name],
-            input_size=input_size,
+            canvas_side=canvas_side,
             verify=False,
             **{"max_detections": MAX_DETECTIONS, **options},
         )
         seconds[name] = time.perf_counter() - start
     calibration = workdir / "calibration"
     write_jpegs(
-        calibration, settings["calibration_images"], height=input_size * 3 // 4, width=input_size, start_variant=1000
+        calibration, settings["calibration_images"], height=canvas_side * 3 // 4, width=canvas_side, start_variant=1000
     )
     cache = workdir / f"calibration_ranges_{settings['calibration_images']}.json"
     for name, source in quantized.items():

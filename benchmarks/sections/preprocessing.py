@@ -15,8 +15,8 @@ def preprocessing_throughput(model_path, image_dir, worker_counts):
     from retinamask.runtime.infer_inputs import collect_items, load_inputs
 
     info = read_model_info(model_path)
-    items, _ = collect_items(image_dir, info.input_size)
-    buffer = np.empty((1, 3, info.input_size, info.input_size), np.float32)
+    items, _ = collect_items(image_dir, info.canvas_side)
+    buffer = np.empty((1, 3, info.canvas_side, info.canvas_side), np.float32)
     rows = []
     for workers in worker_counts:
         start = time.perf_counter()
@@ -31,10 +31,10 @@ def preprocessing_throughput(model_path, image_dir, worker_counts):
     return rows
 
 
-def markdown(rows, input_size):
-    """The section's lines; ``input_size``: the seed's S of the tensors."""
+def markdown(rows, canvas_side):
+    """The section's lines; ``canvas_side``: the seed's S of the tensors."""
     lines = [
-        f"## Preprocessing (JPEG 640x480 -> {input_size}x{input_size} tensor, "
+        f"## Preprocessing (JPEG 640x480 -> {canvas_side}x{canvas_side} tensor, "
         "infer's worker processes; pool start-up included)",
         "",
         *table_head("workers:", "images:", "s:", "images/s:"),

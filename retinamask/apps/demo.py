@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from retinamask.config.shipped import SHIPPED_CONFIG, SHIPPED_WEIGHTS
+from retinamask.formats.run_sidecar import CANVAS_SIDE_KEY
 
 # The demo's val split uses a seed the shipped model was never trained or tuned on.
 DEMO_VAL_SEED = 7
@@ -35,7 +36,7 @@ def run_demo(output_dir="runs/demo", num_images=200, backend="auto", num_overlay
         log(f"[INFO] {choice.line('fp32', 'cpu')}")
         backend = choice.backend
     cfg = load_config(SHIPPED_CONFIG)
-    input_size = int(cfg.INPUT.MAX_SIZE_TEST)
+    canvas_side = int(cfg.INPUT.MAX_SIZE_TEST)
 
     start = time.perf_counter()
     data = generate_shapes_dataset(out / "data", num_train=0, num_val=num_images, seed=DEMO_VAL_SEED)
@@ -47,7 +48,7 @@ def run_demo(output_dir="runs/demo", num_images=200, backend="auto", num_overlay
     model_path = out / "retinamask_shapes_small.onnx"
     if not model_path.exists() or model_path.stat().st_mtime < SHIPPED_WEIGHTS.stat().st_mtime:
         report = export_onnx(
-            cfg, SHIPPED_WEIGHTS, model_path, layout="end2end", dynamic_batch=True, input_size=input_size, verify=True
+            cfg, SHIPPED_WEIGHTS, model_path, layout="end2end", dynamic_batch=True, canvas_side=canvas_side, verify=True
         )
         from retinamask.export.report import format_report
 
@@ -94,7 +95,7 @@ def run_demo(output_dir="runs/demo", num_images=200, backend="auto", num_overlay
         "latency_ms": bench["mean_ms"],
         "backend": backend,
         "num_images": num_images,
-        "input_size": input_size,
+        CANVAS_SIDE_KEY: canvas_side,
         "model": str(model_path),
         "overlays": str(out / "overlays"),
         "seconds": timings,

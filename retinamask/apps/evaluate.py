@@ -21,6 +21,7 @@ from retinamask.apps.evaluate_store import PartStore
 from retinamask.core import jobs
 from retinamask.core.contract import CONVENTIONS, LAYOUTS
 from retinamask.core.errors import InputError
+from retinamask.formats.run_sidecar import CANVAS_SIDE_KEY
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +35,7 @@ def evaluate_outputs(
     images_path=None,
     layout="auto",
     model_path=None,
-    input_size=None,
+    canvas_side=None,
     output_path="evaluation_results.txt",
     results_json=None,
     stats_json=None,
@@ -64,7 +65,7 @@ def evaluate_outputs(
     basename = file name without extension). Each image's resized size (the valid region
     of its canvas) comes from the image list, else from the resize policy: ``resize`` (a
     name or ResizePolicy), else the model's metadata or the run sidecar's, else the seed's
-    S x S (``input_size``).
+    S x S (``canvas_side``, ``--input-size``: S for outputs whose model does not say it).
 
     Bad items (missing, truncated or non-finite outputs, unknown images, bad .info
     lines) are logged one line each and listed under ``failed``; the rest is evaluated.
@@ -108,7 +109,7 @@ def evaluate_outputs(
     dataset, _ = load_ground_truth(ann_file)
     failures = jobs.Failures(strict, logger)
     entries, geometry, evaluate_jobs = _plan_jobs(
-        results_dir, dataset, info_path, images_path, layout, model_path, input_size, resize, convention, failures
+        results_dir, dataset, info_path, images_path, layout, model_path, canvas_side, resize, convention, failures
     )
 
     output_path, results_json, stats_json, parts_dir = _output_paths(output_path, results_json, stats_json)
@@ -129,7 +130,7 @@ def evaluate_outputs(
         "images_resumed": resumed,
         "layout": geometry.layout,
         "rows": geometry.rows,
-        "input_size": geometry.input_size,
+        CANVAS_SIDE_KEY: geometry.canvas_side,
         **_image_counts(dataset, entries, evaluated),
         "num_results": len(results),
         "failed": failures.items,
@@ -183,7 +184,7 @@ def _image_counts(dataset, entries, evaluated):
 
 
 def _plan_jobs(
-    results_dir, dataset, info_path, images_path, layout, model_path, input_size, resize, convention, failures
+    results_dir, dataset, info_path, images_path, layout, model_path, canvas_side, resize, convention, failures
 ):
     """(image list entries, :class:`~.evaluate_inputs.OutputGeometry`, one
     :class:`~.evaluate_jobs.EvaluateJob` per usable entry); unusable entries go to ``failures``."""
@@ -199,8 +200,8 @@ def _plan_jobs(
         failures.add(info_path, cause)
     if not entries:
         raise InputError("no images to evaluate: the image list is empty, or there are no output files", results_dir)
-    geometry = resolve_geometry(layout, model_path, sidecar_model, input_size, results_dir, entries, resize)
-    if convention == "seed" and geometry.input_size is None:
+    geometry = resolve_geometry(layout, model_path, sidecar_model, canvas_side, results_dir, entries, resize)
+    if convention == "seed" and geometry.canvas_side is None:
         raise InputError(
             "--convention seed maps boxes back with the seed's one ratio S / long side of a square "
             "S x S canvas; these outputs came from a model that takes any canvas (--resize original "

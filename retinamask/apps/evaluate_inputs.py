@@ -18,7 +18,7 @@ from retinamask.core.contract import (
 from retinamask.core.errors import InputError
 from retinamask.core.geometry import ResizePolicy
 from retinamask.formats.bins import read_info_lines
-from retinamask.formats.run_sidecar import SIDECAR_NAME, read_run_sidecar
+from retinamask.formats.run_sidecar import CANVAS_SIDE_KEY, SIDECAR_NAME, read_run_sidecar
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +30,7 @@ class OutputGeometry:
     layout: str  # "end2end" or "seed"
     rows: int  # rows K of every output
     mask_resolution: int
-    input_size: int | None  # the seed's S (None: a model that takes any canvas)
+    canvas_side: int | None  # the seed's S (None: a model that takes any canvas)
     max_detections: int
     nms_threshold: float
     source: str  # what said so: the model file, "the infer run sidecar" or "the output files"
@@ -82,7 +82,7 @@ def image_entries(results_dir, info_path, images_path):
         records, problems = read_info_lines(info_path, check_files=False)
         entries = []
         for record in records:
-            entry = {"basename": record.name, "input_size": record.input_size}
+            entry = {"basename": record.name, CANVAS_SIDE_KEY: record.canvas_side}
             if record.file_name is not None:  # sizes from the preprocess sidecar (the seed's .info lists S x S)
                 entry.update(
                     file_name=record.file_name,
@@ -105,11 +105,12 @@ def image_entries(results_dir, info_path, images_path):
     return [{"basename": name} for name in list_output_basenames(results_dir)], None, []
 
 
-def resolve_geometry(layout, model_path, sidecar_model, input_size, results_dir, entries, resize=None):
+def resolve_geometry(layout, model_path, sidecar_model, canvas_side, results_dir, entries, resize=None):
     """The :class:`OutputGeometry` for reading the outputs: from the model file (``model_path``), else
     the infer run sidecar's model (``sidecar_model``), else the output files themselves; its resize
-    policy from ``resize`` (a name or ResizePolicy), else the model's, else the seed's S x S."""
-    geometry = _layout_and_size(layout, model_path, sidecar_model, input_size, results_dir, entries, resize)
+    policy from ``resize`` (a name or ResizePolicy), else the model's, else the seed's S x S.
+    ``canvas_side``: S as asked for (``--input-size``), None: the model's or the outputs'."""
+    geometry = _layout_and_size(layout, model_path, sidecar_model, canvas_side, results_dir, entries, resize)
     return dataclasses.replace(geometry, policy=_resolve_policy(geometry, resize, sidecar_model, results_dir))
 
 
@@ -123,71 +124,71 @@ def _resolve_policy(geometry, resize, sidecar_model, results_dir):
     if base is None and sidecar_model and isinstance(sidecar_model.get("resize"), dict):
         base = policy_from_dict(sidecar_model["resize"])
     if base is None:
-        base = SeedResize(geometry.input_size or SEED_CANVAS_SIDE)
+        base = SeedResize(geometry.canvas_side or SEED_CANVAS_SIDE)
     try:
         return policy_named(base, resize)
     except ValueError as e:
         raise InputError(f"--resize {resize}: {e}", results_dir) from None
 
 
-def _layout_and_size(layout, model_path, sidecar_model, input_size, results_dir, entries, resize=None):
+def _layout_and_size(layout, model_path, sidecar_model, canvas_side, results_dir, entries, resize=None):
     """The geometry without its policy (set only for a model file that takes any canvas)."""
     model = None
     if model_path is not None:
-        model, info = _model_file_geometry(model_path, layout, input_size, resize, sidecar_model, results_dir)
+        model, info = _model_file_geometry(model_path, layout, canvas_side, resize, sidecar_model, results_dir)
         dynamic = info.dynamic_hw
     elif sidecar_model:
-        model = _run_sidecar_geometry(sidecar_model, layout, input_size, results_dir)
+        model = _run_sidecar_geometry(sidecar_model, layout, canvas_side, results_dir)
         dynamic = sidecar_model.get("image_sizes_input") is not None
 
     if model is not None and model.layout in LAYOUTS and model.rows:
         if dynamic:  # a model that takes any canvas: no S
             geometry = dataclasses.replace(
-                model, input_size=None, policy=info.resize if model_path is not None else None
+                model, canvas_side=None, policy=info.resize if model_path is not None else None
             )
         else:
-            geometry = dataclasses.replace(model, input_size=model.input_size or input_size or SEED_CANVAS_SIDE)
-        _check_entry_input_sizes(entries, geometry)
+            geometry = dataclasses.replace(model, canvas_side=model.canvas_side or canvas_side or SEED_CANVAS_SIDE)
+        _check_entry_canvas_sides(entries, geometry)
         return geometry
-    return _probed_geometry(layout, input_size, results_dir, entries)
+    return _probed_geometry(layout, canvas_side, results_dir, entries)
 
 
-def _model_file_geometry(model_path, layout, input_size, resize, sidecar_model, results_dir):
+def _model_file_geometry(model_path, layout, canvas_side, resize, sidecar_model, results_dir):
     """(geometry, ModelInfo) of the model file, checked against the run sidecar's model when there is one."""
     from retinamask.formats.model_info import read_model_info
 
     info = read_model_info(
-        model_path, layout=None if layout == "auto" else layout, input_size=input_size, resize=resize
+        model_path, layout=None if layout == "auto" else layout, canvas_side=canvas_side, resize=resize
     )
     model = OutputGeometry(
         layout=info.layout,
         rows=info.num_rows,
         mask_resolution=info.mask_resolution,
-        input_size=info.input_size,
+        canvas_side=info.canvas_side,
         max_detections=info.max_detections,
         nms_threshold=info.nms_threshold,
         source=str(model_path),
     )
     if sidecar_model:
         # another model's geometry would map every box wrongly and quietly give a wrong mAP
-        for what, value in _sidecar_geometry(sidecar_model).items():
-            if value is not None and value != getattr(model, what):
+        for what, (field_name, value) in _sidecar_geometry(sidecar_model).items():
+            if value is not None and value != getattr(model, field_name):
                 raise InputError(
-                    f"the model has {what} {getattr(model, what)}, but the outputs in {results_dir} came from a "
+                    f"the model has {what} {getattr(model, field_name)}, but the outputs in {results_dir} came from a "
                     f"model with {what} {value} (their run sidecar); is this the model that made them?",
                     model_path,
                 )
     return model, info
 
 
-def _run_sidecar_geometry(sidecar_model, layout, input_size, results_dir):
+def _run_sidecar_geometry(sidecar_model, layout, canvas_side, results_dir):
     """The geometry the infer run sidecar's model gives, checked against ``--layout`` and ``--input-size``."""
     outputs = sidecar_model.get("outputs") or []
     model = OutputGeometry(
         layout=sidecar_model.get("layout"),
         rows=outputs[0]["shape"][0] if outputs else None,
         mask_resolution=sidecar_model.get("mask_resolution", DEFAULT_MASK_RESOLUTION),
-        input_size=sidecar_model.get("input_size"),
+        canvas_side=sidecar_model.get(CANVAS_SIDE_KEY),
         max_detections=sidecar_model.get("max_detections", DEFAULT_MAX_DETECTIONS),
         nms_threshold=sidecar_model.get("nms_threshold", DEFAULT_NMS_THRESHOLD),
         source="the infer run sidecar",
@@ -197,16 +198,16 @@ def _run_sidecar_geometry(sidecar_model, layout, input_size, results_dir):
             f"--layout {layout}, but the outputs came from a {model.layout}-layout model ({model.source})",
             results_dir,
         )
-    if input_size is not None and model.input_size not in (None, input_size):
+    if canvas_side is not None and model.canvas_side not in (None, canvas_side):
         raise InputError(
-            f"--input-size {input_size}, but the outputs came from a model with "
-            f"S = {model.input_size} ({model.source})",
+            f"--input-size {canvas_side}, but the outputs came from a model with "
+            f"S = {model.canvas_side} ({model.source})",
             results_dir,
         )
     return model
 
 
-def _probed_geometry(layout, input_size, results_dir, entries):
+def _probed_geometry(layout, canvas_side, results_dir, entries):
     """No model description: the geometry read from the first image with output files."""
     from retinamask.formats.outputs import find_output_files, probe_output_geometry
 
@@ -226,17 +227,17 @@ def _probed_geometry(layout, input_size, results_dir, entries):
     if layout == "auto":
         layout = "seed" if rows == SEED_NUM_CANDIDATES else "end2end"
         logger.info("layout %s (from %d rows per output; pass --layout or --model to be explicit)", layout, rows)
-    entry_sizes = {e.get("input_size") for e in entries} - {None}
-    if input_size is None and len(entry_sizes) == 1:
-        input_size = entry_sizes.pop()
-    if input_size is None:
-        input_size = SEED_CANVAS_SIDE
-        logger.info("input size %d assumed (the seed's; pass --input-size or --model otherwise)", input_size)
+    entry_sides = {e.get(CANVAS_SIDE_KEY) for e in entries} - {None}
+    if canvas_side is None and len(entry_sides) == 1:
+        canvas_side = entry_sides.pop()
+    if canvas_side is None:
+        canvas_side = SEED_CANVAS_SIDE
+        logger.info("input size %d assumed (the seed's; pass --input-size or --model otherwise)", canvas_side)
     return OutputGeometry(
         layout=layout,
         rows=rows,
         mask_resolution=mask_resolution,
-        input_size=input_size,
+        canvas_side=canvas_side,
         max_detections=DEFAULT_MAX_DETECTIONS,
         nms_threshold=DEFAULT_NMS_THRESHOLD,
         source="the output files",
@@ -244,22 +245,23 @@ def _probed_geometry(layout, input_size, results_dir, entries):
 
 
 def _sidecar_geometry(sidecar_model):
-    """What an infer run sidecar says about the model that made the outputs (None where it says nothing)."""
+    """What an infer run sidecar says about the model that made the outputs: {its key: (the
+    :class:`OutputGeometry` field, the value, None where it says nothing)}."""
     outputs = sidecar_model.get("outputs") or []
     return {
-        "layout": sidecar_model.get("layout"),
-        "input_size": sidecar_model.get("input_size"),
-        "rows": outputs[0]["shape"][0] if outputs else None,
+        "layout": ("layout", sidecar_model.get("layout")),
+        CANVAS_SIDE_KEY: ("canvas_side", sidecar_model.get(CANVAS_SIDE_KEY)),
+        "rows": ("rows", outputs[0]["shape"][0] if outputs else None),
     }
 
 
-def _check_entry_input_sizes(entries, geometry):
-    """The image list (a preprocess sidecar) may record the input size its inputs were made for."""
-    sizes = sorted({e.get("input_size") for e in entries} - {None})
-    if sizes and sizes != [geometry.input_size]:
+def _check_entry_canvas_sides(entries, geometry):
+    """The image list (a preprocess sidecar) may record the canvas side S its inputs were made for."""
+    sizes = sorted({e.get(CANVAS_SIDE_KEY) for e in entries} - {None})
+    if sizes and sizes != [geometry.canvas_side]:
         raise InputError(
             f"the image list says its inputs were made for S = {', '.join(map(str, sizes))}, but "
-            f"{geometry.source} says S = {geometry.input_size}; boxes would be mapped back wrongly",
+            f"{geometry.source} says S = {geometry.canvas_side}; boxes would be mapped back wrongly",
             geometry.source if geometry.source not in ("the output files", "the infer run sidecar") else None,
         )
 
@@ -281,9 +283,9 @@ def job_for(entry, gt_images, geometry, results_dir, category_ids, convention):
             f"the annotation file says {width}x{height}, the image list {entry['width']}x{entry['height']} "
             "(another image with the same name?)"
         )
-    input_size = geometry.input_size
-    entry_size = entry.get("input_size")
-    if entry.get("resized_width") and entry.get("resized_height") and entry_size in (None, input_size):
+    canvas_side = geometry.canvas_side
+    entry_side = entry.get(CANVAS_SIDE_KEY)
+    if entry.get("resized_width") and entry.get("resized_height") and entry_side in (None, canvas_side):
         resized_hw = (int(entry["resized_height"]), int(entry["resized_width"]))
     else:
         resized_hw = geometry.policy.geometry(height, width).resized_hw
@@ -300,7 +302,7 @@ def job_for(entry, gt_images, geometry, results_dir, category_ids, convention):
         max_detections=geometry.max_detections,
         category_ids=tuple(category_ids),
         convention=convention,
-        input_size=input_size,
+        canvas_side=canvas_side,
         clip=geometry.policy.clip_to_image,
     )
     return job, None

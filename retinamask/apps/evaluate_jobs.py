@@ -29,7 +29,7 @@ class EvaluateJob:
     max_detections: int
     category_ids: tuple  # label L -> category id
     convention: str  # "original" or "seed"
-    input_size: int | None  # the seed's S (None: a model that takes any canvas)
+    canvas_side: int | None  # the seed's S (None: a model that takes any canvas)
     clip: bool  # clip boxes to the image (the resize policy's rule)
 
 
@@ -80,7 +80,7 @@ def evaluate_one(job):
             nms_threshold=job.nms_threshold,
             max_detections=job.max_detections,
             convention=job.convention,
-            input_size=job.input_size,
+            input_size=job.canvas_side,
             clip=job.clip,
         )
     except InputError as e:

@@ -75,11 +75,16 @@ def _part_key(job):
     import json
 
     from retinamask.formats.outputs import find_output_files
+    from retinamask.formats.run_sidecar import CANVAS_SIDE_KEY
 
     try:
         files = find_output_files(job.results_dir, job.basename)
         stats = [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in files.paths]
     except (InputError, OSError):
         return None
+    # S under its file key, as stored parts have it (fields in order: the stored keys stay byte-identical)
+    fields = {
+        CANVAS_SIDE_KEY if name == "canvas_side" else name: value for name, value in dataclasses.asdict(job).items()
+    }
     # through JSON, so that the key compares equal to one read back (tuples become lists)
-    return json.loads(json.dumps({"job": dataclasses.asdict(job), "files": stats}))
+    return json.loads(json.dumps({"job": fields, "files": stats}))

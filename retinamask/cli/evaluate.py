@@ -78,7 +78,8 @@ def add_arguments(parser):
     parser.add_argument(
         "--input-size",
         "--input_size",
-        dest="input_size",
+        dest="canvas_side",
+        metavar="INPUT_SIZE",
         type=int,
         default=None,
         help="model input side S when nothing else says it (default 1344, the seed's)",
@@ -181,7 +182,7 @@ def run(args):
         images_path=args.images,
         layout=args.layout,
         model_path=args.model,
-        input_size=args.input_size,
+        canvas_side=args.canvas_side,
         output_path=args.output_path,
         results_json=args.results_json,
         workers=args.workers,

@@ -139,7 +139,8 @@ def _add_canvas_arguments(parser):
     parser.add_argument(
         "--input-size",
         "--input_size",
-        dest="input_size",
+        dest="canvas_side",
+        metavar="INPUT_SIZE",
         type=int,
         default=None,
         help="--resize seed: side S of the square input, a multiple of 32 (default: the config's "
@@ -201,7 +202,7 @@ def run(args):
         fp16=args.fp16,
         opset=args.opset,
         simplify=args.simplify,
-        input_size=args.input_size,
+        canvas_side=args.canvas_side,
         max_detections=args.max_detections,
         verify=args.verify,
         int8=args.int8,

@@ -100,7 +100,8 @@ def add_arguments(parser):
     parser.add_argument(
         "--input-size",
         "--input_size",
-        dest="input_size",
+        dest="canvas_side",
+        metavar="INPUT_SIZE",
         type=int,
         default=None,
         help="the model's input side S, for models whose metadata and input shape lack it",
@@ -161,7 +162,7 @@ def run(args):
         threads=args.threads,
         cache_dir=args.cache_dir,
         layout=args.layout,
-        input_size=args.input_size,
+        canvas_side=args.canvas_side,
         progress=args.progress,
         resize=args.resize,
     )

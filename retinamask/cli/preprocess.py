@@ -38,7 +38,8 @@ def add_arguments(parser):
     parser.add_argument(
         "--input_size",
         "--input-size",
-        dest="input_size",
+        dest="canvas_side",
+        metavar="INPUT_SIZE",
         type=int,
         default=1344,
         help="--resize seed: side S of the square model input [1,3,S,S] (default: 1344)",
@@ -90,14 +91,13 @@ def run(args):
         policy, mean, std = info.resize, info.pixel_mean, info.pixel_std
     else:
         try:
-            policy = make_policy(args.resize or "seed", args.min_size, args.max_size, input_size=args.input_size)
+            policy = make_policy(args.resize or "seed", args.min_size, args.max_size, input_size=args.canvas_side)
         except ValueError as e:
             raise ConfigError(str(e), path="command line") from None
     summary = preprocess_images(
         args.image_src_path,
         args.bin_file_path,
         args.bin_info_name,
-        input_size=args.input_size,
         workers=args.workers,
         strict=args.strict,
         mean=mean,

@@ -1,8 +1,9 @@
 """The exported model's contract, as constants: one home for the names and numbers that the
 exporter writes, the runtime reads and the file formats keep (docs/onnx_contract.md).
 
-``SEED_CANVAS_SIDE`` is the Ascend seed's square model input side S (1344 x 1344); it is the
-only meaning ``input_size`` keeps in this code base (the seed's ``--input_size`` flag).
+``SEED_CANVAS_SIDE`` is the Ascend seed's square model input side S (1344 x 1344), called
+``canvas_side`` in the code; the seed's ``--input-size`` flag and the files' key for it keep the
+seed's name.
 """
 
 # output layouts: end2end (final detections, NMS in the graph) and seed (the seed's 1000 candidates)
@@ -23,6 +24,7 @@ SEED_CANVAS_SIDE = 1344
 IMAGE_SIZES_INPUT = "image_sizes"  # int64 [B, 2] (h, w) of each image's valid region (any-canvas models)
 META_PREFIX = "retinamask."
 RESIZE_METADATA_KEY = "retinamask.resize"
+CANVAS_SIDE_METADATA_KEY = "retinamask.input_size"  # S of a square (seed policy) model
 
 # the original's normalisation: BGR, 0..255
 PIXEL_MEAN = (102.9801, 115.9465, 122.7717)

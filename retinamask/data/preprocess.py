@@ -6,7 +6,7 @@ seed's S x S square (default, described below), or the ``original`` / ``buckets`
 canvases, whose .bin files are float32 [1, 3, H, W] with H, W per image: the sidecar's
 ``canvas_width`` / ``canvas_height`` say which (the .info line format is the same).
 
-Outputs of :func:`preprocess_images` (``S`` = input_size, 1344 by default):
+Outputs of :func:`preprocess_images` (``S`` = the seed policy's canvas side, 1344 by default):
 
 ``{bin_dir}/{stem}.bin``
     The seed's byte layout: raw little-endian float32, NCHW [1, 3, S, S]
@@ -21,9 +21,9 @@ Outputs of :func:`preprocess_images` (``S`` = input_size, 1344 by default):
     (the seed wrote the input size there). Paths may contain spaces: the first
     field is the index and the last two are the size, everything between is the path.
 ``{info}.json`` (the sidecar)
-    Settings (input_size, mean, std, tensor layout, folders) and, per image,
+    Settings (S, mean, std, tensor layout, folders) and, per image,
     ``index, file_name, bin_name, width, height, resized_width, resized_height,
-    scale, input_size, mean, std`` (``scale`` = S / max(width, height): divide
+    scale``, S, ``mean, std`` (S under the key ``CANVAS_SIDE_KEY``; ``scale`` = S / max(width, height): divide
     boxes by it), plus the failed images and their causes.
 
 Every file is written atomically, so a ``.bin`` that exists with the right byte
@@ -41,14 +41,19 @@ from retinamask.core import jobs
 from retinamask.core.errors import InputError, OutputError
 from retinamask.core.fileio import atomic_open, atomic_write_json, atomic_write_text, remove_stale_temp_files
 from retinamask.core.geometry import ResizePolicy, SeedResize
-from retinamask.data.transforms import PIXEL_MEAN, PIXEL_STD, SEED_INPUT_SIZE, policy_preprocess
-from retinamask.formats.bins import BIN_DTYPE, bin_nbytes, sidecar_path_for, sidecar_policy
+from retinamask.data.transforms import PIXEL_MEAN, PIXEL_STD, policy_preprocess
+from retinamask.formats.bins import BIN_DTYPE, CANVAS_SIDE_KEY, bin_nbytes, sidecar_path_for, sidecar_policy
 from retinamask.formats.images import IMAGE_EXTENSIONS, list_images, load_image_rgb
 
 logger = logging.getLogger(__name__)
 
 SIDECAR_FORMAT = "retinamask.preprocess/1"
 WORKER_LIMIT = 4  # default --workers: min(4, CPUs this process may use)
+# the seed policy's rule as its sidecar words it (S named by its key)
+SEED_RESIZE_RULE = (
+    f"PIL bilinear; long side = {CANVAS_SIDE_KEY}, short side = floor(short * {CANVAS_SIDE_KEY} / long); "
+    f"zero padding bottom/right after normalisation; scale = {CANVAS_SIDE_KEY} / long side"
+)
 
 
 @dataclass(frozen=True)
@@ -67,7 +72,6 @@ def preprocess_images(
     image_dir,
     bin_dir,
     info_path,
-    input_size=SEED_INPUT_SIZE,
     workers=None,
     strict=False,
     mean=PIXEL_MEAN,
@@ -77,8 +81,8 @@ def preprocess_images(
 ):
     """Preprocess every image in ``image_dir`` (see the module docstring for outputs).
 
-    ``resize``: a :class:`~retinamask.core.geometry.ResizePolicy` (None: the seed policy with canvas
-    ``input_size``).
+    ``resize``: a :class:`~retinamask.core.geometry.ResizePolicy` (None: the seed policy, canvas
+    1344 x 1344).
 
     ``workers``: processes (None: ``jobs.default_workers(WORKER_LIMIT)``; 1: in this process).
     ``strict``: stop at the first bad image by raising its InputError (bins already
@@ -89,15 +93,13 @@ def preprocess_images(
     Returns a summary dict: ``total`` (images found), ``written`` (new .bin files),
     ``resumed`` (existing complete .bin files kept), ``failed`` (list of
     ``{"file", "cause"}``), ``info_path``, ``sidecar_path``, ``bin_dir``,
-    ``input_size``, ``records`` (the sidecar's per-image entries).
+    S (under ``CANVAS_SIDE_KEY``; None for a policy other than the seed's), ``records`` (the
+    sidecar's per-image entries).
     Raises InputError for problems that stop everything: no images, bad settings,
     unwritable outputs.
     """
-    if resize is None or isinstance(resize, SeedResize):
-        input_size = _positive_int(resize.size if resize is not None else input_size, "input_size")
-        policy = SeedResize(input_size)
-    else:
-        policy, input_size = resize, None
+    policy = SeedResize() if resize is None else resize
+    canvas_side = policy.size if isinstance(policy, SeedResize) else None
     workers = jobs.default_workers(WORKER_LIMIT) if workers is None else _positive_int(workers, "workers")
     mean = tuple(float(m) for m in mean)
     std = tuple(float(s) for s in std)
@@ -116,7 +118,7 @@ def preprocess_images(
         raise InputError(f"cannot create the output folder: {e.strerror or e}", bin_dir) from None
     remove_stale_temp_files(bin_dir)  # 21.7 MB each at S = 1344 when a run was killed mid-write
 
-    allow_resume = _earlier_settings_match(sidecar_path, input_size, mean, std, policy)
+    allow_resume = _earlier_settings_match(sidecar_path, canvas_side, mean, std, policy)
     failures = jobs.Failures(strict, logger)
     tasks = []
     for image_path, problem in _plan_bin_names(images):
@@ -132,7 +134,7 @@ def preprocess_images(
     failed = sorted(failures.items, key=lambda f: Path(f["file"]).name)
     _warn_about_unlisted_bins(bin_dir, {r["bin_name"] for r in records})
 
-    sidecar = _sidecar(input_size, policy, mean, std, image_dir, bin_dir, records, failed)
+    sidecar = _sidecar(canvas_side, policy, mean, std, image_dir, bin_dir, records, failed)
     info_lines = [
         f"{r['index']} {os.path.join(bin_dir_as_given, r['bin_name'])} {r['width']} {r['height']}\n" for r in records
     ]
@@ -147,7 +149,7 @@ def preprocess_images(
         "info_path": str(info_path),
         "sidecar_path": str(sidecar_path),
         "bin_dir": str(bin_dir),
-        "input_size": input_size,
+        CANVAS_SIDE_KEY: canvas_side,
         "records": records,
     }
 
@@ -182,28 +184,27 @@ def _run_tasks(tasks, workers, progress, failures):
     return records, written, resumed
 
 
-def _sidecar(input_size, policy, mean, std, image_dir, bin_dir, records, failed):
-    """The sidecar JSON document (``input_size`` None: a policy other than the seed's)."""
+def _sidecar(canvas_side, policy, mean, std, image_dir, bin_dir, records, failed):
+    """The sidecar JSON document (``canvas_side`` None: a policy other than the seed's)."""
     sidecar = {
         "format": SIDECAR_FORMAT,
-        "input_size": input_size,
+        CANVAS_SIDE_KEY: canvas_side,
         "mean": list(mean),
         "std": list(std),
         "tensor": {
-            "shape": [1, 3, input_size, input_size] if input_size else [1, 3, "canvas_height", "canvas_width"],
+            "shape": [1, 3, canvas_side, canvas_side] if canvas_side else [1, 3, "canvas_height", "canvas_width"],
             "dtype": "float32",
             "byte_order": "little",
             "layout": "NCHW",
             "channel_order": "BGR",
         },
-        "resize": "PIL bilinear; long side = input_size, short side = floor(short * input_size / long); "
-        "zero padding bottom/right after normalisation; scale = input_size / long side",
+        "resize": SEED_RESIZE_RULE,
         "image_dir": str(Path(image_dir).resolve()),
         "bin_dir": str(bin_dir.resolve()),
         "images": records,
         "failed": [{"file_name": Path(f["file"]).name, "cause": f["cause"]} for f in failed],
     }
-    if input_size is None:  # the seed policy's sidecar stays as it always was
+    if canvas_side is None:  # the seed policy's sidecar stays as it always was
         sidecar["resize"] = policy.to_dict()
         sidecar["resize_rule"] = (
             f"{policy.describe()}; PIL bilinear; zero padding bottom/right to each image's "
@@ -247,15 +248,15 @@ def _plan_bin_names(images):
         yield image_path, None
 
 
-def _earlier_settings_match(sidecar_path, input_size, mean, std, policy=None):
+def _earlier_settings_match(sidecar_path, canvas_side, mean, std, policy=None):
     """True when existing .bin files may be kept: there is no earlier sidecar, or it
-    records the same input_size (resize policy), mean and std."""
+    records the same canvas side S (resize policy), mean and std."""
     if not sidecar_path.exists():
         return True
     try:
         earlier = json.loads(sidecar_path.read_text(encoding="utf-8"))
         same = (
-            earlier["input_size"] == input_size
+            earlier[CANVAS_SIDE_KEY] == canvas_side
             and (policy is None or sidecar_policy(earlier) in (None, policy.to_dict()))
             and tuple(earlier["mean"]) == mean
             and tuple(earlier["std"]) == std
@@ -313,7 +314,7 @@ def _process_one(task):
         "resized_height": int(resized_hw[0]),
         # the seed's ratio, bit-exact with seed_resize_geometry's
         "scale": policy.size / max(height, width) if isinstance(policy, SeedResize) else geometry.seed_scale,
-        "input_size": policy.size if isinstance(policy, SeedResize) else None,
+        CANVAS_SIDE_KEY: policy.size if isinstance(policy, SeedResize) else None,
         "mean": list(mean),
         "std": list(std),
     }

@@ -290,12 +290,12 @@ def _hms(seconds):
 
 
 @torch.no_grad()
-def evaluate_split(model, cfg, data_dir, split="val", input_size=None, batch_size=4, progress=False, resize=None):
+def evaluate_split(model, cfg, data_dir, split="val", batch_size=4, progress=False, resize=None):
     """COCO bbox/segm evaluation of the eager model on ``DIR/<split>``.
 
-    input_size None: the original's test resize (INPUT.MIN_SIZE_TEST / MAX_SIZE_TEST);
-    an integer S: the deployment's fixed S x S canvas (long side resized to S). ``resize``: a
-    resize policy or its name instead (see :class:`~retinamask.engine.predictor.Predictor`).
+    ``resize``: a resize policy or its name (see :class:`~retinamask.engine.predictor.Predictor`);
+    None: the original's test resize (INPUT.MIN_SIZE_TEST / MAX_SIZE_TEST); ``SeedResize(S)``: the
+    deployment's fixed S x S canvas (long side resized to S).
     Returns ``retinamask.evaluation.evaluate_coco``'s report.
     """
     from retinamask.engine.predictor import Predictor
@@ -307,7 +307,7 @@ def evaluate_split(model, cfg, data_dir, split="val", input_size=None, batch_siz
     ann_file = data_dir / "annotations" / f"instances_{split}.json"
     dataset, _ = load_ground_truth(ann_file)
     category_ids = sorted(c["id"] for c in dataset["categories"])
-    predictor = Predictor(model.eval(), cfg, input_size=input_size, resize=resize)
+    predictor = Predictor(model.eval(), cfg, resize=resize)
     images = sorted(dataset["images"], key=lambda im: im["id"])
     results = []
     iterator = range(0, len(images), batch_size)

@@ -4,7 +4,7 @@ export writes, and the checks an exported graph must pass before it is written."
 import json
 
 from retinamask import __version__
-from retinamask.core.contract import IMAGE_SIZES_INPUT, OUTPUT_NAMES
+from retinamask.core.contract import CANVAS_SIDE_METADATA_KEY, IMAGE_SIZES_INPUT, OUTPUT_NAMES
 from retinamask.core.errors import RetinaMaskError
 from retinamask.core.geometry import ResizePolicy, SeedResize
 
@@ -22,7 +22,7 @@ def contract_metadata(cfg, model, layout, policy, max_detections, batch):
         policy = SeedResize(policy)
     postprocessor = model.rpn.postprocessor
     pooler = model.mask.feature_extractor.pooler
-    size = {"retinamask.input_size": str(policy.size)} if isinstance(policy, SeedResize) else {}
+    size = {CANVAS_SIDE_METADATA_KEY: str(policy.size)} if isinstance(policy, SeedResize) else {}
     return {
         "retinamask.layout": layout,
         **size,

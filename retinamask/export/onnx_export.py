@@ -35,6 +35,7 @@ from retinamask.export.options import (
 )
 from retinamask.export.save import save_onnx
 from retinamask.export.verify import sample_input, verify_export
+from retinamask.formats.run_sidecar import CANVAS_SIDE_KEY
 
 logger = logging.getLogger(__name__)
 
@@ -79,7 +80,7 @@ def export_model(model, cfg, save_path, options=None, **overrides):
 
     ``resize``: the resize policy (a :class:`~retinamask.core.geometry.ResizePolicy` or its name,
     None = ``seed``; see :func:`resolve_export_policy`). ``seed``: input [B,3,S,S] with S =
-    ``input_size`` (None takes :func:`default_input_size`). ``original`` / ``buckets``: inputs
+    ``canvas_side`` (None takes :func:`default_input_size`). ``original`` / ``buckets``: inputs
     ``input`` [B,3,H,W] (H, W dynamic multiples of 32) and ``image_sizes`` int64 [B,2]; end2end
     layout only.
 
@@ -142,7 +143,7 @@ def _report(proto, save_path, options, timings, simplification, metadata, extern
         "path": str(save_path),
         "layout": options.layout,
         "batch": options.batch,
-        "input_size": options.canvas_side,
+        CANVAS_SIDE_KEY: options.canvas_side,
         "resize": options.resize.to_dict(),
         "max_detections": options.max_detections,
         "opset": options.opset,

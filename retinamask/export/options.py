@@ -2,6 +2,7 @@
 flags into a resolved export: the resize policy, the rows K, the argument checks."""
 
 import dataclasses
+import warnings
 from pathlib import Path
 
 from retinamask.core.contract import LAYOUTS, SEED_NUM_CANDIDATES
@@ -16,9 +17,10 @@ class ExportOptions:
     """The options of one export (``retinamask export``'s flags); see
     :func:`~retinamask.export.onnx_export.export_model` for their meaning.
 
-    ``resize``: a ResizePolicy or its name (None = ``seed``); ``input_size`` (the keyword of
-    ``--input-size``): the seed policy's square side S (None: :func:`default_input_size`), only
-    with ``seed``. :meth:`resolve` turns both into one policy and fills ``max_detections``.
+    ``resize``: a ResizePolicy or its name (None = ``seed``); ``canvas_side`` (``--input-size``):
+    the seed policy's square side S (None: :func:`default_input_size`), only with ``seed``.
+    :meth:`resolve` turns both into one policy (``canvas_side`` then its S, None for a dynamic-H/W
+    export) and fills ``max_detections``.
     """
 
     layout: str = "end2end"
@@ -27,20 +29,28 @@ class ExportOptions:
     fp16: bool = False
     opset: int = 18
     simplify: bool = True
-    input_size: int | None = None
+    canvas_side: int | None = None
     max_detections: int | None = None
     verify: bool = True
     int8: bool = False
     calibration_dir: str | Path | None = None
     calibration_images: int | None = None
     resize: ResizePolicy | str | None = None
+    input_size: dataclasses.InitVar[int | None] = None  # canvas_side's deprecated name (export_onnx's keyword)
+
+    def __post_init__(self, deprecated_side):
+        if deprecated_side is not None:
+            warnings.warn("ExportOptions: the seed's S is canvas_side= now", DeprecationWarning, stacklevel=3)
+            object.__setattr__(self, "canvas_side", deprecated_side)
 
     def resolve(self, cfg):
-        """These options with ``resize`` a ResizePolicy (the seed side S folded into it, then None)
-        and ``max_detections`` set; raises RetinaMaskError for bad arguments."""
-        policy = resolve_export_policy(cfg, self.resize, self.input_size, self.layout)
+        """These options with ``resize`` a ResizePolicy (the seed side S folded into it; ``canvas_side``
+        its S, None for a dynamic-H/W export) and ``max_detections`` set; raises RetinaMaskError for
+        bad arguments."""
+        policy = resolve_export_policy(cfg, self.resize, self.canvas_side, self.layout)
         max_detections = default_max_detections(cfg, policy) if self.max_detections is None else self.max_detections
-        resolved = dataclasses.replace(self, resize=policy, input_size=None, max_detections=max_detections)
+        canvas_side = policy.size if isinstance(policy, SeedResize) else None
+        resolved = dataclasses.replace(self, resize=policy, canvas_side=canvas_side, max_detections=max_detections)
         resolved.check()
         return resolved
 
@@ -53,11 +63,6 @@ class ExportOptions:
     def dynamic_hw(self):
         """True for a canvas of any size (``original`` / ``buckets``) plus the image_sizes input."""
         return not isinstance(self.resize, SeedResize)
-
-    @property
-    def canvas_side(self):
-        """The seed policy's square canvas side S; None for a dynamic-H/W export."""
-        return None if self.dynamic_hw else self.resize.size
 
     @property
     def fixed_batch(self):

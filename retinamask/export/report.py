@@ -1,5 +1,7 @@
 """Human-readable lines about an export report (``export_onnx``'s dict), for the CLI and the demo."""
 
+from retinamask.formats.run_sidecar import CANVAS_SIDE_KEY
+
 
 def format_report(report):
     """A few human-readable lines about an export report (see retinamask.export.export_onnx)."""
@@ -15,7 +17,7 @@ def format_report(report):
         f"exported {report['path']} ({report['file_bytes'] / 1e6:.1f} MB) in {report['total_seconds']:.1f} s "
         f"(torch.onnx.export {report['export_seconds']:.1f} s): "
         f"layout {report['layout']}, batch {report['batch']}, "
-        f"input {report['input_size'] or 'any HxW (dynamic) + image_sizes'}, resize {report['resize']['policy']}, "
+        f"input {report[CANVAS_SIDE_KEY] or 'any HxW (dynamic) + image_sizes'}, resize {report['resize']['policy']}, "
         f"opset {report['opset']}, {report['precision']}",
         f"  {simplified}",
         f"  outputs: {outputs}",

@@ -2,14 +2,15 @@
 the ``.info`` list, its JSON sidecar (``<info>.json``) and each raw float32 ``.bin`` tensor.
 
 ``{bin_dir}/{stem}.bin``
-    Raw little-endian float32, NCHW [1, 3, S, S] (the seed's S x S canvas, S = ``input_size``)
+    Raw little-endian float32, NCHW [1, 3, S, S] (the seed's S x S canvas, S the sidecar's
+    :data:`CANVAS_SIDE_KEY`)
     or [1, 3, H, W] (a canvas the sidecar's ``canvas_height`` / ``canvas_width`` give).
 ``{info}``
     One line per image: ``index bin_path width height``. Paths may contain spaces: the first
     field is the index and the last two are the size, everything between is the path.
 ``{info}.json`` (the sidecar)
     The settings and, per image, ``file_name, bin_name, width, height, resized_width,
-    resized_height, scale`` (and ``input_size``, ``canvas_width``, ``canvas_height`` where known).
+    resized_height, scale`` (and S, ``canvas_width``, ``canvas_height`` where known).
 
 The writer is :mod:`retinamask.data.preprocess`.
 """
@@ -24,6 +25,7 @@ from retinamask.core.contract import SEED_CANVAS_SIDE
 from retinamask.core.errors import InputError
 
 BIN_DTYPE = np.dtype("<f4")
+CANVAS_SIDE_KEY = "input_size"  # the sidecar's (and its entries') key for the seed's S; None: other canvases
 
 
 def bin_nbytes(canvas):
@@ -40,7 +42,7 @@ def sidecar_path_for(info_path):
 
 
 def sidecar_policy(sidecar):
-    """The resize policy dict a sidecar records (None for the seed's sidecars, which say input_size)."""
+    """The resize policy dict a sidecar records (None for the seed's sidecars, which say S)."""
     policy = sidecar.get("resize")
     return policy if isinstance(policy, dict) else None
 
@@ -63,7 +65,7 @@ class InfoRecord:
     resized_width: int | None = None
     resized_height: int | None = None
     scale: float | None = None
-    input_size: int | None = None
+    canvas_side: int | None = None  # the seed's S (None: a canvas_width x canvas_height canvas)
     mean: tuple | None = None
     std: tuple | None = None
     canvas_width: int | None = None  # the .bin's [1, 3, H, W]: from the sidecar (S x S for seed sidecars)
@@ -75,7 +77,7 @@ class InfoRecord:
         """(H, W) of the .bin's tensor, or None when no sidecar says."""
         if self.canvas_height:
             return (self.canvas_height, self.canvas_width)
-        return (self.input_size, self.input_size) if self.input_size else None
+        return (self.canvas_side, self.canvas_side) if self.canvas_side else None
 
 
 def read_info(info_path, check_files=True, sidecar_path=None):
@@ -192,13 +194,13 @@ def _info_record(
                 f"{entry['width']}x{entry['height']} for {bin_name} (rerun preprocess)",
                 info_path,
             )
-        input_size = entry.get("input_size", sidecar["input_size"])
+        canvas_side = entry.get(CANVAS_SIDE_KEY, sidecar[CANVAS_SIDE_KEY])
         extra = {
             "file_name": entry["file_name"],
             "resized_width": int(entry["resized_width"]),
             "resized_height": int(entry["resized_height"]),
             "scale": float(entry["scale"]),
-            "input_size": None if input_size is None else int(input_size),
+            "canvas_side": None if canvas_side is None else int(canvas_side),
             "mean": tuple(entry.get("mean", sidecar["mean"])),
             "std": tuple(entry.get("std", sidecar["std"])),
             "resize": sidecar_policy(sidecar),
@@ -251,7 +253,7 @@ def _load_sidecar(sidecar_path):
         raise InputError("sidecar file not found", sidecar_path) from None
     except (OSError, ValueError) as e:
         raise InputError(f"not a readable JSON sidecar ({e})", sidecar_path) from None
-    required = ("input_size", "mean", "std", "images")
+    required = (CANVAS_SIDE_KEY, "mean", "std", "images")
     if not isinstance(sidecar, dict) or any(k not in sidecar for k in required):
         raise InputError(f"not a preprocess sidecar: needs the keys {', '.join(required)}", sidecar_path)
     entry_keys = ("file_name", "bin_name", "width", "height", "resized_width", "resized_height", "scale")

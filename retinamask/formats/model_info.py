@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from retinamask.core.contract import (
+    CANVAS_SIDE_METADATA_KEY,
     DEFAULT_MASK_RESOLUTION,
     DEFAULT_MAX_DETECTIONS,
     IMAGE_SIZES_INPUT,
@@ -38,9 +39,11 @@ from retinamask.formats.onnx_graph import (
     static_rows,
     value_dims,
 )
+from retinamask.formats.run_sidecar import CANVAS_SIDE_KEY
 
 # Output index -> (name in the layout, dtype); the per-image shapes come from output_specs().
 _OUTPUT_DTYPES = (np.dtype("<f4"), np.dtype("<i4"), np.dtype("<f4"), np.dtype("<f4"))
+_CANVAS_SIDE_META = CANVAS_SIDE_METADATA_KEY.removeprefix(META_PREFIX)  # the key int_meta and ``supplied`` use
 
 
 @dataclass(frozen=True)
@@ -91,7 +94,7 @@ class ModelInfo:
     path: Path
     layout: str
     input_name: str
-    input_size: int | None  # the square canvas side S (seed policy), None for dynamic H/W models
+    canvas_side: int | None  # the square canvas side S (seed policy), None for dynamic H/W models
     batch_size: int | None
     output_names: tuple
     outputs: tuple
@@ -109,8 +112,8 @@ class ModelInfo:
     image_sizes_name: str | None = None  # the second input of dynamic H/W models
 
     def __post_init__(self):
-        if self.resize is None and self.input_size:
-            object.__setattr__(self, "resize", SeedResize(self.input_size))
+        if self.resize is None and self.canvas_side:
+            object.__setattr__(self, "resize", SeedResize(self.canvas_side))
 
     @property
     def dynamic_hw(self):
@@ -137,7 +140,7 @@ class ModelInfo:
             "path": str(self.path),
             "layout": self.layout,
             "input_name": self.input_name,
-            "input_size": self.input_size,
+            CANVAS_SIDE_KEY: self.canvas_side,
             "resize": None if self.resize is None else self.resize.to_dict(),
             "image_sizes_input": self.image_sizes_name,
             "batch": "dynamic" if self.batch_size is None else self.batch_size,
@@ -154,10 +157,10 @@ class ModelInfo:
         }
 
 
-def read_model_info(model_path, layout=None, input_size=None, resize=None):
+def read_model_info(model_path, layout=None, canvas_side=None, resize=None):
     """Read an exported model's inputs, outputs and ``retinamask.*`` metadata.
 
-    ``layout`` / ``input_size`` (the square canvas side S): used where the metadata lacks them
+    ``layout`` / ``canvas_side`` (the square canvas side S, ``--input-size``): used where the metadata lacks them
     (and checked against it where it has them). ``resize``: the policy to run (a name or a
     ResizePolicy; None: the metadata's): a dynamic-H/W model runs any policy (the
     test sizes come from its metadata), a square model only ``seed``.
@@ -171,7 +174,7 @@ def read_model_info(model_path, layout=None, input_size=None, resize=None):
     metadata = {p.key: p.value for p in model.metadata_props}
     input_value, in_dims, dynamic_hw = _read_inputs(model.graph, path)
     model_info = _dynamic_model_info if dynamic_hw else _square_model_info
-    return model_info(path, model, metadata, input_value, in_dims, layout, input_size, resize)
+    return model_info(path, model, metadata, input_value, in_dims, layout, canvas_side, resize)
 
 
 def _read_inputs(graph, path):
@@ -218,7 +221,7 @@ def _square_model_info(path, model, metadata, input_value, in_dims, layout, give
     meta_layout, resolved_layout = _resolve_layout(metadata, layout, path)
     meta_side, canvas_side = _resolve_canvas_side(metadata, in_dims, given_side, path)
     _require_layout_and_side(graph, resolved_layout, canvas_side, path)
-    supplied = (["input_size"] if meta_side is None else []) + (["layout"] if meta_layout is None else [])
+    supplied = ([_CANVAS_SIDE_META] if meta_side is None else []) + (["layout"] if meta_layout is None else [])
     batch_dim = _batch_axis(in_dims, metadata, path)
 
     if len(graph.output) != 4:
@@ -236,7 +239,7 @@ def _square_model_info(path, model, metadata, input_value, in_dims, layout, give
         path=path,
         layout=resolved_layout,
         input_name=input_value.name,
-        input_size=int(canvas_side),
+        canvas_side=int(canvas_side),
         batch_size=batch_dim,
         output_names=tuple(o.name for o in graph.output),
         outputs=specs,
@@ -286,9 +289,9 @@ def _resolve_canvas_side(metadata, in_dims, given_side, path):
     if len(static_sides) > 1:
         raise InputError(f"the input must be square [B, 3, S, S], found {format_dims(in_dims)}", path)
     graph_side = static_sides.pop() if static_sides else None
-    meta_side = int_meta(metadata, "input_size", path)
+    meta_side = int_meta(metadata, _CANVAS_SIDE_META, path)
     candidates = {
-        "metadata retinamask.input_size": meta_side,
+        f"metadata {CANVAS_SIDE_METADATA_KEY}": meta_side,
         "the input shape": graph_side,
         "--input-size": given_side,
     }
@@ -304,7 +307,7 @@ def _require_layout_and_side(graph, layout, canvas_side, path):
     if layout is None:
         missing.append(("retinamask.layout", "--layout end2end|seed", guess_layout(graph)))
     if canvas_side is None:
-        missing.append(("retinamask.input_size", "--input-size S", None))
+        missing.append((CANVAS_SIDE_METADATA_KEY, "--input-size S", None))
     if missing:
         parts = []
         for key, flag, hint in missing:
@@ -363,7 +366,7 @@ def _dynamic_model_info(path, model, metadata, input_value, in_dims, layout, giv
         path=path,
         layout="end2end",
         input_name=input_value.name,
-        input_size=None,
+        canvas_side=None,
         batch_size=batch_dim,
         output_names=tuple(o.name for o in graph.output),
         outputs=specs,

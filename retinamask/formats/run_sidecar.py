@@ -2,8 +2,8 @@
 
 It holds the run's settings (model file and digest, layout, output format: what makes earlier
 outputs in the folder reusable), the model's interface and, per image, ``basename, source,
-file_name, width, height, resized_width, resized_height, scale, input_size, canvas_width,
-canvas_height, outputs``, plus the failed items. ``finished`` is False while the run goes on.
+file_name, width, height, resized_width, resized_height, scale, canvas_width, canvas_height,
+outputs`` and S (:data:`CANVAS_SIDE_KEY`), plus the failed items. ``finished`` is False while the run goes on.
 ``evaluate`` reads it (or a preprocess sidecar, ``<info>.json``) as its image list.
 """
 
@@ -20,6 +20,10 @@ logger = logging.getLogger(__name__)
 
 SIDECAR_NAME = "images.json"
 SIDECAR_FORMAT = "retinamask.infer/1"
+# the key for a square model's side S (None: a model that takes any canvas) in images.json, in its
+# model summary and in the JSON summaries and reports (infer, evaluate, bench, export, demo): the seed's
+# name, as in the .info sidecar
+CANVAS_SIDE_KEY = "input_size"
 
 
 def run_settings(info, outfmt, legacy_names):
@@ -38,8 +42,8 @@ def run_settings(info, outfmt, legacy_names):
         "model_bytes": model_bytes,
         "model_sha256": model_sha256,
         "layout": info.layout,
-        "input_size": info.input_size,
-        **({} if info.input_size else {"resize": info.resize.to_dict()}),
+        CANVAS_SIDE_KEY: info.canvas_side,
+        **({} if info.canvas_side else {"resize": info.resize.to_dict()}),
         "outputs": [[o.name, o.dtype.name, list(o.shape)] for o in info.outputs],
         "outfmt": outfmt,
         "legacy_names": bool(legacy_names),
@@ -90,7 +94,7 @@ def read_run_sidecar(path):
 
     Returns (entries, model summary or None): entries are dicts with at least
     ``basename``, and, where known, ``file_name, width, height, resized_width,
-    resized_height, input_size``. Raises InputError naming the file if unusable.
+    resized_height`` and S (:data:`CANVAS_SIDE_KEY`). Raises InputError naming the file if unusable.
     """
     path = Path(path)
     try:
@@ -118,6 +122,6 @@ def read_run_sidecar(path):
             if "bin_name" not in entry:
                 raise InputError(f"images[{position}] has neither 'basename' nor 'bin_name'", path)
             entry["basename"] = Path(entry["bin_name"]).stem
-        entry.setdefault("input_size", data.get("input_size"))
+        entry.setdefault(CANVAS_SIDE_KEY, data.get(CANVAS_SIDE_KEY))
         entries.append(entry)
     return entries, data.get("model")

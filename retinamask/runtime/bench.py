@@ -8,6 +8,7 @@ import numpy as np
 
 from retinamask.core.contract import PIXEL_MEAN, PIXEL_STD
 from retinamask.core.errors import RetinaMaskError
+from retinamask.formats.run_sidecar import CANVAS_SIDE_KEY
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +67,7 @@ def benchmark_session(session, batch_size, loop=100, warmup=5, seed=0, geometry=
         canvas = tuple(geometry.canvas_hw)
         sizes = np.tile(np.asarray(geometry.resized_hw, np.int64), (batch_size, 1))
     else:
-        canvas, sizes = (session.input_size, session.input_size), None
+        canvas, sizes = (session.canvas_side, session.canvas_side), None
     batch = random_input(batch_size, canvas, seed=seed)
 
     def call():
@@ -138,7 +139,7 @@ def run_benchmark(
         load_s=load_s,
         model=str(model_path),
         layout=info.layout,
-        input_size=info.input_size,
+        **{CANVAS_SIDE_KEY: info.canvas_side},
         resize=info.resize.to_dict(),
         image_hw=list(image_hw) if geometry else None,
     )

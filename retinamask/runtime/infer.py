@@ -19,7 +19,7 @@ Outputs in ``{output}/{output_dirname}/``:
 * ``images.json``, the run sidecar (:mod:`retinamask.formats.run_sidecar`): the run's settings (model
   file and digest, layout, output format), the model's interface and, per image,
   ``basename, source, file_name, width, height, resized_width, resized_height, scale,
-  input_size, canvas_width, canvas_height, outputs`` (original sizes are absent for bare
+  canvas_width, canvas_height, outputs`` and S (original sizes are absent for bare
   .bin input), plus the failed items. It is written before the first output, so that a rerun after a crash
   or ``kill -9`` knows which model made the outputs it finds; outputs in a folder
   without a sidecar, or with a sidecar of other settings, are redone;
@@ -39,7 +39,13 @@ from retinamask.core import jobs
 from retinamask.core.errors import InputError
 from retinamask.core.fileio import atomic_write_json, remove_stale_temp_files
 from retinamask.formats.outputs import OUTFMTS, output_file_name, outputs_complete
-from retinamask.formats.run_sidecar import SIDECAR_NAME, earlier_records, run_settings, write_run_sidecar
+from retinamask.formats.run_sidecar import (
+    CANVAS_SIDE_KEY,
+    SIDECAR_NAME,
+    earlier_records,
+    run_settings,
+    write_run_sidecar,
+)
 from retinamask.runtime.infer_batches import infer_local
 from retinamask.runtime.infer_inputs import collect_items, record_without_pixels
 
@@ -69,7 +75,7 @@ def run_inference(
     threads=None,
     cache_dir=None,
     layout=None,
-    input_size=None,
+    canvas_side=None,
     progress=None,
     session=None,
     executor=None,
@@ -81,8 +87,9 @@ def run_inference(
     workers: image-preprocessing processes (0: in this process; None:
     ``jobs.default_workers(WORKER_LIMIT)``).
     strict: raise the first bad item's InputError (outputs so far and the sidecar stay)
-    instead of listing it and going on. layout / input_size: for models whose metadata
-    lacks them. resize: the resize policy (name or ResizePolicy; None: the model's metadata).
+    instead of listing it and going on. layout / canvas_side (S of a square model,
+    ``--input-size``): for models whose metadata lacks them. resize: the resize policy (name or
+    ResizePolicy; None: the model's metadata).
     session: an existing :class:`~.backends.Session` for this model.
     progress: tqdm bar on/off (None: on a terminal).
     executor: where the items are loaded, inferred and written (None: here, by a local
@@ -100,10 +107,10 @@ def run_inference(
     from retinamask.runtime.backends import create_session
 
     outfmt, batch_size, workers = _checked_settings(outfmt, batch_size, workers)
-    info = read_model_info(model_path, layout=layout, input_size=input_size, resize=resize)
+    info = read_model_info(model_path, layout=layout, canvas_side=canvas_side, resize=resize)
     batch_size = _model_batch_size(info, batch_size)
 
-    items, listing_failed = collect_items(input_path, info.input_size, info.resize)
+    items, listing_failed = collect_items(input_path, info.canvas_side, info.resize)
     if not items and not listing_failed:
         raise InputError("no images, .bin files or .info lines found", input_path)
     if strict and listing_failed:
@@ -173,7 +180,7 @@ def _run_description(ran_by, batch_size, model_path, info, outfmt, legacy_names)
         "precision": ran_by.precision,
         "model": str(model_path),
         "layout": info.layout,
-        "input_size": info.input_size,
+        CANVAS_SIDE_KEY: info.canvas_side,
         "resize": info.resize.to_dict(),
         "outfmt": outfmt,
         "legacy_names": bool(legacy_names),
@@ -279,7 +286,9 @@ def format_summary(summary):
     t = summary["NPU_compute_time"]
     lines = [
         f"[INFO] {summary['session']}  batchsize {summary['batchsize']}  layout {summary['layout']}  "
-        + (f"S {summary['input_size']}" if summary.get("input_size") else f"resize {summary['resize']['policy']}"),
+        + (
+            f"S {summary[CANVAS_SIDE_KEY]}" if summary.get(CANVAS_SIDE_KEY) else f"resize {summary['resize']['policy']}"
+        ),
         f"[INFO] compute_time (ms): min = {t['min']:.2f}, max = {t['max']:.2f}, mean = {t['mean']:.2f}, "
         f"median = {t['median']:.2f}, percentile(99%) = {t['percentile(99%)']:.2f}",
         f"[INFO] throughput 1000*batchsize({summary['batchsize']})/NPU_compute_time.mean({t['mean']:.2f}): "

@@ -17,6 +17,7 @@ from retinamask.core.errors import InputError
 from retinamask.core.geometry import ResizePolicy
 from retinamask.formats.bins import bin_nbytes, read_bin, read_info_lines
 from retinamask.formats.outputs import output_file_name
+from retinamask.formats.run_sidecar import CANVAS_SIDE_KEY
 
 logger = logging.getLogger(__name__)
 
@@ -31,10 +32,10 @@ class InputItem:
     record: dict = field(default_factory=dict)
 
 
-def collect_items(input_path, input_size, policy=None):
+def collect_items(input_path, canvas_side, policy=None):
     """The items of a folder (images or .bin files), an .info list, or one file.
 
-    ``input_size``: S of a square model (None: a dynamic-H/W model, whose .bin inputs need an
+    ``canvas_side``: S of a square model (None: a dynamic-H/W model, whose .bin inputs need an
     .info sidecar giving their canvases); ``policy``: the run's resize policy.
 
     Returns (items in order, failed list of {"file", "cause", "listing": True}) where
@@ -49,9 +50,9 @@ def collect_items(input_path, input_size, policy=None):
     if path.is_file():
         suffix = path.suffix.lower()
         if suffix == ".info":
-            return _items_from_info(path, input_size, policy)
+            return _items_from_info(path, canvas_side, policy)
         if suffix == ".bin":
-            _check_bin_size(path, input_size)
+            _check_bin_size(path, canvas_side)
             return [InputItem(path.stem, path, "bin", {"basename": path.stem, "source": str(path)})], []
         if suffix in IMAGE_EXTENSIONS:
             return _items_from_images([path])
@@ -69,7 +70,7 @@ def collect_items(input_path, input_size, policy=None):
             path,
         )
     if bins:
-        _check_bin_size(bins[0], input_size)
+        _check_bin_size(bins[0], canvas_side)
         return [InputItem(p.stem, p, "bin", {"basename": p.stem, "source": str(p)}) for p in bins], []
     return _items_from_images(images)
 
@@ -92,7 +93,7 @@ def _items_from_images(images):
     return items, failed
 
 
-def _items_from_info(info_path, input_size, policy=None):
+def _items_from_info(info_path, canvas_side, policy=None):
     records, problems = read_info_lines(info_path, check_files=False)
     failed = []
     for cause in problems:
@@ -101,19 +102,19 @@ def _items_from_info(info_path, input_size, policy=None):
     items = []
     for record in records:
         canvas = record.canvas_hw
-        if input_size is not None and canvas is not None and canvas != (input_size, input_size):
+        if canvas_side is not None and canvas is not None and canvas != (canvas_side, canvas_side):
             raise InputError(
                 f"the .info's sidecar says its .bin files are {canvas[0]}x{canvas[1]} inputs, "
-                f"the model takes {input_size}x{input_size}",
+                f"the model takes {canvas_side}x{canvas_side}",
                 info_path,
             )
-        if input_size is None and canvas is None:
+        if canvas_side is None and canvas is None:
             raise InputError(
                 "a model that takes any canvas needs each .bin's canvas and valid region: pass the "
                 ".info of `retinamask preprocess` with its sidecar (<info>.json) beside it",
                 info_path,
             )
-        if input_size is None and policy is not None and record.resize not in (None, policy.to_dict()):
+        if canvas_side is None and policy is not None and record.resize not in (None, policy.to_dict()):
             logger.warning(
                 "%s: its .bin files were made with the %s policy, the run asks for %s: the .bin "
                 "canvases are used as they are",
@@ -129,7 +130,7 @@ def _items_from_info(info_path, input_size, policy=None):
                 resized_width=record.resized_width,
                 resized_height=record.resized_height,
                 scale=record.scale,
-                input_size=record.input_size,
+                **{CANVAS_SIDE_KEY: record.canvas_side},
             )
             if canvas is not None:
                 entry.update(canvas_height=canvas[0], canvas_width=canvas[1])
@@ -137,21 +138,21 @@ def _items_from_info(info_path, input_size, policy=None):
     return items, failed
 
 
-def _check_bin_size(bin_path, input_size):
+def _check_bin_size(bin_path, canvas_side):
     """Refuse a .bin folder made for another input size (checked on its first file)."""
-    if input_size is None:
+    if canvas_side is None:
         raise InputError(
             "a model that takes any canvas needs each .bin's canvas and valid region: pass the .info "
             "of `retinamask preprocess` (with its sidecar) instead of bare .bin files",
             bin_path,
         )
     size = bin_path.stat().st_size
-    if size == bin_nbytes(input_size):
+    if size == bin_nbytes(canvas_side):
         return
     side = round((size / 12) ** 0.5)
     if side > 0 and bin_nbytes(side) == size:
         raise InputError(
-            f"holds a float32 [1, 3, {side}, {side}] input, the model takes [B, 3, {input_size}, {input_size}] "
+            f"holds a float32 [1, 3, {side}, {side}] input, the model takes [B, 3, {canvas_side}, {canvas_side}] "
             "(preprocess with --input_size matching the model)",
             bin_path,
         )
@@ -243,7 +244,7 @@ def _bin_canvas(item, info):
         return None
     if "canvas_height" in item.record:
         return (int(item.record["canvas_height"]), int(item.record["canvas_width"]))
-    return (info.input_size, info.input_size)
+    return (info.canvas_side, info.canvas_side)
 
 
 def load_item(job):
@@ -264,7 +265,7 @@ def load_item(job):
         tensor, geometry = policy_preprocess(image, policy, job.mean, job.std)
         del image
         extra = geometry.to_record()
-        extra["input_size"] = getattr(policy, "size", None)
+        extra[CANVAS_SIDE_KEY] = getattr(policy, "size", None)
         if slot is not None and _loader_slots is not None and tensor.size <= _loader_slots[slot].size:
             _loader_slots[slot].reshape(-1)[: tensor.size] = tensor.reshape(-1)
             return None, extra, None  # (a canvas larger than the slots goes back through the pipe)
@@ -287,7 +288,7 @@ def record_without_pixels(item, info, outfmt, legacy_names):
         try:
             with Image.open(item.source) as img:
                 width, height = img.size
-            record.update(info.resize.geometry(height, width).to_record(), input_size=info.input_size)
+            record.update(info.resize.geometry(height, width).to_record(), **{CANVAS_SIDE_KEY: info.canvas_side})
         except Exception:  # the outputs exist; the geometry is only informative here
             pass
     record["outputs"] = [output_file_name(item.basename, i, outfmt, legacy_names) for i in range(4)]

@@ -25,7 +25,7 @@ class OnnxRuntimeSession(Session):
             device,
             precision,
             info.input_name,
-            info.input_size,
+            info.canvas_side,
             info.batch_size,
             info.image_sizes_name,
         )

@@ -21,7 +21,7 @@ class OpenVinoSession(Session):
             "cpu",
             precision,
             info.input_name,
-            info.input_size,
+            info.canvas_side,
             info.batch_size,
             info.image_sizes_name,
         )

@@ -41,17 +41,17 @@ class Session:
     """A compiled model. ``run(batch)`` -> list of 4 numpy arrays, each with batch rows first.
 
     ``name``: e.g. "onnxruntime-cpu-fp32". ``batch_size``: the model's fixed batch or
-    None (dynamic). ``input_size``: S. Subclasses implement ``_run`` for exactly one
+    None (dynamic). ``canvas_side``: S. Subclasses implement ``_run`` for exactly one
     batch the model accepts.
     """
 
-    def __init__(self, name, backend, device, precision, input_name, input_size, batch_size, image_sizes_name=None):
+    def __init__(self, name, backend, device, precision, input_name, canvas_side, batch_size, image_sizes_name=None):
         self.name = name
         self.backend = backend
         self.device = device
         self.precision = precision
         self.input_name = input_name
-        self.input_size = input_size  # S of a square model; None for dynamic H/W
+        self.canvas_side = canvas_side  # S of a square model; None for dynamic H/W
         self.batch_size = batch_size
         self.choice = None  # the auto_backend.BackendChoice when --backend auto picked this session
         self.image_sizes_name = image_sizes_name
@@ -74,7 +74,7 @@ class Session:
             if image_sizes.shape[0] != batch.shape[0]:
                 raise ValueError(f"image_sizes has {image_sizes.shape[0]} rows for a batch of {batch.shape[0]}")
         else:
-            expected = (3, self.input_size, self.input_size)
+            expected = (3, self.canvas_side, self.canvas_side)
             if batch.ndim != 4 or batch.shape[1:] != expected or batch.shape[0] < 1:
                 raise ValueError(f"expected a batch [B, {', '.join(map(str, expected))}], got {list(batch.shape)}")
         fixed = self.batch_size
@@ -96,5 +96,5 @@ class Session:
         raise NotImplementedError
 
     def __repr__(self):
-        canvas = "HxW dynamic" if self.dynamic_hw else f"S={self.input_size}"
+        canvas = "HxW dynamic" if self.dynamic_hw else f"S={self.canvas_side}"
         return f"<{type(self).__name__} {self.name} batch={self.batch_size or 'dynamic'} {canvas}>"
