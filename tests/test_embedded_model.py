@@ -123,7 +123,7 @@ def pytorch_stats(demo_run):
     """COCO stats of the eager model on the demo's val split, on the export's square canvas and
     with the mask cut raised to the export's 100 rows."""
     from retinamask.config import load_config
-    from retinamask.core.geometry import SeedResize
+    from retinamask.core.resize import SeedResize
     from retinamask.engine.trainer import evaluate_split
     from retinamask.modeling import build_model
     from retinamask.modeling.checkpoint import load_checkpoint

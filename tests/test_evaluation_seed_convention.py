@@ -242,7 +242,7 @@ def test_seed_convention_where_the_seed_cannot_run():
 
     def run(boxes, labels):
         return image_coco_results(
-            (boxes, labels, scores, masks), "seed", 1, (50, 60), None, [3, 9], convention="seed", input_size=64
+            (boxes, labels, scores, masks), "seed", 1, (50, 60), None, [3, 9], convention="seed", canvas_side=64
         )
 
     with pytest.raises(InputError, match="label 0 but labels run from 1 to 2"):  # the seed: categories[-1]

@@ -485,7 +485,7 @@ def test_default_input_size_is_the_test_max_size_rounded_up_to_32():
 
 def test_export_options_resolve_one_policy_the_rows_and_the_batch():
     from retinamask.core.errors import RetinaMaskError
-    from retinamask.core.geometry import SeedResize
+    from retinamask.core.resize import SeedResize
 
     cfg = load_config("retinamask_shapes_small")
     square = ExportOptions(canvas_side=S, dynamic_batch=True).resolve(cfg)

@@ -6,11 +6,11 @@ import json
 import numpy as np
 import pytest
 
-from retinamask.core.geometry import (
+from retinamask.core.geometry import boxes_to_image
+from retinamask.core.resize import (
     BucketResize,
     OriginalResize,
     SeedResize,
-    boxes_to_image,
     default_buckets,
     make_policy,
     parse_canvases,

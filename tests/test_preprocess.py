@@ -11,7 +11,7 @@ from PIL import Image
 
 from retinamask.cli import main
 from retinamask.core.errors import EXIT_BAD_INPUT, EXIT_ITEMS_FAILED, EXIT_OK, InputError
-from retinamask.core.geometry import SeedResize
+from retinamask.core.resize import SeedResize
 from retinamask.data.preprocess import preprocess_images
 from retinamask.data.transforms import seed_preprocess
 from retinamask.formats.bins import bin_nbytes, read_bin, read_info

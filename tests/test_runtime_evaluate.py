@@ -9,7 +9,8 @@ import pytest
 from retinamask.apps.evaluate import evaluate_outputs
 from retinamask.cli import main
 from retinamask.core.errors import InputError
-from retinamask.core.geometry import SeedResize, boxes_to_image
+from retinamask.core.geometry import boxes_to_image
+from retinamask.core.resize import SeedResize
 from retinamask.decode.coco_results import outputs_to_coco_results
 from retinamask.decode.outputs import decode_outputs
 from retinamask.runtime.infer import run_inference

@@ -8,7 +8,7 @@ import pytest
 
 from retinamask.cli import main
 from retinamask.core.errors import InputError
-from retinamask.core.geometry import SeedResize
+from retinamask.core.resize import SeedResize
 from retinamask.data.transforms import seed_preprocess
 from retinamask.formats.model_info import output_specs
 from retinamask.runtime.backends import create_session

@@ -16,7 +16,7 @@ from retinamask.core.contract import (
     SEED_NUM_CANDIDATES,
 )
 from retinamask.core.errors import InputError
-from retinamask.core.geometry import ResizePolicy
+from retinamask.core.resize import ResizePolicy
 from retinamask.formats.bins import read_info_lines
 from retinamask.formats.run_sidecar import CANVAS_SIDE_KEY, SIDECAR_NAME, read_run_sidecar
 
@@ -116,7 +116,7 @@ def resolve_geometry(layout, model_path, sidecar_model, canvas_side, results_dir
 
 def _resolve_policy(geometry, resize, sidecar_model, results_dir):
     """The ResizePolicy that gives an image's resized size where the image list does not."""
-    from retinamask.core.geometry import SeedResize, policy_from_dict, policy_named
+    from retinamask.core.resize import SeedResize, policy_from_dict, policy_named
 
     if isinstance(resize, ResizePolicy):
         return resize

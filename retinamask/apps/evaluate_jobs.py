@@ -80,7 +80,7 @@ def evaluate_one(job):
             nms_threshold=job.nms_threshold,
             max_detections=job.max_detections,
             convention=job.convention,
-            input_size=job.canvas_side,
+            canvas_side=job.canvas_side,
             clip=job.clip,
         )
     except InputError as e:

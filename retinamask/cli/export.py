@@ -184,7 +184,7 @@ def run(args):
     resize = args.resize
     if args.buckets is not None:
         from retinamask.core.errors import ConfigError
-        from retinamask.core.geometry import parse_canvases, policy_from_config
+        from retinamask.core.resize import parse_canvases, policy_from_config
 
         if resize != "buckets":
             raise ConfigError("--buckets goes with --resize buckets", path="command line")

@@ -70,4 +70,4 @@ def _make_predict(args):
             "or give an exported model with --model",
             path="command line",
         ) from None
-    return Predictor.from_config(config, weights, opts=args.opts, input_size=args.input_size, resize=args.resize)
+    return Predictor.from_config(config, weights, opts=args.opts, canvas_side=args.input_size, resize=args.resize)

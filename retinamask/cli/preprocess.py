@@ -79,7 +79,7 @@ def add_arguments(parser):
 
 def run(args):
     from retinamask.core.errors import ConfigError
-    from retinamask.core.geometry import make_policy
+    from retinamask.core.resize import make_policy
     from retinamask.data.preprocess import preprocess_images
     from retinamask.data.transforms import PIXEL_MEAN, PIXEL_STD
 
@@ -91,7 +91,7 @@ def run(args):
         policy, mean, std = info.resize, info.pixel_mean, info.pixel_std
     else:
         try:
-            policy = make_policy(args.resize or "seed", args.min_size, args.max_size, input_size=args.canvas_side)
+            policy = make_policy(args.resize or "seed", args.min_size, args.max_size, canvas_side=args.canvas_side)
         except ValueError as e:
             raise ConfigError(str(e), path="command line") from None
     summary = preprocess_images(

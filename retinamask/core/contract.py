@@ -25,6 +25,9 @@ IMAGE_SIZES_INPUT = "image_sizes"  # int64 [B, 2] (h, w) of each image's valid r
 META_PREFIX = "retinamask."
 RESIZE_METADATA_KEY = "retinamask.resize"
 CANVAS_SIDE_METADATA_KEY = "retinamask.input_size"  # S of a square (seed policy) model
+# the JSON key of S (None: a model that takes any canvas) in the preprocess sidecar, infer's images.json
+# and the JSON summaries and reports: the seed's name for it
+CANVAS_SIDE_KEY = "input_size"
 
 # the original's normalisation: BGR, 0..255
 PIXEL_MEAN = (102.9801, 115.9465, 122.7717)

@@ -40,7 +40,7 @@ from pathlib import Path
 from retinamask.core import jobs
 from retinamask.core.errors import InputError, OutputError
 from retinamask.core.fileio import atomic_open, atomic_write_json, atomic_write_text, remove_stale_temp_files
-from retinamask.core.geometry import ResizePolicy, SeedResize
+from retinamask.core.resize import ResizePolicy, SeedResize
 from retinamask.data.transforms import PIXEL_MEAN, PIXEL_STD, policy_preprocess
 from retinamask.formats.bins import BIN_DTYPE, CANVAS_SIDE_KEY, bin_nbytes, sidecar_path_for, sidecar_policy
 from retinamask.formats.images import IMAGE_EXTENSIONS, list_images, load_image_rgb
@@ -81,7 +81,7 @@ def preprocess_images(
 ):
     """Preprocess every image in ``image_dir`` (see the module docstring for outputs).
 
-    ``resize``: a :class:`~retinamask.core.geometry.ResizePolicy` (None: the seed policy, canvas
+    ``resize``: a :class:`~retinamask.core.resize.ResizePolicy` (None: the seed policy, canvas
     1344 x 1344).
 
     ``workers``: processes (None: ``jobs.default_workers(WORKER_LIMIT)``; 1: in this process).

@@ -17,14 +17,9 @@ Arrays: images are uint8 [H, W, 3] RGB; model inputs are float32 [3, H, W] BGR.
 import numpy as np
 from PIL import Image
 
-from retinamask.core.contract import PIXEL_MEAN, PIXEL_STD
-from retinamask.core.geometry import (
-    SEED_INPUT_SIZE,
-    ImageGeometry,
-    SeedResize,
-    seed_resize_geometry,
-    upstream_test_size,
-)
+from retinamask.core.contract import PIXEL_MEAN, PIXEL_STD, SEED_CANVAS_SIDE
+from retinamask.core.geometry import ImageGeometry, seed_resize_geometry, upstream_test_size
+from retinamask.core.resize import SeedResize
 
 
 def resize_rgb(img, size_hw):
@@ -88,7 +83,7 @@ def upstream_preprocess(img_rgb, min_size=800, max_size=1333, mean=PIXEL_MEAN, s
     return pad_divisible(normalize_bgr(resized, mean, std), size_divisible), resized_hw
 
 
-def seed_preprocess(img_rgb, canvas_side=SEED_INPUT_SIZE, mean=PIXEL_MEAN, std=PIXEL_STD):
+def seed_preprocess(img_rgb, canvas_side=SEED_CANVAS_SIDE, mean=PIXEL_MEAN, std=PIXEL_STD):
     """The seed's fixed-size input for one image.
 
     ``img_rgb``: uint8 [H, W, 3] RGB. Returns (float32 [3, S, S] BGR with S =

@@ -23,7 +23,7 @@ def outputs_to_coco_results(
     mask_paste="original",
     with_masks=True,
     convention="original",
-    input_size=None,
+    canvas_side=None,
     clip=True,
 ):
     """One image's 4 model outputs -> list of COCO result dicts (bbox [x,y,w,h] with the
@@ -33,8 +33,8 @@ def outputs_to_coco_results(
     category_ids: the annotation file's category ids sorted ascending; label L maps to
     ``category_ids[L - 1]``. Other arguments: :func:`decode_outputs`.
     convention "seed": the seed's postprocess instead (:mod:`.seed_convention`: its NMS on
-    any layout, one ratio ``input_size / long side``, its paste, width x2 - x1); then
-    ``category_ids`` are in the annotation file's order and ``input_size`` (the seed's square
+    any layout, one ratio ``canvas_side / long side``, its paste, width x2 - x1); then
+    ``category_ids`` are in the annotation file's order and ``canvas_side`` (the seed's square
     canvas side S) is needed.
     """
     return image_coco_results(
@@ -50,7 +50,7 @@ def outputs_to_coco_results(
         mask_paste=mask_paste,
         with_masks=with_masks,
         convention=convention,
-        input_size=input_size,
+        canvas_side=canvas_side,
         clip=clip,
     )[0]
 
@@ -68,7 +68,7 @@ def image_coco_results(
     mask_paste="original",
     with_masks=True,
     convention="original",
-    input_size=None,
+    canvas_side=None,
     clip=True,
 ):
     """:func:`outputs_to_coco_results` and the results' mask areas: (results, int64 [N] or None).
@@ -80,7 +80,7 @@ def image_coco_results(
     if convention not in CONVENTIONS:
         raise ValueError(f"convention must be one of {CONVENTIONS}, got {convention!r}")
     if convention == "seed":
-        if input_size is None:
+        if canvas_side is None:
             raise ValueError("the seed convention needs the model's input size S")
         if layout not in LAYOUTS:
             raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
@@ -88,7 +88,7 @@ def image_coco_results(
             checked_outputs(outputs),
             image_id,
             image_hw,
-            input_size,
+            canvas_side,
             category_ids,
             iou_threshold=nms_threshold,
             keep=max_detections,

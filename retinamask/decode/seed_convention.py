@@ -76,7 +76,7 @@ def seed_nms(boxes, scores, labels, iou_threshold=SEED_IOU_THRESHOLD):
     return np.asarray(kept, dtype=np.int64)
 
 
-def seed_detections(outputs, image_hw, input_size, iou_threshold=SEED_IOU_THRESHOLD, keep=SEED_KEEP):
+def seed_detections(outputs, image_hw, canvas_side, iou_threshold=SEED_IOU_THRESHOLD, keep=SEED_KEEP):
     """One image's 4 outputs -> (boxes, scores, labels, mask_probs) after the seed's NMS and mapping.
 
     outputs: (boxes [K,4] f32 canvas pixels, labels [K] int, scores [K] f32, masks [K,1,M,M]
@@ -97,10 +97,10 @@ def seed_detections(outputs, image_hw, input_size, iou_threshold=SEED_IOU_THRESH
     if order.size >= keep:
         order = order[:keep]
         kept_boxes = boxes[order]  # float32 from here on
-        ratio = np.float32(input_size / max(image_hw))
+        ratio = np.float32(canvas_side / max(image_hw))
     else:
         kept_boxes = boxes[order].astype(np.float64)
-        ratio = input_size / max(image_hw)
+        ratio = canvas_side / max(image_hw)
     height, width = (int(v) for v in image_hw)
     kept_boxes = kept_boxes / ratio
     kept_boxes[:, 0::2] = np.clip(kept_boxes[:, 0::2], 0, width)
@@ -165,7 +165,7 @@ def seed_coco_results(
     outputs,
     image_id,
     image_hw,
-    input_size,
+    canvas_side,
     category_ids_in_file_order,
     iou_threshold=SEED_IOU_THRESHOLD,
     keep=SEED_KEEP,
@@ -178,7 +178,7 @@ def seed_coco_results(
     ``segmentation`` when ``with_masks``. Mask areas: int64 [D] pixel counts (None without masks).
     Raises InputError for labels 0 or above the number of categories.
     """
-    boxes, scores, labels, probs = seed_detections(outputs, image_hw, input_size, iou_threshold, keep)
+    boxes, scores, labels, probs = seed_detections(outputs, image_hw, canvas_side, iou_threshold, keep)
     if labels.size and (labels.min() < 1 or labels.max() > len(category_ids_in_file_order)):
         bad = int(labels.min()) if labels.min() < 1 else int(labels.max())
         raise InputError(f"label {bad} but labels run from 1 to {len(category_ids_in_file_order)} (the categories)")

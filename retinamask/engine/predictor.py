@@ -10,7 +10,8 @@ import torch
 
 from retinamask.config import load_config
 from retinamask.core.detections import Detections
-from retinamask.core.geometry import OriginalResize, boxes_to_image, make_policy
+from retinamask.core.geometry import boxes_to_image
+from retinamask.core.resize import OriginalResize, make_policy
 from retinamask.data.transforms import policy_preprocess
 from retinamask.formats.images import as_rgb_array
 from retinamask.modeling import build_model
@@ -21,19 +22,19 @@ from retinamask.ops.masks import paste_masks
 class Predictor:
     """The PyTorch RetinaMask with its test-time pre- and post-processing.
 
-    ``resize``: a :class:`~retinamask.core.geometry.ResizePolicy` or its name. None (default) uses the
+    ``resize``: a :class:`~retinamask.core.resize.ResizePolicy` or its name. None (default) uses the
     original's transform (``original``: short side ``INPUT.MIN_SIZE_TEST``, long side at most
     ``INPUT.MAX_SIZE_TEST``, padded to DATALOADER.SIZE_DIVISIBILITY); ``seed`` the seed's fixed
-    S x S canvas (long side resized to S = ``input_size``, as the square exported models do).
-    An integer ``input_size`` alone selects the seed policy (as before resize policies).
+    S x S canvas (long side resized to S = ``canvas_side``, as the square exported models do).
+    An integer ``canvas_side`` alone selects the seed policy (as before resize policies).
     """
 
-    def __init__(self, model, cfg, input_size=None, device="cpu", mask_threshold=0.5, resize=None):
+    def __init__(self, model, cfg, canvas_side=None, device="cpu", mask_threshold=0.5, resize=None):
         self.model = model.eval().to(device)
         self.cfg = cfg
         inp = cfg.INPUT
         if resize is None:
-            resize = "seed" if input_size else "original"
+            resize = "seed" if canvas_side else "original"
         if isinstance(resize, str):
             if resize == "original":
                 resize = OriginalResize(inp.MIN_SIZE_TEST, inp.MAX_SIZE_TEST, cfg.DATALOADER.SIZE_DIVISIBILITY)
@@ -43,7 +44,7 @@ class Predictor:
                     inp.MIN_SIZE_TEST,
                     inp.MAX_SIZE_TEST,
                     int(cfg.DATALOADER.SIZE_DIVISIBILITY) or 32,
-                    input_size=input_size,
+                    canvas_side=canvas_side,
                 )
         self.policy = resize
         self.device = torch.device(device)

@@ -6,7 +6,7 @@ import json
 from retinamask import __version__
 from retinamask.core.contract import CANVAS_SIDE_METADATA_KEY, IMAGE_SIZES_INPUT, OUTPUT_NAMES
 from retinamask.core.errors import RetinaMaskError
-from retinamask.core.geometry import ResizePolicy, SeedResize
+from retinamask.core.resize import ResizePolicy, SeedResize
 
 FORBIDDEN_OPS = ("If", "Loop", "Scan")
 

@@ -78,7 +78,7 @@ def export_model(model, cfg, save_path, options=None, **overrides):
     ``options``: an :class:`~retinamask.export.options.ExportOptions`; keyword ``overrides`` (its
     field names: ``layout=``, ``batch_size=``, ``resize=``, ...) replace its fields.
 
-    ``resize``: the resize policy (a :class:`~retinamask.core.geometry.ResizePolicy` or its name,
+    ``resize``: the resize policy (a :class:`~retinamask.core.resize.ResizePolicy` or its name,
     None = ``seed``; see :func:`resolve_export_policy`). ``seed``: input [B,3,S,S] with S =
     ``canvas_side`` (None takes :func:`default_input_size`). ``original`` / ``buckets``: inputs
     ``input`` [B,3,H,W] (H, W dynamic multiples of 32) and ``image_sizes`` int64 [B,2]; end2end

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from retinamask.core.contract import LAYOUTS, SEED_NUM_CANDIDATES
 from retinamask.core.errors import RetinaMaskError
-from retinamask.core.geometry import ResizePolicy, SeedResize, policy_from_config
+from retinamask.core.resize import ResizePolicy, SeedResize, policy_from_config
 
 MIN_OPSET = 18  # opset 17 gave a ReduceMax that onnxruntime rejects (shared/facts)
 
@@ -119,7 +119,7 @@ def resolve_export_policy(cfg, resize, canvas_side, layout="end2end"):
         if canvas_side is not None and (int(canvas_side) <= 0 or int(canvas_side) % 32):
             raise RetinaMaskError(f"input size must be a positive multiple of 32, got {canvas_side}")
         try:
-            policy = policy_from_config(cfg, resize, input_size=canvas_side or default_input_size(cfg))
+            policy = policy_from_config(cfg, resize, canvas_side=canvas_side or default_input_size(cfg))
         except ValueError as e:
             raise RetinaMaskError(str(e)) from None
     if layout == "seed" and not isinstance(policy, SeedResize):

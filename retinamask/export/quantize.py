@@ -39,7 +39,7 @@ import numpy as np
 
 from retinamask import __version__
 from retinamask.core.errors import InputError, RetinaMaskError, one_line
-from retinamask.core.geometry import SeedResize
+from retinamask.core.resize import SeedResize
 
 logger = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from retinamask.core.contract import IMAGE_SIZES_INPUT, SEED_NUM_CANDIDATES
-from retinamask.core.geometry import ResizePolicy, SeedResize
+from retinamask.core.resize import ResizePolicy, SeedResize
 from retinamask.export.graphs import SeedGraph
 
 # Parity tolerances against PyTorch (float32 eager). Detections are matched by label and box IoU.

@@ -21,11 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
-from retinamask.core.contract import SEED_CANVAS_SIDE
+from retinamask.core.contract import CANVAS_SIDE_KEY, SEED_CANVAS_SIDE
 from retinamask.core.errors import InputError
 
 BIN_DTYPE = np.dtype("<f4")
-CANVAS_SIDE_KEY = "input_size"  # the sidecar's (and its entries') key for the seed's S; None: other canvases
 
 
 def bin_nbytes(canvas):

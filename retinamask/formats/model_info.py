@@ -25,7 +25,7 @@ from retinamask.core.contract import (
 from retinamask.core.contract import PIXEL_MEAN as DEFAULT_PIXEL_MEAN
 from retinamask.core.contract import PIXEL_STD as DEFAULT_PIXEL_STD
 from retinamask.core.errors import InputError
-from retinamask.core.geometry import POLICIES, ResizePolicy, SeedResize, policy_from_metadata, policy_named
+from retinamask.core.resize import POLICIES, ResizePolicy, SeedResize, policy_from_metadata, policy_named
 from retinamask.formats.onnx_graph import (
     check_outputs,
     class_names_meta,

@@ -12,6 +12,7 @@ import json
 import logging
 from pathlib import Path
 
+from retinamask.core.contract import CANVAS_SIDE_KEY
 from retinamask.core.errors import InputError
 from retinamask.core.fileio import atomic_write_json
 from retinamask.formats.outputs import list_output_basenames
@@ -20,10 +21,6 @@ logger = logging.getLogger(__name__)
 
 SIDECAR_NAME = "images.json"
 SIDECAR_FORMAT = "retinamask.infer/1"
-# the key for a square model's side S (None: a model that takes any canvas) in images.json, in its
-# model summary and in the JSON summaries and reports (infer, evaluate, bench, export, demo): the seed's
-# name, as in the .info sidecar
-CANVAS_SIDE_KEY = "input_size"
 
 
 def run_settings(info, outfmt, legacy_names):

@@ -14,7 +14,7 @@ import numpy as np
 from retinamask.core import jobs
 from retinamask.core.contract import IMAGE_EXTENSIONS
 from retinamask.core.errors import InputError
-from retinamask.core.geometry import ResizePolicy
+from retinamask.core.resize import ResizePolicy
 from retinamask.formats.bins import bin_nbytes, read_bin, read_info_lines
 from retinamask.formats.outputs import output_file_name
 from retinamask.formats.run_sidecar import CANVAS_SIDE_KEY
