@@ -19,22 +19,14 @@ DEMO_VAL_SEED = 7
 def run_demo(output_dir="runs/demo", num_images=200, backend="auto", num_overlays=8, bench_loops=30, log=print):
     """Run every step; returns a dict with the mAPs, fps and paths. Prints progress through ``log``."""
     from retinamask.apps.evaluate import evaluate_outputs
-    from retinamask.apps.onnx_predictor import OnnxPredictor
-    from retinamask.apps.predict_images import predict_images
     from retinamask.config import load_config
     from retinamask.data.shapes import generate_shapes_dataset
-    from retinamask.export.onnx_export import export_onnx
     from retinamask.runtime.bench import run_benchmark
     from retinamask.runtime.infer import run_inference
 
     out = Path(output_dir)
     timings = {}
-    if backend == "auto":  # resolved once, so that every step runs (and reports) the same runtime
-        from retinamask.runtime.auto_backend import choose_backend
-
-        choice = choose_backend("fp32", "cpu")
-        log(f"[INFO] {choice.line('fp32', 'cpu')}")
-        backend = choice.backend
+    backend = _resolved_backend(backend, log)
     cfg = load_config(SHIPPED_CONFIG)
     canvas_side = int(cfg.INPUT.MAX_SIZE_TEST)
 
@@ -46,15 +38,7 @@ def run_demo(output_dir="runs/demo", num_images=200, backend="auto", num_overlay
 
     start = time.perf_counter()
     model_path = out / "retinamask_shapes_small.onnx"
-    if not model_path.exists() or model_path.stat().st_mtime < SHIPPED_WEIGHTS.stat().st_mtime:
-        report = export_onnx(
-            cfg, SHIPPED_WEIGHTS, model_path, layout="end2end", dynamic_batch=True, canvas_side=canvas_side, verify=True
-        )
-        from retinamask.export.report import format_report
-
-        log("[2/5] " + format_report(report))
-    else:
-        log(f"[2/5] export: {model_path} is current (kept)")
+    _export_if_stale(cfg, model_path, canvas_side, log)
     timings["export"] = time.perf_counter() - start
 
     start = time.perf_counter()
@@ -83,10 +67,7 @@ def run_demo(output_dir="runs/demo", num_images=200, backend="auto", num_overlay
         f"latency mean {bench['mean_ms']:.1f} ms, p99 {bench['p99_ms']:.1f} ms"
     )
 
-    predictor = OnnxPredictor(model_path, backend=backend)
-    images = sorted(Path(images_dir).iterdir())[:num_overlays]
-    predict_images(predictor, images, out / "overlays", progress=False)
-    log(f"overlays: {len(images)} PNGs (+ JSON) in {out / 'overlays'}")
+    _draw_overlays(model_path, backend, images_dir, num_overlays, out / "overlays", log)
 
     result = {
         "bbox_mAP": stats["bbox"]["AP"],
@@ -102,3 +83,42 @@ def run_demo(output_dir="runs/demo", num_images=200, backend="auto", num_overlay
     }
     (out / "demo_summary.json").write_text(json.dumps(result, indent=2) + "\n")
     return result
+
+
+def _resolved_backend(backend, log):
+    """``backend``, or for "auto" the runtime chosen for fp32 on this CPU (logged): resolved once, so that
+    every step runs (and reports) the same runtime."""
+    if backend == "auto":
+        from retinamask.runtime.auto_backend import choose_backend
+
+        choice = choose_backend("fp32", "cpu")
+        log(f"[INFO] {choice.line('fp32', 'cpu')}")
+        backend = choice.backend
+    return backend
+
+
+def _export_if_stale(cfg, model_path, canvas_side, log):
+    """Export the shipped model to ``model_path`` (end2end, dynamic batch, verified) unless an export newer
+    than the shipped weights is there."""
+    from retinamask.export.onnx_export import export_onnx
+
+    if not model_path.exists() or model_path.stat().st_mtime < SHIPPED_WEIGHTS.stat().st_mtime:
+        report = export_onnx(
+            cfg, SHIPPED_WEIGHTS, model_path, layout="end2end", dynamic_batch=True, canvas_side=canvas_side, verify=True
+        )
+        from retinamask.export.report import format_report
+
+        log("[2/5] " + format_report(report))
+    else:
+        log(f"[2/5] export: {model_path} is current (kept)")
+
+
+def _draw_overlays(model_path, backend, images_dir, num_overlays, overlays_dir, log):
+    """Predict the first ``num_overlays`` images (by name) and write their overlays (PNG + JSON)."""
+    from retinamask.apps.onnx_predictor import OnnxPredictor
+    from retinamask.apps.predict_images import predict_images
+
+    predictor = OnnxPredictor(model_path, backend=backend)
+    images = sorted(Path(images_dir).iterdir())[:num_overlays]
+    predict_images(predictor, images, overlays_dir, progress=False)
+    log(f"overlays: {len(images)} PNGs (+ JSON) in {overlays_dir}")

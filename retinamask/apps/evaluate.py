@@ -96,15 +96,7 @@ def evaluate_outputs(
     from retinamask.evaluation.coco_eval import load_ground_truth, write_results_json
 
     started = time.perf_counter()
-    if mask_paste is not None:
-        import warnings
-
-        warnings.warn("mask_paste is deprecated: use convention (the same values)", DeprecationWarning, stacklevel=2)
-        convention = mask_paste
-    if convention not in CONVENTIONS:
-        raise InputError(f"--convention must be original or seed, got {convention!r}")
-    if layout not in ("auto",) + LAYOUTS:
-        raise InputError(f"--layout must be auto, end2end or seed, got {layout!r}")
+    convention = _checked_convention(convention, mask_paste, layout)
     results_dir = resolve_results_dir(results_dir)
     dataset, _ = load_ground_truth(ann_file)
     failures = jobs.Failures(strict, logger)
@@ -148,17 +140,39 @@ def evaluate_outputs(
         "stats_json": str(stats_json),
     }
     if report_dir is not None and evaluations:
-        from retinamask.evaluation.report import write_report
-
-        report_started = time.perf_counter()
-        summary["report"] = str(
-            write_report(report_dir, dataset, results, evaluations, summary, ann_file=ann_file, image_dir=image_dir)
-        )
-        summary["timing"]["report_s"] = time.perf_counter() - report_started
-        summary["timing"]["total_s"] = time.perf_counter() - started
+        _report(summary, report_dir, dataset, results, evaluations, ann_file, image_dir, started)
     _write_stats(output_path, stats_json, stats, summary)
     _finish_parts(parts, failures)
     return summary
+
+
+def _checked_convention(convention, mask_paste, layout):
+    """The convention to use (``mask_paste``, deprecated, wins when given); InputError for an unknown
+    convention or layout."""
+    if mask_paste is not None:
+        import warnings
+
+        # stacklevel 3: the warning points at evaluate_outputs' caller
+        warnings.warn("mask_paste is deprecated: use convention (the same values)", DeprecationWarning, stacklevel=3)
+        convention = mask_paste
+    if convention not in CONVENTIONS:
+        raise InputError(f"--convention must be original or seed, got {convention!r}")
+    if layout not in ("auto",) + LAYOUTS:
+        raise InputError(f"--layout must be auto, end2end or seed, got {layout!r}")
+    return convention
+
+
+def _report(summary, report_dir, dataset, results, evaluations, ann_file, image_dir, started):
+    """Write the evaluation report into ``report_dir``; record its path and time in ``summary`` (and the
+    total time, counted from ``started``)."""
+    from retinamask.evaluation.report import write_report
+
+    report_started = time.perf_counter()
+    summary["report"] = str(
+        write_report(report_dir, dataset, results, evaluations, summary, ann_file=ann_file, image_dir=image_dir)
+    )
+    summary["timing"]["report_s"] = time.perf_counter() - report_started
+    summary["timing"]["total_s"] = time.perf_counter() - started
 
 
 def _output_paths(output_path, results_json, stats_json):

@@ -16,9 +16,17 @@ HELP = "inference outputs -> COCO results JSON + bbox/segm mAP"
 
 
 def add_arguments(parser):
-    from retinamask.apps.evaluate import WORKER_LIMIT
-    from retinamask.core.jobs import default_workers
+    _add_output_arguments(parser)
+    _add_coco_arguments(parser)
+    _add_model_arguments(parser)
+    _add_scoring_arguments(parser)
+    _add_run_arguments(parser)
+    _add_ray_argument(parser)
 
+
+def _add_output_arguments(parser):
+    """Where the per-image outputs are and which images they are: --infer_results_path, --input_text_path,
+    --images."""
     parser.add_argument(
         "--infer_results_path",
         "--infer-results-path",
@@ -39,6 +47,10 @@ def add_arguments(parser):
         help="image list: the images.json that infer writes (default: the one in the results "
         "folder) or a preprocess sidecar; alternative to --input_text_path",
     )
+
+
+def _add_coco_arguments(parser):
+    """The annotations and what is written: --coco_path, --ann_file, --output_path, --results-json."""
     parser.add_argument(
         "--coco_path",
         "--coco-path",
@@ -68,6 +80,11 @@ def add_arguments(parser):
         default=None,
         help="COCO results JSON (default: <output_path without .txt>_coco_results.json)",
     )
+
+
+def _add_model_arguments(parser):
+    """How the outputs are read and mapped back to the images: --layout, --model, --input-size, --convention,
+    --resize, --mask-paste."""
     parser.add_argument(
         "--layout",
         choices=("auto", "end2end", "seed"),
@@ -101,6 +118,10 @@ def add_arguments(parser):
         default=None,
         help="deprecated: --convention",
     )
+
+
+def _add_scoring_arguments(parser):
+    """The COCO evaluator and the report: --coco-backend, --report, --image-dir."""
     parser.add_argument(
         "--coco-backend",
         dest="coco_backend",
@@ -125,6 +146,13 @@ def add_arguments(parser):
         help="the images, for the report's drawings (default: the annotation file's split folder, "
         "e.g. coco/val2017 for annotations/instances_val2017.json)",
     )
+
+
+def _add_run_arguments(parser):
+    """How the run goes: --workers, --no-progress, --strict, --no-resume."""
+    from retinamask.apps.evaluate import WORKER_LIMIT
+    from retinamask.core.jobs import default_workers
+
     parser.add_argument(
         "--workers",
         type=int,
@@ -145,6 +173,10 @@ def add_arguments(parser):
         action="store_false",
         help="redo every image, not reusing what an interrupted run left in <output_path stem>_parts/",
     )
+
+
+def _add_ray_argument(parser):
+    """--ray [ADDRESS]: postprocess on a Ray cluster (COCO evaluation stays here)."""
     parser.add_argument(
         "--ray",
         nargs="?",

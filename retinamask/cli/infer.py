@@ -12,10 +12,20 @@ HELP = "run an exported model over .bin files or images (ais_bench-style outputs
 
 
 def add_arguments(parser):
-    from retinamask.core.jobs import default_workers
-    from retinamask.runtime.backends import BACKEND_CHOICES, DEVICES, PERFORMANCE_HINTS
-    from retinamask.runtime.infer import WORKER_LIMIT
+    _add_io_arguments(parser)
+    _add_backend_arguments(parser)
+    _add_run_arguments(parser)
+    _add_model_arguments(parser)
+    add_ray_arguments(
+        parser,
+        "model actors (default: one per --threads CPUs of each node, or one per GPU with "
+        "--device cuda/tensorrt); --threads is then each actor's CPUs and threads (default 1)",
+    )
 
+
+def _add_io_arguments(parser):
+    """What runs on what and where its outputs go: --model, --input, --output, --output_dirname, --batchsize,
+    --outfmt."""
     parser.add_argument("--model", required=True, help="exported ONNX model (retinamask export)")
     parser.add_argument(
         "--input", required=True, help="folder of images, folder of .bin files, an .info list, or one .bin/image file"
@@ -44,6 +54,12 @@ def add_arguments(parser):
         default="BIN",
         help="per-image output files: raw little-endian BIN (as ais_bench) or NPY",
     )
+
+
+def _add_backend_arguments(parser):
+    """The runtime: --backend, --device, --precision."""
+    from retinamask.runtime.backends import BACKEND_CHOICES, DEVICES
+
     parser.add_argument(
         "--backend",
         choices=BACKEND_CHOICES,
@@ -61,6 +77,14 @@ def add_arguments(parser):
         default="fp32",
         help="fp32 (default); bf16 with --backend openvino on a CPU that has it; fp16 with tensorrt",
     )
+
+
+def _add_run_arguments(parser):
+    """How the run goes: --legacy-names, --workers, --strict, --threads, --cache-dir, --performance-hint."""
+    from retinamask.core.jobs import default_workers
+    from retinamask.runtime.backends import PERFORMANCE_HINTS
+    from retinamask.runtime.infer import WORKER_LIMIT
+
     parser.add_argument(
         "--legacy-names",
         "--legacy_names",
@@ -91,6 +115,10 @@ def add_arguments(parser):
         default="LATENCY",
         help="OpenVINO performance hint",
     )
+
+
+def _add_model_arguments(parser):
+    """For models whose metadata lacks them: --layout, --input-size; and --resize, --no-progress."""
     parser.add_argument(
         "--layout",
         choices=("end2end", "seed"),
@@ -113,11 +141,6 @@ def add_arguments(parser):
         action="store_false",
         default=None,
         help="no progress bar (default: shown on a terminal)",
-    )
-    add_ray_arguments(
-        parser,
-        "model actors (default: one per --threads CPUs of each node, or one per GPU with "
-        "--device cuda/tensorrt); --threads is then each actor's CPUs and threads (default 1)",
     )
 
 

@@ -233,16 +233,12 @@ def write_report(
     evaluations: {iou type: CocoEvaluation} (``evaluate_coco(return_evaluations=True)``; their
     kept IoUs are used, else recomputed); summary: ``evaluate_outputs``' summary (for the header).
     """
-    from retinamask.core.errors import InputError
     from retinamask.core.fileio import atomic_write_bytes, atomic_write_json, atomic_write_text
-    from retinamask.evaluation.plots import line_chart_png
     from retinamask.evaluation.report_html import render_page
-    from retinamask.formats.images import load_image_rgb
 
     report_dir = Path(report_dir)
     (report_dir / "images").mkdir(parents=True, exist_ok=True)
     names = {c["id"]: str(c.get("name", c["id"])) for c in dataset["categories"]}
-    label_of = {c["id"]: i + 1 for i, c in enumerate(dataset["categories"])}
     pictures = []  # (file name relative to report_dir, PNG or JPEG bytes, caption)
 
     def picture(name, data, caption):
@@ -250,43 +246,16 @@ def write_report(
         pictures.append((name, data, caption))
         return len(pictures) - 1
 
-    gt_counts = {cat: dict.fromkeys(AREA_LABELS, 0) for cat in names}
-    for annotation in dataset["annotations"]:
-        if annotation.get("iscrowd", 0):
-            continue
-        counts = gt_counts.setdefault(annotation["category_id"], dict.fromkeys(AREA_LABELS, 0))
-        counts["all"] += 1
-        for size, (low, high) in AREA_RANGES.items():
-            counts[size] += int(low <= annotation["area"] < high)
-
     numbers = {
         "stats": {t: summary["stats"][t] for t in evaluations},
         "per_class": {},
-        "gt_counts": gt_counts,
+        "gt_counts": _ground_truth_counts(dataset, names),
         "score_threshold": score_threshold,
     }
     curves = {}
     for iou_type, evaluation in evaluations.items():
         numbers["per_class"][iou_type] = per_class_ap(evaluation)
-        recall, overall, per_class = pr_curves(evaluation)
-        curves[iou_type] = (
-            picture(
-                f"images/pr_{iou_type}.png",
-                line_chart_png(
-                    [(label, recall, values) for label, values in overall.items()],
-                    f"{iou_type}: precision-recall, all classes",
-                ),
-                f"{iou_type}: all classes",
-            ),
-            picture(
-                f"images/pr_{iou_type}_per_class.png",
-                line_chart_png(
-                    [(names.get(cat, str(cat)), recall, values) for cat, values in per_class.items()],
-                    f"{iou_type}: precision-recall per class at IoU 0.50",
-                ),
-                f"{iou_type}: per class, IoU 0.50",
-            ),
-        )
+        curves[iou_type] = _draw_pr_curves(evaluation, iou_type, names, picture)
 
     ranking_type = "segm" if "segm" in evaluations else next(iter(evaluations))
     pair_ious = evaluations[ranking_type].ious or _pair_ious_fallback(dataset, results, ranking_type)
@@ -295,15 +264,90 @@ def write_report(
     best = order[:num_images]
     worst = sorted(scores, key=lambda i: (scores[i]["f1"], -(scores[i]["fp"] + scores[i]["fn"]), i))[:num_images]
     worst = [i for i in worst if i not in best] or worst
+    image_dir = Path(image_dir) if image_dir is not None else _default_image_dir(ann_file)
+    shown, missing = _draw_ranked_images(
+        dataset,
+        results,
+        scores,
+        {"best": best, "worst": worst},
+        image_dir,
+        names,
+        score_threshold,
+        summary.get("convention", "original"),
+        picture,
+    )
+    if missing:
+        logger.warning("report: %d image(s) not drawn, e.g. %s", len(missing), missing[0])
+    numbers["images"] = {
+        "ranked_by": f"{ranking_type} F1 at IoU 0.5, score >= {score_threshold}",
+        **shown,
+        "not_drawn": missing,
+    }
+
+    index = report_dir / "index.html"
+    atomic_write_text(index, render_page(summary, numbers, names, curves, shown, pictures, missing))
+    atomic_write_json(report_dir / "report.json", numbers)
+    return index
+
+
+def _ground_truth_counts(dataset, names):
+    """{category id: {"all", "small", "medium", "large": non-crowd ground-truth objects}} (every category in
+    ``names`` listed, zeros included)."""
+    gt_counts = {cat: dict.fromkeys(AREA_LABELS, 0) for cat in names}
+    for annotation in dataset["annotations"]:
+        if annotation.get("iscrowd", 0):
+            continue
+        counts = gt_counts.setdefault(annotation["category_id"], dict.fromkeys(AREA_LABELS, 0))
+        counts["all"] += 1
+        for size, (low, high) in AREA_RANGES.items():
+            counts[size] += int(low <= annotation["area"] < high)
+    return gt_counts
+
+
+def _draw_pr_curves(evaluation, iou_type, names, picture):
+    """(all-classes picture index, per-class picture index): the two precision-recall charts of one IoU
+    type, written with ``picture(name, png bytes, caption) -> index``."""
+    from retinamask.evaluation.plots import line_chart_png
+
+    recall, overall, per_class = pr_curves(evaluation)
+    return (
+        picture(
+            f"images/pr_{iou_type}.png",
+            line_chart_png(
+                [(label, recall, values) for label, values in overall.items()],
+                f"{iou_type}: precision-recall, all classes",
+            ),
+            f"{iou_type}: all classes",
+        ),
+        picture(
+            f"images/pr_{iou_type}_per_class.png",
+            line_chart_png(
+                [(names.get(cat, str(cat)), recall, values) for cat, values in per_class.items()],
+                f"{iou_type}: precision-recall per class at IoU 0.50",
+            ),
+            f"{iou_type}: per class, IoU 0.50",
+        ),
+    )
+
+
+def _draw_ranked_images(dataset, results, scores, ranked, image_dir, names, score_threshold, convention, picture):
+    """({"best": [entry], "worst": [entry]}, [why each undrawn image was not drawn]).
+
+    ranked: {"best": [image id], "worst": [image id]}; each entry is the image's id, file name and
+    scores, plus the index of its JPEG (ground truth | detections, written with ``picture``) when drawn.
+    """
+    from retinamask.core.errors import InputError
+    from retinamask.formats.images import load_image_rgb
+
+    label_of = {c["id"]: i + 1 for i, c in enumerate(dataset["categories"])}
     images = {image["id"]: image for image in dataset["images"]}
     annotations_of, results_of = {}, {}
     for annotation in dataset["annotations"]:
         annotations_of.setdefault(annotation["image_id"], []).append(annotation)
     for result in results:
         results_of.setdefault(result["image_id"], []).append(result)
-    image_dir = Path(image_dir) if image_dir is not None else _default_image_dir(ann_file)
     shown, missing = {"best": [], "worst": []}, []
-    for group, ids in (("best", best), ("worst", worst)):
+    for group, ids in ranked.items():
         for rank, image_id in enumerate(ids, start=1):
             entry = {"image_id": image_id, "file_name": images[image_id]["file_name"], **scores[image_id]}
             path = image_dir / images[image_id]["file_name"] if image_dir is not None else None
@@ -319,21 +363,10 @@ def write_report(
                     names,
                     label_of,
                     score_threshold,
-                    summary.get("convention", "original"),
+                    convention,
                 )
                 entry["picture"] = picture(f"images/{group}_{rank}.jpg", data, entry["file_name"])
             except (InputError, OSError, ValueError) as e:
                 missing.append(f"{images[image_id]['file_name']}: {getattr(e, 'cause', e)}")
             shown[group].append(entry)
-    if missing:
-        logger.warning("report: %d image(s) not drawn, e.g. %s", len(missing), missing[0])
-    numbers["images"] = {
-        "ranked_by": f"{ranking_type} F1 at IoU 0.5, score >= {score_threshold}",
-        **shown,
-        "not_drawn": missing,
-    }
-
-    index = report_dir / "index.html"
-    atomic_write_text(index, render_page(summary, numbers, names, curves, shown, pictures, missing))
-    atomic_write_json(report_dir / "report.json", numbers)
-    return index
+    return shown, missing

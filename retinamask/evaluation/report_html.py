@@ -60,10 +60,22 @@ def _img(pictures, index, alt):
 
 def render_page(summary, numbers, names, curves, shown, pictures, missing):
     """The page as a string; arguments as ``report.write_report`` builds them."""
-    e = html.escape
     stats = numbers["stats"]
     types = list(stats)
-    parts = [
+    parts = _head(summary)
+    parts += _stats_table(stats, types)
+    parts += _size_table(stats, numbers["gt_counts"], types)
+    parts += _class_table(numbers, names, types)
+    parts += _curve_figures(curves, pictures, types)
+    parts += _image_figures(numbers["images"]["ranked_by"], shown, pictures, missing)
+    parts.append("</body></html>")
+    return "\n".join(parts) + "\n"
+
+
+def _head(summary):
+    """[html line]: the document head, the load warning, the title and the run's one-line description."""
+    e = html.escape
+    return [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
         "<title>RetinaMask evaluation report</title>",
@@ -71,14 +83,15 @@ def render_page(summary, numbers, names, curves, shown, pictures, missing):
         f"<script>{_SCRIPT}</script></head><body>",
         '<div id="load-warning"></div>',
         "<h1>RetinaMask evaluation report</h1>",
-    ]
-    parts.append(
         f'<p class="meta">{summary["images_evaluated"]} images evaluated ({e(str(summary["layout"]))} layout, '
         f"{e(str(summary.get('convention', 'original')))} convention, {summary['num_results']} detections, "
-        f"COCO backend {e(str(summary['stats'].get('backend')))}); outputs: {e(str(summary['results_dir']))}</p>"
-    )
+        f"COCO backend {e(str(summary['stats'].get('backend')))}); outputs: {e(str(summary['results_dir']))}</p>",
+    ]
 
-    parts.append("<h2>COCO stats</h2><table><tr><th>stat</th>" + "".join(f"<th>{t}</th>" for t in types) + "</tr>")
+
+def _stats_table(stats, types):
+    """[html line]: the 12 COCO stats, one column per IoU type."""
+    parts = ["<h2>COCO stats</h2><table><tr><th>stat</th>" + "".join(f"<th>{t}</th>" for t in types) + "</tr>"]
     for name in STAT_NAMES:
         parts.append(
             f"<tr><td>{_STAT_TITLES[name]}</td>"
@@ -86,16 +99,19 @@ def render_page(summary, numbers, names, curves, shown, pictures, missing):
             + "</tr>"
         )
     parts.append("</table>")
+    return parts
 
-    counts = numbers["gt_counts"]
+
+def _size_table(stats, counts, types):
+    """[html line]: AP and AR by object size with the number of ground-truth objects of each size."""
     totals = {size: sum(c[size] for c in counts.values()) for size in ("small", "medium", "large")}
-    parts.append(
+    parts = [
         '<h2>By object size</h2><p class="meta">small &lt; 32&sup2; px, medium &lt; 96&sup2; px, '
-        "large above (COCO's ranges; a detection's size is its own area).</p>"
-    )
-    parts.append(
-        "<table><tr><th>size</th><th>objects</th>" + "".join(f"<th>{t} AP</th><th>{t} AR</th>" for t in types) + "</tr>"
-    )
+        "large above (COCO's ranges; a detection's size is its own area).</p>",
+        "<table><tr><th>size</th><th>objects</th>"
+        + "".join(f"<th>{t} AP</th><th>{t} AR</th>" for t in types)
+        + "</tr>",
+    ]
     for size, key in (("small", "s"), ("medium", "m"), ("large", "l")):
         parts.append(
             f'<tr><td>{size}</td><td class="n">{totals[size]}</td>'
@@ -106,12 +122,18 @@ def render_page(summary, numbers, names, curves, shown, pictures, missing):
             + "</tr>"
         )
     parts.append("</table>")
+    return parts
 
-    parts.append(
+
+def _class_table(numbers, names, types):
+    """[html line]: AP, AP50, AP75 and AP by size of each class, with its number of ground-truth objects."""
+    e = html.escape
+    counts = numbers["gt_counts"]
+    parts = [
         "<h2>Per class</h2><table><tr><th>class</th><th>objects</th>"
         + "".join(f"<th>{t} AP</th><th>{t} AP50</th><th>{t} AP75</th><th>{t} APs / APm / APl</th>" for t in types)
         + "</tr>"
-    )
+    ]
     for cat_id, name in names.items():
         row = f'<tr><td>{e(name)}</td><td class="n">{counts.get(cat_id, {}).get("all", 0)}</td>'
         for t in types:
@@ -120,8 +142,13 @@ def render_page(summary, numbers, names, curves, shown, pictures, missing):
             row += f'<td class="n">{" / ".join(_fmt(ap[k]) for k in ("APs", "APm", "APl"))}</td>'
         parts.append(row + "</tr>")
     parts.append("</table>")
+    return parts
 
-    parts.append('<h2>Precision-recall curves</h2><div class="grid">')
+
+def _curve_figures(curves, pictures, types):
+    """[html line]: the precision-recall charts, inline."""
+    e = html.escape
+    parts = ['<h2>Precision-recall curves</h2><div class="grid">']
     for t in types:
         for index in curves[t]:
             parts.append(
@@ -129,8 +156,13 @@ def render_page(summary, numbers, names, curves, shown, pictures, missing):
                 f"<figcaption>{e(pictures[index][2])}</figcaption></figure>"
             )
     parts.append("</div>")
+    return parts
 
-    ranking = numbers["images"]["ranked_by"]
+
+def _image_figures(ranking, shown, pictures, missing):
+    """[html line]: the best and worst images (drawn ones inline) and the images that could not be drawn."""
+    e = html.escape
+    parts = []
     for group, title in (("best", "Best images"), ("worst", "Worst images")):
         parts.append(
             f'<h2>{title}</h2><p class="meta">Ranked by {e(ranking)}; left: ground truth, right: '
@@ -145,5 +177,4 @@ def render_page(summary, numbers, names, curves, shown, pictures, missing):
         parts.append("</div>")
     if missing:
         parts.append('<p class="meta">Not drawn: ' + "; ".join(e(m) for m in missing[:10]) + "</p>")
-    parts.append("</body></html>")
-    return "\n".join(parts) + "\n"
+    return parts

@@ -110,13 +110,7 @@ def run_inference(
     info = read_model_info(model_path, layout=layout, canvas_side=canvas_side, resize=resize)
     batch_size = _model_batch_size(info, batch_size)
 
-    items, listing_failed = collect_items(input_path, info.canvas_side, info.resize)
-    if not items and not listing_failed:
-        raise InputError("no images, .bin files or .info lines found", input_path)
-    if strict and listing_failed:
-        raise InputError(listing_failed[0]["cause"], listing_failed[0]["file"])
-    failures = jobs.Failures(strict, logger)
-    failures.items.extend(listing_failed)  # logged as they were listed
+    items, failures = _list_items(input_path, info, strict)
 
     output_dirname = output_dirname or default_output_dirname()
     out_dir = _output_folder(Path(output_dir) / output_dirname)
@@ -164,7 +158,24 @@ def run_inference(
             "images_per_s": inferred / wall_s if wall_s > 0 and inferred else 0.0,
         },
     }
-    summary_path = Path(output_dir) / f"{output_dirname}_summary.json"
+    return _write_summary(summary, Path(output_dir) / f"{output_dirname}_summary.json")
+
+
+def _list_items(input_path, info, strict):
+    """(items to infer, :class:`~retinamask.core.jobs.Failures` holding the listing's bad items).
+    InputError when nothing is listed, or for the first bad item under ``strict``."""
+    items, listing_failed = collect_items(input_path, info.canvas_side, info.resize)
+    if not items and not listing_failed:
+        raise InputError("no images, .bin files or .info lines found", input_path)
+    if strict and listing_failed:
+        raise InputError(listing_failed[0]["cause"], listing_failed[0]["file"])
+    failures = jobs.Failures(strict, logger)
+    failures.items.extend(listing_failed)  # logged as they were listed
+    return items, failures
+
+
+def _write_summary(summary, summary_path):
+    """Write ``summary`` to ``summary_path`` (JSON), then add that path to it; return it."""
     atomic_write_json(summary_path, summary)
     summary["summary_path"] = str(summary_path)
     return summary
