@@ -39,19 +39,10 @@ def reference_npz(reference_dir):
 @pytest.fixture(scope="session")
 def reference_model(reference_dir):
     """The R-50-FPN RetinaMask with the reference's synthetic weights (eval mode)."""
-    import importlib.util
-
     import torch
 
-    from retinamask.config import load_config
-    from retinamask.modeling import build_model
+    from benchmarks.reference import load_reference_model
 
-    spec_path = reference_dir / "synthetic_weights.py"
-    module_spec = importlib.util.spec_from_file_location("reference_synthetic_weights", spec_path)
-    weights = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(weights)
-    state = weights.synthetic_state_dict(weights.load_spec(reference_dir / "retinamask_R-50-FPN_state_dict_spec.json"))
-    model = build_model(load_config("retinanet_mask_R-50-FPN_2x_adjust_std011_ms"))
-    model.load_state_dict(state, strict=True)
+    model = load_reference_model(reference_dir)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     return model

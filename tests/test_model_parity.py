@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 import torch
-from torchvision.ops import box_iou
 
+from benchmarks.reference import match_detections
 from retinamask.modeling.poolers import map_levels
 
 LEVELS = (3, 4, 5, 6, 7)
@@ -74,20 +74,14 @@ def test_pre_nms_candidates_are_the_originals(direct_run, reference_npz):
 
 def _match(ours, ref_boxes, ref_labels, ref_scores):
     """Every reference detection matched by one of ours (same label, IoU >= 0.99, |dscore| <= 1e-4),
-    one to one, and none of ours left over. Returns our index for each reference row."""
-    ref_boxes = torch.from_numpy(ref_boxes)
+    one to one, and none of ours left over (benchmarks.reference's rules). Returns our index for each
+    reference row."""
     assert len(ours["boxes"]) == len(ref_boxes), "number of detections differs"
-    iou = box_iou(ref_boxes, ours["boxes"])
-    same_label = torch.from_numpy(ref_labels)[:, None] == ours["labels"][None, :]
-    close_score = (torch.from_numpy(ref_scores)[:, None] - ours["scores"][None, :]).abs() <= 1e-4
-    ok = (iou >= 0.99) & same_label & close_score
-    matched = []
-    for r in range(len(ref_boxes)):
-        candidates = [j for j in torch.nonzero(ok[r]).flatten().tolist() if j not in matched]
-        assert candidates, f"reference detection {r} ({ref_labels[r]}, {ref_boxes[r].tolist()}) has no match"
-        matched.append(max(candidates, key=lambda j: iou[r, j]))
-    assert sorted(matched) == list(range(len(ours["boxes"])))
-    return matched
+    match = match_detections(ours, ref_boxes, ref_labels, ref_scores)
+    for r, j in enumerate(match.ours_index):
+        assert j >= 0, f"reference detection {r} ({ref_labels[r]}, {ref_boxes[r].tolist()}) has no match"
+    assert match.complete
+    return match.ours_index
 
 
 def test_post_nms_top100_detections(direct_run, reference_npz):

@@ -75,7 +75,7 @@ class RetinaMask(nn.Module):
             ]
         )
         labels = torch.cat([det["labels"] for det in detections])
-        logits = self.mask(features, rois, labels) if rois.shape[0] else rois.new_zeros((0, 28, 28))
+        logits = self.mask(features, rois, labels).float() if rois.shape[0] else rois.new_zeros((0, 28, 28))
         levels = map_levels(
             rois[:, 1:],
             min_level=self.mask.feature_extractor.pooler.min_level,

@@ -69,7 +69,8 @@ class RetinaNetPostProcessor:
         """Per-image candidates of all levels: list of dicts boxes/scores/labels/levels/anchor_index."""
         per_image = [[] for _ in image_sizes]
         for level, (level_anchors, level_logits, level_reg) in enumerate(zip(anchors, logits, box_regression)):
-            scores, deltas = flatten_level(level_logits, level_reg, self.num_classes)
+            # float32 under autocast too (as the export graphs): decoding, NMS offsets, numpy outputs
+            scores, deltas = flatten_level(level_logits.float(), level_reg.float(), self.num_classes)
             scores = scores.sigmoid()
             is_candidate = scores > self.score_threshold
             top_n = is_candidate.flatten(1).sum(1).clamp(max=self.pre_nms_top_n)
