@@ -5,8 +5,8 @@ import logging
 
 import pytest
 
-from retinamask.core.cpu import CpuInfo, cpu_class, describe_cpu_class, read_cpu_info
-from retinamask.runtime.auto_backend import choose_backend
+from retinamask.core.cpu import CLASS_RULES, CpuInfo, cpu_class, describe_cpu_class, measured_class, read_cpu_info
+from retinamask.runtime.auto_backend import choose_backend, reduced_precision_note
 from retinamask.runtime.backends import create_session
 from test_runtime_fakes import build_fake_model
 
@@ -16,14 +16,26 @@ NO_AVX2 = CpuInfo.from_flags({"sse2"})
 BOTH = ("onnxruntime", "openvino")
 
 
-def test_cpu_classes_from_flags():
+XEON = CpuInfo.from_flags(
+    {"avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "avx_vnni"}, "GenuineIntel", "Intel(R) Xeon(R)"
+)
+
+
+def test_cpu_classes_from_vendor_and_flags():
     assert cpu_class(CLASS_A) == "A" and cpu_class(CLASS_B) == "B" and cpu_class(NO_AVX2) == "?"
-    # AVX-512 without VNNI: the AVX2 INT8 path, not class A
-    assert cpu_class(CpuInfo.from_flags({"avx2", "avx512f"})) == "B"
-    # bf16 is not part of the rule: AVX-512 + VNNI without it is class A, as --backend auto always chose
-    assert cpu_class(CpuInfo.from_flags({"avx2", "avx512f", "avx512_vnni"})) == "A"
+    assert cpu_class(XEON) == "C"  # bf16 and fp16, no AMX: the class where bf16 is measured slower
+    amx = CpuInfo.from_flags(XEON.flags | {"amx_tile", "amx_bf16"}, "GenuineIntel")
+    assert cpu_class(amx) == "D" and measured_class(amx) == "C"
+    # AVX-512 + VNNI without bf16 (or of another vendor): unmeasured, class A's figures stand in
+    other = CpuInfo.from_flags({"avx2", "avx512f", "avx512_vnni"}, "GenuineIntel")
+    assert cpu_class(other) == "E" and measured_class(other) == "A"
+    # AVX-512 without VNNI, unknown vendor: the AVX2 rules, unmeasured
+    assert cpu_class(CpuInfo.from_flags({"avx2", "avx512f"})) == "F"
+    assert [rule.name for rule in CLASS_RULES if rule.measured] == ["C", "A", "B"]
     assert describe_cpu_class(CLASS_B) == "class B (avx2 only)"
     assert describe_cpu_class(CLASS_A) == "class A (avx2 avx512f avx512_vnni avx512_bf16)"
+    assert describe_cpu_class(XEON) == "class C (Intel, avx2 avx512f avx512_vnni avx512_bf16 avx512_fp16, no amx)"
+    assert describe_cpu_class(other) == "class E (avx2 avx512f avx512_vnni; unmeasured, as class A)"
     assert describe_cpu_class(NO_AVX2) == "class ? (no avx2)"
 
 
@@ -48,7 +60,7 @@ def test_cpu_info_reads_vendor_model_and_the_flags_that_decide_speed(tmp_path):
     assert info.speed_flags == ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "avx512_fp16")
     assert info.avx512 and info.vnni and info.avx512_bf16 and info.avx512_fp16 and not info.amx
     assert "vnmi" not in info.flags  # "vmx flags" is another line
-    assert cpu_class(info) == "A"
+    assert cpu_class(info) == "C"
     assert read_cpu_info(tmp_path / "missing") == CpuInfo() and cpu_class(CpuInfo()) == "?"
 
 
@@ -60,12 +72,34 @@ def test_cpu_info_reads_vendor_model_and_the_flags_that_decide_speed(tmp_path):
         (CLASS_B, False, "onnxruntime"),
         (CLASS_B, True, "onnxruntime"),
         (NO_AVX2, False, "onnxruntime"),
+        (XEON, False, "openvino"),  # ONNX Runtime unmeasured there: class A's comparison stands in
+        (CpuInfo.from_flags({"avx2", "fma"}, "GenuineIntel"), False, "onnxruntime"),  # class F, as B
     ],
 )
 def test_fastest_cpu_runtime_per_class(cpu, quantized, expected):
     choice = choose_backend("fp32", "cpu", quantized=quantized, cpu=cpu, installed=BOTH)
     assert choice.backend == expected
     assert choice.reason  # one line says why
+
+
+def test_unmeasured_or_stand_in_choices_say_so():
+    assert (
+        "unmeasured on class F"
+        in choose_backend("fp32", "cpu", cpu=CpuInfo.from_flags({"avx2"}), installed=BOTH).reason
+    )
+    assert "as on class A" in choose_backend("fp32", "cpu", cpu=XEON, installed=BOTH).reason
+    measured = choose_backend("fp32", "cpu", cpu=CLASS_A, installed=BOTH)
+    assert measured.reason.startswith("fastest on class A") and "unmeasured" not in measured.reason
+
+
+def test_reduced_precision_notes_per_class():
+    # bf16 on the Intel class: measured slower than fp32, one line says so
+    note = reduced_precision_note("bf16", XEON)
+    assert "measured 1.85x slower than fp32 on this CPU class" in note and "\n" not in note
+    assert reduced_precision_note("bf16", CLASS_A) is None  # measured faster there
+    assert reduced_precision_note("fp32", XEON) is None
+    assert "not measured" in reduced_precision_note("fp16", XEON)
+    assert "not measured" in reduced_precision_note("bf16", CpuInfo.from_flags({"avx2", "avx512f", "avx512_vnni"}))
 
 
 def test_precision_and_device_decide_before_speed():

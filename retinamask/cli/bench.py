@@ -30,7 +30,11 @@ def add_arguments(parser):
         help="auto (default): the fastest installed runtime for this CPU and precision",
     )
     parser.add_argument("--device", choices=DEVICES, default="cpu")
-    parser.add_argument("--precision", default="fp32", help="fp32 (default), bf16 (OpenVINO), fp16 (TensorRT)")
+    parser.add_argument(
+        "--precision",
+        default="fp32",
+        help="fp32 (default), bf16 (OpenVINO), fp16 (TensorRT; OpenVINO where the CPU has avx512_fp16)",
+    )
     parser.add_argument("--threads", type=int, default=None, help="inference threads (default: physical cores)")
     parser.add_argument(
         "--cache-dir", "--cache_dir", dest="cache_dir", default=None, help="keep optimized/compiled models here"
@@ -44,7 +48,17 @@ def add_arguments(parser):
         help="OpenVINO performance hint",
     )
     parser.add_argument(
-        "--compare", action="store_true", help="run every backend/precision available here and print a Markdown table"
+        "--compare",
+        action="store_true",
+        help="run every backend/precision route available here and print a Markdown table "
+        "(marks the fastest exact route, the fastest route and the one --backend auto runs)",
+    )
+    parser.add_argument(
+        "--int8-model",
+        "--int8_model",
+        dest="int8_model",
+        default=None,
+        help="with --compare: an INT8 export of the same model, timed as the int8 route of each CPU runtime",
     )
     parser.add_argument("--json", dest="json_path", default=None, help="also write the results as JSON here")
     add_resize_argument(parser)
@@ -73,6 +87,7 @@ def run(args):
             cache_dir=args.cache_dir,
             resize=args.resize,
             image_hw=image_hw,
+            int8_model=args.int8_model,
         )
         print(format_table(rows))
         result = {"model": args.model, "loop": args.loop, "warmup": args.warmup, "rows": rows}

@@ -2,18 +2,22 @@
 
 :class:`CpuInfo` holds what /proc/cpuinfo says about the first processor: vendor, model name and
 its feature flags; its properties name the flags that decide which runtime and precision are
-fast (AVX2, AVX-512, VNNI, bf16, AMX, fp16). :func:`cpu_class` is the rule the measurements are
-filed under (benchmarks/RESULTS.md, one section per class) and that ``--backend auto`` decides by
-(runtime/auto_backend.py):
+fast. :func:`cpu_class` files a CPU under the first row of :data:`CLASS_RULES` that it fits:
+the vendor (microarchitecture family) and the flags that decide speed -- AVX2, AVX-512, VNNI,
+avx512_bf16 with or without AMX tiles, avx512_fp16. Measurements are filed per class
+(benchmarks/RESULTS.md) and ``--backend auto`` decides by them (runtime/auto_backend.py):
 
-- **A**: AVX-512 with VNNI (``avx512f`` + ``avx512_vnni``). Measured: AMD EPYC with avx512_bf16
-  too. bf16 is not required: ``--backend auto`` has chosen by these two flags since it exists, and
-  an Intel Xeon with them (and bf16, fp16) is class A as well (../shared/facts/cpu-classes.md).
-- **B**: AVX2 without them. Measured: AMD EPYC, avx2 only.
-- **?**: neither, or /proc/cpuinfo unreadable.
+- **A**: AMD, AVX-512 + VNNI + avx512_bf16 (AMD EPYC, Zen 4 family). Measured: bf16 ~2x fp32.
+- **B**: AMD, AVX2 only. Measured: no bf16 in OpenVINO; AVX2 INT8 kernels.
+- **C**: Intel, AVX-512 + VNNI + avx512_bf16 + avx512_fp16, no AMX exposed (a Xeon of the
+  Sapphire Rapids family as a VM shows it). Measured (issue 17): bf16 ~1.85x *slower* than fp32.
+- **D**: AMX tiles (``amx_tile``): unmeasured; figures of class C stand in.
+- **E**: any other AVX-512 + VNNI CPU: unmeasured; figures of class A stand in.
+- **F**: any other AVX2 CPU: unmeasured; figures of class B stand in.
+- **?**: no AVX2, or /proc/cpuinfo unreadable.
 
-The rule is the ordered table :data:`CLASS_RULES`: the first class whose flags the CPU has all of.
-A finer split (vendor, microarchitecture, bf16, AMX, fp16) adds rows there and fields here.
+An unmeasured class is never assumed fast in reduced precision: ``--backend auto`` runs what is
+measured faster in fp32 on its stand-in class and says the class is unmeasured.
 """
 
 import os
@@ -36,12 +40,48 @@ SPEED_FLAGS = (
     "avx512_fp16",
 )
 # What a class's one-line description shows (``describe_cpu_class``).
-CLASS_DESCRIPTION_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile")
-# (class, the flags a CPU of that class has all of), checked in order; the first match wins.
+CLASS_DESCRIPTION_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile")
+AMD, INTEL = "AuthenticAMD", "GenuineIntel"
+
+
+@dataclass(frozen=True)
+class CpuClass:
+    """One row of :data:`CLASS_RULES`. A CPU fits when it has every flag of ``requires``, none of
+    ``excludes`` and (where set) the ``vendor``. ``stand_in``: "" for a measured class, else the
+    measured class whose figures stand in for it."""
+
+    name: str
+    summary: str
+    requires: frozenset
+    vendor: str = ""
+    excludes: frozenset = frozenset()
+    stand_in: str = ""
+
+    @property
+    def measured(self):
+        return not self.stand_in
+
+    def fits(self, info):
+        return self.requires <= info.flags and not (self.excludes & info.flags) and self.vendor in ("", info.vendor)
+
+
+_AVX512_VNNI = frozenset({"avx2", "avx512f", "avx512_vnni"})
+# Checked in order; the first class a CPU fits wins.
 CLASS_RULES = (
-    ("A", frozenset({"avx512f", "avx512_vnni"})),
-    ("B", frozenset({"avx2"})),
+    CpuClass("D", "AMX tiles", frozenset({"avx512f", "amx_tile"}), stand_in="C"),
+    CpuClass(
+        "C",
+        "Intel, AVX-512 + VNNI + bf16 + fp16, no AMX",
+        _AVX512_VNNI | {"avx512_bf16", "avx512_fp16"},
+        vendor=INTEL,
+        excludes=frozenset({"amx_tile"}),
+    ),
+    CpuClass("A", "AMD, AVX-512 + VNNI + bf16", _AVX512_VNNI | {"avx512_bf16"}, vendor=AMD),
+    CpuClass("E", "AVX-512 + VNNI", frozenset({"avx512f", "avx512_vnni"}), stand_in="A"),
+    CpuClass("B", "AMD, AVX2 only", frozenset({"avx2"}), vendor=AMD, excludes=frozenset({"avx512_vnni"})),
+    CpuClass("F", "AVX2", frozenset({"avx2"}), stand_in="B"),
 )
+CLASSES = {rule.name: rule for rule in CLASS_RULES}
 UNKNOWN_CLASS = "?"
 
 
@@ -118,22 +158,36 @@ def this_cpu():
 
 
 def cpu_class(info=None):
-    """'A', 'B' or '?' (see the module docstring) for ``info`` (default: this machine)."""
+    """The name of the first :data:`CLASS_RULES` row ``info`` (default: this machine) fits, else '?'."""
+    rule = cpu_class_rule(info)
+    return UNKNOWN_CLASS if rule is None else rule.name
+
+
+def cpu_class_rule(info=None):
+    """The :class:`CpuClass` ``info`` (default: this machine) fits, or None."""
     info = this_cpu() if info is None else info
-    for name, required in CLASS_RULES:
-        if required <= info.flags:
-            return name
-    return UNKNOWN_CLASS
+    return next((rule for rule in CLASS_RULES if rule.fits(info)), None)
+
+
+def measured_class(info=None):
+    """The class whose measurements apply to ``info``: its own, or its stand-in's; '?' for none."""
+    rule = cpu_class_rule(info)
+    return UNKNOWN_CLASS if rule is None else (rule.stand_in or rule.name)
 
 
 def describe_cpu_class(info=None):
-    """E.g. 'class A (avx2 avx512f avx512_vnni avx512_bf16)' or 'class B (avx2 only)'."""
+    """E.g. 'class A (avx2 avx512f avx512_vnni avx512_bf16)', 'class B (avx2 only)', or for an
+    unmeasured class 'class E (avx2 avx512f avx512_vnni; unmeasured, as class A)'."""
     info = this_cpu() if info is None else info
-    klass = cpu_class(info)
-    if klass == "B":
-        return "class B (avx2 only)"
+    rule = cpu_class_rule(info)
+    if rule is None:
+        return f"class {UNKNOWN_CLASS} (no avx2)"
     shown = [flag for flag in CLASS_DESCRIPTION_FLAGS if flag in info.flags]
-    return f"class {klass} ({' '.join(shown) or 'no avx2'})"
+    flags = "avx2 only" if shown == ["avx2"] else " ".join(shown)
+    if rule.name == "C":
+        flags = f"Intel, {flags}, no amx"
+    unmeasured = f"; unmeasured, as class {rule.stand_in}" if rule.stand_in else ""
+    return f"class {rule.name} ({flags}{unmeasured})"
 
 
 def physical_cores():

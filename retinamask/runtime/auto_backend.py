@@ -1,36 +1,49 @@
-"""``--backend auto``: the fastest installed runtime for this CPU at the requested precision.
+"""``--backend auto``: the fastest installed runtime for this CPU at the requested precision, and
+what is known about a reduced precision on this CPU.
 
-The choice is a rule drawn from side-by-side measurements (benchmarks/RESULTS.md, one
-section per CPU class), not a timing taken at start-up: a start-up race would cost
-seconds per command and pick differently from run to run on a busy machine.
+The choice is a rule drawn from side-by-side measurements (benchmarks/RESULTS.md, one section per
+CPU class of :mod:`retinamask.core.cpu`), not a timing taken at start-up: a start-up race would
+cost seconds per command and pick differently from run to run on a busy machine.
 
-Measured, R-50 RetinaMask end2end 1344x1344 batch 1 (``python -m benchmarks.suite``); the CPU
-classes are :func:`retinamask.core.cpu.cpu_class`'s:
+Measured, R-50 RetinaMask end2end, batch 1, s / image:
 
-=========================  ===================================  ====================================
-CPU class                  fp32 (s / image)                     INT8 model (s / image)
-=========================  ===================================  ====================================
-A: AVX-512 + VNNI (+bf16)  OpenVINO 4.21, ONNX Runtime 4.48     OpenVINO 1.18, ONNX Runtime 1.23
-B: AVX2 only               ONNX Runtime 5.89, OpenVINO 6.19     ONNX Runtime 2.84, OpenVINO 3.09
-=========================  ===================================  ====================================
+=====================================  ===================================  ==================================
+CPU class                              fp32                                 INT8 model
+=====================================  ===================================  ==================================
+A: AMD, AVX-512 + VNNI + bf16          OpenVINO 4.21, ONNX Runtime 4.48     OpenVINO 1.18, ONNX Runtime 1.23
+B: AMD, AVX2 only                      ONNX Runtime 5.89, OpenVINO 6.19     ONNX Runtime 2.84, OpenVINO 3.09
+C: Intel, AVX-512 + bf16 + fp16        OpenVINO 2.94 (ONNX Runtime: -)      OpenVINO 0.44 at 800x1088
+=====================================  ===================================  ==================================
 
-bf16 (and fp16 on the CPU) run only in OpenVINO; CUDA and TensorRT only in ONNX Runtime.
-The precision is never changed: fp32 stays fp32 (OpenVINO is told to run f32 exactly,
-see backends.py), so ``auto`` never trades exactness for speed.
+(A and B at 1344², C from issue 17.) A class without a measurement of both runtimes (C; the
+unmeasured classes D, E, F) runs what is measured faster on its stand-in class, and the line
+says so.
+
+``auto`` never changes the precision: fp32 stays fp32 (OpenVINO is told to run f32 exactly), and
+bf16 / fp16 run only when asked for. Asked for on a CPU class where it is measured slower than
+fp32, or never measured, one line says so (:func:`reduced_precision_note`).
 """
 
 from dataclasses import dataclass
 
-from retinamask.core.cpu import cpu_class, describe_cpu_class
+from retinamask.core.cpu import CLASSES, cpu_class, cpu_class_rule, describe_cpu_class
 
 AUTO = "auto"
 
-# (CPU class, model kind) -> runtime, with the measurement behind it (s / image, R-50 1344², batch 1)
+# (CPU class, model kind) -> runtime, with the measurement behind it (s / image, R-50, batch 1)
 _FASTEST_CPU_RUNTIME = {
     ("A", "fp32"): ("openvino", "OpenVINO fp32 4.21 s vs ONNX Runtime 4.48 s"),
     ("A", "int8"): ("openvino", "OpenVINO INT8 1.18 s vs ONNX Runtime 1.23 s"),
     ("B", "fp32"): ("onnxruntime", "ONNX Runtime fp32 5.89 s vs OpenVINO 6.19 s"),
     ("B", "int8"): ("onnxruntime", "ONNX Runtime INT8 2.84 s vs OpenVINO 3.09 s"),
+}
+# Measured classes whose runtimes were not both measured: the class whose comparison stands in.
+_RUNTIME_STAND_IN = {"C": "A"}
+
+# (CPU class, precision) -> (ratio of its time to fp32's on OpenVINO, the measurement). > 1: slower.
+REDUCED_PRECISION_MEASURED = {
+    ("A", "bf16"): (0.51, "OpenVINO bf16 2.14 s vs fp32 4.21 s (R-50 1344², AMD EPYC)"),
+    ("C", "bf16"): (1.85, "OpenVINO bf16 2633 vs fp32 1412 ms (R-50 800x1088; 5389 vs 2940 ms at 1344²)"),
 }
 
 
@@ -56,15 +69,44 @@ def choose_backend(precision="fp32", device="cpu", quantized=False, cpu=None, in
         return BackendChoice("onnxruntime", f"only ONNX Runtime runs --device {device}")
     if precision in ("bf16", "fp16"):
         return BackendChoice("openvino", f"only OpenVINO runs {precision} on the CPU")
-    klass = cpu_class(cpu)
     kind = "int8" if quantized else "fp32"
-    backend, measured = _FASTEST_CPU_RUNTIME.get((klass, kind), ("onnxruntime", None))
     described = describe_cpu_class(cpu)
+    klass = cpu_class(cpu)
+    rule = CLASSES.get(klass)
+    source = klass if rule is None else _RUNTIME_STAND_IN.get(klass, rule.stand_in or klass)
+    backend, measured = _FASTEST_CPU_RUNTIME.get((source, kind), ("onnxruntime", None))
     if measured is None:
         return BackendChoice("onnxruntime", f"no measurement for this CPU ({described}): the portable default")
     if backend not in installed:
         return BackendChoice("onnxruntime", f"{backend} is faster on {described} ({measured}) but not installed")
+    if source != klass:
+        what = "unmeasured" if rule.stand_in else "both runtimes not measured"
+        return BackendChoice(
+            backend, f"{what} on {described}; as on class {source}: {measured} (R-50 1344², benchmarks/RESULTS.md)"
+        )
     return BackendChoice(backend, f"fastest on {described}: {measured} (R-50 1344², benchmarks/RESULTS.md)")
+
+
+def reduced_precision_note(precision, cpu=None):
+    """None, or one line on what is known of ``precision`` (bf16 / fp16) against fp32 on this CPU's
+    class: measured slower, or never measured. Nothing for fp32, or where it is measured faster."""
+    if precision not in ("bf16", "fp16"):
+        return None
+    rule = cpu_class_rule(cpu)
+    described = describe_cpu_class(cpu)
+    klass = rule.name if rule is not None else cpu_class(cpu)
+    ratio, measured = REDUCED_PRECISION_MEASURED.get((klass, precision), (None, None))
+    if ratio is not None and ratio > 1:
+        return (
+            f"{precision} is measured {ratio:.2f}x slower than fp32 on this CPU class ({described}: {measured}); "
+            "--precision fp32 is faster and exact"
+        )
+    if ratio is None:
+        return (
+            f"{precision} is not measured on this CPU class ({described}); it can be slower than fp32 "
+            "(1.85x on class C): `retinamask bench --compare` times it here"
+        )
+    return None
 
 
 def _installed_runtimes():

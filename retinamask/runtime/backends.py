@@ -125,6 +125,12 @@ def create_session(
             OPENVINO_STATIC_SHAPES if static_shapes is None else static_shapes,
         )
     session.choice = choice
+    if device == "cpu":
+        from retinamask.runtime.auto_backend import reduced_precision_note
+
+        note = reduced_precision_note(precision)
+        if note is not None:  # bf16 / fp16 measured slower than fp32 here, or never measured
+            logger.warning(note)
     return session
 
 
@@ -134,8 +140,8 @@ def create_session(
 
 def candidate_configurations():
     """Every (backend, device, precision) worth benchmarking, each with None or the
-    reason it cannot run here: ORT CPU fp32; OpenVINO fp32 and bf16 (if the CPU has
-    bf16); ORT CUDA fp32 and TensorRT fp32/fp16 (if onnxruntime-gpu has them)."""
+    reason it cannot run here: ORT CPU fp32; OpenVINO fp32, bf16 and fp16 (where the CPU has
+    their kernels); ORT CUDA fp32 and TensorRT fp32/fp16 (if onnxruntime-gpu has them)."""
     import onnxruntime as ort
 
     rows = [("onnxruntime", "cpu", "fp32", None)]
@@ -144,7 +150,9 @@ def candidate_configurations():
 
         capabilities = openvino_capabilities()
         rows.append(("openvino", "cpu", "fp32", None))
-        rows.append(("openvino", "cpu", "bf16", None if "BF16" in capabilities else "no bf16 on this CPU"))
+        rows.append(("openvino", "cpu", "bf16", None if "BF16" in capabilities else "no bf16 kernels on this CPU"))
+        fp16 = None if "FP16" in capabilities else "no fp16 kernels on this CPU (needs avx512_fp16)"
+        rows.append(("openvino", "cpu", "fp16", fp16))
     except ImportError:
         rows.append(("openvino", "cpu", "fp32", "openvino not installed"))
     available = ort.get_available_providers()

@@ -162,13 +162,24 @@ def _batch_for(info, batch_size):
 
 
 def compare_backends(
-    model_path, batch_size=None, loop=20, warmup=3, threads=None, cache_dir=None, resize=None, image_hw=DEFAULT_IMAGE_HW
+    model_path,
+    batch_size=None,
+    loop=20,
+    warmup=3,
+    threads=None,
+    cache_dir=None,
+    resize=None,
+    image_hw=DEFAULT_IMAGE_HW,
+    int8_model=None,
 ):
-    """Benchmark every (backend, device, precision) of ``backends.candidate_configurations``.
+    """Benchmark every precision route of ``backends.candidate_configurations`` on this machine
+    (fp32, bf16, fp16 per runtime and device), plus, with ``int8_model`` (an INT8 export of the same
+    model), its INT8 route on each CPU runtime. A quantized ``model_path`` is labelled int8 itself.
 
-    Returns a list of row dicts (those of :func:`run_benchmark`); a configuration that
-    cannot run here has ``error`` set instead of timings. The row that ``--backend auto``
-    runs (CPU, fp32) has ``auto`` set to the reason it is chosen.
+    Returns a list of row dicts (those of :func:`run_benchmark`, with ``route``: the precision as
+    the table shows it); a route that cannot run here has ``error`` set instead of timings. Marks:
+    ``auto`` (the reason ``--backend auto`` runs that row: CPU, fp32), ``fastest_exact`` (the
+    fastest fp32 CPU row) and ``fastest`` (the fastest row of all).
     """
     from retinamask.formats.model_info import read_model_info
     from retinamask.runtime.auto_backend import choose_backend
@@ -177,18 +188,25 @@ def compare_backends(
     info = read_model_info(model_path, resize=resize)
     batch_size = _batch_for(info, batch_size)
     choice = choose_backend("fp32", "cpu", quantized=info.quantized)
+    routes = [(model_path, info, *config) for config in candidate_configurations()]
+    if int8_model is not None:
+        int8_info = read_model_info(int8_model, resize=resize)
+        if not int8_info.quantized:
+            raise RetinaMaskError("--int8-model is not an INT8 (quantized) export", int8_info.path)
+        routes += [(int8_model, int8_info, *c) for c in candidate_configurations() if c[1:3] == ("cpu", "fp32")]
     rows = []
-    for backend, device, precision, reason in candidate_configurations():
-        row = {"backend": backend, "device": device, "precision": precision, "batchsize": batch_size}
-        if (backend, device, precision) == (choice.backend, "cpu", "fp32"):
+    for path, model_info, backend, device, precision, reason in routes:
+        route = "int8" if model_info.quantized and precision == "fp32" else precision
+        row = {"backend": backend, "device": device, "precision": precision, "route": route, "batchsize": batch_size}
+        if path == model_path and (backend, device, precision) == (choice.backend, "cpu", "fp32"):
             row["auto"] = choice.reason
         if reason is not None:
             rows.append({**row, "error": reason})
             continue
-        logger.info("benchmarking %s %s %s ...", backend, device, precision)
+        logger.info("benchmarking %s %s %s ...", backend, device, route)
         try:
             result = run_benchmark(
-                model_path,
+                path,
                 backend,
                 device,
                 precision,
@@ -197,17 +215,28 @@ def compare_backends(
                 warmup,
                 threads=threads,
                 cache_dir=cache_dir,
-                model_info=info,
+                model_info=model_info,
                 image_hw=image_hw,
             )
-            rows.append({**result, **({"auto": row["auto"]} if "auto" in row else {})})
+            rows.append({**row, **result})
         except RetinaMaskError as e:
             rows.append({**row, "error": e.cause})
         except Exception as e:  # e.g. a GPU that fails at run time: one row fails, not the table
             if device == "cpu":
                 raise
             rows.append({**row, "error": f"failed: {type(e).__name__}: {' '.join(str(e).split())[:200]}"})
+    _mark_fastest(rows)
     return rows
+
+
+def _mark_fastest(rows):
+    """``fastest_exact`` on the fastest timed fp32 CPU row, ``fastest`` on the fastest timed row."""
+    timed = [row for row in rows if "mean_ms" in row]
+    exact = [row for row in timed if row["route"] == "fp32" and row["device"] == "cpu"]
+    if exact:
+        min(exact, key=lambda row: row["mean_ms"])["fastest_exact"] = True
+    if timed:
+        min(timed, key=lambda row: row["mean_ms"])["fastest"] = True
 
 
 def format_stats(result):
@@ -227,27 +256,39 @@ def format_stats(result):
 
 
 def format_table(rows):
-    """One Markdown table for :func:`compare_backends` rows."""
+    """One Markdown table for :func:`compare_backends` rows, then a line each for the fastest exact
+    route, the fastest route and the one ``--backend auto`` runs."""
     lines = [
         "| backend | device | precision | batch | mean ms | p50 ms | p90 ms | p99 ms | images/s | load s | note |",
         "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for row in rows:
         auto = " (auto)" if row.get("auto") else ""
-        head = f"| {row['backend']}{auto} | {row['device']} | {row['precision']} | {row['batchsize']} |"
+        head = (
+            f"| {row['backend']}{auto} | {row['device']} | {row.get('route', row['precision'])} | {row['batchsize']} |"
+        )
         if "error" in row:
             note = row["error"] if row["error"].startswith("failed") else "unavailable: " + row["error"]
             lines.append(head + " - | - | - | - | - | - | " + note.replace("|", "/") + " |")
         else:
+            marks = [name for key, name in (("fastest_exact", "fastest exact"), ("fastest", "fastest")) if row.get(key)]
             lines.append(
                 head + f" {row['mean_ms']:.2f} | {row['p50_ms']:.2f} | {row['p90_ms']:.2f} | {row['p99_ms']:.2f} |"
-                f" {row['throughput']:.3f} | {row['load_s']:.2f} | |"
+                f" {row['throughput']:.3f} | {row['load_s']:.2f} | {', '.join(marks)} |"
             )
+    lines.append("")
+    for key, what in (("fastest_exact", "Fastest exact route (fp32)"), ("fastest", "Fastest route")):
+        row = next((row for row in rows if row.get(key)), None)
+        if row is not None:
+            lines.append(f"{what}: {_route_name(row)}, {row['mean_ms']:.2f} ms")
     chosen = next((row for row in rows if row.get("auto")), None)
     if chosen is not None:
-        lines.append("")
         lines.append(
             f"--backend auto (the default) runs {chosen['backend']} {chosen['device']} "
             f"{chosen['precision']}: {chosen['auto']}"
         )
     return "\n".join(lines)
+
+
+def _route_name(row):
+    return f"{row['backend']} {row['device']} {row.get('route', row['precision'])}"

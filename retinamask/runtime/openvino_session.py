@@ -1,7 +1,15 @@
 """OpenVINO sessions on the CPU. They run float32 unless asked otherwise (the CPU plugin would
 default to bf16 where the CPU has it); a precision OpenVINO would not run exactly as asked is an
 error (:class:`~retinamask.runtime.session.BackendUnavailable`). Dynamic-H/W models: one dynamic
-compile, or with ``static_shapes`` a static compile per canvas shape."""
+compile, or with ``static_shapes`` a static compile per canvas shape.
+
+In bf16 and fp16 the in-graph post-processing stays float32 (:func:`keep_postprocessing_f32`):
+the top-K / NMS index arithmetic, the box decoding and the mask head's RoI boxes and levels.
+"""
+
+import tempfile
+import xml.etree.ElementTree as ElementTree
+from pathlib import Path
 
 import numpy as np
 
@@ -31,6 +39,7 @@ class OpenVinoSession(Session):
         self.num_outputs = len(compiled.outputs)
         self.compile_for_shape = compile_for_shape
         self.requests = {}  # canvas shape -> infer request of its static compile
+        self.kept_f32 = frozenset()  # names of the nodes kept float32 in a bf16 / fp16 run
 
     def _request_for(self, batch):
         if self.compile_for_shape is None:
@@ -71,24 +80,24 @@ def create_openvino_session(
         raise BackendUnavailable(f"performance hint must be one of {PERFORMANCE_HINTS}, got {performance_hint!r}")
     core = ov.Core()
     capabilities = core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
-    if precision != "fp32" and precision.upper() not in capabilities:
-        raise BackendUnavailable(
-            f"this CPU cannot run {precision} in OpenVINO (its capabilities: {', '.join(capabilities)})"
-        )
+    _check_precision_capability(precision, capabilities)
     config = {
         "INFERENCE_PRECISION_HINT": OPENVINO_PRECISION[precision],
         "PERFORMANCE_HINT": performance_hint,
         "INFERENCE_NUM_THREADS": threads,
         **runtime_options,
     }
+    kept = frozenset()
     try:
         if cache_dir is not None:
             cache_dir.mkdir(parents=True, exist_ok=True)
             core.set_property({"CACHE_DIR": str(cache_dir)})
+        if precision == "fp32" and cache_dir is not None:
             # compiling from the path lets a cache hit skip reading the model
             compiled = core.compile_model(str(path), "CPU", config)
         else:
-            compiled = core.compile_model(core.read_model(str(path)), "CPU", config)
+            model, kept = read_openvino_model(core, path, precision)
+            compiled = core.compile_model(model, "CPU", config)
     except Exception as e:
         raise BackendUnavailable(f"OpenVINO could not compile the model: {e}") from None
     applied = _element_type_name(compiled.get_property("INFERENCE_PRECISION_HINT"))
@@ -99,11 +108,116 @@ def create_openvino_session(
     if info.image_sizes_name is not None and static_shapes:
 
         def compile_for_shape(shape):
-            model = core.read_model(str(path))
-            model.reshape({0: ov.PartialShape(list(shape)), 1: ov.PartialShape([shape[0], 2])})
+            model, _ = read_openvino_model(core, path, precision, shape)
             return core.compile_model(model, "CPU", config)
 
-    return OpenVinoSession(compiled, info, precision, applied, compile_for_shape)
+    session = OpenVinoSession(compiled, info, precision, applied, compile_for_shape)
+    session.kept_f32 = kept
+    return session
+
+
+def _check_precision_capability(precision, capabilities):
+    """One line, as a BackendUnavailable, where this CPU has no kernels for ``precision``."""
+    if precision == "fp32" or precision.upper() in capabilities:
+        return
+    needs = {"bf16": "avx512_bf16 (or AMX)", "fp16": "avx512_fp16 (or AMX-FP16)"}[precision]
+    raise BackendUnavailable(
+        f"{precision} is unavailable on this CPU: OpenVINO runs it with {needs}; its capabilities here: "
+        f"{', '.join(capabilities)} (use --precision fp32)"
+    )
+
+
+def read_openvino_model(core, path, precision, shape=None):
+    """(the model of ``path`` as OpenVINO will compile it, the names of the nodes kept float32).
+
+    shape: a static input shape (B, 3, H, W) for a dynamic-H/W model, else None. For bf16 / fp16
+    the post-processing is kept float32 (:func:`keep_postprocessing_f32`); fp32 is read as it is.
+    """
+    import openvino as ov
+
+    model = core.read_model(str(path))
+    if shape is not None:
+        model.reshape({0: ov.PartialShape(list(shape)), 1: ov.PartialShape([shape[0], 2])})
+    if precision == "fp32":
+        return model, frozenset()
+    return keep_postprocessing_f32(core, model)
+
+
+# Ops whose float32 arithmetic the post-processing must keep: the dense convolutions stop it.
+_HEAVY_OPS = {"Convolution", "GroupConvolution", "ConvolutionBackpropData", "GroupConvolutionBackpropData", "MatMul"}
+_POSTPROCESSING_SEEDS = {"TopK", "NonMaxSuppression"}
+_GRAPH_EDGES = {"Parameter", "Constant", "Result"}
+# OpenVINO's runtime attribute that keeps a node's original (f32) precision in a reduced-precision
+# compile; the CPU plugin reads it for bf16 and f16 alike. Python cannot construct it, so the model
+# takes a round trip through IR, where it is written as an attribute.
+_KEEP_PRECISION_ATTRIBUTE = {"name": "DisablePrecisionConversion", "version": "0", "value": "dynamic:f16,bf16"}
+
+
+def postprocessing_node_names(model):
+    """Friendly names of the post-processing nodes of an OpenVINO ``model``: everything downstream
+    of a TopK / NonMaxSuppression up to the next convolution (the index arithmetic, gathers, box
+    decoding, NMS, the mask head's RoI boxes, levels and RoIAlign), plus the shape / anchor
+    arithmetic feeding them that no convolution feeds."""
+    ops = model.get_ordered_ops()
+
+    def consumers(node):
+        return [target.get_node() for output in node.outputs() for target in output.get_target_inputs()]
+
+    def producers(node):
+        return [source.get_source_output().get_node() for source in node.inputs()]
+
+    def closure(start, step, stop):
+        seen, stack = set(), list(start)
+        while stack:
+            node = stack.pop()
+            name = node.get_friendly_name()
+            if name not in seen and not stop(node):
+                seen.add(name)
+                stack.extend(step(node))
+        return seen
+
+    after_heavy = closure(
+        [c for op in ops if op.get_type_name() in _HEAVY_OPS for c in consumers(op)], consumers, _never
+    )
+    seeds = [op for op in ops if op.get_type_name() in _POSTPROCESSING_SEEDS]
+    post = closure(seeds, consumers, lambda node: node.get_type_name() in _HEAVY_OPS | _GRAPH_EDGES)
+    by_name = {op.get_friendly_name(): op for op in ops}
+    feeding = closure(
+        [p for name in post for p in producers(by_name[name])],
+        producers,
+        lambda node: node.get_type_name() in _GRAPH_EDGES or node.get_friendly_name() in after_heavy,
+    )
+    return frozenset(post | feeding)
+
+
+def _never(_node):
+    return False
+
+
+def keep_postprocessing_f32(core, model):
+    """(``model`` with its :func:`postprocessing_node_names` marked to keep float32 in a bf16 / fp16
+    compile, those names). Without the mark, the CPU plugin runs the mask head's RoI index and level
+    arithmetic in bf16, and in f16 the top-K index arithmetic overflows (GatherElements: "indices
+    values exceed data size")."""
+    import openvino as ov
+
+    names = postprocessing_node_names(model)
+    if not names:
+        return model, names
+    with tempfile.TemporaryDirectory() as folder:
+        xml_path = Path(folder) / "model.xml"
+        ov.save_model(model, str(xml_path), compress_to_fp16=False)
+        tree = ElementTree.parse(xml_path)
+        for layer in tree.iter("layer"):
+            if layer.get("name") in names:
+                rt_info = layer.find("rt_info")
+                if rt_info is None:
+                    rt_info = ElementTree.SubElement(layer, "rt_info")
+                ElementTree.SubElement(rt_info, "attribute", _KEEP_PRECISION_ATTRIBUTE)
+        tree.write(xml_path)
+        # the weights are read into memory here, before the folder goes
+        marked = core.read_model(str(xml_path), str(xml_path.with_suffix(".bin")), {"ENABLE_MMAP": False})
+    return marked, names
 
 
 def _element_type_name(value):
