@@ -31,6 +31,7 @@ COMMANDS = {
     "infer": "infer",
     "evaluate": "evaluate",
     "bench": "bench",
+    "serve": "serve",
 }
 
 # One-line help per subcommand, kept here so --help does not import every module.
@@ -44,6 +45,7 @@ HELP = {
     "infer": "run an exported model over .bin files or images (ais_bench-style outputs)",
     "evaluate": "inference outputs -> COCO results JSON + bbox/segm mAP",
     "bench": "pure-inference benchmark of an exported model (ais_bench-style)",
+    "serve": "serve a model over HTTP: web page, /v1/predict with RLE masks, metrics, Ray Serve",
 }
 
 

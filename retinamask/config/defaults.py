@@ -169,6 +169,9 @@ _C.TEST.DETECTIONS_PER_IMG = 100
 # (retinamask) dataset classes: names in label order (label 1 = first name);
 # empty = the 80 COCO classes.
 _C.CLASS_NAMES = ()
+# (retinamask) the dataset's category id of each label (label 1 = first id), as COCO results name
+# them; empty = COCO's ids for the 80 COCO classes, else 1..K.
+_C.CATEGORY_IDS = ()
 
 _C.OUTPUT_DIR = "."
 _C.PATHS_CATALOG = "maskrcnn_benchmark/config/paths_catalog.py"

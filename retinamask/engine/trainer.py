@@ -105,11 +105,12 @@ def seed_everything(seed):
 
 
 def config_for_dataset(cfg, dataset, output_dir=None, max_iter=None):
-    """A copy of ``cfg`` with CLASS_NAMES = the dataset's categories (sorted by id),
+    """A copy of ``cfg`` with CLASS_NAMES and CATEGORY_IDS = the dataset's categories (sorted by id),
     RETINANET.NUM_CLASSES = K + 1, and optionally OUTPUT_DIR and SOLVER.MAX_ITER."""
     cfg = cfg.clone()
     cfg.defrost()
     cfg.CLASS_NAMES = tuple(dataset.class_names)
+    cfg.CATEGORY_IDS = tuple(int(i) for i in dataset.category_ids)
     cfg.RETINANET.NUM_CLASSES = len(dataset.class_names) + 1
     if output_dir is not None:
         cfg.OUTPUT_DIR = str(output_dir)

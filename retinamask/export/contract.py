@@ -4,6 +4,7 @@ export writes, and the checks an exported graph must pass before it is written."
 import json
 
 from retinamask import __version__
+from retinamask.config.classes import category_ids_from_config
 from retinamask.core.contract import CANVAS_SIDE_METADATA_KEY, IMAGE_SIZES_INPUT, OUTPUT_NAMES
 from retinamask.core.errors import RetinaMaskError
 from retinamask.core.resize import ResizePolicy, SeedResize
@@ -30,6 +31,7 @@ def contract_metadata(cfg, model, layout, policy, max_detections, batch):
         "retinamask.pixel_mean": json.dumps([float(v) for v in cfg.INPUT.PIXEL_MEAN]),
         "retinamask.pixel_std": json.dumps([float(v) for v in cfg.INPUT.PIXEL_STD]),
         "retinamask.class_names": json.dumps(list(model.class_names)),
+        "retinamask.category_ids": json.dumps([int(i) for i in category_ids_from_config(cfg)]),
         "retinamask.score_threshold": str(float(postprocessor.score_threshold)),
         "retinamask.nms_threshold": str(float(postprocessor.nms_threshold)),
         "retinamask.max_detections": str(int(max_detections)),

@@ -50,29 +50,63 @@ def load_image_rgb(path):
     if size == 0:
         raise InputError("empty file (0 bytes)", path)
 
+    return _decode(path, path)
+
+
+class NotAnImage(InputError):
+    """The bytes are no image format Pillow knows (an HTTP server answers 415, not 422)."""
+
+
+def decode_image_bytes(data, source="request body", max_pixels=None):
+    """Image file bytes (PNG, JPEG, ...) -> uint8 [H, W, 3] RGB, as :func:`load_image_rgb` decodes a file.
+
+    ``source`` names the bytes in errors. ``max_pixels``: refuse (before decoding) an image of more
+    pixels. Raises :class:`NotAnImage` for bytes of no known image format, InputError for empty,
+    truncated or corrupt data, a decompression bomb or too many pixels.
+    """
+    import io
+
+    if not data:
+        raise InputError("empty image (0 bytes)", source)
+    if max_pixels is not None:
+        try:
+            with Image.open(io.BytesIO(data)) as img:
+                width, height = img.size
+        except UnidentifiedImageError:
+            raise NotAnImage("not an image Pillow can decode (unrecognised file format)", source) from None
+        except Exception:  # a header Pillow cannot even size: _decode gives the precise cause
+            width = height = 0
+        if width * height > max_pixels:
+            raise InputError(f"{width}x{height} = {width * height} pixels, more than the limit {max_pixels}", source)
+    return _decode(io.BytesIO(data), source)
+
+
+def _decode(file, where):
+    """Fully decode ``file`` (a path or a binary file object) -> uint8 [H, W, 3] RGB; one InputError naming
+    ``where`` for every failure."""
     truncated_setting = ImageFile.LOAD_TRUNCATED_IMAGES
     ImageFile.LOAD_TRUNCATED_IMAGES = False
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
+            with Image.open(file) as img:
                 img.load()
-                return _to_rgb_array(img, path)
+                return _to_rgb_array(img, where)
     except InputError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise InputError(f"refused as a possible decompression bomb: {e}", path) from None
+        raise InputError(f"refused as a possible decompression bomb: {e}", where) from None
     except UnidentifiedImageError:
-        raise InputError("not an image Pillow can decode (unrecognised file format)", path) from None
+        raise NotAnImage("not an image Pillow can decode (unrecognised file format)", where) from None
     except PermissionError:
-        raise InputError("cannot read: permission denied", path) from None
+        raise InputError("cannot read: permission denied", where) from None
     except MemoryError:
-        raise InputError("not enough memory to decode this image", path) from None
+        raise InputError("not enough memory to decode this image", where) from None
     except Exception as e:  # Pillow reports corrupt data as OSError, SyntaxError, ValueError, zlib.error...
         text = str(e) or type(e).__name__
         if "truncated" in text.lower():
-            raise InputError(f"truncated image data ({text})", path) from None
-        raise InputError(f"corrupt or unreadable image data ({type(e).__name__}: {text})", path) from None
+            raise InputError(f"truncated image data ({text})", where) from None
+        raise InputError(f"corrupt or unreadable image data ({type(e).__name__}: {text})", where) from None
     finally:
         ImageFile.LOAD_TRUNCATED_IMAGES = truncated_setting
 

@@ -27,6 +27,7 @@ from retinamask.core.contract import PIXEL_STD as DEFAULT_PIXEL_STD
 from retinamask.core.errors import InputError
 from retinamask.core.resize import POLICIES, ResizePolicy, SeedResize, policy_from_metadata, policy_named
 from retinamask.formats.onnx_graph import (
+    category_ids_meta,
     check_outputs,
     class_names_meta,
     elem_dtype,
@@ -101,6 +102,7 @@ class ModelInfo:
     pixel_mean: tuple = DEFAULT_PIXEL_MEAN
     pixel_std: tuple = DEFAULT_PIXEL_STD
     class_names: tuple | None = None
+    stored_category_ids: tuple | None = None  # metadata retinamask.category_ids (exports since serving)
     score_threshold: float | None = None
     nms_threshold: float = 0.4
     max_detections: int = DEFAULT_MAX_DETECTIONS
@@ -114,6 +116,16 @@ class ModelInfo:
     def __post_init__(self):
         if self.resize is None and self.canvas_side:
             object.__setattr__(self, "resize", SeedResize(self.canvas_side))
+
+    @property
+    def category_ids(self):
+        """The category id of each label 1..K: the metadata's, else COCO's ids for COCO's 80 class names,
+        else 1..K (K: the class names', else the largest label the outputs may hold is unknown: ())."""
+        if self.stored_category_ids is not None:
+            return self.stored_category_ids
+        from retinamask.formats.coco_classes import default_category_ids
+
+        return default_category_ids(self.class_names or ())
 
     @property
     def dynamic_hw(self):
@@ -339,6 +351,7 @@ def _described_fields(metadata, path):
         "pixel_mean": floats_meta(metadata, "pixel_mean", path) or DEFAULT_PIXEL_MEAN,
         "pixel_std": floats_meta(metadata, "pixel_std", path) or DEFAULT_PIXEL_STD,
         "class_names": class_names_meta(metadata, path),
+        "stored_category_ids": category_ids_meta(metadata, path),
         "score_threshold": float_meta(metadata, "score_threshold", path),
         "nms_threshold": float_meta(metadata, "nms_threshold", path) or 0.4,
     }

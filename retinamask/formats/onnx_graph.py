@@ -134,6 +134,20 @@ def floats_meta(metadata, key, path):
     return numbers
 
 
+def category_ids_meta(metadata, path):
+    """metadata retinamask.category_ids: the category id of each label 1..K, or None (older exports)."""
+    value = metadata.get(META_PREFIX + "category_ids")
+    if value is None:
+        return None
+    try:
+        ids = json.loads(value)
+    except ValueError:
+        ids = None
+    if not isinstance(ids, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+        raise InputError("metadata retinamask.category_ids is not a JSON list of integers", path)
+    return tuple(ids)
+
+
 def class_names_meta(metadata, path):
     value = metadata.get(META_PREFIX + "class_names")
     if value is None:

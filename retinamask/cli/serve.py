@@ -1,0 +1,116 @@
+"""``retinamask serve``: the HTTP service (FastAPI + uvicorn) on one machine, or as a Ray Serve deployment.
+
+Binds 127.0.0.1 unless ``--host`` says otherwise. SIGTERM (or Ctrl-C): not ready any more, every
+accepted request is answered, exit 0.
+"""
+
+import logging
+from pathlib import Path
+
+from retinamask.core.errors import EXIT_OK, ConfigError
+
+HELP = "serve a model over HTTP (web page, /v1/predict with RLE masks, metrics; Ray Serve for scale)"
+log = logging.getLogger(__name__)
+
+
+def add_arguments(parser):
+    parser.add_argument("--model", "-m", type=Path, help="exported ONNX model (default: the shipped model)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    parser.add_argument("--port", type=int, default=8000, help="port (default 8000; 0: any free port)")
+    parser.add_argument("--backend", default="auto", choices=["auto", "onnxruntime", "openvino"])
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda", "tensorrt"])
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"])
+    parser.add_argument("--sessions", type=int, default=1, help="model sessions, one worker thread each (default 1)")
+    parser.add_argument("--threads", type=int, default=None, help="threads per session (default: CPUs / sessions)")
+    parser.add_argument("--max-batch", type=int, default=1, help="images per model run (dynamic batching; default 1)")
+    parser.add_argument("--batch-wait-ms", type=float, default=2.0, help="wait for same-canvas company (default 2)")
+    parser.add_argument("--max-queue", type=int, default=16, help="images waiting before 503 (default 16)")
+    parser.add_argument("--timeout-s", type=float, default=30.0, help="a request's budget before 504 (default 30)")
+    parser.add_argument("--max-image-mb", type=float, default=16.0, help="request body limit, 413 (default 16)")
+    parser.add_argument("--max-pixels", type=int, default=40_000_000, help="decoded image limit, 422 (default 40M)")
+    parser.add_argument("--api-key", default=None, help="require this key (default: $RETINAMASK_API_KEY, else none)")
+    ray = parser.add_argument_group("Ray Serve (pip install 'retinamask[ray]')")
+    ray.add_argument(
+        "--ray",
+        nargs="?",
+        const="local",
+        default=None,
+        metavar="ADDRESS",
+        help="run as a Ray Serve deployment (no ADDRESS: a local Ray instance)",
+    )
+    ray.add_argument("--replicas", type=int, default=1, help="fixed number of replicas (default 1)")
+    ray.add_argument("--autoscale", default=None, metavar="MIN:MAX", help="autoscale between MIN and MAX replicas")
+    ray.add_argument(
+        "--ray-config",
+        type=Path,
+        default=None,
+        metavar="OUT.yaml",
+        help="write the equivalent Serve config for 'serve deploy' and exit",
+    )
+
+
+def settings_from_args(args):
+    from retinamask.serve.settings import ServeSettings
+
+    if args.model is not None and not args.model.is_file():
+        raise ConfigError("model file not found", args.model)
+    return ServeSettings(
+        model=args.model,
+        backend=args.backend,
+        device=args.device,
+        precision=args.precision,
+        sessions=args.sessions,
+        threads=args.threads,
+        max_batch=args.max_batch,
+        batch_wait_ms=args.batch_wait_ms,
+        max_queue=args.max_queue,
+        timeout_s=args.timeout_s,
+        max_image_mb=args.max_image_mb,
+        max_pixels=args.max_pixels,
+        api_key=ServeSettings.api_key_from_env(args.api_key),
+        host=args.host,
+        port=args.port,
+    )
+
+
+def run(args):
+    settings = settings_from_args(args)
+    if args.ray_config is not None or args.ray is not None:
+        from retinamask.serve.ray_serve import run_on_ray, write_serve_config
+
+        if args.ray_config is not None:
+            path = write_serve_config(args.ray_config, settings, args.replicas, args.autoscale)
+            print(f"wrote the Serve config {path} (deploy it with: serve deploy {path})")
+            return EXIT_OK
+        return run_on_ray(settings, args.ray, args.replicas, args.autoscale)
+    serve_forever(settings)
+    return EXIT_OK
+
+
+def serve_forever(settings):
+    """uvicorn on settings.host:port until SIGTERM/SIGINT; then drain and return."""
+    import uvicorn
+
+    from retinamask.serve.app import create_app
+
+    if settings.host not in ("127.0.0.1", "localhost", "::1") and not settings.api_key:
+        log.warning("binding %s without --api-key: anyone who reaches this address can use the server", settings.host)
+    app = create_app(settings, log=log.info)
+    state = app.state.server
+
+    class DrainingServer(uvicorn.Server):
+        def handle_exit(self, sig, frame):
+            state.ready, state.draining = False, True  # readiness drops at once; accepted requests finish
+            super().handle_exit(sig, frame)
+
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level="info",
+        access_log=False,
+        timeout_graceful_shutdown=int(settings.timeout_s) + 5,
+    )
+    server = DrainingServer(config)
+    log.info("serving on http://%s:%d (web page at /, API docs at /docs)", settings.host, settings.port)
+    server.run()

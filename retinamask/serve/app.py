@@ -1,0 +1,268 @@
+"""``create_app``: the HTTP service as a library object (FastAPI), used by ``retinamask serve``, the tests
+and the Ray Serve deployment alike.
+
+Routes: POST /v1/predict, GET /v1/health/live, GET /v1/health/ready, GET /v1/models, GET /metrics,
+GET /docs (OpenAPI), GET / (the web page). Image decoding, pre- and post-processing and encoding run in
+worker threads (never on the event loop); inference runs on the batcher's session threads.
+"""
+
+import asyncio
+import contextlib
+import hmac
+import logging
+import time
+from importlib import resources
+from typing import Literal
+
+from fastapi import FastAPI, Query, Request
+from fastapi.responses import HTMLResponse, ORJSONResponse, Response
+from starlette.concurrency import run_in_threadpool
+
+from retinamask.core.errors import InputError
+from retinamask.formats.images import NotAnImage, decode_image_bytes
+from retinamask.serve import encode
+from retinamask.serve.batcher import Batcher, Draining, QueueFull
+from retinamask.serve.errors import ServeError, install_handlers
+from retinamask.serve.metrics import STAGES, ServeMetrics
+from retinamask.serve.request import image_bytes, read_body
+
+logger = logging.getLogger(__name__)
+PREDICT = "/v1/predict"
+
+
+class ServerState:
+    """What the routes share: the model, the batcher, the metrics, readiness."""
+
+    def __init__(self, settings, model):
+        self.settings = settings
+        self.model = model
+        self.metrics = ServeMetrics()
+        self.batcher = None
+        self.ready = False
+        self.draining = False
+
+    def start(self):
+        self.batcher = Batcher(
+            self.model.runners(),
+            max_batch=self.model.max_batch,
+            batch_wait_s=self.settings.batch_wait_ms / 1000.0,
+            max_queue=self.settings.max_queue,
+            observe=self.metrics.observe_batcher,
+        )
+        seconds = self.model.warm_up()
+        logger.info("warm-up: %s s per session; ready", ", ".join(f"{s:.2f}" for s in seconds))
+        self.ready = True
+
+    def stop(self, timeout=None):
+        """Not ready any more; every accepted image still runs; then the workers stop."""
+        self.ready, self.draining = False, True
+        if self.batcher is not None:
+            self.batcher.drain(timeout)
+            self.batcher.close()
+
+
+def create_app(settings=None, model=None, log=logger.info):
+    """The FastAPI app. ``settings``: a ServeSettings (default: all defaults, the shipped model).
+    ``model``: a ServedModel to serve instead of loading ``settings.model``."""
+    from retinamask.serve.model import ServedModel
+    from retinamask.serve.settings import ServeSettings
+
+    settings = settings or ServeSettings()
+    state = ServerState(settings, model or ServedModel(settings, log=log))
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        await run_in_threadpool(state.start)
+        yield
+        await run_in_threadpool(state.stop, settings.timeout_s)
+
+    app = FastAPI(
+        title="retinamask",
+        summary="RetinaMask instance segmentation: boxes, labels, scores and COCO RLE masks",
+        version=_version(),
+        lifespan=lifespan,
+        default_response_class=ORJSONResponse,
+    )
+    app.state.server = state
+    install_handlers(app)
+    _add_accounting(app, state)
+    _add_routes(app, state)
+    return app
+
+
+def _version():
+    from retinamask import __version__
+
+    return __version__
+
+
+def _add_accounting(app, state):
+    """Requests by route and status, latency, in-flight requests and response bytes, for every route."""
+    metrics = state.metrics
+
+    @app.middleware("http")
+    async def account(request, call_next):
+        route = request.url.path if request.url.path in _ROUTES else "other"
+        started = time.perf_counter()
+        metrics.in_flight.inc()
+        try:
+            response = await call_next(request)
+        finally:
+            metrics.in_flight.dec()
+        metrics.requests.labels(route, str(response.status_code)).inc()
+        metrics.request_seconds.labels(route).observe(time.perf_counter() - started)
+        size = response.headers.get("content-length")
+        if size is not None:
+            metrics.response_bytes.labels(route).observe(int(size))
+        return response
+
+
+_ROUTES = {PREDICT, "/v1/health/live", "/v1/health/ready", "/v1/models", "/metrics", "/"}
+
+
+def _check_key(state, request):
+    """401 unless the request carries the configured API key (constant-time compare)."""
+    expected = state.settings.api_key
+    if not expected:
+        return
+    given = request.headers.get("x-api-key") or ""
+    authorization = request.headers.get("authorization", "")
+    if authorization.lower().startswith("bearer "):
+        given = authorization[7:].strip()
+    if not hmac.compare_digest(given.encode(), expected.encode()):
+        raise ServeError(
+            401,
+            "unauthorized",
+            "missing or wrong API key (send Authorization: Bearer KEY or X-API-Key: KEY)",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+
+
+def _add_routes(app, state):
+    @app.get("/v1/health/live", summary="The process is up")
+    async def live():
+        return {"status": "live"}
+
+    @app.get("/v1/health/ready", summary="Warm and accepting work (503 before the warm-up and while draining)")
+    async def ready():
+        if not state.ready:
+            reason = "draining" if state.draining else "warming up"
+            return ORJSONResponse({"status": reason}, status_code=503, headers={"Retry-After": "1"})
+        return {"status": "ready"}
+
+    @app.get("/v1/models", summary="The served model: classes, layout, resize policy, runtime, input contract")
+    async def models(request: Request):
+        _check_key(state, request)
+        return {"models": [state.model.describe()]}
+
+    @app.get("/metrics", summary="Prometheus metrics", response_class=Response)
+    async def metrics():
+        return Response(state.metrics.exposition(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def page():
+        return HTMLResponse(resources.files("retinamask.serve").joinpath("static/index.html").read_text("utf-8"))
+
+    @app.get("/static/{name}", include_in_schema=False)
+    async def static(name: str):
+        return _static_file(name)
+
+    @app.post(PREDICT, summary="Detect and segment one image", response_class=ORJSONResponse)
+    async def predict(
+        request: Request,
+        score_threshold: float = Query(0.0, ge=0.0, le=1.0, description="drop detections scoring below"),
+        max_detections: int = Query(100, ge=1, le=1000, description="at most this many, best first"),
+        masks: Literal["rle", "polygon", "none"] = Query("rle", description="mask encoding"),
+        format: Literal["json", "png"] = Query("json", description="JSON results or the overlay PNG"),
+    ):
+        _check_key(state, request)
+        return await _predict(state, request, score_threshold, max_detections, masks, format)
+
+
+_STATIC_TYPES = {".js": "text/javascript", ".css": "text/css", ".html": "text/html"}
+
+
+def _static_file(name):
+    from pathlib import PurePosixPath
+
+    suffix = PurePosixPath(name).suffix
+    if "/" in name or name.startswith(".") or suffix not in _STATIC_TYPES:
+        raise ServeError(404, "not_found", f"no static file {name!r}")
+    try:
+        text = resources.files("retinamask.serve").joinpath(f"static/{name}").read_text("utf-8")
+    except FileNotFoundError:
+        raise ServeError(404, "not_found", f"no static file {name!r}") from None
+    return Response(text, media_type=_STATIC_TYPES[suffix])
+
+
+async def _predict(state, request, score_threshold, max_detections, masks, response_format):
+    settings, model = state.settings, state.model
+    if not state.ready:
+        raise ServeError(503, "not_ready", "the server is not ready (warming up or draining)", {"Retry-After": "1"})
+    started = time.perf_counter()
+    deadline = started + settings.timeout_s
+    timings = {}
+
+    body = await read_body(request, settings.max_body_bytes)
+    data = await image_bytes(request, body)
+    rgb = await _timed(timings, "decode", _decode, data, settings.max_pixels)
+    prepared = await _timed(timings, "preprocess", model.prepare, rgb)
+    try:
+        item = state.batcher.submit(prepared, prepared.canvas_hw)
+    except QueueFull as e:
+        raise ServeError(503, "queue_full", f"overloaded: {e}; retry later", {"Retry-After": "1"}) from None
+    except Draining:
+        raise ServeError(503, "draining", "the server is shutting down", {"Retry-After": "1"}) from None
+    try:
+        outputs = await asyncio.wait_for(asyncio.wrap_future(item.future), max(deadline - time.perf_counter(), 0))
+    except TimeoutError:
+        item.future.cancel()
+        raise ServeError(504, "timeout", f"no answer within --timeout-s {settings.timeout_s:g} s") from None
+    except Exception as e:  # the runtime failed: its traceback is in the log (batcher)
+        raise ServeError(500, "inference_failed", f"inference failed ({type(e).__name__}): {e}") from None
+    timings["queue"] = item.started - item.enqueued
+    timings["infer"] = item.finished - item.started
+    detections = await _timed(timings, "postprocess", model.finish, outputs, prepared)
+    keep = encode.select(detections, score_threshold, max_detections)
+    if response_format == "png":
+        names = list(model.info.class_names or ())
+        png = await _timed(timings, "encode", encode.overlay_png, rgb, detections, keep, names, score_threshold)
+        state.metrics.observe_stages(timings)
+        return Response(png, media_type="image/png", headers=_timing_headers(timings))
+    names = list(model.info.class_names or ())
+    results = await _timed(timings, "encode", encode.coco_results, detections, keep, model.category_ids, names, masks)
+    state.metrics.observe_stages(timings)
+    return Response(encode.json_bytes(_body(model, rgb.shape, timings, results)), media_type="application/json")
+
+
+async def _timed(timings, stage, function, *args):
+    started = time.perf_counter()
+    result = await run_in_threadpool(function, *args)
+    timings[stage] = time.perf_counter() - started
+    return result
+
+
+def _decode(data, max_pixels):
+    try:
+        return decode_image_bytes(data, "the uploaded image", max_pixels=max_pixels)
+    except NotAnImage as e:
+        raise ServeError(415, "not_an_image", e.cause) from None
+    except InputError as e:
+        raise ServeError(422, "bad_image", e.cause) from None
+
+
+def _body(model, shape, timings, results):
+    """The JSON answer: image size, model, resize policy, runtime, per-stage times, COCO results."""
+    return {
+        "image": {"height": int(shape[0]), "width": int(shape[1])},
+        "model": model.name,
+        "resize": model.info.resize.describe(),
+        "backend": model.backend,
+        "precision": model.precision,
+        "timings_ms": {stage: round(timings[stage] * 1000, 3) for stage in STAGES if stage in timings},
+        "detections": results,
+    }
+
+
+def _timing_headers(timings):
+    return {"Server-Timing": ", ".join(f"{stage};dur={seconds * 1000:.1f}" for stage, seconds in timings.items())}

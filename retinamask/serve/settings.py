@@ -1,0 +1,68 @@
+"""What a server is started with: the model, the runtime, the batching and the limits."""
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from retinamask.core.errors import ConfigError
+
+API_KEY_ENV = "RETINAMASK_API_KEY"
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """model: an exported .onnx (None: the shipped model's ONNX). sessions: worker threads, each with its own
+    session of ``threads`` intra-op threads (None: the usable CPUs divided among the sessions).
+    max_batch / batch_wait_ms: dynamic batching (images of one canvas, at most max_batch, waiting at most
+    batch_wait_ms for company). max_queue: images waiting for a session before 503. timeout_s: a request's
+    whole budget before 504. max_image_mb: request body limit (413). max_pixels: decoded image limit (422).
+    api_key: required as ``Authorization: Bearer KEY`` or ``X-API-Key: KEY`` on /v1/predict and /v1/models.
+    """
+
+    model: Path | None = None
+    backend: str = "auto"
+    device: str = "cpu"
+    precision: str = "fp32"
+    sessions: int = 1
+    threads: int | None = None
+    max_batch: int = 1
+    batch_wait_ms: float = 2.0
+    max_queue: int = 16
+    timeout_s: float = 30.0
+    max_image_mb: float = 16.0
+    max_pixels: int = 40_000_000
+    api_key: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 8000
+
+    def __post_init__(self):
+        for name in ("sessions", "max_batch", "max_queue", "max_pixels"):
+            if int(getattr(self, name)) < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        for name in ("timeout_s", "max_image_mb"):
+            if not float(getattr(self, name)) > 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be > 0, got {getattr(self, name)}")
+        if float(self.batch_wait_ms) < 0:
+            raise ConfigError(f"--batch-wait-ms must be >= 0, got {self.batch_wait_ms}")
+        if self.threads is not None and int(self.threads) < 1:
+            raise ConfigError(f"--threads must be >= 1, got {self.threads}")
+        if not 0 <= int(self.port) <= 65535:
+            raise ConfigError(f"--port must be 0..65535, got {self.port}")
+
+    @property
+    def max_body_bytes(self):
+        return int(self.max_image_mb * 1024 * 1024)
+
+    @property
+    def session_threads(self):
+        """Intra-op threads per session."""
+        if self.threads is not None:
+            return int(self.threads)
+        from retinamask.core.parallel import usable_cpus
+
+        return max(1, usable_cpus() // int(self.sessions))
+
+    @staticmethod
+    def api_key_from_env(value=None):
+        """``value`` (the flag), else $RETINAMASK_API_KEY, else None (no key required)."""
+        return value or os.environ.get(API_KEY_ENV) or None

@@ -1,0 +1,159 @@
+// The retinamask page: send an image to POST /v1/predict, draw its masks, boxes, labels and scores
+// from the JSON (no second request when the score slider moves). No external resources.
+"use strict";
+
+const state = { image: null, result: null };
+const $ = (id) => document.getElementById(id);
+
+function colour(categoryId) {
+  const hue = (categoryId * 137.508) % 360;  // golden-angle hues: neighbours differ
+  return `hsl(${hue.toFixed(1)}, 85%, 50%)`;
+}
+
+function rgbOf(css) {
+  const probe = document.createElement("canvas").getContext("2d");
+  probe.fillStyle = css;
+  probe.fillRect(0, 0, 1, 1);
+  return probe.getImageData(0, 0, 1, 1).data;
+}
+
+// COCO compressed RLE (pycocotools rleFrString) -> run lengths, column-major, starting with zeros.
+function rleCounts(text) {
+  const counts = [];
+  let p = 0;
+  while (p < text.length) {
+    let x = 0, k = 0, more = true;
+    while (more) {
+      const c = text.charCodeAt(p) - 48;
+      x |= (c & 0x1f) << (5 * k);
+      more = (c & 0x20) !== 0;
+      p++; k++;
+      if (!more && (c & 0x10)) x |= -1 << (5 * k);
+    }
+    if (counts.length > 2) x += counts[counts.length - 2];
+    counts.push(x);
+  }
+  return counts;
+}
+
+function paintMask(pixels, width, rle, rgb) {
+  const [h] = rle.size;
+  const counts = typeof rle.counts === "string" ? rleCounts(rle.counts) : rle.counts;
+  let index = 0;
+  counts.forEach((run, i) => {
+    if (i % 2 === 1) {
+      for (let j = index; j < index + run; j++) {
+        const row = j % h, col = (j / h) | 0, o = 4 * (row * width + col);
+        pixels[o] = (pixels[o] + rgb[0]) >> 1;
+        pixels[o + 1] = (pixels[o + 1] + rgb[1]) >> 1;
+        pixels[o + 2] = (pixels[o + 2] + rgb[2]) >> 1;
+      }
+    }
+    index += run;
+  });
+}
+
+function visible() {
+  const threshold = parseFloat($("score").value);
+  return state.result.detections.filter((d) => d.score >= threshold);
+}
+
+function draw() {
+  const canvas = $("overlay"), img = state.image, shown = visible();
+  canvas.width = img.naturalWidth;
+  canvas.height = img.naturalHeight;
+  const ctx = canvas.getContext("2d");
+  ctx.drawImage(img, 0, 0);
+  const frame = ctx.getImageData(0, 0, canvas.width, canvas.height);
+  shown.forEach((d) => {
+    if (d.segmentation && d.segmentation.counts !== undefined) {
+      paintMask(frame.data, canvas.width, d.segmentation, rgbOf(colour(d.category_id)));
+    }
+  });
+  ctx.putImageData(frame, 0, 0);
+  const font = Math.max(12, Math.round(canvas.width / 50));
+  ctx.font = `${font}px system-ui, sans-serif`;
+  ctx.lineWidth = Math.max(1, canvas.width / 400);
+  shown.forEach((d) => {
+    const [x, y, w, h] = d.bbox, c = colour(d.category_id);
+    ctx.strokeStyle = c;
+    ctx.strokeRect(x, y, w, h);
+    const text = `${d.category_name} ${d.score.toFixed(2)}`;
+    const tw = ctx.measureText(text).width + 6;
+    ctx.fillStyle = c;
+    ctx.fillRect(x, Math.max(0, y - font - 4), tw, font + 4);
+    ctx.fillStyle = "#fff";
+    ctx.fillText(text, x + 3, Math.max(font, y - 4));
+  });
+  table(shown);
+  document.body.dataset.shown = String(shown.length);
+}
+
+function table(shown) {
+  const body = $("detections").tBodies[0];
+  body.replaceChildren(...shown.map((d, i) => {
+    const row = document.createElement("tr");
+    const swatch = `<span class="swatch" style="background:${colour(d.category_id)}"></span>`;
+    row.innerHTML = `<td class="num">${i + 1}</td><td>${swatch}${d.category_name}</td>` +
+      `<td class="num">${d.score.toFixed(3)}</td><td class="num">${d.bbox.map((v) => v.toFixed(1)).join(", ")}</td>`;
+    return row;
+  }));
+  const timings = $("timings").tBodies[0];
+  const entries = Object.entries(state.result.timings_ms);
+  timings.replaceChildren(...entries.map(([stage, ms]) => {
+    const row = document.createElement("tr");
+    row.innerHTML = `<td>${stage}</td><td class="num">${ms.toFixed(1)}</td>`;
+    return row;
+  }));
+}
+
+function status(text, error) {
+  $("status").textContent = text;
+  $("status").classList.toggle("error", Boolean(error));
+}
+
+async function send(file) {
+  document.body.dataset.state = "busy";
+  status(`sending ${file.name} (${(file.size / 1024).toFixed(0)} KB)…`);
+  const headers = { "Content-Type": file.type || "application/octet-stream" };
+  if ($("key").value) headers["Authorization"] = `Bearer ${$("key").value}`;
+  try {
+    const response = await fetch("v1/predict", { method: "POST", headers, body: file });
+    const body = await response.json();
+    if (!response.ok) throw new Error(`${response.status}: ${body.error ? body.error.message : response.statusText}`);
+    state.result = body;
+    state.image = await loadImage(file);
+    $("result").hidden = false;
+    draw();
+    status(`${file.name}: ${body.detections.length} detections, ${body.image.width}x${body.image.height}, ` +
+      `${body.backend} ${body.precision}`);
+    document.body.dataset.state = "done";
+  } catch (e) {
+    status(String(e.message || e), true);
+    document.body.dataset.state = "error";
+  }
+}
+
+function loadImage(file) {
+  return new Promise((resolve, reject) => {
+    const img = new Image();
+    img.onload = () => resolve(img);
+    img.onerror = () => reject(new Error("the browser cannot show this image"));
+    img.src = URL.createObjectURL(file);
+  });
+}
+
+$("file").addEventListener("change", (e) => { if (e.target.files[0]) send(e.target.files[0]); });
+$("score").addEventListener("input", () => {
+  $("score-value").textContent = parseFloat($("score").value).toFixed(2);
+  if (state.result) draw();
+});
+const drop = $("drop");
+["dragenter", "dragover"].forEach((t) => drop.addEventListener(t, (e) => { e.preventDefault(); drop.classList.add("over"); }));
+["dragleave", "drop"].forEach((t) => drop.addEventListener(t, (e) => { e.preventDefault(); drop.classList.remove("over"); }));
+drop.addEventListener("drop", (e) => { if (e.dataTransfer.files[0]) send(e.dataTransfer.files[0]); });
+
+fetch("v1/models").then((r) => r.json()).then((body) => {
+  const m = body.models && body.models[0];
+  $("model").textContent = m ? `${m.name}: ${m.classes.length} classes, ${m.resize}, ${m.backend} ${m.precision}` : "";
+}).catch(() => { $("model").textContent = ""; });
