@@ -12,6 +12,23 @@ ASSETS = Path(__file__).resolve().parent.parent / "assets"
 SHIPPED_WEIGHTS = ASSETS / f"{SHIPPED_NAME}.pth"
 SHIPPED_CONFIG = ASSETS / f"{SHIPPED_NAME}.yaml"  # the fully resolved config the training run saved
 
+# the same model exported (end2end, --resize original, dynamic batch), verified against PyTorch; made by
+# SHIPPED_ONNX_COMMAND and checked against a fresh export in CI (tests/test_shipped_onnx.py)
+SHIPPED_ONNX = ASSETS / f"{SHIPPED_NAME}.onnx"
+SHIPPED_ONNX_COMMAND = (
+    f"retinamask export --weight_path {SHIPPED_NAME} --save_path retinamask/assets/{SHIPPED_NAME}.onnx "
+    "--resize original --dynamic-batch"
+)
+
+
+def shipped_onnx_path():
+    """The shipped model's ONNX (ConfigError if this install lacks it)."""
+    from retinamask.core.errors import ConfigError
+
+    if not SHIPPED_ONNX.is_file():
+        raise ConfigError(f"the shipped ONNX model is missing from this install; make it with: {SHIPPED_ONNX_COMMAND}")
+    return SHIPPED_ONNX
+
 
 def is_shipped_name(text):
     """True for the shipped model's name (with or without .pth), unless a file of that name exists."""

@@ -44,22 +44,26 @@ class Detections:
 
     def sorted_by_score(self):
         """These detections by descending score (a stable sort: ties keep their order)."""
-        order = np.argsort(-self.scores, kind="stable")
+        return self.take(np.argsort(-self.scores, kind="stable"))
 
-        def take(values):
+    def take(self, indices):
+        """The detections at ``indices`` (int array), in that order."""
+        indices = np.asarray(indices, dtype=np.int64)
+
+        def pick(values):
             if values is None:
                 return None
-            return [values[i] for i in order] if isinstance(values, list) else values[order]
+            return [values[i] for i in indices] if isinstance(values, list) else values[indices]
 
         return Detections(
-            boxes=self.boxes[order],
-            scores=self.scores[order],
-            labels=self.labels[order],
-            class_names=take(self.class_names),
-            masks=take(self.masks),
-            mask_probs=take(self.mask_probs),
+            boxes=self.boxes[indices],
+            scores=self.scores[indices],
+            labels=self.labels[indices],
+            class_names=pick(self.class_names),
+            masks=pick(self.masks),
+            mask_probs=pick(self.mask_probs),
             image_hw=self.image_hw,
-            mask_areas=take(self.mask_areas),
+            mask_areas=pick(self.mask_areas),
         )
 
 

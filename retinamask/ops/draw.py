@@ -87,12 +87,17 @@ def _free_label_spot(box, width, height, placed, canvas_hw):
     return x, min(max(y1 - height, 0), max(canvas_h - height, 0))  # nowhere free: above the box
 
 
+def overlay_png(image_rgb, prediction, score_threshold=0.3):
+    """:func:`draw_prediction` encoded as PNG bytes (what ``predict`` writes and ``serve`` answers)."""
+    overlay = draw_prediction(image_rgb, prediction, score_threshold)
+    ok, data = cv2.imencode(".png", cv2.cvtColor(overlay, cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise RuntimeError("PNG encoding failed")
+    return data.tobytes()
+
+
 def write_overlay(path, image_rgb, prediction, score_threshold=0.3):
     """Draw and write a PNG atomically."""
     from retinamask.core.fileio import atomic_write_bytes
 
-    overlay = draw_prediction(image_rgb, prediction, score_threshold)
-    ok, data = cv2.imencode(".png", cv2.cvtColor(overlay, cv2.COLOR_RGB2BGR))
-    if not ok:
-        raise RuntimeError(f"PNG encoding failed for {path}")
-    atomic_write_bytes(path, data.tobytes())
+    atomic_write_bytes(path, overlay_png(image_rgb, prediction, score_threshold))

@@ -15,14 +15,14 @@ from importlib import resources
 from typing import Literal
 
 from fastapi import FastAPI, Query, Request
-from fastapi.responses import HTMLResponse, ORJSONResponse, Response
+from fastapi.responses import HTMLResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from retinamask.core.errors import InputError
 from retinamask.formats.images import NotAnImage, decode_image_bytes
 from retinamask.serve import encode
 from retinamask.serve.batcher import Batcher, Draining, QueueFull
-from retinamask.serve.errors import ServeError, install_handlers
+from retinamask.serve.errors import OrjsonResponse, ServeError, install_handlers
 from retinamask.serve.metrics import STAGES, ServeMetrics
 from retinamask.serve.request import image_bytes, read_body
 
@@ -81,7 +81,7 @@ def create_app(settings=None, model=None, log=logger.info):
         summary="RetinaMask instance segmentation: boxes, labels, scores and COCO RLE masks",
         version=_version(),
         lifespan=lifespan,
-        default_response_class=ORJSONResponse,
+        default_response_class=OrjsonResponse,
     )
     app.state.server = state
     install_handlers(app)
@@ -147,7 +147,7 @@ def _add_routes(app, state):
     async def ready():
         if not state.ready:
             reason = "draining" if state.draining else "warming up"
-            return ORJSONResponse({"status": reason}, status_code=503, headers={"Retry-After": "1"})
+            return OrjsonResponse({"status": reason}, status_code=503, headers={"Retry-After": "1"})
         return {"status": "ready"}
 
     @app.get("/v1/models", summary="The served model: classes, layout, resize policy, runtime, input contract")
@@ -167,7 +167,7 @@ def _add_routes(app, state):
     async def static(name: str):
         return _static_file(name)
 
-    @app.post(PREDICT, summary="Detect and segment one image", response_class=ORJSONResponse)
+    @app.post(PREDICT, summary="Detect and segment one image", response_class=OrjsonResponse)
     async def predict(
         request: Request,
         score_threshold: float = Query(0.0, ge=0.0, le=1.0, description="drop detections scoring below"),
@@ -225,12 +225,10 @@ async def _predict(state, request, score_threshold, max_detections, masks, respo
     detections = await _timed(timings, "postprocess", model.finish, outputs, prepared)
     keep = encode.select(detections, score_threshold, max_detections)
     if response_format == "png":
-        names = list(model.info.class_names or ())
-        png = await _timed(timings, "encode", encode.overlay_png, rgb, detections, keep, names, score_threshold)
+        png = await _timed(timings, "encode", encode.overlay_png, rgb, detections, keep, score_threshold)
         state.metrics.observe_stages(timings)
         return Response(png, media_type="image/png", headers=_timing_headers(timings))
-    names = list(model.info.class_names or ())
-    results = await _timed(timings, "encode", encode.coco_results, detections, keep, model.category_ids, names, masks)
+    results = await _timed(timings, "encode", encode.coco_results, detections, keep, model.category_ids, masks)
     state.metrics.observe_stages(timings)
     return Response(encode.json_bytes(_body(model, rgb.shape, timings, results)), media_type="application/json")
 

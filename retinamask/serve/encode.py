@@ -1,12 +1,10 @@
 """Detections -> the HTTP response body: COCO results (masks as compressed RLE, polygons or none) as
 JSON through orjson, or the overlay PNG that ``predict`` draws."""
 
-import io
-
 import numpy as np
 import orjson
 
-from retinamask.ops.coco_results import detections_to_coco_results
+from retinamask.ops.coco_results import results_from_detections
 from retinamask.ops.masks import encode_masks
 
 MASK_FORMATS = ("rle", "polygon", "none")
@@ -19,19 +17,18 @@ def select(detections, score_threshold=0.0, max_detections=None):
     return order if max_detections is None else order[:max_detections]
 
 
-def coco_results(detections, keep, category_ids, class_names, masks="rle"):
-    """COCO result dicts for ``detections[keep]`` (bbox x, y, w, h in image pixels as ``evaluate`` writes
-    them, category_id, category_name, score, segmentation per ``masks``)."""
-    labels = detections.labels[keep]
-    categories = [int(category_ids[label - 1]) for label in labels]
-    segmentations = (encode_masks(detections.masks[keep]) if len(keep) else []) if masks == "rle" else None
-    results = detections_to_coco_results(0, detections.boxes[keep], detections.scores[keep], categories, segmentations)
-    for result, label in zip(results, labels):
+def coco_results(detections, keep, category_ids, masks="rle"):
+    """COCO result dicts for ``detections[keep]``, as ``evaluate`` writes them (bbox x, y, w, h in image
+    pixels with the original's +1 width, category_id, score) plus category_name; ``segmentation``: compressed
+    RLE, polygons or absent per ``masks``."""
+    chosen = detections.take(keep)
+    rles = encode_masks(chosen.masks) if masks == "rle" and len(chosen) else ([] if masks == "rle" else None)
+    results = results_from_detections(0, chosen, category_ids, rles)
+    for i, result in enumerate(results):
         del result["image_id"]
-        result["category_name"] = class_names[label - 1] if label <= len(class_names) else f"class_{label}"
-    if masks == "polygon":
-        for result, mask in zip(results, detections.masks[keep]):
-            result["segmentation"] = mask_polygons(mask)
+        result["category_name"] = chosen.class_names[i]
+        if masks == "polygon":
+            result["segmentation"] = mask_polygons(chosen.masks[i])
     return results
 
 
@@ -48,11 +45,8 @@ def json_bytes(payload):
     return orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
-def overlay_png(rgb, detections, keep, class_names, score_threshold):
-    """The overlay ``predict`` writes, as PNG bytes."""
-    from retinamask.ops.draw import draw_prediction
+def overlay_png(rgb, detections, keep, score_threshold):
+    """The overlay ``predict`` writes (same drawing, same PNG bytes) of ``detections[keep]``."""
+    from retinamask.ops.draw import overlay_png as draw_png
 
-    image = draw_prediction(rgb, detections.subset(keep), score_threshold)
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
+    return draw_png(rgb, detections.take(keep), score_threshold)

@@ -3,11 +3,19 @@ status (docs/errors.md, "HTTP errors"); never a traceback."""
 
 import logging
 
+import orjson
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import ORJSONResponse
+from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 logger = logging.getLogger(__name__)
+
+
+class OrjsonResponse(JSONResponse):
+    """JSON through orjson (numpy values included)."""
+
+    def render(self, content):
+        return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
 class ServeError(Exception):
@@ -19,7 +27,7 @@ class ServeError(Exception):
 
 
 def error_response(status, code, message, headers=None):
-    return ORJSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
+    return OrjsonResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
 
 
 def install_handlers(app):

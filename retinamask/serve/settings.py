@@ -58,7 +58,7 @@ class ServeSettings:
         """Intra-op threads per session."""
         if self.threads is not None:
             return int(self.threads)
-        from retinamask.core.parallel import usable_cpus
+        from retinamask.core.jobs import usable_cpus
 
         return max(1, usable_cpus() // int(self.sessions))
 
