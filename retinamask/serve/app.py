@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import hmac
 import logging
+import threading
 import time
 from importlib import resources
 from typing import Literal
@@ -42,6 +43,8 @@ class ServerState:
         self.draining = False
 
     def start(self):
+        """Start the session threads, then warm up in the background: the server answers at once
+        (live; ready = 503) and becomes ready when every session has run once."""
         self.batcher = Batcher(
             self.model.runners(),
             max_batch=self.model.max_batch,
@@ -49,9 +52,18 @@ class ServerState:
             max_queue=self.settings.max_queue,
             observe=self.metrics.observe_batcher,
         )
-        seconds = self.model.warm_up()
-        logger.info("warm-up: %s s per session; ready", ", ".join(f"{s:.2f}" for s in seconds))
-        self.ready = True
+        self._warm_up = threading.Thread(target=self._warm, name="retinamask-warm-up", daemon=True)
+        self._warm_up.start()
+
+    def _warm(self):
+        try:
+            seconds = self.model.warm_up()
+        except Exception:
+            logger.exception("the warm-up inference failed: the server stays not ready")
+            return
+        if not self.draining:
+            logger.info("warm-up: %s s per session; ready", ", ".join(f"{s:.2f}" for s in seconds))
+            self.ready = True
 
     def stop(self, timeout=None):
         """Not ready any more; every accepted image still runs; then the workers stop."""
