@@ -83,9 +83,13 @@ def test_the_three_ways_to_send_an_image_give_one_answer(server, images):
     raw = json_of(post_image(server, data)[2])["detections"]
     boundary = "retinamask-test-boundary"
     multipart = (
-        f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="a.png"\r\n'
-        "Content-Type: image/png\r\n\r\n"
-    ).encode() + data + f"\r\n--{boundary}--\r\n".encode()
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="a.png"\r\n'
+            "Content-Type: image/png\r\n\r\n"
+        ).encode()
+        + data
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
     status, _, body = call(
         f"{server}/v1/predict", multipart, {"Content-Type": f"multipart/form-data; boundary={boundary}"}, "POST"
     )

@@ -11,7 +11,13 @@ HELP = "pure-inference benchmark of an exported model (ais_bench-style)"
 def add_arguments(parser):
     from retinamask.runtime.backends import BACKEND_CHOICES, DEVICES, PERFORMANCE_HINTS
 
-    parser.add_argument("--model", required=True, help="exported ONNX model")
+    parser.add_argument("--model", help="exported ONNX model (or --url)")
+    server = parser.add_argument_group("a running server (retinamask serve): bounded load from this machine")
+    server.add_argument("--url", help="benchmark the server at URL instead of a local model")
+    server.add_argument("--concurrency", default="1,2,4,8", help="client threads, one run each (default 1,2,4,8)")
+    server.add_argument("--requests", type=int, default=40, help="requests per concurrency level (default 40)")
+    server.add_argument("--input", nargs="+", default=None, help="images to send (default: 8 synthetic shapes)")
+    server.add_argument("--api-key", default=None, help="the server's key (default: $RETINAMASK_API_KEY)")
     parser.add_argument("--loop", type=int, default=100, help="timed runs (default 100)")
     parser.add_argument("--warmup", type=int, default=5, help="untimed runs first (default 5)")
     parser.add_argument(
@@ -73,6 +79,12 @@ def add_arguments(parser):
 
 
 def run(args):
+    if args.url:
+        return _run_url(args)
+    if not args.model:
+        from retinamask.core.errors import ConfigError
+
+        raise ConfigError("give --model (an exported ONNX model) or --url (a running server)", path="command line")
     from retinamask.core.fileio import atomic_write_json
     from retinamask.runtime.bench import compare_backends, format_stats, format_table, run_benchmark
 
@@ -126,3 +138,35 @@ def _image_hw(text):
             f"--image-size must be WxH with positive sides, e.g. 640x480, got {text!r}", path="command line"
         ) from None
     return (height, width)
+
+
+def _run_url(args):
+    """Bounded load on a running server: p50/p95/p99, images/s, errors by status, the server's stages, RSS."""
+    import os
+    import tempfile
+
+    from retinamask.core.fileio import atomic_write_json
+    from retinamask.serve.client import Client, format_load_report, run_load, server_rss_bytes
+
+    levels = [int(v) for v in str(args.concurrency).split(",") if v.strip()]
+    client = Client(args.url, api_key=args.api_key or os.environ.get("RETINAMASK_API_KEY"))
+    with tempfile.TemporaryDirectory() as scratch:
+        images = args.input or _synthetic_images(scratch)
+        rss_before = server_rss_bytes(client)
+        results = [run_load(client, images, level, args.requests).summary() for level in levels]
+        rss_after = server_rss_bytes(client)
+    print(format_load_report(args.url, results, rss_before, rss_after))
+    if args.json_path:
+        atomic_write_json(
+            args.json_path, {"url": args.url, "levels": results, "rss_before": rss_before, "rss_after": rss_after}
+        )
+    return EXIT_OK
+
+
+def _synthetic_images(folder):
+    from retinamask.data.shapes import generate_shapes_dataset
+
+    data = generate_shapes_dataset(folder, num_train=0, num_val=8, seed=7)
+    from pathlib import Path
+
+    return sorted(Path(data["val_images"]).glob("*.png"))

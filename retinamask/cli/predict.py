@@ -19,7 +19,11 @@ def add_arguments(parser):
     )
     source.add_argument("--config", help="config (shipped name or YAML path) for --weights")
     source.add_argument("--model", help="exported ONNX model (runs without torch)")
-    source.description = "none given: the shipped model retinamask_shapes_small (needs torch)"
+    source.add_argument("--url", help="a running 'retinamask serve' (e.g. http://127.0.0.1:8000): it predicts")
+    parser.add_argument("--api-key", default=None, help="with --url: the server's key (default: $RETINAMASK_API_KEY)")
+    source.description = (
+        "none given: the shipped model retinamask_shapes_small (PyTorch; its exported ONNX where torch is absent)"
+    )
     parser.add_argument(
         "--input-size",
         type=int,
@@ -51,8 +55,19 @@ def run(args):
 
 
 def _make_predict(args):
-    if args.model and (args.weights or args.config):
-        raise ConfigError("give either --model (ONNX) or --weights with --config, not both", path="command line")
+    if sum(bool(v) for v in (args.model, args.weights or args.config, args.url)) > 1:
+        raise ConfigError("give one of --model (ONNX), --weights with --config, or --url", path="command line")
+    if args.url:
+        import os
+
+        from retinamask.serve.client import RemotePredictor
+
+        return RemotePredictor(args.url, api_key=args.api_key or os.environ.get("RETINAMASK_API_KEY"))
+    if not (args.model or args.weights or args.config) and not _torch_available():
+        from retinamask.config.shipped import shipped_onnx_path
+
+        args.model = shipped_onnx_path()
+        log.info("no model named and no torch: using the shipped model's ONNX %s", args.model.name)
     if args.model:
         from retinamask.apps.onnx_predictor import OnnxPredictor
 
@@ -71,3 +86,9 @@ def _make_predict(args):
             path="command line",
         ) from None
     return Predictor.from_config(config, weights, opts=args.opts, canvas_side=args.input_size, resize=args.resize)
+
+
+def _torch_available():
+    import importlib.util
+
+    return importlib.util.find_spec("torch") is not None

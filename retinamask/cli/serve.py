@@ -89,6 +89,8 @@ def run(args):
 
 def serve_forever(settings):
     """uvicorn on settings.host:port until SIGTERM/SIGINT; then drain and return."""
+    import signal
+
     import uvicorn
 
     from retinamask.serve.app import create_app
@@ -102,6 +104,8 @@ def serve_forever(settings):
         def handle_exit(self, sig, frame):
             state.ready, state.draining = False, True  # readiness drops at once; accepted requests finish
             super().handle_exit(sig, frame)
+            if sig == signal.SIGTERM:  # a requested stop, done gracefully: exit 0 (uvicorn would re-raise it)
+                self._captured_signals = [s for s in self._captured_signals if s != signal.SIGTERM]
 
     config = uvicorn.Config(
         app,

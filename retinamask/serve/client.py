@@ -151,3 +151,64 @@ def server_rss_bytes(client):
         if line.startswith("process_resident_memory_bytes "):
             return float(line.split()[1])
     return None
+
+
+class RemotePredictor:
+    """``predict``'s predictor interface (rgb -> Detections) over a server: ``retinamask predict --url``
+    writes the same ``{name}.json`` / ``.png`` as a local run. The image travels as PNG (lossless: the
+    server decodes exactly the pixels this process decoded); detections come back exactly (float32 boxes
+    and scores survive JSON; masks are the server's RLE)."""
+
+    def __init__(self, url, api_key=None, timeout_s=120.0):
+        self.client = Client(url, api_key, timeout_s)
+        described = self.client.get_json("/v1/models")["models"][0]
+        self.category_ids = [int(i) for i in described["category_ids"]]
+        self.name = described["name"]
+
+    def __call__(self, rgb):
+        import io
+
+        import numpy as np
+        from PIL import Image
+        from pycocotools import mask as mask_api
+
+        from retinamask.core.detections import Detections
+
+        buffer = io.BytesIO()
+        Image.fromarray(rgb).save(buffer, format="PNG", compress_level=1)
+        status, body, _ = self.client.predict_bytes(buffer.getvalue(), "image/png", "masks=rle")
+        if status != 200:
+            raise ServerError(status, _message(body), self.client.url)
+        found = json.loads(body)["detections"]
+        xywh = np.asarray([d["bbox"] for d in found], np.float64).reshape(-1, 4)
+        boxes = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:] - 1.0], axis=1).astype(np.float32)
+        rles = [{"size": d["segmentation"]["size"], "counts": d["segmentation"]["counts"].encode()} for d in found]
+        masks = np.ascontiguousarray(mask_api.decode(rles).transpose(2, 0, 1)) if rles else None
+        return Detections(
+            boxes=boxes,
+            scores=np.asarray([d["score"] for d in found], np.float32),
+            labels=np.asarray([self.category_ids.index(d["category_id"]) + 1 for d in found], np.int64),
+            class_names=[d["category_name"] for d in found],
+            masks=masks if masks is not None else np.zeros((0, *rgb.shape[:2]), np.uint8),
+            image_hw=tuple(rgb.shape[:2]),
+        )
+
+
+def format_load_report(url, levels, rss_before=None, rss_after=None):
+    """The Markdown table ``bench --url`` prints (one row per concurrency level)."""
+    lines = [
+        f"Server {url}: POST /v1/predict, masks as RLE",
+        "",
+        "| concurrency | requests | ok | errors | p50 ms | p95 ms | p99 ms | images/s | server stages (median ms) |",
+        "|---:|---:|---:|---|---:|---:|---:|---:|---|",
+    ]
+    for row in levels:
+        errors = ", ".join(f"{k}: {v}" for k, v in row["errors"].items()) or "none"
+        stages = ", ".join(f"{k} {v:.1f}" for k, v in row["server_stages_ms"].items())
+        lines.append(
+            f"| {row['concurrency']} | {row['requests']} | {row['ok']} | {errors} | {row['p50_ms']:.1f} | "
+            f"{row['p95_ms']:.1f} | {row['p99_ms']:.1f} | {row['images_per_s']:.2f} | {stages} |"
+        )
+    if rss_before is not None and rss_after is not None:
+        lines += ["", f"server RSS: {rss_before / 2**20:.1f} MiB before, {rss_after / 2**20:.1f} MiB after"]
+    return "\n".join(lines)
