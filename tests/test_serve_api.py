@@ -8,9 +8,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
-from serve_support import SlowModel, call, demo_images, json_of, post_image, running
 
 from retinamask.config.shipped import SHIPPED_ONNX
+from serve_support import SlowModel, call, demo_images, json_of, post_image, running
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from PIL import Image
+
 from serve_support import SlowModel, call, demo_images, json_of, post_image, running
 
 
@@ -138,7 +139,7 @@ def test_body_over_the_limit_is_413_before_it_is_read(server):
 def test_bad_images_are_415_or_422(server, image, payload, content_type, status, code):
     if payload is None:
         payload = image.read_bytes()[:-200]
-    error, _ = _error(post_image(server, payload, headers=KEY, content_type=content_type), status, code)
+    _error(post_image(server, payload, headers=KEY, content_type=content_type), status, code)
     assert post_image(server, image, headers=KEY)[0] == 200  # still serving
 
 
@@ -159,7 +160,7 @@ def test_bad_query_values_are_422(server, image, query):
 
 def test_missing_or_wrong_key_is_401(server, image):
     _error(post_image(server, image), 401, "unauthorized")
-    error, headers = _error(post_image(server, image, headers={"Authorization": "Bearer wrong"}), 401)
+    _, headers = _error(post_image(server, image, headers={"Authorization": "Bearer wrong"}), 401)
     assert headers["www-authenticate"] == "Bearer"
     _error(call(f"{server}/v1/models"), 401)
     assert post_image(server, image, headers={"X-API-Key": "s3cret"})[0] == 200
@@ -179,7 +180,7 @@ def test_a_full_queue_is_503_with_retry_after(server, model, image):
     assert set(statuses) == {200, 503} and statuses.count(503) >= 2, statuses
     for answer in answers:
         if answer[0] == 503:
-            error, headers = _error(answer, 503, "queue_full")
+            _, headers = _error(answer, 503, "queue_full")
             assert headers["retry-after"] == "1"
     assert post_image(server, image, headers=KEY)[0] == 200
 

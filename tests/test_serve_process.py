@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+
 from serve_support import call, demo_images, json_of, post_image
 
 ROOT = Path(__file__).resolve().parents[1]
