@@ -59,31 +59,41 @@ function visible() {
 }
 
 function draw() {
-  const canvas = $("overlay"), img = state.image, shown = visible();
-  canvas.width = img.naturalWidth;
-  canvas.height = img.naturalHeight;
-  const ctx = canvas.getContext("2d");
-  ctx.drawImage(img, 0, 0);
-  const frame = ctx.getImageData(0, 0, canvas.width, canvas.height);
+  const img = state.image, shown = visible();
+  // masks at the image's own resolution, then everything scaled for display (labels stay readable)
+  const base = document.createElement("canvas");
+  base.width = img.naturalWidth;
+  base.height = img.naturalHeight;
+  const bctx = base.getContext("2d");
+  bctx.drawImage(img, 0, 0);
+  const frame = bctx.getImageData(0, 0, base.width, base.height);
   shown.forEach((d) => {
     if (d.segmentation && d.segmentation.counts !== undefined) {
-      paintMask(frame.data, canvas.width, d.segmentation, rgbOf(colour(d.category_id)));
+      paintMask(frame.data, base.width, d.segmentation, rgbOf(colour(d.category_id)));
     }
   });
-  ctx.putImageData(frame, 0, 0);
-  const font = Math.max(12, Math.round(canvas.width / 50));
+  bctx.putImageData(frame, 0, 0);
+  const scale = Math.max(1, 720 / base.width);
+  const canvas = $("overlay");
+  canvas.width = Math.round(base.width * scale);
+  canvas.height = Math.round(base.height * scale);
+  const ctx = canvas.getContext("2d");
+  ctx.imageSmoothingEnabled = false;
+  ctx.drawImage(base, 0, 0, canvas.width, canvas.height);
+  const font = 13;
   ctx.font = `${font}px system-ui, sans-serif`;
-  ctx.lineWidth = Math.max(1, canvas.width / 400);
+  ctx.lineWidth = 2;
   shown.forEach((d) => {
-    const [x, y, w, h] = d.bbox, c = colour(d.category_id);
+    const [x, y, w, h] = d.bbox.map((v) => v * scale), c = colour(d.category_id);
     ctx.strokeStyle = c;
     ctx.strokeRect(x, y, w, h);
     const text = `${d.category_name} ${d.score.toFixed(2)}`;
     const tw = ctx.measureText(text).width + 6;
+    const top = y >= font + 4 ? y - font - 4 : y;
     ctx.fillStyle = c;
-    ctx.fillRect(x, Math.max(0, y - font - 4), tw, font + 4);
+    ctx.fillRect(x, top, tw, font + 4);
     ctx.fillStyle = "#fff";
-    ctx.fillText(text, x + 3, Math.max(font, y - 4));
+    ctx.fillText(text, x + 3, top + font);
   });
   table(shown);
   document.body.dataset.shown = String(shown.length);
