@@ -1,0 +1,251 @@
+"""Serving, measured side by side in one run: ``python -m benchmarks.serve [--model M] [--backend B]``.
+
+1. Bare: the same images through ``OnnxPredictor`` in this process (decode + prepare + run + finish), the
+   reference of the latency figure.
+2. Concurrency 1 on a ``retinamask serve`` process: p50 latency / bare p50 (goal <= 1.10).
+3. Throughput at concurrency 4 for each session layout (1 session x all threads, N sessions x 1 thread,
+   with and without batching) against ``retinamask infer`` on the same images and model (goal >= 0.9x).
+4. JSON + RLE encoding of 100 detections (goal <= 10 ms).
+5. Overload: concurrency 32 against ``--max-queue 8`` (goal: only 200 and 503).
+
+Servers run as subprocesses on loopback with bounded traffic; the load monitor marks a run disturbed by
+other processes as unfit for the record.
+"""
+
+import argparse
+import json
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.cpu_load import LoadMonitor
+from benchmarks.machine import environment
+from benchmarks.tables import table_head, table_row
+
+LAYOUTS = {  # name -> serve flags (2 cores)
+    "1 session x 2 threads": ["--sessions", "1", "--threads", "2"],
+    "2 sessions x 1 thread": ["--sessions", "2", "--threads", "1"],
+    "1 session x 2 threads, batch 4": ["--sessions", "1", "--threads", "2", "--max-batch", "4"],
+    "2 sessions x 1 thread, batch 4": ["--sessions", "2", "--threads", "1", "--max-batch", "4"],
+}
+
+
+def images_for(folder, count):
+    from retinamask.data.shapes import generate_shapes_dataset
+
+    data = generate_shapes_dataset(folder, num_train=0, num_val=count, seed=7)
+    return sorted(Path(data["val_images"]).glob("*.png"))
+
+
+def bare_ms(model, backend, images, repeats, monitor):
+    """Median ms per image of decode + prepare + run + finish in this process (one session, all threads)."""
+    from retinamask.apps.onnx_predictor import OnnxPredictor
+    from retinamask.formats.images import decode_image_bytes
+
+    predictor = OnnxPredictor(model, backend=backend)
+    payloads = [p.read_bytes() for p in images]
+
+    def one(data):
+        prepared = predictor.prepare(decode_image_bytes(data))
+        return predictor.finish(predictor.run([prepared])[0], prepared)
+
+    for data in payloads[:2]:
+        one(data)
+    times = []
+    with monitor.timed("bare"):
+        for _ in range(repeats):
+            for data in payloads:
+                started = time.perf_counter()
+                one(data)
+                times.append((time.perf_counter() - started) * 1000)
+    return statistics.median(times)
+
+
+class Server:
+    """``python -m retinamask serve`` on a free loopback port, until stopped."""
+
+    def __init__(self, model, backend, flags, log_dir):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        command = [
+            sys.executable,
+            "-m",
+            "retinamask",
+            "serve",
+            "--model",
+            str(model),
+            "--backend",
+            backend,
+            "--port",
+            str(self.port),
+            "--max-queue",
+            "64",
+            *flags,
+        ]
+        self.log = Path(log_dir) / f"serve_{self.port}.log"
+        with open(self.log, "wb") as log:  # the child keeps its own descriptor
+            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        from retinamask.serve.client import Client
+
+        self.client = Client(self.url)
+        deadline = time.monotonic() + 300
+        while True:
+            try:
+                if self.client._request("/v1/health/ready")[0] == 200:
+                    break
+            except Exception:
+                pass
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the server did not start: see {self.log}")
+            time.sleep(0.2)
+
+    def stop(self):
+        self.process.terminate()
+        self.process.wait(120)
+
+
+def load(server, images, concurrency, requests, monitor, section):
+    from retinamask.serve.client import run_load
+
+    run_load(server.client, images, concurrency, max(4, concurrency))  # warm the connections and threads
+    with monitor.timed(section):
+        return run_load(server.client, images, concurrency, requests).summary()
+
+
+def infer_images_per_s(model, backend, images, scratch, monitor):
+    """``retinamask infer`` (streaming from the images, its defaults) on the same images and model."""
+    from retinamask.runtime.infer import run_inference
+
+    folder = Path(scratch) / "infer_images"
+    folder.mkdir(exist_ok=True)
+    for path in images:
+        (folder / path.name).write_bytes(path.read_bytes())
+    with monitor.timed("infer"):
+        started = time.perf_counter()
+        summary = run_inference(
+            model, folder, output_dir=scratch, output_dirname=f"infer_{time.time_ns()}", backend=backend, progress=False
+        )
+        seconds = time.perf_counter() - started
+    return summary["count"] / seconds
+
+
+def encode_ms(repeats=20):
+    """Median ms to encode 100 detections on a 640x480 image as COCO results with RLE, then JSON."""
+    from retinamask.core.detections import Detections
+    from retinamask.serve import encode
+
+    rng = np.random.default_rng(0)
+    masks = np.zeros((100, 480, 640), np.uint8)
+    boxes = np.zeros((100, 4), np.float32)
+    for i in range(100):
+        x, y = rng.integers(0, 560), rng.integers(0, 400)
+        w, h = rng.integers(20, 80, size=2)
+        masks[i, y : y + h, x : x + w] = 1
+        boxes[i] = (x, y, x + w - 1, y + h - 1)
+    detections = Detections(
+        boxes,
+        rng.random(100).astype(np.float32),
+        rng.integers(1, 7, 100).astype(np.int64),
+        [f"c{i}" for i in range(100)],
+        masks,
+        image_hw=(480, 640),
+    )
+    keep = encode.select(detections)
+    ids = list(range(1, 7))
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        encode.json_bytes({"detections": encode.coco_results(detections, keep, ids)})
+        times.append((time.perf_counter() - started) * 1000)
+    return statistics.median(times)
+
+
+def run(args):
+    monitor = LoadMonitor()
+    report = {"environment": environment(threads=None), "model": str(args.model), "backend": args.backend}
+    with tempfile.TemporaryDirectory() as scratch:
+        images = images_for(Path(scratch) / "data", args.images)
+        report["bare_ms"] = bare_ms(args.model, args.backend, images, args.repeats, monitor)
+        report["infer_images_per_s"] = infer_images_per_s(args.model, args.backend, images, scratch, monitor)
+        report["layouts"] = {}
+        for name, flags in LAYOUTS.items():
+            server = Server(args.model, args.backend, flags, scratch)
+            try:
+                row = {"c4": load(server, images, 4, args.requests, monitor, f"{name} c4")}
+                if name == "1 session x 2 threads":
+                    row["c1"] = load(server, images, 1, args.requests // 2, monitor, f"{name} c1")
+            finally:
+                server.stop()
+            report["layouts"][name] = row
+        server = Server(args.model, args.backend, ["--max-queue", "8"], scratch)
+        try:
+            from retinamask.serve.client import run_load
+
+            with monitor.timed("overload"):
+                report["overload"] = run_load(server.client, images, 32, 96).summary()
+        finally:
+            server.stop()
+    report["encode_100_ms"] = encode_ms()
+    report["load"] = monitor.summary()
+    report["verdict"] = monitor.verdict()
+    return report
+
+
+def markdown(report):
+    env = report["environment"]
+    c1 = report["layouts"]["1 session x 2 threads"]["c1"]
+    lines = [
+        f"### Serving — {env['date']}",
+        "",
+        f"CPU: {env['cpu']} ({env['cpu_class']}); model {Path(report['model']).name}, {report['backend']}; "
+        f"{report['verdict']}",
+        "",
+        f"- concurrency 1: p50 {c1['p50_ms']:.1f} ms vs bare {report['bare_ms']:.1f} ms "
+        f"(decode + preprocess + run + postprocess in-process): **{c1['p50_ms'] / report['bare_ms']:.2f}x** "
+        "(goal <= 1.10)",
+        f"- `retinamask infer` on the same images: {report['infer_images_per_s']:.2f} images/s",
+        f"- JSON + RLE encoding of 100 detections (640x480): **{report['encode_100_ms']:.2f} ms** (goal <= 10)",
+        "",
+        table_head("session layout", "c=4 images/s", "vs infer", "p50 ms", "p95 ms", "p99 ms", "errors"),
+    ]
+    for name, row in report["layouts"].items():
+        c4 = row["c4"]
+        ratio = c4["images_per_s"] / report["infer_images_per_s"]
+        cells = [f"{c4[k]:.0f}" for k in ("p50_ms", "p95_ms", "p99_ms")]
+        lines.append(table_row(name, f"{c4['images_per_s']:.2f}", f"{ratio:.2f}x", *cells, str(c4["errors"] or "none")))
+    over = report["overload"]
+    lines += [
+        "",
+        f"- overload, concurrency 32, `--max-queue 8`, 96 requests: {over['ok']} x 200, "
+        f"errors {over['errors'] or 'none'} (goal: only 200 and 503)",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    from retinamask.config.shipped import SHIPPED_ONNX
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", type=Path, default=SHIPPED_ONNX, help="exported model (default: the shipped one)")
+    parser.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "openvino"])
+    parser.add_argument("--images", type=int, default=16, help="synthetic images (default 16)")
+    parser.add_argument("--requests", type=int, default=96, help="requests per concurrency-4 run (default 96)")
+    parser.add_argument("--repeats", type=int, default=3, help="passes over the images for the bare time")
+    parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    args = parser.parse_args(argv)
+    report = run(args)
+    print(markdown(report))
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2, default=str) + "\n")
+
+
+if __name__ == "__main__":
+    main()
