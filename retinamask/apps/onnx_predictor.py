@@ -71,8 +71,9 @@ class OnnxPredictor:
             outputs = self.session.run(batch)
         return [tuple(o[i] for o in outputs) for i in range(len(prepared))]
 
-    def finish(self, outputs, prepared):
-        """One image's raw outputs -> Detections in its pixels, by descending score, with class names."""
+    def finish(self, outputs, prepared, paste=True):
+        """One image's raw outputs -> Detections in its pixels, by descending score, with class names.
+        ``paste``: also the full-image masks (without: ``mask_probs`` only, for the fused paste + RLE)."""
         info, geometry = self.info, prepared.geometry
         detections = decode_outputs(
             outputs,
@@ -83,6 +84,7 @@ class OnnxPredictor:
             clip=info.resize.clip_to_image,
             max_detections=info.max_detections,
             mask_threshold=self.mask_threshold,
+            paste=paste,
         ).sorted_by_score()
         detections.class_names = [self._name(label) for label in detections.labels]
         return detections

@@ -234,13 +234,16 @@ async def _predict(state, request, score_threshold, max_detections, masks, respo
         raise ServeError(500, "inference_failed", f"inference failed ({type(e).__name__}): {e}") from None
     timings["queue"] = item.started - item.enqueued
     timings["infer"] = item.finished - item.started
-    detections = await _timed(timings, "postprocess", model.finish, outputs, prepared)
+    full_masks = response_format == "png" or masks == "polygon"  # else the fused paste + RLE in encode
+    detections = await _timed(timings, "postprocess", model.finish, outputs, prepared, full_masks)
     keep = encode.select(detections, score_threshold, max_detections)
     if response_format == "png":
         png = await _timed(timings, "encode", encode.overlay_png, rgb, detections, keep, score_threshold)
         state.metrics.observe_stages(timings)
         return Response(png, media_type="image/png", headers=_timing_headers(timings))
-    results = await _timed(timings, "encode", encode.coco_results, detections, keep, model.category_ids, masks)
+    results = await _timed(
+        timings, "encode", encode.coco_results, detections, keep, model.category_ids, masks, model.mask_threshold
+    )
     state.metrics.observe_stages(timings)
     return Response(encode.json_bytes(_body(model, rgb.shape, timings, results)), media_type="application/json")
 

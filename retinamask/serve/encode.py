@@ -5,7 +5,7 @@ import numpy as np
 import orjson
 
 from retinamask.ops.coco_results import results_from_detections
-from retinamask.ops.masks import encode_masks
+from retinamask.ops.masks import encode_masks, paste_and_encode_masks
 
 MASK_FORMATS = ("rle", "polygon", "none")
 
@@ -17,12 +17,15 @@ def select(detections, score_threshold=0.0, max_detections=None):
     return order if max_detections is None else order[:max_detections]
 
 
-def coco_results(detections, keep, category_ids, masks="rle"):
+def coco_results(detections, keep, category_ids, masks="rle", mask_threshold=0.5):
     """COCO result dicts for ``detections[keep]``, as ``evaluate`` writes them (bbox x, y, w, h in image
     pixels with the original's +1 width, category_id, score) plus category_name; ``segmentation``: compressed
-    RLE, polygons or absent per ``masks``."""
+    RLE, polygons or absent per ``masks``. Without pasted masks, the RLE comes from ``mask_probs`` through
+    the fused paste + encode (the same strings, tests/test_evaluation_masks_fused.py), evaluate's route."""
     chosen = detections.take(keep)
-    rles = encode_masks(chosen.masks) if masks == "rle" and len(chosen) else ([] if masks == "rle" else None)
+    rles = None
+    if masks == "rle":
+        rles = _rles(chosen, mask_threshold)
     results = results_from_detections(0, chosen, category_ids, rles)
     for i, result in enumerate(results):
         del result["image_id"]
@@ -30,6 +33,15 @@ def coco_results(detections, keep, category_ids, masks="rle"):
         if masks == "polygon":
             result["segmentation"] = mask_polygons(chosen.masks[i])
     return results
+
+
+def _rles(detections, mask_threshold):
+    if not len(detections):
+        return []
+    if detections.masks is not None:
+        return encode_masks(detections.masks)
+    height, width = detections.image_hw
+    return paste_and_encode_masks(detections.mask_probs, detections.boxes, height, width, threshold=mask_threshold)
 
 
 def mask_polygons(mask):

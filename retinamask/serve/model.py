@@ -64,8 +64,12 @@ class ServedModel:
     def prepare(self, rgb):
         return self.predictors[0].prepare(rgb)
 
-    def finish(self, outputs, prepared):
-        return self.predictors[0].finish(outputs, prepared)
+    def finish(self, outputs, prepared, paste=True):
+        return self.predictors[0].finish(outputs, prepared, paste)
+
+    @property
+    def mask_threshold(self):
+        return self.predictors[0].mask_threshold
 
     def warm_up(self):
         """One inference on every session (a small synthetic image): the first run of a session is slow
