@@ -147,7 +147,9 @@ def encode_ms(repeats=20):
     xy = rng.integers(0, 560, size=(100, 2)).astype(np.float32)
     wh = rng.integers(20, 120, size=(100, 2)).astype(np.float32)
     boxes = np.concatenate([xy, np.minimum(xy + wh, [639, 479])], axis=1).astype(np.float32)
-    probs = rng.random((100, 28, 28)).astype(np.float32)
+    v, u = np.mgrid[0:28, 0:28]
+    radius = rng.uniform(6, 14, size=(100, 1, 1))  # smooth blobs, as a mask head gives, not noise
+    probs = np.exp(-((u - 13.5) ** 2 + (v - 13.5) ** 2) / radius**2).astype(np.float32)
     detections = Detections(
         boxes,
         rng.random(100).astype(np.float32),
