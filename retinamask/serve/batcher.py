@@ -27,7 +27,7 @@ class Draining(Exception):
     """The batcher no longer accepts work (shutting down)."""
 
 
-@dataclass
+@dataclass(eq=False)  # items are compared by identity (the queue removes exactly this item)
 class WorkItem:
     """One image waiting for the model: ``prepared`` is what the model's ``run`` takes for one image;
     ``canvas`` the key that decides which items may share a batch."""
@@ -142,6 +142,13 @@ class Batcher:
             return batch
 
     def _work(self, run):
+        try:
+            self._serve_batches(run)
+        except BaseException:  # a bug here would silently stop a session: say so loudly
+            logger.exception("a session worker thread stopped")
+            raise
+
+    def _serve_batches(self, run):
         while True:
             batch = self._take_batch()
             if batch is None:
