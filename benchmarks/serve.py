@@ -44,11 +44,13 @@ def images_for(folder, count):
 
 
 def bare_ms(model, backend, images, repeats, monitor):
-    """Median ms per image of decode + prepare + run + finish in this process (one session, all threads)."""
+    """Median ms per image of decode + prepare + run + finish (pasted masks) in this process: one session
+    with all the CPUs' threads, as ``serve --sessions 1``."""
     from retinamask.apps.onnx_predictor import OnnxPredictor
+    from retinamask.core.jobs import usable_cpus
     from retinamask.formats.images import decode_image_bytes
 
-    predictor = OnnxPredictor(model, backend=backend)
+    predictor = OnnxPredictor(model, backend=backend, threads=usable_cpus())  # as a 1-session server's
     payloads = [p.read_bytes() for p in images]
 
     def one(data):

@@ -20,7 +20,12 @@ def add_arguments(parser):
     parser.add_argument("--backend", default="auto", choices=["auto", "onnxruntime", "openvino"])
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda", "tensorrt"])
     parser.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"])
-    parser.add_argument("--sessions", type=int, default=1, help="model sessions, one worker thread each (default 1)")
+    parser.add_argument(
+        "--sessions",
+        type=int,
+        default=2,
+        help="model sessions, one worker thread each (default 2: measured best on 2 cores)",
+    )
     parser.add_argument("--threads", type=int, default=None, help="threads per session (default: CPUs / sessions)")
     parser.add_argument("--max-batch", type=int, default=1, help="images per model run (dynamic batching; default 1)")
     parser.add_argument("--batch-wait-ms", type=float, default=2.0, help="wait for same-canvas company (default 2)")
