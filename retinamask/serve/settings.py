@@ -23,7 +23,7 @@ class ServeSettings:
     backend: str = "auto"
     device: str = "cpu"
     precision: str = "fp32"
-    sessions: int = 2  # measured on 2 cores: 2 sessions x 1 thread serve 1.5x more than 1 x 2 (RESULTS.md)
+    sessions: int = 2  # measured on 2 cores: 2 sessions x 1 thread serve more than 1 x 2 (RESULTS.md)
     threads: int | None = None
     max_batch: int = 1
     batch_wait_ms: float = 2.0
