@@ -72,3 +72,20 @@ def test_without_torch_serve_answers_with_the_shipped_model(image):
     assert done.returncode == 0, done.stderr
     status, count, torch_loaded = done.stdout.split()
     assert status == "200" and int(count) > 0 and torch_loaded == "None"
+
+
+def test_without_torch_demo_skips_only_the_export(tmp_path):
+    code = (
+        "from retinamask.cli import main; "
+        f"sys.exit(main(['demo', '--output', {str(tmp_path)!r}, '--num-images', '6', '--overlays', '2', "
+        "'--backend', 'onnxruntime']))"
+    )
+    done = _without_torch(code, ROOT)
+    assert done.returncode == 0, done.stdout + done.stderr
+    said = done.stdout + done.stderr
+    assert "[2/5] export: skipped (no torch" in said and "retinamask_shapes_small.onnx (original resize)" in said
+    for step in ("[1/5] data", "[3/5] infer", "[4/5] evaluate", "[5/5] bench"):
+        assert step in said
+    summary = json.loads((tmp_path / "demo_summary.json").read_text())
+    assert 0.3 < summary["bbox_mAP"] <= 1 and 0.3 < summary["segm_mAP"] <= 1
+    assert len(list((tmp_path / "overlays").glob("*.png"))) == 2

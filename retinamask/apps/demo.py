@@ -37,8 +37,7 @@ def run_demo(output_dir="runs/demo", num_images=200, backend="auto", num_overlay
     log(f"[1/5] data: {num_images} synthetic val images (seed {DEMO_VAL_SEED}) in {images_dir}")
 
     start = time.perf_counter()
-    model_path = out / "retinamask_shapes_small.onnx"
-    _export_if_stale(cfg, model_path, canvas_side, log)
+    model_path = _export_if_stale(cfg, out / "retinamask_shapes_small.onnx", canvas_side, log)
     timings["export"] = time.perf_counter() - start
 
     start = time.perf_counter()
@@ -99,7 +98,19 @@ def _resolved_backend(backend, log):
 
 def _export_if_stale(cfg, model_path, canvas_side, log):
     """Export the shipped model to ``model_path`` (end2end, dynamic batch, verified) unless an export newer
-    than the shipped weights is there."""
+    than the shipped weights is there; returns the model to run. Without torch the export is skipped and the
+    shipped model's own ONNX (``--resize original``) runs instead, and a line says so."""
+    import importlib.util
+
+    if importlib.util.find_spec("torch") is None:
+        from retinamask.config.shipped import shipped_onnx_path
+
+        shipped = shipped_onnx_path()
+        log(
+            f"[2/5] export: skipped (no torch: pip install 'retinamask[torch]' to export); running the shipped "
+            f"model's ONNX {shipped.name} (original resize)"
+        )
+        return shipped
     from retinamask.export.onnx_export import export_onnx
 
     if not model_path.exists() or model_path.stat().st_mtime < SHIPPED_WEIGHTS.stat().st_mtime:
@@ -111,6 +122,7 @@ def _export_if_stale(cfg, model_path, canvas_side, log):
         log("[2/5] " + format_report(report))
     else:
         log(f"[2/5] export: {model_path} is current (kept)")
+    return model_path
 
 
 def _draw_overlays(model_path, backend, images_dir, num_overlays, overlays_dir, log):
