@@ -6,29 +6,17 @@ The browser test skips with a reason where no Chromium is installed; .ci/run ins
 """
 
 import json
-import os
 import re
-import shutil
 import subprocess
 
 import numpy as np
 import pytest
 
+from browser import CHROMIUM_FLAGS, chromium_path
 from retinamask.cli import main
 from retinamask.data.shapes import generate_shapes_dataset
 from retinamask.evaluation.report import image_scores
 from seed_outputs import S, write_seed_outputs
-
-CHROMIUM_FLAGS = (
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-)
 
 
 @pytest.fixture(scope="module")
@@ -117,22 +105,11 @@ def test_image_scores_count_matches_greedily_by_score():
     assert scores[2] == {"tp": 0, "fp": 0, "fn": 1, "f1": 0.0}
 
 
-def _chromium():
-    for name in ("chromium", "chromium-browser", "google-chrome"):
-        path = shutil.which(name)
-        if path:
-            return path
-    message = "no Chromium on this machine (Debian: apt-get install chromium); .ci/run installs it"
-    if os.environ.get("RETINAMASK_REQUIRE_BROWSER") == "1":
-        pytest.fail(message)
-    pytest.skip(message)
-
-
 def test_report_page_renders_in_headless_chromium(evaluated, tmp_path):
     root, _ = evaluated
     page = root / "report" / "index.html"
     command = [
-        _chromium(),
+        chromium_path(),
         *CHROMIUM_FLAGS,
         f"--user-data-dir={tmp_path / 'profile'}",
         "--virtual-time-budget=10000",

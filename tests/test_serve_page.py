@@ -1,25 +1,14 @@
 """The web page in a real headless Chromium (Debian's), driven as a person would: choose an image, wait
 for the overlay, move the score slider. The page's detections equal the API's; the screenshot is not blank."""
 
-import os
 import shutil
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from browser import CHROMIUM_FLAGS, chromium_path
 from serve_support import demo_images, json_of, post_image, running
-
-
-def _chromium():
-    for name in ("chromium", "chromium-browser", "google-chrome"):
-        path = shutil.which(name)
-        if path:
-            return path
-    message = "no Chromium on this machine (Debian: apt-get install chromium); .ci/run installs it"
-    if os.environ.get("RETINAMASK_REQUIRE_BROWSER") == "1":
-        pytest.fail(message)
-    pytest.skip(message)
 
 
 @pytest.fixture(scope="module")
@@ -33,17 +22,10 @@ def server():
 
 def test_a_person_uploads_an_image_and_sees_the_detections(server, tmp_path):
     playwright = pytest.importorskip("playwright.sync_api", reason="playwright (the test extra) is not installed")
-    chromium = _chromium()
+    chromium = chromium_path()
     image = demo_images(tmp_path / "data", count=1)[0][0]
     api = json_of(post_image(server, image)[2])["detections"]
-    flags = [
-        "--no-sandbox",
-        "--disable-gpu",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-sync",
-        "--disable-component-update",
-    ]
+    flags = [flag for flag in CHROMIUM_FLAGS if flag != "--headless"]  # playwright runs it headless itself
     with playwright.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium, args=flags)
         try:

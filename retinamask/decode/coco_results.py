@@ -10,49 +10,9 @@ from retinamask.ops.coco_results import results_from_detections
 from retinamask.ops.masks import paste_and_encode_masks
 
 
-def outputs_to_coco_results(
-    outputs,
-    layout,
-    image_id,
-    image_hw,
-    resized_hw,
-    category_ids,
-    nms_threshold=0.4,
-    max_detections=100,
-    mask_threshold=0.5,
-    mask_paste="original",
-    with_masks=True,
-    convention="original",
-    canvas_side=None,
-    clip=True,
-):
-    """One image's 4 model outputs -> list of COCO result dicts (bbox [x,y,w,h] with the
-    +1 width convention, score, category_id, and RLE ``segmentation`` when ``with_masks``).
-
-    image_hw: the image's (h, w); resized_hw: its resized (h, w) on the canvas.
-    category_ids: the annotation file's category ids sorted ascending; label L maps to
-    ``category_ids[L - 1]``. Other arguments: :func:`decode_outputs`.
-    convention "seed": the seed's postprocess instead (:mod:`.seed_convention`: its NMS on
-    any layout, one ratio ``canvas_side / long side``, its paste, width x2 - x1); then
-    ``category_ids`` are in the annotation file's order and ``canvas_side`` (the seed's square
-    canvas side S) is needed.
-    """
-    return image_coco_results(
-        outputs,
-        layout,
-        image_id,
-        image_hw,
-        resized_hw,
-        category_ids,
-        nms_threshold=nms_threshold,
-        max_detections=max_detections,
-        mask_threshold=mask_threshold,
-        mask_paste=mask_paste,
-        with_masks=with_masks,
-        convention=convention,
-        canvas_side=canvas_side,
-        clip=clip,
-    )[0]
+def outputs_to_coco_results(*args, **kwargs):
+    """:func:`image_coco_results` without the mask areas: the list of COCO result dicts only."""
+    return image_coco_results(*args, **kwargs)[0]
 
 
 def image_coco_results(
@@ -71,7 +31,17 @@ def image_coco_results(
     canvas_side=None,
     clip=True,
 ):
-    """:func:`outputs_to_coco_results` and the results' mask areas: (results, int64 [N] or None).
+    """One image's 4 model outputs -> (list of COCO result dicts, the results' mask areas int64 [N] or
+    None): bbox [x,y,w,h] with the +1 width convention, score, category_id, and RLE ``segmentation`` when
+    ``with_masks``.
+
+    image_hw: the image's (h, w); resized_hw: its resized (h, w) on the canvas.
+    category_ids: the annotation file's category ids sorted ascending; label L maps to
+    ``category_ids[L - 1]``. Other arguments: :func:`decode_outputs`.
+    convention "seed": the seed's postprocess instead (:mod:`.seed_convention`: its NMS on
+    any layout, one ratio ``canvas_side / long side``, its paste, width x2 - x1); then
+    ``category_ids`` are in the annotation file's order and ``canvas_side`` (the seed's square
+    canvas side S) is needed.
 
     The original convention's masks take the fused route (:func:`paste_and_encode_masks`: RLE and
     areas straight from each box's columns, no full-image mask), which gives the same RLE strings
