@@ -24,7 +24,7 @@ def model_path(tmp_path_factory):
     cfg = load_config("retinanet_mask_R-50-FPN_2x_adjust_std011_ms", TINY_OPTS)
     model = tiny_model_with_detections(cfg, S, structured_masks=True)
     path = tmp_path_factory.mktemp("precision") / "end2end.onnx"
-    export.export_model(model, cfg, path, input_size=S, verify=False, simplify=False)
+    export.export_model(model, cfg, path, canvas_side=S, verify=False, simplify=False)
     return path
 
 

@@ -24,7 +24,7 @@ def model():
     from retinamask.serve.model import ServedModel
     from retinamask.serve.settings import ServeSettings
 
-    return SlowModel(ServedModel(ServeSettings(backend="onnxruntime")))
+    return SlowModel(ServedModel(ServeSettings(backend="onnxruntime", sessions=1)))
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +33,13 @@ def server(model):
     from retinamask.serve.settings import ServeSettings
 
     settings = ServeSettings(
-        backend="onnxruntime", max_image_mb=1, max_pixels=2_000_000, api_key="s3cret", max_queue=1, timeout_s=3
+        backend="onnxruntime",
+        sessions=1,
+        max_image_mb=1,
+        max_pixels=2_000_000,
+        api_key="s3cret",
+        max_queue=1,
+        timeout_s=3,
     )
     with running(create_app(settings, model=model)) as base:
         yield base
