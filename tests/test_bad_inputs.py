@@ -473,8 +473,10 @@ def test_bins_made_for_another_input_size(tmp_path, model, dataset, capsys):
     )
     assert _cli("infer", "--model", model, "--input", tmp_path / "b48.info", "--output", tmp_path, "--no-progress") == 2
     assert _error_line(capsys.readouterr().err) == (
-        f"error: {tmp_path / 'b48.info'}: the .info's sidecar says its .bin files are 48x48 inputs, "
-        f"the model takes {S}x{S}"
+        f"error: {tmp_path / 'b48.info'}: the inputs were made with the resize policy seed (long side 48, "
+        f"canvas 48x48), but the model runs seed (long side {S}, canvas {S}x{S}); they do not match. Ways out: "
+        f"export the model with --resize seed --input-size 48, preprocess the images with --resize seed "
+        f"--input_size {S}, or stream from the images (infer --input <image folder>)"
     )
 
 
@@ -663,8 +665,10 @@ def test_evaluate_with_a_model_that_did_not_make_the_outputs(inferred, preproces
     )
     assert code == EXIT_BAD_INPUT
     assert _error_line(capsys.readouterr().err) == (
-        f"error: {bigger}: the image list says its inputs were made for S = {S}, but {bigger} says S = 96; "
-        "boxes would be mapped back wrongly"
+        f"error: {bigger}: the inputs were made with the resize policy seed (long side {S}, canvas {S}x{S}), "
+        "but the model runs seed (long side 96, canvas 96x96); they do not match. Ways out: export the model "
+        f"with --resize seed --input-size {S}, preprocess the images with --resize seed --input_size 96, "
+        "or stream from the images (infer --input <image folder>)"
     )
     assert not (tmp_path / "e.txt").exists()
 

@@ -205,3 +205,67 @@ def test_square_models_refuse_other_policies_and_dynamic_models_need_sidecars(tm
         run_inference(models["buckets"], bins, tmp_path, "out", workers=1, progress=False)
     with pytest.raises(RetinaMaskError, match="seed layout"):
         export.onnx_export.resolve_export_policy(load_config("retinamask_shapes_small"), "original", None, "seed")
+
+
+def _preprocess_seed_bins(tmp_path, image_dir, side):
+    from retinamask.cli import main
+
+    info_path = tmp_path / "seed.info"
+    argv = ["preprocess", "--image_src_path", str(image_dir), "--bin_file_path", str(tmp_path / "seed_bins")]
+    argv += ["--bin_info_name", str(info_path), "--input_size", str(side), "--workers", "1"]
+    assert main(argv) == 0
+    return info_path
+
+
+def test_seed_bins_on_a_dynamic_model_are_refused_up_front_or_run_as_the_seed(tmp_path, models, image_set, capsys):
+    from retinamask.cli import main
+
+    image_dir, ann_file, _ = image_set
+    info_path = _preprocess_seed_bins(tmp_path, image_dir, 160)  # the seed's canvas for max size 160
+    # an original-resize run over seed bins: refused before the first image, one line, nothing written
+    argv = ["infer", "--model", str(models["buckets"]), "--input", str(info_path), "--output", str(tmp_path)]
+    code = main(argv + ["--output_dirname", "refused", "--resize", "original", "--no-progress"])
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert code == 2 and len(err) == 1
+    assert err[0].startswith(f"error: {info_path}: the inputs were made with the resize policy seed (long side 160")
+    for named in ("model runs original (short side 96", "export the model with --resize seed --input-size 160"):
+        assert named in err[0]
+    for way in ("preprocess the images with --resize original", "infer --input <image folder>", "--resize seed"):
+        assert way in err[0]
+    assert not (tmp_path / "refused").exists() and not list(tmp_path.glob("refused*"))
+    # the valid pair: --resize seed runs this model on the seed canvases, each valid region as image_sizes
+    run_inference(models["buckets"], info_path, tmp_path, "bins", workers=1, progress=False, resize="seed")
+    run_inference(models["buckets"], image_dir, tmp_path, "images", workers=1, progress=False, resize="seed")
+    names = sorted(p.name for p in (tmp_path / "images").glob("*_?.bin"))
+    assert len(names) == 4 * len(SIZES)
+    for name in names:
+        assert (tmp_path / "bins" / name).read_bytes() == (tmp_path / "images" / name).read_bytes()
+    evaluation = evaluate_outputs(
+        tmp_path / "bins", ann_file, info_path=info_path, output_path=tmp_path / "e.txt", workers=1, progress=False
+    )
+    assert evaluation["failed"] == [] and evaluation["images_evaluated"] == len(SIZES)
+    evaluate_outputs(tmp_path / "images", ann_file, output_path=tmp_path / "i.txt", workers=1, progress=False)
+    ours = json.loads((tmp_path / "e_coco_results.json").read_text())
+    assert ours == json.loads((tmp_path / "i_coco_results.json").read_text()) and ours
+
+
+def test_evaluate_refuses_seed_bins_against_an_original_run_before_decoding(tmp_path, models, image_set):
+    image_dir, ann_file, _ = image_set
+    info_path = _preprocess_seed_bins(tmp_path, image_dir, 160)
+    run_inference(models["buckets"], image_dir, tmp_path, "original", workers=1, progress=False, resize="original")
+    for model_path in (None, models["buckets"]):  # the run sidecar says original; so does the model file
+        with pytest.raises(InputError) as refused:
+            evaluate_outputs(
+                tmp_path / "original",
+                ann_file,
+                info_path=info_path,
+                model_path=model_path,
+                resize="original" if model_path else None,
+                output_path=tmp_path / "e.txt",
+                workers=1,
+                progress=False,
+            )
+        assert refused.value.cause.startswith("the inputs were made with the resize policy seed (long side 160")
+        assert "but the model runs original (short side 96" in refused.value.cause
+        assert "stream from the images (infer --input <image folder>)" in refused.value.cause
+        assert not (tmp_path / "e.txt").exists() and not (tmp_path / "e_coco_results.json").exists()

@@ -17,7 +17,7 @@ from retinamask.core.contract import (
 )
 from retinamask.core.errors import InputError
 from retinamask.core.resize import ResizePolicy
-from retinamask.formats.bins import read_info_lines
+from retinamask.formats.bins import check_inputs_policy, read_info_lines
 from retinamask.formats.run_sidecar import CANVAS_SIDE_KEY, SIDECAR_NAME, read_run_sidecar
 
 logger = logging.getLogger(__name__)
@@ -111,7 +111,9 @@ def resolve_geometry(layout, model_path, sidecar_model, canvas_side, results_dir
     policy from ``resize`` (a name or ResizePolicy), else the model's, else the seed's S x S.
     ``canvas_side``: S as asked for (``--input-size``), None: the model's or the outputs'."""
     geometry = _layout_and_size(layout, model_path, sidecar_model, canvas_side, results_dir, entries, resize)
-    return dataclasses.replace(geometry, policy=_resolve_policy(geometry, resize, sidecar_model, results_dir))
+    geometry = dataclasses.replace(geometry, policy=_resolve_policy(geometry, resize, sidecar_model, results_dir))
+    _check_entry_policies(entries, geometry)
+    return geometry
 
 
 def _resolve_policy(geometry, resize, sidecar_model, results_dir):
@@ -148,7 +150,6 @@ def _layout_and_size(layout, model_path, sidecar_model, canvas_side, results_dir
             )
         else:
             geometry = dataclasses.replace(model, canvas_side=model.canvas_side or canvas_side or SEED_CANVAS_SIDE)
-        _check_entry_canvas_sides(entries, geometry)
         return geometry
     return _probed_geometry(layout, canvas_side, results_dir, entries)
 
@@ -255,15 +256,21 @@ def _sidecar_geometry(sidecar_model):
     }
 
 
-def _check_entry_canvas_sides(entries, geometry):
-    """The image list (a preprocess sidecar) may record the canvas side S its inputs were made for."""
-    sizes = sorted({e.get(CANVAS_SIDE_KEY) for e in entries} - {None})
-    if sizes and sizes != [geometry.canvas_side]:
-        raise InputError(
-            f"the image list says its inputs were made for S = {', '.join(map(str, sizes))}, but "
-            f"{geometry.source} says S = {geometry.canvas_side}; boxes would be mapped back wrongly",
-            geometry.source if geometry.source not in ("the output files", "the infer run sidecar") else None,
-        )
+def _check_entry_policies(entries, geometry):
+    """Before any output is decoded: the image list (a preprocess sidecar, or infer's list) may
+    record the seed's canvas side S its inputs were made for; the model's resize policy must be
+    that one (``infer`` refuses such pairs up front with the same line)."""
+    from retinamask.core.resize import SeedResize, policy_named
+
+    runs_seed = None
+    if geometry.canvas_side is None and not isinstance(geometry.policy, SeedResize):
+        runs_seed = policy_named(geometry.policy, "seed")  # what --resize seed would run on a dynamic-H/W model
+    for side in sorted({e.get(CANVAS_SIDE_KEY) for e in entries} - {None}):
+        try:
+            check_inputs_policy(SeedResize(int(side)), geometry.policy, runs_seed)
+        except InputError as e:
+            where = geometry.source if geometry.source not in ("the output files", "the infer run sidecar") else None
+            raise InputError(e.cause, where) from None
 
 
 def job_for(entry, gt_images, geometry, results_dir, category_ids, convention):

@@ -23,6 +23,7 @@ import numpy as np
 
 from retinamask.core.contract import CANVAS_SIDE_KEY, SEED_CANVAS_SIDE
 from retinamask.core.errors import InputError
+from retinamask.core.resize import ResizePolicy, SeedResize, policy_from_dict
 
 BIN_DTYPE = np.dtype("<f4")
 
@@ -44,6 +45,62 @@ def sidecar_policy(sidecar):
     """The resize policy dict a sidecar records (None for the seed's sidecars, which say S)."""
     policy = sidecar.get("resize")
     return policy if isinstance(policy, dict) else None
+
+
+def inputs_policy(canvas_side=None, resize=None):
+    """The resize policy .bin inputs were made with, from what their preprocess sidecar records:
+    its ``resize`` dict (policies other than the seed's), else the seed's S (``canvas_side``);
+    None when neither is known (no sidecar)."""
+    if isinstance(resize, dict):
+        return policy_from_dict(resize)
+    return SeedResize(canvas_side) if canvas_side else None
+
+
+def _named(policy):
+    """'seed (long side 1344, canvas 1344x1344)': a policy's name and its sizes."""
+    return f"{policy.name} ({policy.describe().split(': ', 1)[-1]})"
+
+
+def _flags(policy, size_flag):
+    return f"--resize seed {size_flag} {policy.size}" if isinstance(policy, SeedResize) else f"--resize {policy.name}"
+
+
+def check_inputs_policy(inputs, model, model_runs_seed=None):
+    """Can inputs made with the resize policy ``inputs`` run on a model that runs ``model``?
+
+    Same policy: None (nothing to say). The original's resize padded otherwise (``original`` vs
+    ``buckets``, a dynamic-H/W model takes any canvas): the line to log about it, (level, text). A
+    pair whose resizes differ (the seed's S x S against the original's, or two seed sides S): raises
+    InputError, one line naming both policies and the ways out. ``model_runs_seed``: the seed
+    policy this model would run under ``--resize seed`` (a dynamic-H/W model), offered as a way out
+    when it is the inputs'. None inputs or model: nothing known, nothing said.
+    """
+    if not isinstance(inputs, ResizePolicy) or not isinstance(model, ResizePolicy) or inputs == model:
+        return None
+    if not isinstance(inputs, SeedResize) and not isinstance(model, SeedResize):
+        same_sizes = (inputs.min_size, inputs.max_size) == (model.min_size, model.max_size)
+        if same_sizes:
+            return (
+                "info",
+                f"the inputs were made with {_named(inputs)}, the model runs {_named(model)}: "
+                "the same resize, their canvases are run as they are",
+            )
+        return (
+            "warning",
+            f"the inputs were made with {_named(inputs)}, the run asks for {_named(model)}: "
+            "the inputs' canvases are run as they are",
+        )
+    ways = [
+        f"export the model with {_flags(inputs, '--input-size')}",
+        f"preprocess the images with {_flags(model, '--input_size')}",
+        "stream from the images (infer --input <image folder>)",
+    ]
+    if inputs == model_runs_seed:
+        ways.insert(0, "run this model with --resize seed (its valid regions as image_sizes)")
+    raise InputError(
+        f"the inputs were made with the resize policy {_named(inputs)}, but the model runs {_named(model)}; "
+        f"they do not match. Ways out: {', '.join(ways[:-1])}, or {ways[-1]}"
+    )
 
 
 @dataclass(frozen=True)

@@ -14,8 +14,8 @@ import numpy as np
 from retinamask.core import jobs
 from retinamask.core.contract import IMAGE_EXTENSIONS
 from retinamask.core.errors import InputError
-from retinamask.core.resize import ResizePolicy
-from retinamask.formats.bins import bin_nbytes, read_bin, read_info_lines
+from retinamask.core.resize import ResizePolicy, SeedResize, policy_named
+from retinamask.formats.bins import bin_nbytes, check_inputs_policy, inputs_policy, read_bin, read_info_lines
 from retinamask.formats.outputs import output_file_name
 from retinamask.formats.run_sidecar import CANVAS_SIDE_KEY
 
@@ -52,7 +52,7 @@ def collect_items(input_path, canvas_side, policy=None):
         if suffix == ".info":
             return _items_from_info(path, canvas_side, policy)
         if suffix == ".bin":
-            _check_bin_size(path, canvas_side)
+            _check_bin_size(path, canvas_side, policy)
             return [InputItem(path.stem, path, "bin", {"basename": path.stem, "source": str(path)})], []
         if suffix in IMAGE_EXTENSIONS:
             return _items_from_images([path])
@@ -70,7 +70,7 @@ def collect_items(input_path, canvas_side, policy=None):
             path,
         )
     if bins:
-        _check_bin_size(bins[0], canvas_side)
+        _check_bin_size(bins[0], canvas_side, policy)
         return [InputItem(p.stem, p, "bin", {"basename": p.stem, "source": str(p)}) for p in bins], []
     return _items_from_images(images)
 
@@ -99,6 +99,7 @@ def _items_from_info(info_path, canvas_side, policy=None):
     for cause in problems:
         logger.warning("%s: %s", info_path, cause)
         failed.append({"file": str(info_path), "cause": cause, "listing": True})
+    _check_policies(records, canvas_side, policy, info_path)
     items = []
     for record in records:
         canvas = record.canvas_hw
@@ -113,14 +114,6 @@ def _items_from_info(info_path, canvas_side, policy=None):
                 "a model that takes any canvas needs each .bin's canvas and valid region: pass the "
                 ".info of `retinamask preprocess` with its sidecar (<info>.json) beside it",
                 info_path,
-            )
-        if canvas_side is None and policy is not None and record.resize not in (None, policy.to_dict()):
-            logger.warning(
-                "%s: its .bin files were made with the %s policy, the run asks for %s: the .bin "
-                "canvases are used as they are",
-                info_path,
-                record.resize.get("policy"),
-                policy.name,
             )
         entry = {"basename": record.name, "source": str(record.bin_path), "file_name": record.file_name}
         if record.file_name is not None:  # a sidecar gave the original geometry
@@ -138,19 +131,54 @@ def _items_from_info(info_path, canvas_side, policy=None):
     return items, failed
 
 
-def _check_bin_size(bin_path, canvas_side):
-    """Refuse a .bin folder made for another input size (checked on its first file)."""
+def _check_policies(records, canvas_side, policy, info_path):
+    """Before anything runs: the resize policy the .info's sidecar says its .bin files were made
+    with against the model's (``policy``; a square model of side ``canvas_side`` runs the seed's).
+    InputError (one line naming both, and the ways out) when they do not match; one log line when
+    they differ but run as they are."""
+    model = policy if policy is not None else (SeedResize(canvas_side) if canvas_side else None)
+    runs_seed = None
+    if canvas_side is None and model is not None and not isinstance(model, SeedResize):
+        runs_seed = policy_named(model, "seed")  # what --resize seed would run on this dynamic-H/W model
+    said = set()
+    for made_with in dict.fromkeys(inputs_policy(r.canvas_side, r.resize) for r in records):
+        try:
+            note = check_inputs_policy(made_with, model, runs_seed)
+        except InputError as e:
+            raise InputError(e.cause, info_path) from None
+        if note is not None and note not in said:
+            said.add(note)
+            getattr(logger, note[0])("%s: %s", info_path, note[1])
+        if canvas_side is None and isinstance(made_with, SeedResize) and made_with == model:
+            logger.info(
+                "%s: running the seed's %dx%d .bin canvases on this model that takes any canvas, each image's "
+                "valid region as image_sizes, boxes mapped back with the .bin geometry (the seed's resize)",
+                info_path,
+                made_with.size,
+                made_with.size,
+            )
+
+
+def _check_bin_size(bin_path, canvas_side, policy=None):
+    """Refuse a .bin folder made for another input size (checked on its first file); a model that
+    takes any canvas refuses bare .bin files (the seed's S x S inputs, when their size says so)."""
+    size = bin_path.stat().st_size
+    side = round((size / 12) ** 0.5)
+    square = side > 0 and bin_nbytes(side) == size
     if canvas_side is None:
+        if square and policy is not None:
+            try:
+                check_inputs_policy(SeedResize(side), policy)
+            except InputError as e:
+                raise InputError(e.cause, bin_path) from None
         raise InputError(
             "a model that takes any canvas needs each .bin's canvas and valid region: pass the .info "
             "of `retinamask preprocess` (with its sidecar) instead of bare .bin files",
             bin_path,
         )
-    size = bin_path.stat().st_size
     if size == bin_nbytes(canvas_side):
         return
-    side = round((size / 12) ** 0.5)
-    if side > 0 and bin_nbytes(side) == size:
+    if square:
         raise InputError(
             f"holds a float32 [1, 3, {side}, {side}] input, the model takes [B, 3, {canvas_side}, {canvas_side}] "
             "(preprocess with --input_size matching the model)",
