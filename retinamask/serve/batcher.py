@@ -84,17 +84,6 @@ class Batcher:
             self._lock.notify_all()
         return item
 
-    @property
-    def depth(self):
-        """Items waiting, not yet running."""
-        return len(self._queue)
-
-    @property
-    def busy(self):
-        """Items waiting or running."""
-        with self._lock:
-            return len(self._queue) + self._running
-
     def drain(self, timeout=None):
         """Stop accepting; wait until every accepted item has run. True when all finished in time."""
         deadline = None if timeout is None else time.monotonic() + timeout

@@ -53,7 +53,7 @@ class Client:
             raise ServerError(status, _message(body), self.url + path)
         return json.loads(body)
 
-    def predict_bytes(self, data, content_type="application/octet-stream", query="", source=None):
+    def predict_bytes(self, data, content_type="application/octet-stream", query=""):
         """(status, body bytes, headers) of POST /v1/predict."""
         return self._request("/v1/predict", data=data, content_type=content_type, query=query)
 

@@ -7,8 +7,6 @@ import orjson
 from retinamask.ops.coco_results import results_from_detections
 from retinamask.ops.masks import encode_masks, paste_and_encode_masks
 
-MASK_FORMATS = ("rle", "polygon", "none")
-
 
 def select(detections, score_threshold=0.0, max_detections=None):
     """Indices of the detections to answer with: score >= threshold, best first, at most max_detections."""

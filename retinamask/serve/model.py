@@ -8,7 +8,6 @@ import numpy as np
 
 from retinamask.apps.onnx_predictor import OnnxPredictor
 from retinamask.config.shipped import shipped_onnx_path
-from retinamask.core.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -104,8 +103,3 @@ class ServedModel:
             "sessions": len(self.predictors),
             "input_contract": {**contract, "outputs": [spec.name for spec in info.outputs]},
         }
-
-
-def check_model_file(path):
-    if path is not None and not path.is_file():
-        raise ConfigError("model file not found", path)
