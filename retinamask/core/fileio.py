@@ -139,10 +139,3 @@ def atomic_write_text(path, text):
 
 def atomic_write_json(path, obj):
     atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
-
-
-def atomic_save_npy(path, array):
-    import numpy as np
-
-    with atomic_open(path, "wb") as f:
-        np.save(f, array)
