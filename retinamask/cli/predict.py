@@ -63,9 +63,9 @@ def _make_predict(args):
         from retinamask.serve.client import RemotePredictor
 
         return RemotePredictor(args.url, api_key=args.api_key or os.environ.get("RETINAMASK_API_KEY"))
-    if not (args.model or args.weights or args.config) and not _torch_available():
-        from retinamask.config.shipped import shipped_onnx_path
+    from retinamask.config.shipped import shipped_onnx_path, torch_installed
 
+    if not (args.model or args.weights or args.config) and not torch_installed():
         args.model = shipped_onnx_path()
         log.info("no model named and no torch: using the shipped model's ONNX %s", args.model.name)
     if args.model:
@@ -86,9 +86,3 @@ def _make_predict(args):
             path="command line",
         ) from None
     return Predictor.from_config(config, weights, opts=args.opts, canvas_side=args.input_size, resize=args.resize)
-
-
-def _torch_available():
-    import importlib.util
-
-    return importlib.util.find_spec("torch") is not None

@@ -21,6 +21,14 @@ SHIPPED_ONNX_COMMAND = (
 )
 
 
+def torch_installed():
+    """True when torch can be imported here (found, not imported): where it is absent, predict and demo
+    run the shipped model's ONNX instead of its PyTorch weights."""
+    import importlib.util
+
+    return importlib.util.find_spec("torch") is not None
+
+
 def shipped_onnx_path():
     """The shipped model's ONNX (ConfigError if this install lacks it)."""
     from retinamask.core.errors import ConfigError

@@ -73,8 +73,7 @@ class ServedModel:
     def warm_up(self):
         """One inference on every session (a small synthetic image): the first run of a session is slow
         (memory planning, kernel selection); readiness waits for it. Returns seconds per session."""
-        rgb = np.full((64, 64, 3), 127, np.uint8)
-        rgb[16:48, 16:48] = (200, 40, 40)
+        rgb = tiny_image()
         seconds = []
         for predictor in self.predictors:
             started = time.perf_counter()
@@ -103,3 +102,10 @@ class ServedModel:
             "sessions": len(self.predictors),
             "input_contract": {**contract, "outputs": [spec.name for spec in info.outputs]},
         }
+
+
+def tiny_image():
+    """A 64x64 synthetic RGB image (a red square on grey): the warm-up's and Ray's health check's input."""
+    rgb = np.full((64, 64, 3), 127, np.uint8)
+    rgb[16:48, 16:48] = (200, 40, 40)
+    return rgb

@@ -73,13 +73,14 @@ def build_application(settings, replicas=1, autoscale=None):
         def check_health(self):
             """A tiny inference through the replica's own queue; a busy replica (queue full) is healthy."""
             from retinamask.serve.batcher import QueueFull
+            from retinamask.serve.model import tiny_image
 
             state = _replica_app.state.server if _replica_app is not None else None
             if state is None or state.batcher is None:
                 raise RuntimeError("the replica's app has not started")
             if state.draining:
                 return
-            prepared = state.model.prepare(_health_image())
+            prepared = state.model.prepare(tiny_image())
             try:
                 item = state.batcher.submit(prepared, prepared.canvas_hw)
             except QueueFull:
@@ -87,14 +88,6 @@ def build_application(settings, replicas=1, autoscale=None):
             item.future.result(timeout=state.settings.timeout_s)
 
     return RetinaMaskDeployment.bind()
-
-
-def _health_image():
-    import numpy as np
-
-    image = np.full((32, 32, 3), 127, np.uint8)
-    image[8:24, 8:24] = (200, 40, 40)
-    return image
 
 
 def run_on_ray(settings, address, replicas=1, autoscale=None, block=True):
