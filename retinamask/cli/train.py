@@ -9,7 +9,9 @@ EPILOG = """\
 DIR holds DIR/train/*, DIR/annotations/instances_train.json (and, for --eval,
 DIR/val + instances_val.json), e.g. as written by 'retinamask data shapes'.
 OUTPUT receives config.yaml, model_<iter>.pth every SOLVER.CHECKPOINT_PERIOD
-iterations, model_final.pth and last_checkpoint. Rerunning the same command after
+iterations, model_final.pth, last_checkpoint and the training curve: metrics.jsonl
+(mean losses every --log-period iterations, bbox/segm mAP every --eval-period)
+and training_curve.png. Rerunning the same command after
 an interruption continues from last_checkpoint (use --no-resume to start over).
 
 example:
@@ -42,11 +44,22 @@ def add_arguments(parser):
         help="after training, evaluate the eager model on DIR/val (bbox/segm mAP -> OUTPUT/eval_val.json)",
     )
     parser.add_argument(
+        "--eval-period",
+        type=int,
+        default=0,
+        metavar="N",
+        help="evaluate on DIR/<--eval-split> every N iterations and at the end (default: 0 = never); the mAPs and "
+        "the losses go to OUTPUT/metrics.jsonl and OUTPUT/training_curve.png",
+    )
+    parser.add_argument(
+        "--eval-split", default="val", metavar="NAME", help="split for --eval-period and --eval (default: val)"
+    )
+    parser.add_argument(
         "--log-period",
         type=int,
         default=20,
         metavar="N",
-        help="iterations between log lines when stderr is not a terminal (default: 20)",
+        help="iterations between metrics.jsonl loss lines, and log lines when stderr is not a terminal (default: 20)",
     )
 
 
@@ -57,6 +70,8 @@ def run(args):
 
     if args.max_iter is not None and args.max_iter < 0:
         raise ConfigError(f"--max-iter must be >= 0, got {args.max_iter}", path="command line")
+    if args.eval_period < 0 or args.log_period < 1:
+        raise ConfigError("--eval-period must be >= 0 and --log-period >= 1", path="command line")
     if args.workers is not None and args.workers < 0:
         raise ConfigError(f"--workers must be >= 0, got {args.workers}", path="command line")
     cfg = load_config(args.config, args.opts)
@@ -71,11 +86,13 @@ def run(args):
         threads=args.threads,
         log_period=args.log_period,
         split=args.split,
+        eval_period=args.eval_period,
+        eval_split=args.eval_split,
     )
     print(f"final checkpoint: {final}")
     if args.eval:
         from retinamask.evaluation import format_stats_text
 
-        report = evaluate_checkpoint(final, args.output, args.data, "val")
+        report = evaluate_checkpoint(final, args.output, args.data, args.eval_split)
         print(format_stats_text(report), end="")
     return 0

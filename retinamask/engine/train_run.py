@@ -39,11 +39,15 @@ def train(
     threads=2,
     log_period=20,
     split="train",
+    eval_period=0,
+    eval_split="val",
 ):
     """Train (or continue training) a RetinaMask on the COCO-format dataset under ``data_dir``.
 
     cfg: a config (``retinamask.config.load_config``); max_iter overrides SOLVER.MAX_ITER.
     resume: continue from ``output_dir/last_checkpoint`` when there is one; False starts afresh.
+    eval_period: evaluate on ``data_dir/<eval_split>`` every N iterations and at the end (0: never);
+    the losses and these mAPs go to ``output_dir/metrics.jsonl`` and ``training_curve.png``.
     Returns the path of ``model_final.pth``.
     """
     torch.set_num_threads(threads)
@@ -70,7 +74,7 @@ def train(
     ):
         log.info("already trained to iteration %d: %s", trainer.iteration, checkpoint)
         return checkpoint
-    return trainer.run(progress=progress, log_period=log_period)
+    return trainer.run(progress=progress, log_period=log_period, eval_period=eval_period, eval_split=eval_split)
 
 
 def _warn_if_config_changed(path, cfg):

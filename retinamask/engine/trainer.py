@@ -143,6 +143,7 @@ class Trainer:
         from retinamask.modeling.losses import attach_losses
 
         self.output_dir = Path(output_dir)
+        self.data_dir = Path(data_dir)
         self.seed = int(seed)
         self.num_workers = num_workers
         seed_everything(self.seed)
@@ -216,9 +217,25 @@ class Trainer:
         values["loss"] = float(total.detach())
         return values
 
-    def run(self, progress=None, log_period=20):
-        """Train from ``self.iteration`` to SOLVER.MAX_ITER; returns the final checkpoint path."""
+    def evaluate(self, split):
+        """COCO evaluation of the current weights on ``data_dir/<split>``; the model is put back in
+        training mode and torch's RNG state restored, so that evaluating does not change the run."""
+        rng_state = torch.get_rng_state()
+        try:
+            return evaluate_split(self.model, self.cfg, self.data_dir, split)
+        finally:
+            self.model.train()
+            torch.set_rng_state(rng_state)
+
+    def run(self, progress=None, log_period=20, eval_period=0, eval_split="val"):
+        """Train from ``self.iteration`` to SOLVER.MAX_ITER; returns the final checkpoint path.
+
+        Writes the training curve (:mod:`retinamask.engine.train_metrics`): the mean losses every
+        ``log_period`` iterations and, when ``eval_period`` > 0, the bbox/segm mAP on
+        ``data_dir/<eval_split>`` every ``eval_period`` iterations and at the end.
+        """
         from retinamask.data.coco_dataset import build_train_loader
+        from retinamask.engine.train_metrics import MetricsLog
 
         max_iter = self.cfg.SOLVER.MAX_ITER
         period = self.cfg.SOLVER.CHECKPOINT_PERIOD
@@ -234,9 +251,12 @@ class Trainer:
 
             bar = tqdm(total=max_iter, initial=self.iteration, desc="train", unit="it", dynamic_ncols=True)
         averages, start, start_iteration = {}, time.perf_counter(), self.iteration
+        metrics = MetricsLog(self.output_dir, start_iteration)
+        window_start, window_iteration = start, self.iteration
         try:
             for images, image_sizes, targets, _ in loader:
                 values = self.train_step(images, image_sizes, targets)
+                metrics.add_losses(values)
                 for k, v in values.items():  # smoothed for display, like the original's meters
                     averages[k] = v if k not in averages else 0.9 * averages[k] + 0.1 * v
                 lr = self.optimizer.param_groups[0]["lr"]
@@ -259,6 +279,15 @@ class Trainer:
                         _hms(eta),
                         _max_rss_mb(),
                     )
+                if self.iteration % log_period == 0 or self.iteration == max_iter:
+                    now = time.perf_counter()
+                    metrics.write_losses(
+                        self.iteration, lr, (self.iteration - window_iteration) / max(now - window_start, 1e-9)
+                    )
+                    window_start, window_iteration = now, self.iteration
+                if eval_period > 0 and (self.iteration % eval_period == 0 or self.iteration == max_iter):
+                    self._evaluate_into(metrics, eval_split, bar)
+                    window_start = time.perf_counter()  # the evaluation's time is not training speed
                 if period > 0 and self.iteration % period == 0 and self.iteration < max_iter:
                     self.save(f"model_{self.iteration:07d}.pth")
         finally:
@@ -275,6 +304,25 @@ class Trainer:
                 done / max(seconds, 1e-9),
             )
         return self.save(FINAL_CHECKPOINT)
+
+    def _evaluate_into(self, metrics, split, bar=None):
+        started = time.perf_counter()
+        report = self.evaluate(split)
+        record = metrics.write_evaluation(self.iteration, split, _count_images(self.data_dir, split), report)
+        metrics.plot()
+        line = "  ".join(f"{k} {record[k]:.4f}" for k in ("bbox_AP", "segm_AP") if k in record)
+        message = f"iter {self.iteration}: {split} {line}  ({time.perf_counter() - started:.0f} s)"
+        if bar is not None:
+            bar.write(message)
+        else:
+            log.info("%s", message)
+
+
+def _count_images(data_dir, split):
+    import json
+
+    ann_file = Path(data_dir) / "annotations" / f"instances_{split}.json"
+    return len(json.loads(ann_file.read_text()).get("images", ()))
 
 
 def _max_rss_mb():
