@@ -80,18 +80,8 @@ def image_entries(results_dir, info_path, images_path):
         return (*read_run_sidecar(images_path), [])
     if info_path is not None:
         records, problems = read_info_lines(info_path, check_files=False)
-        entries = []
-        for record in records:
-            entry = {"basename": record.name, CANVAS_SIDE_KEY: record.canvas_side}
-            if record.file_name is not None:  # sizes from the preprocess sidecar (the seed's .info lists S x S)
-                entry.update(
-                    file_name=record.file_name,
-                    width=record.width,
-                    height=record.height,
-                    resized_width=record.resized_width,
-                    resized_height=record.resized_height,
-                )
-            entries.append(entry)
+        # sizes from the preprocess sidecar only (the seed's .info lists S x S)
+        entries = [{"basename": r.name, CANVAS_SIDE_KEY: r.canvas_side, **r.original_geometry()} for r in records]
         model = None
         run_sidecar = results_dir / SIDECAR_NAME
         if run_sidecar.is_file():

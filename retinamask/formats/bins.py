@@ -135,6 +135,20 @@ class InfoRecord:
             return (self.canvas_height, self.canvas_width)
         return (self.canvas_side, self.canvas_side) if self.canvas_side else None
 
+    def original_geometry(self):
+        """The original image's name and sizes as an image-list entry (``file_name``, ``width``, ``height``,
+        ``resized_width``, ``resized_height``); empty without a sidecar, where the .info's sizes may be
+        the seed's input size instead."""
+        if self.file_name is None:
+            return {}
+        return {
+            "file_name": self.file_name,
+            "width": self.width,
+            "height": self.height,
+            "resized_width": self.resized_width,
+            "resized_height": self.resized_height,
+        }
+
 
 def read_info(info_path, check_files=True, sidecar_path=None):
     """Parse an .info file (and its sidecar ``<info>.json`` when present, or the

@@ -117,14 +117,7 @@ def _items_from_info(info_path, canvas_side, policy=None):
             )
         entry = {"basename": record.name, "source": str(record.bin_path), "file_name": record.file_name}
         if record.file_name is not None:  # a sidecar gave the original geometry
-            entry.update(
-                width=record.width,
-                height=record.height,
-                resized_width=record.resized_width,
-                resized_height=record.resized_height,
-                scale=record.scale,
-                **{CANVAS_SIDE_KEY: record.canvas_side},
-            )
+            entry.update(record.original_geometry(), scale=record.scale, **{CANVAS_SIDE_KEY: record.canvas_side})
             if canvas is not None:
                 entry.update(canvas_height=canvas[0], canvas_width=canvas[1])
         items.append(InputItem(record.name, Path(record.bin_path), "bin", entry))
