@@ -110,3 +110,16 @@ def test_a_resumed_run_keeps_one_line_per_iteration(tiny_config, shapes_dir, tmp
     for a, b in zip(reference, resumed):  # exact resume: the same losses and learning rates
         assert {k: v for k, v in a.items() if k != "it_per_s"} == {k: v for k, v in b.items() if k != "it_per_s"}
     assert json.loads((tmp_path / "b" / "metrics.jsonl").read_text().splitlines()[-1])["iteration"] == 4
+
+
+def test_a_missing_evaluation_split_is_reported_before_training(tmp_path, capsys):
+    from retinamask.cli import main
+    from retinamask.data.shapes import generate_shapes_dataset
+
+    generate_shapes_dataset(tmp_path / "data", num_train=2, num_val=0, seed=1, max_objects=2)
+    (tmp_path / "tiny.yaml").write_text(TINY_YAML)
+    args = ["train", "--config", str(tmp_path / "tiny.yaml"), "--data", str(tmp_path / "data"), "--output"]
+    assert main([*args, str(tmp_path / "run"), "--eval-period", "2", "--eval-split", "holdout"]) == 2
+    err = capsys.readouterr().err
+    assert "instances_holdout.json" in err and "--eval-period" in err
+    assert not (tmp_path / "run" / "config.yaml").exists()  # nothing was trained

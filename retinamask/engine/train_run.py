@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from retinamask.core.errors import ConfigError
+from retinamask.core.errors import ConfigError, InputError
 from retinamask.engine.trainer import (
     CONFIG_NAME,
     FINAL_CHECKPOINT,
@@ -56,6 +56,11 @@ def train(
         cfg.defrost()
         cfg.SOLVER.MAX_ITER = int(max_iter)
         cfg.freeze()
+    eval_annotations = Path(data_dir) / "annotations" / f"instances_{eval_split}.json"
+    if eval_period > 0 and not eval_annotations.is_file():  # found now, not after the first N iterations
+        raise InputError(
+            f"the evaluation split {eval_split!r} has no annotation file (--eval-period)", eval_annotations
+        )
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     trainer = Trainer(cfg, data_dir, output_dir, seed=seed, num_workers=num_workers, split=split)
