@@ -308,7 +308,7 @@ class Trainer:
     def _evaluate_into(self, metrics, split, bar=None):
         started = time.perf_counter()
         report = self.evaluate(split)
-        record = metrics.write_evaluation(self.iteration, split, _count_images(self.data_dir, split), report)
+        record = metrics.write_evaluation(self.iteration, split, report["num_images"], report)
         metrics.plot()
         line = "  ".join(f"{k} {record[k]:.4f}" for k in ("bbox_AP", "segm_AP") if k in record)
         message = f"iter {self.iteration}: {split} {line}  ({time.perf_counter() - started:.0f} s)"
@@ -316,13 +316,6 @@ class Trainer:
             bar.write(message)
         else:
             log.info("%s", message)
-
-
-def _count_images(data_dir, split):
-    import json
-
-    ann_file = Path(data_dir) / "annotations" / f"instances_{split}.json"
-    return len(json.loads(ann_file.read_text()).get("images", ()))
 
 
 def _max_rss_mb():
@@ -345,7 +338,7 @@ def evaluate_split(model, cfg, data_dir, split="val", batch_size=4, progress=Fal
     ``resize``: a resize policy or its name (see :class:`~retinamask.engine.predictor.Predictor`);
     None: the original's test resize (INPUT.MIN_SIZE_TEST / MAX_SIZE_TEST); ``SeedResize(S)``: the
     deployment's fixed S x S canvas (long side resized to S).
-    Returns ``retinamask.evaluation.evaluate_coco``'s report.
+    Returns ``retinamask.evaluation.evaluate_coco``'s report, plus ``num_images`` (the split's).
     """
     from retinamask.engine.predictor import Predictor
     from retinamask.evaluation import evaluate_coco, load_ground_truth
@@ -369,7 +362,9 @@ def evaluate_split(model, cfg, data_dir, split="val", batch_size=4, progress=Fal
         predictions = predictor.predict_batch([data_dir / split / im["file_name"] for im in chunk])
         for im, detections in zip(chunk, predictions):
             results += results_from_detections(im["id"], detections, category_ids, encode_masks(detections.masks))
-    return evaluate_coco(dataset, results)
+    report = evaluate_coco(dataset, results)
+    report["num_images"] = len(images)
+    return report
 
 
 __all__ = [

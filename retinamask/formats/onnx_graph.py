@@ -136,26 +136,27 @@ def floats_meta(metadata, key, path):
 
 def category_ids_meta(metadata, path):
     """metadata retinamask.category_ids: the category id of each label 1..K, or None (older exports)."""
-    value = metadata.get(META_PREFIX + "category_ids")
-    if value is None:
-        return None
-    try:
-        ids = json.loads(value)
-    except ValueError:
-        ids = None
-    if not isinstance(ids, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
-        raise InputError("metadata retinamask.category_ids is not a JSON list of integers", path)
-    return tuple(ids)
+    return _json_list_meta(metadata, "category_ids", path, "integers", _is_int)
 
 
 def class_names_meta(metadata, path):
-    value = metadata.get(META_PREFIX + "class_names")
+    """metadata retinamask.class_names: the name of each label 1..K, or None."""
+    return _json_list_meta(metadata, "class_names", path, "strings", lambda item: isinstance(item, str))
+
+
+def _is_int(item):
+    return isinstance(item, int) and not isinstance(item, bool)
+
+
+def _json_list_meta(metadata, key, path, items_what, is_item):
+    """metadata retinamask.<key> as a tuple of items that pass ``is_item``, or None when absent."""
+    value = metadata.get(META_PREFIX + key)
     if value is None:
         return None
     try:
-        names = json.loads(value)
+        items = json.loads(value)
     except ValueError:
-        raise InputError("metadata retinamask.class_names is not a JSON list", path) from None
-    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-        raise InputError("metadata retinamask.class_names is not a JSON list of strings", path)
-    return tuple(names)
+        items = None
+    if not isinstance(items, list) or not all(is_item(item) for item in items):
+        raise InputError(f"metadata retinamask.{key} is not a JSON list of {items_what}", path)
+    return tuple(items)
