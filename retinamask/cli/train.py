@@ -13,9 +13,12 @@ iterations, model_final.pth, last_checkpoint and the training curve: metrics.jso
 (mean losses every --log-period iterations, bbox/segm mAP every --eval-period)
 and training_curve.png. Rerunning the same command after
 an interruption continues from last_checkpoint (use --no-resume to start over).
+--init-weights fine-tunes: a fresh run starts from another run's weights.
 
 example:
-  retinamask train --config retinamask_shapes_small --data data/shapes --output runs/shapes"""
+  retinamask train --config retinamask_shapes_small --data data/shapes --output runs/shapes
+  retinamask train --config retinamask_shapes_small --data data/shapes --output runs/tuned \\
+      --init-weights retinamask_shapes_small --opts SOLVER.BASE_LR 0.01"""
 
 
 def add_arguments(parser):
@@ -30,6 +33,13 @@ def add_arguments(parser):
         action=argparse.BooleanOptionalAction,
         default=True,
         help="continue from OUTPUT/last_checkpoint if present (default: yes)",
+    )
+    parser.add_argument(
+        "--init-weights",
+        default=None,
+        metavar="PTH",
+        help="start a fresh run from these weights (MODEL.WEIGHT: a checkpoint or the shipped model's name); "
+        "tensors whose name or shape differ keep their initialization and are listed",
     )
     parser.add_argument("--max-iter", type=int, default=None, metavar="N", help="override SOLVER.MAX_ITER")
     parser.add_argument(
@@ -74,7 +84,8 @@ def run(args):
         raise ConfigError("--eval-period must be >= 0 and --log-period >= 1", path="command line")
     if args.workers is not None and args.workers < 0:
         raise ConfigError(f"--workers must be >= 0, got {args.workers}", path="command line")
-    cfg = load_config(args.config, args.opts)
+    opts = list(args.opts) + (["MODEL.WEIGHT", args.init_weights] if args.init_weights else [])
+    cfg = load_config(args.config, opts)
     final = train(
         cfg,
         args.data,

@@ -44,7 +44,9 @@ def train(
 ):
     """Train (or continue training) a RetinaMask on the COCO-format dataset under ``data_dir``.
 
-    cfg: a config (``retinamask.config.load_config``); max_iter overrides SOLVER.MAX_ITER.
+    cfg: a config (``retinamask.config.load_config``); max_iter overrides SOLVER.MAX_ITER;
+    a fresh run starts from the weights named by ``MODEL.WEIGHT`` (a path, or the shipped
+    model's name) where it is set -- those whose name and shape fit; a resumed run ignores it.
     resume: continue from ``output_dir/last_checkpoint`` when there is one; False starts afresh.
     eval_period: evaluate on ``data_dir/<eval_split>`` every N iterations and at the end (0: never);
     the losses and these mAPs go to ``output_dir/metrics.jsonl`` and ``training_curve.png``.
@@ -71,6 +73,8 @@ def train(
         _warn_if_config_changed(output_dir / CONFIG_NAME, trainer.cfg)
         trainer.resume(checkpoint)
         log.info("resumed from %s at iteration %d", checkpoint, trainer.iteration)
+    elif trainer.cfg.MODEL.WEIGHT:
+        trainer.initialize(_weights_file(trainer.cfg.MODEL.WEIGHT))
     trainer.write_config()
     if (
         trainer.iteration >= trainer.cfg.SOLVER.MAX_ITER
@@ -80,6 +84,13 @@ def train(
         log.info("already trained to iteration %d: %s", trainer.iteration, checkpoint)
         return checkpoint
     return trainer.run(progress=progress, log_period=log_period, eval_period=eval_period, eval_split=eval_split)
+
+
+def _weights_file(weights):
+    """MODEL.WEIGHT as a file: the shipped model's name, or a path."""
+    from retinamask.config.shipped import SHIPPED_WEIGHTS, is_shipped_name
+
+    return SHIPPED_WEIGHTS if is_shipped_name(weights) else Path(weights)
 
 
 def _warn_if_config_changed(path, cfg):

@@ -193,6 +193,19 @@ class Trainer:
         if checkpoint.get("seed", self.seed) != self.seed:
             log.warning("%s was trained with --seed %s; continuing with --seed %s", path, checkpoint["seed"], self.seed)
 
+    def initialize(self, path):
+        """Start from the model weights at ``path`` (``MODEL.WEIGHT``): the tensors whose name and
+        shape fit are loaded, the others (e.g. a widened head) keep their fresh initialization;
+        optimizer, schedule and iteration start afresh. Logs what was not loaded."""
+        from retinamask.modeling.checkpoint import load_matching, read_state_dict
+
+        loaded, new, reshaped = load_matching(self.model, read_state_dict(path), path)
+        log.info("initialized %d of %d tensors from %s", len(loaded), len(loaded) + len(new) + len(reshaped), path)
+        for title, names in (("not in the checkpoint", new), ("shape differs", reshaped)):
+            if names:
+                log.warning("%s, left at their initialization (%s): %s", path, title, ", ".join(names))
+        return loaded, new, reshaped
+
     def write_config(self):
         atomic_write_text(self.output_dir / CONFIG_NAME, self.cfg.dump())
 

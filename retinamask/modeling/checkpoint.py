@@ -38,6 +38,28 @@ def load_checkpoint(model, path):
     return state
 
 
+def load_matching(model, state, path=None):
+    """Load the tensors of ``state`` whose name and shape fit ``model`` (fine-tuning, the
+    original's ``MODEL.WEIGHT``); the rest of ``model`` keeps its initialization.
+
+    Returns ``(loaded, new, reshaped)``: the names loaded, the model's names absent from
+    ``state``, and ``"name: checkpoint (..) vs model (..)"`` for those whose shape differs.
+    Raises CheckpointError if no tensor fits (another architecture altogether).
+    """
+    expected = model.state_dict()
+    loaded = [k for k, v in expected.items() if k in state and tuple(state[k].shape) == tuple(v.shape)]
+    new = [k for k in expected if k not in state]
+    reshaped = [
+        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state and tuple(state[k].shape) != tuple(v.shape)
+    ]
+    if not loaded:
+        raise CheckpointError("no tensor of the checkpoint fits the model built from the config", path=path)
+    model.load_state_dict({k: state[k] for k in loaded}, strict=False)
+    return loaded, new, reshaped
+
+
 def check_compatible(model, state, path=None):
     """Raise CheckpointError if ``state`` does not fit ``model`` exactly (keys and shapes)."""
     expected = model.state_dict()
