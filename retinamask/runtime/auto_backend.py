@@ -46,6 +46,11 @@ REDUCED_PRECISION_MEASURED = {
     ("C", "bf16"): (1.85, "OpenVINO bf16 2633 vs fp32 1412 ms (R-50 800x1088; 5389 vs 2940 ms at 1344²)"),
 }
 
+# precision -> what it costs in accuracy, measured on the shipped model (benchmarks/accuracy.py, seed 7)
+REDUCED_PRECISION_ACCURACY = {
+    "bf16": "on the shipped model it keeps the boxes but loses 0.010 segm mAP (mask edges; benchmarks/RESULTS.md)",
+}
+
 
 @dataclass(frozen=True)
 class BackendChoice:
@@ -89,7 +94,8 @@ def choose_backend(precision="fp32", device="cpu", quantized=False, cpu=None, in
 
 def reduced_precision_note(precision, cpu=None):
     """None, or one line on what is known of ``precision`` (bf16 / fp16) against fp32 on this CPU's
-    class: measured slower, or never measured. Nothing for fp32, or where it is measured faster."""
+    class: measured slower, never measured, or measured faster at a known accuracy cost. Nothing for
+    fp32, or where it is measured faster at no known cost."""
     if precision not in ("bf16", "fp16"):
         return None
     rule = cpu_class_rule(cpu)
@@ -106,6 +112,9 @@ def reduced_precision_note(precision, cpu=None):
             f"{precision} is not measured on this CPU class ({described}); it can be slower than fp32 "
             "(1.85x on class C): `retinamask bench --compare` times it here"
         )
+    cost = REDUCED_PRECISION_ACCURACY.get(precision)
+    if cost is not None:
+        return f"{precision} is measured {1 / ratio:.2f}x faster than fp32 on this CPU class ({measured}); {cost}"
     return None
 
 

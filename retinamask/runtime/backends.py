@@ -129,7 +129,7 @@ def create_session(
         from retinamask.runtime.auto_backend import reduced_precision_note
 
         note = reduced_precision_note(precision)
-        if note is not None:  # bf16 / fp16 measured slower than fp32 here, or never measured
+        if note is not None:  # bf16 / fp16 measured slower than fp32 here, never measured, or at a cost
             logger.warning(note)
     return session
 
