@@ -10,7 +10,8 @@ from retinamask.runtime.auto_backend import choose_backend, reduced_precision_no
 from retinamask.runtime.backends import create_session
 from test_runtime_fakes import build_fake_model
 
-CLASS_A = CpuInfo.from_flags({"sse4_2", "avx2", "avx512f", "avx512_vnni", "avx512_bf16"}, "AuthenticAMD", "AMD EPYC")
+ZEN4_FLAGS = {"sse4_2", "avx2", "avx512f", "avx512_vnni", "avx512_bf16"}
+CLASS_A = CpuInfo.from_flags(ZEN4_FLAGS, "AuthenticAMD", "AMD EPYC", 25)
 CLASS_B = CpuInfo.from_flags({"sse4_2", "avx2", "fma"}, "AuthenticAMD", "AMD EPYC")
 NO_AVX2 = CpuInfo.from_flags({"sse2"})
 BOTH = ("onnxruntime", "openvino")
@@ -33,14 +34,26 @@ def test_cpu_classes_from_vendor_and_flags():
     assert cpu_class(CpuInfo.from_flags({"avx2", "avx512f"})) == "F"
     assert [rule.name for rule in CLASS_RULES if rule.measured] == ["C", "A", "B"]
     assert describe_cpu_class(CLASS_B) == "class B (avx2 only)"
-    assert describe_cpu_class(CLASS_A) == "class A (avx2 avx512f avx512_vnni avx512_bf16)"
+    assert describe_cpu_class(CLASS_A) == "class A (AMD family 25, avx2 avx512f avx512_vnni avx512_bf16)"
     assert describe_cpu_class(XEON) == "class C (Intel, avx2 avx512f avx512_vnni avx512_bf16 avx512_fp16, no amx)"
     assert describe_cpu_class(other) == "class E (avx2 avx512f avx512_vnni; unmeasured, as class A)"
     assert describe_cpu_class(NO_AVX2) == "class ? (no avx2)"
 
 
+def test_amd_classes_follow_the_measured_microarchitecture_families():
+    # Zen 4 (family 25) and Zen 5 (family 26) are both measured bf16-fast; another family is not
+    zen5 = CpuInfo.from_flags(CLASS_A.flags | {"avx512_vp2intersect"}, "AuthenticAMD", "AMD EPYC", 26)
+    assert cpu_class(zen5) == "A" and "unmeasured" not in describe_cpu_class(zen5)
+    for family in (27, None):
+        later = CpuInfo.from_flags(CLASS_A.flags, "AuthenticAMD", "AMD EPYC", family)
+        assert cpu_class(later) == "E" and measured_class(later) == "A"
+        assert "not measured" in reduced_precision_note("bf16", later)
+    assert reduced_precision_note("bf16", zen5) == reduced_precision_note("bf16", CLASS_A)
+
+
 CPUINFO_XEON = """processor\t: 0
 vendor_id\t: GenuineIntel
+cpu family\t: 6
 model name\t: Intel(R) Xeon(R) Processor
 flags\t\t: fpu sse2 avx2 avx512f avx512_vnni avx512_bf16 avx512_fp16 avx_vnni
 vmx flags\t: vnmi
@@ -56,7 +69,7 @@ def test_cpu_info_reads_vendor_model_and_the_flags_that_decide_speed(tmp_path):
     path = tmp_path / "cpuinfo"
     path.write_text(CPUINFO_XEON)
     info = read_cpu_info(path)
-    assert (info.vendor, info.model_name) == ("GenuineIntel", "Intel(R) Xeon(R) Processor")
+    assert (info.vendor, info.model_name, info.family) == ("GenuineIntel", "Intel(R) Xeon(R) Processor", 6)
     assert info.speed_flags == ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "avx512_fp16")
     assert info.avx512 and info.vnni and info.avx512_bf16 and info.avx512_fp16 and not info.amx
     assert "vnmi" not in info.flags  # "vmx flags" is another line

@@ -3,16 +3,20 @@
 :class:`CpuInfo` holds what /proc/cpuinfo says about the first processor: vendor, model name and
 its feature flags; its properties name the flags that decide which runtime and precision are
 fast. :func:`cpu_class` files a CPU under the first row of :data:`CLASS_RULES` that it fits:
-the vendor (microarchitecture family) and the flags that decide speed -- AVX2, AVX-512, VNNI,
+the vendor and microarchitecture family and the flags that decide speed -- AVX2, AVX-512, VNNI,
 avx512_bf16 with or without AMX tiles, avx512_fp16. Measurements are filed per class
-(benchmarks/RESULTS.md) and ``--backend auto`` decides by them (runtime/auto_backend.py):
+(benchmarks/RESULTS.md) and ``--backend auto`` decides by them (runtime/auto_backend.py).
+On AMD the ``cpu family`` names the microarchitecture (25 = 0x19: Zen 3 / Zen 4, 26 = 0x1A: Zen 5);
+every recent Intel part is family 6, where the flags (avx512_fp16, AMX) tell the generation.
 
-- **A**: AMD, AVX-512 + VNNI + avx512_bf16 (AMD EPYC, Zen 4 family). Measured: bf16 ~2x fp32.
+- **A**: AMD family 25 or 26 (Zen 4, Zen 5: the two measured), AVX-512 + VNNI + avx512_bf16.
+  Measured on both: bf16 ~1.9-2x faster than fp32.
 - **B**: AMD, AVX2 only. Measured: no bf16 in OpenVINO; AVX2 INT8 kernels.
 - **C**: Intel, AVX-512 + VNNI + avx512_bf16 + avx512_fp16, no AMX exposed (a Xeon of the
   Sapphire Rapids family as a VM shows it). Measured (issue 17): bf16 ~1.85x *slower* than fp32.
 - **D**: AMX tiles (``amx_tile``): unmeasured; figures of class C stand in.
-- **E**: any other AVX-512 + VNNI CPU: unmeasured; figures of class A stand in.
+- **E**: any other AVX-512 + VNNI CPU (an AMD of another family too): unmeasured; figures of
+  class A stand in.
 - **F**: any other AVX2 CPU: unmeasured; figures of class B stand in.
 - **?**: no AVX2, or /proc/cpuinfo unreadable.
 
@@ -47,8 +51,8 @@ AMD, INTEL = "AuthenticAMD", "GenuineIntel"
 @dataclass(frozen=True)
 class CpuClass:
     """One row of :data:`CLASS_RULES`. A CPU fits when it has every flag of ``requires``, none of
-    ``excludes`` and (where set) the ``vendor``. ``stand_in``: "" for a measured class, else the
-    measured class whose figures stand in for it."""
+    ``excludes`` and (where set) the ``vendor`` and one of the ``families``. ``stand_in``: "" for a
+    measured class, else the measured class whose figures stand in for it."""
 
     name: str
     summary: str
@@ -56,13 +60,19 @@ class CpuClass:
     vendor: str = ""
     excludes: frozenset = frozenset()
     stand_in: str = ""
+    families: frozenset = frozenset()  # the measured ``cpu family`` values; empty: any
 
     @property
     def measured(self):
         return not self.stand_in
 
     def fits(self, info):
-        return self.requires <= info.flags and not (self.excludes & info.flags) and self.vendor in ("", info.vendor)
+        return (
+            self.requires <= info.flags
+            and not (self.excludes & info.flags)
+            and self.vendor in ("", info.vendor)
+            and (not self.families or info.family in self.families)
+        )
 
 
 _AVX512_VNNI = frozenset({"avx2", "avx512f", "avx512_vnni"})
@@ -76,7 +86,13 @@ CLASS_RULES = (
         vendor=INTEL,
         excludes=frozenset({"amx_tile"}),
     ),
-    CpuClass("A", "AMD, AVX-512 + VNNI + bf16", _AVX512_VNNI | {"avx512_bf16"}, vendor=AMD),
+    CpuClass(
+        "A",
+        "AMD Zen 4 / Zen 5, AVX-512 + VNNI + bf16",
+        _AVX512_VNNI | {"avx512_bf16"},
+        vendor=AMD,
+        families=frozenset({25, 26}),
+    ),
     CpuClass("E", "AVX-512 + VNNI", frozenset({"avx512f", "avx512_vnni"}), stand_in="A"),
     CpuClass("B", "AMD, AVX2 only", frozenset({"avx2"}), vendor=AMD, excludes=frozenset({"avx512_vnni"})),
     CpuClass("F", "AVX2", frozenset({"avx2"}), stand_in="B"),
@@ -88,11 +104,13 @@ UNKNOWN_CLASS = "?"
 @dataclass(frozen=True)
 class CpuInfo:
     """vendor: /proc/cpuinfo's ``vendor_id`` (e.g. "AuthenticAMD", "GenuineIntel"); model_name: its
-    ``model name`` (e.g. "AMD EPYC 9R14 Processor"); flags: every feature flag. Empty where unknown."""
+    ``model name`` (e.g. "AMD EPYC 9R14 Processor"); flags: every feature flag; family: its
+    ``cpu family`` (e.g. 26). Empty (None) where unknown."""
 
     vendor: str = ""
     model_name: str = ""
     flags: frozenset = field(default_factory=frozenset)
+    family: int | None = None
 
     @classmethod
     def from_cpuinfo_text(cls, text):
@@ -102,11 +120,17 @@ class CpuInfo:
             key, sep, value = line.partition(":")
             if sep:
                 found.setdefault(key.strip(), value.strip())
-        return cls(found.get("vendor_id", ""), found.get("model name", ""), frozenset(found.get("flags", "").split()))
+        family = found.get("cpu family", "")
+        return cls(
+            found.get("vendor_id", ""),
+            found.get("model name", ""),
+            frozenset(found.get("flags", "").split()),
+            int(family) if family.isdigit() else None,
+        )
 
     @classmethod
-    def from_flags(cls, flags, vendor="", model_name=""):
-        return cls(vendor, model_name, frozenset(flags))
+    def from_flags(cls, flags, vendor="", model_name="", family=None):
+        return cls(vendor, model_name, frozenset(flags), family)
 
     def has(self, *flags):
         return all(flag in self.flags for flag in flags)
@@ -176,8 +200,8 @@ def measured_class(info=None):
 
 
 def describe_cpu_class(info=None):
-    """E.g. 'class A (avx2 avx512f avx512_vnni avx512_bf16)', 'class B (avx2 only)', or for an
-    unmeasured class 'class E (avx2 avx512f avx512_vnni; unmeasured, as class A)'."""
+    """E.g. 'class A (AMD family 26, avx2 avx512f avx512_vnni avx512_bf16)', 'class B (avx2 only)', or
+    for an unmeasured class 'class E (avx2 avx512f avx512_vnni; unmeasured, as class A)'."""
     info = this_cpu() if info is None else info
     rule = cpu_class_rule(info)
     if rule is None:
@@ -186,6 +210,8 @@ def describe_cpu_class(info=None):
     flags = "avx2 only" if shown == ["avx2"] else " ".join(shown)
     if rule.name == "C":
         flags = f"Intel, {flags}, no amx"
+    elif info.vendor == AMD and info.family is not None:
+        flags = f"AMD family {info.family}, {flags}"
     unmeasured = f"; unmeasured, as class {rule.stand_in}" if rule.stand_in else ""
     return f"class {rule.name} ({flags}{unmeasured})"
 

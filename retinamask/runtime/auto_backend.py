@@ -10,7 +10,8 @@ Measured, R-50 RetinaMask end2end, batch 1, s / image:
 =====================================  ===================================  ==================================
 CPU class                              fp32                                 INT8 model
 =====================================  ===================================  ==================================
-A: AMD, AVX-512 + VNNI + bf16          OpenVINO 4.21, ONNX Runtime 4.48     OpenVINO 1.18, ONNX Runtime 1.23
+A: AMD Zen 4, AVX-512 + VNNI + bf16    OpenVINO 4.21, ONNX Runtime 4.48     OpenVINO 1.18, ONNX Runtime 1.23
+A: AMD Zen 5 (800x1088)                OpenVINO 0.96, ONNX Runtime 1.01     -
 B: AMD, AVX2 only                      ONNX Runtime 5.89, OpenVINO 6.19     ONNX Runtime 2.84, OpenVINO 3.09
 C: Intel, AVX-512 + bf16 + fp16        OpenVINO 2.94 (ONNX Runtime: -)      OpenVINO 0.44 at 800x1088
 =====================================  ===================================  ==================================
@@ -42,7 +43,10 @@ _RUNTIME_STAND_IN = {"C": "A"}
 
 # (CPU class, precision) -> (ratio of its time to fp32's on OpenVINO, the measurement). > 1: slower.
 REDUCED_PRECISION_MEASURED = {
-    ("A", "bf16"): (0.51, "OpenVINO bf16 2.14 s vs fp32 4.21 s (R-50 1344², AMD EPYC)"),
+    ("A", "bf16"): (
+        0.51,
+        "OpenVINO bf16 2.14 s vs fp32 4.21 s (R-50 1344², AMD EPYC family 25); 507 vs 955 ms (800x1088, family 26)",
+    ),
     ("C", "bf16"): (1.85, "OpenVINO bf16 2633 vs fp32 1412 ms (R-50 800x1088; 5389 vs 2940 ms at 1344²)"),
 }
 
