@@ -80,7 +80,8 @@ def _add_backend_arguments(parser):
 
 
 def _add_run_arguments(parser):
-    """How the run goes: --legacy-names, --workers, --strict, --threads, --cache-dir, --performance-hint."""
+    """How the run goes: --legacy-names, --workers, --strict, --threads, --sessions, --cache-dir,
+    --performance-hint."""
     from retinamask.core.jobs import default_workers
     from retinamask.runtime.backends import PERFORMANCE_HINTS
     from retinamask.runtime.infer import WORKER_LIMIT
@@ -99,7 +100,18 @@ def _add_run_arguments(parser):
         help="image preprocessing processes (0: in this process; default %(default)s)",
     )
     parser.add_argument("--strict", action="store_true", help="stop at the first bad item (exit code 2)")
-    parser.add_argument("--threads", type=int, default=None, help="inference threads (default: physical cores)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="inference threads of each session (default: the physical cores divided among the sessions)",
+    )
+    parser.add_argument(
+        "--sessions",
+        type=int,
+        default=None,
+        help="model sessions run at once, one batch each (default: the measured rule, logged; serve's --sessions)",
+    )
     parser.add_argument(
         "--cache-dir",
         "--cache_dir",
@@ -113,7 +125,7 @@ def _add_run_arguments(parser):
         dest="performance_hint",
         choices=PERFORMANCE_HINTS,
         default="LATENCY",
-        help="OpenVINO performance hint",
+        help="OpenVINO performance hint of each session (THROUGHPUT pays only with parallel requests)",
     )
 
 
@@ -188,6 +200,8 @@ def run(args):
         canvas_side=args.canvas_side,
         progress=args.progress,
         resize=args.resize,
+        sessions=args.sessions,  # a local run's (Ray's actors have --threads each)
+        performance_hint=args.performance_hint,
     )
     print(format_summary(summary))
     return report_failures(summary["failed"])

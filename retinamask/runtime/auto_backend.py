@@ -28,6 +28,7 @@ fp32, or never measured, one line says so (:func:`reduced_precision_note`).
 from dataclasses import dataclass
 
 from retinamask.core.cpu import CLASSES, cpu_class, cpu_class_rule, describe_cpu_class
+from retinamask.core.errors import InputError
 
 AUTO = "auto"
 
@@ -126,3 +127,26 @@ def _installed_runtimes():
     import importlib.util
 
     return tuple(name for name in ("onnxruntime", "openvino") if importlib.util.find_spec(name) is not None)
+
+
+def dataset_sessions(device="cpu", sessions=None, threads=None, cores=None):
+    """(sessions, intra-op threads each, one line saying so) for a dataset run (``infer``).
+
+    sessions: the number asked for (``--sessions``), None for the rule: one session with every core
+    (measured below). threads: intra-op threads per session (``--threads``); None: the cores
+    (``cores``, default: physical cores) divided among the sessions. Off the CPU: one session.
+    """
+    from retinamask.core.cpu import physical_cores
+
+    cores = physical_cores() if cores is None else int(cores)
+    if sessions is None:
+        count, why = 1, "1 session (the default)"
+    else:
+        count = int(sessions)
+        if count < 1:
+            raise InputError(f"--sessions must be >= 1, got {sessions}")
+        why = f"{count} session{'s' if count > 1 else ''} (--sessions)"
+    if device != "cpu" and count > 1:
+        count, why = 1, f"1 session (--device {device} runs one)"
+    each = int(threads) if threads else max(1, cores // count)
+    return count, each, f"{why} x {each} thread{'s' if each > 1 else ''}"

@@ -80,6 +80,8 @@ def run_inference(
     session=None,
     executor=None,
     resize=None,
+    sessions=None,
+    performance_hint="LATENCY",
 ):
     """Infer every item of ``input_path`` (see the module docstring) and write its outputs.
 
@@ -90,7 +92,11 @@ def run_inference(
     instead of listing it and going on. layout / canvas_side (S of a square model,
     ``--input-size``): for models whose metadata lacks them. resize: the resize policy (name or
     ResizePolicy; None: the model's metadata).
-    session: an existing :class:`~.backends.Session` for this model.
+    session: an existing :class:`~.backends.Session` for this model (or a list of them: as many
+    batches run at once). sessions: how many sessions to create and run at once, each with
+    ``threads`` intra-op threads (None: the cores divided among them), None: the rule of
+    :func:`~.auto_backend.dataset_sessions` (logged). performance_hint: OpenVINO's LATENCY or
+    THROUGHPUT for each session.
     progress: tqdm bar on/off (None: on a terminal).
     executor: where the items are loaded, inferred and written (None: here, by a local
     session and ``workers`` processes): an object with ``name, backend, device, precision``
@@ -104,7 +110,6 @@ def run_inference(
     ``throughput`` (1000 * batchsize / mean compute ms), ``e2e`` wall time and images/s.
     """
     from retinamask.formats.model_info import read_model_info
-    from retinamask.runtime.backends import create_session
 
     outfmt, batch_size, workers = _checked_settings(outfmt, batch_size, workers)
     info = read_model_info(model_path, layout=layout, canvas_side=canvas_side, resize=resize)
@@ -119,8 +124,8 @@ def run_inference(
     earlier = earlier_records(sidecar_path, settings, out_dir)
 
     if executor is None and session is None:
-        session = create_session(
-            model_path, backend, device, precision, threads=threads, cache_dir=cache_dir, model_info=info
+        session = _create_sessions(
+            model_path, backend, device, precision, (threads, sessions, performance_hint), cache_dir, info
         )
     todo, records = _split_done(items, earlier, out_dir, info, outfmt, legacy_names)
     skipped = len(records)
@@ -143,7 +148,7 @@ def run_inference(
         write_sidecar(finished=True)
     wall_s = time.perf_counter() - started
 
-    ran_by = session if executor is None else executor
+    ran_by = executor or _SessionsDescription.of(session)
     summary = {
         "count": inferred,
         "skipped": skipped,
@@ -179,6 +184,46 @@ def _write_summary(summary, summary_path):
     atomic_write_json(summary_path, summary)
     summary["summary_path"] = str(summary_path)
     return summary
+
+
+def _create_sessions(model_path, backend, device, precision, parallelism, cache_dir, info):
+    """The session(s) of a local run: one, or a list of ``count`` that run that many batches at once
+    (as ``serve --sessions`` does, each with its share of the cores). parallelism: (threads,
+    sessions, performance hint) as asked for."""
+    from retinamask.runtime.auto_backend import dataset_sessions
+    from retinamask.runtime.backends import create_session
+
+    threads, sessions, hint = parallelism
+    count, threads, why = dataset_sessions(device, sessions, threads)
+    created = []
+    for _ in range(count):
+        created.append(
+            create_session(
+                model_path,
+                created[0].backend if created else backend,  # "auto" decides (and logs) once
+                device,
+                precision,
+                threads=threads,
+                cache_dir=cache_dir,
+                performance_hint=hint,
+                model_info=info,
+            )
+        )
+    logger.info("infer: %s", why)
+    return created[0] if count == 1 else created
+
+
+class _SessionsDescription:
+    """What the summary says of a local run's session(s): ``name`` gets " x N" for N sessions."""
+
+    def __init__(self, sessions):
+        first = sessions[0]
+        self.name = first.name if len(sessions) == 1 else f"{first.name} x{len(sessions)}"
+        self.backend, self.device, self.precision = first.backend, first.device, first.precision
+
+    @classmethod
+    def of(cls, session):
+        return cls(list(session) if isinstance(session, list | tuple) else [session])
 
 
 def _run_description(ran_by, batch_size, model_path, info, outfmt, legacy_names):
