@@ -2,6 +2,7 @@
 runs and reports what the Markdown table needs; every benchmark script starts as a module from
 the repository root. No timing is asserted: speed is what the suite prints."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -28,7 +29,16 @@ from retinamask.config import load_config  # noqa: E402
 from tiny_model import TINY_OPTS, tiny_model_with_detections  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
-SCRIPTS = ("suite", "resize_policies", "accuracy", "conventions", "coco_eval_speed", "ray_scaling", "pytorch_latency")
+SCRIPTS = (
+    "suite",
+    "resize_policies",
+    "accuracy",
+    "conventions",
+    "coco_eval_speed",
+    "ray_scaling",
+    "pytorch_latency",
+    "infer_levers",
+)
 
 S = 128
 SETTINGS = {**suite.QUICK, "warmup": 0, "repeats": 1, "calibration_images": 2, "batched": True}
@@ -284,3 +294,18 @@ def test_every_benchmark_starts_as_a_module_from_the_repository_root(name):
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "usage:" in done.stdout
+
+
+def test_infer_levers_time_every_setting_on_fresh_folders(tmp_path, capsys):
+    from benchmarks import infer_levers
+
+    report = tmp_path / "r.json"
+    infer_levers.main(["--workdir", str(tmp_path), "--rounds", "1", "--shipped-images", "3", "--json", str(report)])
+    printed = capsys.readouterr().out
+    rows = [line for line in printed.splitlines() if line.startswith("| ") and "setting" not in line]
+    assert [row.split(" | ")[0][2:] for row in rows] == [label for label, _ in infer_levers.SETTINGS]
+    assert rows[0].endswith("| 1.00 |")  # the reference row
+    rates = json.loads(report.read_text())["rates"]
+    (per_setting,) = rates.values()
+    assert all(len(values) == 1 and values[0] > 0 for values in per_setting.values())
+    assert [p.name for p in tmp_path.iterdir() if p.is_dir()] == ["shapes"]  # every run's folder was removed
