@@ -100,8 +100,6 @@ def main(argv=None):
     parser.add_argument("--r50-images", type=int, default=12)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    logging.getLogger("retinamask").setLevel(logging.WARNING)
     args.workdir.mkdir(parents=True, exist_ok=True)
     cases = [shipped_case(args.workdir, args.shipped_images)]
     counts = {cases[0][0]: args.shipped_images}
@@ -119,4 +117,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.getLogger("retinamask").setLevel(logging.WARNING)
     main()

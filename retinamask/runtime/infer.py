@@ -209,7 +209,8 @@ def _create_sessions(model_path, backend, device, precision, parallelism, cache_
                 model_info=info,
             )
         )
-    logger.info("infer: %s", why)
+    if count > 1:
+        logger.info("infer: %s", why)
     return created[0] if count == 1 else created
 
 
