@@ -94,12 +94,11 @@ def test_a_failed_batch_stops_the_run_with_its_error():
 
 
 def test_the_cores_are_divided_among_the_sessions():
-    assert dataset_sessions("cpu", None, None, cores=2)[:2] == (1, 2)
-    count, threads, line = dataset_sessions("cpu", 2, None, cores=2)
-    assert (count, threads) == (2, 1) and line == "2 sessions (--sessions) x 1 thread"
+    assert dataset_sessions("cpu", None, None, cores=2) == (1, 2, None)  # the default: nothing to say
+    assert dataset_sessions("cpu", 2, None, cores=2) == (2, 1, "2 sessions x 1 thread")
     assert dataset_sessions("cpu", 3, None, cores=16)[:2] == (3, 5)
     assert dataset_sessions("cpu", 2, 4, cores=2)[:2] == (2, 4)  # --threads is per session
-    assert dataset_sessions("cuda", 2, None, cores=2)[:2] == (1, 2)
+    assert dataset_sessions("cuda", 2, None, cores=2) == (1, 2, "1 session: --device cuda runs one, not --sessions 2")
     with pytest.raises(InputError, match="--sessions must be >= 1, got 0"):
         dataset_sessions("cpu", 0, None)
 

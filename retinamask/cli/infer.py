@@ -110,7 +110,7 @@ def _add_run_arguments(parser):
         "--sessions",
         type=int,
         default=None,
-        help="model sessions run at once, one batch each (default: the measured rule, logged; serve's --sessions)",
+        help="model sessions run at once, one batch each, the cores divided among them (default 1; as serve's)",
     )
     parser.add_argument(
         "--cache-dir",

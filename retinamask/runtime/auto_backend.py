@@ -130,23 +130,23 @@ def _installed_runtimes():
 
 
 def dataset_sessions(device="cpu", sessions=None, threads=None, cores=None):
-    """(sessions, intra-op threads each, one line saying so) for a dataset run (``infer``).
+    """(sessions, intra-op threads each, None or one line worth logging) for a dataset run (``infer``).
 
-    sessions: the number asked for (``--sessions``), None for the rule: one session with every core
-    (measured below). threads: intra-op threads per session (``--threads``); None: the cores
-    (``cores``, default: physical cores) divided among the sessions. Off the CPU: one session.
+    sessions: the number asked for (``--sessions``); None: one session with every core (the default
+    until ``benchmarks/infer_levers.py`` measures otherwise). threads: intra-op threads per session
+    (``--threads``); None: the cores (``cores``, default: physical cores) divided among the
+    sessions. Off the CPU: one session, and the line says so when more were asked for.
     """
     from retinamask.core.cpu import physical_cores
 
-    cores = physical_cores() if cores is None else int(cores)
-    if sessions is None:
-        count, why = 1, "1 session (the default)"
-    else:
-        count = int(sessions)
-        if count < 1:
-            raise InputError(f"--sessions must be >= 1, got {sessions}")
-        why = f"{count} session{'s' if count > 1 else ''} (--sessions)"
+    count = 1 if sessions is None else int(sessions)
+    if count < 1:
+        raise InputError(f"--sessions must be >= 1, got {sessions}")
+    note = None
     if device != "cpu" and count > 1:
-        count, why = 1, f"1 session (--device {device} runs one)"
+        count, note = 1, f"1 session: --device {device} runs one, not --sessions {sessions}"
+    cores = physical_cores() if cores is None else int(cores)
     each = int(threads) if threads else max(1, cores // count)
-    return count, each, f"{why} x {each} thread{'s' if each > 1 else ''}"
+    if count > 1:
+        note = f"{count} sessions x {each} thread{'s' if each > 1 else ''}"
+    return count, each, note

@@ -95,7 +95,7 @@ def run_inference(
     session: an existing :class:`~.backends.Session` for this model (or a list of them: as many
     batches run at once). sessions: how many sessions to create and run at once, each with
     ``threads`` intra-op threads (None: the cores divided among them), None: the rule of
-    :func:`~.auto_backend.dataset_sessions` (logged). performance_hint: OpenVINO's LATENCY or
+    :func:`~.auto_backend.dataset_sessions`. performance_hint: OpenVINO's LATENCY or
     THROUGHPUT for each session.
     progress: tqdm bar on/off (None: on a terminal).
     executor: where the items are loaded, inferred and written (None: here, by a local
@@ -127,6 +127,7 @@ def run_inference(
         session = _create_sessions(
             model_path, backend, device, precision, (threads, sessions, performance_hint), cache_dir, info
         )
+    run_sessions = list(session) if isinstance(session, list | tuple) else [session]
     todo, records = _split_done(items, earlier, out_dir, info, outfmt, legacy_names)
     skipped = len(records)
 
@@ -139,7 +140,7 @@ def run_inference(
     started = time.perf_counter()
     try:
         if executor is None:
-            events = infer_local(todo, info, session, batch_size, workers, out_dir, outfmt, legacy_names)
+            events = infer_local(todo, info, run_sessions, batch_size, workers, out_dir, outfmt, legacy_names)
         else:
             events = executor.run(todo, info, batch_size, out_dir, outfmt, legacy_names)
         compute_ms, inferred = _consume_events(events, len(todo), records, failures, outfmt, legacy_names, progress)
@@ -148,7 +149,7 @@ def run_inference(
         write_sidecar(finished=True)
     wall_s = time.perf_counter() - started
 
-    ran_by = executor or _SessionsDescription.of(session)
+    ran_by = executor or _SessionsDescription(run_sessions)
     summary = {
         "count": inferred,
         "skipped": skipped,
@@ -194,7 +195,7 @@ def _create_sessions(model_path, backend, device, precision, parallelism, cache_
     from retinamask.runtime.backends import create_session
 
     threads, sessions, hint = parallelism
-    count, threads, why = dataset_sessions(device, sessions, threads)
+    count, threads, note = dataset_sessions(device, sessions, threads)
     created = []
     for _ in range(count):
         created.append(
@@ -209,22 +210,18 @@ def _create_sessions(model_path, backend, device, precision, parallelism, cache_
                 model_info=info,
             )
         )
-    if count > 1:
-        logger.info("infer: %s", why)
-    return created[0] if count == 1 else created
+    if note is not None:
+        logger.info("infer: %s", note)
+    return created
 
 
 class _SessionsDescription:
-    """What the summary says of a local run's session(s): ``name`` gets " x N" for N sessions."""
+    """What the summary says of a local run's sessions (a list): ``name`` gets " x N" for N sessions."""
 
     def __init__(self, sessions):
         first = sessions[0]
         self.name = first.name if len(sessions) == 1 else f"{first.name} x{len(sessions)}"
         self.backend, self.device, self.precision = first.backend, first.device, first.precision
-
-    @classmethod
-    def of(cls, session):
-        return cls(list(session) if isinstance(session, list | tuple) else [session])
 
 
 def _run_description(ran_by, batch_size, model_path, info, outfmt, legacy_names):

@@ -26,7 +26,7 @@ MAX_OPEN_CANVASES = 4
 
 def infer_local(todo, info, sessions, batch_size, workers, out_dir, outfmt, legacy_names):
     """Load, infer and write ``todo`` here: images preprocessed by ``workers`` processes, the model
-    run by ``sessions`` (one :class:`~.session.Session` or a list: as many batches at once) in
+    run by ``sessions`` (a list of :class:`~.session.Session`: as many batches at once) in
     batches of ``batch_size`` images of one canvas. Yields the events
     :func:`~retinamask.runtime.infer.run_inference` consumes (any executor yields the same):
 
@@ -38,7 +38,6 @@ def infer_local(todo, info, sessions, batch_size, workers, out_dir, outfmt, lega
     open at once (the oldest runs when another canvas comes), which bounds memory under the
     ``original`` policy, where nearly every aspect ratio has its own canvas.
     """
-    sessions = list(sessions) if isinstance(sessions, list | tuple) else [sessions]
     batches = {}  # canvas (H, W) -> (batch buffer filled in place, items in it), oldest first
 
     def write(session, batch, pending):
