@@ -109,12 +109,15 @@ def test_cli_passes_sessions_and_the_performance_hint(tmp_path, dataset, model_p
     create = backends.create_session
 
     def recording(*args, **kwargs):
-        asked.append((kwargs["threads"], kwargs["performance_hint"]))
+        asked.append((kwargs["threads"], kwargs["performance_hint"], kwargs.get("streams", 1)))
         return create(*args, **kwargs)
 
     monkeypatch.setattr(backends, "create_session", recording)
     argv = ["infer", "--model", str(model_path), "--input", str(image_dir), "--output", str(tmp_path)]
     flags = ["--sessions", "2", "--threads", "1", "--performance-hint", "THROUGHPUT", "--no-progress"]
     assert main([*argv, "--output-dirname", "r", *flags]) == 0
-    assert asked == [(1, "THROUGHPUT"), (1, "THROUGHPUT")]
+    # ONNX Runtime: two sessions; OpenVINO: one compile with two streams (and a replica)
+    assert asked[0] == (1, "THROUGHPUT", 2) and set(asked[1:]) <= {(1, "THROUGHPUT", 1)}
+    summary = json.loads((tmp_path / "r_summary.json").read_text())
+    assert summary["session"].endswith(" x2"), summary["session"]
     assert main([*argv, "--output-dirname", "bad", "--sessions", "0", "--no-progress"]) == 2

@@ -9,6 +9,7 @@ from retinamask.runtime.backends import (
     BackendUnavailable,
     candidate_configurations,
     create_session,
+    create_sessions,
     physical_cores,
 )
 from test_runtime_fakes import BOX_IMAGES, MEAN, box_image, build_fake_model
@@ -48,6 +49,33 @@ def test_openvino_f32_matches_onnxruntime(model_path):
     for ours, theirs in zip(outputs, reference):
         assert ours.shape == theirs.shape
         np.testing.assert_allclose(ours, theirs, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_sessions_run_at_once_and_agree(model_path, backend):
+    """create_sessions: ONNX Runtime makes independent sessions; OpenVINO one compile with N streams and a
+    replica per session (its own infer request); run from N threads at once, each gives one session's outputs."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    if backend == "openvino":
+        pytest.importorskip("openvino")
+    batches = [_batch(2), _batch(3)]
+    reference = [create_session(model_path, backend, "cpu", threads=1).run(b) for b in batches]
+    sessions = create_sessions(model_path, 2, backend, "cpu", threads=1)
+    assert len(sessions) == 2 and all(s.backend == backend for s in sessions)
+    if backend == "openvino":
+        first, twin = sessions
+        assert twin.compiled is first.compiled and twin.request is not first.request
+        assert first.compiled.get_property("NUM_STREAMS") == 2
+        assert first.compiled.get_property("INFERENCE_NUM_THREADS") == 2  # threads per stream x streams
+    else:
+        assert sessions[0] is not sessions[1]
+    with ThreadPoolExecutor(2) as pool:
+        for _ in range(3):
+            results = list(pool.map(lambda pair: pair[0].run(pair[1]), zip(sessions, batches)))
+            for ours, theirs in zip(results, reference):
+                for a, b in zip(ours, theirs):
+                    np.testing.assert_array_equal(a, b)
 
 
 def test_openvino_bf16_when_the_cpu_has_it(model_path):

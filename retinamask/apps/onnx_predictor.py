@@ -37,13 +37,25 @@ class OnnxPredictor:
     Preprocessing (the resize policy: ``resize``, else the metadata's), class names, thresholds
     and the layout come from the model's metadata (docs/onnx_contract.md); the seed layout gets
     the host-side NMS. ``threads``: the session's intra-op threads (None: the runtime's default).
+    ``session``: a session of this model already made (``create_sessions``); backend, device,
+    precision and threads are then its own.
     """
 
     def __init__(
-        self, model_path, backend="auto", device="cpu", precision="fp32", mask_threshold=0.5, resize=None, threads=None
+        self,
+        model_path,
+        backend="auto",
+        device="cpu",
+        precision="fp32",
+        mask_threshold=0.5,
+        resize=None,
+        threads=None,
+        session=None,
     ):
         self.info = read_model_info(model_path, resize=resize)
-        self.session = create_session(model_path, backend, device, precision, threads=threads, model_info=self.info)
+        if session is None:
+            session = create_session(model_path, backend, device, precision, threads=threads, model_info=self.info)
+        self.session = session
         self.mask_threshold = mask_threshold
 
     @property

@@ -44,6 +44,7 @@ __all__ = [
     "Session",
     "candidate_configurations",
     "create_session",
+    "create_sessions",
     "normalize_precision",
     "openvino_capabilities",
     "physical_cores",
@@ -67,6 +68,7 @@ def create_session(
     model_info=None,
     runtime_options=None,
     static_shapes=None,
+    streams=1,
 ):
     """Compile ``model_path`` for a backend and device.
 
@@ -82,7 +84,8 @@ def create_session(
     ONNX Runtime session config entries (e.g. {"session.intra_op.allow_spinning": "0"}),
     OpenVINO compile properties (e.g. {"ENABLE_CPU_PINNING": True}); they override ours.
     static_shapes: for dynamic-H/W models, compile a static copy per canvas shape (None: what
-    was measured faster for the backend, see the module docstring).
+    was measured faster for the backend, see the module docstring). streams: OpenVINO's NUM_STREAMS
+    (``threads`` each), for :func:`create_sessions`; ONNX Runtime ignores it.
     Raises BackendUnavailable when the combination cannot run here, InputError for a bad model.
     """
     from retinamask.formats.model_info import read_model_info
@@ -123,6 +126,7 @@ def create_session(
             performance_hint,
             runtime_options,
             OPENVINO_STATIC_SHAPES if static_shapes is None else static_shapes,
+            streams=max(1, int(streams)),
         )
     session.choice = choice
     if device == "cpu":
@@ -132,6 +136,25 @@ def create_session(
         if note is not None:  # bf16 / fp16 measured slower than fp32 here, never measured, or at a cost
             logger.warning(note)
     return session
+
+
+def create_sessions(model_path, count, backend="auto", device="cpu", precision="fp32", threads=None, **options):
+    """``count`` sessions of one model that run ``count`` batches at once (``infer --sessions``, the
+    server's worker threads), each with ``threads`` intra-op threads; ``options`` as :func:`create_session`.
+
+    ONNX Runtime: ``count`` independent sessions. OpenVINO: one compile with ``count`` streams and a
+    :meth:`~.openvino_session.OpenVinoSession.replica` per session (separately compiled models share
+    one executor in an OpenVINO process: 2 sessions x 1 thread ran R-50 at 0.53x one session's speed,
+    benchmarks/RESULTS.md). "auto" decides (and logs) once.
+    """
+    first = create_session(model_path, backend, device, precision, threads=threads, streams=count, **options)
+    if first.backend == "openvino":
+        return [first] + [first.replica() for _ in range(count - 1)]
+    rest = [
+        create_session(model_path, first.backend, device, precision, threads=threads, **options)
+        for _ in range(count - 1)
+    ]
+    return [first] + rest
 
 
 # ---------------------------------------------------------------------------

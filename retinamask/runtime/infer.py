@@ -192,24 +192,21 @@ def _create_sessions(model_path, backend, device, precision, parallelism, cache_
     (as ``serve --sessions`` does, each with its share of the cores). parallelism: (threads,
     sessions, performance hint) as asked for."""
     from retinamask.runtime.auto_backend import dataset_sessions
-    from retinamask.runtime.backends import create_session
+    from retinamask.runtime.backends import create_sessions
 
     threads, sessions, hint = parallelism
     count, threads, note = dataset_sessions(device, sessions, threads)
-    created = []
-    for _ in range(count):
-        created.append(
-            create_session(
-                model_path,
-                created[0].backend if created else backend,  # "auto" decides (and logs) once
-                device,
-                precision,
-                threads=threads,
-                cache_dir=cache_dir,
-                performance_hint=hint,
-                model_info=info,
-            )
-        )
+    created = create_sessions(
+        model_path,
+        count,
+        backend,
+        device,
+        precision,
+        threads=threads,
+        cache_dir=cache_dir,
+        performance_hint=hint,
+        model_info=info,
+    )
     if note is not None:
         logger.info("infer: %s", note)
     return created

@@ -8,6 +8,7 @@ the top-K / NMS index arithmetic, the box decoding and the mask head's RoI boxes
 """
 
 import tempfile
+import threading
 import xml.etree.ElementTree as ElementTree
 from pathlib import Path
 
@@ -20,7 +21,8 @@ OPENVINO_PRECISION = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
 
 class OpenVinoSession(Session):
     """``compile_for_shape``: None, or a function (batch, H, W) -> compiled model (static copies of
-    a dynamic-H/W model, one per canvas shape, kept)."""
+    a dynamic-H/W model, one per canvas shape, kept). :meth:`replica`: another session on the same
+    compiled model(s), with its own infer request."""
 
     def __init__(self, compiled, info, precision, applied_precision, compile_for_shape=None):
         super().__init__(
@@ -33,13 +35,25 @@ class OpenVinoSession(Session):
             info.batch_size,
             info.image_sizes_name,
         )
+        self.info = info
         self.compiled = compiled
         self.request = compiled.create_infer_request()
         self.applied_precision = applied_precision
         self.num_outputs = len(compiled.outputs)
         self.compile_for_shape = compile_for_shape
-        self.requests = {}  # canvas shape -> infer request of its static compile
+        self.compiled_shapes = {}  # canvas shape -> static compile; shared with the replicas
+        self.shapes_lock = threading.Lock()
+        self.requests = {}  # canvas shape -> this session's infer request on that compile
         self.kept_f32 = frozenset()  # names of the nodes kept float32 in a bf16 / fp16 run
+
+    def replica(self):
+        """A session on the same compiled model with its own infer request: N replicas of a model
+        compiled with N streams (NUM_STREAMS) run N batches at once. (Models compiled separately in one
+        process share one executor in OpenVINO: two of 1 thread each ran at one thread's speed.)"""
+        twin = OpenVinoSession(self.compiled, self.info, self.precision, self.applied_precision, self.compile_for_shape)
+        twin.compiled_shapes, twin.shapes_lock = self.compiled_shapes, self.shapes_lock
+        twin.kept_f32, twin.choice = self.kept_f32, self.choice
+        return twin
 
     def _request_for(self, batch):
         if self.compile_for_shape is None:
@@ -47,7 +61,11 @@ class OpenVinoSession(Session):
         shape = tuple(batch.shape)
         request = self.requests.get(shape)
         if request is None:
-            request = self.requests[shape] = self.compile_for_shape(shape).create_infer_request()
+            with self.shapes_lock:
+                compiled = self.compiled_shapes.get(shape)
+                if compiled is None:
+                    compiled = self.compiled_shapes[shape] = self.compile_for_shape(shape)
+            request = self.requests[shape] = compiled.create_infer_request()
         return request
 
     def _run(self, batch, image_sizes=None):
@@ -68,8 +86,10 @@ def openvino_capabilities():
 
 
 def create_openvino_session(
-    path, info, device, precision, threads, cache_dir, performance_hint, runtime_options, static_shapes=True
+    path, info, device, precision, threads, cache_dir, performance_hint, runtime_options, static_shapes=True, streams=1
 ):
+    """threads: intra-op threads per stream; streams > 1: NUM_STREAMS (``threads x streams`` in all), for
+    that many :meth:`OpenVinoSession.replica` sessions run at once."""
     try:
         import openvino as ov
     except ImportError:
@@ -84,7 +104,8 @@ def create_openvino_session(
     config = {
         "INFERENCE_PRECISION_HINT": OPENVINO_PRECISION[precision],
         "PERFORMANCE_HINT": performance_hint,
-        "INFERENCE_NUM_THREADS": threads,
+        "INFERENCE_NUM_THREADS": threads * streams,
+        **({"NUM_STREAMS": streams} if streams > 1 else {}),
         **runtime_options,
     }
     kept = frozenset()

@@ -8,6 +8,7 @@ import numpy as np
 
 from retinamask.apps.onnx_predictor import OnnxPredictor
 from retinamask.config.shipped import shipped_onnx_path
+from retinamask.runtime.backends import create_sessions
 
 logger = logging.getLogger(__name__)
 
@@ -27,12 +28,10 @@ class ServedModel:
             log(f"no model named: serving the shipped model {path.name} (retinamask/assets/README.md)")
         self.path = path
         threads = settings.session_threads
-        self.predictors = [
-            OnnxPredictor(
-                path, backend=settings.backend, device=settings.device, precision=settings.precision, threads=threads
-            )
-            for _ in range(settings.sessions)
-        ]
+        sessions = create_sessions(
+            path, settings.sessions, settings.backend, settings.device, settings.precision, threads=threads
+        )
+        self.predictors = [OnnxPredictor(path, session=session) for session in sessions]
         first = self.predictors[0]
         self.info = first.info
         self.backend = first.session.backend
