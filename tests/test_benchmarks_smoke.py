@@ -38,6 +38,7 @@ SCRIPTS = (
     "ray_scaling",
     "pytorch_latency",
     "infer_levers",
+    "mask_ceiling",
 )
 
 S = 128
@@ -309,3 +310,15 @@ def test_infer_levers_time_every_setting_on_fresh_folders(tmp_path, capsys):
     (per_setting,) = rates.values()
     assert all(len(values) == 1 and values[0] > 0 for values in per_setting.values())
     assert [p.name for p in tmp_path.iterdir() if p.is_dir()] == ["shapes"]  # every run's folder was removed
+
+
+def test_mask_ceiling_rows(tmp_path, capsys):
+    """Perfect masks through the sub-pixel paste give segm AP 1 on the generated split (independent of the
+    resolution's loss), the original's paste less; the shipped model's rows are there for both pastes."""
+    from benchmarks import mask_ceiling
+
+    rows = mask_ceiling.main(["--workdir", str(tmp_path), "--num-images", "6"])
+    assert rows[(28, False, "subpixel")]["AP"] > 0.99
+    assert rows[(28, False, "original")]["AP"] < rows[(28, False, "subpixel")]["AP"]
+    assert set(rows) >= {("shipped", "original"), ("shipped", "subpixel")}
+    assert "sub-pixel paste" in capsys.readouterr().out

@@ -94,7 +94,14 @@ def test_a_failed_batch_stops_the_run_with_its_error():
 
 
 def test_the_cores_are_divided_among_the_sessions():
-    assert dataset_sessions("cpu", None, None, cores=2) == (1, 2, None)  # the default: nothing to say
+    # the default: 2 sessions where there are 2 cores (measured), and it says so
+    assert dataset_sessions("cpu", None, None, cores=2)[:2] == (2, 1)
+    assert "2 sessions x 1 thread (the dataset default" in dataset_sessions("cpu", None, None, cores=2)[2]
+    assert dataset_sessions("cpu", None, None, cores=8)[:2] == (2, 4)
+    assert dataset_sessions("cpu", None, None, cores=1) == (1, 1, None)
+    assert dataset_sessions("cpu", None, 2, cores=2) == (1, 2, None)  # --threads alone: one session of them
+    assert dataset_sessions("cuda", None, None, cores=2) == (1, 2, None)
+    assert dataset_sessions("cpu", 1, None, cores=2) == (1, 2, None)
     assert dataset_sessions("cpu", 2, None, cores=2) == (2, 1, "2 sessions x 1 thread")
     assert dataset_sessions("cpu", 3, None, cores=16)[:2] == (3, 5)
     assert dataset_sessions("cpu", 2, 4, cores=2)[:2] == (2, 4)  # --threads is per session

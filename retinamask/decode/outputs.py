@@ -11,7 +11,7 @@ from retinamask.core.contract import LAYOUTS
 from retinamask.core.detections import Detections
 from retinamask.core.errors import InputError
 from retinamask.core.geometry import boxes_to_image
-from retinamask.ops.masks import MASK_PASTES, paste_masks, paste_masks_seed
+from retinamask.ops.masks import MASK_PASTES, paste_masks, paste_masks_seed, paste_masks_subpixel
 from retinamask.ops.nms import classwise_nms
 
 
@@ -36,8 +36,9 @@ def decode_outputs(
     layout "end2end": rows with label < 1 or score <= 0 are padding and dropped.
     layout "seed": class-wise NMS (``nms_threshold``, keep ``max_detections``) on the
     canvas boxes, as the seed's postprocess does, before mapping back.
-    mask_paste: "original" (``paste_masks``, PIL, exact to the original RetinaMask)
-    or "seed" (``paste_masks_seed``, cv2, the seed's host code).
+    mask_paste: "original" (``paste_masks``, PIL, exact to the original RetinaMask),
+    "seed" (``paste_masks_seed``, cv2, the seed's host code) or "subpixel"
+    (``paste_masks_subpixel``: no integer box, sharper on small objects; not the original's).
     num_classes: when given, labels above it are an error. clip: boxes clipped to the image
     after mapping back (:func:`~retinamask.core.geometry.boxes_to_image`; the policy's ``clip_to_image``).
     Raises InputError (without a path) for malformed or non-finite outputs.
@@ -62,10 +63,15 @@ def decode_outputs(
     kept_probs = masks[keep].astype(np.float32, copy=False)
     pasted = areas = None
     if paste:
-        paste_fn = paste_masks if mask_paste == "original" else paste_masks_seed
-        pasted, areas = paste_fn(
-            kept_probs, kept_boxes, height, width, threshold=mask_threshold, padding=1, return_areas=True
-        )
+        if mask_paste == "subpixel":
+            pasted, areas = paste_masks_subpixel(
+                kept_probs, kept_boxes, height, width, threshold=mask_threshold, return_areas=True
+            )
+        else:
+            paste_fn = paste_masks if mask_paste == "original" else paste_masks_seed
+            pasted, areas = paste_fn(
+                kept_probs, kept_boxes, height, width, threshold=mask_threshold, padding=1, return_areas=True
+            )
     return Detections(
         boxes=kept_boxes,
         scores=scores[keep],

@@ -129,24 +129,34 @@ def _installed_runtimes():
     return tuple(name for name in ("onnxruntime", "openvino") if importlib.util.find_spec(name) is not None)
 
 
+DATASET_SESSIONS = 2  # a dataset run's default sessions on a CPU with 2 cores or more (benchmarks/RESULTS.md)
+
+
 def dataset_sessions(device="cpu", sessions=None, threads=None, cores=None):
     """(sessions, intra-op threads each, None or one line worth logging) for a dataset run (``infer``).
 
-    sessions: the number asked for (``--sessions``); None: one session with every core (the default
-    until ``benchmarks/infer_levers.py`` measures otherwise). threads: intra-op threads per session
-    (``--threads``); None: the cores (``cores``, default: physical cores) divided among the
-    sessions. Off the CPU: one session, and the line says so when more were asked for.
+    sessions: the number asked for (``--sessions``); None: ``DATASET_SESSIONS`` with the cores divided
+    among them where there are 2 cores or more (measured by ``benchmarks/infer_levers.py`` on 2 cores:
+    2 sessions x 1 thread ran the shipped model 1.24x, R-50 INT8 1.08x and R-50 fp32 1.01x as fast as
+    1 x 2), else one; one also when ``threads`` is given alone (it is per session). threads: intra-op
+    threads per session (``--threads``); None: the cores (``cores``, default: physical cores) divided
+    among the sessions. Off the CPU: one session, and the line says so when more were asked for.
     """
     from retinamask.core.cpu import physical_cores
 
-    count = 1 if sessions is None else int(sessions)
-    if count < 1:
-        raise InputError(f"--sessions must be >= 1, got {sessions}")
-    note = None
-    if device != "cpu" and count > 1:
-        count, note = 1, f"1 session: --device {device} runs one, not --sessions {sessions}"
     cores = physical_cores() if cores is None else int(cores)
-    each = int(threads) if threads else max(1, cores // count)
-    if count > 1:
-        note = f"{count} sessions x {each} thread{'s' if each > 1 else ''}"
-    return count, each, note
+    if sessions is None:
+        chosen = DATASET_SESSIONS if device == "cpu" and threads is None and cores >= DATASET_SESSIONS else 1
+    else:
+        chosen = int(sessions)
+    if chosen < 1:
+        raise InputError(f"--sessions must be >= 1, got {sessions}")
+    if device != "cpu" and chosen > 1:
+        note = f"1 session: --device {device} runs one, not --sessions {sessions}"
+        return 1, int(threads) if threads else cores, note
+    each = int(threads) if threads else max(1, cores // chosen)
+    note = None
+    if chosen > 1:
+        why = " (the dataset default, measured faster: --sessions 1 for one)" if sessions is None else ""
+        note = f"{chosen} sessions x {each} thread{'s' if each > 1 else ''}{why}"
+    return chosen, each, note
