@@ -179,7 +179,8 @@ def test_same_bytes_as_local_and_bad_images_reported(tmp_path, cluster, model_pa
         "2",
         "--no-progress",
     ]
-    assert main(["infer", *common, "--output_dirname", "local", "--workers", "0"]) == 1
+    # one local session: its name is then the bare session name each actor runs
+    assert main(["infer", *common, "--output_dirname", "local", "--workers", "0", "--sessions", "1"]) == 1
     capsys.readouterr()
     code = _run_with_timeout(main, ["infer", *common, "--output_dirname", "ray", "--ray", ray_cluster.address])
     assert code == 1
