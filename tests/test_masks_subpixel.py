@@ -90,3 +90,51 @@ def test_decode_outputs_takes_the_subpixel_paste(random_masks):
     np.testing.assert_array_equal(detections.masks, paste_masks_subpixel(probs, detections.boxes, height, width))
     with pytest.raises(ValueError, match="mask_paste"):
         decode_outputs(outputs, "end2end", (height, width), (height, width), mask_paste="nearest")
+
+
+def test_the_subpixel_convention_is_the_original_with_the_subpixel_paste(random_masks):
+    from retinamask.decode.coco_results import image_coco_results
+
+    probs, boxes, height, width = random_masks
+    n = len(probs)
+    outputs = (boxes, np.arange(1, n + 1) % 3 + 1, np.linspace(0.9, 0.2, n, dtype=np.float32), probs[:, None])
+    args = (outputs, "end2end", 7, (height, width), (height, width), [1, 3, 5])
+    original, _ = image_coco_results(*args)
+    sharp, areas = image_coco_results(*args, convention="subpixel")
+    detections = decode_outputs(outputs, "end2end", (height, width), (height, width), mask_paste="subpixel")
+    expected = encode_masks(detections.masks)
+    assert [r["segmentation"] for r in sharp] == expected
+    assert [r["segmentation"] for r in original] != expected  # the original's paste differs on these boxes
+    for ours, theirs in zip(sharp, original):
+        assert {k: v for k, v in ours.items() if k != "segmentation"} == {
+            k: v for k, v in theirs.items() if k != "segmentation"
+        }
+    np.testing.assert_array_equal(areas, detections.mask_areas)
+
+
+def test_the_predictor_and_predict_take_the_subpixel_paste(tmp_path, capsys):
+    from PIL import Image
+
+    from retinamask.apps.onnx_predictor import OnnxPredictor
+    from retinamask.cli import main
+    from retinamask.config.shipped import shipped_onnx_path
+    from retinamask.data.shapes import generate_shapes_dataset
+
+    data = generate_shapes_dataset(tmp_path / "shapes", num_train=0, num_val=2, seed=7)
+    image_path = sorted(data["val_images"].iterdir())[0]
+    image = np.asarray(Image.open(image_path).convert("RGB"))
+    sharp = OnnxPredictor(shipped_onnx_path(), backend="onnxruntime", mask_paste="subpixel")(image)
+    plain = OnnxPredictor(shipped_onnx_path(), backend="onnxruntime")(image)
+    assert len(sharp.boxes) > 0
+    np.testing.assert_array_equal(sharp.boxes, plain.boxes)
+    np.testing.assert_array_equal(sharp.masks, paste_masks_subpixel(sharp.mask_probs, sharp.boxes, *image.shape[:2]))
+    assert (sharp.masks != plain.masks).any()
+    with pytest.raises(ValueError, match="mask_paste must be original or subpixel"):
+        OnnxPredictor(shipped_onnx_path(), mask_paste="seed")
+
+    argv = ["predict", "--input", str(image_path), "--output", str(tmp_path / "out"), "--mask-paste", "subpixel"]
+    assert main([*argv, "--model", str(shipped_onnx_path()), "--backend", "onnxruntime"]) == 0
+    assert (tmp_path / "out" / f"{image_path.stem}.json").exists()
+    capsys.readouterr()
+    assert main([*argv, "--url", "http://127.0.0.1:9"]) == 2
+    assert "--mask-paste is the server's with --url" in capsys.readouterr().err

@@ -88,4 +88,5 @@ def test_without_torch_demo_skips_only_the_export(tmp_path):
         assert step in said
     summary = json.loads((tmp_path / "demo_summary.json").read_text())
     assert 0.3 < summary["bbox_mAP"] <= 1 and 0.3 < summary["segm_mAP"] <= 1
+    assert summary["segm_mAP_subpixel"] > summary["segm_mAP"]  # small shapes: the sub-pixel paste is sharper
     assert len(list((tmp_path / "overlays").glob("*.png"))) == 2

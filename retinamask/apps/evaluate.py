@@ -79,8 +79,9 @@ def evaluate_outputs(
     some failed, so that a rerun after fixing them redoes only those.
 
     convention: "original" (default: the original RetinaMask's mapping to COCO results and
-    its evaluation) or "seed" (the Ascend seed's postprocess, number for number:
-    :mod:`.seed_convention`). ``mask_paste`` is its deprecated name.
+    its evaluation), "seed" (the Ascend seed's postprocess, number for number:
+    :mod:`.seed_convention`) or "subpixel" (the original's, masks pasted sub-pixel). ``mask_paste`` is
+    its deprecated name (original or seed).
 
     report_dir: also write the evaluation report there (:mod:`.report`: per-class and per-size
     AP, precision-recall curves, best and worst images drawn from ``image_dir``, default the
@@ -156,7 +157,7 @@ def _checked_convention(convention, mask_paste, layout):
         warnings.warn("mask_paste is deprecated: use convention (the same values)", DeprecationWarning, stacklevel=3)
         convention = mask_paste
     if convention not in CONVENTIONS:
-        raise InputError(f"--convention must be original or seed, got {convention!r}")
+        raise InputError(f"--convention must be one of {', '.join(CONVENTIONS)}, got {convention!r}")
     if layout not in ("auto",) + LAYOUTS:
         raise InputError(f"--layout must be auto, end2end or seed, got {layout!r}")
     return convention

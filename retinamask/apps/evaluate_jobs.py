@@ -28,7 +28,7 @@ class EvaluateJob:
     nms_threshold: float
     max_detections: int
     category_ids: tuple  # label L -> category id
-    convention: str  # "original" or "seed"
+    convention: str  # one of core.contract.CONVENTIONS
     canvas_side: int | None  # the seed's S (None: a model that takes any canvas)
     clip: bool  # clip boxes to the image (the resize policy's rule)
 

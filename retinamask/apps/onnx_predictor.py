@@ -38,7 +38,8 @@ class OnnxPredictor:
     and the layout come from the model's metadata (docs/onnx_contract.md); the seed layout gets
     the host-side NMS. ``threads``: the session's intra-op threads (None: the runtime's default).
     ``session``: a session of this model already made (``create_sessions``); backend, device,
-    precision and threads are then its own.
+    precision and threads are then its own. ``mask_paste``: "original" (the original's Masker) or
+    "subpixel" (:func:`~retinamask.ops.masks.paste_masks_subpixel`, sharper on small objects).
     """
 
     def __init__(
@@ -51,11 +52,15 @@ class OnnxPredictor:
         resize=None,
         threads=None,
         session=None,
+        mask_paste="original",
     ):
+        if mask_paste not in ("original", "subpixel"):
+            raise ValueError(f"mask_paste must be original or subpixel, got {mask_paste!r}")
         self.info = read_model_info(model_path, resize=resize)
         if session is None:
             session = create_session(model_path, backend, device, precision, threads=threads, model_info=self.info)
         self.session = session
+        self.mask_paste = mask_paste
         self.mask_threshold = mask_threshold
 
     @property
@@ -96,6 +101,7 @@ class OnnxPredictor:
             clip=info.resize.clip_to_image,
             max_detections=info.max_detections,
             mask_threshold=self.mask_threshold,
+            mask_paste=self.mask_paste,
             paste=paste,
         ).sorted_by_score()
         detections.class_names = [self._name(label) for label in detections.labels]

@@ -31,5 +31,6 @@ def run(args):
         f"  bbox mAP {result['bbox_mAP']:.3f}   segm mAP {result['segm_mAP']:.3f}   "
         f"{result['fps']:.1f} fps ({result['latency_ms']:.1f} ms/image)"
     )
+    print(f"  segm mAP {result['segm_mAP_subpixel']:.3f} with the masks pasted sub-pixel (--convention subpixel)")
     print(f"  overlays: {result['overlays']}   summary: {args.output}/demo_summary.json")
     return EXIT_OK

@@ -11,6 +11,7 @@ import os
 import sys
 
 from retinamask.cli import add_resize_argument, report_failures
+from retinamask.core.contract import CONVENTIONS
 
 HELP = "inference outputs -> COCO results JSON + bbox/segm mAP"
 
@@ -103,11 +104,13 @@ def _add_model_arguments(parser):
     )
     parser.add_argument(
         "--convention",
-        choices=("original", "seed"),
+        choices=CONVENTIONS,
         default=None,
         help="outputs -> COCO results and their evaluation: original (default: the original "
-        "RetinaMask's) or seed (the Ascend seed's RetinaMask_postprocess.py, number for number: "
-        "its NMS, one resize ratio, box width x2 - x1, its mask paste, box areas for segm)",
+        "RetinaMask's), seed (the Ascend seed's RetinaMask_postprocess.py, number for number: "
+        "its NMS, one resize ratio, box width x2 - x1, its mask paste, box areas for segm) or subpixel "
+        "(the original's, masks pasted at sub-pixel precision instead of on the original's integer box: "
+        "sharper on small objects, not the original's numbers)",
     )
     add_resize_argument(parser, "the image list's resized sizes, else the model's or the run sidecar's policy")
     parser.add_argument(

@@ -39,6 +39,13 @@ def add_arguments(parser):
     )
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda", "tensorrt"], help="for --model")
     parser.add_argument("--score-threshold", type=float, default=0.3, help="drawn in overlays (JSON keeps all)")
+    parser.add_argument(
+        "--mask-paste",
+        choices=("original", "subpixel"),
+        default="original",
+        help="masks into the image: original (default: the original's paste on an integer box) or subpixel "
+        "(each pixel sampled at its centre: sharper on small objects); not with --url",
+    )
     parser.add_argument("--strict", action="store_true", help="stop at the first bad image")
     parser.add_argument("--opts", nargs="*", default=[], metavar="KEY VALUE", help="config overrides")
 
@@ -57,6 +64,8 @@ def run(args):
 def _make_predict(args):
     if sum(bool(v) for v in (args.model, args.weights or args.config, args.url)) > 1:
         raise ConfigError("give one of --model (ONNX), --weights with --config, or --url", path="command line")
+    if args.url and args.mask_paste != "original":
+        raise ConfigError("--mask-paste is the server's with --url (it pastes the masks)", path="command line")
     if args.url:
         import os
 
@@ -71,7 +80,9 @@ def _make_predict(args):
     if args.model:
         from retinamask.apps.onnx_predictor import OnnxPredictor
 
-        return OnnxPredictor(args.model, backend=args.backend, device=args.device, resize=args.resize)
+        return OnnxPredictor(
+            args.model, backend=args.backend, device=args.device, resize=args.resize, mask_paste=args.mask_paste
+        )
     from retinamask.config.shipped import resolve_model_files
 
     config, weights, note = resolve_model_files(args.config, args.weights)
@@ -85,4 +96,6 @@ def _make_predict(args):
             "or give an exported model with --model",
             path="command line",
         ) from None
-    return Predictor.from_config(config, weights, opts=args.opts, canvas_side=args.input_size, resize=args.resize)
+    return Predictor.from_config(
+        config, weights, opts=args.opts, canvas_side=args.input_size, resize=args.resize, mask_paste=args.mask_paste
+    )

@@ -1,6 +1,7 @@
-"""One image's raw model outputs -> COCO results, in either convention: ``original`` (the original
-RetinaMask's mapping, through :func:`~retinamask.decode.outputs.decode_outputs`) or ``seed`` (the Ascend
-seed's postprocess, number for number: :mod:`retinamask.decode.seed_convention`).
+"""One image's raw model outputs -> COCO results, in one of three conventions: ``original`` (the original
+RetinaMask's mapping, through :func:`~retinamask.decode.outputs.decode_outputs`), ``seed`` (the Ascend
+seed's postprocess, number for number: :mod:`retinamask.decode.seed_convention`) or ``subpixel`` (the
+original's, with the masks pasted sub-pixel: ``paste_masks_subpixel``).
 """
 
 from retinamask.core.contract import CONVENTIONS, LAYOUTS
@@ -41,7 +42,7 @@ def image_coco_results(
     convention "seed": the seed's postprocess instead (:mod:`.seed_convention`: its NMS on
     any layout, one ratio ``canvas_side / long side``, its paste, width x2 - x1); then
     ``category_ids`` are in the annotation file's order and ``canvas_side`` (the seed's square
-    canvas side S) is needed.
+    canvas side S) is needed. convention "subpixel": the original's with ``mask_paste="subpixel"``.
 
     The original convention's masks take the fused route (:func:`paste_and_encode_masks`: RLE and
     areas straight from each box's columns, no full-image mask), which gives the same RLE strings
@@ -64,6 +65,8 @@ def image_coco_results(
             keep=max_detections,
             with_masks=with_masks,
         )
+    if convention == "subpixel":
+        mask_paste = "subpixel"
     detections = decode_outputs(
         outputs,
         layout,

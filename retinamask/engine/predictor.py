@@ -16,7 +16,7 @@ from retinamask.data.transforms import policy_preprocess
 from retinamask.formats.images import as_rgb_array
 from retinamask.modeling import build_model
 from retinamask.modeling.checkpoint import load_checkpoint
-from retinamask.ops.masks import paste_masks
+from retinamask.ops.masks import paste_masks, paste_masks_subpixel
 
 
 class Predictor:
@@ -27,9 +27,12 @@ class Predictor:
     ``INPUT.MAX_SIZE_TEST``, padded to DATALOADER.SIZE_DIVISIBILITY); ``seed`` the seed's fixed
     S x S canvas (long side resized to S = ``canvas_side``, as the square exported models do).
     An integer ``canvas_side`` alone selects the seed policy (as before resize policies).
+    ``mask_paste``: "original" (the original's Masker) or "subpixel" (``paste_masks_subpixel``).
     """
 
-    def __init__(self, model, cfg, canvas_side=None, device="cpu", mask_threshold=0.5, resize=None):
+    def __init__(
+        self, model, cfg, canvas_side=None, device="cpu", mask_threshold=0.5, resize=None, mask_paste="original"
+    ):
         self.model = model.eval().to(device)
         self.cfg = cfg
         inp = cfg.INPUT
@@ -49,6 +52,7 @@ class Predictor:
         self.policy = resize
         self.device = torch.device(device)
         self.mask_threshold = mask_threshold
+        self.paste = _paste_function(mask_paste)
 
     @classmethod
     def from_config(cls, config, weights=None, opts=(), **kwargs):
@@ -98,7 +102,7 @@ class Predictor:
         # The seed's canvas is clipped again in the image, as the exported models; the original's is not.
         boxes = boxes_to_image(det["boxes"], image_hw, resized_hw, clip=self.policy.clip_to_image)
         probs = det.get("mask_probs", np.zeros((len(boxes), 28, 28), np.float32))
-        masks = paste_masks(probs, boxes, image_hw[0], image_hw[1], threshold=self.mask_threshold)
+        masks = self.paste(probs, boxes, image_hw[0], image_hw[1], threshold=self.mask_threshold)
         labels = det["labels"].astype(np.int64)
         return Detections(
             boxes=boxes,
@@ -109,3 +113,11 @@ class Predictor:
             mask_probs=probs,
             image_hw=tuple(image_hw),
         )
+
+
+def _paste_function(mask_paste):
+    """``paste_masks`` ("original", the original's Masker) or ``paste_masks_subpixel`` ("subpixel")."""
+    pastes = {"original": paste_masks, "subpixel": paste_masks_subpixel}
+    if mask_paste not in pastes:
+        raise ValueError(f"mask_paste must be original or subpixel, got {mask_paste!r}")
+    return pastes[mask_paste]
