@@ -94,6 +94,11 @@ def create_openvino_session(
         import openvino as ov
     except ImportError:
         raise BackendUnavailable("OpenVINO is not installed (pip install openvino)") from None
+    # The binding's numpy bridge is set up on first use; two threads using it first at once can
+    # deadlock (pybind11's one-time numpy API lookup under a static guard: seen as a hung
+    # `infer --sessions 2`; a two-thread stress script hung in 3 of 54 runs, in 0 of 80 with this line).
+    # Set it up here, in the thread that makes the sessions, before any run.
+    ov.Type.f32.to_dtype()
     if device != "cpu":
         raise BackendUnavailable(f"the openvino backend runs on --device cpu here, not {device}")
     if performance_hint not in PERFORMANCE_HINTS:
