@@ -145,10 +145,13 @@ def create_sessions(model_path, count, backend="auto", device="cpu", precision="
     ONNX Runtime: ``count`` independent sessions. OpenVINO: one compile with ``count`` streams and a
     :meth:`~.openvino_session.OpenVinoSession.replica` per session (separately compiled models share
     one executor in an OpenVINO process: 2 sessions x 1 thread ran R-50 at 0.53x one session's speed,
-    benchmarks/RESULTS.md). "auto" decides (and logs) once.
+    benchmarks/RESULTS.md); an INT8 model gets one stream (:func:`~.openvino_session.openvino_streams`),
+    which its sessions share. "auto" decides (and logs) once.
     """
     first = create_session(model_path, backend, device, precision, threads=threads, streams=count, **options)
     if first.backend == "openvino":
+        if count > 1 and first.info.quantized:
+            logger.info("OpenVINO runs INT8 on one stream (two gave wrong outputs): %d sessions take turns", count)
         return [first] + [first.replica() for _ in range(count - 1)]
     rest = [
         create_session(model_path, first.backend, device, precision, threads=threads, **options)

@@ -76,6 +76,14 @@ class OpenVinoSession(Session):
         return [np.array(request.get_output_tensor(i).data) for i in range(self.num_outputs)]
 
 
+def openvino_streams(info, streams):
+    """The streams to compile ``info``'s model with: ``streams``, but one for a quantized (INT8) model,
+    whatever the hint: with two streams, 6 of 20 compiles of the shipped model's INT8 export gave wrong
+    outputs (OpenVINO 2026.4 CPU; 0 of 10 with one stream; fp32 and bf16: 0 of 10 with two;
+    benchmarks/RESULTS.md). Sessions sharing a one-stream compile take turns."""
+    return 1 if info.quantized else streams
+
+
 def openvino_capabilities():
     """OpenVINO CPU OPTIMIZATION_CAPABILITIES (e.g. FP32, BF16, INT8); empty when OpenVINO is absent."""
     try:
@@ -110,7 +118,7 @@ def create_openvino_session(
         "INFERENCE_PRECISION_HINT": OPENVINO_PRECISION[precision],
         "PERFORMANCE_HINT": performance_hint,
         "INFERENCE_NUM_THREADS": threads * streams,
-        **({"NUM_STREAMS": streams} if streams > 1 else {}),
+        **({"NUM_STREAMS": openvino_streams(info, streams)} if streams > 1 or info.quantized else {}),
         **runtime_options,
     }
     kept = frozenset()
