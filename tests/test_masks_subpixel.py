@@ -129,8 +129,8 @@ def test_the_predictor_and_predict_take_the_subpixel_paste(tmp_path, capsys):
     np.testing.assert_array_equal(sharp.boxes, plain.boxes)
     np.testing.assert_array_equal(sharp.masks, paste_masks_subpixel(sharp.mask_probs, sharp.boxes, *image.shape[:2]))
     assert (sharp.masks != plain.masks).any()
-    with pytest.raises(ValueError, match="mask_paste must be original or subpixel"):
-        OnnxPredictor(shipped_onnx_path(), mask_paste="seed")
+    with pytest.raises(ValueError, match="mask_paste must be one of"):
+        OnnxPredictor(shipped_onnx_path(), mask_paste="nearest")
 
     argv = ["predict", "--input", str(image_path), "--output", str(tmp_path / "out"), "--mask-paste", "subpixel"]
     assert main([*argv, "--model", str(shipped_onnx_path()), "--backend", "onnxruntime"]) == 0

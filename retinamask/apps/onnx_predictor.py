@@ -15,6 +15,7 @@ from retinamask.data.transforms import policy_preprocess
 from retinamask.decode.outputs import decode_outputs
 from retinamask.formats.images import as_rgb_array
 from retinamask.formats.model_info import read_model_info
+from retinamask.ops.masks import paste_function
 from retinamask.runtime.backends import create_session
 
 
@@ -54,8 +55,7 @@ class OnnxPredictor:
         session=None,
         mask_paste="original",
     ):
-        if mask_paste not in ("original", "subpixel"):
-            raise ValueError(f"mask_paste must be original or subpixel, got {mask_paste!r}")
+        paste_function(mask_paste)  # ValueError for an unknown one, before the session is made
         self.info = read_model_info(model_path, resize=resize)
         if session is None:
             session = create_session(model_path, backend, device, precision, threads=threads, model_info=self.info)

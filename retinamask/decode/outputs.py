@@ -11,7 +11,7 @@ from retinamask.core.contract import LAYOUTS
 from retinamask.core.detections import Detections
 from retinamask.core.errors import InputError
 from retinamask.core.geometry import boxes_to_image
-from retinamask.ops.masks import MASK_PASTES, paste_masks, paste_masks_seed, paste_masks_subpixel
+from retinamask.ops.masks import MASK_PASTES, paste_function
 from retinamask.ops.nms import classwise_nms
 
 
@@ -63,15 +63,9 @@ def decode_outputs(
     kept_probs = masks[keep].astype(np.float32, copy=False)
     pasted = areas = None
     if paste:
-        if mask_paste == "subpixel":
-            pasted, areas = paste_masks_subpixel(
-                kept_probs, kept_boxes, height, width, threshold=mask_threshold, return_areas=True
-            )
-        else:
-            paste_fn = paste_masks if mask_paste == "original" else paste_masks_seed
-            pasted, areas = paste_fn(
-                kept_probs, kept_boxes, height, width, threshold=mask_threshold, padding=1, return_areas=True
-            )
+        pasted, areas = paste_function(mask_paste)(
+            kept_probs, kept_boxes, height, width, threshold=mask_threshold, padding=1, return_areas=True
+        )
     return Detections(
         boxes=kept_boxes,
         scores=scores[keep],

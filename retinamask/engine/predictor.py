@@ -16,7 +16,7 @@ from retinamask.data.transforms import policy_preprocess
 from retinamask.formats.images import as_rgb_array
 from retinamask.modeling import build_model
 from retinamask.modeling.checkpoint import load_checkpoint
-from retinamask.ops.masks import paste_masks, paste_masks_subpixel
+from retinamask.ops.masks import paste_function
 
 
 class Predictor:
@@ -27,7 +27,8 @@ class Predictor:
     ``INPUT.MAX_SIZE_TEST``, padded to DATALOADER.SIZE_DIVISIBILITY); ``seed`` the seed's fixed
     S x S canvas (long side resized to S = ``canvas_side``, as the square exported models do).
     An integer ``canvas_side`` alone selects the seed policy (as before resize policies).
-    ``mask_paste``: "original" (the original's Masker) or "subpixel" (``paste_masks_subpixel``).
+    ``mask_paste``: "original" (the original's Masker) or "subpixel" (``paste_masks_subpixel``), as
+    :func:`~retinamask.ops.masks.paste_function` names them.
     """
 
     def __init__(
@@ -52,7 +53,7 @@ class Predictor:
         self.policy = resize
         self.device = torch.device(device)
         self.mask_threshold = mask_threshold
-        self.paste = _paste_function(mask_paste)
+        self.paste = paste_function(mask_paste)
 
     @classmethod
     def from_config(cls, config, weights=None, opts=(), **kwargs):
@@ -113,11 +114,3 @@ class Predictor:
             mask_probs=probs,
             image_hw=tuple(image_hw),
         )
-
-
-def _paste_function(mask_paste):
-    """``paste_masks`` ("original", the original's Masker) or ``paste_masks_subpixel`` ("subpixel")."""
-    pastes = {"original": paste_masks, "subpixel": paste_masks_subpixel}
-    if mask_paste not in pastes:
-        raise ValueError(f"mask_paste must be original or subpixel, got {mask_paste!r}")
-    return pastes[mask_paste]

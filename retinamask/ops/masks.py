@@ -165,12 +165,21 @@ def paste_masks_seed(probs, boxes, height, width, threshold=0.5, padding=1, retu
     return _paste(probs, boxes, height, width, threshold, padding, "seed", return_areas)
 
 
-def paste_masks_subpixel(probs, boxes, height, width, threshold=0.5, return_areas=False):
+def paste_masks_subpixel(probs, boxes, height, width, threshold=0.5, padding=1, return_areas=False):
     """``paste_masks`` without the original's integer box: each pixel samples the mask at its centre
-    (``_subpixel_crops``); same shapes and dtypes. Not the original's numbers: on the shapes demo split
-    perfect 28 x 28 masks give segm mAP 0.999 this way, 0.781 through the original's paste
-    (benchmarks/mask_ceiling.py)."""
-    return _paste(probs, boxes, height, width, threshold, 1, "subpixel", return_areas)
+    (``_subpixel_crops``; ``padding`` is unused, there for the same signature); same shapes and dtypes.
+    Not the original's numbers: on the shapes demo split perfect 28 x 28 masks give segm mAP 0.999 this
+    way, 0.781 through the original's paste (benchmarks/mask_ceiling.py)."""
+    return _paste(probs, boxes, height, width, threshold, padding, "subpixel", return_areas)
+
+
+def paste_function(paste):
+    """The full-image paste named ``paste`` (one of MASK_PASTES): ``paste_masks``, ``paste_masks_seed``
+    or ``paste_masks_subpixel``, all ``f(probs, boxes, height, width, threshold, padding, return_areas)``."""
+    pastes = {"original": paste_masks, "seed": paste_masks_seed, "subpixel": paste_masks_subpixel}
+    if paste not in pastes:
+        raise ValueError(f"mask_paste must be one of {MASK_PASTES}, got {paste!r}")
+    return pastes[paste]
 
 
 def encode_masks(masks):
