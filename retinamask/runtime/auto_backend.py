@@ -137,8 +137,9 @@ def dataset_sessions(device="cpu", sessions=None, threads=None, cores=None):
 
     sessions: the number asked for (``--sessions``); None: ``DATASET_SESSIONS`` with the cores divided
     among them where there are 2 cores or more (measured by ``benchmarks/infer_levers.py`` on 2 cores:
-    2 sessions x 1 thread ran the shipped model 1.24x, R-50 INT8 1.08x and R-50 fp32 1.01x as fast as
-    1 x 2), else one; one also when ``threads`` is given alone (it is per session). threads: intra-op
+    2 sessions x 1 thread ran the shipped model 1.24x and R-50 fp32 1.01x as fast as 1 x 2; INT8 models on
+    OpenVINO share one stream, ``openvino_streams``), else one; one also when ``threads`` is given alone
+    (it is per session). threads: intra-op
     threads per session (``--threads``); None: the cores (``cores``, default: physical cores) divided
     among the sessions. Off the CPU: one session, and the line says so when more were asked for.
     """
