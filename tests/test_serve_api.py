@@ -202,3 +202,32 @@ def test_ready_only_after_the_warm_up(model, images):
             assert time.monotonic() < deadline, "never ready after the warm-up"
             time.sleep(0.05)
         assert post_image(base, images[0][0])[0] == 200
+
+
+def test_a_subpixel_server_answers_the_local_subpixel_predictors_masks(images):
+    """``serve --mask-paste subpixel``: the fused RLE route pastes as the local predictor with
+    ``mask_paste="subpixel"`` does; /v1/models says which paste; any other name is refused."""
+    from retinamask.apps.onnx_predictor import OnnxPredictor
+    from retinamask.core.errors import ConfigError
+    from retinamask.ops.masks import encode_masks
+    from retinamask.serve.app import create_app
+    from retinamask.serve.model import ServedModel
+    from retinamask.serve.settings import ServeSettings
+
+    settings = ServeSettings(backend="onnxruntime", sessions=1, mask_paste="subpixel")
+    local = OnnxPredictor(SHIPPED_ONNX, backend="onnxruntime", mask_paste="subpixel")
+    plain = OnnxPredictor(SHIPPED_ONNX, backend="onnxruntime")
+    differs = False
+    with running(create_app(settings, model=ServedModel(settings))) as base:
+        for path in images[0][:3]:
+            status, _, body = post_image(base, path)
+            assert status == 200
+            got = [d["segmentation"] for d in json_of(body)["detections"]]
+            detections = local(path)
+            assert got == encode_masks(detections.masks)
+            differs |= got != encode_masks(plain(path).masks)
+        status, _, body = call(f"{base}/v1/models")
+        assert status == 200 and json_of(body)["models"][0]["mask_paste"] == "subpixel"
+    assert differs  # the two pastes differ on these small shapes
+    with pytest.raises(ConfigError, match="--mask-paste must be original or subpixel"):
+        ServeSettings(mask_paste="seed")

@@ -34,6 +34,13 @@ def add_arguments(parser):
     parser.add_argument("--max-image-mb", type=float, default=16.0, help="request body limit, 413 (default 16)")
     parser.add_argument("--max-pixels", type=int, default=40_000_000, help="decoded image limit, 422 (default 40M)")
     parser.add_argument("--api-key", default=None, help="require this key (default: $RETINAMASK_API_KEY, else none)")
+    parser.add_argument(
+        "--mask-paste",
+        choices=("original", "subpixel"),
+        default="original",
+        help="masks into the image: original (default: the original's paste on an integer box) or subpixel "
+        "(each pixel sampled at its centre: sharper on small objects)",
+    )
     ray = parser.add_argument_group("Ray Serve (pip install 'retinamask[ray]')")
     ray.add_argument(
         "--ray",
@@ -73,6 +80,7 @@ def settings_from_args(args):
         max_image_mb=args.max_image_mb,
         max_pixels=args.max_pixels,
         api_key=ServeSettings.api_key_from_env(args.api_key),
+        mask_paste=args.mask_paste,
         host=args.host,
         port=args.port,
     )

@@ -242,7 +242,15 @@ async def _predict(state, request, score_threshold, max_detections, masks, respo
         state.metrics.observe_stages(timings)
         return Response(png, media_type="image/png", headers=_timing_headers(timings))
     results = await _timed(
-        timings, "encode", encode.coco_results, detections, keep, model.category_ids, masks, model.mask_threshold
+        timings,
+        "encode",
+        encode.coco_results,
+        detections,
+        keep,
+        model.category_ids,
+        masks,
+        model.mask_threshold,
+        model.mask_paste,
     )
     state.metrics.observe_stages(timings)
     return Response(encode.json_bytes(_body(model, rgb.shape, timings, results)), media_type="application/json")

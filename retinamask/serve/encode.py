@@ -15,15 +15,16 @@ def select(detections, score_threshold=0.0, max_detections=None):
     return order if max_detections is None else order[:max_detections]
 
 
-def coco_results(detections, keep, category_ids, masks="rle", mask_threshold=0.5):
+def coco_results(detections, keep, category_ids, masks="rle", mask_threshold=0.5, mask_paste="original"):
     """COCO result dicts for ``detections[keep]``, as ``evaluate`` writes them (bbox x, y, w, h in image
     pixels with the original's +1 width, category_id, score) plus category_name; ``segmentation``: compressed
     RLE, polygons or absent per ``masks``. Without pasted masks, the RLE comes from ``mask_probs`` through
-    the fused paste + encode (the same strings, tests/test_evaluation_masks_fused.py), evaluate's route."""
+    the fused paste + encode (the same strings, tests/test_evaluation_masks_fused.py), evaluate's route,
+    with ``mask_paste`` ("original" or "subpixel", as the model's predictors paste)."""
     chosen = detections.take(keep)
     rles = None
     if masks == "rle":
-        rles = _rles(chosen, mask_threshold)
+        rles = _rles(chosen, mask_threshold, mask_paste)
     results = results_from_detections(0, chosen, category_ids, rles)
     for i, result in enumerate(results):
         del result["image_id"]
@@ -33,13 +34,15 @@ def coco_results(detections, keep, category_ids, masks="rle", mask_threshold=0.5
     return results
 
 
-def _rles(detections, mask_threshold):
+def _rles(detections, mask_threshold, mask_paste):
     if not len(detections):
         return []
     if detections.masks is not None:
         return encode_masks(detections.masks)
     height, width = detections.image_hw
-    return paste_and_encode_masks(detections.mask_probs, detections.boxes, height, width, threshold=mask_threshold)
+    return paste_and_encode_masks(
+        detections.mask_probs, detections.boxes, height, width, threshold=mask_threshold, paste=mask_paste
+    )
 
 
 def mask_polygons(mask):

@@ -31,7 +31,8 @@ class ServedModel:
         sessions = create_sessions(
             path, settings.sessions, settings.backend, settings.device, settings.precision, threads=threads
         )
-        self.predictors = [OnnxPredictor(path, session=session) for session in sessions]
+        self.mask_paste = settings.mask_paste
+        self.predictors = [OnnxPredictor(path, session=session, mask_paste=self.mask_paste) for session in sessions]
         first = self.predictors[0]
         self.info = first.info
         self.backend = first.session.backend
@@ -99,6 +100,7 @@ class ServedModel:
             "precision": self.precision,
             "max_batch": self.max_batch,
             "sessions": len(self.predictors),
+            "mask_paste": self.mask_paste,
             "input_contract": {**contract, "outputs": [spec.name for spec in info.outputs]},
         }
 

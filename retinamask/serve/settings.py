@@ -7,6 +7,7 @@ from pathlib import Path
 from retinamask.core.errors import ConfigError
 
 API_KEY_ENV = "RETINAMASK_API_KEY"
+MASK_PASTE_CHOICES = ("original", "subpixel")
 
 
 @dataclass(frozen=True)
@@ -17,6 +18,7 @@ class ServeSettings:
     batch_wait_ms for company). max_queue: images waiting for a session before 503. timeout_s: a request's
     whole budget before 504. max_image_mb: request body limit (413). max_pixels: decoded image limit (422).
     api_key: required as ``Authorization: Bearer KEY`` or ``X-API-Key: KEY`` on /v1/predict and /v1/models.
+    mask_paste: "original" (the original's paste) or "subpixel" (sharper on small objects; ``ops.masks``).
     """
 
     model: Path | None = None
@@ -32,6 +34,7 @@ class ServeSettings:
     max_image_mb: float = 16.0
     max_pixels: int = 40_000_000
     api_key: str | None = None
+    mask_paste: str = "original"
     host: str = "127.0.0.1"
     port: int = 8000
 
@@ -46,6 +49,8 @@ class ServeSettings:
             raise ConfigError(f"--batch-wait-ms must be >= 0, got {self.batch_wait_ms}")
         if self.threads is not None and int(self.threads) < 1:
             raise ConfigError(f"--threads must be >= 1, got {self.threads}")
+        if self.mask_paste not in MASK_PASTE_CHOICES:
+            raise ConfigError(f"--mask-paste must be original or subpixel, got {self.mask_paste!r}")
         if not 0 <= int(self.port) <= 65535:
             raise ConfigError(f"--port must be 0..65535, got {self.port}")
 
