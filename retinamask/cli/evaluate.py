@@ -7,11 +7,11 @@ evaluated; 1 some failed (listed; the rest is evaluated); 2 nothing usable, or t
 first bad item under --strict. An interrupted run resumes: rerun the same command.
 """
 
-import os
 import sys
 
 from retinamask.cli import add_resize_argument, report_failures
 from retinamask.core.contract import CONVENTIONS
+from retinamask.formats.coco_layout import annotation_file
 
 HELP = "inference outputs -> COCO results JSON + bbox/segm mAP"
 
@@ -196,7 +196,7 @@ def run(args):
     from retinamask.apps.evaluate import evaluate_outputs
     from retinamask.evaluation.coco_eval import format_stats_text
 
-    ann_file = args.ann_file or os.path.join(args.coco_path, "annotations", "instances_val2017.json")
+    ann_file = args.ann_file or str(annotation_file(args.coco_path, "val2017"))
     convention = args.convention or args.mask_paste or "original"
     if args.mask_paste is not None:
         print("note: --mask-paste is deprecated; use --convention", file=sys.stderr)

@@ -28,6 +28,7 @@ from torch.nn import functional as F
 
 from retinamask.core.errors import ConfigError, InputError
 from retinamask.data.transforms import PIXEL_MEAN, PIXEL_STD, normalize_bgr, resize_rgb, upstream_test_size
+from retinamask.formats.coco_layout import annotation_file
 
 
 class CocoTrainDataset(torch.utils.data.Dataset):
@@ -258,7 +259,7 @@ def build_train_dataset(cfg, data_dir, split="train"):
         cfg.INPUT.PIXEL_MEAN,
         cfg.INPUT.PIXEL_STD,
     )
-    return CocoTrainDataset(data_dir / split, data_dir / "annotations" / f"instances_{split}.json", transform)
+    return CocoTrainDataset(data_dir / split, annotation_file(data_dir, split), transform)
 
 
 def build_train_loader(cfg, dataset, max_iter, start_iter=0, seed=0, num_workers=None):

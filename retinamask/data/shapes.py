@@ -37,6 +37,7 @@ from retinamask.core import jobs
 from retinamask.core.errors import RetinaMaskError
 from retinamask.core.fileio import atomic_write_bytes, atomic_write_text
 from retinamask.data.shapes_render import CATEGORIES, render_shapes_image
+from retinamask.formats.coco_layout import annotation_file
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +153,7 @@ def generate_split(out_dir, split, num_images, params, *, workers=0, force=False
     """
     out_dir = Path(out_dir)
     images_dir = out_dir / split
-    json_path = out_dir / "annotations" / f"instances_{split}.json"
+    json_path = annotation_file(out_dir, split)
     info_params = dict(params, split=split, num_images=int(num_images))
     if not force and _split_is_current(images_dir, json_path, info_params):
         log.info("%s: up to date (%d images), skipped", json_path, num_images)

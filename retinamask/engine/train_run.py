@@ -22,6 +22,7 @@ from retinamask.engine.trainer import (
     evaluate_split,
     last_checkpoint_path,
 )
+from retinamask.formats.coco_layout import annotation_file
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,7 @@ def train(
         cfg.defrost()
         cfg.SOLVER.MAX_ITER = int(max_iter)
         cfg.freeze()
-    eval_annotations = Path(data_dir) / "annotations" / f"instances_{eval_split}.json"
+    eval_annotations = annotation_file(data_dir, eval_split)
     if eval_period > 0 and not eval_annotations.is_file():  # found now, not after the first N iterations
         raise InputError(
             f"the evaluation split {eval_split!r} has no annotation file (--eval-period)", eval_annotations

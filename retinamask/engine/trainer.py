@@ -23,6 +23,7 @@ import torch
 
 from retinamask.core.errors import CheckpointError, ConfigError
 from retinamask.core.fileio import atomic_write_text
+from retinamask.formats.coco_layout import annotation_file
 from retinamask.modeling.checkpoint import read_checkpoint, save_checkpoint
 
 log = logging.getLogger(__name__)
@@ -359,7 +360,7 @@ def evaluate_split(model, cfg, data_dir, split="val", batch_size=4, progress=Fal
     from retinamask.ops.masks import encode_masks
 
     data_dir = Path(data_dir)
-    ann_file = data_dir / "annotations" / f"instances_{split}.json"
+    ann_file = annotation_file(data_dir, split)
     dataset, _ = load_ground_truth(ann_file)
     category_ids = sorted(c["id"] for c in dataset["categories"])
     predictor = Predictor(model.eval(), cfg, resize=resize)

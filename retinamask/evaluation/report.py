@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from retinamask.formats.coco_layout import image_dir_of
+
 logger = logging.getLogger(__name__)
 
 AREA_LABELS = ("all", "small", "medium", "large")
@@ -218,11 +220,7 @@ def _overlay_jpeg(image_rgb, dataset_image, annotations, results, names, label_o
 
 def _default_image_dir(ann_file):
     """coco/annotations/instances_val2017.json -> coco/val2017 (the COCO and shapes layouts)."""
-    if ann_file is None:
-        return None
-    ann_file = Path(ann_file)
-    split = ann_file.stem[len("instances_") :] if ann_file.stem.startswith("instances_") else ann_file.stem
-    return ann_file.parent.parent / split
+    return None if ann_file is None else image_dir_of(ann_file)
 
 
 def write_report(
