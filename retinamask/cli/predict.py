@@ -3,6 +3,7 @@
 import logging
 
 from retinamask.cli import add_resize_argument, report_failures
+from retinamask.core.contract import MASK_PASTE_CHOICES
 from retinamask.core.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -41,7 +42,7 @@ def add_arguments(parser):
     parser.add_argument("--score-threshold", type=float, default=0.3, help="drawn in overlays (JSON keeps all)")
     parser.add_argument(
         "--mask-paste",
-        choices=("original", "subpixel"),
+        choices=MASK_PASTE_CHOICES,
         default="original",
         help="masks into the image: original (default: the original's paste on an integer box) or subpixel "
         "(each pixel sampled at its centre: sharper on small objects); not with --url",

@@ -7,6 +7,7 @@ accepted request is answered, exit 0.
 import logging
 from pathlib import Path
 
+from retinamask.core.contract import MASK_PASTE_CHOICES
 from retinamask.core.errors import EXIT_OK, ConfigError
 
 HELP = "serve a model over HTTP (web page, /v1/predict with RLE masks, metrics; Ray Serve for scale)"
@@ -36,7 +37,7 @@ def add_arguments(parser):
     parser.add_argument("--api-key", default=None, help="require this key (default: $RETINAMASK_API_KEY, else none)")
     parser.add_argument(
         "--mask-paste",
-        choices=("original", "subpixel"),
+        choices=MASK_PASTE_CHOICES,
         default="original",
         help="masks into the image: original (default: the original's paste on an integer box) or subpixel "
         "(each pixel sampled at its centre: sharper on small objects)",

@@ -36,6 +36,8 @@ PIXEL_STD = (1.0, 1.0, 1.0)
 # evaluation conventions: the original RetinaMask's mapping to COCO results, the seed's, or the original's
 # with the sub-pixel mask paste (ops/masks.py: sharper on small objects, not the original's numbers)
 CONVENTIONS = ("original", "seed", "subpixel")
+# the mask pastes predict and serve offer (ops/masks.py): the original's, or the sub-pixel one
+MASK_PASTE_CHOICES = ("original", "subpixel")
 
 # image files infer, predict and preprocess take
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")

@@ -4,10 +4,10 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from retinamask.core.contract import MASK_PASTE_CHOICES
 from retinamask.core.errors import ConfigError
 
 API_KEY_ENV = "RETINAMASK_API_KEY"
-MASK_PASTE_CHOICES = ("original", "subpixel")
 
 
 @dataclass(frozen=True)
