@@ -9,6 +9,7 @@ import time
 from fractions import Fraction
 from pathlib import Path
 
+import av
 import numpy as np
 import pycocotools.mask as mask_util
 import pytest
@@ -144,6 +145,23 @@ def test_truncated_file_yields_good_frames_then_names_the_frame(tmp_path):
         np.testing.assert_array_equal(frame.rgb, good)
 
 
+def test_corrupt_file_yields_good_frames_then_names_the_frame(tmp_path):
+    rng = np.random.default_rng(2)
+    images = [rng.integers(0, 256, (48, 64, 3), dtype=np.uint8) for _ in range(20)]
+    clip = make_clip(tmp_path / "full.mp4", images, rate=25, faststart=True)
+    data = bytearray(clip.read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 3000] = rng.integers(0, 256, 3000, dtype=np.uint8).tobytes()
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(bytes(data))
+    got = []
+    with open_video(bad) as reader, pytest.raises(InputError) as caught:
+        for frame in reader:
+            got.append(frame)
+    assert 0 < len(got) < 20
+    assert f"decoding failed at frame {len(got)} (" in caught.value.cause
+
+
 def test_missing_camera_is_named():
     if Path("/dev/video9").exists():
         pytest.skip("this machine has a /dev/video9")
@@ -241,6 +259,25 @@ def test_live_stream_reconnects_at_a_new_size_and_then_gives_up():
     assert "2 reconnect attempts failed" in caught.value.cause
 
 
+def test_live_stream_that_hangs_is_reopened_after_the_read_timeout():
+    lines = []
+    with MjpegServer(fps=50) as server:
+        reader = open_video(server.url, timeout=0.5, reconnect=5, log=lines.append)
+        got = []
+        with reader:
+            for frame in reader:
+                got.append(frame)
+                if frame.index == 3:
+                    server.stalled.set()
+                    threading.Timer(1.2, server.stalled.clear).start()
+                if reader.reconnects and len(got) >= 8:
+                    break
+    assert [f.index for f in got] == list(range(len(got)))
+    assert "(no data within the timeout (0.5 s)); reconnecting, attempt 1/5" in lines[0]
+    levels = [_level(f) for f in got]
+    assert levels == sorted(set(levels))
+
+
 def test_live_close_from_another_thread_ends_the_iteration():
     with MjpegServer(fps=50) as server:
         reader = open_video(server.url, timeout=2)
@@ -304,11 +341,13 @@ def test_writer_keeps_variable_timestamps(tmp_path):
     source = make_clip(tmp_path / "vfr.mkv", gradient_frames(10), rate=25, codec="ffv1", vfr_pts=ticks)
     _copy(source, tmp_path / "out.mp4")
     assert probe(tmp_path / "out.mp4")["pts"] == pytest.approx([t / 25 for t in ticks], abs=1e-6)
+    with av.open(str(tmp_path / "out.mp4")) as container:  # as long as the source: last frame + one
+        assert container.duration / av.time_base == pytest.approx(21 / 25, abs=1e-3)
+        packets = [p for p in container.demux(container.streams.video[0]) if p.pts is not None]
+        assert all(p.dts == p.pts for p in packets)  # no B-frames: decode times are the frames' times
 
 
 def test_writer_cuts_the_audio_at_the_end_of_a_stopped_run(tmp_path):
-    import av
-
     source = make_clip(tmp_path / "src.mp4", gradient_frames(20), rate=25, audio=True)
     _copy(source, tmp_path / "out.mp4", frames=5, audio_from=source)
     with av.open(str(tmp_path / "out.mp4")) as container:
@@ -361,6 +400,15 @@ def test_writer_is_atomic(tmp_path):
         raise RuntimeError("the frame loop failed")
     assert probe(target)["frames"] == 1  # what was written before the failure is kept, playable
     assert [p.name for p in tmp_path.iterdir()] == ["v.mp4"]
+
+
+def test_writer_without_audio_in_the_source(tmp_path):
+    silent = make_clip(tmp_path / "silent.mp4", gradient_frames(3), rate=25)
+    writer = _copy(silent, tmp_path / "out.mp4", audio_from=silent)
+    assert (writer.audio_copied, writer.audio_note) == (False, None)
+    writer = _copy(silent, tmp_path / "out2.mp4", audio_from=tmp_path / "gone.mp4")
+    assert writer.audio_copied is False and "gone.mp4" in writer.audio_note
+    assert probe(tmp_path / "out2.mp4")["frames"] == 3 and probe(tmp_path / "out2.mp4")["audio"] is None
 
 
 def test_writer_unwritable_folder_is_an_output_error(tmp_path):
@@ -427,6 +475,37 @@ def test_jsonl_lines_are_complete_and_readable_as_written(tmp_path):
     with JsonlWriter(path):  # a rerun starts the log again
         pass
     assert path.read_text() == ""
+
+
+def test_jsonl_killed_writer_leaves_complete_lines(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    path = tmp_path / "v.jsonl"
+    code = (
+        "import sys\n"
+        "from retinamask.formats.video_results import JsonlWriter\n"
+        "w = JsonlWriter(sys.argv[1])\n"
+        "i = 0\n"
+        "while True:\n"
+        "    w.write({'frame': i, 'detections': [{'mask_rle': {'counts': 'x' * 5000}}]})\n"
+        "    i += 1\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    process = subprocess.Popen([sys.executable, "-c", code, str(path)], env=env)
+    try:
+        deadline = time.monotonic() + 30
+        while (not path.exists() or path.stat().st_size < 200_000) and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    text = path.read_text()
+    assert text.endswith("\n")
+    frames = [json.loads(line)["frame"] for line in text.splitlines()]
+    assert frames == list(range(len(frames))) and len(frames) >= 40
 
 
 def test_jsonl_bad_record_leaves_only_complete_lines(tmp_path):

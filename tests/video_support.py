@@ -158,7 +158,8 @@ class MjpegServer:
     Frame k is a flat grey of level ``(8 * k) % 256`` at ``size`` (w, h), sent ``fps`` times a second;
     ``max_frames`` ends each response after that many frames. ``stop()`` closes the listening socket
     and every open connection (a drop); ``start()`` again binds the same port (``size`` may change).
-    ``sent`` counts the frames sent since the server was made.
+    ``sent`` counts the frames sent since the server was made; ``stalled.set()`` holds every connection
+    open without sending (a camera that hangs), ``stalled.clear()`` sends again.
     """
 
     def __init__(self, size=(64, 48), fps=20.0, max_frames=None, port=0):
@@ -169,6 +170,8 @@ class MjpegServer:
         self._thread = None
         self._connections = set()
         self._lock = threading.Lock()
+        self.stalled = threading.Event()  # set: connections stay open but no frame is sent
+        self._generation = 0  # one more at each stop(): the handlers of a stopped server end
 
     @property
     def url(self):
@@ -207,8 +210,11 @@ class MjpegServer:
         handler.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
         handler.send_header("Cache-Control", "no-cache")
         handler.end_headers()
-        count = 0
-        while self.max_frames is None or count < self.max_frames:
+        count, generation = 0, self._generation
+        while (self.max_frames is None or count < self.max_frames) and generation == self._generation:
+            if self.stalled.is_set():
+                time.sleep(0.01)
+                continue
             with self._lock:
                 level = (8 * self.sent) % 256
                 self.sent += 1
@@ -222,6 +228,7 @@ class MjpegServer:
     def stop(self):
         if self._server is None:
             return
+        self._generation += 1
         self._server.shutdown()
         self._server.server_close()
         with self._lock:

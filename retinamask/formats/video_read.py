@@ -223,10 +223,16 @@ class VideoReader:
             return f"not a media {what} FFmpeg can read ({_cause(error)})"
         return f"cannot open: {_cause(error)}"
 
+    def _read_cause(self, error):
+        if isinstance(error, av.error.ExitError):
+            return f"no data within the timeout ({self.timeout:g} s)"
+        return _cause(error)
+
     def _make_info(self, stream, first, live):
         codec = stream.codec_context.name
         has_audio = bool(self._container.streams.audio)
-        rate = stream.average_rate or stream.guessed_rate or None
+        # a live source: only a rate the stream declares (FFmpeg's guess for MJPEG is a made-up 25)
+        rate = stream.average_rate if live else (stream.average_rate or stream.guessed_rate)
         rate = Fraction(rate) if rate else None
         if live:
             return VideoInfo(
@@ -297,7 +303,7 @@ class VideoReader:
                     frame = next(self._pending, None)
                 arrived = time.monotonic()
             except (av.FFmpegError, OSError) as error:
-                cause = _cause(error)
+                cause = self._read_cause(error)
             else:
                 if frame is not None:
                     yield self._frame(frame, arrived)

@@ -4,9 +4,11 @@ Decisions:
 
 * H.264 by libx264 (PyAV's wheels bundle it), else libopenh264 (BSD-licensed, in some builds); yuv420p;
   ``movflags=+faststart`` (the moov box before mdat: a browser starts playing before the whole file
-  has arrived). ``crf`` sets libx264's quality (libopenh264 takes a bit rate instead: 2 bits a pixel a
-  second... see ``_OPENH264_BITS_PER_PIXEL``); the preset is "veryfast" (encoding stays far cheaper
-  than the model).
+  has arrived). ``crf`` sets libx264's quality (libopenh264 takes a bit rate instead: 0.15 bit per pixel
+  and frame, ``_OPENH264_BITS_PER_PIXEL``); the preset is "veryfast" (encoding stays far cheaper than the
+  model). No B-frames: each frame's decode time is its presentation time, so variable frame rates come
+  out exact (with B-frames x264 invents decode times that shorten a VFR file's duration and need a
+  negative-time edit list).
 * Timing: the stream's time base is the one given (the source's), each frame's pts the ticks given:
   fractional (30000/1001) and variable frame rates are kept exactly. A pts not above the previous one
   (a damaged source) is moved one tick past it: an MP4 cannot hold two frames at one instant.
@@ -33,7 +35,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-from retinamask.core.errors import InputError, OutputError, one_line
+from retinamask.core.errors import OutputError, one_line
 from retinamask.core.fileio import temp_path_beside
 
 H264_ENCODERS = ("libx264", "libopenh264")
@@ -88,7 +90,7 @@ class VideoWriter:
             stream.time_base = self.time_base
             stream.codec_context.time_base = self.time_base
             if codec == "libx264":
-                stream.options = {"crf": str(self.crf), "preset": PRESET}
+                stream.options = {"crf": str(self.crf), "preset": PRESET, "bf": "0"}
             else:
                 rate = float(self.frame_rate or 30)
                 stream.bit_rate = int(self._encoded_w * self._encoded_h * rate * _OPENH264_BITS_PER_PIXEL)
@@ -167,7 +169,8 @@ class VideoWriter:
         try:
             source = av.open(self.audio_from)
         except (av.FFmpegError, OSError) as e:
-            raise InputError(f"cannot read the audio: {one_line(e)}", self.audio_from) from None
+            self.audio_note = f"audio left out: cannot read {self.audio_from} ({one_line(e)})"
+            return self._video_tmp
         with source:
             if not source.streams.audio:
                 return self._video_tmp
