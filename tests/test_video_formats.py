@@ -278,6 +278,15 @@ def test_live_stream_that_hangs_is_reopened_after_the_read_timeout():
     assert levels == sorted(set(levels))
 
 
+def test_live_undecodable_parts_are_skipped_not_a_drop():
+    with MjpegServer(fps=50, garbage={4, 5}) as server:
+        reader = open_video(server.url, timeout=2, reconnect=0)
+        with reader:
+            levels = [_level(f) for f, _ in zip(reader, range(10))]
+    assert levels == [0, 8, 16, 24, 48, 56, 64, 72, 80, 88]  # frames 4 and 5 left out, nothing in their place
+    assert (reader.skipped_packets, reader.drops) == (2, 0)
+
+
 def test_live_close_from_another_thread_ends_the_iteration():
     with MjpegServer(fps=50) as server:
         reader = open_video(server.url, timeout=2)

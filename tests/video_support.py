@@ -156,14 +156,16 @@ class MjpegServer:
     """MJPEG over HTTP (``multipart/x-mixed-replace``) on 127.0.0.1 in a thread, as IP cameras serve it.
 
     Frame k is a flat grey of level ``(8 * k) % 256`` at ``size`` (w, h), sent ``fps`` times a second;
-    ``max_frames`` ends each response after that many frames. ``stop()`` closes the listening socket
+    ``max_frames`` ends each response after that many frames; the frames numbered in ``garbage`` are sent
+    as undecodable bytes. ``stop()`` closes the listening socket
     and every open connection (a drop); ``start()`` again binds the same port (``size`` may change).
     ``sent`` counts the frames sent since the server was made; ``stalled.set()`` holds every connection
     open without sending (a camera that hangs), ``stalled.clear()`` sends again.
     """
 
-    def __init__(self, size=(64, 48), fps=20.0, max_frames=None, port=0):
+    def __init__(self, size=(64, 48), fps=20.0, max_frames=None, port=0, garbage=()):
         self.size, self.fps, self.max_frames = size, fps, max_frames
+        self.garbage = set(garbage)
         self.port = port
         self.sent = 0
         self._server = None
@@ -216,9 +218,11 @@ class MjpegServer:
                 time.sleep(0.01)
                 continue
             with self._lock:
-                level = (8 * self.sent) % 256
+                number = self.sent
                 self.sent += 1
-            data = jpeg_bytes(level_frame(level, width, height))
+            data = jpeg_bytes(level_frame((8 * number) % 256, width, height))
+            if number in self.garbage:  # a damaged part: JPEG markers around bytes no decoder takes
+                data = b"\xff\xd8" + bytes(range(256)) * 3 + b"\xff\xd9"
             head = f"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: {len(data)}\r\n\r\n".encode()
             handler.wfile.write(head + data + b"\r\n")
             handler.wfile.flush()

@@ -18,7 +18,9 @@ Decisions:
   end of stream is a drop. The source is re-opened with exponential backoff (0.5 s doubling, at most
   8 s), each attempt logged; the attempt count starts again once a frame arrives. No frame is ever
   made up; a new resolution is yielded as is (and logged). After ``reconnect`` failed attempts in a
-  row: InputError.
+  row: InputError. An undecodable packet of a live source (joined mid-GOP, a lost packet) is skipped
+  and counted, not a drop. RTSP is opened over TCP without probing the media (its SDP describes the
+  streams): FFmpeg's default probing buffers seconds of frames that then come out stale, in a burst.
 * A camera "0".."9" is /dev/videoN through v4l2 (Linux).
 * Every failure is one :class:`~retinamask.core.errors.InputError` naming the source.
 """
@@ -41,6 +43,8 @@ LIVE_SCHEMES = ("rtsp", "rtsps", "rtmp", "rtmps", "udp", "tcp", "srt", "rtp", "h
 LIVE_TIME_BASE = Fraction(1, 1000)
 BACKOFF_FIRST_S = 0.5
 BACKOFF_MAX_S = 8.0
+LIVE_ANALYZE_US = 1_000_000  # probing of a live stream other than RTSP and HTTP: 1 s, not FFmpeg's 5 s
+LIVE_BAD_PACKETS = 100  # undecodable packets in a row that make a live source a drop
 
 _URL = re.compile(r"^(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*)://")
 _CAMERA_INDEX = re.compile(r"^\d$")
@@ -170,10 +174,16 @@ class VideoReader:
         if camera:
             self._target, self._open_args = camera, {"format": "v4l2"}
         elif scheme in ("rtsp", "rtsps"):
-            self._open_args = {"options": {"rtsp_transport": "tcp"}}
+            # the SDP describes the streams: no probing of the media (FFmpeg's default 5 s of it would
+            # come out as seconds of stale frames in one burst)
+            self._open_args = {"options": {"rtsp_transport": "tcp", "analyzeduration": "0", "probesize": "32"}}
+        elif scheme in LIVE_SCHEMES and scheme not in ("http", "https"):
+            self._open_args = {"options": {"analyzeduration": str(LIVE_ANALYZE_US)}}
         elif scheme is None:
             _check_file(source)
         self._url = camera is not None or scheme is not None
+        self._live = camera is not None or scheme in LIVE_SCHEMES  # http(s): until its duration is known
+        self.skipped_packets = 0
         self._pending, self._first_frame = self._open()
         first, self._clock_zero = self._first_frame
         stream = self._container.streams.video[0]
@@ -203,6 +213,9 @@ class VideoReader:
                 first = (next(frames), time.monotonic())
             except StopIteration:
                 raise InputError("no video frame could be decoded", self.source) from None
+            except (av.FFmpegError, OSError) as e:
+                what = "reading failed" if self._live else "decoding failed at frame 0"
+                raise InputError(f"{what} ({self._read_cause(e)})", self.source) from None
         except BaseException:
             container.close()
             raise
@@ -253,11 +266,24 @@ class VideoReader:
 
     # -- decoding --------------------------------------------------------------------------------
     def _decoded(self, container, stream):
-        """The av.VideoFrames of ``stream``; on a damaged packet, the frames still buffered in the
-        decoder come out before the error is raised again."""
+        """The av.VideoFrames of ``stream``. A file's damaged packet: the frames still buffered in the
+        decoder come out, then the error is raised again. A live source's undecodable packet (joined
+        mid-GOP, a lost packet) is skipped and counted in ``skipped_packets``; ``LIVE_BAD_PACKETS`` in a
+        row make a drop."""
+        bad_in_a_row = 0
         try:
             for packet in container.demux(stream):
-                yield from packet.decode()
+                try:
+                    frames = packet.decode()
+                except av.error.InvalidDataError:
+                    if not self._live or bad_in_a_row >= LIVE_BAD_PACKETS:
+                        raise
+                    bad_in_a_row += 1
+                    self.skipped_packets += 1
+                    continue
+                if frames:
+                    bad_in_a_row = 0
+                yield from frames
         except (av.FFmpegError, OSError) as error:
             try:
                 buffered = stream.codec_context.decode(None)
