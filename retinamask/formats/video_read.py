@@ -185,14 +185,16 @@ class VideoReader:
         self._live = camera is not None or scheme in LIVE_SCHEMES  # http(s): until its duration is known
         self.skipped_packets = 0
         self._pending, self._first_frame = self._open()
-        first, self._clock_zero = self._first_frame
-        stream = self._container.streams.video[0]
-        live = camera is not None or (
-            scheme in LIVE_SCHEMES and not (scheme in ("http", "https") and self._container.duration)
-        )
-        self._live = live
-        self.info = self._make_info(stream, first, live)
-        self._size = (first.height, first.width)
+        try:
+            first, self._clock_zero = self._first_frame
+            stream = self._container.streams.video[0]
+            if scheme in ("http", "https") and self._container.duration:
+                self._live = False  # a file served over HTTP
+            self.info = self._make_info(stream, first, self._live)
+            self._size = (first.height, first.width)
+        except BaseException:
+            self.close()
+            raise
 
     # -- opening ---------------------------------------------------------------------------------
     def _open(self):
@@ -309,14 +311,21 @@ class VideoReader:
             yield self._frame(*first)
         while not self._closing.is_set():
             try:
-                with self._lock:
-                    frame = next(self._pending, None)
+                frame = self._next_frame()
             except (av.FFmpegError, OSError) as error:
-                raise InputError(f"decoding failed at frame {self._index} ({_cause(error)})", self.source) from None
+                cause = self._read_cause(error)
+                raise InputError(f"decoding failed at frame {self._index} ({cause})", self.source) from None
             if frame is None:
                 return
             yield self._frame(frame)
         self._close_container()
+
+    def _next_frame(self):
+        """The next decoded av.VideoFrame of the open container; None at its end or once closed."""
+        with self._lock:
+            if self._container is None or self._closing.is_set():
+                return None
+            return next(self._pending, None)
 
     def _live_frames(self):
         while not self._closing.is_set():
@@ -325,8 +334,7 @@ class VideoReader:
                 yield self._frame(*first)
                 continue
             try:
-                with self._lock:
-                    frame = next(self._pending, None)
+                frame = self._next_frame()
                 arrived = time.monotonic()
             except (av.FFmpegError, OSError) as error:
                 cause = self._read_cause(error)
