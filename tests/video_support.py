@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 
 # lossless codecs: (pixel format written, container formats that take it)
-_PIX_FMT = {"libx264": "yuv420p", "ffv1": "bgr0", "png": "rgb24", "mjpeg": "yuvj420p"}
+_PIX_FMT = {"libx264": "yuv420p", "ffv1": "bgr0", "png": "rgb24", "mjpeg": "yuvj420p", "rawvideo": "yuv420p"}
 
 
 def gradient_frames(count, width=64, height=48, seed=0):
@@ -47,8 +47,9 @@ def make_clip(
     """Write ``frames_rgb`` (uint8 [H, W, 3] arrays) as a clip with PyAV; returns ``path``.
 
     ``rate``: the nominal frame rate (a Fraction: 25/2, 30000/1001). ``codec``: "libx264" (yuv420p),
-    "ffv1" (bgr0, lossless) or "png" (rgb24, lossless; MOV/MP4 only). ``container``: "mp4", "mkv", "mov"
-    (default: from the suffix). ``audio``: add an AAC track (a 440 Hz tone) as long as the video.
+    "ffv1" (bgr0, lossless) or "png" (rgb24, lossless; MOV/MP4 only), or "rawvideo" with a ``.y4m`` path
+    (the clip Chromium's fake camera plays: ``--use-file-for-fake-video-capture``). ``container``: "mp4",
+    "mkv", "mov", "y4m" (default: from the suffix). ``audio``: add an AAC track (a 440 Hz tone) as long as the video.
     ``vfr_pts``: the frames' pts in ``time_base`` ticks (default 1/rate) for variable rates; default:
     frame i at i / rate.
     ``faststart``: MP4/MOV with the moov box first (else last, as cameras write it).
@@ -56,7 +57,7 @@ def make_clip(
     path = Path(path)
     rate = Fraction(rate)
     fmt = container or path.suffix.lstrip(".")
-    fmt = {"mkv": "matroska"}.get(fmt, fmt)
+    fmt = {"mkv": "matroska", "y4m": "yuv4mpegpipe"}.get(fmt, fmt)
     time_base = Fraction(time_base) if time_base is not None else 1 / rate
     if vfr_pts is None:
         pts = [round(i / rate / time_base) for i in range(len(frames_rgb))]

@@ -100,7 +100,7 @@ def source_kind(item):
     path = Path(item)
     if path.suffix.lower() in IMAGE_EXTENSIONS:
         return "image"
-    if path.is_file() and _probe_still_image(path):
+    if _probe(path) == "image":
         return "image"
     return "video"
 
@@ -110,23 +110,20 @@ def is_video_file(path):
     video stream and is not a still image; files with an image extension are never video (they go the
     image route). Never raises."""
     path = Path(path)
-    if path.suffix.lower() in IMAGE_EXTENSIONS:
-        return False
+    return path.suffix.lower() not in IMAGE_EXTENSIONS and _probe(path) == "video"
+
+
+def _probe(path):
+    """ "video", "image" (a still image) or None (no file, no video stream, not media) for a file."""
     try:
         if not path.is_file() or path.stat().st_size == 0:
-            return False
+            return None
         with av.open(str(path), timeout=10.0) as container:
-            return bool(container.streams.video) and not _still_image(container)
+            if not container.streams.video:
+                return None
+            return "image" if _still_image(container) else "video"
     except Exception:
-        return False
-
-
-def _probe_still_image(path):
-    try:
-        with av.open(str(path), timeout=10.0) as container:
-            return bool(container.streams.video) and _still_image(container)
-    except Exception:
-        return False
+        return None
 
 
 def _still_image(container):
