@@ -145,6 +145,16 @@ def test_truncated_file_yields_good_frames_then_names_the_frame(tmp_path):
         np.testing.assert_array_equal(frame.rgb, good)
 
 
+def test_mp4_cut_before_its_index_is_named_so(tmp_path):
+    clip = make_clip(tmp_path / "camera.mp4", gradient_frames(10), rate=25)  # moov last, as cameras write
+    cut = tmp_path / "unfinished.mp4"
+    data = clip.read_bytes()
+    cut.write_bytes(data[: data.index(b"moov") - 4])  # everything up to the index
+    with pytest.raises(InputError) as caught:
+        open_video(cut)
+    assert "without its index (no moov box)" in caught.value.cause
+
+
 def test_corrupt_file_yields_good_frames_then_names_the_frame(tmp_path):
     rng = np.random.default_rng(2)
     images = [rng.integers(0, 256, (48, 64, 3), dtype=np.uint8) for _ in range(20)]

@@ -231,6 +231,8 @@ class VideoReader:
                 return "camera not found" if self._target == self.source else f"camera {self._target} not found"
             return "not found"
         if isinstance(error, av.error.InvalidDataError):
+            if not self._url and _mp4_without_index(self.source):
+                return "an MP4/MOV without its index (no moov box): truncated, or a recording never finished"
             what = "stream" if self._url else "file"
             return f"not a media {what} FFmpeg can read ({_cause(error)})"
         return f"cannot open: {_cause(error)}"
@@ -435,6 +437,30 @@ def _check_file(source):
         raise InputError("is a directory, not a video file", source)
     if size == 0:
         raise InputError("empty file (0 bytes)", source)
+
+
+def _mp4_without_index(path):
+    """True for a file whose top-level boxes start as an MP4's (ftyp) but hold no moov."""
+    kinds = []
+    try:
+        with open(path, "rb") as f:
+            size = f.seek(0, 2)
+            offset = 0
+            while offset + 8 <= size and len(kinds) < 1000:
+                f.seek(offset)
+                head = f.read(16)
+                box_size, kind = int.from_bytes(head[:4], "big"), head[4:8]
+                if box_size == 1 and len(head) == 16:
+                    box_size = int.from_bytes(head[8:16], "big")
+                elif box_size == 0:
+                    box_size = size - offset
+                if box_size < 8:
+                    break
+                kinds.append(kind)
+                offset += box_size
+    except OSError:
+        return False
+    return bool(kinds) and kinds[0] == b"ftyp" and b"moov" not in kinds
 
 
 def _cause(error):
