@@ -375,6 +375,21 @@ def test_writer_cuts_the_audio_at_the_end_of_a_stopped_run(tmp_path):
     assert 0.15 < max(ends) <= 0.2 + 1024 / 16000  # the video's 5 frames: 0.2 s, within one audio packet
 
 
+def test_writer_aligns_the_audio_with_the_first_video_frame(tmp_path):
+    # the video starts 1 s into the file, the audio at 0: the output's audio starts with the first frame
+    source = make_clip(tmp_path / "src.mp4", gradient_frames(10), rate=25, audio=True, vfr_pts=range(25, 35))
+    _copy(source, tmp_path / "out.mp4", audio_from=source)
+    with av.open(str(tmp_path / "out.mp4")) as container:
+        stream = container.streams.audio[0]
+        spans = [
+            (p.pts * p.time_base, (p.pts + p.duration) * p.time_base)
+            for p in container.demux(stream)
+            if p.pts is not None
+        ]
+    assert min(start for start, _ in spans) > -Fraction(1024, 16000)  # nothing from the second before
+    assert max(end for _, end in spans) == pytest.approx(0.4, abs=1024 / 16000)
+
+
 def test_writer_odd_size_is_padded_with_edge_pixels(tmp_path):
     image = np.zeros((47, 63, 3), np.uint8)
     image[:, -1] = (250, 250, 250)  # a white last column and a red last row
@@ -428,6 +443,18 @@ def test_writer_without_audio_in_the_source(tmp_path):
     writer = _copy(silent, tmp_path / "out2.mp4", audio_from=tmp_path / "gone.mp4")
     assert writer.audio_copied is False and "gone.mp4" in writer.audio_note
     assert probe(tmp_path / "out2.mp4")["frames"] == 3 and probe(tmp_path / "out2.mp4")["audio"] is None
+
+
+def test_writer_h264_encoder_choice(tmp_path, monkeypatch):
+    from retinamask.formats import video_write
+
+    monkeypatch.setattr(av, "codecs_available", {"libopenh264", "aac"})
+    assert video_write.h264_encoder() == "libopenh264"
+    monkeypatch.setattr(av, "codecs_available", {"mpeg4"})
+    with pytest.raises(OutputError) as caught:
+        VideoWriter(tmp_path / "v.mp4", 64, 48, Fraction(1, 25))
+    assert "no H.264 encoder" in caught.value.cause
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_writer_unwritable_folder_is_an_output_error(tmp_path):

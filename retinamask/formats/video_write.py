@@ -245,6 +245,8 @@ def _remux(video_path, source, out_path, end_seconds):
                 packet.dts -= shift
                 if packet.pts * audio_tb >= end_seconds:
                     return
+                if packet.pts + (packet.duration or 0) <= 0:
+                    continue  # sound from before the first video frame
                 yield packet.dts * audio_tb, 1, packet, audio_out
 
         for _, _, packet, stream in heapq.merge(video_packets(), audio_packets(), key=lambda item: item[:2]):
