@@ -580,6 +580,14 @@ def test_ytvis_results_hand_computed():
     assert [r["category_id"] for r in ytvis_results(records, 1)] == [1, 99]
 
 
+def test_ytvis_results_placed_by_source_frame():
+    one, two = ytvis_results(_records(), video_id=3, frame_count=6)  # records of frames 0, 2, 4 (stride 2)
+    assert [s is not None for s in one["segmentations"]] == [True, False, True, False, False, False]
+    assert [s is not None for s in two["segmentations"]] == [False, False, True, False, True, False]
+    with pytest.raises(ValueError, match="outside"):
+        ytvis_results(_records(), video_id=3, frame_count=4)
+
+
 def test_mot_lines_hand_computed():
     assert mot_lines(_records()) == [
         "1,1,0,0,2,2,0.9,-1,-1,-1",

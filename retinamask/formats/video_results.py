@@ -14,8 +14,8 @@ Decisions:
   ``category_ids`` is given (as ``ops.coco_results`` maps labels), else its label.
 * YouTube-VIS: one result per track id (ascending); its category is the score-weighted vote of its
   detections (ties: the smaller id), its score the mean of its detections' scores; ``segmentations``
-  has one entry per record in the records' order (so a strided run gives the processed frames), the
-  mask RLE or None. Untracked detections (track_id None or negative) are left out.
+  has one entry per record in the records' order (a strided run: the processed frames), or, with
+  ``frame_count``, one per frame of the source (the skipped ones None), the mask RLE or None. Untracked detections (track_id None or negative) are left out.
 * MOT: ``frame`` is the source frame index + 1 (MOT counts from 1 and the ground truth numbers every
   frame of the source, strided runs included), boxes x, y, w, h in pixels; untracked detections left out.
 * MOTS: ``time_frame`` counts from 1 as well (MOTSChallenge's convention; KITTI MOTS counts from 0);
@@ -107,12 +107,21 @@ def _tracked(detection):
     return track_id is not None and int(track_id) >= 0
 
 
-def ytvis_results(frame_records, video_id, category_ids=None):
+def ytvis_results(frame_records, video_id, category_ids=None, frame_count=None):
     """The YouTube-VIS results of one video: a list of ``{"video_id", "category_id", "score",
-    "segmentations"}``, one per track (see the module's decisions)."""
+    "segmentations"}``, one per track (see the module's decisions). ``frame_count``: the number of frames
+    of the annotated video; then ``segmentations`` has that many entries, placed by the records'
+    ``"frame"`` (source index: a strided run leaves the frames it skipped None), instead of one per record.
+    """
     records = list(frame_records)
-    tracks = defaultdict(dict)  # track id -> {record position: detection}
-    for position, record in enumerate(records):
+    if frame_count is None:
+        positions, length = range(len(records)), len(records)
+    else:
+        positions, length = [int(r["frame"]) for r in records], int(frame_count)
+        if any(not 0 <= p < length for p in positions):
+            raise ValueError(f"a record's frame is outside the video's {length} frames")
+    tracks = defaultdict(dict)  # track id -> {position: detection}
+    for position, record in zip(positions, records):
         for detection in record.get("detections", ()):
             if not _tracked(detection):
                 continue
@@ -129,7 +138,7 @@ def ytvis_results(frame_records, video_id, category_ids=None):
         scores = [float(d["score"]) for d in by_position.values()]
         segmentations = [
             _rle(by_position[p]["mask_rle"]) if p in by_position and by_position[p].get("mask_rle") else None
-            for p in range(len(records))
+            for p in range(length)
         ]
         results.append(
             {
