@@ -15,7 +15,8 @@ Decisions:
 * YouTube-VIS: one result per track id (ascending); its category is the score-weighted vote of its
   detections (ties: the smaller id), its score the mean of its detections' scores; ``segmentations``
   has one entry per record in the records' order (a strided run: the processed frames), or, with
-  ``frame_count``, one per frame of the source (the skipped ones None), the mask RLE or None. Untracked detections (track_id None or negative) are left out.
+  ``frame_count``, one per frame of the source (the skipped ones None), the mask RLE or None.
+  Untracked detections (track_id None or negative) are left out.
 * MOT: ``frame`` is the source frame index + 1 (MOT counts from 1 and the ground truth numbers every
   frame of the source, strided runs included), boxes x, y, w, h in pixels; untracked detections left out.
 * MOTS: ``time_frame`` counts from 1 as well (MOTSChallenge's convention; KITTI MOTS counts from 0);
