@@ -390,6 +390,20 @@ def test_writer_aligns_the_audio_with_the_first_video_frame(tmp_path):
     assert max(end for _, end in spans) == pytest.approx(0.4, abs=1024 / 16000)
 
 
+def test_rotation_is_kept_as_a_display_matrix(tmp_path):
+    images = gradient_frames(3)
+    source = make_clip(tmp_path / "phone.mp4", images, rate=25, rotation=90, audio=True)
+    with open_video(source) as reader:
+        matrix = reader.info.display_matrix
+        assert [f.rgb.shape for f in reader] == [(48, 64, 3)] * 3  # stored orientation, as images
+    assert matrix == (0, -65536, 0, 65536, 0, 0, 0, 0, 1 << 30)
+    _copy(source, tmp_path / "out.mp4", audio_from=source, display_matrix=matrix)
+    with av.open(str(tmp_path / "out.mp4")) as container:
+        assert next(container.decode(video=0)).rotation == 90
+    with open_video(make_clip(tmp_path / "plain.mp4", images, rate=25)) as reader:
+        assert reader.info.display_matrix is None
+
+
 def test_writer_odd_size_is_padded_with_edge_pixels(tmp_path):
     image = np.zeros((47, 63, 3), np.uint8)
     image[:, -1] = (250, 250, 250)  # a white last column and a red last row

@@ -43,6 +43,7 @@ def make_clip(
     vfr_pts=None,
     time_base=None,
     faststart=False,
+    rotation=None,
 ):
     """Write ``frames_rgb`` (uint8 [H, W, 3] arrays) as a clip with PyAV; returns ``path``.
 
@@ -52,7 +53,8 @@ def make_clip(
     "mkv", "mov", "y4m" (default: from the suffix). ``audio``: add an AAC track (a 440 Hz tone) as long as the video.
     ``vfr_pts``: the frames' pts in ``time_base`` ticks (default 1/rate) for variable rates; default:
     frame i at i / rate.
-    ``faststart``: MP4/MOV with the moov box first (else last, as cameras write it).
+    ``faststart``: MP4/MOV with the moov box first (else last, as cameras write it). ``rotation``: a
+    display rotation in degrees counter-clockwise (a phone held upright), as a display matrix.
     """
     path = Path(path)
     rate = Fraction(rate)
@@ -70,6 +72,8 @@ def make_clip(
         video = out.add_stream(codec, rate=rate)
         video.width, video.height = width, height
         video.pix_fmt = _PIX_FMT[codec]
+        if rotation is not None:
+            video.set_display_rotation(rotation)
         video.time_base = time_base
         video.codec_context.time_base = time_base
         if codec == "libx264":

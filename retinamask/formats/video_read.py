@@ -27,6 +27,7 @@ Decisions:
 
 import logging
 import re
+import struct
 import threading
 import time
 from dataclasses import dataclass
@@ -50,6 +51,7 @@ _URL = re.compile(r"^(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*)://")
 _CAMERA_INDEX = re.compile(r"^\d$")
 _CAMERA_DEVICE = re.compile(r"^/dev/video\d+$")
 _LOG = logging.getLogger(__name__)
+_IDENTITY_MATRIX = (1 << 16, 0, 0, 0, 1 << 16, 0, 0, 0, 1 << 30)
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,9 @@ class VideoInfo:
     duration: float | None  # seconds; None for live
     has_audio: bool
     live: bool  # a stream or camera (no end, latest-frame policy), not a file
+    # how players turn the stored frames (9 ints, FFmpeg's display matrix: a phone's rotation); None: upright.
+    # Frames are given in stored orientation (as images ignore EXIF); VideoWriter(display_matrix=) copies it
+    display_matrix: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -248,10 +253,10 @@ class VideoReader:
         # a live source: only a rate the stream declares (FFmpeg's guess for MJPEG is a made-up 25)
         rate = stream.average_rate if live else (stream.average_rate or stream.guessed_rate)
         rate = Fraction(rate) if rate else None
+        size = (first.width, first.height)
+        matrix = _display_matrix(first)
         if live:
-            return VideoInfo(
-                self.source, first.width, first.height, codec, LIVE_TIME_BASE, rate, None, None, has_audio, True
-            )
+            return VideoInfo(self.source, *size, codec, LIVE_TIME_BASE, rate, None, None, has_audio, True, matrix)
         duration = None
         if stream.duration and stream.time_base:
             duration = float(stream.duration * stream.time_base)
@@ -261,9 +266,7 @@ class VideoReader:
         if frames is None and duration is not None and rate is not None:
             frames = round(duration * rate)
         time_base = Fraction(stream.time_base) if stream.time_base else 1 / (rate or 25)
-        return VideoInfo(
-            self.source, first.width, first.height, codec, time_base, rate, frames, duration, has_audio, False
-        )
+        return VideoInfo(self.source, *size, codec, time_base, rate, frames, duration, has_audio, False, matrix)
 
     # -- decoding --------------------------------------------------------------------------------
     def _decoded(self, container, stream):
@@ -437,6 +440,15 @@ def _check_file(source):
         raise InputError("is a directory, not a video file", source)
     if size == 0:
         raise InputError("empty file (0 bytes)", source)
+
+
+def _display_matrix(frame):
+    """The frame's display matrix side data as 9 ints, None when absent or the identity."""
+    for side_data in frame.side_data:
+        if getattr(side_data.type, "name", "") == "DISPLAYMATRIX":
+            matrix = struct.unpack("=9i", bytes(side_data))
+            return None if matrix == _IDENTITY_MATRIX else matrix
+    return None
 
 
 def _mp4_without_index(path):

@@ -13,6 +13,9 @@ Decisions:
 * Timing: the stream's time base is the one given (the source's), each frame's pts the ticks given:
   fractional (30000/1001) and variable frame rates are kept exactly. A pts not above the previous one
   (a damaged source) is moved one tick past it: an MP4 cannot hold two frames at one instant.
+* Orientation: frames are written as given (the source's stored orientation, which the detections
+  use); ``display_matrix`` (``VideoInfo.display_matrix``: a phone's rotation) is copied into the MP4
+  so that players turn the annotated video as they turn the source.
 * Sizes: yuv420p needs even sides; an odd width or height is padded right / bottom by repeating the
   edge pixels. A frame of another size (a live source re-opened at a new resolution) is scaled to the
   first frame's size.
@@ -53,7 +56,18 @@ def h264_encoder():
 class VideoWriter:
     """Writes RGB frames as an H.264 MP4 at ``path`` (see the module's decisions). A context manager."""
 
-    def __init__(self, path, width, height, time_base, frame_rate=None, audio_from=None, crf=20, preset=PRESET):
+    def __init__(
+        self,
+        path,
+        width,
+        height,
+        time_base,
+        frame_rate=None,
+        audio_from=None,
+        crf=20,
+        preset=PRESET,
+        display_matrix=None,
+    ):
         self.path = Path(path)
         self.width, self.height = int(width), int(height)
         if self.width < 1 or self.height < 1:
@@ -63,6 +77,7 @@ class VideoWriter:
         self.audio_from = None if audio_from is None else str(audio_from)
         self.crf = int(crf)
         self.preset = str(preset)
+        self.display_matrix = None if display_matrix is None else [int(v) for v in display_matrix]
         self.frames = 0
         self.audio_copied = False
         self.audio_note = None
@@ -90,6 +105,8 @@ class VideoWriter:
             stream = self._container.add_stream(codec, rate=self.frame_rate)
             stream.width, stream.height = self._encoded_w, self._encoded_h
             stream.pix_fmt = "yuv420p"
+            if self.display_matrix is not None:
+                stream.set_display_matrix(self.display_matrix)
             stream.time_base = self.time_base
             stream.codec_context.time_base = self.time_base
             if codec == "libx264":
