@@ -10,6 +10,9 @@ Decisions:
 * Pixels are exact: ``frame.to_ndarray(format="rgb24")``; a lossless clip gives back its source images.
   The decoder runs without threads: FFmpeg's frame threading can hide a damaged packet (the frames come
   out concealed, no error) and adds frames of latency; decoding costs far less than the model.
+* Orientation: frames are given as stored (images ignore EXIF orientation for the same reason: the
+  detections refer to stored pixels); a display rotation (phones) is reported in
+  ``VideoInfo.display_matrix`` for the writer to copy.
 * The first frame is decoded by :func:`open_video` itself, so a source that opens but delivers nothing
   (no stream, an undecodable codec, a silent server) fails there, within the timeout.
 * Files: a damaged file yields its good frames (those still buffered in the decoder included) and then
