@@ -29,32 +29,35 @@ Decisions:
 """
 
 import logging
-import re
-import struct
 import threading
 import time
 from dataclasses import dataclass
 from fractions import Fraction
-from pathlib import Path
 
 import av
 import numpy as np
 
-from retinamask.core.contract import IMAGE_EXTENSIONS
 from retinamask.core.errors import InputError, one_line
+from retinamask.formats.video_probe import (
+    LIVE_SCHEMES,
+    camera_device,
+    check_file,
+    display_matrix,
+    is_video_file,
+    mp4_without_index,
+    source_kind,
+    url_scheme,
+)
 
-LIVE_SCHEMES = ("rtsp", "rtsps", "rtmp", "rtmps", "udp", "tcp", "srt", "rtp", "http", "https")
+__all__ = ["LIVE_SCHEMES", "VideoFrame", "VideoInfo", "VideoReader", "is_video_file", "open_video", "source_kind"]
+
 LIVE_TIME_BASE = Fraction(1, 1000)
 BACKOFF_FIRST_S = 0.5
 BACKOFF_MAX_S = 8.0
 LIVE_ANALYZE_US = 1_000_000  # probing of a live stream other than RTSP and HTTP: 1 s, not FFmpeg's 5 s
 LIVE_BAD_PACKETS = 100  # undecodable packets in a row that make a live source a drop
 
-_URL = re.compile(r"^(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*)://")
-_CAMERA_INDEX = re.compile(r"^\d$")
-_CAMERA_DEVICE = re.compile(r"^/dev/video\d+$")
 _LOG = logging.getLogger(__name__)
-_IDENTITY_MATRIX = (1 << 16, 0, 0, 0, 1 << 16, 0, 0, 0, 1 << 30)
 
 
 @dataclass(frozen=True)
@@ -80,64 +83,6 @@ class VideoFrame:
     pts: int  # in VideoInfo.time_base ticks, relative to the first frame
     seconds: float  # pts * time_base
     rgb: np.ndarray  # uint8 [H, W, 3]; H, W may change after a live reconnect
-
-
-def _scheme(item):
-    match = _URL.match(item)
-    return match["scheme"].lower() if match else None
-
-
-def _camera_device(item):
-    """'0'..'9' or /dev/videoN -> the device path; None for anything else."""
-    if _CAMERA_INDEX.match(item):
-        return f"/dev/video{item}"
-    return item if _CAMERA_DEVICE.match(item) else None
-
-
-def source_kind(item):
-    """ "image", "video" or "live" for one ``--input`` item, without decoding it.
-
-    URLs of the stream schemes and cameras are "live" (an http(s) URL whose container reports a duration
-    is read as a file by :func:`open_video`: ``info.live`` False); a path with an image extension, or a
-    file that probes as a still image, is "image"; any other path is "video" (:func:`open_video` says
-    what is wrong with it when it is not).
-    """
-    item = str(item)
-    if _scheme(item) in LIVE_SCHEMES or _camera_device(item):
-        return "live"
-    path = Path(item)
-    if path.suffix.lower() in IMAGE_EXTENSIONS:
-        return "image"
-    if _probe(path) == "image":
-        return "image"
-    return "video"
-
-
-def is_video_file(path):
-    """True when ``path`` is a file whose container (probed with PyAV, whatever its extension) has a
-    video stream and is not a still image; files with an image extension are never video (they go the
-    image route). Never raises."""
-    path = Path(path)
-    return path.suffix.lower() not in IMAGE_EXTENSIONS and _probe(path) == "video"
-
-
-def _probe(path):
-    """ "video", "image" (a still image) or None (no file, no video stream, not media) for a file."""
-    try:
-        if not path.is_file() or path.stat().st_size == 0:
-            return None
-        with av.open(str(path), timeout=10.0) as container:
-            if not container.streams.video:
-                return None
-            return "image" if _still_image(container) else "video"
-    except Exception:
-        return None
-
-
-def _still_image(container):
-    """Image demuxers: "image2" and the "*_pipe" ones (png_pipe, jpeg_pipe, webp_pipe...)."""
-    name = container.format.name
-    return name == "image2" or name.endswith("_pipe")
 
 
 def open_video(source, *, timeout=10.0, reconnect=5, log=None):
@@ -173,8 +118,8 @@ class VideoReader:
         self._last_pts = None
         self._clock_zero = None
         self._size = None
-        camera = _camera_device(source)
-        scheme = _scheme(source)
+        camera = camera_device(source)
+        scheme = url_scheme(source)
         self._target, self._open_args = source, {}
         if camera:
             self._target, self._open_args = camera, {"format": "v4l2"}
@@ -185,7 +130,7 @@ class VideoReader:
         elif scheme in LIVE_SCHEMES and scheme not in ("http", "https"):
             self._open_args = {"options": {"analyzeduration": str(LIVE_ANALYZE_US)}}
         elif scheme is None:
-            _check_file(source)
+            check_file(source)
         self._url = camera is not None or scheme is not None
         self._live = camera is not None or scheme in LIVE_SCHEMES  # http(s): until its duration is known
         self.skipped_packets = 0
@@ -239,7 +184,7 @@ class VideoReader:
                 return "camera not found" if self._target == self.source else f"camera {self._target} not found"
             return "not found"
         if isinstance(error, av.error.InvalidDataError):
-            if not self._url and _mp4_without_index(self.source):
+            if not self._url and mp4_without_index(self.source):
                 return "an MP4/MOV without its index (no moov box): truncated, or a recording never finished"
             what = "stream" if self._url else "file"
             return f"not a media {what} FFmpeg can read ({_cause(error)})"
@@ -257,7 +202,7 @@ class VideoReader:
         rate = stream.average_rate if live else (stream.average_rate or stream.guessed_rate)
         rate = Fraction(rate) if rate else None
         size = (first.width, first.height)
-        matrix = _display_matrix(first)
+        matrix = display_matrix(first)
         if live:
             return VideoInfo(self.source, *size, codec, LIVE_TIME_BASE, rate, None, None, has_audio, True, matrix)
         duration = None
@@ -429,53 +374,6 @@ class VideoReader:
 
     def __exit__(self, *exc):
         self.close()
-
-
-def _check_file(source):
-    path = Path(source)
-    try:
-        size = path.stat().st_size
-    except FileNotFoundError:
-        raise InputError("broken symbolic link" if path.is_symlink() else "file not found", source) from None
-    except OSError as e:
-        raise InputError(f"cannot read: {e.strerror or e}", source) from None
-    if path.is_dir():
-        raise InputError("is a directory, not a video file", source)
-    if size == 0:
-        raise InputError("empty file (0 bytes)", source)
-
-
-def _display_matrix(frame):
-    """The frame's display matrix side data as 9 ints, None when absent or the identity."""
-    for side_data in frame.side_data:
-        if getattr(side_data.type, "name", "") == "DISPLAYMATRIX":
-            matrix = struct.unpack("=9i", bytes(side_data))
-            return None if matrix == _IDENTITY_MATRIX else matrix
-    return None
-
-
-def _mp4_without_index(path):
-    """True for a file whose top-level boxes start as an MP4's (ftyp) but hold no moov."""
-    kinds = []
-    try:
-        with open(path, "rb") as f:
-            size = f.seek(0, 2)
-            offset = 0
-            while offset + 8 <= size and len(kinds) < 1000:
-                f.seek(offset)
-                head = f.read(16)
-                box_size, kind = int.from_bytes(head[:4], "big"), head[4:8]
-                if box_size == 1 and len(head) == 16:
-                    box_size = int.from_bytes(head[8:16], "big")
-                elif box_size == 0:
-                    box_size = size - offset
-                if box_size < 8:
-                    break
-                kinds.append(kind)
-                offset += box_size
-    except OSError:
-        return False
-    return bool(kinds) and kinds[0] == b"ftyp" and b"moov" not in kinds
 
 
 def _cause(error):
