@@ -634,3 +634,39 @@ def test_mots_lines_are_decodable_rle_without_overlaps():
     assert first.split(" ")[1] == "2" and second.split(" ")[1] == "1"
     kept = mask_util.decode({"size": [6, 8], "counts": second.split(" ")[5].encode()})
     np.testing.assert_array_equal(kept, big & (1 - small))
+
+
+# -- live: RTSP (GStreamer's server, where Debian's packages are installed) ----------------------------
+
+
+@pytest.fixture(scope="module")
+def rtsp_available():
+    from video_support import rtsp_server_available
+
+    if not rtsp_server_available():
+        pytest.skip("no GStreamer RTSP server (apt-get install python3-gi gir1.2-gst-rtsp-server-1.0 ...)")
+
+
+def test_rtsp_opens_without_stale_frames_and_reconnects(rtsp_available):
+    from video_support import RtspServer
+
+    lines = []
+    with RtspServer(size=(160, 120), fps=10) as server:
+        started = time.monotonic()
+        reader = open_video(server.url, timeout=3, reconnect=3, log=lines.append)
+        opened = time.monotonic() - started
+        got = []
+        with reader:
+            for frame in reader:
+                got.append((frame, time.monotonic()))
+                if frame.index == 4:
+                    server.stop()
+                    server.start(size=(96, 64))
+                if frame.rgb.shape == (64, 96, 3) and len(got) >= 10:
+                    break
+    assert reader.info.live and reader.info.codec == "h264" and (reader.info.width, reader.info.height) == (160, 120)
+    assert opened < 2  # FFmpeg's default probing would hold ~3 s of frames here, then release them in a burst
+    arrivals = [t for _, t in got[:5]]
+    assert arrivals[-1] - arrivals[0] > 0.25  # 10 fps: frames come as they are made, not in a burst
+    assert [f.index for f, _ in got] == list(range(len(got)))
+    assert reader.reconnects >= 1 and any("reconnected at 96x64 (was 160x120)" in line for line in lines)

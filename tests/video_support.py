@@ -292,3 +292,82 @@ def make_audio_only(path, seconds=0.5):
     finally:
         out.close()
     return path
+
+
+RTSP_SERVER_SCRIPT = """
+import sys
+import gi
+gi.require_version("Gst", "1.0")
+gi.require_version("GstRtspServer", "1.0")
+from gi.repository import GLib, Gst, GstRtspServer
+Gst.init(None)
+port, width, height, fps = sys.argv[1:5]
+server = GstRtspServer.RTSPServer()
+server.set_address("127.0.0.1")
+server.set_service(port)
+factory = GstRtspServer.RTSPMediaFactory()
+factory.set_launch(
+    f"( videotestsrc pattern=ball is-live=true ! video/x-raw,width={width},height={height},framerate={fps}/1 "
+    "! x264enc tune=zerolatency speed-preset=ultrafast key-int-max=10 ! rtph264pay name=pay0 pt=96 )"
+)
+factory.set_shared(True)
+server.get_mount_points().add_factory("/stream", factory)
+if server.attach(None) == 0:
+    sys.exit("cannot bind")
+print("ready", flush=True)
+GLib.MainLoop().run()
+"""
+
+SYSTEM_PYTHON = "/usr/bin/python3"
+
+
+def rtsp_server_available():
+    """Whether Debian's GStreamer RTSP server (python3-gi, gir1.2-gst-rtsp-server-1.0, x264enc) is here."""
+    import subprocess
+
+    check = 'import gi; gi.require_version("GstRtspServer", "1.0"); from gi.repository import Gst, GstRtspServer; '
+    check += 'Gst.init(None); assert Gst.ElementFactory.find("x264enc")'
+    try:
+        return subprocess.run([SYSTEM_PYTHON, "-c", check], capture_output=True, timeout=30).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+class RtspServer:
+    """An RTSP PLAY server on 127.0.0.1 (GStreamer's, run by the system Python that has ``gi``): H.264 of a
+    moving ball at ``size`` and ``fps``, a keyframe every 10 frames, at ``url``. ``stop()`` kills it (a
+    drop), ``start()`` starts it again on the same port."""
+
+    def __init__(self, size=(160, 120), fps=10, port=None):
+        self.size, self.fps = size, fps
+        self.port = port or free_port()
+        self._process = None
+
+    @property
+    def url(self):
+        return f"rtsp://127.0.0.1:{self.port}/stream"
+
+    def start(self, size=None):
+        import subprocess
+
+        if size is not None:
+            self.size = size
+        args = [SYSTEM_PYTHON, "-c", RTSP_SERVER_SCRIPT, str(self.port), *map(str, self.size), str(self.fps)]
+        self._process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        if self._process.stdout.readline().strip() != "ready":
+            self.stop()
+            raise RuntimeError("the RTSP test server did not start")
+        return self
+
+    def stop(self):
+        if self._process is not None:
+            self._process.kill()
+            self._process.wait()
+            self._process.stdout.close()
+            self._process = None
+
+    def __enter__(self):
+        return self.start() if self._process is None else self
+
+    def __exit__(self, *exc):
+        self.stop()
