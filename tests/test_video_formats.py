@@ -17,7 +17,7 @@ from PIL import Image
 
 from retinamask.core.errors import InputError, OutputError
 from retinamask.formats.video_read import is_video_file, open_video, source_kind
-from retinamask.formats.video_results import JsonlWriter, mot_lines, mots_lines, ytvis_results
+from retinamask.formats.video_results import JsonlWriter, mot_lines, mots_lines, read_jsonl, ytvis_results
 from retinamask.formats.video_write import VideoWriter
 from video_support import (
     MjpegServer,
@@ -566,6 +566,15 @@ def test_jsonl_killed_writer_leaves_complete_lines(tmp_path):
     assert text.endswith("\n")
     frames = [json.loads(line)["frame"] for line in text.splitlines()]
     assert frames == list(range(len(frames))) and len(frames) >= 40
+
+
+def test_read_jsonl(tmp_path):
+    path = tmp_path / "v.jsonl"
+    path.write_text('{"frame": 0}\n\n{"frame": 1}\n{"frame": 2, "detec')  # a last line cut mid-way
+    assert read_jsonl(path) == [{"frame": 0}, {"frame": 1}]
+    path.write_text('{"frame": 0}\nnot json\n')
+    with pytest.raises(InputError, match="line 2 is not JSON"):
+        read_jsonl(path)
 
 
 def test_jsonl_bad_record_leaves_only_complete_lines(tmp_path):

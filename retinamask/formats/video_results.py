@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import pycocotools.mask as mask_util
 
-from retinamask.core.errors import OutputError
+from retinamask.core.errors import InputError, OutputError
 
 
 def _json_default(value):
@@ -94,6 +94,27 @@ class JsonlWriter:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def read_jsonl(path):
+    """The records of a JSON-lines file, in order. A last line without its newline (a writer killed
+    mid-line; :class:`JsonlWriter` never leaves one) is left out; any other bad line is an InputError
+    naming the line."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise InputError(f"cannot read: {e.strerror or e}", path) from None
+    lines = text.split("\n")
+    records = []
+    for number, line in enumerate(lines[:-1], start=1):  # lines[-1]: "" or an unfinished line
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            raise InputError(f"line {number} is not JSON ({e.msg})", path) from None
+    return records
 
 
 def _category(detection, category_ids):
