@@ -612,12 +612,23 @@ def test_ytvis_results_placed_by_source_frame():
 
 
 def test_mot_lines_hand_computed():
-    assert mot_lines(_records()) == [
-        "1,1,0,0,2,2,0.9,-1,-1,-1",
-        "3,1,0.5,1,1.75,2,0.5,-1,-1,-1",
-        "3,2,4,3,4,2,0.6,-1,-1,-1",
-        "5,2,1,1,2,3,0.4,-1,-1,-1",
+    assert mot_lines(_records()) == [  # MOTChallenge's boxes are 1-based: x1 + 1, y1 + 1
+        "1,1,1,1,2,2,0.9,-1,-1,-1",
+        "3,1,1.5,2,1.75,2,0.5,-1,-1,-1",
+        "3,2,5,4,4,2,0.6,-1,-1,-1",
+        "5,2,2,2,2,3,0.4,-1,-1,-1",
     ]
+
+
+@pytest.mark.filterwarnings("ignore:Operation with tuple is deprecated")  # py-motmetrics 1.4 with pandas 3
+def test_mot_lines_load_in_py_motmetrics(tmp_path):
+    mm = pytest.importorskip("motmetrics", reason="the track-eval extra is not installed")
+    path = tmp_path / "v.mot.txt"
+    path.write_text("\n".join(mot_lines(_records())) + "\n")
+    table = mm.io.loadtxt(str(path), fmt="mot15-2D")
+    assert list(table.index) == [(1, 1), (3, 1), (3, 2), (5, 2)]
+    # py-motmetrics makes them 0-based again: our box_xyxy [0.5, 1, 2.25, 3] back
+    assert table.loc[(3, 1)][["X", "Y", "Width", "Height", "Confidence"]].tolist() == [0.5, 1, 1.75, 2, 0.5]
 
 
 def test_mots_lines_are_decodable_rle_without_overlaps():

@@ -18,7 +18,9 @@ Decisions:
   ``frame_count``, one per frame of the source (the skipped ones None), the mask RLE or None.
   Untracked detections (track_id None or negative) are left out.
 * MOT: ``frame`` is the source frame index + 1 (MOT counts from 1 and the ground truth numbers every
-  frame of the source, strided runs included), boxes x, y, w, h in pixels; untracked detections left out.
+  frame of the source, strided runs included); ``bb_left``, ``bb_top`` in MOTChallenge's 1-based pixel
+  coordinates (x1 + 1, y1 + 1: py-motmetrics' loader subtracts the 1 again), width and height in
+  pixels; untracked detections left out.
 * MOTS: ``time_frame`` counts from 1 as well (MOTSChallenge's convention; KITTI MOTS counts from 0);
   ``class_id`` the detection's category; the RLE is the COCO compressed string. MOTS forbids overlapping
   masks in a frame: a pixel claimed by several tracked masks is kept by the highest-scoring one (as
@@ -186,7 +188,7 @@ def _number(value, decimals):
 
 def mot_lines(frame_records):
     """MOT txt lines ``frame,id,bb_left,bb_top,bb_width,bb_height,conf,-1,-1,-1`` of the tracked
-    detections (frame = source index + 1)."""
+    detections (frame = source index + 1, bb_left and bb_top 1-based)."""
     lines = []
     for record in frame_records:
         frame = int(record["frame"]) + 1
@@ -195,7 +197,7 @@ def mot_lines(frame_records):
                 continue
             x1, y1, x2, y2 = (float(v) for v in detection["box_xyxy"])
             fields = [str(frame), str(int(detection["track_id"]))]
-            fields += [_number(v, 3) for v in (x1, y1, x2 - x1, y2 - y1)]
+            fields += [_number(v, 3) for v in (x1 + 1, y1 + 1, x2 - x1, y2 - y1)]
             fields += [_number(detection["score"], 6), "-1", "-1", "-1"]
             lines.append(",".join(fields))
     return lines
