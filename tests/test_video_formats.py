@@ -108,21 +108,33 @@ def test_probing_not_extensions(tmp_path):
         assert source_kind(live) == "live", live
 
 
+def _bad_file(folder, kind):
+    if kind == "text named .mp4":
+        (folder / "t.mp4").write_text("hello\n" * 100)
+        return folder / "t.mp4"
+    if kind == "audio only":
+        return make_audio_only(folder / "sound.m4a")
+    if kind == "empty":
+        (folder / "empty.mp4").write_bytes(b"")
+        return folder / "empty.mp4"
+    return {"missing": folder / "missing.mp4", "folder": folder}[kind]
+
+
 @pytest.mark.parametrize(
-    ("make", "cause"),
+    ("kind", "cause"),
     [
-        (lambda d: (d / "t.mp4").write_text("hello\n" * 100) and d / "t.mp4", "not a media file"),
-        (lambda d: make_audio_only(d / "sound.m4a"), "no video stream (streams: audio aac)"),
-        (lambda d: d / "missing.mp4", "file not found"),
-        (lambda d: (d / "empty.mp4").write_bytes(b"") or d / "empty.mp4", "empty file"),
-        (lambda d: d, "is a directory"),
+        ("text named .mp4", "not a media file FFmpeg can read (Invalid data found when processing input)"),
+        ("audio only", "no video stream (streams: audio aac)"),
+        ("missing", "file not found"),
+        ("empty", "empty file (0 bytes)"),
+        ("folder", "is a directory, not a video file"),
     ],
 )
-def test_bad_files_are_one_input_error(tmp_path, make, cause):
-    path = make(tmp_path)
+def test_bad_files_are_one_input_error(tmp_path, kind, cause):
+    path = _bad_file(tmp_path, kind)
     with pytest.raises(InputError) as caught:
         open_video(str(path))
-    assert cause in caught.value.cause
+    assert caught.value.cause == cause
     assert caught.value.path == str(path)
 
 
