@@ -77,6 +77,22 @@ def atomic_open(path, mode="wb"):
         raise
 
 
+def temp_path_beside(path):
+    """Create an empty temporary file beside ``path``, named as :func:`atomic_open` names its own (so that
+    :func:`remove_stale_temp_files` knows it), with the usual permissions; returns its Path. For a
+    writer that cannot write through a file object (a video muxer): it writes there, then renames it
+    onto ``path`` with ``os.replace``. Raises OutputError naming ``path``."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{_HOST_TAG}-{os.getpid()}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        os.chmod(tmp, 0o666 & ~_UMASK)
+    except OSError as e:
+        raise _cannot_write(e, path) from None
+    return Path(tmp)
+
+
 def remove_stale_temp_files(directory, other_hosts=False):
     """Delete the temp files that writers on this host which are no longer running left in
     ``directory`` (a process killed mid-write cannot remove its own); returns their names.

@@ -1,0 +1,412 @@
+"""Reading video with PyAV: files (probed, not judged by extension), stream URLs and cameras, as RGB frames
+with exact timestamps; live sources re-opened with backoff when they drop.
+
+Decisions:
+
+* Timestamps are exact: ``pts`` in the video stream's ``time_base`` ticks (fractional and variable frame
+  rates kept), relative to the first decoded frame. A live source's time base is 1/1000: its ``pts`` are
+  the milliseconds of a monotonic clock since its first frame arrived, strictly increasing across
+  reconnects (a stream's own clock restarts when it is re-opened; the wall clock does not).
+* Pixels are exact: ``frame.to_ndarray(format="rgb24")``; a lossless clip gives back its source images.
+  The decoder runs without threads: FFmpeg's frame threading can hide a damaged packet (the frames come
+  out concealed, no error) and adds frames of latency; decoding costs far less than the model.
+* The first frame is decoded by :func:`open_video` itself, so a source that opens but delivers nothing
+  (no stream, an undecodable codec, a silent server) fails there, within the timeout.
+* Files: a damaged file yields its good frames (those still buffered in the decoder included) and then
+  raises one InputError naming the frame index where decoding failed.
+* Live (URL schemes rtsp, rtmp, udp, tcp, srt, http(s) without a duration; a camera): a read error or an
+  end of stream is a drop. The source is re-opened with exponential backoff (0.5 s doubling, at most
+  8 s), each attempt logged; the attempt count starts again once a frame arrives. No frame is ever
+  made up; a new resolution is yielded as is (and logged). After ``reconnect`` failed attempts in a
+  row: InputError.
+* A camera "0".."9" is /dev/videoN through v4l2 (Linux).
+* Every failure is one :class:`~retinamask.core.errors.InputError` naming the source.
+"""
+
+import logging
+import re
+import threading
+import time
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+
+from retinamask.core.contract import IMAGE_EXTENSIONS
+from retinamask.core.errors import InputError, one_line
+
+LIVE_SCHEMES = ("rtsp", "rtsps", "rtmp", "rtmps", "udp", "tcp", "srt", "rtp", "http", "https")
+LIVE_TIME_BASE = Fraction(1, 1000)
+BACKOFF_FIRST_S = 0.5
+BACKOFF_MAX_S = 8.0
+
+_URL = re.compile(r"^(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*)://")
+_CAMERA_INDEX = re.compile(r"^\d$")
+_CAMERA_DEVICE = re.compile(r"^/dev/video\d+$")
+_LOG = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    source: str  # the path or URL as given
+    width: int
+    height: int
+    codec: str
+    time_base: Fraction  # of the video stream (live: 1/1000, pts are milliseconds)
+    frame_rate: Fraction | None  # exact average rate (30000/1001, 25/2); None when unknown
+    frames: int | None  # number of frames when the container says or it can be computed; None for live
+    duration: float | None  # seconds; None for live
+    has_audio: bool
+    live: bool  # a stream or camera (no end, latest-frame policy), not a file
+
+
+@dataclass(frozen=True)
+class VideoFrame:
+    index: int  # 0-based index in the source, every decoded frame counted; live: across reconnects
+    pts: int  # in VideoInfo.time_base ticks, relative to the first frame
+    seconds: float  # pts * time_base
+    rgb: np.ndarray  # uint8 [H, W, 3]; H, W may change after a live reconnect
+
+
+def _scheme(item):
+    match = _URL.match(item)
+    return match["scheme"].lower() if match else None
+
+
+def _camera_device(item):
+    """'0'..'9' or /dev/videoN -> the device path; None for anything else."""
+    if _CAMERA_INDEX.match(item):
+        return f"/dev/video{item}"
+    return item if _CAMERA_DEVICE.match(item) else None
+
+
+def source_kind(item):
+    """ "image", "video" or "live" for one ``--input`` item, without decoding it.
+
+    URLs of the stream schemes and cameras are "live" (an http(s) URL whose container reports a duration
+    is read as a file by :func:`open_video`: ``info.live`` False); a path with an image extension, or a
+    file that probes as a still image, is "image"; any other path is "video" (:func:`open_video` says
+    what is wrong with it when it is not).
+    """
+    item = str(item)
+    if _scheme(item) in LIVE_SCHEMES or _camera_device(item):
+        return "live"
+    path = Path(item)
+    if path.suffix.lower() in IMAGE_EXTENSIONS:
+        return "image"
+    if path.is_file() and _probe_still_image(path):
+        return "image"
+    return "video"
+
+
+def is_video_file(path):
+    """True when ``path`` is a file whose container (probed with PyAV, whatever its extension) has a
+    video stream and is not a still image; files with an image extension are never video (they go the
+    image route). Never raises."""
+    path = Path(path)
+    if path.suffix.lower() in IMAGE_EXTENSIONS:
+        return False
+    try:
+        if not path.is_file() or path.stat().st_size == 0:
+            return False
+        with av.open(str(path), timeout=10.0) as container:
+            return bool(container.streams.video) and not _still_image(container)
+    except Exception:
+        return False
+
+
+def _probe_still_image(path):
+    try:
+        with av.open(str(path), timeout=10.0) as container:
+            return bool(container.streams.video) and _still_image(container)
+    except Exception:
+        return False
+
+
+def _still_image(container):
+    """Image demuxers: "image2" and the "*_pipe" ones (png_pipe, jpeg_pipe, webp_pipe...)."""
+    name = container.format.name
+    return name == "image2" or name.endswith("_pipe")
+
+
+def open_video(source, *, timeout=10.0, reconnect=5, log=None):
+    """Open a video file, stream URL or camera; returns a :class:`VideoReader` (its first frame decoded).
+
+    ``timeout``: seconds allowed to open the source and for each read. ``reconnect``: attempts to
+    re-open a live source after a drop. ``log``: a callable taking one line (default: this module's
+    logger, warning level). Raises InputError when the source cannot be opened within the timeout,
+    has no video stream or cannot be decoded.
+    """
+    return VideoReader(str(source), timeout=timeout, reconnect=reconnect, log=log)
+
+
+class VideoReader:
+    """A context manager and an iterator of :class:`VideoFrame`; iterate it from one thread at a time.
+    ``close()`` may be called from another thread (the reading thread stops at its next frame).
+
+    ``reconnects``: successful re-opens of a live source after a drop; ``dropped_reconnects``: failed
+    re-open attempts; ``drops``: times a live source dropped.
+    """
+
+    def __init__(self, source, *, timeout=10.0, reconnect=5, log=None):
+        self.source = source
+        self.timeout = float(timeout)
+        self.reconnect = int(reconnect)
+        self._log = log or _LOG.warning
+        self.reconnects = self.dropped_reconnects = self.drops = 0
+        self._closing = threading.Event()
+        self._lock = threading.Lock()  # held while the container is read
+        self._container = None
+        self._index = 0
+        self._first_pts = None
+        self._last_pts = None
+        self._clock_zero = None
+        self._size = None
+        camera = _camera_device(source)
+        scheme = _scheme(source)
+        self._target, self._open_args = source, {}
+        if camera:
+            self._target, self._open_args = camera, {"format": "v4l2"}
+        elif scheme in ("rtsp", "rtsps"):
+            self._open_args = {"options": {"rtsp_transport": "tcp"}}
+        elif scheme is None:
+            _check_file(source)
+        self._url = camera is not None or scheme is not None
+        self._pending, self._first_frame = self._open()
+        first, self._clock_zero = self._first_frame
+        stream = self._container.streams.video[0]
+        live = camera is not None or (
+            scheme in LIVE_SCHEMES and not (scheme in ("http", "https") and self._container.duration)
+        )
+        self._live = live
+        self.info = self._make_info(stream, first, live)
+        self._size = (first.height, first.width)
+
+    # -- opening ---------------------------------------------------------------------------------
+    def _open(self):
+        """Open the source and decode its first frame -> (a frame generator, that first frame)."""
+        try:
+            container = av.open(self._target, timeout=(self.timeout, self.timeout), **self._open_args)
+        except Exception as e:
+            raise InputError(self._open_cause(e), self.source) from None
+        try:
+            if not container.streams.video:
+                kinds = ", ".join(f"{s.type} {s.codec_context.name}" for s in container.streams) or "none"
+                raise InputError(f"no video stream (streams: {kinds})", self.source)
+            stream = container.streams.video[0]
+            if stream.codec_context is None:
+                raise InputError("the video codec is not one FFmpeg can decode", self.source)
+            frames = self._decoded(container, stream)
+            try:
+                first = (next(frames), time.monotonic())
+            except StopIteration:
+                raise InputError("no video frame could be decoded", self.source) from None
+        except BaseException:
+            container.close()
+            raise
+        self._container = container
+        return frames, first
+
+    def _open_cause(self, error):
+        if isinstance(error, av.error.ExitError):
+            return f"no answer within the timeout ({self.timeout:g} s)"
+        if isinstance(error, ConnectionRefusedError):
+            return "connection refused"
+        if isinstance(error, FileNotFoundError):
+            if self._open_args.get("format") == "v4l2":
+                return "camera not found" if self._target == self.source else f"camera {self._target} not found"
+            return "not found"
+        if isinstance(error, av.error.InvalidDataError):
+            what = "stream" if self._url else "file"
+            return f"not a media {what} FFmpeg can read ({_cause(error)})"
+        return f"cannot open: {_cause(error)}"
+
+    def _read_cause(self, error):
+        if isinstance(error, av.error.ExitError):
+            return f"no data within the timeout ({self.timeout:g} s)"
+        return _cause(error)
+
+    def _make_info(self, stream, first, live):
+        codec = stream.codec_context.name
+        has_audio = bool(self._container.streams.audio)
+        # a live source: only a rate the stream declares (FFmpeg's guess for MJPEG is a made-up 25)
+        rate = stream.average_rate if live else (stream.average_rate or stream.guessed_rate)
+        rate = Fraction(rate) if rate else None
+        if live:
+            return VideoInfo(
+                self.source, first.width, first.height, codec, LIVE_TIME_BASE, rate, None, None, has_audio, True
+            )
+        duration = None
+        if stream.duration and stream.time_base:
+            duration = float(stream.duration * stream.time_base)
+        elif self._container.duration:
+            duration = self._container.duration / av.time_base
+        frames = stream.frames or None
+        if frames is None and duration is not None and rate is not None:
+            frames = round(duration * rate)
+        time_base = Fraction(stream.time_base) if stream.time_base else 1 / (rate or 25)
+        return VideoInfo(
+            self.source, first.width, first.height, codec, time_base, rate, frames, duration, has_audio, False
+        )
+
+    # -- decoding --------------------------------------------------------------------------------
+    def _decoded(self, container, stream):
+        """The av.VideoFrames of ``stream``; on a damaged packet, the frames still buffered in the
+        decoder come out before the error is raised again."""
+        try:
+            for packet in container.demux(stream):
+                yield from packet.decode()
+        except (av.FFmpegError, OSError) as error:
+            try:
+                buffered = stream.codec_context.decode(None)
+            except (av.FFmpegError, OSError):
+                buffered = []
+            yield from buffered
+            raise error
+
+    def __iter__(self):
+        if self._live:
+            yield from self._live_frames()
+        else:
+            yield from self._file_frames()
+
+    def _take_first(self):
+        """The first frame of a newly opened container (decoded while opening), once."""
+        frame, self._first_frame = self._first_frame, None
+        return frame
+
+    def _file_frames(self):
+        first = self._take_first()
+        if first is not None:
+            yield self._frame(*first)
+        while not self._closing.is_set():
+            try:
+                with self._lock:
+                    frame = next(self._pending, None)
+            except (av.FFmpegError, OSError) as error:
+                raise InputError(f"decoding failed at frame {self._index} ({_cause(error)})", self.source) from None
+            if frame is None:
+                return
+            yield self._frame(frame)
+        self._close_container()
+
+    def _live_frames(self):
+        while not self._closing.is_set():
+            first = self._take_first()
+            if first is not None:
+                yield self._frame(*first)
+                continue
+            try:
+                with self._lock:
+                    frame = next(self._pending, None)
+                arrived = time.monotonic()
+            except (av.FFmpegError, OSError) as error:
+                cause = self._read_cause(error)
+            else:
+                if frame is not None:
+                    yield self._frame(frame, arrived)
+                    continue
+                cause = "end of stream"
+            if self._closing.is_set():
+                break
+            self._reopen(cause)
+        self._close_container()
+
+    def _reopen(self, cause):
+        """Re-open a live source after a drop, with backoff; raises InputError after the attempts."""
+        self.drops += 1
+        self._close_container()
+        after = f"after frame {self._index - 1}" if self._index else "before its first frame"
+        for attempt in range(1, self.reconnect + 1):
+            delay = min(BACKOFF_FIRST_S * 2 ** (attempt - 1), BACKOFF_MAX_S)
+            self._log(
+                f"{self.source}: stream dropped {after} ({cause}); "
+                f"reconnecting, attempt {attempt}/{self.reconnect} in {delay:g} s"
+            )
+            if self._closing.wait(delay):
+                return
+            try:
+                self._pending, first = self._open()
+            except InputError as error:
+                self.dropped_reconnects += 1
+                cause = error.cause
+                continue
+            self.reconnects += 1
+            frame = first[0]
+            if (frame.height, frame.width) != self._size:
+                self._log(
+                    f"{self.source}: reconnected at {frame.width}x{frame.height} (was {self._size[1]}x{self._size[0]})"
+                )
+                self._size = (frame.height, frame.width)
+            self._first_frame = first
+            return
+        raise InputError(f"stream dropped {after} ({cause}); {self.reconnect} reconnect attempts failed", self.source)
+
+    def _frame(self, frame, arrived=None):
+        rgb = np.ascontiguousarray(frame.to_ndarray(format="rgb24"))
+        if self._live:
+            pts = round((arrived - self._clock_zero) * 1000)
+        else:
+            pts = frame.pts if frame.pts is not None else self._estimated_ticks()
+            if self._first_pts is None:
+                self._first_pts = pts
+            pts -= self._first_pts
+        if self._live and self._last_pts is not None and pts <= self._last_pts:
+            pts = self._last_pts + 1
+        self._last_pts = pts
+        index = self._index
+        self._index += 1
+        return VideoFrame(index, int(pts), float(pts * self.info.time_base), rgb)
+
+    def _estimated_ticks(self):
+        """A frame without a pts: its place at the nominal rate, in time-base ticks."""
+        rate = self.info.frame_rate or Fraction(25)
+        ticks = self._index / rate / self.info.time_base
+        return round(ticks) + (self._first_pts or 0)
+
+    # -- closing ---------------------------------------------------------------------------------
+    def _close_container(self):
+        with self._lock:
+            if self._container is not None:
+                self._container.close()
+                self._container = None
+
+    def close(self):
+        """Stop reading and release the source; safe from another thread (the reading thread ends at
+        its next frame or read timeout) and more than once."""
+        self._closing.set()
+        if self._lock.acquire(blocking=False):
+            try:
+                if self._container is not None:
+                    self._container.close()
+                    self._container = None
+            finally:
+                self._lock.release()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def _check_file(source):
+    path = Path(source)
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        raise InputError("broken symbolic link" if path.is_symlink() else "file not found", source) from None
+    except OSError as e:
+        raise InputError(f"cannot read: {e.strerror or e}", source) from None
+    if path.is_dir():
+        raise InputError("is a directory, not a video file", source)
+    if size == 0:
+        raise InputError("empty file (0 bytes)", source)
+
+
+def _cause(error):
+    """An FFmpeg error's text without the trailing file name PyAV adds."""
+    text = getattr(error, "strerror", None) or str(error) or type(error).__name__
+    return one_line(text)
