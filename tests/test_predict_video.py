@@ -2,6 +2,8 @@
 same pixels, the annotated MP4 is what browsers play, audio and timing are the source's, folders resume,
 damaged and non-video files are reported and the run goes on. Clips are written by the tests (PyAV)."""
 
+import contextlib
+import http.server
 import json
 from fractions import Fraction
 from pathlib import Path
@@ -10,6 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from browser import CHROMIUM_FLAGS, chromium_path
 from retinamask.cli import main
 from retinamask.config.shipped import shipped_onnx_path
 from video_support import gradient_frames, make_clip, probe, top_level_boxes
@@ -144,3 +147,88 @@ def test_a_truncated_video_keeps_the_frames_before_the_damage(tmp_path, capsys):
     assert 5 < len(records) < 40 and [r["frame"] for r in records] == list(range(len(records)))
     assert probe(tmp_path / "out" / "cut.mp4")["frames"] == len(records)  # a valid MP4 of those frames
     assert len(read_jsonl(tmp_path / "out" / "whole.jsonl")) == 40  # the next source still ran
+
+
+def test_the_annotated_mp4_plays_in_chromium_and_shows_the_overlay(tmp_path):
+    playwright = pytest.importorskip("playwright.sync_api", reason="playwright (the test extra) is not installed")
+    chromium = chromium_path()
+    frames = shape_frames(tmp_path, 8)
+    clip = make_clip(tmp_path / "shapes.mp4", frames, rate=10)
+    out = tmp_path / "out"
+    assert predict_cli("--input", clip, "--output", out, "--track") == 0
+    (out / "index.html").write_text(
+        '<body style="margin:0"><video id="v" src="shapes.mp4" muted playsinline style="width:224px;height:192px">'
+        "</video></body>"
+    )
+    flags = [flag for flag in CHROMIUM_FLAGS if flag != "--headless"] + ["--autoplay-policy=no-user-gesture-required"]
+    with static_server(out) as base, playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=flags)
+        try:
+            page = browser.new_page(viewport={"width": 224, "height": 192})
+            page.goto(base + "/index.html")
+            page.evaluate(
+                "() => new Promise((done, fail) => { const v = document.getElementById('v');"
+                " v.onerror = () => fail('video error ' + (v.error && v.error.code));"
+                " v.onended = () => done(); v.play().catch(fail); })"
+            )
+            played = page.evaluate("document.getElementById('v').currentTime")
+            page.evaluate(
+                "() => new Promise(done => { const v = document.getElementById('v');"
+                " v.onseeked = () => requestAnimationFrame(() => requestAnimationFrame(done)); v.currentTime = 0.01; })"
+            )
+            page.locator("#v").screenshot(path=str(tmp_path / "shown.png"))
+        finally:
+            browser.close()
+    assert played == pytest.approx(0.8, abs=0.11)  # 8 frames at 10 fps played to the end
+    shown = np.asarray(Image.open(tmp_path / "shown.png").convert("RGB")).astype(np.int16)
+    annotated = probe(out / "shapes.mp4")["rgb"][0].astype(np.int16)
+    source = frames[0].astype(np.int16)
+    assert np.abs(shown - annotated).mean() < 8  # the page shows the annotated frame ...
+    assert np.abs(shown - source).mean() > 2 * np.abs(shown - annotated).mean()  # ... not the source's
+
+
+@contextlib.contextmanager
+def static_server(folder):
+    """The folder over HTTP on 127.0.0.1, in a thread (no range requests: a +faststart MP4 plays without)."""
+    import functools
+    import threading
+
+    handler = functools.partial(_QuietHandler, directory=str(folder))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+def test_the_python_generator_gives_the_image_path_answers_with_either_predictor(tmp_path):
+    from retinamask import OnnxPredictor, predict_video
+
+    frames = shape_frames(tmp_path, 3)
+    clip = make_clip(tmp_path / "c.mkv", frames, codec="ffv1", rate=5)
+    predictors = [OnnxPredictor(shipped_onnx_path(), backend="onnxruntime")]
+    try:
+        from retinamask.config.shipped import SHIPPED_CONFIG, SHIPPED_WEIGHTS
+        from retinamask.engine.predictor import Predictor
+
+        predictors.append(Predictor.from_config(SHIPPED_CONFIG, SHIPPED_WEIGHTS))
+    except ImportError:  # no torch here: the torch-free predictor alone
+        pass
+    for predictor in predictors:
+        results = predict_video(predictor, str(clip), track=True)
+        assert not isinstance(results, list)  # a generator: one frame at a time
+        for i, (result, rgb) in enumerate(zip(results, frames, strict=True)):
+            alone = predictor(rgb)
+            assert result.index == i and result.seconds == pytest.approx(i / 5)
+            assert np.array_equal(result.detections.boxes, alone.boxes)
+            assert np.array_equal(result.detections.scores, alone.scores)
+            assert np.array_equal(result.detections.masks, alone.masks)
+            assert result.track_ids.shape == (len(alone),)
