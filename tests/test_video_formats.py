@@ -145,6 +145,16 @@ def test_truncated_file_yields_good_frames_then_names_the_frame(tmp_path):
         np.testing.assert_array_equal(frame.rgb, good)
 
 
+def test_mp4_cut_before_its_index_is_named_so(tmp_path):
+    clip = make_clip(tmp_path / "camera.mp4", gradient_frames(10), rate=25)  # moov last, as cameras write
+    cut = tmp_path / "unfinished.mp4"
+    data = clip.read_bytes()
+    cut.write_bytes(data[: data.index(b"moov") - 4])  # everything up to the index
+    with pytest.raises(InputError) as caught:
+        open_video(cut)
+    assert "without its index (no moov box)" in caught.value.cause
+
+
 def test_corrupt_file_yields_good_frames_then_names_the_frame(tmp_path):
     rng = np.random.default_rng(2)
     images = [rng.integers(0, 256, (48, 64, 3), dtype=np.uint8) for _ in range(20)]
@@ -276,6 +286,15 @@ def test_live_stream_that_hangs_is_reopened_after_the_read_timeout():
     assert "(no data within the timeout (0.5 s)); reconnecting, attempt 1/5" in lines[0]
     levels = [_level(f) for f in got]
     assert levels == sorted(set(levels))
+
+
+def test_live_undecodable_parts_are_skipped_not_a_drop():
+    with MjpegServer(fps=50, garbage={4, 5}) as server:
+        reader = open_video(server.url, timeout=2, reconnect=0)
+        with reader:
+            levels = [_level(f) for f, _ in zip(reader, range(10))]
+    assert levels == [0, 8, 16, 24, 48, 56, 64, 72, 80, 88]  # frames 4 and 5 left out, nothing in their place
+    assert (reader.skipped_packets, reader.drops) == (2, 0)
 
 
 def test_live_close_from_another_thread_ends_the_iteration():

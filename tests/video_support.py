@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 
 # lossless codecs: (pixel format written, container formats that take it)
-_PIX_FMT = {"libx264": "yuv420p", "ffv1": "bgr0", "png": "rgb24", "mjpeg": "yuvj420p"}
+_PIX_FMT = {"libx264": "yuv420p", "ffv1": "bgr0", "png": "rgb24", "mjpeg": "yuvj420p", "rawvideo": "yuv420p"}
 
 
 def gradient_frames(count, width=64, height=48, seed=0):
@@ -47,8 +47,9 @@ def make_clip(
     """Write ``frames_rgb`` (uint8 [H, W, 3] arrays) as a clip with PyAV; returns ``path``.
 
     ``rate``: the nominal frame rate (a Fraction: 25/2, 30000/1001). ``codec``: "libx264" (yuv420p),
-    "ffv1" (bgr0, lossless) or "png" (rgb24, lossless; MOV/MP4 only). ``container``: "mp4", "mkv", "mov"
-    (default: from the suffix). ``audio``: add an AAC track (a 440 Hz tone) as long as the video.
+    "ffv1" (bgr0, lossless) or "png" (rgb24, lossless; MOV/MP4 only), or "rawvideo" with a ``.y4m`` path
+    (the clip Chromium's fake camera plays: ``--use-file-for-fake-video-capture``). ``container``: "mp4",
+    "mkv", "mov", "y4m" (default: from the suffix). ``audio``: add an AAC track (a 440 Hz tone) as long as the video.
     ``vfr_pts``: the frames' pts in ``time_base`` ticks (default 1/rate) for variable rates; default:
     frame i at i / rate.
     ``faststart``: MP4/MOV with the moov box first (else last, as cameras write it).
@@ -56,7 +57,7 @@ def make_clip(
     path = Path(path)
     rate = Fraction(rate)
     fmt = container or path.suffix.lstrip(".")
-    fmt = {"mkv": "matroska"}.get(fmt, fmt)
+    fmt = {"mkv": "matroska", "y4m": "yuv4mpegpipe"}.get(fmt, fmt)
     time_base = Fraction(time_base) if time_base is not None else 1 / rate
     if vfr_pts is None:
         pts = [round(i / rate / time_base) for i in range(len(frames_rgb))]
@@ -156,14 +157,16 @@ class MjpegServer:
     """MJPEG over HTTP (``multipart/x-mixed-replace``) on 127.0.0.1 in a thread, as IP cameras serve it.
 
     Frame k is a flat grey of level ``(8 * k) % 256`` at ``size`` (w, h), sent ``fps`` times a second;
-    ``max_frames`` ends each response after that many frames. ``stop()`` closes the listening socket
+    ``max_frames`` ends each response after that many frames; the frames numbered in ``garbage`` are sent
+    as undecodable bytes. ``stop()`` closes the listening socket
     and every open connection (a drop); ``start()`` again binds the same port (``size`` may change).
     ``sent`` counts the frames sent since the server was made; ``stalled.set()`` holds every connection
     open without sending (a camera that hangs), ``stalled.clear()`` sends again.
     """
 
-    def __init__(self, size=(64, 48), fps=20.0, max_frames=None, port=0):
+    def __init__(self, size=(64, 48), fps=20.0, max_frames=None, port=0, garbage=()):
         self.size, self.fps, self.max_frames = size, fps, max_frames
+        self.garbage = set(garbage)
         self.port = port
         self.sent = 0
         self._server = None
@@ -216,9 +219,11 @@ class MjpegServer:
                 time.sleep(0.01)
                 continue
             with self._lock:
-                level = (8 * self.sent) % 256
+                number = self.sent
                 self.sent += 1
-            data = jpeg_bytes(level_frame(level, width, height))
+            data = jpeg_bytes(level_frame((8 * number) % 256, width, height))
+            if number in self.garbage:  # a damaged part: JPEG markers around bytes no decoder takes
+                data = b"\xff\xd8" + bytes(range(256)) * 3 + b"\xff\xd9"
             head = f"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: {len(data)}\r\n\r\n".encode()
             handler.wfile.write(head + data + b"\r\n")
             handler.wfile.flush()

@@ -18,7 +18,9 @@ Decisions:
   end of stream is a drop. The source is re-opened with exponential backoff (0.5 s doubling, at most
   8 s), each attempt logged; the attempt count starts again once a frame arrives. No frame is ever
   made up; a new resolution is yielded as is (and logged). After ``reconnect`` failed attempts in a
-  row: InputError.
+  row: InputError. An undecodable packet of a live source (joined mid-GOP, a lost packet) is skipped
+  and counted, not a drop. RTSP is opened over TCP without probing the media (its SDP describes the
+  streams): FFmpeg's default probing buffers seconds of frames that then come out stale, in a burst.
 * A camera "0".."9" is /dev/videoN through v4l2 (Linux).
 * Every failure is one :class:`~retinamask.core.errors.InputError` naming the source.
 """
@@ -41,6 +43,8 @@ LIVE_SCHEMES = ("rtsp", "rtsps", "rtmp", "rtmps", "udp", "tcp", "srt", "rtp", "h
 LIVE_TIME_BASE = Fraction(1, 1000)
 BACKOFF_FIRST_S = 0.5
 BACKOFF_MAX_S = 8.0
+LIVE_ANALYZE_US = 1_000_000  # probing of a live stream other than RTSP and HTTP: 1 s, not FFmpeg's 5 s
+LIVE_BAD_PACKETS = 100  # undecodable packets in a row that make a live source a drop
 
 _URL = re.compile(r"^(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*)://")
 _CAMERA_INDEX = re.compile(r"^\d$")
@@ -96,7 +100,7 @@ def source_kind(item):
     path = Path(item)
     if path.suffix.lower() in IMAGE_EXTENSIONS:
         return "image"
-    if path.is_file() and _probe_still_image(path):
+    if _probe(path) == "image":
         return "image"
     return "video"
 
@@ -106,23 +110,20 @@ def is_video_file(path):
     video stream and is not a still image; files with an image extension are never video (they go the
     image route). Never raises."""
     path = Path(path)
-    if path.suffix.lower() in IMAGE_EXTENSIONS:
-        return False
+    return path.suffix.lower() not in IMAGE_EXTENSIONS and _probe(path) == "video"
+
+
+def _probe(path):
+    """ "video", "image" (a still image) or None (no file, no video stream, not media) for a file."""
     try:
         if not path.is_file() or path.stat().st_size == 0:
-            return False
+            return None
         with av.open(str(path), timeout=10.0) as container:
-            return bool(container.streams.video) and not _still_image(container)
+            if not container.streams.video:
+                return None
+            return "image" if _still_image(container) else "video"
     except Exception:
-        return False
-
-
-def _probe_still_image(path):
-    try:
-        with av.open(str(path), timeout=10.0) as container:
-            return bool(container.streams.video) and _still_image(container)
-    except Exception:
-        return False
+        return None
 
 
 def _still_image(container):
@@ -170,19 +171,27 @@ class VideoReader:
         if camera:
             self._target, self._open_args = camera, {"format": "v4l2"}
         elif scheme in ("rtsp", "rtsps"):
-            self._open_args = {"options": {"rtsp_transport": "tcp"}}
+            # the SDP describes the streams: no probing of the media (FFmpeg's default 5 s of it would
+            # come out as seconds of stale frames in one burst)
+            self._open_args = {"options": {"rtsp_transport": "tcp", "analyzeduration": "0", "probesize": "32"}}
+        elif scheme in LIVE_SCHEMES and scheme not in ("http", "https"):
+            self._open_args = {"options": {"analyzeduration": str(LIVE_ANALYZE_US)}}
         elif scheme is None:
             _check_file(source)
         self._url = camera is not None or scheme is not None
+        self._live = camera is not None or scheme in LIVE_SCHEMES  # http(s): until its duration is known
+        self.skipped_packets = 0
         self._pending, self._first_frame = self._open()
-        first, self._clock_zero = self._first_frame
-        stream = self._container.streams.video[0]
-        live = camera is not None or (
-            scheme in LIVE_SCHEMES and not (scheme in ("http", "https") and self._container.duration)
-        )
-        self._live = live
-        self.info = self._make_info(stream, first, live)
-        self._size = (first.height, first.width)
+        try:
+            first, self._clock_zero = self._first_frame
+            stream = self._container.streams.video[0]
+            if scheme in ("http", "https") and self._container.duration:
+                self._live = False  # a file served over HTTP
+            self.info = self._make_info(stream, first, self._live)
+            self._size = (first.height, first.width)
+        except BaseException:
+            self.close()
+            raise
 
     # -- opening ---------------------------------------------------------------------------------
     def _open(self):
@@ -203,6 +212,9 @@ class VideoReader:
                 first = (next(frames), time.monotonic())
             except StopIteration:
                 raise InputError("no video frame could be decoded", self.source) from None
+            except (av.FFmpegError, OSError) as e:
+                what = "reading failed" if self._live else "decoding failed at frame 0"
+                raise InputError(f"{what} ({self._read_cause(e)})", self.source) from None
         except BaseException:
             container.close()
             raise
@@ -219,6 +231,8 @@ class VideoReader:
                 return "camera not found" if self._target == self.source else f"camera {self._target} not found"
             return "not found"
         if isinstance(error, av.error.InvalidDataError):
+            if not self._url and _mp4_without_index(self.source):
+                return "an MP4/MOV without its index (no moov box): truncated, or a recording never finished"
             what = "stream" if self._url else "file"
             return f"not a media {what} FFmpeg can read ({_cause(error)})"
         return f"cannot open: {_cause(error)}"
@@ -253,11 +267,24 @@ class VideoReader:
 
     # -- decoding --------------------------------------------------------------------------------
     def _decoded(self, container, stream):
-        """The av.VideoFrames of ``stream``; on a damaged packet, the frames still buffered in the
-        decoder come out before the error is raised again."""
+        """The av.VideoFrames of ``stream``. A file's damaged packet: the frames still buffered in the
+        decoder come out, then the error is raised again. A live source's undecodable packet (joined
+        mid-GOP, a lost packet) is skipped and counted in ``skipped_packets``; ``LIVE_BAD_PACKETS`` in a
+        row make a drop."""
+        bad_in_a_row = 0
         try:
             for packet in container.demux(stream):
-                yield from packet.decode()
+                try:
+                    frames = packet.decode()
+                except av.error.InvalidDataError:
+                    if not self._live or bad_in_a_row >= LIVE_BAD_PACKETS:
+                        raise
+                    bad_in_a_row += 1
+                    self.skipped_packets += 1
+                    continue
+                if frames:
+                    bad_in_a_row = 0
+                yield from frames
         except (av.FFmpegError, OSError) as error:
             try:
                 buffered = stream.codec_context.decode(None)
@@ -283,10 +310,10 @@ class VideoReader:
             yield self._frame(*first)
         while not self._closing.is_set():
             try:
-                with self._lock:
-                    frame = next(self._pending, None)
+                frame = self._next_frame()
             except (av.FFmpegError, OSError) as error:
-                raise InputError(f"decoding failed at frame {self._index} ({_cause(error)})", self.source) from None
+                cause = self._read_cause(error)
+                raise InputError(f"decoding failed at frame {self._index} ({cause})", self.source) from None
             if frame is None:
                 self._check_complete()
                 return
@@ -307,6 +334,13 @@ class VideoReader:
                 self.source,
             )
 
+    def _next_frame(self):
+        """The next decoded av.VideoFrame of the open container; None at its end or once closed."""
+        with self._lock:
+            if self._container is None or self._closing.is_set():
+                return None
+            return next(self._pending, None)
+
     def _live_frames(self):
         while not self._closing.is_set():
             first = self._take_first()
@@ -314,8 +348,7 @@ class VideoReader:
                 yield self._frame(*first)
                 continue
             try:
-                with self._lock:
-                    frame = next(self._pending, None)
+                frame = self._next_frame()
                 arrived = time.monotonic()
             except (av.FFmpegError, OSError) as error:
                 cause = self._read_cause(error)
@@ -419,6 +452,30 @@ def _check_file(source):
         raise InputError("is a directory, not a video file", source)
     if size == 0:
         raise InputError("empty file (0 bytes)", source)
+
+
+def _mp4_without_index(path):
+    """True for a file whose top-level boxes start as an MP4's (ftyp) but hold no moov."""
+    kinds = []
+    try:
+        with open(path, "rb") as f:
+            size = f.seek(0, 2)
+            offset = 0
+            while offset + 8 <= size and len(kinds) < 1000:
+                f.seek(offset)
+                head = f.read(16)
+                box_size, kind = int.from_bytes(head[:4], "big"), head[4:8]
+                if box_size == 1 and len(head) == 16:
+                    box_size = int.from_bytes(head[8:16], "big")
+                elif box_size == 0:
+                    box_size = size - offset
+                if box_size < 8:
+                    break
+                kinds.append(kind)
+                offset += box_size
+    except OSError:
+        return False
+    return bool(kinds) and kinds[0] == b"ftyp" and b"moov" not in kinds
 
 
 def _cause(error):

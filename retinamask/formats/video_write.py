@@ -68,6 +68,7 @@ class VideoWriter:
         self._encoded_w = self.width + self.width % 2
         self._encoded_h = self.height + self.height % 2
         self._video_tmp = temp_path_beside(self.path)
+        self._muxed_tmp = None  # the video and the audio, made by close()
         self._container = None
         self._stream = None
         self._closed = False
@@ -147,6 +148,7 @@ class VideoWriter:
             if self.audio_from is not None:
                 final = self._with_audio()
             try:
+                _fsync(final)
                 os.replace(final, self.path)
             except OSError as e:
                 raise OutputError(f"cannot write: {e.strerror or e}", self.path) from None
@@ -174,15 +176,15 @@ class VideoWriter:
         with source:
             if not source.streams.audio:
                 return self._video_tmp
-            both = temp_path_beside(self.path)
+            self._muxed_tmp = temp_path_beside(self.path)
             try:
-                _remux(self._video_tmp, source, both, self._end_seconds())
+                _remux(self._video_tmp, source, self._muxed_tmp, self._end_seconds())
             except (av.FFmpegError, OSError, ValueError) as e:
-                _unlink(both)
+                _unlink(self._muxed_tmp)
                 self.audio_note = f"audio left out: {one_line(e)}"
                 return self._video_tmp
         self.audio_copied = True
-        return both
+        return self._muxed_tmp
 
     def abort(self):
         """Stop and remove the temporary file(s); ``path`` is left as it was."""
@@ -195,6 +197,8 @@ class VideoWriter:
                 self._container.close()
             self._container = None
         _unlink(self._video_tmp)
+        if self._muxed_tmp is not None:
+            _unlink(self._muxed_tmp)
 
     def __enter__(self):
         return self
@@ -246,6 +250,14 @@ def _remux(video_path, source, out_path, end_seconds):
         for _, _, packet, stream in heapq.merge(video_packets(), audio_packets(), key=lambda item: item[:2]):
             packet.stream = stream
             out.mux(packet)
+
+
+def _fsync(path):
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _unlink(path):
