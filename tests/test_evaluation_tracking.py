@@ -92,6 +92,7 @@ def test_a_perfect_tracker():
     assert (m["frames"], m["gt_objects"], m["gt_tracks"], m["mostly_tracked"], m["class_accuracy"]) == (4, 8, 2, 2, 1.0)
     assert m["motp"] == pytest.approx(0.0)
     assert scores["videos"][1]["mota"] == 1.0
+    assert evaluate_tracking(gt_document(), {"1": records([1] * 4, [2] * 4)})["videos"] == scores["videos"]  # JSON keys
     assert scores["switches_per_track"] == {1: {11: 0, 12: 0}}
     assert "overall" in format_tracking_table(scores)
 

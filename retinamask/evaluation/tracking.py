@@ -98,9 +98,10 @@ def evaluate_tracking(
     videos = {video["id"]: video for video in document["videos"]}
     category_of_name = {c["name"]: c["id"] for c in document["categories"]}
     accumulators, names, class_hits, switches = [], [], {}, {}
-    for video_id, records in predictions.items():
+    for given_id, records in predictions.items():
+        video_id = int(given_id) if isinstance(given_id, str) and given_id.isdigit() else given_id  # JSON keys
         if video_id not in videos:
-            raise InputError(f"video id {video_id!r} is not in the ground truth")
+            raise InputError(f"video id {given_id!r} is not in the ground truth")
         annotations = [a for a in document["annotations"] if a["video_id"] == video_id]
         accumulator, hits = _accumulate(
             mm, videos[video_id], annotations, records, category_of_name, iou_threshold, min_gt_area
