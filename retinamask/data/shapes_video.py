@@ -250,7 +250,9 @@ class _encoder:
         stream = self.container.add_stream("ffv1" if lossless else "libx264", rate=self.rate)
         stream.width, stream.height = self.params["width"], self.params["height"]
         stream.pix_fmt = "bgr0" if lossless else "yuv420p"
-        stream.time_base = 1 / self.rate
+        # The muxer may change the stream's time base when it writes the header (MP4: 1/12800 for 25/2), so
+        # frames keep their own: 1/rate, frame i at pts i.
+        self.time_base = stream.time_base = 1 / self.rate
         # One thread: x264's and FFV1's output then depends on nothing but the frames.
         options = {"threads": "1"}
         if not lossless:
@@ -262,7 +264,7 @@ class _encoder:
     def encode(self, rgb, frame_index):
         frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
         frame.pts = frame_index
-        frame.time_base = self.stream.time_base
+        frame.time_base = self.time_base
         for packet in self.stream.encode(frame):
             self.container.mux(packet)
 

@@ -115,6 +115,12 @@ class _Track:
 class ByteTracker:
     """Track detections across the frames of one stream; ``update`` once per frame, in time order.
 
+    A track gets its id (1, 2, ... in order of creation, never reused) in the frame that starts it, and
+    that detection is returned with it. A track matched in no later frame than its first is dropped
+    at once (a one-frame false positive does not linger as a lost track); one matched twice or more is
+    kept ``lost_seconds`` after it was last seen. Lost tracks keep moving with their velocity (their
+    size frozen) and can be matched again by high-score detections only.
+
     high_threshold: detections scoring at least this take part in the first association (all tracks).
     low_threshold: detections scoring at least this (and below ``high_threshold``) take part in the second
         association, with tracked (not lost) tracks only; they continue tracks but never start one.
