@@ -113,12 +113,13 @@ def _export_if_stale(cfg, model_path, canvas_side, log):
     """Export the shipped model to ``model_path`` (end2end, dynamic batch, verified) unless an export newer
     than the shipped weights is there; returns the model to run. Without torch the export is skipped and the
     shipped model's own ONNX (``--resize original``) runs instead, and a line says so."""
-    from retinamask.config.shipped import shipped_onnx_path, torch_installed
+    from retinamask.config.shipped import shipped_onnx_path, torch_unavailable
 
-    if not torch_installed():
+    no_torch = torch_unavailable()
+    if no_torch:
         shipped = shipped_onnx_path()
         log(
-            f"[2/5] export: skipped (no torch: pip install 'retinamask[torch]' to export); running the shipped "
+            f"[2/5] export: skipped ({no_torch}: pip install 'retinamask[torch]' to export); running the shipped "
             f"model's ONNX {shipped.name} (original resize)"
         )
         return shipped
