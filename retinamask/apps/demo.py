@@ -113,7 +113,8 @@ def _export_if_stale(cfg, model_path, canvas_side, log):
     """Export the shipped model to ``model_path`` (end2end, dynamic batch, verified) unless an export newer
     than the shipped weights is there; returns the model to run. Without torch the export is skipped and the
     shipped model's own ONNX (``--resize original``) runs instead, and a line says so."""
-    from retinamask.config.shipped import shipped_onnx_path, torch_unavailable
+    from retinamask.apps.torch_probe import torch_unavailable
+    from retinamask.config.shipped import shipped_onnx_path
 
     no_torch = torch_unavailable()
     if no_torch:

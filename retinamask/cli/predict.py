@@ -73,7 +73,8 @@ def _make_predict(args):
         from retinamask.serve.client import RemotePredictor
 
         return RemotePredictor(args.url, api_key=args.api_key or os.environ.get("RETINAMASK_API_KEY"))
-    from retinamask.config.shipped import shipped_onnx_path, torch_unavailable
+    from retinamask.apps.torch_probe import torch_unavailable
+    from retinamask.config.shipped import shipped_onnx_path
 
     if not (args.model or args.weights or args.config) and torch_unavailable():
         args.model = shipped_onnx_path()

@@ -5,7 +5,6 @@ is: ``--weights`` / ``--weight_path`` take the name, and the config then default
 saved with it. Commands that need a model and are given none use it, and say so.
 """
 
-from functools import lru_cache
 from pathlib import Path
 
 SHIPPED_NAME = "retinamask_shapes_small"
@@ -20,25 +19,6 @@ SHIPPED_ONNX_COMMAND = (
     f"retinamask export --weight_path {SHIPPED_NAME} --save_path retinamask/assets/{SHIPPED_NAME}.onnx "
     "--resize original --dynamic-batch"
 )
-
-
-@lru_cache(maxsize=1)
-def torch_unavailable():
-    """None when ``import torch`` works here, else why not, in a few words: "no torch", or for a torch that is
-    installed but fails to import (a broken or mismatched wheel) the exception it raised, in one line. Where
-    torch is unavailable, predict and demo run the shipped model's ONNX instead of its PyTorch weights. Imports
-    torch where it is found: the commands that ask go on to use it."""
-    import importlib.util
-
-    from retinamask.core.errors import one_line
-
-    if importlib.util.find_spec("torch") is None:
-        return "no torch"
-    try:
-        import torch  # noqa: F401
-    except Exception as error:  # an ImportError of a missing library, or anything a broken wheel raises
-        return f"torch is installed but cannot be imported ({type(error).__name__}: {one_line(error, 300)})"
-    return None
 
 
 def shipped_onnx_path():
