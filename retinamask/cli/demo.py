@@ -17,7 +17,6 @@ def add_arguments(parser):
 
 def run(args):
     from retinamask.apps.demo import SHIPPED_WEIGHTS, run_demo
-    from retinamask.formats.run_sidecar import CANVAS_SIDE_KEY
 
     if not SHIPPED_WEIGHTS.exists():
         raise RetinaMaskError("the shipped model is missing from this install", path=SHIPPED_WEIGHTS)
@@ -25,7 +24,7 @@ def run(args):
     print()
     print(
         f"RetinaMask (small, shipped) on {result['num_images']} synthetic images, "
-        f"{result[CANVAS_SIDE_KEY]}x{result[CANVAS_SIDE_KEY]} input, {result['backend']} CPU:"
+        f"resize {result['resize']}, {result['backend']} CPU:"
     )
     print(
         f"  bbox mAP {result['bbox_mAP']:.3f}   segm mAP {result['segm_mAP']:.3f}   "

@@ -173,11 +173,12 @@ def _make_predict(args):
         from retinamask.serve.client import RemotePredictor
 
         return RemotePredictor(args.url, api_key=args.api_key or os.environ.get("RETINAMASK_API_KEY"))
-    from retinamask.config.shipped import shipped_onnx_path, torch_installed
+    from retinamask.apps.torch_probe import torch_unavailable
+    from retinamask.config.shipped import shipped_onnx_path
 
-    if not (args.model or args.weights or args.config) and not torch_installed():
+    if not (args.model or args.weights or args.config) and torch_unavailable():
         args.model = shipped_onnx_path()
-        log.info("no model named and no torch: using the shipped model's ONNX %s", args.model.name)
+        log.info("no model named and %s: using the shipped model's ONNX %s", torch_unavailable(), args.model.name)
     if args.model:
         from retinamask.apps.onnx_predictor import OnnxPredictor
 
@@ -190,6 +191,8 @@ def _make_predict(args):
     if note:
         log.info("%s", note)
     try:
+        if torch_unavailable():
+            raise ImportError(torch_unavailable())
         from retinamask.engine.predictor import Predictor
     except ImportError as e:
         raise ConfigError(

@@ -20,7 +20,7 @@ from fastapi.responses import HTMLResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from retinamask.core.errors import InputError
-from retinamask.formats.images import NotAnImage, decode_image_bytes
+from retinamask.formats.images import NotAnImage, decode_image_bytes, warm_decoders
 from retinamask.serve import encode
 from retinamask.serve.batcher import Batcher, Draining, QueueFull
 from retinamask.serve.errors import OrjsonResponse, ServeError, install_handlers
@@ -57,12 +57,17 @@ class ServerState:
 
     def _warm(self):
         try:
+            decoders = warm_decoders()  # the image decoders' first use, which the first request would pay
             seconds = self.model.warm_up()
         except Exception:
             logger.exception("the warm-up inference failed: the server stays not ready")
             return
         if not self.draining:
-            logger.info("warm-up: %s s per session; ready", ", ".join(f"{s:.2f}" for s in seconds))
+            logger.info(
+                "warm-up: image decoders %.3f s, %s s per session; ready",
+                decoders,
+                ", ".join(f"{s:.2f}" for s in seconds),
+            )
             self.ready = True
 
     def stop(self, timeout=None):
