@@ -1,4 +1,4 @@
-"""The Open Inference Protocol (KServe v2) as a user drives it, with the official Triton client
+"""The Open Inference Protocol (KServe v2) over REST as a user drives it, with the official Triton client
 (``tritonclient.http``): health, metadata, infer with a JPEG and a PNG (binary by default, JSON and
 binary outputs), an image over 4 MiB, a request id, no detections, concurrent requests, the errors. The
 answers equal ``/v1/predict``'s and ``predict --model``'s for the same image."""
@@ -8,32 +8,23 @@ import json
 
 import numpy as np
 import pytest
-from PIL import Image
 
-from retinamask.config.shipped import SHIPPED_ONNX
-from serve_support import call, demo_images, json_of, post_image, running
+import oip_support as oips
+from oip_support import MODEL, OUTPUTS, arrays_of, make_images, predict_records
+from serve_support import call, json_of, running
 
 httpclient = pytest.importorskip("tritonclient.http", reason="tritonclient[http] is not installed (the test extra)")
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
-MODEL = "retinamask_shapes_small"
-OUTPUTS = ("boxes", "scores", "labels", "class_names", "masks")
-
 
 @pytest.fixture(scope="module")
 def images(tmp_path_factory):
-    """A PNG and a JPEG of the demo shapes, a blank image (no detections) and a >4 MiB PNG of noise."""
-    folder = tmp_path_factory.mktemp("oip_images")
-    pngs = demo_images(folder / "data", count=2)[0]
-    jpeg = folder / "shapes.jpg"
-    Image.open(pngs[1]).convert("RGB").save(jpeg, quality=90)
-    blank = folder / "blank.png"
-    Image.new("RGB", (160, 120), (127, 127, 127)).save(blank)
-    noise = folder / "noise.png"
-    rng = np.random.default_rng(0)
-    Image.fromarray(rng.integers(0, 256, (1100, 1400, 3), dtype=np.uint8)).save(noise, compress_level=1)
-    assert noise.stat().st_size > 4 * 1024 * 1024
-    return {"png": pngs[0], "jpeg": jpeg, "blank": blank, "noise": noise}
+    return make_images(tmp_path_factory.mktemp("oip_images"))
+
+
+@pytest.fixture(scope="module")
+def local(images, tmp_path_factory):
+    return predict_records(images, tmp_path_factory.mktemp("oip_predict"))
 
 
 @pytest.fixture(scope="module")
@@ -47,18 +38,6 @@ def server():
         yield base
 
 
-@pytest.fixture(scope="module")
-def local(images, tmp_path_factory):
-    """``predict --model`` (the CLI, in-process) on the images: {kind: its JSON record}."""
-    from retinamask.cli import main
-
-    out = tmp_path_factory.mktemp("oip_predict")
-    paths = [images[kind] for kind in ("png", "jpeg", "noise", "blank")]
-    command = ["predict", "--model", str(SHIPPED_ONNX), "--backend", "onnxruntime", "--output", str(out)]
-    assert main([*command, "--input", *map(str, paths)]) == 0
-    return {kind: json.loads((out / f"{images[kind].stem}.json").read_text()) for kind in images}
-
-
 def _client(base):
     return httpclient.InferenceServerClient(base.removeprefix("http://"))
 
@@ -68,42 +47,6 @@ def _image_input(path_or_bytes, binary=True):
     tensor = httpclient.InferInput("image", [1], "BYTES")
     tensor.set_data_from_numpy(np.array([data], dtype=object), binary_data=binary)
     return tensor
-
-
-def _arrays(result):
-    """The five outputs as numpy arrays, BYTES elements as str."""
-    arrays = {name: result.as_numpy(name) for name in OUTPUTS}
-    for name in ("class_names", "masks"):
-        arrays[name] = [v.decode() if isinstance(v, bytes) else v for v in arrays[name].tolist()]
-    return arrays
-
-
-def assert_same_as_v1_and_predict(arrays, parameters, v1, record):
-    """``arrays`` (an infer answer) holds exactly /v1/predict's detections and predict --model's record."""
-    detections = v1["detections"]
-    assert len(detections) == len(record["detections"]) == len(arrays["scores"])
-    assert arrays["boxes"].dtype == np.float32 and arrays["boxes"].shape == (len(detections), 4)
-    assert arrays["scores"].dtype == np.float32 and arrays["labels"].dtype == np.int32
-    assert parameters["image_height"] == v1["image"]["height"] == record["height"]
-    assert parameters["image_width"] == v1["image"]["width"] == record["width"]
-    for i, d in enumerate(detections):
-        x0, y0, x1, y1 = arrays["boxes"][i].astype(np.float64).tolist()
-        assert d["bbox"] == [x0, y0, x1 - x0 + 1, y1 - y0 + 1]  # COCO xywh with the original's +1
-        assert d["score"] == float(arrays["scores"][i]) and d["category_id"] == int(arrays["labels"][i])
-        assert d["category_name"] == arrays["class_names"][i]
-        assert d["segmentation"]["counts"] == arrays["masks"][i]
-        assert d["segmentation"]["size"] == [parameters["image_height"], parameters["image_width"]]
-    for i, d in enumerate(record["detections"]):  # predict's JSON: rounded boxes and scores, contiguous labels
-        assert d["box_xyxy"] == [round(float(v), 3) for v in arrays["boxes"][i]]
-        assert d["score"] == round(float(arrays["scores"][i]), 6)
-        assert d["class_name"] == arrays["class_names"][i]
-        assert d["mask_rle"] == {"size": [record["height"], record["width"]], "counts": arrays["masks"][i]}
-
-
-def _v1(base, path, content_type):
-    status, _, body = post_image(base, path, content_type=content_type)
-    assert status == 200
-    return json_of(body)
 
 
 def test_health_and_metadata(server):
@@ -138,22 +81,23 @@ def test_infer_equals_v1_predict_and_predict_model(server, images, local, kind, 
     response = result.get_response()
     assert response["model_name"] == MODEL and response["model_version"] == "1" and "id" not in response
     assert all("binary_data_size" in o["parameters"] for o in response["outputs"])
-    arrays = _arrays(result)
+    arrays = arrays_of(result)
     assert len(arrays["scores"]) > 0
-    assert_same_as_v1_and_predict(arrays, response["parameters"], _v1(server, images[kind], content_type), local[kind])
+    v1 = oips.v1_answer(server, images[kind], content_type)
+    oips.assert_same_as_v1_and_predict(arrays, response["parameters"], v1, local[kind])
     client.close()
 
 
 def test_json_and_binary_outputs_parameters_and_request_id(server, images):
     client = _client(server)
-    full = _arrays(client.infer(MODEL, [_image_input(images["png"])]))
+    full = arrays_of(client.infer(MODEL, [_image_input(images["png"])]))
     for binary in (False, True):
         outputs = [httpclient.InferRequestedOutput(name, binary_data=binary) for name in OUTPUTS]
         result = client.infer(MODEL, [_image_input(images["png"])], outputs=outputs, request_id=f"req-{binary}")
         response = result.get_response()
         assert response["id"] == f"req-{binary}"
         assert all(("data" in o) != binary for o in response["outputs"])
-        arrays = _arrays(result)
+        arrays = arrays_of(result)
         for name in OUTPUTS:
             assert np.array_equal(np.asarray(arrays[name]), np.asarray(full[name])), name
     # a subset of outputs, in the order asked; parameters filter as /v1/predict's query does
@@ -173,8 +117,8 @@ def test_json_and_binary_outputs_parameters_and_request_id(server, images):
 def test_an_image_over_4_mib(server, images, local):
     client = _client(server)
     result = client.infer(MODEL, [_image_input(images["noise"])])
-    v1 = _v1(server, images["noise"], "image/png")
-    assert_same_as_v1_and_predict(_arrays(result), result.get_response()["parameters"], v1, local["noise"])
+    v1 = oips.v1_answer(server, images["noise"], "image/png")
+    oips.assert_same_as_v1_and_predict(arrays_of(result), result.get_response()["parameters"], v1, local["noise"])
     client.close()
 
 
@@ -194,12 +138,12 @@ def test_concurrent_requests_answer_what_single_ones_do(server, images):
     """Eight requests in flight from one client (its own concurrency, as tritonclient does it)."""
     client = httpclient.InferenceServerClient(server.removeprefix("http://"), concurrency=4)
     paths = [images["png"], images["jpeg"]] * 4
-    expected = {p: _arrays(client.infer(MODEL, [_image_input(p)])) for p in paths[:2]}
+    expected = {p: arrays_of(client.infer(MODEL, [_image_input(p)])) for p in paths[:2]}
     pending = [client.async_infer(MODEL, [_image_input(p)], request_id=str(i)) for i, p in enumerate(paths)]
     for i, (path, request) in enumerate(zip(paths, pending)):
         result = request.get_result()
         assert result.get_response()["id"] == str(i)
-        arrays = _arrays(result)
+        arrays = arrays_of(result)
         for name in OUTPUTS:
             assert np.array_equal(np.asarray(arrays[name]), np.asarray(expected[path][name])), name
     client.close()
@@ -223,7 +167,7 @@ def test_a_json_request_with_a_base64_image(server, images):
     answer = json_of(body)
     assert answer["id"] == "json-1"
     got = {o["name"]: o for o in answer["outputs"]}
-    expected = _arrays(_client(server).infer(MODEL, [_image_input(data)]))
+    expected = arrays_of(_client(server).infer(MODEL, [_image_input(data)]))
     assert got["boxes"]["shape"] == [len(expected["scores"]), 4]
     assert np.array_equal(np.asarray(got["boxes"]["data"], np.float32).reshape(-1, 4), expected["boxes"])
     assert np.array_equal(np.asarray(got["scores"]["data"], np.float32), expected["scores"])

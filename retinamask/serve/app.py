@@ -39,6 +39,7 @@ class ServerState:
         self.batcher = None
         self.ready = False
         self.draining = False
+        self.grpc_port = None  # the bound gRPC port (serve --grpc-port)
 
     def start(self):
         """Start the session threads, then warm up in the background: the server answers at once
@@ -83,7 +84,10 @@ def create_app(settings=None, model=None, log=logger.info):
     @contextlib.asynccontextmanager
     async def lifespan(app):
         await run_in_threadpool(state.start)
+        grpc_server = _start_grpc(state, log) if settings.grpc_port is not None else None
         yield
+        if grpc_server is not None:  # no new RPC; those in flight finish (they run on this loop)
+            await run_in_threadpool(grpc_server.stop(settings.timeout_s).wait)
         await run_in_threadpool(state.stop, settings.timeout_s)
 
     app = FastAPI(
@@ -99,6 +103,18 @@ def create_app(settings=None, model=None, log=logger.info):
     _add_routes(app, state)
     oip_rest.add_routes(app, state)
     return app
+
+
+def _start_grpc(state, log):
+    """The Open Inference Protocol over gRPC on settings.host:grpc_port, sharing ``state`` (oip_grpc)."""
+    import asyncio
+
+    from retinamask.serve.oip_grpc import start_server
+
+    settings = state.settings
+    server, state.grpc_port = start_server(state, asyncio.get_running_loop(), settings.host, settings.grpc_port)
+    log(f"gRPC (Open Inference Protocol, inference.GRPCInferenceService) on {settings.host}:{state.grpc_port}")
+    return server
 
 
 def _version():
