@@ -1,6 +1,6 @@
 """Tracking quality on held-out generated clips: the shipped model frame by frame, ByteTracker, py-motmetrics.
 
-    .venv/bin/python -m benchmarks.tracking [--num-videos 4] [--frames 75] [--fps 30000/1001] [--workdir DIR]
+    .venv/bin/python -m benchmarks.tracking [--num-videos 6] [--frames 90] [--fps 30000/1001] [--workdir DIR]
 
 Clips: ``retinamask data shapes --video`` with split ``heldout`` and seed 2026, which neither the tracker's
 defaults nor the model were tuned on (the tracker was developed on split ``val``, seed 0..4). Each clip is
@@ -93,8 +93,8 @@ def ground_truth_records(document, video, fps, tracker):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--num-videos", type=int, default=4)
-    parser.add_argument("--frames", type=int, default=75)
+    parser.add_argument("--num-videos", type=int, default=6)
+    parser.add_argument("--frames", type=int, default=90)
     parser.add_argument("--fps", default="30000/1001")
     parser.add_argument("--size", default="320x240")
     parser.add_argument("--seed", type=int, default=HELDOUT_SEED)
