@@ -1,5 +1,5 @@
 """The embedded default end to end, offline: synthetic val data -> ONNX export of the shipped
-model -> streaming inference -> COCO evaluation -> benchmark -> overlays.
+model -> streaming inference -> COCO evaluation -> benchmark -> overlays -> tracked video clips.
 
 The export makes the model the package ships (``SHIPPED_ONNX_COMMAND``: end2end, ``--resize original``,
 dynamic batch), and without torch that shipped ONNX runs: the figures do not depend on torch being installed.
@@ -18,8 +18,11 @@ from retinamask.config.shipped import SHIPPED_CONFIG, SHIPPED_ONNX_OPTIONS, SHIP
 DEMO_VAL_SEED = 7
 
 
-def run_demo(output_dir="runs/demo", num_images=200, backend="auto", num_overlays=8, bench_loops=30, log=print):
-    """Run every step; returns a dict with the mAPs, fps and paths. Prints progress through ``log``."""
+def run_demo(
+    output_dir="runs/demo", num_images=200, backend="auto", num_overlays=8, bench_loops=30, video_clips=3, log=print
+):
+    """Run every step; returns a dict with the mAPs, fps and paths. Prints progress through ``log``.
+    ``video_clips``: generated clips tracked after the images (0: no video step)."""
     from retinamask.apps.evaluate import evaluate_outputs
     from retinamask.config import load_config
     from retinamask.data.shapes import generate_shapes_dataset
@@ -81,6 +84,14 @@ def run_demo(output_dir="runs/demo", num_images=200, backend="auto", num_overlay
 
     _draw_overlays(model_path, backend, images_dir, num_overlays, out / "overlays", log)
 
+    video = None
+    if video_clips:
+        from retinamask.apps.demo_video import run_video_demo
+
+        start = time.perf_counter()
+        video = run_video_demo(model_path, backend, out, DEMO_VAL_SEED, log=log, clips=video_clips)
+        timings["video"] = time.perf_counter() - start
+
     result = {
         "bbox_mAP": stats["bbox"]["AP"],
         "segm_mAP": stats["segm"]["AP"],
@@ -92,6 +103,7 @@ def run_demo(output_dir="runs/demo", num_images=200, backend="auto", num_overlay
         "resize": _model_resize(model_path),
         "model": str(model_path),
         "overlays": str(out / "overlays"),
+        "video": video,
         "seconds": timings,
     }
     (out / "demo_summary.json").write_text(json.dumps(result, indent=2) + "\n")

@@ -21,6 +21,8 @@ positives, ID switches, fragmentations) and identity scores (IDF1, IDP, IDR) com
 OpenCV).
 """
 
+import contextlib
+import io
 import json
 from pathlib import Path
 
@@ -115,9 +117,10 @@ def evaluate_tracking(
 
     if not accumulators:
         raise RetinaMaskError("no predicted videos to score")
-    table = mm.metrics.create().compute_many(
-        accumulators, metrics=list(_METRICS), names=[str(n) for n in names], generate_overall=True
-    )
+    with contextlib.redirect_stdout(io.StringIO()):  # py-motmetrics prints its own timings
+        table = mm.metrics.create().compute_many(
+            accumulators, metrics=list(_METRICS), names=[str(n) for n in names], generate_overall=True
+        )
     result = {"videos": {}, "switches_per_track": switches, "iou_threshold": iou_threshold, "min_gt_area": min_gt_area}
     for name in [*names, "OVERALL"]:
         row = table.loc[str(name)]
