@@ -63,6 +63,7 @@ def _tracking_scores(annotations, videos_dir, sources):
     """The overall tracking metrics of the clips' JSONL against their ground truth, or None without
     py-motmetrics."""
     from retinamask.evaluation.tracking import evaluate_tracking, load_ytvis_ground_truth
+    from retinamask.formats.video_results import read_jsonl
 
     if importlib.util.find_spec("motmetrics") is None:
         return None
@@ -70,6 +71,5 @@ def _tracking_scores(annotations, videos_dir, sources):
     video_ids = {Path(video["file_name"]).stem: video["id"] for video in document["videos"]}
     predictions = {}
     for source in sources:
-        lines = (videos_dir / f"{source.stem}.jsonl").read_text(encoding="utf-8").splitlines()
-        predictions[video_ids[source.stem]] = [json.loads(line) for line in lines]
+        predictions[video_ids[source.stem]] = read_jsonl(videos_dir / f"{source.stem}.jsonl")
     return evaluate_tracking(document, predictions)["overall"]

@@ -22,7 +22,7 @@ from retinamask.apps.predict_video import FrameOptions, frames_of
 from retinamask.core.errors import EXIT_ITEMS_FAILED, EXIT_OK, RetinaMaskError
 from retinamask.core.fileio import atomic_write_json, atomic_write_text
 from retinamask.formats.video_read import open_video
-from retinamask.formats.video_results import JsonlWriter, mot_lines, mots_lines, ytvis_results
+from retinamask.formats.video_results import JsonlWriter, mot_lines, mots_lines, read_jsonl, ytvis_results
 from retinamask.formats.video_write import VideoWriter
 from retinamask.ops.coco_results import detections_to_json
 from retinamask.ops.draw import draw_prediction
@@ -197,15 +197,8 @@ def frame_record(result):
     return {"frame": int(result.index), "pts": round(float(result.seconds), 6), "detections": detections}
 
 
-def _read_records(path):
-    import json
-
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.endswith("\n")]
-
-
 def _write_mot(output_dir, stem):
-    records = _read_records(output_dir / f"{stem}.jsonl")
+    records = read_jsonl(output_dir / f"{stem}.jsonl")
     atomic_write_text(output_dir / f"{stem}.mot.txt", "".join(line + "\n" for line in mot_lines(records)))
     atomic_write_text(output_dir / f"{stem}.mots.txt", "".join(line + "\n" for line in mots_lines(records)))
 
@@ -216,7 +209,7 @@ def _write_ytvis(output_dir, state, category_ids):
     for stem, entry in sorted(state.items(), key=lambda item: item[1]["video_id"]):
         path = output_dir / f"{stem}.jsonl"
         if path.is_file():
-            results.extend(ytvis_results(_read_records(path), entry["video_id"], category_ids))
+            results.extend(ytvis_results(read_jsonl(path), entry["video_id"], category_ids))
     atomic_write_json(output_dir / YTVIS_FILE, results)
 
 

@@ -95,6 +95,12 @@ class JsonlWriter:
         self.close()
 
 
+def read_jsonl(path):
+    """The records of a JSONL file, one per complete line (a line cut by a kill is left out)."""
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.endswith("\n")]
+
+
 def _category(detection, category_ids):
     if detection.get("category_id") is not None:
         return int(detection["category_id"])
