@@ -9,6 +9,8 @@ Importing the package does not import torch: the runtime half (``retinamask.runt
 >>> retinamask.load_checkpoint(model, "model_final.pth")
 >>> predictor = retinamask.Predictor(model, cfg)
 >>> predictor("image.jpg").boxes
+>>> for frame in retinamask.predict_video(predictor, "clip.mp4", track=True):   # any source, one frame at a time
+...     frame.index, frame.seconds, frame.detections.boxes, frame.track_ids
 """
 
 import importlib
@@ -24,6 +26,9 @@ _LAZY = {
     "Predictor": "retinamask.engine.predictor",
     "Detections": "retinamask.core.detections",
     "Prediction": "retinamask.core.detections",  # the same type as Detections
+    "OnnxPredictor": "retinamask.apps.onnx_predictor",  # the exported model, torch-free
+    "predict_video": "retinamask.apps.predict_video",  # frames of a video, stream or camera -> FrameResult
+    "FrameResult": "retinamask.apps.predict_video",
 }
 
 __all__ = sorted(_LAZY)

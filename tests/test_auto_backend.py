@@ -105,6 +105,20 @@ def test_unmeasured_or_stand_in_choices_say_so():
     assert measured.reason.startswith("fastest on class A") and "unmeasured" not in measured.reason
 
 
+def test_an_unmeasured_class_runs_what_its_stand_in_runs_and_the_line_says_so():
+    # class D (AMX) stands in as class C, whose fp32 choice (OpenVINO) is class A's comparison: D runs OpenVINO
+    # too, as the README's table says, and the line names both steps instead of "the portable default"
+    amx = CpuInfo.from_flags(XEON.flags | {"amx_tile", "amx_bf16"}, "GenuineIntel")
+    for quantized in (False, True):
+        choice = choose_backend("fp32", "cpu", quantized=quantized, cpu=amx, installed=BOTH)
+        as_c = choose_backend("fp32", "cpu", quantized=quantized, cpu=XEON, installed=BOTH)
+        assert choice.backend == as_c.backend == "openvino"
+    reason = choose_backend("fp32", "cpu", cpu=amx, installed=BOTH).reason
+    assert reason.startswith("unmeasured on class D (") and "unmeasured, as class C" in reason
+    assert "; as on class C, as on class A: OpenVINO fp32 4.21 s vs ONNX Runtime 4.48 s" in reason
+    assert "portable default" not in reason
+
+
 def test_reduced_precision_notes_per_class():
     # bf16 on the Intel class: measured slower than fp32, one line says so
     note = reduced_precision_note("bf16", XEON)

@@ -563,6 +563,40 @@ def test_annotation_file_that_is_not_coco(inferred, tmp_path, capsys, content, c
     assert not (tmp_path / "e.txt").exists()
 
 
+def test_coco_path_without_instances_val2017_takes_its_one_annotation_file_or_names_them(
+    inferred, dataset, tmp_path, capsys
+):
+    # `retinamask data shapes --out d` writes d/annotations/instances_val.json: `evaluate --coco_path d` takes it
+    _, ann_file, _ = dataset
+    root = tmp_path / "d"
+    (root / "annotations").mkdir(parents=True)
+    taken = root / "annotations" / "instances_val.json"
+    taken.write_bytes(Path(ann_file).read_bytes())
+
+    def evaluate(name):
+        args = ("--infer_results_path", inferred, "--coco_path", root, "--output_path", tmp_path / name)
+        return _cli("evaluate", *args, "--workers", 1, "--no-progress"), capsys.readouterr().err
+
+    code, err = evaluate("one.txt")
+    assert code == EXIT_OK, err
+    expected = f"note: instances_val2017.json is not in {root / 'annotations'}: using {taken} (the only annotation"
+    assert [line for line in err.splitlines() if line.startswith("note: ")] == [f"{expected} file there)"]
+    assert json.loads((tmp_path / "one.json").read_text())["stats"]["bbox"]["AP50"] == pytest.approx(1.0)
+    # a train split beside it (what `data shapes` writes with --train-images): the val split's file is taken
+    (root / "annotations" / "instances_train.json").write_text("{}")
+    code, err = evaluate("two.txt")
+    assert code == EXIT_OK and f"using {taken} (the only one of a val split there)" in err
+    # two val splits: nothing is guessed, the message names every file
+    (root / "annotations" / "instances_val_b.json").write_text("{}")
+    code, err = evaluate("three.txt")
+    assert code == EXIT_BAD_INPUT
+    assert _error_line(err) == (
+        f"error: {root / 'annotations' / 'instances_val2017.json'}: not found, and {root / 'annotations'} holds 3 "
+        "annotation files (instances_train.json, instances_val.json, instances_val_b.json): name one with --ann_file"
+    )
+    assert not (tmp_path / "three.txt").exists()
+
+
 def test_no_detections_at_all_is_map_zero_with_a_warning(inferred, dataset, tmp_path, caplog):
     _, ann_file, _ = dataset
     empty = _copy_folder(inferred, tmp_path / "empty")

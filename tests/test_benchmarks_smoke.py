@@ -39,6 +39,7 @@ SCRIPTS = (
     "pytorch_latency",
     "infer_levers",
     "mask_ceiling",
+    "tracking",
 )
 
 S = 128
@@ -322,3 +323,17 @@ def test_mask_ceiling_rows(tmp_path, capsys):
     assert rows[(28, False, "original")]["AP"] < rows[(28, False, "subpixel")]["AP"]
     assert set(rows) >= {("shipped", "original"), ("shipped", "subpixel")}
     assert "sub-pixel paste" in capsys.readouterr().out
+
+
+def test_tracking_benchmark_scores_three_ways(tmp_path, capsys):
+    from benchmarks import tracking
+
+    report = tmp_path / "tracking.json"
+    argv = ["--num-videos", "1", "--frames", "6", "--size", "128x96", "--workdir", str(tmp_path), "--json", str(report)]
+    assert tracking.main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "CPU: " in printed and "frames/s" in printed
+    ways = json.loads(report.read_text())["ways"]
+    assert list(ways) == ["model", "model, stride 2", "ground-truth boxes"]
+    assert ways["model, stride 2"]["overall"]["frames"] == 3
+    assert ways["ground-truth boxes"]["overall"]["recall"] == 1.0

@@ -216,5 +216,5 @@ def test_a_runtime_failure_is_one_line_and_logged_with_its_traceback(server, mod
 
 
 def test_unknown_routes_and_methods_are_json_errors(server):
-    _error(call(f"{server}/v2/predict"), 404, "not_found")
+    _error(call(f"{server}/v1/detect"), 404, "not_found")
     _error(call(f"{server}/v1/predict"), 405, "method_not_allowed")

@@ -1,5 +1,6 @@
 """The web page in a real headless Chromium (Debian's), driven as a person would: choose an image, wait
-for the overlay, move the score slider. The page's detections equal the API's; the screenshot is not blank."""
+for the overlay, move the score slider. The page's detections equal the API's, its labels are placed best
+first and never cover one another; the screenshot is not blank."""
 
 import shutil
 
@@ -37,7 +38,12 @@ def test_a_person_uploads_an_image_and_sees_the_detections(server, tmp_path):
             shown = page.evaluate("JSON.parse(JSON.stringify(state.result.detections))")
             rows = page.locator("#detections tbody tr").count()
             threshold = float(page.input_value("#score"))
+            labels = page.evaluate("JSON.parse(document.body.dataset.labels)")
+            canvas_wh = page.evaluate("[overlay.width, overlay.height]")
             page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
+            page.fill("#score", "0.1")  # crowded: 45 labels on this image, most of them on a few objects
+            page.dispatch_event("#score", "input")
+            crowded = page.evaluate("JSON.parse(document.body.dataset.labels)")
             # the slider filters without a new request
             requests = []
             page.on("request", lambda r: requests.append(r.url))
@@ -49,8 +55,24 @@ def test_a_person_uploads_an_image_and_sees_the_detections(server, tmp_path):
             browser.close()
     assert shown == api  # the page drew exactly the API's answer
     assert rows == sum(d["score"] >= threshold for d in api) > 0
+    # one label per drawn detection, placed best first, none covering another (predict's rule, ops/draw.py)
+    for placed, at_least in ((labels, threshold), (crowded, 0.1)):
+        expected = sorted((d for d in api if d["score"] >= at_least), key=lambda d: -d["score"])
+        assert [label["text"] for label in placed] == [f"{d['category_name']} {d['score']:.2f}" for d in expected]
+        _assert_apart_and_inside([label["rect"] for label in placed], canvas_wh)
+    assert len(labels) > 8 and len(crowded) > 30  # crowded enough for the old page to stack labels
     assert high_rows == sum(d["score"] >= 0.9 for d in api) and high_rows < rows
     assert requests == [] and timings == 6
     pixels = np.asarray(Image.open(tmp_path / "page.png").convert("RGB")).astype(np.int16)
     assert pixels.std() > 20 and len(np.unique(pixels.reshape(-1, 3), axis=0)) > 500  # not blank: the overlay
+    # docs/serve_page.png is this screenshot (pytest --basetemp DIR: DIR/serve_page_screenshot.png), scaled to
+    # 960 px wide and quantized to 256 colours
     shutil.copy(tmp_path / "page.png", tmp_path.parent / "serve_page_screenshot.png")
+
+
+def _assert_apart_and_inside(rects, canvas_wh):
+    width, height = canvas_wh
+    for i, (x1, y1, x2, y2) in enumerate(rects):
+        assert 0 <= x1 < x2 <= width and 0 <= y1 < y2 <= height, (i, rects[i])
+        for j, (u1, v1, u2, v2) in enumerate(rects[:i]):
+            assert not (x1 < u2 and u1 < x2 and y1 < v2 and v1 < y2), f"label {i} covers label {j}"

@@ -1,5 +1,8 @@
 """The embedded default end to end, offline: synthetic val data -> ONNX export of the shipped
-model -> streaming inference -> COCO evaluation -> benchmark -> overlays.
+model -> streaming inference -> COCO evaluation -> benchmark -> overlays -> tracked video clips.
+
+The export makes the model the package ships (``SHIPPED_ONNX_COMMAND``: end2end, ``--resize original``,
+dynamic batch), and without torch that shipped ONNX runs: the figures do not depend on torch being installed.
 
 Every step is the same library code the COCO flow uses (export_onnx, run_inference,
 evaluate_outputs, run_benchmark, OnnxPredictor); finished steps are reused on a rerun.
@@ -9,15 +12,17 @@ import json
 import time
 from pathlib import Path
 
-from retinamask.config.shipped import SHIPPED_CONFIG, SHIPPED_WEIGHTS
-from retinamask.formats.run_sidecar import CANVAS_SIDE_KEY
+from retinamask.config.shipped import SHIPPED_CONFIG, SHIPPED_ONNX_OPTIONS, SHIPPED_WEIGHTS
 
 # The demo's val split uses a seed the shipped model was never trained or tuned on.
 DEMO_VAL_SEED = 7
 
 
-def run_demo(output_dir="runs/demo", num_images=200, backend="auto", num_overlays=8, bench_loops=30, log=print):
-    """Run every step; returns a dict with the mAPs, fps and paths. Prints progress through ``log``."""
+def run_demo(
+    output_dir="runs/demo", num_images=200, backend="auto", num_overlays=8, bench_loops=30, video_clips=3, log=print
+):
+    """Run every step; returns a dict with the mAPs, fps and paths. Prints progress through ``log``.
+    ``video_clips``: generated clips tracked after the images (0: no video step)."""
     from retinamask.apps.evaluate import evaluate_outputs
     from retinamask.config import load_config
     from retinamask.data.shapes import generate_shapes_dataset
@@ -28,7 +33,6 @@ def run_demo(output_dir="runs/demo", num_images=200, backend="auto", num_overlay
     timings = {}
     backend = _resolved_backend(backend, log)
     cfg = load_config(SHIPPED_CONFIG)
-    canvas_side = int(cfg.INPUT.MAX_SIZE_TEST)
 
     start = time.perf_counter()
     data = generate_shapes_dataset(out / "data", num_train=0, num_val=num_images, seed=DEMO_VAL_SEED)
@@ -37,7 +41,7 @@ def run_demo(output_dir="runs/demo", num_images=200, backend="auto", num_overlay
     log(f"[1/5] data: {num_images} synthetic val images (seed {DEMO_VAL_SEED}) in {images_dir}")
 
     start = time.perf_counter()
-    model_path = _export_if_stale(cfg, out / "retinamask_shapes_small.onnx", canvas_side, log)
+    model_path = _export_if_stale(cfg, out / "retinamask_shapes_small.onnx", log)
     timings["export"] = time.perf_counter() - start
 
     start = time.perf_counter()
@@ -80,6 +84,14 @@ def run_demo(output_dir="runs/demo", num_images=200, backend="auto", num_overlay
 
     _draw_overlays(model_path, backend, images_dir, num_overlays, out / "overlays", log)
 
+    video = None
+    if video_clips:
+        from retinamask.apps.demo_video import run_video_demo
+
+        start = time.perf_counter()
+        video = run_video_demo(model_path, backend, out, DEMO_VAL_SEED, log=log, clips=video_clips)
+        timings["video"] = time.perf_counter() - start
+
     result = {
         "bbox_mAP": stats["bbox"]["AP"],
         "segm_mAP": stats["segm"]["AP"],
@@ -88,9 +100,10 @@ def run_demo(output_dir="runs/demo", num_images=200, backend="auto", num_overlay
         "latency_ms": bench["mean_ms"],
         "backend": backend,
         "num_images": num_images,
-        CANVAS_SIDE_KEY: canvas_side,
+        "resize": _model_resize(model_path),
         "model": str(model_path),
         "overlays": str(out / "overlays"),
+        "video": video,
         "seconds": timings,
     }
     (out / "demo_summary.json").write_text(json.dumps(result, indent=2) + "\n")
@@ -109,31 +122,46 @@ def _resolved_backend(backend, log):
     return backend
 
 
-def _export_if_stale(cfg, model_path, canvas_side, log):
-    """Export the shipped model to ``model_path`` (end2end, dynamic batch, verified) unless an export newer
-    than the shipped weights is there; returns the model to run. Without torch the export is skipped and the
-    shipped model's own ONNX (``--resize original``) runs instead, and a line says so."""
-    from retinamask.config.shipped import shipped_onnx_path, torch_installed
+def _export_if_stale(cfg, model_path, log):
+    """Export the shipped model to ``model_path`` as the shipped ONNX is made (``SHIPPED_ONNX_OPTIONS``, verified)
+    unless an export of that kind newer than the shipped weights is there; returns the model to run. Without
+    torch (absent, or failing to import) the export is skipped and the shipped model's own ONNX runs instead,
+    and a line says so."""
+    from retinamask.apps.torch_probe import torch_unavailable
+    from retinamask.config.shipped import shipped_onnx_path
 
-    if not torch_installed():
+    no_torch = torch_unavailable()
+    if no_torch:
         shipped = shipped_onnx_path()
         log(
-            f"[2/5] export: skipped (no torch: pip install 'retinamask[torch]' to export); running the shipped "
+            f"[2/5] export: skipped ({no_torch}: pip install 'retinamask[torch]' to export); running the shipped "
             f"model's ONNX {shipped.name} (original resize)"
         )
         return shipped
     from retinamask.export.onnx_export import export_onnx
 
-    if not model_path.exists() or model_path.stat().st_mtime < SHIPPED_WEIGHTS.stat().st_mtime:
-        report = export_onnx(
-            cfg, SHIPPED_WEIGHTS, model_path, layout="end2end", dynamic_batch=True, canvas_side=canvas_side, verify=True
-        )
-        from retinamask.export.report import format_report
-
-        log("[2/5] " + format_report(report))
-    else:
+    if _is_current(model_path):
         log(f"[2/5] export: {model_path} is current (kept)")
+        return model_path
+    report = export_onnx(cfg, SHIPPED_WEIGHTS, model_path, verify=True, **SHIPPED_ONNX_OPTIONS)
+    from retinamask.export.report import format_report
+
+    log("[2/5] " + format_report(report))
     return model_path
+
+
+def _is_current(model_path):
+    """An export newer than the shipped weights, of the shipped ONNX's resize (not an earlier demo's 448² one)."""
+    if not model_path.exists() or model_path.stat().st_mtime < SHIPPED_WEIGHTS.stat().st_mtime:
+        return False
+    return _model_resize(model_path).startswith(f"{SHIPPED_ONNX_OPTIONS['resize']}:")
+
+
+def _model_resize(model_path):
+    """The model's resize policy in words, e.g. 'original: short side 448, long side <= 448, padded to /32'."""
+    from retinamask.formats.model_info import read_model_info
+
+    return read_model_info(model_path).resize.describe()
 
 
 def _draw_overlays(model_path, backend, images_dir, num_overlays, overlays_dir, log):

@@ -7,8 +7,10 @@ torch-free commands never import torch.
 """
 
 import argparse
+import contextlib
 import importlib
 import logging
+import signal
 import sys
 
 from retinamask.core.errors import (
@@ -17,7 +19,9 @@ from retinamask.core.errors import (
     EXIT_INTERRUPTED,
     EXIT_ITEMS_FAILED,
     EXIT_OK,
+    EXIT_TERMINATED,
     RetinaMaskError,
+    Terminated,
 )
 
 # subcommand name -> module under retinamask.cli (in --help order)
@@ -77,6 +81,25 @@ def report_failures(failed, noun="item"):
     return EXIT_ITEMS_FAILED
 
 
+@contextlib.contextmanager
+def terminate_as_interrupt():
+    """SIGTERM raises :class:`~retinamask.core.errors.Terminated` (a KeyboardInterrupt) in the main thread while
+    inside, so that a job stopped by a service manager closes its files as on Ctrl-C (exit 143)."""
+
+    def terminated(signum, frame):
+        raise Terminated()
+
+    try:
+        previous = signal.signal(signal.SIGTERM, terminated)
+    except ValueError:  # not the main thread: leave SIGTERM alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def _wanted_command(argv):
     for a in argv or []:
         if a in COMMANDS:
@@ -99,9 +122,9 @@ def main(argv=None):
             raise
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    except KeyboardInterrupt as e:
+        print("terminated" if isinstance(e, Terminated) else "interrupted", file=sys.stderr)
+        return EXIT_TERMINATED if isinstance(e, Terminated) else EXIT_INTERRUPTED
     except OSError as e:  # one the library did not turn into a RetinaMaskError: still one line
         if args.debug:
             raise

@@ -13,24 +13,42 @@ def add_arguments(parser):
         help="auto (default): the fastest installed runtime for this CPU",
     )
     parser.add_argument("--overlays", type=int, default=8, help="overlay PNGs to write (default 8)")
+    parser.add_argument(
+        "--video-clips", type=int, default=3, help="generated clips to track after the images (default 3; 0: none)"
+    )
 
 
 def run(args):
     from retinamask.apps.demo import SHIPPED_WEIGHTS, run_demo
-    from retinamask.formats.run_sidecar import CANVAS_SIDE_KEY
 
     if not SHIPPED_WEIGHTS.exists():
         raise RetinaMaskError("the shipped model is missing from this install", path=SHIPPED_WEIGHTS)
-    result = run_demo(args.output, num_images=args.num_images, backend=args.backend, num_overlays=args.overlays)
+    result = run_demo(
+        args.output,
+        num_images=args.num_images,
+        backend=args.backend,
+        num_overlays=args.overlays,
+        video_clips=args.video_clips,
+    )
     print()
     print(
         f"RetinaMask (small, shipped) on {result['num_images']} synthetic images, "
-        f"{result[CANVAS_SIDE_KEY]}x{result[CANVAS_SIDE_KEY]} input, {result['backend']} CPU:"
+        f"resize {result['resize']}, {result['backend']} CPU:"
     )
     print(
         f"  bbox mAP {result['bbox_mAP']:.3f}   segm mAP {result['segm_mAP']:.3f}   "
         f"{result['fps']:.1f} fps ({result['latency_ms']:.1f} ms/image)"
     )
     print(f"  segm mAP {result['segm_mAP_subpixel']:.3f} with the masks pasted sub-pixel (--convention subpixel)")
-    print(f"  overlays: {result['overlays']}   summary: {args.output}/demo_summary.json")
+    video = result["video"]
+    if video:
+        tracking = video["tracking"]
+        figures = (
+            f"MOTA {tracking['mota']:.3f}   IDF1 {tracking['idf1']:.3f}   {tracking['id_switches']} ID switches"
+            if tracking
+            else "tracking figures: pip install 'retinamask[track-eval]'"
+        )
+        print(f"  video: {video['clips']} clips tracked at {video['fps']:.1f} frames/s   {figures}")
+    print(f"  overlays: {result['overlays']}   videos: {video['videos'] if video else '-'}")
+    print(f"  summary: {args.output}/demo_summary.json")
     return EXIT_OK

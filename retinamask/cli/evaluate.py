@@ -11,7 +11,7 @@ import sys
 
 from retinamask.cli import add_resize_argument, report_failures
 from retinamask.core.contract import CONVENTIONS
-from retinamask.formats.coco_layout import annotation_file
+from retinamask.formats.coco_layout import find_annotation_file
 
 HELP = "inference outputs -> COCO results JSON + bbox/segm mAP"
 
@@ -64,7 +64,8 @@ def _add_coco_arguments(parser):
         "--ann-file",
         dest="ann_file",
         default=None,
-        help="annotation JSON (default: {coco_path}/annotations/instances_val2017.json)",
+        help="annotation JSON (default: {coco_path}/annotations/instances_val2017.json, else the one "
+        "instances_*.json there, or its one instances_val*.json)",
     )
     parser.add_argument(
         "--output_path",
@@ -196,7 +197,11 @@ def run(args):
     from retinamask.apps.evaluate import evaluate_outputs
     from retinamask.evaluation.coco_eval import format_stats_text
 
-    ann_file = args.ann_file or str(annotation_file(args.coco_path, "val2017"))
+    ann_file = args.ann_file
+    if ann_file is None:
+        ann_file, note = find_annotation_file(args.coco_path)
+        if note is not None:
+            print(f"note: {note}", file=sys.stderr)
     convention = args.convention or args.mask_paste or "original"
     if args.mask_paste is not None:
         print("note: --mask-paste is deprecated; use --convention", file=sys.stderr)

@@ -1,8 +1,11 @@
-"""retinamask predict: images -> overlay PNGs + detection JSON, with a .pth + config or an exported ONNX."""
+"""retinamask predict: images -> overlay PNGs + detection JSON; videos, streams and cameras -> annotated MP4 +
+per-frame JSONL (tracked with --track); with a .pth + config, an exported ONNX or a running server."""
 
 import logging
+from dataclasses import replace
+from pathlib import Path
 
-from retinamask.cli import add_resize_argument, report_failures
+from retinamask.cli import add_resize_argument, report_failures, terminate_as_interrupt
 from retinamask.core.contract import MASK_PASTE_CHOICES
 from retinamask.core.errors import ConfigError
 
@@ -10,8 +13,20 @@ log = logging.getLogger(__name__)
 
 
 def add_arguments(parser):
-    parser.add_argument("--input", "-i", nargs="+", required=True, help="image files and/or folders of images")
-    parser.add_argument("--output", "-o", required=True, help="folder for {name}.png overlays and {name}.json")
+    parser.add_argument(
+        "--input",
+        "-i",
+        nargs="+",
+        required=True,
+        help="images, video files (found by probing, any extension), folders of both, rtsp/rtmp/http(s)/udp/tcp "
+        "URLs, a camera (0 or /dev/video0), or a .txt/.streams file listing such sources one per line",
+    )
+    parser.add_argument(
+        "--output",
+        "-o",
+        required=True,
+        help="folder for {name}.png + {name}.json per image, {name}.mp4 + {name}.jsonl per video",
+    )
     source = parser.add_argument_group("model (one of)")
     source.add_argument(
         "--weights",
@@ -48,18 +63,103 @@ def add_arguments(parser):
         "(each pixel sampled at its centre: sharper on small objects); not with --url",
     )
     parser.add_argument("--strict", action="store_true", help="stop at the first bad image")
+    _add_video_arguments(parser)
     parser.add_argument("--opts", nargs="*", default=[], metavar="KEY VALUE", help="config overrides")
 
 
-def run(args):
-    from retinamask.apps.predict_images import collect_images, predict_images
+def _add_video_arguments(parser):
+    video = parser.add_argument_group("videos, streams and cameras")
+    video.add_argument("--track", action="store_true", help="track instances across frames (ByteTrack): track_id")
+    video.add_argument("--tracked-only", action="store_true", help="with --track: leave out untracked detections")
+    video.add_argument(
+        "--track-buffer",
+        type=float,
+        default=1.0,
+        metavar="S",
+        help="seconds of the source's time a lost track waits to be found again (default 1.0)",
+    )
+    video.add_argument("--vid-stride", type=int, default=1, metavar="N", help="keep one frame in N (default 1)")
+    video.add_argument(
+        "--stream-buffer",
+        action="store_true",
+        help="live sources: process every frame (bounded buffer; says when it falls behind) instead of the latest",
+    )
+    video.add_argument("--timeout", type=float, default=10.0, metavar="S", help="seconds to open or read a source")
+    video.add_argument("--reconnect", type=int, default=5, metavar="N", help="re-open attempts of a dropped stream")
+    video.add_argument("--max-frames", type=int, default=None, metavar="N", help="stop each video after N frames")
+    video.add_argument("--duration", type=float, default=None, metavar="S", help="stop each video after S seconds")
+    video.add_argument("--no-audio", action="store_true", help="leave the source's audio out of the annotated MP4")
+    video.add_argument("--save-ytvis", action="store_true", help="results_ytvis.json (YouTube-VIS results; tracks)")
+    video.add_argument("--save-mot", action="store_true", help="{name}.mot.txt and {name}.mots.txt (tracks)")
 
+
+def run(args):
+    from retinamask.apps.predict_images import predict_images
+    from retinamask.apps.predict_sources import collect_sources
+
+    sources = collect_sources(args.input)
+    video_options = _video_options(args) if sources.videos else None
     predict = _make_predict(args)
-    images = collect_images(args.input)
-    summary = predict_images(predict, images, args.output, args.score_threshold, args.strict)
-    print(f"wrote {len(summary['written'])} overlays + JSON to {summary['output_dir']}")
-    report_failures(summary["failed"], "image")
-    return summary["exit_code"]
+    failed = list(sources.failed)
+    if sources.images:
+        images = [Path(source.location) for source in sources.images]
+        summary = predict_images(predict, images, args.output, args.score_threshold, args.strict)
+        print(f"wrote {len(summary['written'])} overlays + JSON to {summary['output_dir']}")
+        failed += summary["failed"]
+    if sources.videos:
+        from retinamask.apps.predict_videos import predict_videos
+
+        video_options = replace(video_options, category_ids=_category_ids(predict))
+        with terminate_as_interrupt():
+            summary = predict_videos(predict, sources.videos, args.output, video_options)
+        skipped = f", {len(summary['skipped'])} complete from an earlier run kept" if summary["skipped"] else ""
+        print(
+            f"wrote {len(summary['written'])} annotated videos + JSONL ({summary['frames']} frames) "
+            f"to {summary['output_dir']}{skipped}"
+        )
+        failed += summary["failed"]
+    return report_failures(failed, "input")
+
+
+def _video_options(args):
+    from retinamask.apps.predict_video import FrameOptions
+    from retinamask.apps.predict_videos import VideoJobOptions
+
+    for flag, value, least in (("--vid-stride", args.vid_stride, 1), ("--reconnect", args.reconnect, 0)):
+        if value < least:
+            raise ConfigError(f"{flag} must be >= {least}, got {value}", path="command line")
+    for flag, value in (("--timeout", args.timeout), ("--max-frames", args.max_frames), ("--duration", args.duration)):
+        if value is not None and value <= 0:
+            raise ConfigError(f"{flag} must be > 0, got {value}", path="command line")
+    track = args.track or args.save_ytvis or args.save_mot or args.tracked_only
+    if track and not args.track:
+        log.info("--save-ytvis / --save-mot / --tracked-only need tracks: tracking is on")
+    frames = FrameOptions(
+        vid_stride=args.vid_stride,
+        stream_buffer=args.stream_buffer,
+        timeout=args.timeout,
+        reconnect=args.reconnect,
+        max_frames=args.max_frames,
+        duration=args.duration,
+    )
+    return VideoJobOptions(
+        frames=frames,
+        track=track,
+        tracked_only=args.tracked_only,
+        lost_seconds=args.track_buffer,
+        audio=not args.no_audio,
+        score_threshold=args.score_threshold,
+        save_ytvis=args.save_ytvis,
+        save_mot=args.save_mot,
+    )
+
+
+def _category_ids(predict):
+    """The dataset category id of each label (YouTube-VIS results): the model's, else COCO's defaults."""
+    from retinamask.formats.coco_classes import default_category_ids
+
+    ids = getattr(predict, "category_ids", None) or getattr(getattr(predict, "info", None), "category_ids", None)
+    return tuple(int(i) for i in (ids or default_category_ids(predict.class_names or ())))
 
 
 def _make_predict(args):
@@ -73,11 +173,12 @@ def _make_predict(args):
         from retinamask.serve.client import RemotePredictor
 
         return RemotePredictor(args.url, api_key=args.api_key or os.environ.get("RETINAMASK_API_KEY"))
-    from retinamask.config.shipped import shipped_onnx_path, torch_installed
+    from retinamask.apps.torch_probe import torch_unavailable
+    from retinamask.config.shipped import shipped_onnx_path
 
-    if not (args.model or args.weights or args.config) and not torch_installed():
+    if not (args.model or args.weights or args.config) and torch_unavailable():
         args.model = shipped_onnx_path()
-        log.info("no model named and no torch: using the shipped model's ONNX %s", args.model.name)
+        log.info("no model named and %s: using the shipped model's ONNX %s", torch_unavailable(), args.model.name)
     if args.model:
         from retinamask.apps.onnx_predictor import OnnxPredictor
 
@@ -90,6 +191,8 @@ def _make_predict(args):
     if note:
         log.info("%s", note)
     try:
+        if torch_unavailable():
+            raise ImportError(torch_unavailable())
         from retinamask.engine.predictor import Predictor
     except ImportError as e:
         raise ConfigError(

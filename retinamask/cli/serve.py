@@ -42,6 +42,14 @@ def add_arguments(parser):
         help="masks into the image: original (default: the original's paste on an integer box) or subpixel "
         "(each pixel sampled at its centre: sharper on small objects)",
     )
+    parser.add_argument(
+        "--grpc-port",
+        type=int,
+        default=None,
+        metavar="PORT",
+        help="also serve the Open Inference Protocol over gRPC on --host:PORT (off by default; 0: a free port; "
+        "pip install 'retinamask[grpc]'). The /v2 REST routes are always on",
+    )
     ray = parser.add_argument_group("Ray Serve (pip install 'retinamask[ray]')")
     ray.add_argument(
         "--ray",
@@ -84,11 +92,16 @@ def settings_from_args(args):
         mask_paste=args.mask_paste,
         host=args.host,
         port=args.port,
+        grpc_port=args.grpc_port,
     )
 
 
 def run(args):
     settings = settings_from_args(args)
+    if settings.grpc_port is not None:
+        if args.ray_config is not None or args.ray is not None:
+            raise ConfigError("--grpc-port is not offered with --ray: Ray's proxy serves HTTP (the /v2 REST routes)")
+        require_grpc()
     if args.ray_config is not None or args.ray is not None:
         from retinamask.serve.ray_serve import run_on_ray, write_serve_config
 
@@ -99,6 +112,18 @@ def run(args):
         return run_on_ray(settings, args.ray, args.replicas, args.autoscale)
     serve_forever(settings)
     return EXIT_OK
+
+
+def require_grpc():
+    """ConfigError (one line) unless the [grpc] extra is installed: grpcio and tritonclient's stubs."""
+    try:
+        import grpc  # noqa: F401
+        from tritonclient.grpc import service_pb2_grpc  # noqa: F401
+    except (ImportError, RuntimeError) as e:
+        raise ConfigError(
+            f"--grpc-port needs the grpc extra, which is not installed ({e}): pip install 'retinamask[grpc]'",
+            path="command line",
+        ) from None
 
 
 def serve_forever(settings):

@@ -15,18 +15,12 @@ SHIPPED_CONFIG = ASSETS / f"{SHIPPED_NAME}.yaml"  # the fully resolved config th
 # the same model exported (end2end, --resize original, dynamic batch), verified against PyTorch; made by
 # SHIPPED_ONNX_COMMAND and checked against a fresh export in CI (tests/test_shipped_onnx.py)
 SHIPPED_ONNX = ASSETS / f"{SHIPPED_NAME}.onnx"
+# export_onnx's options of that command (the demo's export makes the same model: one model, one set of figures)
+SHIPPED_ONNX_OPTIONS = {"layout": "end2end", "resize": "original", "dynamic_batch": True}
 SHIPPED_ONNX_COMMAND = (
     f"retinamask export --weight_path {SHIPPED_NAME} --save_path retinamask/assets/{SHIPPED_NAME}.onnx "
     "--resize original --dynamic-batch"
 )
-
-
-def torch_installed():
-    """True when torch can be imported here (found, not imported): where it is absent, predict and demo
-    run the shipped model's ONNX instead of its PyTorch weights."""
-    import importlib.util
-
-    return importlib.util.find_spec("torch") is not None
 
 
 def shipped_onnx_path():

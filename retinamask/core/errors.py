@@ -4,7 +4,12 @@ EXIT_OK = 0
 EXIT_ITEMS_FAILED = 1  # the batch ran, but some items failed (listed in the summary)
 EXIT_BAD_INPUT = 2  # bad arguments, config, checkpoint or model, an unwritable output, or --strict met a bad item
 EXIT_INTERNAL_ERROR = 3  # an unexpected exception: a bug (--debug shows the traceback)
-EXIT_INTERRUPTED = 130
+EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT)
+EXIT_TERMINATED = 143  # SIGTERM, where a command closes its files first (128 + SIGTERM)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM turned into an exception (``cli.terminate_as_interrupt``): stop as on Ctrl-C, exit 143."""
 
 
 class RetinaMaskError(Exception):

@@ -208,8 +208,10 @@ class VideoReader:
         duration = None
         if stream.duration and stream.time_base:
             duration = float(stream.duration * stream.time_base)
-        elif self._container.duration:
-            duration = self._container.duration / av.time_base
+        elif self._container.duration and not has_audio:  # the container's also counts a longer audio track
+            # from the video's first frame: Matroska's duration counts from 0, not from the first timestamp
+            start = float(stream.start_time * stream.time_base) if stream.start_time and stream.time_base else 0.0
+            duration = max(self._container.duration / av.time_base - start, 0.0) or None
         frames = stream.frames or None
         if frames is None and duration is not None and rate is not None:
             frames = round(duration * rate)
@@ -266,9 +268,24 @@ class VideoReader:
                 cause = self._read_cause(error)
                 raise InputError(f"decoding failed at frame {self._index} ({cause})", self.source) from None
             if frame is None:
+                self._check_complete()
                 return
             yield self._frame(frame)
         self._close_container()
+
+    def _check_complete(self):
+        """At the end of a file: InputError when the frames stop clearly before the video's declared
+        duration (a file cut short: its header still says how long it was)."""
+        info, last = self.info, self._last_pts
+        if info.duration is None or last is None or not info.frame_rate:
+            return
+        ends = float(last * info.time_base) + 1 / float(info.frame_rate)
+        if ends < info.duration - max(2 / float(info.frame_rate), 0.1):
+            raise InputError(
+                f"the video ends at frame {self._index} ({ends:.2f} s of the {info.duration:.2f} s its header "
+                "declares): the file is truncated or damaged",
+                self.source,
+            )
 
     def _next_frame(self):
         """The next decoded av.VideoFrame of the open container; None at its end or once closed."""

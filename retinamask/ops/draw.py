@@ -17,7 +17,13 @@ MIN_OVERLAY_SIDE = 800  # small images are drawn scaled up to this long side, so
 
 
 def draw_prediction(
-    image_rgb, prediction, score_threshold=0.3, alpha=0.45, min_side=MIN_OVERLAY_SIDE, show_scores=True
+    image_rgb,
+    prediction,
+    score_threshold=0.3,
+    alpha=0.45,
+    min_side=MIN_OVERLAY_SIDE,
+    show_scores=True,
+    track_ids=None,
 ):
     """uint8 [H, W, 3] RGB + Detections -> uint8 [H', W', 3] RGB overlay (the input is not modified).
 
@@ -25,8 +31,10 @@ def draw_prediction(
     (H' = f * H), so boxes, labels and masks of small images stay legible. Labels are placed
     best detection first and never cover one another (above the box, inside its top, below
     it, then moved down until free). Labels read "class score", or "class" without
-    ``show_scores`` (e.g. for ground truth).
+    ``show_scores`` (e.g. for ground truth). ``track_ids`` (int [N], -1 untracked): a tracked
+    detection is coloured by its track (the same colour in every frame) and labelled "class score #id".
     """
+    colours = [_colour(prediction, i, track_ids) for i in range(len(prediction))]
     factor = max(1, int(np.ceil(min_side / max(image_rgb.shape[:2])))) if min_side else 1
     canvas = image_rgb.copy()
     if factor > 1:
@@ -34,7 +42,7 @@ def draw_prediction(
     keep = [i for i in range(len(prediction)) if prediction.scores[i] >= score_threshold]
     keep.sort(key=lambda i: -float(prediction.scores[i]))
     for i in reversed(keep):  # best detections drawn last, on top
-        colour = np.array(class_colour(int(prediction.labels[i])), dtype=np.float32)
+        colour = np.array(colours[i], dtype=np.float32)
         mask = prediction.masks[i].astype(np.uint8)
         if factor > 1:
             mask = cv2.resize(mask, None, fx=factor, fy=factor, interpolation=cv2.INTER_NEAREST)
@@ -43,19 +51,32 @@ def draw_prediction(
     thickness = max(1, round(max(canvas.shape[:2]) / 500))
     boxes = [tuple(round(v * factor) for v in prediction.boxes[i]) for i in keep]
     for i, (x1, y1, x2, y2) in zip(reversed(keep), reversed(boxes)):
-        cv2.rectangle(canvas, (x1, y1), (x2, y2), class_colour(int(prediction.labels[i])), thickness)
+        cv2.rectangle(canvas, (x1, y1), (x2, y2), colours[i], thickness)
     scale = 0.45 * thickness
-    texts = [
-        f"{prediction.class_names[i]} {prediction.scores[i]:.2f}" if show_scores else str(prediction.class_names[i])
-        for i in keep
-    ]
+    texts = [_label_text(prediction, i, show_scores, track_ids) for i in keep]
     for i, text, (x1, y1, x2, y2) in zip(keep, texts, layout_labels(texts, boxes, canvas.shape[:2], scale)):
-        cv2.rectangle(canvas, (x1, y1), (x2, y2), class_colour(int(prediction.labels[i])), -1)
+        cv2.rectangle(canvas, (x1, y1), (x2, y2), colours[i], -1)
         baseline = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)[1]
         cv2.putText(
             canvas, text, (x1 + 2, y2 - 2 - baseline), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 1, cv2.LINE_AA
         )
     return canvas
+
+
+def _colour(prediction, i, track_ids):
+    """Detection i's RGB colour: its track's when tracked (track_ids[i] >= 1), else its class's."""
+    if track_ids is not None and track_ids[i] >= 1:
+        return class_colour(int(track_ids[i]) + 7)  # offset: track 1 is not coloured as class 1
+    return class_colour(int(prediction.labels[i]))
+
+
+def _label_text(prediction, i, show_scores, track_ids):
+    text = str(prediction.class_names[i])
+    if show_scores:
+        text += f" {prediction.scores[i]:.2f}"
+    if track_ids is not None and track_ids[i] >= 1:
+        text += f" #{int(track_ids[i])}"
+    return text
 
 
 def layout_labels(texts, boxes, canvas_hw, scale):

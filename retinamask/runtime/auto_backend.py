@@ -17,8 +17,9 @@ C: Intel, AVX-512 + bf16 + fp16        OpenVINO 2.94 (ONNX Runtime: -)      Open
 =====================================  ===================================  ==================================
 
 (A and B at 1344², C from issue 17.) A class without a measurement of both runtimes (C; the
-unmeasured classes D, E, F) runs what is measured faster on its stand-in class, and the line
-says so.
+unmeasured classes D, E, F) runs what is measured faster on its stand-in class, following the
+stand-ins to a class with both runtimes measured (D as C, which runs as A: OpenVINO), and the
+line says so.
 
 ``auto`` never changes the precision: fp32 stays fp32 (OpenVINO is told to run f32 exactly), and
 bf16 / fp16 run only when asked for. Asked for on a CPU class where it is measured slower than
@@ -83,7 +84,8 @@ def choose_backend(precision="fp32", device="cpu", quantized=False, cpu=None, in
     described = describe_cpu_class(cpu)
     klass = cpu_class(cpu)
     rule = CLASSES.get(klass)
-    source = klass if rule is None else _RUNTIME_STAND_IN.get(klass, rule.stand_in or klass)
+    chain = _stand_in_chain(klass)
+    source = chain[-1]
     backend, measured = _FASTEST_CPU_RUNTIME.get((source, kind), ("onnxruntime", None))
     if measured is None:
         return BackendChoice("onnxruntime", f"no measurement for this CPU ({described}): the portable default")
@@ -91,10 +93,26 @@ def choose_backend(precision="fp32", device="cpu", quantized=False, cpu=None, in
         return BackendChoice("onnxruntime", f"{backend} is faster on {described} ({measured}) but not installed")
     if source != klass:
         what = "unmeasured" if rule.stand_in else "both runtimes not measured"
+        via = "".join(f"as on class {name}, " for name in chain[1:-1])
         return BackendChoice(
-            backend, f"{what} on {described}; as on class {source}: {measured} (R-50 1344², benchmarks/RESULTS.md)"
+            backend,
+            f"{what} on {described}; {via}as on class {source}: {measured} (R-50 1344², benchmarks/RESULTS.md)",
         )
     return BackendChoice(backend, f"fastest on {described}: {measured} (R-50 1344², benchmarks/RESULTS.md)")
+
+
+def _stand_in_chain(klass):
+    """``klass`` and the classes whose runtime comparison stands in for it, in turn, ending at the one measured:
+    D -> C (its stand-in class) -> A (whose comparison stands in for C's unmeasured ONNX Runtime)."""
+    chain = [klass]
+    while True:
+        rule = CLASSES.get(chain[-1])
+        if rule is None:
+            return chain
+        nxt = rule.stand_in or _RUNTIME_STAND_IN.get(rule.name)
+        if not nxt or nxt in chain:
+            return chain
+        chain.append(nxt)
 
 
 def reduced_precision_note(precision, cpu=None):

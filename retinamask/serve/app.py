@@ -2,13 +2,12 @@
 and the Ray Serve deployment alike.
 
 Routes: POST /v1/predict, GET /v1/health/live, GET /v1/health/ready, GET /v1/models, GET /metrics,
-GET /docs (OpenAPI), GET / (the web page). Image decoding, pre- and post-processing and encoding run in
+GET /docs (OpenAPI), GET / (the web page), and the Open Inference Protocol's /v2 routes (``oip_rest``).
+Every route that predicts runs ``pipeline.detect``. Image decoding, pre- and post-processing and encoding run in
 worker threads (never on the event loop); inference runs on the batcher's session threads.
 """
 
-import asyncio
 import contextlib
-import hmac
 import logging
 import threading
 import time
@@ -19,12 +18,12 @@ from fastapi import FastAPI, Query, Request
 from fastapi.responses import HTMLResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from retinamask.core.errors import InputError
-from retinamask.formats.images import NotAnImage, decode_image_bytes
-from retinamask.serve import encode
-from retinamask.serve.batcher import Batcher, Draining, QueueFull
+from retinamask.formats.images import warm_decoders
+from retinamask.serve import encode, oip_rest
+from retinamask.serve.batcher import Batcher
 from retinamask.serve.errors import OrjsonResponse, ServeError, install_handlers
 from retinamask.serve.metrics import STAGES, ServeMetrics
+from retinamask.serve.pipeline import check_key, detect, require_ready, timed
 from retinamask.serve.request import image_bytes, read_body
 
 logger = logging.getLogger(__name__)
@@ -41,6 +40,7 @@ class ServerState:
         self.batcher = None
         self.ready = False
         self.draining = False
+        self.grpc_port = None  # the bound gRPC port (serve --grpc-port)
 
     def start(self):
         """Start the session threads, then warm up in the background: the server answers at once
@@ -57,12 +57,17 @@ class ServerState:
 
     def _warm(self):
         try:
+            decoders = warm_decoders()  # the image decoders' first use, which the first request would pay
             seconds = self.model.warm_up()
         except Exception:
             logger.exception("the warm-up inference failed: the server stays not ready")
             return
         if not self.draining:
-            logger.info("warm-up: %s s per session; ready", ", ".join(f"{s:.2f}" for s in seconds))
+            logger.info(
+                "warm-up: image decoders %.3f s, %s s per session; ready",
+                decoders,
+                ", ".join(f"{s:.2f}" for s in seconds),
+            )
             self.ready = True
 
     def stop(self, timeout=None):
@@ -85,7 +90,10 @@ def create_app(settings=None, model=None, log=logger.info):
     @contextlib.asynccontextmanager
     async def lifespan(app):
         await run_in_threadpool(state.start)
+        grpc_server = _start_grpc(state, log) if settings.grpc_port is not None else None
         yield
+        if grpc_server is not None:  # no new RPC; those in flight finish (they run on this loop)
+            await run_in_threadpool(grpc_server.stop(settings.timeout_s).wait)
         await run_in_threadpool(state.stop, settings.timeout_s)
 
     app = FastAPI(
@@ -99,7 +107,20 @@ def create_app(settings=None, model=None, log=logger.info):
     install_handlers(app)
     _add_accounting(app, state)
     _add_routes(app, state)
+    oip_rest.add_routes(app, state)
     return app
+
+
+def _start_grpc(state, log):
+    """The Open Inference Protocol over gRPC on settings.host:grpc_port, sharing ``state`` (oip_grpc)."""
+    import asyncio
+
+    from retinamask.serve.oip_grpc import start_server
+
+    settings = state.settings
+    server, state.grpc_port = start_server(state, asyncio.get_running_loop(), settings.host, settings.grpc_port)
+    log(f"gRPC (Open Inference Protocol, inference.GRPCInferenceService) on {settings.host}:{state.grpc_port}")
+    return server
 
 
 def _version():
@@ -114,7 +135,8 @@ def _add_accounting(app, state):
 
     @app.middleware("http")
     async def account(request, call_next):
-        route = request.url.path if request.url.path in _ROUTES else "other"
+        path = request.url.path
+        route = path if path in _ROUTES else oip_rest.route_label(path)
         started = time.perf_counter()
         metrics.in_flight.inc()
         try:
@@ -133,21 +155,8 @@ _ROUTES = {PREDICT, "/v1/health/live", "/v1/health/ready", "/v1/models", "/metri
 
 
 def _check_key(state, request):
-    """401 unless the request carries the configured API key (constant-time compare)."""
-    expected = state.settings.api_key
-    if not expected:
-        return
-    given = request.headers.get("x-api-key") or ""
-    authorization = request.headers.get("authorization", "")
-    if authorization.lower().startswith("bearer "):
-        given = authorization[7:].strip()
-    if not hmac.compare_digest(given.encode(), expected.encode()):
-        raise ServeError(
-            401,
-            "unauthorized",
-            "missing or wrong API key (send Authorization: Bearer KEY or X-API-Key: KEY)",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
+    """401 unless the request carries the configured API key (``pipeline.check_key``)."""
+    check_key(state.settings.api_key, request.headers.get("authorization"), request.headers.get("x-api-key"))
 
 
 def _add_routes(app, state):
@@ -209,39 +218,20 @@ def _static_file(name):
 
 async def _predict(state, request, score_threshold, max_detections, masks, response_format):
     settings, model = state.settings, state.model
-    if not state.ready:
-        raise ServeError(503, "not_ready", "the server is not ready (warming up or draining)", {"Retry-After": "1"})
-    started = time.perf_counter()
-    deadline = started + settings.timeout_s
+    require_ready(state)
+    deadline = time.perf_counter() + settings.timeout_s
     timings = {}
 
     body = await read_body(request, settings.max_body_bytes)
     data = await image_bytes(request, body)
-    rgb = await _timed(timings, "decode", _decode, data, settings.max_pixels)
-    prepared = await _timed(timings, "preprocess", model.prepare, rgb)
-    try:
-        item = state.batcher.submit(prepared, prepared.canvas_hw)
-    except QueueFull as e:
-        raise ServeError(503, "queue_full", f"overloaded: {e}; retry later", {"Retry-After": "1"}) from None
-    except Draining:
-        raise ServeError(503, "draining", "the server is shutting down", {"Retry-After": "1"}) from None
-    try:
-        outputs = await asyncio.wait_for(asyncio.wrap_future(item.future), max(deadline - time.perf_counter(), 0))
-    except TimeoutError:
-        item.future.cancel()
-        raise ServeError(504, "timeout", f"no answer within --timeout-s {settings.timeout_s:g} s") from None
-    except Exception as e:  # the runtime failed: its traceback is in the log (batcher)
-        raise ServeError(500, "inference_failed", f"inference failed ({type(e).__name__}): {e}") from None
-    timings["queue"] = item.started - item.enqueued
-    timings["infer"] = item.finished - item.started
     full_masks = response_format == "png" or masks == "polygon"  # else the fused paste + RLE in encode
-    detections = await _timed(timings, "postprocess", model.finish, outputs, prepared, full_masks)
+    rgb, detections = await detect(state, data, timings, deadline, full_masks)
     keep = encode.select(detections, score_threshold, max_detections)
     if response_format == "png":
-        png = await _timed(timings, "encode", encode.overlay_png, rgb, detections, keep, score_threshold)
+        png = await timed(timings, "encode", encode.overlay_png, rgb, detections, keep, score_threshold)
         state.metrics.observe_stages(timings)
         return Response(png, media_type="image/png", headers=_timing_headers(timings))
-    results = await _timed(
+    results = await timed(
         timings,
         "encode",
         encode.coco_results,
@@ -254,22 +244,6 @@ async def _predict(state, request, score_threshold, max_detections, masks, respo
     )
     state.metrics.observe_stages(timings)
     return Response(encode.json_bytes(_body(model, rgb.shape, timings, results)), media_type="application/json")
-
-
-async def _timed(timings, stage, function, *args):
-    started = time.perf_counter()
-    result = await run_in_threadpool(function, *args)
-    timings[stage] = time.perf_counter() - started
-    return result
-
-
-def _decode(data, max_pixels):
-    try:
-        return decode_image_bytes(data, "the uploaded image", max_pixels=max_pixels)
-    except NotAnImage as e:
-        raise ServeError(415, "not_an_image", e.cause) from None
-    except InputError as e:
-        raise ServeError(422, "bad_image", e.cause) from None
 
 
 def _body(model, shape, timings, results):

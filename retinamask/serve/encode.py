@@ -24,7 +24,7 @@ def coco_results(detections, keep, category_ids, masks="rle", mask_threshold=0.5
     chosen = detections.take(keep)
     rles = None
     if masks == "rle":
-        rles = _rles(chosen, mask_threshold, mask_paste)
+        rles = rle_masks(chosen, mask_threshold, mask_paste)
     results = results_from_detections(0, chosen, category_ids, rles)
     for i, result in enumerate(results):
         del result["image_id"]
@@ -34,7 +34,9 @@ def coco_results(detections, keep, category_ids, masks="rle", mask_threshold=0.5
     return results
 
 
-def _rles(detections, mask_threshold, mask_paste):
+def rle_masks(detections, mask_threshold=0.5, mask_paste="original"):
+    """COCO compressed RLE {"size", "counts"} of each detection's mask: the pasted masks when there are, else
+    the fused paste + encode of ``mask_probs`` (the same strings). /v1/predict's and /v2 infer's masks."""
     if not len(detections):
         return []
     if detections.masks is not None:

@@ -1,5 +1,6 @@
 """Every error the server answers is one JSON object ``{"error": {"code", "message"}}`` with a fitting
-status (docs/errors.md, "HTTP errors"); never a traceback."""
+status (docs/errors.md, "HTTP errors"); never a traceback. Under ``/v2`` (the Open Inference Protocol)
+the object is the protocol's ``{"error": "message"}``, and a bad image is a 400 (docs/errors.md)."""
 
 import logging
 
@@ -30,26 +31,39 @@ def error_response(status, code, message, headers=None):
     return OrjsonResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
 
 
+OIP_PREFIX = "/v2"
+_OIP_STATUS = {415: 400, 422: 400}  # the protocol's bad input is 400 (a non-image, a bomb, a bad value)
+
+
+def protocol_error_response(request, status, code, message, headers=None):
+    """The error in the protocol of the request's route: ``/v2`` the Open Inference Protocol's, else ours."""
+    path = request.url.path
+    if path == OIP_PREFIX or path.startswith(OIP_PREFIX + "/"):
+        return OrjsonResponse({"error": message}, status_code=_OIP_STATUS.get(status, status), headers=headers)
+    return error_response(status, code, message, headers)
+
+
 def install_handlers(app):
     """Map ServeError, validation errors, routing errors and anything unexpected to the JSON error."""
 
     @app.exception_handler(ServeError)
     async def _serve_error(request, e):
-        return error_response(e.status, e.code, e.message, e.headers)
+        return protocol_error_response(request, e.status, e.code, e.message, e.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request, e):
         problems = "; ".join(
             f"{'.'.join(str(p) for p in err.get('loc', ())[1:]) or 'request'}: {err.get('msg')}" for err in e.errors()
         )
-        return error_response(422, "invalid_parameter", problems or "invalid request")
+        return protocol_error_response(request, 422, "invalid_parameter", problems or "invalid request")
 
     @app.exception_handler(HTTPException)
     async def _http(request, e):
         code = {404: "not_found", 405: "method_not_allowed"}.get(e.status_code, "http_error")
-        return error_response(e.status_code, code, str(e.detail), getattr(e, "headers", None))
+        return protocol_error_response(request, e.status_code, code, str(e.detail), getattr(e, "headers", None))
 
     @app.exception_handler(Exception)
     async def _unexpected(request, e):
         logger.exception("unexpected error on %s %s", request.method, request.url.path)
-        return error_response(500, "internal_error", f"internal error ({type(e).__name__}); the server log has details")
+        message = f"internal error ({type(e).__name__}); the server log has details"
+        return protocol_error_response(request, 500, "internal_error", message)

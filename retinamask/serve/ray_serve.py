@@ -57,8 +57,12 @@ def deployment_options(settings, replicas=1, autoscale=None):
 
 
 def build_application(settings, replicas=1, autoscale=None):
-    """The Ray Serve application (``Deployment.bind()``) serving ``create_app(settings)``."""
+    """The Ray Serve application (``Deployment.bind()``) serving ``create_app(settings)`` (its /v1 and /v2
+    REST routes; gRPC is not offered behind Ray's proxy)."""
     from ray import serve
+
+    if settings.grpc_port is not None:
+        raise ConfigError("--grpc-port is not offered with --ray: Ray's proxy serves HTTP (the /v2 REST routes)")
 
     def build_app():
         global _replica_app

@@ -19,6 +19,7 @@ class ServeSettings:
     whole budget before 504. max_image_mb: request body limit (413). max_pixels: decoded image limit (422).
     api_key: required as ``Authorization: Bearer KEY`` or ``X-API-Key: KEY`` on /v1/predict and /v1/models.
     mask_paste: "original" (the original's paste) or "subpixel" (sharper on small objects; ``ops.masks``).
+    grpc_port: also serve the Open Inference Protocol over gRPC on host:grpc_port (None: off; 0: a free port).
     """
 
     model: Path | None = None
@@ -37,6 +38,7 @@ class ServeSettings:
     mask_paste: str = "original"
     host: str = "127.0.0.1"
     port: int = 8000
+    grpc_port: int | None = None
 
     def __post_init__(self):
         for name in ("sessions", "max_batch", "max_queue", "max_pixels"):
@@ -51,8 +53,10 @@ class ServeSettings:
             raise ConfigError(f"--threads must be >= 1, got {self.threads}")
         if self.mask_paste not in MASK_PASTE_CHOICES:
             raise ConfigError(f"--mask-paste must be original or subpixel, got {self.mask_paste!r}")
-        if not 0 <= int(self.port) <= 65535:
-            raise ConfigError(f"--port must be 0..65535, got {self.port}")
+        for name in ("port", "grpc_port"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= int(value) <= 65535:
+                raise ConfigError(f"--{name.replace('_', '-')} must be 0..65535, got {value}")
 
     @property
     def max_body_bytes(self):

@@ -53,9 +53,29 @@ function paintMask(pixels, width, rle, rgb) {
   });
 }
 
+// The detections at or above the slider's score, best first.
 function visible() {
   const threshold = parseFloat($("score").value);
-  return state.result.detections.filter((d) => d.score >= threshold);
+  return state.result.detections.filter((d) => d.score >= threshold).sort((a, b) => b.score - a.score);
+}
+
+// Label rectangles [x1, y1, x2, y2], one per [width, height], for boxes in priority order (best first): each
+// overlaps no earlier label (unless the canvas has no free spot left near its box): above the box, inside its
+// top edge, below it, then further down and up in label-height steps -- predict's rule (ops/draw.py layout_labels).
+function layoutLabels(sizes, boxes, canvasWidth, canvasHeight) {
+  const placed = [];
+  sizes.forEach(([w, h], i) => {
+    const [x1, y1, , y2] = boxes[i];
+    const x = Math.min(Math.max(x1, 0), Math.max(canvasWidth - w, 0));
+    const candidates = [y1 - h, y1, y2];
+    for (let k = 1; k < 40; k++) candidates.push(y2 + k * h);
+    for (let k = 2; k < 40; k++) candidates.push(y1 - k * h);
+    const free = candidates.find((y) => y >= 0 && y + h <= canvasHeight &&
+      !placed.some(([px1, py1, px2, py2]) => x < px2 && px1 < x + w && y < py2 && py1 < y + h));
+    const y = free !== undefined ? free : Math.min(Math.max(y1 - h, 0), Math.max(canvasHeight - h, 0));
+    placed.push([x, y, x + w, y + h]);
+  });
+  return placed;
 }
 
 function draw() {
@@ -67,7 +87,8 @@ function draw() {
   const bctx = base.getContext("2d");
   bctx.drawImage(img, 0, 0);
   const frame = bctx.getImageData(0, 0, base.width, base.height);
-  shown.forEach((d) => {
+  const lowestFirst = [...shown].reverse();  // the best detections are drawn last, on top
+  lowestFirst.forEach((d) => {
     if (d.segmentation && d.segmentation.counts !== undefined) {
       paintMask(frame.data, base.width, d.segmentation, rgbOf(colour(d.category_id)));
     }
@@ -83,18 +104,27 @@ function draw() {
   const font = 13;
   ctx.font = `${font}px system-ui, sans-serif`;
   ctx.lineWidth = 2;
-  shown.forEach((d) => {
-    const [x, y, w, h] = d.bbox.map((v) => v * scale), c = colour(d.category_id);
-    ctx.strokeStyle = c;
-    ctx.strokeRect(x, y, w, h);
-    const text = `${d.category_name} ${d.score.toFixed(2)}`;
-    const tw = ctx.measureText(text).width + 6;
-    const top = y >= font + 4 ? y - font - 4 : y;
-    ctx.fillStyle = c;
-    ctx.fillRect(x, top, tw, font + 4);
-    ctx.fillStyle = "#fff";
-    ctx.fillText(text, x + 3, top + font);
+  const boxes = shown.map((d) => {
+    const [x, y, w, h] = d.bbox.map((v) => v * scale);
+    return [x, y, x + w, y + h];
   });
+  lowestFirst.forEach((d, i) => {
+    const [x1, y1, x2, y2] = boxes[shown.length - 1 - i];
+    ctx.strokeStyle = colour(d.category_id);
+    ctx.strokeRect(x1, y1, x2 - x1, y2 - y1);
+  });
+  // labels placed best first so that a better label is never the one moved away, and none covers another
+  const texts = shown.map((d) => `${d.category_name} ${d.score.toFixed(2)}`);
+  const sizes = texts.map((text) => [Math.ceil(ctx.measureText(text).width) + 6, font + 4]);
+  const labels = layoutLabels(sizes, boxes, canvas.width, canvas.height);
+  for (let i = shown.length - 1; i >= 0; i--) {
+    const [x1, y1, x2, y2] = labels[i];
+    ctx.fillStyle = colour(shown[i].category_id);
+    ctx.fillRect(x1, y1, x2 - x1, y2 - y1);
+    ctx.fillStyle = "#fff";
+    ctx.fillText(texts[i], x1 + 3, y1 + font);
+  }
+  document.body.dataset.labels = JSON.stringify(texts.map((text, i) => ({ text, rect: labels[i] })));
   table(shown);
   document.body.dataset.shown = String(shown.length);
 }
