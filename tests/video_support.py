@@ -294,30 +294,6 @@ def make_audio_only(path, seconds=0.5):
     return path
 
 
-RTSP_SERVER_SCRIPT = """
-import sys
-import gi
-gi.require_version("Gst", "1.0")
-gi.require_version("GstRtspServer", "1.0")
-from gi.repository import GLib, Gst, GstRtspServer
-Gst.init(None)
-port, width, height, fps = sys.argv[1:5]
-server = GstRtspServer.RTSPServer()
-server.set_address("127.0.0.1")
-server.set_service(port)
-factory = GstRtspServer.RTSPMediaFactory()
-factory.set_launch(
-    f"( videotestsrc pattern=ball is-live=true ! video/x-raw,width={width},height={height},framerate={fps}/1 "
-    "! x264enc tune=zerolatency speed-preset=ultrafast key-int-max=10 ! rtph264pay name=pay0 pt=96 )"
-)
-factory.set_shared(True)
-server.get_mount_points().add_factory("/stream", factory)
-if server.attach(None) == 0:
-    sys.exit("cannot bind")
-print("ready", flush=True)
-GLib.MainLoop().run()
-"""
-
 SYSTEM_PYTHON = "/usr/bin/python3"
 
 
@@ -334,9 +310,9 @@ def rtsp_server_available():
 
 
 class RtspServer:
-    """An RTSP PLAY server on 127.0.0.1 (GStreamer's, run by the system Python that has ``gi``): H.264 of a
-    moving ball at ``size`` and ``fps``, a keyframe every 10 frames, at ``url``. ``stop()`` kills it (a
-    drop), ``start()`` starts it again on the same port."""
+    """tests/rtsp_server.py (GStreamer's RTSP PLAY server, run by the system Python that has ``gi``) on
+    127.0.0.1: H.264 of a moving ball at ``size`` and ``fps``, a keyframe every 10 frames, at ``url``.
+    ``stop()`` kills it (a drop), ``start()`` starts it again on the same port (``size`` may change)."""
 
     def __init__(self, size=(160, 120), fps=10, port=None):
         self.size, self.fps = size, fps
@@ -345,14 +321,15 @@ class RtspServer:
 
     @property
     def url(self):
-        return f"rtsp://127.0.0.1:{self.port}/stream"
+        return f"rtsp://127.0.0.1:{self.port}/test"
 
     def start(self, size=None):
         import subprocess
 
         if size is not None:
             self.size = size
-        args = [SYSTEM_PYTHON, "-c", RTSP_SERVER_SCRIPT, str(self.port), *map(str, self.size), str(self.fps)]
+        script = Path(__file__).with_name("rtsp_server.py")
+        args = [SYSTEM_PYTHON, str(script), str(self.port), *map(str, self.size), str(self.fps)]
         self._process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         if self._process.stdout.readline().strip() != "ready":
             self.stop()
