@@ -279,7 +279,8 @@ def test_live_stream_reconnects_at_a_new_size_and_then_gives_up():
     assert f"stream dropped after frame {big - 1} (" in lines[0] and "attempt 1/2 in 0.5 s" in lines[0]
     assert any("reconnected at 32x24 (was 64x48)" in line for line in lines)
     assert f"after frame {len(got) - 1}" in caught.value.cause
-    assert "2 reconnect attempts failed" in caught.value.cause
+    assert caught.value.cause.endswith("2 reconnect attempts failed (the last: connection refused)")
+    assert lines[-1].endswith("attempt 2/2 in 1 s (attempt 1: connection refused)")
 
 
 def test_live_stream_that_hangs_is_reopened_after_the_read_timeout():
@@ -703,3 +704,32 @@ def test_rtsp_opens_without_stale_frames_and_reconnects(rtsp_available):
     assert arrivals[-1] - arrivals[0] > 0.25  # 10 fps: frames come as they are made, not in a burst
     assert [f.index for f, _ in got] == list(range(len(got)))
     assert reader.reconnects >= 1 and any("reconnected at 96x64 (was 160x120)" in line for line in lines)
+
+
+def test_tcp_mpegts_stream_is_live_and_ends_as_a_drop():
+    from video_support import tcp_stream_process
+
+    port = free_port()
+    server = tcp_stream_process(port, container="mpegts", frames=20, fps=25)
+    try:
+        deadline = time.monotonic() + 10
+        while True:  # until the child listens
+            try:
+                reader = open_video(f"tcp://127.0.0.1:{port}", timeout=3, reconnect=1, log=lambda line: None)
+                break
+            except InputError as error:
+                if "refused" not in error.cause or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        got = []
+        with reader, pytest.raises(InputError) as caught:
+            for frame in reader:
+                got.append(frame)
+    finally:
+        server.kill()
+        server.wait()
+    assert reader.info.live and reader.info.codec == "h264" and reader.info.time_base == Fraction(1, 1000)
+    assert len(got) == 20 and [f.index for f in got] == list(range(20))
+    assert (
+        "after frame 19 (end of stream)" in caught.value.cause and "1 reconnect attempts failed" in caught.value.cause
+    )

@@ -348,3 +348,32 @@ class RtspServer:
 
     def __exit__(self, *exc):
         self.stop()
+
+
+def serve_tcp_stream(port, container="mpegts", frames=20, fps=25, size=(64, 48)):
+    """Send ``frames`` gradient frames as H.264 in ``container`` (mpegts, flv) to the first client of
+    tcp://127.0.0.1:port, at ``fps``, then close (an end of stream). Blocks: run it in a subprocess
+    (:func:`tcp_stream_process`); PyAV holds the GIL while it waits for the client."""
+    out = av.open(f"tcp://127.0.0.1:{port}?listen=1", "w", format=container, timeout=(20, 20))
+    try:
+        stream = out.add_stream("libx264", rate=fps)
+        stream.width, stream.height = size
+        stream.pix_fmt = "yuv420p"
+        stream.options = {"tune": "zerolatency", "preset": "ultrafast", "g": "10"}
+        for i, rgb in enumerate(gradient_frames(frames, *size)):
+            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+            frame.pts, frame.time_base = i, Fraction(1, fps)
+            out.mux(stream.encode(frame))
+            time.sleep(1 / fps)
+        out.mux(stream.encode(None))
+    finally:
+        out.close()
+
+
+def tcp_stream_process(port, **kwargs):
+    """:func:`serve_tcp_stream` in a child process (the project's Python); returns the Popen."""
+    import subprocess
+    import sys
+
+    code = f"import video_support; video_support.serve_tcp_stream({port}, **{kwargs!r})"
+    return subprocess.Popen([sys.executable, "-c", code], cwd=Path(__file__).parent)

@@ -54,7 +54,7 @@ __all__ = ["LIVE_SCHEMES", "VideoFrame", "VideoInfo", "VideoReader", "is_video_f
 LIVE_TIME_BASE = Fraction(1, 1000)
 BACKOFF_FIRST_S = 0.5
 BACKOFF_MAX_S = 8.0
-LIVE_ANALYZE_US = 1_000_000  # probing of a live stream other than RTSP and HTTP: 1 s, not FFmpeg's 5 s
+LIVE_ANALYZE_US = 500_000  # probing of a live stream other than RTSP and HTTP: 0.5 s, not FFmpeg's 5 s
 LIVE_BAD_PACKETS = 100  # undecodable packets in a row that make a live source a drop
 
 _LOG = logging.getLogger(__name__)
@@ -319,20 +319,20 @@ class VideoReader:
         """Re-open a live source after a drop, with backoff; raises InputError after the attempts."""
         self.drops += 1
         self._close_container()
-        after = f"after frame {self._index - 1}" if self._index else "before its first frame"
+        dropped = f"stream dropped after frame {self._index - 1}" if self._index else "stream dropped"
+        dropped += f" ({cause})"
+        failed = None  # why the last attempt failed
         for attempt in range(1, self.reconnect + 1):
             delay = min(BACKOFF_FIRST_S * 2 ** (attempt - 1), BACKOFF_MAX_S)
-            self._log(
-                f"{self.source}: stream dropped {after} ({cause}); "
-                f"reconnecting, attempt {attempt}/{self.reconnect} in {delay:g} s"
-            )
+            line = f"{self.source}: {dropped}; reconnecting, attempt {attempt}/{self.reconnect} in {delay:g} s"
+            self._log(line + (f" (attempt {attempt - 1}: {failed})" if failed else ""))
             if self._closing.wait(delay):
                 return
             try:
                 self._pending, first = self._open()
             except InputError as error:
                 self.dropped_reconnects += 1
-                cause = error.cause
+                failed = error.cause
                 continue
             self.reconnects += 1
             frame = first[0]
@@ -343,7 +343,8 @@ class VideoReader:
                 self._size = (frame.height, frame.width)
             self._first_frame = first
             return
-        raise InputError(f"stream dropped {after} ({cause}); {self.reconnect} reconnect attempts failed", self.source)
+        last = f" (the last: {failed})" if failed else ""
+        raise InputError(f"{dropped}; {self.reconnect} reconnect attempts failed{last}", self.source)
 
     def _frame(self, frame, arrived=None):
         rgb = np.ascontiguousarray(frame.to_ndarray(format="rgb24"))
