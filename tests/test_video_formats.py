@@ -240,6 +240,38 @@ def test_http_file_with_a_duration_is_not_live(tmp_path):
         server.server_close()
 
 
+def test_hls_playlist_with_an_end_is_a_file(tmp_path):
+    from functools import partial
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    hls = av.open(str(tmp_path / "index.m3u8"), "w", format="hls", options={"hls_time": "0.4", "hls_list_size": "0"})
+    stream = hls.add_stream("libx264", rate=25)
+    stream.width, stream.height, stream.pix_fmt, stream.options = 64, 48, "yuv420p", {"g": "5"}
+    for i, rgb in enumerate(gradient_frames(25)):
+        frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+        frame.pts, frame.time_base = i, Fraction(1, 25)
+        hls.mux(stream.encode(frame))
+    hls.mux(stream.encode(None))
+    hls.close()
+
+    class Quiet(SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(Quiet, directory=str(tmp_path)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with open_video(f"http://127.0.0.1:{server.server_address[1]}/index.m3u8", timeout=5) as reader:
+            info = reader.info
+            frames = list(reader)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert (info.live, info.frames, info.duration) == (False, 25, pytest.approx(1.0))
+    assert [f.index for f in frames] == list(range(25))
+    assert [f.seconds for f in frames] == pytest.approx([i / 25 for i in range(25)])
+
+
 # -- live: MJPEG over HTTP, drops and reconnects -----------------------------------------------------
 
 

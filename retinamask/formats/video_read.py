@@ -209,9 +209,10 @@ class VideoReader:
         if stream.duration and stream.time_base:
             duration = float(stream.duration * stream.time_base)
         elif self._container.duration and not has_audio:  # the container's also counts a longer audio track
-            # from the video's first frame: Matroska's duration counts from 0, not from the first timestamp
-            start = float(stream.start_time * stream.time_base) if stream.start_time and stream.time_base else 0.0
-            duration = max(self._container.duration / av.time_base - start, 0.0) or None
+            duration = self._container.duration / av.time_base
+            if self._container.format.name.startswith("matroska") and stream.start_time and stream.time_base:
+                # Matroska's duration counts from 0, not from the first timestamp (HLS, MPEG-TS: from it)
+                duration = max(duration - float(stream.start_time * stream.time_base), 0.0) or None
         frames = stream.frames or None
         if frames is None and duration is not None and rate is not None:
             frames = round(duration * rate)
