@@ -23,7 +23,8 @@ Decisions:
   made up; a new resolution is yielded as is (and logged). After ``reconnect`` failed attempts in a
   row: InputError. An undecodable packet of a live source (joined mid-GOP, a lost packet) is skipped
   and counted, not a drop. RTSP is opened over TCP without probing the media (its SDP describes the
-  streams): FFmpeg's default probing buffers seconds of frames that then come out stale, in a burst.
+  streams), other URLs with 0.5 s of probing: FFmpeg's default (5 s) buffers seconds of frames that
+  then come out stale, in a burst.
 * A camera "0".."9" is /dev/videoN through v4l2 (Linux).
 * Every failure is one :class:`~retinamask.core.errors.InputError` naming the source.
 """
@@ -54,7 +55,7 @@ __all__ = ["LIVE_SCHEMES", "VideoFrame", "VideoInfo", "VideoReader", "is_video_f
 LIVE_TIME_BASE = Fraction(1, 1000)
 BACKOFF_FIRST_S = 0.5
 BACKOFF_MAX_S = 8.0
-LIVE_ANALYZE_US = 500_000  # probing of a live stream other than RTSP and HTTP: 0.5 s, not FFmpeg's 5 s
+LIVE_ANALYZE_US = 500_000  # probing of a stream URL other than RTSP: 0.5 s, not FFmpeg's 5 s
 LIVE_BAD_PACKETS = 100  # undecodable packets in a row that make a live source a drop
 
 _LOG = logging.getLogger(__name__)
@@ -127,7 +128,7 @@ class VideoReader:
             # the SDP describes the streams: no probing of the media (FFmpeg's default 5 s of it would
             # come out as seconds of stale frames in one burst)
             self._open_args = {"options": {"rtsp_transport": "tcp", "analyzeduration": "0", "probesize": "32"}}
-        elif scheme in LIVE_SCHEMES and scheme not in ("http", "https"):
+        elif scheme in LIVE_SCHEMES:  # http(s) too: a live MPEG-TS over HTTP would hold 5 s of frames
             self._open_args = {"options": {"analyzeduration": str(LIVE_ANALYZE_US)}}
         elif scheme is None:
             check_file(source)
