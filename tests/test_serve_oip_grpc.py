@@ -212,12 +212,14 @@ def test_grpc_port_without_the_extra_is_one_line(monkeypatch, capsys):
     assert "not offered with --ray" in capsys.readouterr().err
 
 
-def test_serve_grpc_port_as_a_user_starts_it_and_sigterm_answers_what_is_in_flight(tmp_path, images):
-    """``retinamask serve --grpc-port P`` (a process): gRPC on loopback beside HTTP; SIGTERM with gRPC
-    requests in flight answers them all, then exits 0."""
+def test_serve_grpc_port_as_a_user_starts_it_and_sigterm_answers_what_is_in_flight(tmp_path, images, capsys):
+    """``retinamask serve --grpc-port P`` (a process): gRPC on loopback beside HTTP; ``bench --url`` drives
+    the three protocols; SIGTERM with gRPC requests in flight answers them all, then exits 0."""
+    import re
     import signal
     import time
 
+    from retinamask.cli import main
     from test_serve_process import ServeProcess, _free_port
 
     port = _free_port()
@@ -226,6 +228,11 @@ def test_serve_grpc_port_as_a_user_starts_it_and_sigterm_answers_what_is_in_flig
         assert f"gRPC (Open Inference Protocol, inference.GRPCInferenceService) on 127.0.0.1:{port}" in (
             served.log.read_text()
         )
+        bench = ["bench", "--url", served.base, "--protocol", "v1,v2,grpc", "--grpc-port", str(port)]
+        assert main([*bench, "--concurrency", "2", "--requests", "4", "--input", str(images["png"])]) == 0
+        out = capsys.readouterr().out
+        assert "POST /v1/predict" in out and "over HTTP: POST /v2/models/MODEL/infer" in out and "over gRPC" in out
+        assert len(re.findall(r"^\| 2 \| 4 \| 4 \| none \| [\d.]+ \|", out, re.M)) == 3, out
         client = grpcclient.InferenceServerClient(f"127.0.0.1:{port}")
         done, results = threading.Semaphore(0), []
 
