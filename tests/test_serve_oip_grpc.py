@@ -252,3 +252,48 @@ def test_serve_grpc_port_as_a_user_starts_it_and_sigterm_answers_what_is_in_flig
     finally:
         served.stop()
     assert "Traceback" not in served.log.read_text()
+
+
+def test_not_ready_and_the_api_key_over_both_protocols(images):
+    """Before the warm-up: ready is false and infer is 503 / UNAVAILABLE; with --api-key, metadata and infer
+    need the key (REST header, gRPC metadata), the health probes do not."""
+    import httpx
+
+    from retinamask.serve.app import create_app
+    from retinamask.serve.model import ServedModel
+    from retinamask.serve.settings import ServeSettings
+    from serve_support import SlowModel
+
+    settings = ServeSettings(backend="onnxruntime", sessions=1, grpc_port=0, api_key="s3cret")
+    gate, model = threading.Event(), SlowModel(ServedModel(settings))
+    model.warm_up = lambda: (gate.wait(60), model._model.warm_up())[1]
+    app = create_app(settings, model=model)
+    key = {"authorization": "Bearer s3cret"}
+    with running(app, wait_ready=False) as base:
+        client = grpcclient.InferenceServerClient(f"127.0.0.1:{app.state.server.grpc_port}")
+        assert client.is_server_live() and not client.is_server_ready() and not client.is_model_ready(MODEL)
+        with pytest.raises(InferenceServerException, match="not ready") as e:
+            client.infer(MODEL, [_image_input(images["png"])], headers=key)
+        assert _code(e) == "UNAVAILABLE"
+        answer = httpx.post(f"{base}/v2/models/{MODEL}/infer", content=b"{}", headers=key)
+        assert answer.status_code == 503 and answer.headers["retry-after"] == "1"
+        assert "not ready" in answer.json()["error"]
+        assert httpx.get(f"{base}/v2/health/ready").status_code == 503
+        gate.set()
+        while not client.is_server_ready():
+            threading.Event().wait(0.05)
+        for call_it in (
+            lambda: client.infer(MODEL, [_image_input(images["png"])]),
+            lambda: client.get_model_metadata(MODEL),
+            lambda: client.infer(MODEL, [_image_input(images["png"])], headers={"authorization": "Bearer wrong"}),
+        ):
+            with pytest.raises(InferenceServerException, match="API key") as e:
+                call_it()
+            assert _code(e) == "UNAUTHENTICATED"
+        assert len(client.infer(MODEL, [_image_input(images["png"])], headers=key).as_numpy("scores")) > 0
+        assert client.get_model_metadata(MODEL, headers={"x-api-key": "s3cret"}).name == MODEL
+        answer = httpx.get(f"{base}/v2/models/{MODEL}")
+        assert answer.status_code == 401 and "API key" in answer.json()["error"]
+        assert httpx.get(f"{base}/v2/models/{MODEL}", headers=key).status_code == 200
+        assert httpx.get(f"{base}/v2/models/{MODEL}/ready").status_code == 200  # probes need no key
+        client.close()
