@@ -212,6 +212,18 @@ def test_grpc_port_without_the_extra_is_one_line(monkeypatch, capsys):
     assert "not offered with --ray" in capsys.readouterr().err
 
 
+def test_a_taken_grpc_port_is_one_line(capsys):
+    from retinamask.cli import main
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["serve", "--backend", "onnxruntime", "--port", "0", "--grpc-port", str(port)]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot listen for gRPC on 127.0.0.1:{port} (in use?)" in err and "Traceback" not in err
+
+
 def test_serve_grpc_port_as_a_user_starts_it_and_sigterm_answers_what_is_in_flight(tmp_path, images, capsys):
     """``retinamask serve --grpc-port P`` (a process): gRPC on loopback beside HTTP; ``bench --url`` drives
     the three protocols; SIGTERM with gRPC requests in flight answers them all, then exits 0."""
