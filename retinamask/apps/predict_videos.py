@@ -145,7 +145,13 @@ class _VideoOutputs:
         self._jsonl = JsonlWriter(output_dir / f"{stem}.jsonl")
         rate = info.frame_rate / options.frames.vid_stride if info.frame_rate else None
         self._video = VideoWriter(
-            output_dir / f"{stem}.mp4", info.width, info.height, info.time_base, rate, audio_from=audio_from
+            output_dir / f"{stem}.mp4",
+            info.width,
+            info.height,
+            info.time_base,
+            rate,
+            audio_from=audio_from,
+            display_matrix=info.display_matrix,  # a phone's rotation: players turn the annotated video as the source
         )
         self._options = options
         self._queue = queue.Queue(maxsize=4)
