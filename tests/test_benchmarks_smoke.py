@@ -31,6 +31,7 @@ from tiny_model import TINY_OPTS, tiny_model_with_detections  # noqa: E402
 REPO = Path(__file__).resolve().parent.parent
 SCRIPTS = (
     "suite",
+    "video",
     "resize_policies",
     "accuracy",
     "conventions",

@@ -173,6 +173,7 @@ class MjpegServer:
         self.garbage = set(garbage)
         self.port = port
         self.sent = 0
+        self.sent_at = {}  # frame number -> time.monotonic() when it was sent (latency measurements)
         self._server = None
         self._thread = None
         self._connections = set()
@@ -225,6 +226,7 @@ class MjpegServer:
             with self._lock:
                 number = self.sent
                 self.sent += 1
+                self.sent_at[number] = time.monotonic()
             data = jpeg_bytes(level_frame((8 * number) % 256, width, height))
             if number in self.garbage:  # a damaged part: JPEG markers around bytes no decoder takes
                 data = b"\xff\xd8" + bytes(range(256)) * 3 + b"\xff\xd9"

@@ -151,7 +151,7 @@ class _VideoOutputs:
             info.time_base,
             rate,
             audio_from=audio_from,
-            display_matrix=info.display_matrix,  # a phone's rotation: the MP4 turns as its source
+            display_matrix=info.display_matrix,  # a phone's rotation: players turn the annotated video as the source
         )
         self._options = options
         self._queue = queue.Queue(maxsize=4)
