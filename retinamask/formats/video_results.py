@@ -8,8 +8,11 @@ seconds, "detections": [{"label", "class_name", "score", "box_xyxy", "mask_rle":
 Decisions:
 
 * JSONL: each record is one ``os.write`` of one complete line to a file opened without buffering, so a
-  killed process leaves only complete lines; a write that fails part-way (disk full) is cut back to the
-  last complete line and raises OutputError. The file is a log, written in place (not atomic).
+  run stopped by Ctrl-C, SIGTERM or an exception leaves only complete lines (a regular file's write is
+  not interrupted by a signal that Python handles); a write that fails part-way (disk full) is cut back
+  to the last complete line and raises OutputError. Only SIGKILL or a power cut can stop the kernel
+  inside a write (between pages: a line over 4 KiB can be cut); :func:`read_jsonl` leaves such an
+  unfinished last line out. The file is a log, written in place (not atomic).
 * A detection's category: its ``"category_id"`` when it has one, else ``category_ids[label - 1]`` when
   ``category_ids`` is given (as ``ops.coco_results`` maps labels), else its label.
 * YouTube-VIS: one result per track id (ascending); its category is the score-weighted vote of its
@@ -51,7 +54,7 @@ def _json_default(value):
 
 
 class JsonlWriter:
-    """One JSON object per line at ``path`` (truncated when it exists), each line complete on disk when
+    """One JSON object per line at ``path`` (truncated when it exists), each line in the file when
     :meth:`write` returns (written by the kernel; ``close()`` also fsyncs). A context manager."""
 
     def __init__(self, path):
