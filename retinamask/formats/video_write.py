@@ -24,6 +24,8 @@ Decisions:
   early gets the audio of what it wrote). The video is encoded into a temporary video-only MP4 first;
   ``close()`` remuxes its packets with the audio into the final temporary file. An audio codec the
   MP4 muxer refuses is left out (``audio_copied`` False, ``audio_note`` says why): the video matters more.
+* ``lossless``: FFV1 (``bgr0``: the RGB pixels exactly) in Matroska instead, for clips whose pixels must
+  decode exactly (generated test data); ``threads`` 1 makes the encoder's bytes depend on the frames only.
 * Atomic: written under a temporary name in the target's folder (core.fileio's naming, so that
   ``remove_stale_temp_files`` cleans up after a killed process) and renamed onto ``path`` by close().
   Leaving the ``with`` block on an exception still closes (the frames written so far make a valid,
@@ -67,6 +69,8 @@ class VideoWriter:
         crf=20,
         preset=PRESET,
         display_matrix=None,
+        lossless=False,
+        threads=None,
     ):
         self.path = Path(path)
         self.width, self.height = int(width), int(height)
@@ -78,12 +82,17 @@ class VideoWriter:
         self.crf = int(crf)
         self.preset = str(preset)
         self.display_matrix = None if display_matrix is None else [int(v) for v in display_matrix]
+        self.lossless = bool(lossless)
+        if self.lossless and self.audio_from is not None:
+            raise ValueError("a lossless (FFV1, Matroska) clip takes no audio copy")
+        self.threads = threads
         self.frames = 0
         self.audio_copied = False
         self.audio_note = None
         self._last_pts = None
-        self._encoded_w = self.width + self.width % 2
-        self._encoded_h = self.height + self.height % 2
+        even = 0 if self.lossless else 1  # FFV1 takes any size; yuv420p needs even sides
+        self._encoded_w = self.width + even * (self.width % 2)
+        self._encoded_h = self.height + even * (self.height % 2)
         self._video_tmp = temp_path_beside(self.path)
         self._muxed_tmp = None  # the video and the audio, made by close()
         self._container = None
@@ -97,20 +106,26 @@ class VideoWriter:
             raise
 
     def _open(self):
-        codec = h264_encoder()
+        codec = "ffv1" if self.lossless else h264_encoder()
         if codec is None:
             raise OutputError("this FFmpeg build has no H.264 encoder (libx264 or libopenh264)", self.path)
         try:
-            self._container = av.open(str(self._video_tmp), "w", format="mp4", options={"movflags": "+faststart"})
+            if self.lossless:
+                self._container = av.open(str(self._video_tmp), "w", format="matroska")
+            else:
+                self._container = av.open(str(self._video_tmp), "w", format="mp4", options={"movflags": "+faststart"})
             stream = self._container.add_stream(codec, rate=self.frame_rate)
             stream.width, stream.height = self._encoded_w, self._encoded_h
-            stream.pix_fmt = "yuv420p"
+            stream.pix_fmt = "bgr0" if self.lossless else "yuv420p"
             if self.display_matrix is not None:
                 stream.set_display_matrix(self.display_matrix)
             stream.time_base = self.time_base
             stream.codec_context.time_base = self.time_base
-            if codec == "libx264":
-                stream.options = {"crf": str(self.crf), "preset": self.preset, "bf": "0"}
+            threads = {} if self.threads is None else {"threads": str(int(self.threads))}
+            if codec == "ffv1":
+                stream.options = threads
+            elif codec == "libx264":
+                stream.options = {"crf": str(self.crf), "preset": self.preset, "bf": "0", **threads}
             else:
                 rate = float(self.frame_rate or 30)
                 stream.bit_rate = int(self._encoded_w * self._encoded_h * rate * _OPENH264_BITS_PER_PIXEL)
