@@ -131,6 +131,9 @@ def test_a_folder_of_images_videos_and_bad_files_runs_what_it_can_and_resumes(tm
     assert (out / "a.jsonl").stat().st_mtime_ns == first
     state = json.loads((out / "videos.json").read_text())
     assert state["a"]["complete"] and state["a"]["frames"] == 5
+    # other options make other outputs: the rerun redoes the videos
+    assert predict_cli("--input", folder / "a.mov", "--output", out, "--vid-stride", "2") == 0
+    assert len(read_jsonl(out / "a.jsonl")) == 3
 
 
 def test_a_truncated_video_keeps_the_frames_before_the_damage(tmp_path, capsys):
