@@ -55,10 +55,12 @@ def video_rate(model, clip, out, backend):
     from retinamask.apps.onnx_predictor import OnnxPredictor
     from retinamask.apps.predict_sources import Source
     from retinamask.apps.predict_videos import predict_videos
+    from retinamask.runtime.auto_backend import dataset_sessions
 
-    predictor = OnnxPredictor(model, backend=backend)
+    count, threads, _ = dataset_sessions()  # predict's default for video files, as infer's for datasets
+    predictors = OnnxPredictor.sessions(model, count, threads, backend=backend)
     started = time.perf_counter()
-    summary = predict_videos(predictor, [Source("video", str(clip), clip.stem)], out, progress=False)
+    summary = predict_videos(predictors, [Source("video", str(clip), clip.stem)], out, progress=False)
     return summary["frames"] / (time.perf_counter() - started)
 
 

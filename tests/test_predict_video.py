@@ -56,7 +56,8 @@ def test_a_lossless_clip_gives_the_image_path_answers_and_a_browser_playable_mp4
         Image.fromarray(rgb).save(images / f"frame{i}.png")
     clip = make_clip(tmp_path / "clip.mkv", frames, rate=Fraction(25, 2), codec="ffv1")
 
-    assert predict_cli("--input", images, clip, "--output", tmp_path / "out") == 0
+    # the clip runs on 2 sessions at once (a frame each), the images one by one on one session
+    assert predict_cli("--input", images, clip, "--output", tmp_path / "out", "--sessions", "2") == 0
 
     records = read_jsonl(tmp_path / "out" / "clip.jsonl")
     assert [r["frame"] for r in records] == list(range(6))

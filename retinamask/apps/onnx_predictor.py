@@ -63,6 +63,16 @@ class OnnxPredictor:
         self.mask_paste = mask_paste
         self.mask_threshold = mask_threshold
 
+    @classmethod
+    def sessions(cls, model_path, count, threads=None, backend="auto", device="cpu", precision="fp32", **kwargs):
+        """``count`` predictors of one model that run at once (``runtime.backends.create_sessions``: OpenVINO
+        one compile with a stream each), ``threads`` intra-op threads each; ``kwargs`` as the constructor's."""
+        from retinamask.runtime.backends import create_sessions
+
+        info = read_model_info(model_path, resize=kwargs.get("resize"))
+        made = create_sessions(model_path, count, backend, device, precision, threads=threads, model_info=info)
+        return [cls(model_path, session=session, **kwargs) for session in made]
+
     @property
     def class_names(self):
         return self.info.class_names

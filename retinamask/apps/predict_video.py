@@ -80,19 +80,22 @@ def predict_video(predict, source, *, track=False, tracked_only=False, tracker=N
 
 
 def frames_of(predict, reader, *, track=False, tracked_only=False, tracker=None, options=None):
-    """:func:`predict_video` on a reader already open (its ``info`` read first, e.g. to open a writer)."""
+    """:func:`predict_video` on a reader already open (its ``info`` read first, e.g. to open a writer).
+
+    ``predict`` may also be a list of predictors (sessions of one model, e.g. ``create_sessions``): a file's
+    frames then run on them at once, one frame each, and come out in order (tracking stays sequential). A
+    live source uses the first alone: in parallel, each frame would take longer to answer."""
     options = options or FrameOptions()
+    predictors = list(predict) if isinstance(predict, (list, tuple)) else [predict]
     if track and tracker is None:
         tracker = ByteTracker()
-    latest_only = reader.info.live and not options.stream_buffer
-    capacity = STREAM_BUFFER if reader.info.live else FILE_QUEUE
-    feed = FrameFeed(reader, options.vid_stride, latest_only, capacity, name=reader.info.source)
-    processed = 0
+    live = reader.info.live
+    latest_only = live and not options.stream_buffer
+    feed = FrameFeed(reader, options.vid_stride, latest_only, STREAM_BUFFER if live else FILE_QUEUE, reader.info.source)
+    frames = _stopped(feed, options.duration)
+    detected = _detected(predictors[:1] if live else predictors, frames)
     try:
-        for frame, dropped in feed:
-            if options.duration is not None and frame.seconds >= options.duration:
-                break
-            detections = predict(as_rgb_array(frame.rgb))
+        for processed, (frame, dropped, detections) in enumerate(detected, start=1):
             track_ids = None
             if track:
                 track_ids = tracker.update(detections.boxes, detections.scores, detections.labels, frame.seconds)
@@ -100,11 +103,45 @@ def frames_of(predict, reader, *, track=False, tracked_only=False, tracker=None,
                     keep = np.flatnonzero(track_ids >= 1)
                     detections, track_ids = detections.take(keep), track_ids[keep]
             yield FrameResult(frame.index, frame.seconds, frame.pts, detections, track_ids, frame.rgb, dropped)
-            processed += 1
             if options.max_frames is not None and processed >= options.max_frames:
                 break
     finally:
+        detected.close()
         feed.close()
+
+
+def _stopped(feed, duration):
+    """The feed's ``(frame, dropped)`` up to ``duration`` seconds of the source's time."""
+    for frame, dropped in feed:
+        if duration is not None and frame.seconds >= duration:
+            return
+        yield frame, dropped
+
+
+def _detected(predictors, frames):
+    """``(frame, dropped, detections)`` in frame order: one predictor runs each frame in turn here; several
+    run a frame each at once in threads (the runtimes release the GIL), at most one frame each in flight."""
+    if len(predictors) == 1:
+        for frame, dropped in frames:
+            yield frame, dropped, predictors[0](as_rgb_array(frame.rgb))
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    pending = collections.deque()
+    with ThreadPoolExecutor(len(predictors), thread_name_prefix="predict") as pool:
+        try:
+            for i, (frame, dropped) in enumerate(frames):
+                model = predictors[i % len(predictors)]
+                pending.append((frame, dropped, pool.submit(model, as_rgb_array(frame.rgb))))
+                if len(pending) == len(predictors):
+                    frame, dropped, future = pending.popleft()
+                    yield frame, dropped, future.result()
+            while pending:
+                frame, dropped, future = pending.popleft()
+                yield frame, dropped, future.result()
+        finally:
+            for _, _, future in pending:
+                future.cancel()
 
 
 class FrameFeed:

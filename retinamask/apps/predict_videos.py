@@ -52,7 +52,8 @@ class VideoJobOptions:
 
 
 def predict_videos(predict, sources, output_dir, options=None, progress=None):
-    """Run ``predict`` over ``sources`` (:class:`~retinamask.apps.predict_sources.Source` of kind video or
+    """Run ``predict`` (a predictor, or a list of sessions of one model: :func:`~.predict_video.frames_of`) over
+    ``sources`` (:class:`~retinamask.apps.predict_sources.Source` of kind video or
     live) into ``output_dir``. Returns a summary dict: ``written``, ``skipped``, ``failed`` (``{"file",
     "cause"}``), ``frames``, ``dropped``, ``exit_code``. KeyboardInterrupt (Ctrl-C, SIGTERM) closes the
     current video's files first, then propagates."""

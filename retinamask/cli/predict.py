@@ -54,6 +54,13 @@ def add_arguments(parser):
         help="for --model; auto (default): the fastest installed runtime for this CPU",
     )
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda", "tensorrt"], help="for --model")
+    parser.add_argument(
+        "--sessions",
+        type=int,
+        default=None,
+        help="for --model on video files: model sessions run at once, a frame each, the cores divided (default: "
+        "as infer, 2 on a CPU with 2 cores or more); live sources run one (the latest frame, answered soonest)",
+    )
     parser.add_argument("--score-threshold", type=float, default=0.3, help="drawn in overlays (JSON keeps all)")
     parser.add_argument(
         "--mask-paste",
@@ -110,8 +117,9 @@ def run(args):
         from retinamask.apps.predict_videos import predict_videos
 
         video_options = replace(video_options, category_ids=_category_ids(predict))
+        predictors = _file_predictors(args, predict, sources.videos)
         with terminate_as_interrupt():
-            summary = predict_videos(predict, sources.videos, args.output, video_options)
+            summary = predict_videos(predictors, sources.videos, args.output, video_options)
         skipped = f", {len(summary['skipped'])} complete from an earlier run kept" if summary["skipped"] else ""
         print(
             f"wrote {len(summary['written'])} annotated videos + JSONL ({summary['frames']} frames) "
@@ -151,6 +159,30 @@ def _video_options(args):
         score_threshold=args.score_threshold,
         save_ytvis=args.save_ytvis,
         save_mot=args.save_mot,
+    )
+
+
+def _file_predictors(args, predict, videos):
+    """The exported model's sessions for video files: as many as ``infer`` runs (the dataset default: 2 on a CPU
+    with 2 cores or more, the cores divided; ``--sessions``), frames running on them at once; else ``predict``."""
+    from retinamask.apps.onnx_predictor import OnnxPredictor
+    from retinamask.runtime.auto_backend import dataset_sessions
+
+    if not isinstance(predict, OnnxPredictor) or all(video.kind == "live" for video in videos):
+        return predict
+    count, threads, note = dataset_sessions(args.device, args.sessions)
+    if count == 1:
+        return predict
+    if note:
+        log.info("video files: %s", note)
+    return OnnxPredictor.sessions(
+        args.model,
+        count,
+        threads,
+        backend=predict.session.backend,
+        device=args.device,
+        resize=args.resize,
+        mask_paste=args.mask_paste,
     )
 
 
