@@ -1,0 +1,460 @@
+"""Uploaded clips as jobs: each job is ``predict``'s video job (:func:`~retinamask.apps.predict_videos.predict_videos`)
+over one uploaded file, into the job's own folder under ``--jobs-dir``, with a ``predict`` that goes
+through the server's batcher and sessions (the same queue as ``/v1/predict``).
+
+Decisions:
+
+* Layout: ``{jobs_dir}/{id}/job.json`` (the job's record, written atomically at each change of state),
+  ``upload{.ext}`` (the clip as sent; removed when the job ends), and predict's outputs ``video.mp4``,
+  ``video.jsonl``, ``results_ytvis.json`` (with tracking) and ``videos.json``.
+* States: queued -> running -> done | failed | cancelled. ``--max-jobs`` jobs run at once (one thread
+  each); at most ``--max-queued-jobs`` wait (503 beyond). A job has at most one frame in the batcher's
+  queue at a time, so a ``/v1/predict`` request waits behind at most ``--max-jobs`` frames: jobs share
+  the sessions with images, they never take them over.
+* A restart keeps finished jobs; a job found running was interrupted (the server stopped or died): it
+  is reported failed (its files hold the frames done, valid); a job found queued is queued again.
+* SIGTERM: running jobs stop after their current frame, their MP4 closed (playable) and their JSONL
+  complete lines, then they are marked failed ("interrupted").
+* Expiry: a job that ended more than ``--jobs-ttl`` seconds ago is removed (checked at start and then
+  every ``min(ttl / 4, 60)`` s).
+* Cancel: ``DELETE`` on a queued or running job stops it (state cancelled, the frames done kept);
+  ``DELETE`` on an ended job removes it.
+"""
+
+import logging
+import queue
+import shutil
+import tempfile
+import threading
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from retinamask.apps.predict_sources import Source
+from retinamask.apps.predict_video import FrameOptions
+from retinamask.apps.predict_videos import YTVIS_FILE, VideoJobOptions, predict_videos
+from retinamask.core.errors import InputError
+from retinamask.core.fileio import atomic_write_json
+from retinamask.formats.video_read import open_video
+from retinamask.serve.batcher import Draining, QueueFull
+from retinamask.serve.errors import ServeError
+
+log = logging.getLogger(__name__)
+
+JOB_FILE = "job.json"
+STEM = "video"  # the outputs: video.mp4, video.jsonl
+STATES = ("queued", "running", "done", "failed", "cancelled")
+ENDED = ("done", "failed", "cancelled")
+INTERRUPTED = "interrupted: the server stopped while the job ran (the frames done are kept)"
+
+
+class JobStopped(Exception):
+    """Raised inside a job's ``predict`` to stop it (cancelled, or the server stopping)."""
+
+
+@dataclass(frozen=True)
+class JobOptions:
+    """A job's query options, as ``predict`` has them: tracking (on by default for jobs: the page shows
+    track ids and results_ytvis.json needs tracks), the overlay's score threshold, one frame in vid_stride."""
+
+    track: bool = True
+    score_threshold: float = 0.3
+    vid_stride: int = 1
+
+
+@dataclass(frozen=True)
+class SourceInfo:
+    """What the upload holds (probed before the job is accepted)."""
+
+    name: str
+    width: int
+    height: int
+    frames: int | None
+    duration: float | None
+    frame_rate: float | None
+    codec: str
+    has_audio: bool
+
+
+def probe_upload(path, name, max_seconds, max_pixels):
+    """The upload's :class:`SourceInfo`; ServeError 415 (not a video), 422 (too long, frames too large)."""
+    try:
+        with open_video(path, timeout=10.0, reconnect=0) as reader:
+            info = reader.info
+    except InputError as e:
+        raise ServeError(415, "not_a_video", f"not a video FFmpeg can read: {e.cause}") from None
+    rate = float(info.frame_rate) if info.frame_rate else None
+    duration = info.duration
+    if duration is None and info.frames and rate:
+        duration = info.frames / rate
+    if info.width * info.height > max_pixels:
+        raise ServeError(
+            422,
+            "bad_video",
+            f"frames of {info.width}x{info.height} pixels exceed --max-pixels {max_pixels}",
+        )
+    if duration is not None and duration > max_seconds:
+        raise ServeError(
+            422, "video_too_long", f"the video lasts {duration:.1f} s, more than --max-video-seconds {max_seconds:g}"
+        )
+    return SourceInfo(name, info.width, info.height, info.frames, duration, rate, info.codec, bool(info.has_audio))
+
+
+class Job:
+    """One job: its folder, its record (``job.json``) and, while it runs, its progress."""
+
+    def __init__(self, folder, record):
+        self.folder = Path(folder)
+        self.record = record
+        self.stop = threading.Event()
+        self.stop_reason = None
+        self.frames_done = int(record.get("frames_done", 0))
+        self.ended = threading.Event()
+        if record["state"] in ENDED:
+            self.ended.set()
+
+    @property
+    def id(self):
+        return self.record["id"]
+
+    @property
+    def state(self):
+        return self.record["state"]
+
+    @property
+    def upload(self):
+        return self.folder / self.record["upload"]
+
+    def path(self, name):
+        return self.folder / name
+
+    def save(self):
+        self.record["frames_done"] = self.frames_done
+        atomic_write_json(self.folder / JOB_FILE, self.record)
+
+    def status(self, now=None):
+        """The ``GET /v1/videos/{id}`` answer (without its URLs)."""
+        now = time.time() if now is None else now
+        record = self.record
+        total = record.get("frames_total")
+        started, finished = record.get("started"), record.get("finished")
+        seconds = ((finished or now) - started) if started else None
+        fps = self.frames_done / seconds if seconds and self.frames_done else None
+        eta = None
+        if record["state"] == "running" and fps and total is not None:
+            eta = round(max(total - self.frames_done, 0) / fps, 1)
+        elif record["state"] == "done":
+            eta = 0.0
+        return {
+            "id": record["id"],
+            "state": record["state"],
+            "frames_done": self.frames_done,
+            "frames_total": total,
+            "fps": round(fps, 2) if fps else None,
+            "eta_s": eta,
+            "error": record.get("error"),
+            "created": record["created"],
+            "started": started,
+            "finished": finished,
+            "options": record["options"],
+            "source": record["source"],
+        }
+
+
+class VideoJobs:
+    """The jobs of one server: created by the routes, run by ``max_jobs`` threads through ``batcher``."""
+
+    def __init__(self, settings, model, metrics=None, log_line=log.info):
+        self.settings = settings
+        self.model = model
+        self.metrics = metrics
+        self._log = log_line
+        self._temporary = None
+        if settings.jobs_dir is None:
+            self._temporary = tempfile.TemporaryDirectory(prefix="retinamask-jobs-")
+            self.root = Path(self._temporary.name)
+        else:
+            self.root = Path(settings.jobs_dir)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._jobs = {}
+        self._lock = threading.Lock()
+        self._queue = queue.Queue()
+        self._threads = []
+        self._stopping = threading.Event()
+        self.batcher = None
+
+    # ---- lifecycle
+
+    def start(self, batcher):
+        """Read the jobs on disk (recover), expire the old ones, start the job threads and the sweeper."""
+        self.batcher = batcher
+        self._recover()
+        self.sweep()
+        for i in range(self.settings.max_jobs):
+            thread = threading.Thread(target=self._work, name=f"retinamask-video-job-{i}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        sweeper = threading.Thread(target=self._sweep_loop, name="retinamask-video-expiry", daemon=True)
+        sweeper.start()
+        self._threads.append(sweeper)
+        where = "a temporary folder (jobs end with the server; --jobs-dir keeps them)" if self._temporary else self.root
+        self._log(f"video jobs in {where}: {self.settings.max_jobs} at once, kept {self.settings.jobs_ttl:g} s")
+
+    def stop(self, timeout=None):
+        """Stop the running jobs after their current frame (their files closed, valid), mark them failed
+        (interrupted); queued jobs stay queued on disk for the next start."""
+        self._stopping.set()
+        with self._lock:
+            running = [job for job in self._jobs.values() if job.state == "running"]
+        for job in running:
+            job.stop_reason = "interrupted"
+            job.stop.set()
+        for _ in self._threads:
+            self._queue.put(None)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(None if deadline is None else max(deadline - time.monotonic(), 0.1))
+        if self._temporary is not None:
+            self._temporary.cleanup()
+
+    def _recover(self):
+        for folder in sorted(self.root.iterdir()):
+            record = _read_record(folder / JOB_FILE)
+            if record is None:
+                continue
+            job = Job(folder, record)
+            if record["state"] == "running":
+                record.update(state="failed", error=INTERRUPTED, finished=record.get("finished") or time.time())
+                job.ended.set()
+                job.save()
+                _remove_upload(job)
+            self._jobs[job.id] = job
+            if record["state"] == "queued":
+                self._queue.put(job.id)
+        self._count()
+
+    # ---- the routes' side
+
+    def check_room(self):
+        """503 when ``--max-queued-jobs`` jobs wait already."""
+        with self._lock:
+            waiting = sum(job.state == "queued" for job in self._jobs.values())
+        if waiting >= self.settings.max_queued_jobs:
+            raise ServeError(
+                503,
+                "jobs_full",
+                f"{waiting} video jobs are waiting already (--max-queued-jobs {self.settings.max_queued_jobs}); "
+                "retry later",
+                {"Retry-After": "5"},
+            )
+
+    def new_folder(self):
+        """A new job's id and its (empty) folder, for the upload to be written into."""
+        job_id = uuid.uuid4().hex
+        folder = self.root / job_id
+        folder.mkdir()
+        return job_id, folder
+
+    def create(self, job_id, folder, upload_name, source, options):
+        """Queue the job whose upload is in ``folder``; returns the Job."""
+        total = None
+        if source.frames:
+            total = -(-source.frames // options.vid_stride)
+        record = {
+            "id": job_id,
+            "state": "queued",
+            "created": time.time(),
+            "upload": upload_name,
+            "options": asdict(options),
+            "source": asdict(source),
+            "frames_total": total,
+            "frames_done": 0,
+        }
+        job = Job(folder, record)
+        job.save()
+        with self._lock:
+            self._jobs[job_id] = job
+        self._count()
+        self._queue.put(job_id)
+        return job
+
+    def get(self, job_id):
+        with self._lock:
+            job = self._jobs.get(job_id)
+        if job is None:
+            raise ServeError(404, "no_such_job", f"no video job {job_id!r} (never made, removed or expired)")
+        return job
+
+    def delete(self, job_id, wait=30.0):
+        """Cancel a queued or running job (returns it, cancelled); remove an ended one (returns None)."""
+        job = self.get(job_id)
+        with self._lock:
+            if job.state == "queued":
+                job.record.update(state="cancelled", finished=time.time(), error="cancelled before it started")
+                job.stop_reason = "cancelled"
+                job.stop.set()
+                job.ended.set()
+                job.save()
+                _remove_upload(job)
+                self._count_locked()
+                return job
+            if job.state == "running":
+                job.stop_reason = "cancelled"
+                job.stop.set()
+        if not job.ended.is_set():
+            job.ended.wait(wait)
+            return job
+        self._remove(job)
+        return None
+
+    def _remove(self, job):
+        with self._lock:
+            self._jobs.pop(job.id, None)
+            self._count_locked()
+        shutil.rmtree(job.folder, ignore_errors=True)
+
+    def sweep(self, now=None):
+        """Remove the jobs that ended more than ``jobs_ttl`` seconds ago; returns their ids."""
+        now = time.time() if now is None else now
+        with self._lock:
+            old = [
+                job
+                for job in self._jobs.values()
+                if job.state in ENDED and now - (job.record.get("finished") or now) > self.settings.jobs_ttl
+            ]
+        for job in old:
+            self._remove(job)
+        return [job.id for job in old]
+
+    def _sweep_loop(self):
+        period = min(self.settings.jobs_ttl / 4, 60.0)
+        while not self._stopping.wait(period):
+            try:
+                self.sweep()
+            except Exception:
+                log.exception("removing expired video jobs failed")
+
+    # ---- the job threads
+
+    def _work(self):
+        while True:
+            job_id = self._queue.get()
+            if job_id is None or self._stopping.is_set():
+                return
+            with self._lock:
+                job = self._jobs.get(job_id)
+                if job is None or job.state != "queued":
+                    continue
+                job.record.update(state="running", started=time.time())
+                self._count_locked()
+            job.save()
+            try:
+                self._run(job)
+            except Exception:
+                log.exception("video job %s failed unexpectedly", job.id)
+                job.record.update(state="failed", error="internal error (the server log has details)")
+            job.record["finished"] = time.time()
+            job.save()
+            _remove_upload(job)
+            job.ended.set()
+            self._count()
+            self._log(f"video job {job.id}: {job.state}, {job.frames_done} frames")
+
+    def _run(self, job):
+        opts = job.record["options"]
+        frames = FrameOptions(vid_stride=int(opts["vid_stride"]), duration=self.settings.max_video_seconds)
+        options = VideoJobOptions(
+            frames=frames,
+            track=bool(opts["track"]),
+            score_threshold=float(opts["score_threshold"]),
+            save_ytvis=bool(opts["track"]),
+            category_ids=tuple(self.model.category_ids),
+        )
+        source = Source("video", str(job.upload), STEM)
+        try:
+            summary = predict_videos(self._predict_for(job), [source], job.folder, options, progress=False)
+        except JobStopped:
+            if job.stop_reason == "cancelled":
+                job.record.update(state="cancelled", error="cancelled (the frames done are kept)")
+            else:
+                job.record.update(state="failed", error=INTERRUPTED)
+            return
+        if summary["failed"]:
+            job.record.update(state="failed", error=summary["failed"][0]["cause"])
+        else:
+            job.record["state"] = "done"
+            job.record["frames_total"] = job.frames_done
+
+    def _predict_for(self, job):
+        """``rgb -> Detections`` through the server's queue and sessions (the predictor's own code:
+        ``prepare``, a session's ``run``, ``finish`` with pasted masks, as ``predict`` runs it)."""
+        model, metrics = self.model, self.metrics
+
+        def predict(rgb):
+            if job.stop.is_set():
+                raise JobStopped(job.stop_reason)
+            prepared = model.prepare(rgb)
+            item = self._submit(job, prepared)
+            while True:
+                try:
+                    outputs = item.future.result(timeout=0.5)
+                    break
+                except TimeoutError:
+                    continue
+            detections = model.finish(outputs, prepared, True)
+            job.frames_done += 1
+            if metrics is not None:
+                metrics.frames.labels("job").inc()
+            return detections
+
+        return predict
+
+    def _submit(self, job, prepared):
+        while True:
+            if job.stop.is_set():
+                raise JobStopped(job.stop_reason)
+            try:
+                return self.batcher.submit(prepared, prepared.canvas_hw)
+            except QueueFull:  # images fill the queue: they go first, the job waits its turn
+                time.sleep(0.02)
+            except Draining:
+                job.stop_reason = job.stop_reason or "interrupted"
+                raise JobStopped(job.stop_reason) from None
+
+    # ---- metrics
+
+    def _count(self):
+        with self._lock:
+            self._count_locked()
+
+    def _count_locked(self):
+        if self.metrics is None:
+            return
+        counts = dict.fromkeys(STATES, 0)
+        for job in self._jobs.values():
+            counts[job.state] += 1
+        for state, count in counts.items():
+            self.metrics.jobs.labels(state).set(count)
+
+    def ytvis_path(self, job):
+        return job.path(YTVIS_FILE)
+
+
+def _read_record(path):
+    import json
+
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict) or record.get("state") not in STATES or "id" not in record:
+        return None
+    return record
+
+
+def _remove_upload(job):
+    try:
+        job.upload.unlink(missing_ok=True)
+    except OSError:
+        log.warning("%s: cannot remove the upload", job.upload)
