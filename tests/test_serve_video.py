@@ -349,3 +349,30 @@ def test_stream_close_codes_name_the_problem(server, frames):
     assert code == 4415 and reason.startswith("frame 0:")
     assert closed_with("?api_key=s3cret&score_threshold=2", jpeg_bytes(frames[0]))[0] == 4422
     assert closed_with("?api_key=s3cret", b"\0" * (16 * 1024 * 1024 + 1))[0] == 1009
+
+
+def test_a_job_thread_runs_at_a_lower_cpu_priority_and_its_threads_inherit_it():
+    import os
+
+    from retinamask.serve.video_jobs import lower_priority
+
+    seen = {}
+
+    def job_thread():
+        before = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+        seen["lowered"] = lower_priority(10)
+        seen["own"] = os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) - before
+        child = threading.Thread(target=lambda: seen.update(child=os.getpriority(os.PRIO_PROCESS, 0)))
+        child.start()
+        child.join()
+        seen["child_vs_own"] = seen["child"] - os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    main = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    thread = threading.Thread(target=job_thread)
+    thread.start()
+    thread.join()
+    if not seen["lowered"]:
+        pytest.skip("no per-thread priorities here")
+    assert seen["own"] == min(10, 19 - os.getpriority(os.PRIO_PROCESS, 0))
+    assert seen["child_vs_own"] == 0  # a decoding or writing thread the job starts is as nice as the job
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == main  # other threads untouched

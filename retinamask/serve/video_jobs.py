@@ -10,7 +10,9 @@ Decisions:
 * States: queued -> running -> done | failed | cancelled. ``--max-jobs`` jobs run at once (one thread
   each); at most ``--max-queued-jobs`` wait (503 beyond). A job has at most one frame in the batcher's
   queue at a time, so a ``/v1/predict`` request waits behind at most ``--max-jobs`` frames: jobs share
-  the sessions with images, they never take them over.
+  the sessions with images, they never take them over. A job's own threads (decoding, mask pasting,
+  drawing, encoding the MP4) run at a lower CPU priority (nice +10, Linux; threads inherit it), so that
+  on a few cores an image's decode, pre- and post-processing go first.
 * A restart keeps finished jobs; a job found running was interrupted (the server stopped or died): it
   is reported failed (its files hold the frames done, valid); a job found queued is queued again.
 * SIGTERM: running jobs stop after their current frame, their MP4 closed (playable) and their JSONL
@@ -338,6 +340,7 @@ class VideoJobs:
     # ---- the job threads
 
     def _work(self):
+        lower_priority()
         while True:
             job_id = self._queue.get()
             if job_id is None or self._stopping.is_set():
@@ -439,6 +442,22 @@ class VideoJobs:
 
     def ytvis_path(self, job):
         return job.path(YTVIS_FILE)
+
+
+JOB_NICE = 10
+
+
+def lower_priority(nice=JOB_NICE):
+    """Lower the calling thread's CPU priority by ``nice`` (Linux: per thread, inherited by the threads it
+    starts); elsewhere nothing. Returns True when done."""
+    import os
+
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, min(os.getpriority(os.PRIO_PROCESS, tid) + nice, 19))
+    except (AttributeError, OSError):
+        return False
+    return True
 
 
 def _read_record(path):
