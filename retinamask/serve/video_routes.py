@@ -24,7 +24,7 @@ from starlette.concurrency import run_in_threadpool
 
 from retinamask.serve.errors import ServeError
 from retinamask.serve.pipeline import check_key, require_ready
-from retinamask.serve.video_jobs import STEM, JobOptions, probe_upload
+from retinamask.serve.video_job import STEM, JobOptions, probe_upload
 
 VIDEOS = "/v1/videos"
 STREAM = "/v1/stream"
