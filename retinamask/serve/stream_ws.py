@@ -76,6 +76,7 @@ class Stream:
         self.first_arrival = None
         self.closing = None  # the StreamClosed that ends the connection
         self.tracker = None
+        self.ended = False  # the receiver has stopped (the client left, or a bad message)
 
     async def run(self):
         metrics = self.state.video_metrics
@@ -160,7 +161,6 @@ class Stream:
             self.arrived.set()
 
     async def _process(self):
-        self.ended = False
         while True:
             await self.arrived.wait()
             self.arrived.clear()
@@ -174,7 +174,10 @@ class Stream:
             self.waiting = None
             dropped, self.dropped = self.dropped, 0
             answer = await self._answer(index, data, arrival, dropped)
-            await self.ws.send_text(encode.json_bytes(answer).decode())
+            try:
+                await self.ws.send_text(encode.json_bytes(answer).decode())
+            except Exception:  # the client left while its frame was processed
+                return
             self.answered += 1
             self.state.video_metrics.frames.labels("stream").inc()
             if self.waiting is not None:
