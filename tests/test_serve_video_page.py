@@ -121,9 +121,23 @@ def test_an_uploaded_video_shows_progress_then_plays_annotated(server, frames, t
                 " done(c.toDataURL('image/png')); }); v.currentTime = 0.01; })"
             )
             box = page.locator("#job-video").bounding_box()
+            # a video dropped on the image drop becomes a job too (not a /v1/predict request)
+            posted = []
+            page.on("request", lambda r: posted.append((r.method, r.url.split("?")[0].rsplit("/", 2)[-2:])))
+            clip_b64 = base64.b64encode(clip.read_bytes()).decode()
+            page.evaluate(
+                "b64 => { const bytes = Uint8Array.from(atob(b64), c => c.charCodeAt(0));"
+                " const data = new DataTransfer();"
+                " data.items.add(new File([bytes], 'dropped.mp4', {type: 'video/mp4'}));"
+                " document.getElementById('drop').dispatchEvent("
+                " new DragEvent('drop', {dataTransfer: data, bubbles: true, cancelable: true})); }",
+                clip_b64,
+            )
+            page.wait_for_function("document.body.dataset.videoState === 'done'", timeout=120_000)
         finally:
             browser.close()
     assert progress == 1 and text.startswith("done: 8/8 frames")
+    assert ("POST", ["v1", "videos"]) in posted and not any(url[-1] == "predict" for _, url in posted)
     assert played == pytest.approx(0.8, abs=0.11)  # 8 frames at 10 fps played to the end
     assert src.endswith("/video") and links == ["the annotated MP4", "results.jsonl", "results_ytvis.json"]
     (tmp_path / "job.mp4").write_bytes(call(src)[2])

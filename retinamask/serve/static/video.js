@@ -234,6 +234,15 @@ async function show(body) {
 }
 
 $("camera").addEventListener("click", () => { startCamera(); });
+// a video dropped on the image drop goes to the jobs (capture: before app.js sends it to v1/predict)
+$("drop").addEventListener("drop", (e) => {
+  const file = e.dataTransfer && e.dataTransfer.files[0];
+  if (!file || !file.type.startsWith("video/")) return;
+  e.preventDefault();
+  e.stopImmediatePropagation();
+  $("drop").classList.remove("over");
+  uploadVideo(file);
+}, true);
 $("video-file").addEventListener("change", (e) => { if (e.target.files[0]) uploadVideo(e.target.files[0]); });
 $("score").addEventListener("input", () => {  // the slider filters the last answer again, no new frame
   if (live.lastCanvas && live.last) drawFrame($("live-overlay"), live.lastCanvas, live.last.detections);
