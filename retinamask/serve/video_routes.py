@@ -22,7 +22,7 @@ from fastapi import Query, Request
 from fastapi.responses import FileResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from retinamask.serve.errors import ServeError
+from retinamask.serve.errors import OrjsonResponse, ServeError
 from retinamask.serve.pipeline import check_key, require_ready
 from retinamask.serve.video_job import STEM, JobOptions, probe_upload
 
@@ -59,8 +59,6 @@ def add_routes(app, state):
         body = job.status() | {"urls": urls(request, job.id)}
         if not job.record["options"]["track"]:
             body["urls"].pop("results_ytvis")
-        from retinamask.serve.errors import OrjsonResponse
-
         headers = {"Location": body["urls"]["status"]} if status == 202 else None
         return OrjsonResponse(body, status_code=status, headers=headers)
 
@@ -208,7 +206,7 @@ def _copy(source, path):
 
 
 async def _stream_to(chunks, path, limit, limit_mb):
-    size = 0
+    size = pending = 0
     buffered = []
     with open(path, "wb") as out:
         async for chunk in chunks:
@@ -216,9 +214,10 @@ async def _stream_to(chunks, path, limit, limit_mb):
             if size > limit:
                 raise _too_large(size, limit_mb, at_least=True)
             buffered.append(chunk)
-            if sum(map(len, buffered)) >= _CHUNK_FLUSH:
+            pending += len(chunk)
+            if pending >= _CHUNK_FLUSH:  # written in 1 MB pieces, off the event loop
                 await run_in_threadpool(out.write, b"".join(buffered))
-                buffered = []
+                buffered, pending = [], 0
         if buffered:
             await run_in_threadpool(out.write, b"".join(buffered))
     if size == 0:
