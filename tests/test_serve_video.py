@@ -200,6 +200,17 @@ def test_every_limit_and_error_is_one_json_line_before_the_work_starts(server, f
     ]  # no folder left behind by a refused upload
 
 
+def test_frames_over_max_pixels_are_refused_when_probed(frames, tmp_path):
+    from retinamask.serve.errors import ServeError
+    from retinamask.serve.video_job import probe_upload
+
+    clip = make_clip(tmp_path / "big.mp4", frames[:2], rate=10)
+    assert probe_upload(clip, "big.mp4", 5, 224 * 192).width == 224
+    with pytest.raises(ServeError) as e:
+        probe_upload(clip, "big.mp4", 5, 224 * 192 - 1)
+    assert (e.value.status, e.value.code) == (422, "bad_video") and "--max-pixels" in e.value.message
+
+
 def test_cancel_keeps_a_valid_video_then_delete_removes_and_old_jobs_expire(server, model, frames, tmp_path):
     base, state = server
     clip = make_clip(tmp_path / "d.mp4", frames * 4, rate=10).read_bytes()  # 40 frames: 4 s
@@ -215,6 +226,7 @@ def test_cancel_keeps_a_valid_video_then_delete_removes_and_old_jobs_expire(serv
         running_now = wait_for(base, job["id"], ("running",), until=lambda s: s["frames_done"] >= 3)
         assert running_now["eta_s"] > 0
         error_of(call(job["urls"]["video"], headers=KEY), 409, "job_not_ended")
+        error_of(call(job["urls"]["results_ytvis"], headers=KEY), 409, "job_not_done")
         assert json_of(call(second["urls"]["status"], headers=KEY)[2])["state"] == "queued"
         assert json_of(call(second["urls"]["status"], data=None, headers=KEY, method="DELETE")[2])["state"] == (
             "cancelled"
@@ -227,6 +239,7 @@ def test_cancel_keeps_a_valid_video_then_delete_removes_and_old_jobs_expire(serv
     lines = call(job["urls"]["results_jsonl"], headers=KEY)[2].splitlines()
     (tmp_path / "cancelled.mp4").write_bytes(call(job["urls"]["video"], headers=KEY)[2])
     assert probe(tmp_path / "cancelled.mp4")["frames"] == len(lines) == cancelled["frames_done"]
+    error_of(call(second["urls"]["video"], headers=KEY), 404, "no_video")  # cancelled before a frame
     assert call(job["urls"]["status"], headers=KEY, method="DELETE")[0] == 204  # ended: removed
     error_of(call(job["urls"]["status"], headers=KEY), 404, "no_such_job")
     assert not (Path(state.videos.root) / job["id"]).exists()
