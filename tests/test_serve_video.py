@@ -178,6 +178,12 @@ def test_every_limit_and_error_is_one_json_line_before_the_work_starts(server, f
     body = (b"%x\r\n" % len(chunk) + chunk + b"\r\n" for _ in range(128))
     reply, sent = raw_post(base, b"Content-Type: video/mp4\r\nTransfer-Encoding: chunked\r\n", body)
     assert reply.startswith(b"HTTP/1.1 413") and b"payload_too_large" in reply and sent < 4 * 1024 * 1024
+    # the same in a multipart body: counted while the parser reads it
+    part = b'--b\r\nContent-Disposition: form-data; name="video"; filename="a.mp4"\r\n\r\n'
+    body = (b"%x\r\n" % len(c) + c + b"\r\n" for c in [part] + [chunk] * 128)
+    head = b"Content-Type: multipart/form-data; boundary=b\r\nTransfer-Encoding: chunked\r\n"
+    reply, sent = raw_post(base, head, body)
+    assert reply.startswith(b"HTTP/1.1 413") and b"payload_too_large" in reply and sent < 4 * 1024 * 1024
     assert "not a video" in error_of(upload(base, b"this is text, not a video\n"), 415, "not_a_video")
     error_of(upload(base, clip, content_type="image/png"), 415, "unsupported_media_type")
     long_clip = make_clip(tmp_path / "long.mp4", gradient_frames(60, 64, 48), rate=10).read_bytes()
