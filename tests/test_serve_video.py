@@ -206,6 +206,20 @@ def test_every_limit_and_error_is_one_json_line_before_the_work_starts(server, f
     ]  # no folder left behind by a refused upload
 
 
+def test_a_runtime_failure_fails_the_job_in_one_line_and_the_server_goes_on(server, model, frames, tmp_path):
+    base, _ = server
+    clip = make_clip(tmp_path / "e.mp4", frames[:3], rate=10).read_bytes()
+    model.fail = True
+    try:
+        job = json_of(upload(base, clip)[2])
+        failed = wait_for(base, job["id"])
+    finally:
+        model.fail = False
+    assert failed["state"] == "failed" and failed["error"].startswith("inference failed (RuntimeError)")
+    assert "\n" not in failed["error"]
+    assert wait_for(base, json_of(upload(base, clip)[2])["id"])["state"] == "done"
+
+
 def test_frames_over_max_pixels_are_refused_when_probed(frames, tmp_path):
     from retinamask.serve.errors import ServeError
     from retinamask.serve.video_job import probe_upload

@@ -21,6 +21,10 @@ ENDED = ("done", "failed", "cancelled")
 INTERRUPTED = "interrupted: the server stopped while the job ran (the frames done are kept)"
 
 
+class JobFailed(Exception):
+    """Raised inside a job's ``predict`` when the runtime fails on its frame: the job ends failed."""
+
+
 class JobStopped(Exception):
     """Raised inside a job's ``predict`` to stop it (cancelled, or the server stopping)."""
 

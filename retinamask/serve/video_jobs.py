@@ -45,6 +45,7 @@ from retinamask.serve.video_job import (
     STATES,
     STEM,
     Job,
+    JobFailed,
     JobStopped,
     read_record,
     remove_upload,
@@ -266,6 +267,9 @@ class VideoJobs:
         source = Source("video", str(job.upload), STEM)
         try:
             summary = predict_videos(self._predict_for(job), [source], job.folder, options, progress=False)
+        except JobFailed as e:
+            job.record.update(state="failed", error=str(e))
+            return
         except JobStopped:
             if job.stop_reason == "cancelled":
                 job.record.update(state="cancelled", error="cancelled (the frames done are kept)")
@@ -294,6 +298,8 @@ class VideoJobs:
                     break
                 except TimeoutError:
                     continue
+                except Exception as e:  # its traceback is in the log (batcher)
+                    raise JobFailed(f"inference failed ({type(e).__name__}): {e}") from None
             detections = model.finish(outputs, prepared, True)
             job.frames_done += 1
             if metrics is not None:
