@@ -147,3 +147,44 @@ def test_an_uploaded_video_shows_progress_then_plays_annotated(server, frames, t
     assert box["width"] > 200
     assert np.abs(shown - annotated).mean() < 8  # the page shows the annotated frame ...
     assert np.abs(shown - frames[0]).mean() > 2 * np.abs(shown - annotated).mean()  # ... not the source's
+
+
+def test_with_an_api_key_the_page_sends_it_on_the_stream_and_the_jobs(frames, tmp_path):
+    playwright = pytest.importorskip("playwright.sync_api", reason="playwright (the test extra) is not installed")
+    from retinamask.serve.app import create_app
+    from retinamask.serve.settings import ServeSettings
+
+    camera = make_clip(
+        tmp_path / "camera.y4m", [rgb for rgb in frames[:2] for _ in range(5)], rate=10, codec="rawvideo"
+    )
+    fake_camera = (
+        "--use-fake-ui-for-media-stream",
+        "--use-fake-device-for-media-stream",
+        f"--use-file-for-fake-video-capture={camera}",
+    )
+    clip = make_clip(tmp_path / "keyed.mp4", frames[:3], rate=10)
+    settings = ServeSettings(backend="onnxruntime", sessions=1, api_key="s3cret")
+    with running(create_app(settings)) as base, playwright.sync_playwright() as p:
+        browser = _browser(p, fake_camera)
+        try:
+            page = browser.new_page()
+            page.goto(base + "/")
+            page.fill("#key", "wrong")
+            page.click("#camera")
+            page.wait_for_function("(document.body.dataset.camera || '').startsWith('closed')", timeout=60_000)
+            refused = (page.evaluate("document.body.dataset.camera"), page.inner_text("#status"))
+            page.fill("#key", "s3cret")
+            page.click("#camera")
+            page.wait_for_function("Number(document.body.dataset.liveAnswers || 0) >= 2", timeout=60_000)
+            page.click("#camera")
+            page.set_input_files("#video-file", str(clip))
+            page.wait_for_function("document.body.dataset.videoState === 'done'", timeout=120_000)
+            src = page.evaluate("document.getElementById('job-video').currentSrc")
+            duration = page.evaluate(
+                "() => new Promise(done => { const v = document.getElementById('job-video');"
+                " if (v.readyState >= 1) done(v.duration); else v.onloadedmetadata = () => done(v.duration); })"
+            )
+        finally:
+            browser.close()
+    assert refused[0] == "closed 4401" and "missing or wrong API key" in refused[1]
+    assert src.startswith("blob:") and duration == pytest.approx(0.3, abs=0.11)  # fetched with the key

@@ -200,9 +200,9 @@ async function follow(job) {
     const eta = body.eta_s !== null && body.eta_s !== undefined ? `, ETA ${body.eta_s.toFixed(0)} s` : "";
     const fps = body.fps ? `, ${body.fps.toFixed(1)} frames/s` : "";
     $("job-status").textContent = `${body.state}: ${body.frames_done}/${total ?? "?"} frames${fps}${eta}`;
-    document.body.dataset.videoState = body.state;
     document.body.dataset.videoProgress = String(body.frames_done);
-    if (["done", "failed", "cancelled"].includes(body.state)) break;
+    if (["done", "failed", "cancelled"].includes(body.state)) break;  // its state is shown with its video
+    document.body.dataset.videoState = body.state;
     await new Promise((done) => setTimeout(done, 300));
     const response = await fetch(job.urls.status, { headers: keyHeader({}) });
     body = await response.json();
@@ -210,7 +210,7 @@ async function follow(job) {
   }
   if (body.error) $("job-status").textContent += ` (${body.error})`;
   if (body.state === "done" || body.frames_done > 0) await show(body);
-  document.body.dataset.videoState = body.state === "done" ? "done" : body.state;
+  document.body.dataset.videoState = body.state;
 }
 
 async function show(body) {
