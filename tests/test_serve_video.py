@@ -447,3 +447,10 @@ def test_a_job_thread_runs_at_a_lower_cpu_priority_and_its_threads_inherit_it():
     assert seen["own"] == min(10, 19 - os.getpriority(os.PRIO_PROCESS, 0))
     assert seen["child_vs_own"] == 0  # a decoding or writing thread the job starts is as nice as the job
     assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == main  # other threads untouched
+
+
+def test_one_jobs_dir_is_refused_for_several_ray_replicas(tmp_path, capsys):
+    from retinamask.cli import main
+
+    assert main(["serve", "--ray", "--replicas", "2", "--jobs-dir", str(tmp_path)]) == 2
+    assert "--jobs-dir with several Ray replicas" in capsys.readouterr().err

@@ -123,6 +123,13 @@ def run(args):
         if args.ray_config is not None or args.ray is not None:
             raise ConfigError("--grpc-port is not offered with --ray: Ray's proxy serves HTTP (the /v2 REST routes)")
         require_grpc()
+    on_ray = args.ray_config is not None or args.ray is not None
+    if on_ray and settings.jobs_dir is not None and (args.replicas > 1 or args.autoscale):
+        raise ConfigError(
+            "--jobs-dir with several Ray replicas: each replica would take the others' running jobs for "
+            "interrupted ones; run video jobs on one replica (or plain serve)",
+            path="command line",
+        )
     if args.ray_config is not None or args.ray is not None:
         from retinamask.serve.ray_serve import run_on_ray, write_serve_config
 
