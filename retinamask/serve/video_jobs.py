@@ -36,6 +36,7 @@ from pathlib import Path
 from retinamask.apps.predict_sources import Source
 from retinamask.apps.predict_video import FrameOptions
 from retinamask.apps.predict_videos import YTVIS_FILE, VideoJobOptions, predict_videos
+from retinamask.core.errors import ConfigError
 from retinamask.serve.batcher import Draining, QueueFull
 from retinamask.serve.errors import ServeError
 from retinamask.serve.video_job import (
@@ -69,6 +70,7 @@ class VideoJobs:
         else:
             self.root = Path(settings.jobs_dir)
         self.root.mkdir(parents=True, exist_ok=True)
+        self._folder_lock = _lock_folder(self.root) if self._temporary is None else None
         self._jobs = {}
         self._lock = threading.Lock()
         self._queue = queue.Queue()
@@ -109,6 +111,9 @@ class VideoJobs:
             thread.join(None if deadline is None else max(deadline - time.monotonic(), 0.1))
         if self._temporary is not None:
             self._temporary.cleanup()
+        if self._folder_lock is not None:
+            self._folder_lock.close()  # the lock goes with it
+            self._folder_lock = None
 
     def _recover(self):
         for folder in sorted(self.root.iterdir()):
@@ -353,3 +358,21 @@ def lower_priority(nice=JOB_NICE):
     except (AttributeError, OSError):
         return False
     return True
+
+
+def _lock_folder(root):
+    """An exclusive lock on ``root/.lock`` while this server runs (POSIX ``flock``; elsewhere none): a second
+    server on the same folder would take the first one's running jobs for interrupted ones."""
+    try:
+        import fcntl
+    except ImportError:
+        return None
+    handle = open(root / ".lock", "w")  # noqa: SIM115 (held open: the lock lives as long as the file)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        raise ConfigError(
+            "another server uses this --jobs-dir (it holds .lock): give each server its own", root
+        ) from None
+    return handle
