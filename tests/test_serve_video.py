@@ -349,6 +349,10 @@ def test_a_stream_answers_as_predict_does_with_track_ids(server, frames):
         assert answer["image"] == {"height": 192, "width": 224} and answer["timings_ms"]["infer"] > 0
     assert all(isinstance(d["track_id"], int) for d in answers[0]["detections"])
     assert answers[0]["detections"]
+    with connect(ws_url(base, "?track=1&score_threshold=0.3&api_key=s3cret")) as ws:  # its own tracker
+        ws.send(jpegs[0])
+        again = json.loads(ws.recv(timeout=60))
+    assert again["detections"] == answers[0]["detections"]  # the same ids: they start again per connection
 
 
 def test_a_client_3x_faster_than_the_model_gets_bounded_latency_and_drops_counted(server, model, frames):
