@@ -4,7 +4,8 @@
 
 Clips: ``retinamask data shapes --video`` with split ``heldout`` and seed 2026, which neither the tracker's
 defaults nor the model were tuned on (the tracker was developed on split ``val``, seed 0..4). Each clip is
-decoded with PyAV and every frame goes through the shipped ONNX model (``OnnxPredictor``, one thread);
+read by predict's frame loop (``predict_video``) and every frame goes through the shipped ONNX model
+(``OnnxPredictor``, one thread);
 the detections are cached and tracked three ways, all scored by mask IoU >= 0.5 against the per-frame
 visible masks (:mod:`retinamask.evaluation.tracking`):
 
@@ -26,12 +27,12 @@ import time
 from fractions import Fraction
 from pathlib import Path
 
-import av
 import numpy as np
 
 from benchmarks.cpu_load import LoadMonitor
 from benchmarks.machine import cpu_model, load_average
 from retinamask.apps.onnx_predictor import OnnxPredictor
+from retinamask.apps.predict_video import predict_video
 from retinamask.config.shipped import shipped_onnx_path
 from retinamask.data.shapes_video import generate_shapes_videos, parse_size
 from retinamask.evaluation.tracking import evaluate_tracking, format_tracking_table
@@ -43,17 +44,21 @@ HELDOUT_SEED = 2026
 
 
 def detect_clip(predictor, path, monitor):
-    """Per frame of the clip: (frame index, seconds, boxes, scores, labels, JSON detections)."""
+    """Per frame of the clip: (frame index, seconds, boxes, scores, labels, JSON detections), through the
+    product's frame loop (``predict_video``: the decoding thread, the frames' real timestamps)."""
     frames = []
-    with av.open(str(path)) as container:
-        stream = container.streams.video[0]
-        for index, frame in enumerate(container.decode(stream)):
-            rgb = frame.to_ndarray(format="rgb24")
-            seconds = float(frame.pts * stream.time_base)
-            with monitor.timed("model"):
-                detections = predictor(rgb)
+    with monitor.timed("model"):
+        for result in predict_video(predictor, str(path)):
+            detections = result.detections
             frames.append(
-                (index, seconds, detections.boxes, detections.scores, detections.labels, detections_to_json(detections))
+                (
+                    result.index,
+                    result.seconds,
+                    detections.boxes,
+                    detections.scores,
+                    detections.labels,
+                    detections_to_json(detections),
+                )
             )
     return frames
 

@@ -131,6 +131,9 @@ def test_a_folder_of_images_videos_and_bad_files_runs_what_it_can_and_resumes(tm
     assert (out / "a.jsonl").stat().st_mtime_ns == first
     state = json.loads((out / "videos.json").read_text())
     assert state["a"]["complete"] and state["a"]["frames"] == 5
+    # other options make other outputs: the rerun redoes the videos
+    assert predict_cli("--input", folder / "a.mov", "--output", out, "--vid-stride", "2") == 0
+    assert len(read_jsonl(out / "a.jsonl")) == 3
 
 
 def test_a_truncated_video_keeps_the_frames_before_the_damage(tmp_path, capsys):
@@ -232,3 +235,31 @@ def test_the_python_generator_gives_the_image_path_answers_with_either_predictor
             assert np.array_equal(result.detections.scores, alone.scores)
             assert np.array_equal(result.detections.masks, alone.masks)
             assert result.track_ids.shape == (len(alone),)
+
+
+def test_generated_clips_tracked_from_the_command_line_keep_their_identities(tmp_path):
+    from pycocotools import mask as mask_api
+
+    from retinamask.evaluation.tracking import evaluate_tracking
+    from retinamask.formats.video_results import read_jsonl
+
+    data = tmp_path / "clips"
+    made = ["data", "shapes", "--video", "--out", str(data), "--num-videos", "2", "--frames", "30", "--fps", "12.5"]
+    assert main(made) == 0
+    out = tmp_path / "out"
+    assert predict_cli("--input", data / "val", "--output", out, "--track", "--save-ytvis", "--save-mot") == 0
+
+    truth = json.loads((data / "annotations" / "instances_val.json").read_text())
+    ids = {Path(v["file_name"]).stem: v["id"] for v in truth["videos"]}
+    scores = evaluate_tracking(truth, {ids[s]: read_jsonl(out / f"{s}.jsonl") for s in ids})["overall"]
+    assert scores["switches_per_gt_track"] <= 0.5 and scores["idf1"] >= 0.7  # identities stay with their objects
+
+    tracks = json.loads((out / "results_ytvis.json").read_text())
+    assert {t["video_id"] for t in tracks} == set(ids.values()) and all(len(t["segmentations"]) == 30 for t in tracks)
+    mask = next(s for t in tracks for s in t["segmentations"] if s)
+    assert mask_api.decode({"size": mask["size"], "counts": mask["counts"].encode()}).sum() > 0
+    rows = [line.split(",") for line in (out / "000000.mot.txt").read_text().splitlines()]
+    records = read_jsonl(out / "000000.jsonl")
+    tracked = sum(d["track_id"] is not None for r in records for d in r["detections"])
+    assert len(rows) == tracked and all(1 <= int(r[0]) <= 30 and int(r[1]) >= 1 for r in rows)
+    assert (out / "000000.mots.txt").read_text().strip()

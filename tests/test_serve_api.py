@@ -225,7 +225,7 @@ print(json.dumps({"loaded": loaded, "decode_ms": decode}))
 
 def test_the_warm_up_loads_the_image_decoders_the_first_request_would_pay_for(images):
     """A fresh server process: readiness comes after Pillow's PNG and JPEG plugins are loaded (the first
-    Image.open of a process imports them: a first PNG's decode took 9.5-34 ms, later ones 1-2 ms)."""
+    Image.open of a process imports them: a first PNG's decode took 10-34 ms, later ones 1-2 ms)."""
     import subprocess
     import sys
     from pathlib import Path

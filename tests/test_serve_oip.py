@@ -213,3 +213,11 @@ def test_unknown_v2_routes_are_protocol_errors(server):
     assert status == 404 and isinstance(json_of(body)["error"], str)
     status, _, body = call(f"{server}/v2/models/{MODEL}/infer")  # GET
     assert status == 405 and isinstance(json_of(body)["error"], str)
+
+
+def test_the_openapi_page_documents_the_v2_routes(server):
+    paths = json_of(call(f"{server}/openapi.json")[2])["paths"]
+    infer = paths["/v2/models/{name}/infer"]["post"]
+    assert "/v2/models/{name}/versions/{version}/infer" in paths and "/v2/health/ready" in paths
+    assert "`image`" in infer["description"] and "`masks` BYTES" in infer["description"]
+    assert {"400", "404", "503"} <= set(infer["responses"])

@@ -212,12 +212,26 @@ def test_grpc_port_without_the_extra_is_one_line(monkeypatch, capsys):
     assert "not offered with --ray" in capsys.readouterr().err
 
 
-def test_serve_grpc_port_as_a_user_starts_it_and_sigterm_answers_what_is_in_flight(tmp_path, images):
-    """``retinamask serve --grpc-port P`` (a process): gRPC on loopback beside HTTP; SIGTERM with gRPC
-    requests in flight answers them all, then exits 0."""
+def test_a_taken_grpc_port_is_one_line(capsys):
+    from retinamask.cli import main
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["serve", "--backend", "onnxruntime", "--port", "0", "--grpc-port", str(port)]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot listen for gRPC on 127.0.0.1:{port} (in use?)" in err and "Traceback" not in err
+
+
+def test_serve_grpc_port_as_a_user_starts_it_and_sigterm_answers_what_is_in_flight(tmp_path, images, capsys):
+    """``retinamask serve --grpc-port P`` (a process): gRPC on loopback beside HTTP; ``bench --url`` drives
+    the three protocols; SIGTERM with gRPC requests in flight answers them all, then exits 0."""
+    import re
     import signal
     import time
 
+    from retinamask.cli import main
     from test_serve_process import ServeProcess, _free_port
 
     port = _free_port()
@@ -226,6 +240,11 @@ def test_serve_grpc_port_as_a_user_starts_it_and_sigterm_answers_what_is_in_flig
         assert f"gRPC (Open Inference Protocol, inference.GRPCInferenceService) on 127.0.0.1:{port}" in (
             served.log.read_text()
         )
+        bench = ["bench", "--url", served.base, "--protocol", "v1,v2,grpc", "--grpc-port", str(port)]
+        assert main([*bench, "--concurrency", "2", "--requests", "4", "--input", str(images["png"])]) == 0
+        out = capsys.readouterr().out
+        assert "POST /v1/predict" in out and "over HTTP: POST /v2/models/MODEL/infer" in out and "over gRPC" in out
+        assert len(re.findall(r"^\| 2 \| 4 \| 4 \| none \| [\d.]+ \|", out, re.M)) == 3, out
         client = grpcclient.InferenceServerClient(f"127.0.0.1:{port}")
         done, results = threading.Semaphore(0), []
 
@@ -245,3 +264,48 @@ def test_serve_grpc_port_as_a_user_starts_it_and_sigterm_answers_what_is_in_flig
     finally:
         served.stop()
     assert "Traceback" not in served.log.read_text()
+
+
+def test_not_ready_and_the_api_key_over_both_protocols(images):
+    """Before the warm-up: ready is false and infer is 503 / UNAVAILABLE; with --api-key, metadata and infer
+    need the key (REST header, gRPC metadata), the health probes do not."""
+    import httpx
+
+    from retinamask.serve.app import create_app
+    from retinamask.serve.model import ServedModel
+    from retinamask.serve.settings import ServeSettings
+    from serve_support import SlowModel
+
+    settings = ServeSettings(backend="onnxruntime", sessions=1, grpc_port=0, api_key="s3cret")
+    gate, model = threading.Event(), SlowModel(ServedModel(settings))
+    model.warm_up = lambda: (gate.wait(60), model._model.warm_up())[1]
+    app = create_app(settings, model=model)
+    key = {"authorization": "Bearer s3cret"}
+    with running(app, wait_ready=False) as base:
+        client = grpcclient.InferenceServerClient(f"127.0.0.1:{app.state.server.grpc_port}")
+        assert client.is_server_live() and not client.is_server_ready() and not client.is_model_ready(MODEL)
+        with pytest.raises(InferenceServerException, match="not ready") as e:
+            client.infer(MODEL, [_image_input(images["png"])], headers=key)
+        assert _code(e) == "UNAVAILABLE"
+        answer = httpx.post(f"{base}/v2/models/{MODEL}/infer", content=b"{}", headers=key)
+        assert answer.status_code == 503 and answer.headers["retry-after"] == "1"
+        assert "not ready" in answer.json()["error"]
+        assert httpx.get(f"{base}/v2/health/ready").status_code == 503
+        gate.set()
+        while not client.is_server_ready():
+            threading.Event().wait(0.05)
+        for call_it in (
+            lambda: client.infer(MODEL, [_image_input(images["png"])]),
+            lambda: client.get_model_metadata(MODEL),
+            lambda: client.infer(MODEL, [_image_input(images["png"])], headers={"authorization": "Bearer wrong"}),
+        ):
+            with pytest.raises(InferenceServerException, match="API key") as e:
+                call_it()
+            assert _code(e) == "UNAUTHENTICATED"
+        assert len(client.infer(MODEL, [_image_input(images["png"])], headers=key).as_numpy("scores")) > 0
+        assert client.get_model_metadata(MODEL, headers={"x-api-key": "s3cret"}).name == MODEL
+        answer = httpx.get(f"{base}/v2/models/{MODEL}")
+        assert answer.status_code == 401 and "API key" in answer.json()["error"]
+        assert httpx.get(f"{base}/v2/models/{MODEL}", headers=key).status_code == 200
+        assert httpx.get(f"{base}/v2/models/{MODEL}/ready").status_code == 200  # probes need no key
+        client.close()

@@ -17,7 +17,7 @@ from PIL import Image
 
 from retinamask.core.errors import InputError, OutputError
 from retinamask.formats.video_read import is_video_file, open_video, source_kind
-from retinamask.formats.video_results import JsonlWriter, mot_lines, mots_lines, ytvis_results
+from retinamask.formats.video_results import JsonlWriter, mot_lines, mots_lines, read_jsonl, ytvis_results
 from retinamask.formats.video_write import VideoWriter
 from video_support import (
     MjpegServer,
@@ -77,7 +77,8 @@ def test_variable_frame_rate_kept(tmp_path):
 def test_pts_relative_to_the_first_frame(tmp_path):
     clip = make_clip(tmp_path / "late.mkv", gradient_frames(3), rate=25, codec="ffv1", vfr_pts=[50, 51, 53])
     with open_video(clip) as reader:
-        assert [round(f.seconds, 3) for f in reader] == [0.0, 0.04, 0.12]
+        assert reader.info.duration == pytest.approx(0.16)  # not Matroska's 2.16 s, counted from 0
+        assert [round(f.seconds, 3) for f in reader] == [0.0, 0.04, 0.12]  # and not reported as cut short
 
 
 def test_probing_not_extensions(tmp_path):
@@ -108,21 +109,33 @@ def test_probing_not_extensions(tmp_path):
         assert source_kind(live) == "live", live
 
 
+def _bad_file(folder, kind):
+    if kind == "text named .mp4":
+        (folder / "t.mp4").write_text("hello\n" * 100)
+        return folder / "t.mp4"
+    if kind == "audio only":
+        return make_audio_only(folder / "sound.m4a")
+    if kind == "empty":
+        (folder / "empty.mp4").write_bytes(b"")
+        return folder / "empty.mp4"
+    return {"missing": folder / "missing.mp4", "folder": folder}[kind]
+
+
 @pytest.mark.parametrize(
-    ("make", "cause"),
+    ("kind", "cause"),
     [
-        (lambda d: (d / "t.mp4").write_text("hello\n" * 100) and d / "t.mp4", "not a media file"),
-        (lambda d: make_audio_only(d / "sound.m4a"), "no video stream (streams: audio aac)"),
-        (lambda d: d / "missing.mp4", "file not found"),
-        (lambda d: (d / "empty.mp4").write_bytes(b"") or d / "empty.mp4", "empty file"),
-        (lambda d: d, "is a directory"),
+        ("text named .mp4", "not a media file FFmpeg can read (Invalid data found when processing input)"),
+        ("audio only", "no video stream (streams: audio aac)"),
+        ("missing", "file not found"),
+        ("empty", "empty file (0 bytes)"),
+        ("folder", "is a directory, not a video file"),
     ],
 )
-def test_bad_files_are_one_input_error(tmp_path, make, cause):
-    path = make(tmp_path)
+def test_bad_files_are_one_input_error(tmp_path, kind, cause):
+    path = _bad_file(tmp_path, kind)
     with pytest.raises(InputError) as caught:
         open_video(str(path))
-    assert cause in caught.value.cause
+    assert caught.value.cause == cause
     assert caught.value.path == str(path)
 
 
@@ -227,6 +240,38 @@ def test_http_file_with_a_duration_is_not_live(tmp_path):
         server.server_close()
 
 
+def test_hls_playlist_with_an_end_is_a_file(tmp_path):
+    from functools import partial
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    hls = av.open(str(tmp_path / "index.m3u8"), "w", format="hls", options={"hls_time": "0.4", "hls_list_size": "0"})
+    stream = hls.add_stream("libx264", rate=25)
+    stream.width, stream.height, stream.pix_fmt, stream.options = 64, 48, "yuv420p", {"g": "5"}
+    for i, rgb in enumerate(gradient_frames(25)):
+        frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+        frame.pts, frame.time_base = i, Fraction(1, 25)
+        hls.mux(stream.encode(frame))
+    hls.mux(stream.encode(None))
+    hls.close()
+
+    class Quiet(SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(Quiet, directory=str(tmp_path)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with open_video(f"http://127.0.0.1:{server.server_address[1]}/index.m3u8", timeout=5) as reader:
+            info = reader.info
+            frames = list(reader)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert (info.live, info.frames, info.duration) == (False, 25, pytest.approx(1.0))
+    assert [f.index for f in frames] == list(range(25))
+    assert [f.seconds for f in frames] == pytest.approx([i / 25 for i in range(25)])
+
+
 # -- live: MJPEG over HTTP, drops and reconnects -----------------------------------------------------
 
 
@@ -266,7 +311,8 @@ def test_live_stream_reconnects_at_a_new_size_and_then_gives_up():
     assert f"stream dropped after frame {big - 1} (" in lines[0] and "attempt 1/2 in 0.5 s" in lines[0]
     assert any("reconnected at 32x24 (was 64x48)" in line for line in lines)
     assert f"after frame {len(got) - 1}" in caught.value.cause
-    assert "2 reconnect attempts failed" in caught.value.cause
+    assert caught.value.cause.endswith("2 reconnect attempts failed (the last: connection refused)")
+    assert lines[-1].endswith("attempt 2/2 in 1 s (attempt 1: connection refused)")
 
 
 def test_live_stream_that_hangs_is_reopened_after_the_read_timeout():
@@ -340,13 +386,14 @@ def _copy(source, target, frames=None, **kwargs):
     ("rate", "time_base", "audio"), [(Fraction(25, 2), None, True), (Fraction(30000, 1001), Fraction(1, 30000), False)]
 )
 def test_writer_h264_faststart_rate_and_audio(tmp_path, rate, time_base, audio):
-    source = make_clip(tmp_path / "src.mp4", gradient_frames(10), rate=rate, audio=audio, time_base=time_base)
+    # 60 frames: past x264's lookahead, after which the MP4 muxer has changed the stream's time base
+    source = make_clip(tmp_path / "src.mp4", gradient_frames(60), rate=rate, audio=audio, time_base=time_base)
     out = tmp_path / "out.mp4"
     writer = _copy(source, out, audio_from=source)
     assert writer.audio_copied is audio
     seen, original = probe(out), probe(source)
     assert (seen["video"], seen["pix_fmt"], seen["width"], seen["height"]) == ("h264", "yuv420p", 64, 48)
-    assert seen["frames"] == 10
+    assert seen["frames"] == 60
     assert seen["rate"] == rate
     assert seen["pts"] == pytest.approx(original["pts"], abs=1e-6)
     assert seen["audio"] == ("aac" if audio else None)
@@ -373,6 +420,35 @@ def test_writer_cuts_the_audio_at_the_end_of_a_stopped_run(tmp_path):
         stream = container.streams.audio[0]
         ends = [float((p.pts + p.duration) * p.time_base) for p in container.demux(stream) if p.pts is not None]
     assert 0.15 < max(ends) <= 0.2 + 1024 / 16000  # the video's 5 frames: 0.2 s, within one audio packet
+
+
+def test_writer_aligns_the_audio_with_the_first_video_frame(tmp_path):
+    # the video starts 1 s into the file, the audio at 0: the output's audio starts with the first frame
+    source = make_clip(tmp_path / "src.mp4", gradient_frames(10), rate=25, audio=True, vfr_pts=range(25, 35))
+    _copy(source, tmp_path / "out.mp4", audio_from=source)
+    with av.open(str(tmp_path / "out.mp4")) as container:
+        stream = container.streams.audio[0]
+        spans = [
+            (p.pts * p.time_base, (p.pts + p.duration) * p.time_base)
+            for p in container.demux(stream)
+            if p.pts is not None
+        ]
+    assert min(start for start, _ in spans) > -Fraction(1024, 16000)  # nothing from the second before
+    assert max(end for _, end in spans) == pytest.approx(0.4, abs=1024 / 16000)
+
+
+def test_rotation_is_kept_as_a_display_matrix(tmp_path):
+    images = gradient_frames(3)
+    source = make_clip(tmp_path / "phone.mp4", images, rate=25, rotation=90, audio=True)
+    with open_video(source) as reader:
+        matrix = reader.info.display_matrix
+        assert [f.rgb.shape for f in reader] == [(48, 64, 3)] * 3  # stored orientation, as images
+    assert matrix == (0, -65536, 0, 65536, 0, 0, 0, 0, 1 << 30)
+    _copy(source, tmp_path / "out.mp4", audio_from=source, display_matrix=matrix)
+    with av.open(str(tmp_path / "out.mp4")) as container:
+        assert next(container.decode(video=0)).rotation == 90
+    with open_video(make_clip(tmp_path / "plain.mp4", images, rate=25)) as reader:
+        assert reader.info.display_matrix is None
 
 
 def test_writer_odd_size_is_padded_with_edge_pixels(tmp_path):
@@ -428,6 +504,18 @@ def test_writer_without_audio_in_the_source(tmp_path):
     writer = _copy(silent, tmp_path / "out2.mp4", audio_from=tmp_path / "gone.mp4")
     assert writer.audio_copied is False and "gone.mp4" in writer.audio_note
     assert probe(tmp_path / "out2.mp4")["frames"] == 3 and probe(tmp_path / "out2.mp4")["audio"] is None
+
+
+def test_writer_h264_encoder_choice(tmp_path, monkeypatch):
+    from retinamask.formats import video_write
+
+    monkeypatch.setattr(av, "codecs_available", {"libopenh264", "aac"})
+    assert video_write.h264_encoder() == "libopenh264"
+    monkeypatch.setattr(av, "codecs_available", {"mpeg4"})
+    with pytest.raises(OutputError) as caught:
+        VideoWriter(tmp_path / "v.mp4", 64, 48, Fraction(1, 25))
+    assert "no H.264 encoder" in caught.value.cause
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_writer_unwritable_folder_is_an_output_error(tmp_path):
@@ -521,10 +609,21 @@ def test_jsonl_killed_writer_leaves_complete_lines(tmp_path):
     finally:
         process.send_signal(signal.SIGKILL)
         process.wait()
-    text = path.read_text()
-    assert text.endswith("\n")
-    frames = [json.loads(line)["frame"] for line in text.splitlines()]
+    # SIGKILL can stop the kernel inside the last write (between pages, these lines are 5 KiB): every line
+    # before it is complete, and read_jsonl leaves the unfinished one out
+    complete = path.read_text().split("\n")[:-1]  # [-1]: "" or the unfinished line
+    frames = [json.loads(line)["frame"] for line in complete]
     assert frames == list(range(len(frames))) and len(frames) >= 40
+    assert [record["frame"] for record in read_jsonl(path)] == frames
+
+
+def test_read_jsonl(tmp_path):
+    path = tmp_path / "v.jsonl"
+    path.write_text('{"frame": 0}\n\n{"frame": 1}\n{"frame": 2, "detec')  # a last line cut mid-way
+    assert read_jsonl(path) == [{"frame": 0}, {"frame": 1}]
+    path.write_text('{"frame": 0}\nnot json\n')
+    with pytest.raises(InputError, match="line 2 is not JSON"):
+        read_jsonl(path)
 
 
 def test_jsonl_bad_record_leaves_only_complete_lines(tmp_path):
@@ -553,13 +652,32 @@ def test_ytvis_results_hand_computed():
     assert [r["category_id"] for r in ytvis_results(records, 1)] == [1, 99]
 
 
+def test_ytvis_results_placed_by_source_frame():
+    one, two = ytvis_results(_records(), video_id=3, frame_count=6)  # records of frames 0, 2, 4 (stride 2)
+    assert [s is not None for s in one["segmentations"]] == [True, False, True, False, False, False]
+    assert [s is not None for s in two["segmentations"]] == [False, False, True, False, True, False]
+    with pytest.raises(ValueError, match="outside"):
+        ytvis_results(_records(), video_id=3, frame_count=4)
+
+
 def test_mot_lines_hand_computed():
-    assert mot_lines(_records()) == [
-        "1,1,0,0,2,2,0.9,-1,-1,-1",
-        "3,1,0.5,1,1.75,2,0.5,-1,-1,-1",
-        "3,2,4,3,4,2,0.6,-1,-1,-1",
-        "5,2,1,1,2,3,0.4,-1,-1,-1",
+    assert mot_lines(_records()) == [  # MOTChallenge's boxes are 1-based: x1 + 1, y1 + 1
+        "1,1,1,1,2,2,0.9,-1,-1,-1",
+        "3,1,1.5,2,1.75,2,0.5,-1,-1,-1",
+        "3,2,5,4,4,2,0.6,-1,-1,-1",
+        "5,2,2,2,2,3,0.4,-1,-1,-1",
     ]
+
+
+@pytest.mark.filterwarnings("ignore:Operation with tuple is deprecated")  # py-motmetrics 1.4 with pandas 3
+def test_mot_lines_load_in_py_motmetrics(tmp_path):
+    mm = pytest.importorskip("motmetrics", reason="the track-eval extra is not installed")
+    path = tmp_path / "v.mot.txt"
+    path.write_text("\n".join(mot_lines(_records())) + "\n")
+    table = mm.io.loadtxt(str(path), fmt="mot15-2D")
+    assert list(table.index) == [(1, 1), (3, 1), (3, 2), (5, 2)]
+    # py-motmetrics makes them 0-based again: our box_xyxy [0.5, 1, 2.25, 3] back
+    assert table.loc[(3, 1)][["X", "Y", "Width", "Height", "Confidence"]].tolist() == [0.5, 1, 1.75, 2, 0.5]
 
 
 def test_mots_lines_are_decodable_rle_without_overlaps():
@@ -585,3 +703,68 @@ def test_mots_lines_are_decodable_rle_without_overlaps():
     assert first.split(" ")[1] == "2" and second.split(" ")[1] == "1"
     kept = mask_util.decode({"size": [6, 8], "counts": second.split(" ")[5].encode()})
     np.testing.assert_array_equal(kept, big & (1 - small))
+
+
+# -- live: RTSP (GStreamer's server, where Debian's packages are installed) ----------------------------
+
+
+@pytest.fixture(scope="module")
+def rtsp_available():
+    from video_support import rtsp_server_available
+
+    if not rtsp_server_available():
+        pytest.skip("no GStreamer RTSP server (apt-get install python3-gi gir1.2-gst-rtsp-server-1.0 ...)")
+
+
+def test_rtsp_opens_without_stale_frames_and_reconnects(rtsp_available):
+    from video_support import RtspServer
+
+    lines = []
+    with RtspServer(size=(160, 120), fps=10) as server:
+        started = time.monotonic()
+        reader = open_video(server.url, timeout=3, reconnect=3, log=lines.append)
+        opened = time.monotonic() - started
+        got = []
+        with reader:
+            for frame in reader:
+                got.append((frame, time.monotonic()))
+                if frame.index == 4:
+                    server.stop()
+                    server.start(size=(96, 64))
+                if frame.rgb.shape == (64, 96, 3) and len(got) >= 10:
+                    break
+    assert reader.info.live and reader.info.codec == "h264" and (reader.info.width, reader.info.height) == (160, 120)
+    assert opened < 2  # FFmpeg's default probing would hold ~3 s of frames here, then release them in a burst
+    arrivals = [t for _, t in got[:5]]
+    assert arrivals[-1] - arrivals[0] > 0.25  # 10 fps: frames come as they are made, not in a burst
+    assert [f.index for f, _ in got] == list(range(len(got)))
+    assert reader.reconnects >= 1 and any("reconnected at 96x64 (was 160x120)" in line for line in lines)
+
+
+def test_tcp_mpegts_stream_is_live_and_ends_as_a_drop():
+    from video_support import tcp_stream_process
+
+    port = free_port()
+    server = tcp_stream_process(port, container="mpegts", frames=20, fps=25)
+    try:
+        deadline = time.monotonic() + 10
+        while True:  # until the child listens
+            try:
+                reader = open_video(f"tcp://127.0.0.1:{port}", timeout=3, reconnect=1, log=lambda line: None)
+                break
+            except InputError as error:
+                if "refused" not in error.cause or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        got = []
+        with reader, pytest.raises(InputError) as caught:
+            for frame in reader:
+                got.append(frame)
+    finally:
+        server.kill()
+        server.wait()
+    assert reader.info.live and reader.info.codec == "h264" and reader.info.time_base == Fraction(1, 1000)
+    assert len(got) == 20 and [f.index for f in got] == list(range(20))
+    assert (
+        "after frame 19 (end of stream)" in caught.value.cause and "1 reconnect attempts failed" in caught.value.cause
+    )

@@ -43,6 +43,7 @@ def make_clip(
     vfr_pts=None,
     time_base=None,
     faststart=False,
+    rotation=None,
 ):
     """Write ``frames_rgb`` (uint8 [H, W, 3] arrays) as a clip with PyAV; returns ``path``.
 
@@ -52,7 +53,8 @@ def make_clip(
     "mkv", "mov", "y4m" (default: from the suffix). ``audio``: add an AAC track (a 440 Hz tone) as long as the video.
     ``vfr_pts``: the frames' pts in ``time_base`` ticks (default 1/rate) for variable rates; default:
     frame i at i / rate.
-    ``faststart``: MP4/MOV with the moov box first (else last, as cameras write it).
+    ``faststart``: MP4/MOV with the moov box first (else last, as cameras write it). ``rotation``: a
+    display rotation in degrees counter-clockwise (a phone held upright), as a display matrix.
     """
     path = Path(path)
     rate = Fraction(rate)
@@ -70,6 +72,8 @@ def make_clip(
         video = out.add_stream(codec, rate=rate)
         video.width, video.height = width, height
         video.pix_fmt = _PIX_FMT[codec]
+        if rotation is not None:
+            video.set_display_rotation(rotation)
         video.time_base = time_base
         video.codec_context.time_base = time_base
         if codec == "libx264":
@@ -290,3 +294,88 @@ def make_audio_only(path, seconds=0.5):
     finally:
         out.close()
     return path
+
+
+SYSTEM_PYTHON = "/usr/bin/python3"
+
+
+def rtsp_server_available():
+    """Whether Debian's GStreamer RTSP server (python3-gi, gir1.2-gst-rtsp-server-1.0, x264enc) is here."""
+    import subprocess
+
+    check = 'import gi; gi.require_version("GstRtspServer", "1.0"); from gi.repository import Gst, GstRtspServer; '
+    check += 'Gst.init(None); assert Gst.ElementFactory.find("x264enc")'
+    try:
+        return subprocess.run([SYSTEM_PYTHON, "-c", check], capture_output=True, timeout=30).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+class RtspServer:
+    """tests/rtsp_server.py (GStreamer's RTSP PLAY server, run by the system Python that has ``gi``) on
+    127.0.0.1: H.264 of a moving ball at ``size`` and ``fps``, a keyframe every 10 frames, at ``url``.
+    ``stop()`` kills it (a drop), ``start()`` starts it again on the same port (``size`` may change)."""
+
+    def __init__(self, size=(160, 120), fps=10, port=None):
+        self.size, self.fps = size, fps
+        self.port = port or free_port()
+        self._process = None
+
+    @property
+    def url(self):
+        return f"rtsp://127.0.0.1:{self.port}/test"
+
+    def start(self, size=None):
+        import subprocess
+
+        if size is not None:
+            self.size = size
+        script = Path(__file__).with_name("rtsp_server.py")
+        args = [SYSTEM_PYTHON, str(script), str(self.port), *map(str, self.size), str(self.fps)]
+        self._process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        if self._process.stdout.readline().strip() != "ready":
+            self.stop()
+            raise RuntimeError("the RTSP test server did not start")
+        return self
+
+    def stop(self):
+        if self._process is not None:
+            self._process.kill()
+            self._process.wait()
+            self._process.stdout.close()
+            self._process = None
+
+    def __enter__(self):
+        return self.start() if self._process is None else self
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+def serve_tcp_stream(port, container="mpegts", frames=20, fps=25, size=(64, 48)):
+    """Send ``frames`` gradient frames as H.264 in ``container`` (mpegts, flv) to the first client of
+    tcp://127.0.0.1:port, at ``fps``, then close (an end of stream). Blocks: run it in a subprocess
+    (:func:`tcp_stream_process`); PyAV holds the GIL while it waits for the client."""
+    out = av.open(f"tcp://127.0.0.1:{port}?listen=1", "w", format=container, timeout=(20, 20))
+    try:
+        stream = out.add_stream("libx264", rate=fps)
+        stream.width, stream.height = size
+        stream.pix_fmt = "yuv420p"
+        stream.options = {"tune": "zerolatency", "preset": "ultrafast", "g": "10"}
+        for i, rgb in enumerate(gradient_frames(frames, *size)):
+            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+            frame.pts, frame.time_base = i, Fraction(1, fps)
+            out.mux(stream.encode(frame))
+            time.sleep(1 / fps)
+        out.mux(stream.encode(None))
+    finally:
+        out.close()
+
+
+def tcp_stream_process(port, **kwargs):
+    """:func:`serve_tcp_stream` in a child process (the project's Python); returns the Popen."""
+    import subprocess
+    import sys
+
+    code = f"import video_support; video_support.serve_tcp_stream({port}, **{kwargs!r})"
+    return subprocess.Popen([sys.executable, "-c", code], cwd=Path(__file__).parent)

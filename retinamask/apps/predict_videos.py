@@ -63,10 +63,16 @@ def predict_videos(predict, sources, output_dir, options=None, progress=None):
     summary = {"written": [], "skipped": [], "failed": [], "frames": 0, "dropped": 0}
     for video_id, source in enumerate(sources, start=1):
         entry = state.get(source.stem)
-        if source.kind == "video" and _complete(entry, source, output_dir):
+        if source.kind == "video" and _complete(entry, source, output_dir, options):
             summary["skipped"].append(source.location)
             continue
-        entry = {"source": source.location, "video_id": video_id, "complete": False, "frames": 0}
+        entry = {
+            "source": source.location,
+            "video_id": video_id,
+            "options": _options_record(options),
+            "complete": False,
+            "frames": 0,
+        }
         state[source.stem] = entry
         try:
             _predict_one(predict, source, output_dir, options, entry, progress)
@@ -87,11 +93,27 @@ def predict_videos(predict, sources, output_dir, options=None, progress=None):
     return summary
 
 
-def _complete(entry, source, output_dir):
+def _options_record(options):
+    """What a video's outputs depend on besides the source and the model (a rerun with others redoes it)."""
+    frames = options.frames
+    return {
+        "vid_stride": frames.vid_stride,
+        "max_frames": frames.max_frames,
+        "duration": frames.duration,
+        "track": options.track,
+        "tracked_only": options.tracked_only,
+        "lost_seconds": options.lost_seconds,
+        "audio": options.audio,
+        "score_threshold": options.score_threshold,
+    }
+
+
+def _complete(entry, source, output_dir, options):
     return (
         entry is not None
         and entry.get("complete")
         and entry.get("source") == source.location
+        and entry.get("options") == _options_record(options)
         and (output_dir / f"{source.stem}.mp4").is_file()
         and (output_dir / f"{source.stem}.jsonl").is_file()
     )
@@ -145,7 +167,13 @@ class _VideoOutputs:
         self._jsonl = JsonlWriter(output_dir / f"{stem}.jsonl")
         rate = info.frame_rate / options.frames.vid_stride if info.frame_rate else None
         self._video = VideoWriter(
-            output_dir / f"{stem}.mp4", info.width, info.height, info.time_base, rate, audio_from=audio_from
+            output_dir / f"{stem}.mp4",
+            info.width,
+            info.height,
+            info.time_base,
+            rate,
+            audio_from=audio_from,
+            display_matrix=info.display_matrix,  # a phone's rotation: players turn the annotated video as the source
         )
         self._options = options
         self._queue = queue.Queue(maxsize=4)

@@ -97,9 +97,9 @@ def run(args):
     from retinamask.apps.predict_images import predict_images
     from retinamask.apps.predict_sources import collect_sources
 
-    sources = collect_sources(args.input)
-    video_options = _video_options(args) if sources.videos else None
+    video_options = _video_options(args)
     predict = _make_predict(args)
+    sources = collect_sources(args.input)
     failed = list(sources.failed)
     if sources.images:
         images = [Path(source.location) for source in sources.images]

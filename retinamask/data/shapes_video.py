@@ -27,20 +27,20 @@ import time
 from fractions import Fraction
 from pathlib import Path
 
-import av
 import numpy as np
 from pycocotools import mask as mask_utils
 
 from retinamask.core.errors import RetinaMaskError
-from retinamask.core.fileio import atomic_open, atomic_write_bytes, atomic_write_text
+from retinamask.core.fileio import atomic_write_bytes, atomic_write_text
 from retinamask.data.shapes import SPLIT_NAME_PATTERN, encode_image
 from retinamask.data.shapes_render import CATEGORIES
 from retinamask.data.shapes_video_render import MIN_OBJECTS, plan_clip, render_frame
 from retinamask.formats.coco_layout import annotation_file
+from retinamask.formats.video_write import VideoWriter
 
 log = logging.getLogger(__name__)
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # 2: written by formats.video_write.VideoWriter (no B-frames, superfast)
 GENERATOR_NAME = "retinamask.data.shapes_video"
 DEFAULT_SIZE = (320, 240)
 DEFAULT_FRAMES = 50
@@ -195,10 +195,22 @@ def write_clip(path, params, split, index):
     frames_dir = path.parent / clip
     num_frames = params["frames"]
     segmentations = [[None] * num_frames for _ in plan.shapes]
-    with atomic_open(path, "wb") as f, _encoder(f, params, rate) as encode:
+    # The muxer may change the stream's time base when it writes the header (MP4: 1/12800 for 25/2), so
+    # frames keep their own: 1/rate, frame i at pts i. One encoder thread: the bytes depend on the frames only.
+    writer = VideoWriter(
+        path,
+        plan.width,
+        plan.height,
+        1 / rate,
+        rate,
+        crf=params["crf"] or MP4_CRF,
+        lossless=params["codec"] == "ffv1",
+        threads=1,
+    )
+    with writer:
         for frame in range(num_frames):
             rgb, labels = render_frame(plan, frame)
-            encode(rgb, frame)
+            writer.write(rgb, frame)
             if params["frames_png"]:
                 atomic_write_bytes(frames_dir / f"{frame:06d}.png", encode_image(rgb, "png"))
             for label in np.unique(labels):
@@ -236,43 +248,3 @@ def write_clip(path, params, split, index):
 
 def _rle_json(rle):
     return {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")}
-
-
-class _encoder:
-    """Context manager giving ``encode(rgb, frame_index)`` into an open binary file (PyAV)."""
-
-    def __init__(self, file, params, rate):
-        self.file, self.params, self.rate = file, params, rate
-
-    def __enter__(self):
-        lossless = self.params["codec"] == "ffv1"
-        self.container = av.open(self.file, "w", format="matroska" if lossless else "mp4")
-        stream = self.container.add_stream("ffv1" if lossless else "libx264", rate=self.rate)
-        stream.width, stream.height = self.params["width"], self.params["height"]
-        stream.pix_fmt = "bgr0" if lossless else "yuv420p"
-        # The muxer may change the stream's time base when it writes the header (MP4: 1/12800 for 25/2), so
-        # frames keep their own: 1/rate, frame i at pts i.
-        self.time_base = stream.time_base = 1 / self.rate
-        # One thread: x264's and FFV1's output then depends on nothing but the frames.
-        options = {"threads": "1"}
-        if not lossless:
-            options["crf"] = str(self.params["crf"])
-        stream.options = options
-        self.stream = stream
-        return self.encode
-
-    def encode(self, rgb, frame_index):
-        frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
-        frame.pts = frame_index
-        frame.time_base = self.time_base
-        for packet in self.stream.encode(frame):
-            self.container.mux(packet)
-
-    def __exit__(self, exc_type, exc, tb):
-        try:
-            if exc_type is None:
-                for packet in self.stream.encode():
-                    self.container.mux(packet)
-        finally:
-            self.container.close()
-        return False

@@ -10,6 +10,9 @@ Decisions:
 * Pixels are exact: ``frame.to_ndarray(format="rgb24")``; a lossless clip gives back its source images.
   The decoder runs without threads: FFmpeg's frame threading can hide a damaged packet (the frames come
   out concealed, no error) and adds frames of latency; decoding costs far less than the model.
+* Orientation: frames are given as stored (images ignore EXIF orientation for the same reason: the
+  detections refer to stored pixels); a display rotation (phones) is reported in
+  ``VideoInfo.display_matrix`` for the writer to copy.
 * The first frame is decoded by :func:`open_video` itself, so a source that opens but delivers nothing
   (no stream, an undecodable codec, a silent server) fails there, within the timeout.
 * Files: a damaged file yields its good frames (those still buffered in the decoder included) and then
@@ -20,35 +23,41 @@ Decisions:
   made up; a new resolution is yielded as is (and logged). After ``reconnect`` failed attempts in a
   row: InputError. An undecodable packet of a live source (joined mid-GOP, a lost packet) is skipped
   and counted, not a drop. RTSP is opened over TCP without probing the media (its SDP describes the
-  streams): FFmpeg's default probing buffers seconds of frames that then come out stale, in a burst.
+  streams), other URLs with 0.5 s of probing: FFmpeg's default (5 s) buffers seconds of frames that
+  then come out stale, in a burst.
 * A camera "0".."9" is /dev/videoN through v4l2 (Linux).
 * Every failure is one :class:`~retinamask.core.errors.InputError` naming the source.
 """
 
 import logging
-import re
 import threading
 import time
 from dataclasses import dataclass
 from fractions import Fraction
-from pathlib import Path
 
 import av
 import numpy as np
 
-from retinamask.core.contract import IMAGE_EXTENSIONS
 from retinamask.core.errors import InputError, one_line
+from retinamask.formats.video_probe import (
+    LIVE_SCHEMES,
+    camera_device,
+    check_file,
+    display_matrix,
+    is_video_file,
+    mp4_without_index,
+    source_kind,
+    url_scheme,
+)
 
-LIVE_SCHEMES = ("rtsp", "rtsps", "rtmp", "rtmps", "udp", "tcp", "srt", "rtp", "http", "https")
+__all__ = ["LIVE_SCHEMES", "VideoFrame", "VideoInfo", "VideoReader", "is_video_file", "open_video", "source_kind"]
+
 LIVE_TIME_BASE = Fraction(1, 1000)
 BACKOFF_FIRST_S = 0.5
 BACKOFF_MAX_S = 8.0
-LIVE_ANALYZE_US = 1_000_000  # probing of a live stream other than RTSP and HTTP: 1 s, not FFmpeg's 5 s
+LIVE_ANALYZE_US = 500_000  # probing of a stream URL other than RTSP: 0.5 s, not FFmpeg's 5 s
 LIVE_BAD_PACKETS = 100  # undecodable packets in a row that make a live source a drop
 
-_URL = re.compile(r"^(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*)://")
-_CAMERA_INDEX = re.compile(r"^\d$")
-_CAMERA_DEVICE = re.compile(r"^/dev/video\d+$")
 _LOG = logging.getLogger(__name__)
 
 
@@ -64,6 +73,9 @@ class VideoInfo:
     duration: float | None  # seconds; None for live
     has_audio: bool
     live: bool  # a stream or camera (no end, latest-frame policy), not a file
+    # how players turn the stored frames (9 ints, FFmpeg's display matrix: a phone's rotation); None: upright.
+    # Frames are given in stored orientation (as images ignore EXIF); VideoWriter(display_matrix=) copies it
+    display_matrix: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -72,64 +84,6 @@ class VideoFrame:
     pts: int  # in VideoInfo.time_base ticks, relative to the first frame
     seconds: float  # pts * time_base
     rgb: np.ndarray  # uint8 [H, W, 3]; H, W may change after a live reconnect
-
-
-def _scheme(item):
-    match = _URL.match(item)
-    return match["scheme"].lower() if match else None
-
-
-def _camera_device(item):
-    """'0'..'9' or /dev/videoN -> the device path; None for anything else."""
-    if _CAMERA_INDEX.match(item):
-        return f"/dev/video{item}"
-    return item if _CAMERA_DEVICE.match(item) else None
-
-
-def source_kind(item):
-    """ "image", "video" or "live" for one ``--input`` item, without decoding it.
-
-    URLs of the stream schemes and cameras are "live" (an http(s) URL whose container reports a duration
-    is read as a file by :func:`open_video`: ``info.live`` False); a path with an image extension, or a
-    file that probes as a still image, is "image"; any other path is "video" (:func:`open_video` says
-    what is wrong with it when it is not).
-    """
-    item = str(item)
-    if _scheme(item) in LIVE_SCHEMES or _camera_device(item):
-        return "live"
-    path = Path(item)
-    if path.suffix.lower() in IMAGE_EXTENSIONS:
-        return "image"
-    if _probe(path) == "image":
-        return "image"
-    return "video"
-
-
-def is_video_file(path):
-    """True when ``path`` is a file whose container (probed with PyAV, whatever its extension) has a
-    video stream and is not a still image; files with an image extension are never video (they go the
-    image route). Never raises."""
-    path = Path(path)
-    return path.suffix.lower() not in IMAGE_EXTENSIONS and _probe(path) == "video"
-
-
-def _probe(path):
-    """ "video", "image" (a still image) or None (no file, no video stream, not media) for a file."""
-    try:
-        if not path.is_file() or path.stat().st_size == 0:
-            return None
-        with av.open(str(path), timeout=10.0) as container:
-            if not container.streams.video:
-                return None
-            return "image" if _still_image(container) else "video"
-    except Exception:
-        return None
-
-
-def _still_image(container):
-    """Image demuxers: "image2" and the "*_pipe" ones (png_pipe, jpeg_pipe, webp_pipe...)."""
-    name = container.format.name
-    return name == "image2" or name.endswith("_pipe")
 
 
 def open_video(source, *, timeout=10.0, reconnect=5, log=None):
@@ -165,8 +119,8 @@ class VideoReader:
         self._last_pts = None
         self._clock_zero = None
         self._size = None
-        camera = _camera_device(source)
-        scheme = _scheme(source)
+        camera = camera_device(source)
+        scheme = url_scheme(source)
         self._target, self._open_args = source, {}
         if camera:
             self._target, self._open_args = camera, {"format": "v4l2"}
@@ -174,10 +128,10 @@ class VideoReader:
             # the SDP describes the streams: no probing of the media (FFmpeg's default 5 s of it would
             # come out as seconds of stale frames in one burst)
             self._open_args = {"options": {"rtsp_transport": "tcp", "analyzeduration": "0", "probesize": "32"}}
-        elif scheme in LIVE_SCHEMES and scheme not in ("http", "https"):
+        elif scheme in LIVE_SCHEMES:  # http(s) too: a live MPEG-TS over HTTP would hold 5 s of frames
             self._open_args = {"options": {"analyzeduration": str(LIVE_ANALYZE_US)}}
         elif scheme is None:
-            _check_file(source)
+            check_file(source)
         self._url = camera is not None or scheme is not None
         self._live = camera is not None or scheme in LIVE_SCHEMES  # http(s): until its duration is known
         self.skipped_packets = 0
@@ -231,7 +185,7 @@ class VideoReader:
                 return "camera not found" if self._target == self.source else f"camera {self._target} not found"
             return "not found"
         if isinstance(error, av.error.InvalidDataError):
-            if not self._url and _mp4_without_index(self.source):
+            if not self._url and mp4_without_index(self.source):
                 return "an MP4/MOV without its index (no moov box): truncated, or a recording never finished"
             what = "stream" if self._url else "file"
             return f"not a media {what} FFmpeg can read ({_cause(error)})"
@@ -248,22 +202,23 @@ class VideoReader:
         # a live source: only a rate the stream declares (FFmpeg's guess for MJPEG is a made-up 25)
         rate = stream.average_rate if live else (stream.average_rate or stream.guessed_rate)
         rate = Fraction(rate) if rate else None
+        size = (first.width, first.height)
+        matrix = display_matrix(first)
         if live:
-            return VideoInfo(
-                self.source, first.width, first.height, codec, LIVE_TIME_BASE, rate, None, None, has_audio, True
-            )
+            return VideoInfo(self.source, *size, codec, LIVE_TIME_BASE, rate, None, None, has_audio, True, matrix)
         duration = None
         if stream.duration and stream.time_base:
             duration = float(stream.duration * stream.time_base)
         elif self._container.duration and not has_audio:  # the container's also counts a longer audio track
             duration = self._container.duration / av.time_base
+            if self._container.format.name.startswith("matroska") and stream.start_time and stream.time_base:
+                # Matroska's duration counts from 0, not from the first timestamp (HLS, MPEG-TS: from it)
+                duration = max(duration - float(stream.start_time * stream.time_base), 0.0) or None
         frames = stream.frames or None
         if frames is None and duration is not None and rate is not None:
             frames = round(duration * rate)
         time_base = Fraction(stream.time_base) if stream.time_base else 1 / (rate or 25)
-        return VideoInfo(
-            self.source, first.width, first.height, codec, time_base, rate, frames, duration, has_audio, False
-        )
+        return VideoInfo(self.source, *size, codec, time_base, rate, frames, duration, has_audio, False, matrix)
 
     # -- decoding --------------------------------------------------------------------------------
     def _decoded(self, container, stream):
@@ -366,20 +321,20 @@ class VideoReader:
         """Re-open a live source after a drop, with backoff; raises InputError after the attempts."""
         self.drops += 1
         self._close_container()
-        after = f"after frame {self._index - 1}" if self._index else "before its first frame"
+        dropped = f"stream dropped after frame {self._index - 1}" if self._index else "stream dropped"
+        dropped += f" ({cause})"
+        failed = None  # why the last attempt failed
         for attempt in range(1, self.reconnect + 1):
             delay = min(BACKOFF_FIRST_S * 2 ** (attempt - 1), BACKOFF_MAX_S)
-            self._log(
-                f"{self.source}: stream dropped {after} ({cause}); "
-                f"reconnecting, attempt {attempt}/{self.reconnect} in {delay:g} s"
-            )
+            line = f"{self.source}: {dropped}; reconnecting, attempt {attempt}/{self.reconnect} in {delay:g} s"
+            self._log(line + (f" (attempt {attempt - 1}: {failed})" if failed else ""))
             if self._closing.wait(delay):
                 return
             try:
                 self._pending, first = self._open()
             except InputError as error:
                 self.dropped_reconnects += 1
-                cause = error.cause
+                failed = error.cause
                 continue
             self.reconnects += 1
             frame = first[0]
@@ -390,7 +345,8 @@ class VideoReader:
                 self._size = (frame.height, frame.width)
             self._first_frame = first
             return
-        raise InputError(f"stream dropped {after} ({cause}); {self.reconnect} reconnect attempts failed", self.source)
+        last = f" (the last: {failed})" if failed else ""
+        raise InputError(f"{dropped}; {self.reconnect} reconnect attempts failed{last}", self.source)
 
     def _frame(self, frame, arrived=None):
         rgb = np.ascontiguousarray(frame.to_ndarray(format="rgb24"))
@@ -438,44 +394,6 @@ class VideoReader:
 
     def __exit__(self, *exc):
         self.close()
-
-
-def _check_file(source):
-    path = Path(source)
-    try:
-        size = path.stat().st_size
-    except FileNotFoundError:
-        raise InputError("broken symbolic link" if path.is_symlink() else "file not found", source) from None
-    except OSError as e:
-        raise InputError(f"cannot read: {e.strerror or e}", source) from None
-    if path.is_dir():
-        raise InputError("is a directory, not a video file", source)
-    if size == 0:
-        raise InputError("empty file (0 bytes)", source)
-
-
-def _mp4_without_index(path):
-    """True for a file whose top-level boxes start as an MP4's (ftyp) but hold no moov."""
-    kinds = []
-    try:
-        with open(path, "rb") as f:
-            size = f.seek(0, 2)
-            offset = 0
-            while offset + 8 <= size and len(kinds) < 1000:
-                f.seek(offset)
-                head = f.read(16)
-                box_size, kind = int.from_bytes(head[:4], "big"), head[4:8]
-                if box_size == 1 and len(head) == 16:
-                    box_size = int.from_bytes(head[8:16], "big")
-                elif box_size == 0:
-                    box_size = size - offset
-                if box_size < 8:
-                    break
-                kinds.append(kind)
-                offset += box_size
-    except OSError:
-        return False
-    return bool(kinds) and kinds[0] == b"ftyp" and b"moov" not in kinds
 
 
 def _cause(error):

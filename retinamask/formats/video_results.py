@@ -8,16 +8,22 @@ seconds, "detections": [{"label", "class_name", "score", "box_xyxy", "mask_rle":
 Decisions:
 
 * JSONL: each record is one ``os.write`` of one complete line to a file opened without buffering, so a
-  killed process leaves only complete lines; a write that fails part-way (disk full) is cut back to the
-  last complete line and raises OutputError. The file is a log, written in place (not atomic).
+  run stopped by Ctrl-C, SIGTERM or an exception leaves only complete lines (a regular file's write is
+  not interrupted by a signal that Python handles); a write that fails part-way (disk full) is cut back
+  to the last complete line and raises OutputError. Only SIGKILL or a power cut can stop the kernel
+  inside a write (between pages: a line over 4 KiB can be cut); :func:`read_jsonl` leaves such an
+  unfinished last line out. The file is a log, written in place (not atomic).
 * A detection's category: its ``"category_id"`` when it has one, else ``category_ids[label - 1]`` when
   ``category_ids`` is given (as ``ops.coco_results`` maps labels), else its label.
 * YouTube-VIS: one result per track id (ascending); its category is the score-weighted vote of its
   detections (ties: the smaller id), its score the mean of its detections' scores; ``segmentations``
-  has one entry per record in the records' order (so a strided run gives the processed frames), the
-  mask RLE or None. Untracked detections (track_id None or negative) are left out.
+  has one entry per record in the records' order (a strided run: the processed frames), or, with
+  ``frame_count``, one per frame of the source (the skipped ones None), the mask RLE or None.
+  Untracked detections (track_id None or negative) are left out.
 * MOT: ``frame`` is the source frame index + 1 (MOT counts from 1 and the ground truth numbers every
-  frame of the source, strided runs included), boxes x, y, w, h in pixels; untracked detections left out.
+  frame of the source, strided runs included); ``bb_left``, ``bb_top`` in MOTChallenge's 1-based pixel
+  coordinates (x1 + 1, y1 + 1: py-motmetrics' loader subtracts the 1 again), width and height in
+  pixels; untracked detections left out.
 * MOTS: ``time_frame`` counts from 1 as well (MOTSChallenge's convention; KITTI MOTS counts from 0);
   ``class_id`` the detection's category; the RLE is the COCO compressed string. MOTS forbids overlapping
   masks in a frame: a pixel claimed by several tracked masks is kept by the highest-scoring one (as
@@ -33,7 +39,7 @@ from pathlib import Path
 import numpy as np
 import pycocotools.mask as mask_util
 
-from retinamask.core.errors import OutputError
+from retinamask.core.errors import InputError, OutputError
 
 
 def _json_default(value):
@@ -48,7 +54,7 @@ def _json_default(value):
 
 
 class JsonlWriter:
-    """One JSON object per line at ``path`` (truncated when it exists), each line complete on disk when
+    """One JSON object per line at ``path`` (truncated when it exists), each line in the file when
     :meth:`write` returns (written by the kernel; ``close()`` also fsyncs). A context manager."""
 
     def __init__(self, path):
@@ -96,9 +102,24 @@ class JsonlWriter:
 
 
 def read_jsonl(path):
-    """The records of a JSONL file, one per complete line (a line cut by a kill is left out)."""
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.endswith("\n")]
+    """The records of a JSON-lines file, in order. A last line without its newline (a writer killed
+    mid-line; :class:`JsonlWriter` never leaves one) is left out; any other bad line is an InputError
+    naming the line."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise InputError(f"cannot read: {e.strerror or e}", path) from None
+    lines = text.split("\n")
+    records = []
+    for number, line in enumerate(lines[:-1], start=1):  # lines[-1]: "" or an unfinished line
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            raise InputError(f"line {number} is not JSON ({e.msg})", path) from None
+    return records
 
 
 def _category(detection, category_ids):
@@ -113,12 +134,21 @@ def _tracked(detection):
     return track_id is not None and int(track_id) >= 0
 
 
-def ytvis_results(frame_records, video_id, category_ids=None):
+def ytvis_results(frame_records, video_id, category_ids=None, frame_count=None):
     """The YouTube-VIS results of one video: a list of ``{"video_id", "category_id", "score",
-    "segmentations"}``, one per track (see the module's decisions)."""
+    "segmentations"}``, one per track (see the module's decisions). ``frame_count``: the number of frames
+    of the annotated video; then ``segmentations`` has that many entries, placed by the records'
+    ``"frame"`` (source index: a strided run leaves the frames it skipped None), instead of one per record.
+    """
     records = list(frame_records)
-    tracks = defaultdict(dict)  # track id -> {record position: detection}
-    for position, record in enumerate(records):
+    if frame_count is None:
+        positions, length = range(len(records)), len(records)
+    else:
+        positions, length = [int(r["frame"]) for r in records], int(frame_count)
+        if any(not 0 <= p < length for p in positions):
+            raise ValueError(f"a record's frame is outside the video's {length} frames")
+    tracks = defaultdict(dict)  # track id -> {position: detection}
+    for position, record in zip(positions, records):
         for detection in record.get("detections", ()):
             if not _tracked(detection):
                 continue
@@ -135,7 +165,7 @@ def ytvis_results(frame_records, video_id, category_ids=None):
         scores = [float(d["score"]) for d in by_position.values()]
         segmentations = [
             _rle(by_position[p]["mask_rle"]) if p in by_position and by_position[p].get("mask_rle") else None
-            for p in range(len(records))
+            for p in range(length)
         ]
         results.append(
             {
@@ -161,7 +191,7 @@ def _number(value, decimals):
 
 def mot_lines(frame_records):
     """MOT txt lines ``frame,id,bb_left,bb_top,bb_width,bb_height,conf,-1,-1,-1`` of the tracked
-    detections (frame = source index + 1)."""
+    detections (frame = source index + 1, bb_left and bb_top 1-based)."""
     lines = []
     for record in frame_records:
         frame = int(record["frame"]) + 1
@@ -170,7 +200,7 @@ def mot_lines(frame_records):
                 continue
             x1, y1, x2, y2 = (float(v) for v in detection["box_xyxy"])
             fields = [str(frame), str(int(detection["track_id"]))]
-            fields += [_number(v, 3) for v in (x1, y1, x2 - x1, y2 - y1)]
+            fields += [_number(v, 3) for v in (x1 + 1, y1 + 1, x2 - x1, y2 - y1)]
             fields += [_number(detection["score"], 6), "-1", "-1", "-1"]
             lines.append(",".join(fields))
     return lines

@@ -8,6 +8,7 @@ Every route that predicts runs ``pipeline.detect``. Image decoding, pre- and pos
 worker threads (never on the event loop); inference runs on the batcher's session threads.
 """
 
+import asyncio
 import contextlib
 import logging
 import threading
@@ -94,14 +95,20 @@ def create_app(settings=None, model=None, log=logger.info):
     settings = settings or ServeSettings()
     state = ServerState(settings, model or ServedModel(settings, log=log))
 
+    # gRPC binds now (a taken port is a ConfigError before anything starts) and serves with the app
+    grpc_server = _grpc_server(state, log) if settings.grpc_port is not None else None
+
     @contextlib.asynccontextmanager
     async def lifespan(app):
         await run_in_threadpool(state.start)
-        grpc_server = _start_grpc(state, log) if settings.grpc_port is not None else None
-        yield
-        if grpc_server is not None:  # no new RPC; those in flight finish (they run on this loop)
-            await run_in_threadpool(grpc_server.stop(settings.timeout_s).wait)
-        await run_in_threadpool(state.stop, settings.timeout_s)
+        if grpc_server is not None:
+            grpc_server.start(asyncio.get_running_loop())
+        try:
+            yield
+        finally:
+            if grpc_server is not None:  # no new RPC; those in flight finish (they run on this loop)
+                await run_in_threadpool(grpc_server.stop, settings.timeout_s)
+            await run_in_threadpool(state.stop, settings.timeout_s)
 
     app = FastAPI(
         title="retinamask",
@@ -120,15 +127,15 @@ def create_app(settings=None, model=None, log=logger.info):
     return app
 
 
-def _start_grpc(state, log):
-    """The Open Inference Protocol over gRPC on settings.host:grpc_port, sharing ``state`` (oip_grpc)."""
-    import asyncio
-
-    from retinamask.serve.oip_grpc import start_server
+def _grpc_server(state, log):
+    """The Open Inference Protocol over gRPC on settings.host:grpc_port, sharing ``state`` (oip_grpc); bound,
+    started with the app."""
+    from retinamask.serve.oip_grpc import GrpcServer
 
     settings = state.settings
-    server, state.grpc_port = start_server(state, asyncio.get_running_loop(), settings.host, settings.grpc_port)
-    log(f"gRPC (Open Inference Protocol, inference.GRPCInferenceService) on {settings.host}:{state.grpc_port}")
+    server = GrpcServer(state, settings.host, settings.grpc_port)
+    state.grpc_port = server.port
+    log(f"gRPC (Open Inference Protocol, inference.GRPCInferenceService) on {settings.host}:{server.port}")
     return server
 
 

@@ -17,14 +17,17 @@ class ServeMetrics:
         r = self.registry
         ProcessCollector(registry=r)  # process_resident_memory_bytes, cpu seconds, open fds
         self.requests = Counter(
-            "retinamask_requests", "HTTP requests by route and status", ["route", "status"], registry=r
+            "retinamask_requests",
+            "Requests by route (an HTTP route, or 'grpc METHOD') and status (HTTP, or the gRPC code's name)",
+            ["route", "status"],
+            registry=r,
         )
         self.request_seconds = Histogram(
             "retinamask_request_seconds", "Request latency by route", ["route"], buckets=_LATENCY_BUCKETS, registry=r
         )
         self.stage_seconds = Histogram(
             "retinamask_stage_seconds",
-            "Time per stage of /v1/predict",
+            "Time per stage of a prediction (/v1/predict, /v2 infer over REST and gRPC)",
             ["stage"],
             buckets=_LATENCY_BUCKETS,
             registry=r,

@@ -151,20 +151,29 @@ def response_of(answer):
     return response
 
 
-def start_server(state, loop, host, port):
-    """Start the service on host:port (0: a free port); (grpc.Server, the bound port)."""
-    settings = state.settings
-    workers = settings.max_queue + settings.sessions * settings.max_batch + 4  # beyond: the batcher's 503
-    options = [
-        ("grpc.max_receive_message_length", settings.max_body_bytes + MESSAGE_HEADROOM),
-        ("grpc.max_send_message_length", -1),
-    ]
-    server = grpc.server(ThreadPoolExecutor(workers, thread_name_prefix="retinamask-grpc"), options=options)
-    service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(state, loop), server)
-    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    try:
-        bound = server.add_insecure_port(address)
-    except RuntimeError as e:
-        raise ConfigError(f"cannot listen for gRPC on {address}: {e}", path="--grpc-port") from None
-    server.start()
-    return server, bound
+class GrpcServer:
+    """The service on host:port (0: a free port, then ``port`` says which), bound at once (a taken port is a
+    ConfigError); :meth:`start` serves with the app's event loop, :meth:`stop` lets RPCs in flight finish."""
+
+    def __init__(self, state, host, port):
+        settings = state.settings
+        workers = settings.max_queue + settings.sessions * settings.max_batch + 4  # beyond: the batcher's 503
+        options = [
+            ("grpc.max_receive_message_length", settings.max_body_bytes + MESSAGE_HEADROOM),
+            ("grpc.max_send_message_length", -1),
+        ]
+        self.servicer = InferenceServicer(state, None)
+        self.server = grpc.server(ThreadPoolExecutor(workers, thread_name_prefix="retinamask-grpc"), options=options)
+        service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(self.servicer, self.server)
+        address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        try:
+            self.port = self.server.add_insecure_port(address)
+        except RuntimeError:
+            raise ConfigError(f"cannot listen for gRPC on {address} (in use?)", path="--grpc-port") from None
+
+    def start(self, loop):
+        self.servicer.loop = loop
+        self.server.start()
+
+    def stop(self, grace_s):
+        self.server.stop(grace_s).wait()
