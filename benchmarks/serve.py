@@ -7,6 +7,8 @@
    with and without batching) against ``retinamask infer`` on the same images and model (goal >= 0.9x).
 4. JSON + RLE encoding of 100 detections (goal <= 10 ms).
 5. Overload: concurrency 32 against ``--max-queue 8`` (goal: only 200 and 503).
+6. Fair sharing with video jobs: ``/v1/predict`` p50 at concurrency 1 on serve's default layout, idle and
+   while a long video job (``POST /v1/videos``) runs (goal: within 2x of idle). ``--video-only``: just this.
 
 Servers run as subprocesses on loopback with bounded traffic; the load monitor marks a run disturbed by
 other processes as unfit for the record.
@@ -169,8 +171,89 @@ def encode_ms(repeats=20):
     return statistics.median(times)
 
 
+def video_clip(path, images, frames, size=(640, 480), rate=25):
+    """An H.264 clip of ``frames`` frames: the images in turn on a grey ``size`` canvas (the model sees shapes)."""
+    from fractions import Fraction
+
+    from PIL import Image
+
+    from retinamask.formats.video_write import VideoWriter
+
+    width, height = size
+    pictures = []
+    for image in images:
+        rgb = np.asarray(Image.open(image).convert("RGB"))[:height, :width]
+        canvas = np.full((height, width, 3), 127, np.uint8)
+        canvas[: rgb.shape[0], : rgb.shape[1]] = rgb
+        pictures.append(canvas)
+    with VideoWriter(path, width, height, Fraction(1, rate), rate) as writer:
+        for i in range(frames):
+            writer.write(pictures[(i // 5) % len(pictures)], i)
+    return path
+
+
+def video_sharing(args, images, scratch, monitor):
+    """/v1/predict at concurrency 1, idle, then while a video job runs, on one default server (2 sessions x
+    1 thread, --max-jobs 1). The job must be running from before the first request to after the last."""
+    import urllib.request
+
+    clip = video_clip(Path(scratch) / "long.mp4", images, args.video_frames)
+    server = Server(args.model, args.backend, [], scratch)
+    try:
+        idle = load(server, images, 1, args.requests // 2, monitor, "video: idle c1")
+        request = urllib.request.Request(
+            f"{server.url}/v1/videos", clip.read_bytes(), {"Content-Type": "video/mp4"}, method="POST"
+        )
+        with urllib.request.urlopen(request, timeout=60) as response:
+            job = json.loads(response.read())
+
+        def status():
+            with urllib.request.urlopen(job["urls"]["status"], timeout=60) as response:
+                return json.loads(response.read())
+
+        deadline = time.monotonic() + 120
+        while (before := status())["frames_done"] < 5:
+            if before["state"] not in ("queued", "running") or time.monotonic() > deadline:
+                raise RuntimeError(f"the video job did not start: {before}")
+            time.sleep(0.1)
+        busy = load(server, images, 1, args.requests // 2, monitor, "video: c1 during a job")
+        after = status()
+        if after["state"] != "running":
+            raise RuntimeError(f"the video job ended before the measurement did ({after}): raise --video-frames")
+        frames_during = after["frames_done"] - before["frames_done"]
+    finally:
+        server.stop()
+    return {
+        "clip": f"{args.video_frames} frames 640x480 H.264",
+        "idle_c1": idle,
+        "during_job_c1": busy,
+        "job_frames_per_s_during": after["fps"],
+        "job_frames_during": frames_during,
+        "ratio_p50": busy["p50_ms"] / idle["p50_ms"],
+    }
+
+
+def video_markdown(video):
+    idle, busy = video["idle_c1"], video["during_job_c1"]
+    return (
+        f"- `/v1/predict` concurrency 1 while a video job runs ({video['clip']}, serve's defaults: 2 sessions x "
+        f"1 thread, `--max-jobs 1`): p50 **{busy['p50_ms']:.1f} ms** vs {idle['p50_ms']:.1f} ms idle = "
+        f"**{video['ratio_p50']:.2f}x** (goal <= 2); p95 {busy['p95_ms']:.1f} vs {idle['p95_ms']:.1f} ms; the job "
+        f"went on at {video['job_frames_per_s_during']:.2f} frames/s ({video['job_frames_during']} frames during "
+        "the measurement)"
+    )
+
+
 def run(args):
     monitor = LoadMonitor()
+    if args.video_only:
+        report = {"environment": environment(threads=None), "model": str(args.model), "backend": args.backend}
+        with tempfile.TemporaryDirectory() as scratch:
+            images = images_for(Path(scratch) / "data", args.images)
+            report["video"] = video_sharing(args, images, scratch, monitor)
+        report["load"] = monitor.summary()
+        report["verdict"] = monitor.verdict()
+        return report
     report = {"environment": environment(threads=None), "model": str(args.model), "backend": args.backend}
     with tempfile.TemporaryDirectory() as scratch:
         images = images_for(Path(scratch) / "data", args.images)
@@ -194,6 +277,7 @@ def run(args):
                 report["overload"] = run_load(server.client, images, 32, 96).summary()
         finally:
             server.stop()
+        report["video"] = video_sharing(args, images, scratch, monitor)
     report["encode_100_ms"] = encode_ms()
     report["load"] = monitor.summary()
     report["verdict"] = monitor.verdict()
@@ -202,6 +286,17 @@ def run(args):
 
 def markdown(report):
     env = report["environment"]
+    if "layouts" not in report:  # --video-only
+        return "\n".join(
+            [
+                f"### Serving: video jobs beside /v1/predict — {env['date']}",
+                "",
+                f"CPU: {env['cpu']} ({env['cpu_class']}); model {Path(report['model']).name}, {report['backend']}; "
+                f"{report['verdict']}",
+                "",
+                video_markdown(report["video"]),
+            ]
+        )
     c1 = report["layouts"]["1 session x 2 threads"]["c1"]
     lines = [
         f"### Serving — {env['date']}",
@@ -227,6 +322,7 @@ def markdown(report):
         "",
         f"- overload, concurrency 32, `--max-queue 8`, 96 requests: {over['ok']} x 200, "
         f"errors {over['errors'] or 'none'} (goal: only 200 and 503)",
+        video_markdown(report["video"]),
     ]
     return "\n".join(lines)
 
@@ -241,6 +337,8 @@ def main(argv=None):
     parser.add_argument("--requests", type=int, default=96, help="requests per concurrency-4 run (default 96)")
     parser.add_argument("--repeats", type=int, default=3, help="passes over the images for the bare time")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    parser.add_argument("--video-frames", type=int, default=600, help="frames of the video job's clip (default 600)")
+    parser.add_argument("--video-only", action="store_true", help="only /v1/predict beside a running video job")
     args = parser.parse_args(argv)
     report = run(args)
     print(markdown(report))

@@ -50,6 +50,21 @@ def add_arguments(parser):
         help="also serve the Open Inference Protocol over gRPC on --host:PORT (off by default; 0: a free port; "
         "pip install 'retinamask[grpc]'). The /v2 REST routes are always on",
     )
+    video = parser.add_argument_group("video (POST /v1/videos jobs, WS /v1/stream)")
+    video.add_argument(
+        "--jobs-dir",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="keep video jobs here: a restart keeps the finished ones (default: a temporary folder)",
+    )
+    video.add_argument(
+        "--jobs-ttl", type=float, default=86400.0, metavar="S", help="remove ended jobs after S seconds (default 86400)"
+    )
+    video.add_argument("--max-jobs", type=int, default=1, help="video jobs running at once (default 1)")
+    video.add_argument("--max-queued-jobs", type=int, default=16, help="video jobs waiting before 503 (default 16)")
+    video.add_argument("--max-video-mb", type=float, default=256.0, help="upload limit, 413 (default 256)")
+    video.add_argument("--max-video-seconds", type=float, default=600.0, help="clip length limit, 422 (default 600)")
     ray = parser.add_argument_group("Ray Serve (pip install 'retinamask[ray]')")
     ray.add_argument(
         "--ray",
@@ -93,6 +108,12 @@ def settings_from_args(args):
         host=args.host,
         port=args.port,
         grpc_port=args.grpc_port,
+        jobs_dir=args.jobs_dir,
+        jobs_ttl=args.jobs_ttl,
+        max_jobs=args.max_jobs,
+        max_queued_jobs=args.max_queued_jobs,
+        max_video_mb=args.max_video_mb,
+        max_video_seconds=args.max_video_seconds,
     )
 
 
@@ -102,6 +123,13 @@ def run(args):
         if args.ray_config is not None or args.ray is not None:
             raise ConfigError("--grpc-port is not offered with --ray: Ray's proxy serves HTTP (the /v2 REST routes)")
         require_grpc()
+    on_ray = args.ray_config is not None or args.ray is not None
+    if on_ray and settings.jobs_dir is not None and (args.replicas > 1 or args.autoscale):
+        raise ConfigError(
+            "--jobs-dir with several Ray replicas: each replica would take the others' running jobs for "
+            "interrupted ones; run video jobs on one replica (or plain serve)",
+            path="command line",
+        )
     if args.ray_config is not None or args.ray is not None:
         from retinamask.serve.ray_serve import run_on_ray, write_serve_config
 

@@ -2,7 +2,8 @@
 and the Ray Serve deployment alike.
 
 Routes: POST /v1/predict, GET /v1/health/live, GET /v1/health/ready, GET /v1/models, GET /metrics,
-GET /docs (OpenAPI), GET / (the web page), and the Open Inference Protocol's /v2 routes (``oip_rest``).
+GET /docs (OpenAPI), GET / (the web page), the Open Inference Protocol's /v2 routes (``oip_rest``), and the
+video routes (``video_routes``: clips as jobs under /v1/videos, a live camera on WS /v1/stream).
 Every route that predicts runs ``pipeline.detect``. Image decoding, pre- and post-processing and encoding run in
 worker threads (never on the event loop); inference runs on the batcher's session threads.
 """
@@ -20,12 +21,14 @@ from fastapi.responses import HTMLResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from retinamask.formats.images import warm_decoders
-from retinamask.serve import encode, oip_rest
+from retinamask.serve import encode, oip_rest, stream_ws, video_routes
 from retinamask.serve.batcher import Batcher
 from retinamask.serve.errors import OrjsonResponse, ServeError, install_handlers
 from retinamask.serve.metrics import STAGES, ServeMetrics
 from retinamask.serve.pipeline import check_key, detect, require_ready, timed
 from retinamask.serve.request import image_bytes, read_body
+from retinamask.serve.video_jobs import VideoJobs
+from retinamask.serve.video_metrics import VideoMetrics
 
 logger = logging.getLogger(__name__)
 PREDICT = "/v1/predict"
@@ -42,6 +45,8 @@ class ServerState:
         self.ready = False
         self.draining = False
         self.grpc_port = None  # the bound gRPC port (serve --grpc-port)
+        self.video_metrics = VideoMetrics(self.metrics.registry)
+        self.videos = VideoJobs(settings, model, self.video_metrics)
 
     def start(self):
         """Start the session threads, then warm up in the background: the server answers at once
@@ -55,6 +60,7 @@ class ServerState:
         )
         self._warm_up = threading.Thread(target=self._warm, name="retinamask-warm-up", daemon=True)
         self._warm_up.start()
+        self.videos.start(self.batcher)
 
     def _warm(self):
         try:
@@ -74,6 +80,7 @@ class ServerState:
     def stop(self, timeout=None):
         """Not ready any more; every accepted image still runs; then the workers stop."""
         self.ready, self.draining = False, True
+        self.videos.stop(timeout)  # running jobs stop after their frame, their files closed (valid)
         if self.batcher is not None:
             self.batcher.drain(timeout)
             self.batcher.close()
@@ -115,6 +122,8 @@ def create_app(settings=None, model=None, log=logger.info):
     _add_accounting(app, state)
     _add_routes(app, state)
     oip_rest.add_routes(app, state)
+    video_routes.add_routes(app, state)
+    stream_ws.add_route(app, state, video_routes.STREAM)
     return app
 
 
@@ -143,7 +152,7 @@ def _add_accounting(app, state):
     @app.middleware("http")
     async def account(request, call_next):
         path = request.url.path
-        route = path if path in _ROUTES else oip_rest.route_label(path)
+        route = path if path in _ROUTES else (video_routes.route_label(path) or oip_rest.route_label(path))
         started = time.perf_counter()
         metrics.in_flight.inc()
         try:

@@ -19,6 +19,9 @@ class ServeSettings:
     whole budget before 504. max_image_mb: request body limit (413). max_pixels: decoded image limit (422).
     api_key: required as ``Authorization: Bearer KEY`` or ``X-API-Key: KEY`` on /v1/predict and /v1/models.
     mask_paste: "original" (the original's paste) or "subpixel" (sharper on small objects; ``ops.masks``).
+    jobs_dir / jobs_ttl / max_jobs / max_queued_jobs / max_video_mb / max_video_seconds: the video jobs
+    (``serve.video_jobs``): their folder (None: a temporary one), how long an ended job is kept (s), jobs
+    running at once, jobs waiting (503 beyond), the upload limit (413) and the clip's length limit (422).
     grpc_port: also serve the Open Inference Protocol over gRPC on host:grpc_port (None: off; 0: a free port).
     """
 
@@ -39,12 +42,18 @@ class ServeSettings:
     host: str = "127.0.0.1"
     port: int = 8000
     grpc_port: int | None = None
+    jobs_dir: Path | None = None
+    jobs_ttl: float = 86400.0
+    max_jobs: int = 1
+    max_queued_jobs: int = 16
+    max_video_mb: float = 256.0
+    max_video_seconds: float = 600.0
 
     def __post_init__(self):
-        for name in ("sessions", "max_batch", "max_queue", "max_pixels"):
+        for name in ("sessions", "max_batch", "max_queue", "max_pixels", "max_jobs", "max_queued_jobs"):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        for name in ("timeout_s", "max_image_mb"):
+        for name in ("timeout_s", "max_image_mb", "jobs_ttl", "max_video_mb", "max_video_seconds"):
             if not float(getattr(self, name)) > 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be > 0, got {getattr(self, name)}")
         if float(self.batch_wait_ms) < 0:
@@ -61,6 +70,10 @@ class ServeSettings:
     @property
     def max_body_bytes(self):
         return int(self.max_image_mb * 1024 * 1024)
+
+    @property
+    def max_video_bytes(self):
+        return int(self.max_video_mb * 1024 * 1024)
 
     @property
     def session_threads(self):
