@@ -7,9 +7,10 @@ import json
 import numpy as np
 import pytest
 
+from retinamask.core.fileio import json_default
 from retinamask.decode.coco_results import image_coco_results
 from retinamask.decode.outputs import decode_outputs
-from retinamask.ops.coco_results import json_default, results_from_detections
+from retinamask.ops.coco_results import results_from_detections
 from retinamask.ops.masks import encode_masks, paste_and_encode_masks, paste_masks, paste_masks_seed
 
 

@@ -15,7 +15,7 @@ from PIL import Image
 from browser import CHROMIUM_FLAGS, chromium_path
 from retinamask.cli import main
 from retinamask.config.shipped import shipped_onnx_path
-from video_support import gradient_frames, make_clip, probe, top_level_boxes
+from video_support import gradient_frames, make_clip, predict_cli, probe, read_jsonl, top_level_boxes
 
 
 def shape_frames(tmp_path, count, size=(224, 192), seed=11):
@@ -32,16 +32,6 @@ def shape_frames(tmp_path, count, size=(224, 192), seed=11):
         canvas[:h, :w] = rgb[:h, :w]
         frames.append(canvas)
     return frames
-
-
-def predict_cli(*args):
-    return main(["predict", "--model", str(shipped_onnx_path()), "--backend", "onnxruntime", *map(str, args)])
-
-
-def read_jsonl(path):
-    lines = Path(path).read_text().splitlines(keepends=True)
-    assert all(line.endswith("\n") for line in lines)
-    return [json.loads(line) for line in lines]
 
 
 def without_track(detections):

@@ -3,7 +3,6 @@ a thread) and an RTSP PLAY server (GStreamer's, Debian's packages). Latency stay
 is kept, drops are counted), a dropped stream is re-opened (even at a new size), a dead one ends the run
 with its files valid, SIGTERM leaves a playable MP4 and complete JSONL lines (exit 143)."""
 
-import json
 import os
 import signal
 import subprocess
@@ -15,11 +14,10 @@ import numpy as np
 import pytest
 
 from retinamask.apps.predict_video import predict_video
-from retinamask.cli import main
 from retinamask.config.shipped import shipped_onnx_path
 from retinamask.core.detections import Detections
 from retinamask.core.errors import InputError
-from video_support import MjpegServer, free_port, probe
+from video_support import MjpegServer, free_port, predict_cli, probe, read_jsonl
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -43,16 +41,6 @@ class SlowModel:
             masks=np.zeros((1, *rgb.shape[:2]), np.uint8),
             image_hw=rgb.shape[:2],
         )
-
-
-def predict_cli(*args):
-    return main(["predict", "--model", str(shipped_onnx_path()), "--backend", "onnxruntime", *map(str, args)])
-
-
-def read_jsonl(path):
-    lines = Path(path).read_text().splitlines(keepends=True)
-    assert all(line.endswith("\n") for line in lines)
-    return [json.loads(line) for line in lines]
 
 
 def test_a_stream_faster_than_the_model_is_answered_with_the_latest_frame(tmp_path):

@@ -379,3 +379,20 @@ def tcp_stream_process(port, **kwargs):
 
     code = f"import video_support; video_support.serve_tcp_stream({port}, **{kwargs!r})"
     return subprocess.Popen([sys.executable, "-c", code], cwd=Path(__file__).parent)
+
+
+def predict_cli(*args):
+    """``retinamask predict`` on the shipped ONNX model with ONNX Runtime (in this process); its exit code."""
+    from retinamask.cli import main
+    from retinamask.config.shipped import shipped_onnx_path
+
+    return main(["predict", "--model", str(shipped_onnx_path()), "--backend", "onnxruntime", *map(str, args)])
+
+
+def read_jsonl(path):
+    """A JSONL file's records, asserting that every line is complete."""
+    import json
+
+    lines = Path(path).read_text().splitlines(keepends=True)
+    assert all(line.endswith("\n") for line in lines)
+    return [json.loads(line) for line in lines]

@@ -51,8 +51,7 @@ class PartStore:
             return
         import json
 
-        from retinamask.core.fileio import atomic_write_text
-        from retinamask.ops.coco_results import json_default
+        from retinamask.core.fileio import atomic_write_text, json_default
 
         atomic_write_text(
             self._path(job), json.dumps({"key": key, "results": results, "areas": areas}, default=json_default)

@@ -20,8 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from retinamask.core.errors import InputError
-from retinamask.core.fileio import atomic_write_json, atomic_write_text
-from retinamask.ops.coco_results import json_default
+from retinamask.core.fileio import atomic_write_json, atomic_write_text, json_default
 
 STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
 IOU_TYPES = ("bbox", "segm")

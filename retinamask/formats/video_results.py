@@ -40,17 +40,7 @@ import numpy as np
 import pycocotools.mask as mask_util
 
 from retinamask.core.errors import InputError, OutputError
-
-
-def _json_default(value):
-    """numpy scalars and arrays, and bytes RLE counts, as JSON."""
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, bytes):
-        return value.decode("utf-8")
-    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+from retinamask.core.fileio import json_default
 
 
 class JsonlWriter:
@@ -70,7 +60,7 @@ class JsonlWriter:
     def write(self, record):
         if self._fd is None:
             raise ValueError("write() on a closed JsonlWriter")
-        data = (json.dumps(record, separators=(",", ":"), default=_json_default) + "\n").encode("utf-8")
+        data = (json.dumps(record, separators=(",", ":"), default=json_default) + "\n").encode("utf-8")
         view = memoryview(data)
         try:
             while view:

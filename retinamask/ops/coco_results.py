@@ -76,14 +76,3 @@ def detections_to_json(detections, score_threshold=0.0):
             for i, rle in zip(keep, rles)
         ],
     }
-
-
-def json_default(value):
-    """``json.dumps(default=...)`` for results: numpy scalars and arrays, bytes RLE counts."""
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, bytes):
-        return value.decode("utf-8")
-    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
