@@ -41,9 +41,11 @@ def test_demo_writes_overlays_and_detection_json(demo_run):
     assert record["detections"] and {d["class_name"] for d in record["detections"]} <= classes
 
 
-# the demo's video step on its generated clips (seed 7, never tuned on): measured MOTA 0.821, IDF1 0.858
-MOTA_FLOOR = 0.75
-IDF1_FLOOR = 0.80
+# the demo's video step on its generated clips (seed 7, never tuned on, H.264 crf 18): measured MOTA 0.756,
+# IDF1 0.818 (the same clips encoded with B-frames gave 0.821 / 0.858: the small model trained on PNGs feels
+# the codec; 3 clips, 14 objects)
+MOTA_FLOOR = 0.70
+IDF1_FLOOR = 0.77
 
 
 def test_demo_tracks_generated_clips_into_annotated_videos(demo_run):

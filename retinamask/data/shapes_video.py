@@ -47,6 +47,7 @@ DEFAULT_FRAMES = 50
 DEFAULT_FPS = Fraction(25)
 MAX_FPS = 240
 MP4_CRF = 18
+MP4_PRESET = "medium"  # data, not a live encode: x264's default quality per bit
 CLIP_FILE_PATTERN = re.compile(r"^\d{6,}\.(mp4|mkv)$")
 
 
@@ -204,6 +205,7 @@ def write_clip(path, params, split, index):
         1 / rate,
         rate,
         crf=params["crf"] or MP4_CRF,
+        preset=MP4_PRESET,
         lossless=params["codec"] == "ffv1",
         threads=1,
     )
