@@ -39,6 +39,8 @@ SCRIPTS = (
     "pytorch_latency",
     "infer_levers",
     "mask_ceiling",
+    "serve_protocols",
+    "serve_latency",
 )
 
 S = 128
