@@ -33,14 +33,14 @@ SCRIPTS = (
     "suite",
     "resize_policies",
     "accuracy",
+    "serve_protocols",
+    "serve_latency",
     "conventions",
     "coco_eval_speed",
     "ray_scaling",
     "pytorch_latency",
     "infer_levers",
     "mask_ceiling",
-    "serve_protocols",
-    "serve_latency",
 )
 
 S = 128
