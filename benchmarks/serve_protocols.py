@@ -5,9 +5,11 @@ One ``retinamask serve --grpc-port`` process (the default layout: 2 sessions x 1
 images, driven through ``/v1/predict`` (masks as RLE), ``/v2/models/M/infer`` over HTTP (the binary data
 extension, every output binary, as ``tritonclient`` sends it) and ModelInfer over gRPC, by the client of
 ``bench --url`` (``retinamask.serve.client.sender``: new HTTP connection per request as before, one gRPC
-channel). The protocols take turns, round after round, so that a drift in the machine's load touches each
-alike; a protocol's figure pools its rounds. Goal: at concurrency 4 each protocol reaches >= 0.95x the
-images/s of /v1/predict. The load monitor marks a run disturbed by other processes as unfit for the record.
+channel). The protocols take turns, round after round, each going first in turn, so that a drift in the
+machine's load touches each alike; a protocol's figure pools its rounds, and the median of its per-round
+ratios to /v1 (a round's protocols ran seconds apart) is given beside it. Goal: at concurrency 4 each
+protocol reaches >= 0.95x the images/s of /v1/predict. The load monitor marks a run disturbed by other
+processes as unfit for the record.
 """
 
 import argparse
@@ -36,8 +38,10 @@ def measure(server, images, sends, concurrency, requests, rounds, monitor):
     from retinamask.serve.client import run_load
 
     pooled = {protocol: {"ok": 0, "seconds": 0.0, "latencies_ms": [], "errors": {}, "rates": []} for protocol in sends}
+    order = list(sends)
     for turn in range(rounds):
-        for protocol, send in sends.items():
+        for protocol in order[turn % len(order) :] + order[: turn % len(order)]:  # each goes first in turn
+            send = sends[protocol]
             with monitor.timed(f"{protocol} c{concurrency} round {turn + 1}"):
                 result = run_load(server.client, images, concurrency, requests, send=send)
             row, summary = pooled[protocol], result.summary()
@@ -47,10 +51,12 @@ def measure(server, images, sends, concurrency, requests, rounds, monitor):
             row["rates"].append(round(summary["images_per_s"], 2))
             for status, count in summary["errors"].items():
                 row["errors"][status] = row["errors"].get(status, 0) + count
+    first = pooled[order[0]]["rates"]
     return {
         protocol: {
             "images_per_s": row["ok"] / row["seconds"],
             "rounds_images_per_s": row["rates"],
+            "paired_ratio": statistics.median(r / f for r, f in zip(row["rates"], first) if f),
             "p50_ms": statistics.median(row["latencies_ms"]) if row["latencies_ms"] else float("nan"),
             "errors": row["errors"],
         }
@@ -91,7 +97,15 @@ def markdown(report):
         f"{report['verdict']}",
         "",
         *table_head(
-            "protocol", "c=4 images/s:", "vs /v1:", "rounds:", "c=4 p50 ms:", "c=1 p50 ms:", "vs /v1:", "errors"
+            "protocol",
+            "c=4 images/s:",
+            "vs /v1:",
+            "vs /v1, median of rounds:",
+            "rounds:",
+            "c=4 p50 ms:",
+            "c=1 p50 ms:",
+            "vs /v1:",
+            "errors",
         ),
     ]
     for protocol, c4 in report["c4"].items():
@@ -102,6 +116,7 @@ def markdown(report):
                 LABELS[protocol],
                 f"{c4['images_per_s']:.2f}",
                 f"**{c4['images_per_s'] / v1_c4['images_per_s']:.2f}x**",
+                f"{c4['paired_ratio']:.2f}x",
                 " / ".join(f"{r:.1f}" for r in c4["rounds_images_per_s"]),
                 f"{c4['p50_ms']:.0f}",
                 f"{c1['p50_ms']:.1f}",

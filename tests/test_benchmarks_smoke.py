@@ -34,6 +34,8 @@ SCRIPTS = (
     "video",
     "resize_policies",
     "accuracy",
+    "serve_protocols",
+    "serve_latency",
     "conventions",
     "coco_eval_speed",
     "ray_scaling",
