@@ -17,7 +17,7 @@ from retinamask.apps.predict_video import predict_video
 from retinamask.config.shipped import shipped_onnx_path
 from retinamask.core.detections import Detections
 from retinamask.core.errors import InputError
-from video_support import MjpegServer, free_port, predict_cli, probe, read_jsonl
+from video_support import MjpegServer, RtspServer, free_port, predict_cli, probe, read_jsonl, require_rtsp_server
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -110,35 +110,11 @@ def test_a_url_that_cannot_be_opened_fails_within_the_timeout(tmp_path, capsys):
         next(predict_video(SlowModel(0), url, timeout=2, reconnect=0))
 
 
-def rtsp_server(port):
-    """GStreamer's RTSP server on 127.0.0.1:port (tests/rtsp_server.py, run by the system python3)."""
-    python = "/usr/bin/python3"
-    try:
-        process = subprocess.Popen(
-            [python, str(REPO / "tests" / "rtsp_server.py"), str(port)], stdout=subprocess.PIPE, text=True
-        )
-    except OSError:
-        process = None
-    ready = process is not None and process.stdout.readline().strip() == "ready"
-    if not ready:
-        if process is not None:
-            process.kill()
-        message = "no GStreamer RTSP server (Debian: python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-rtsp ...)"
-        if os.environ.get("RETINAMASK_REQUIRE_RTSP") == "1":
-            pytest.fail(message)
-        pytest.skip(message)
-    return process
-
-
 def test_an_rtsp_camera_is_tracked_into_a_playable_mp4(tmp_path):
-    port = free_port()
-    server = rtsp_server(port)
-    try:
-        url = f"rtsp://127.0.0.1:{port}/test"
-        assert predict_cli("--input", url, "--output", tmp_path / "out", "--max-frames", "8", "--track") == 0
-    finally:
-        server.kill()
-        server.wait()
+    require_rtsp_server()
+    with RtspServer(size=(320, 240)) as server:
+        assert predict_cli("--input", server.url, "--output", tmp_path / "out", "--max-frames", "8", "--track") == 0
+        port = server.port
     stem = "127.0.0.1_" + str(port) + "_test"
     records = read_jsonl(tmp_path / "out" / f"{stem}.jsonl")
     assert len(records) == 8 and [r["pts"] for r in records] == sorted(r["pts"] for r in records)

@@ -710,10 +710,9 @@ def test_mots_lines_are_decodable_rle_without_overlaps():
 
 @pytest.fixture(scope="module")
 def rtsp_available():
-    from video_support import rtsp_server_available
+    from video_support import require_rtsp_server
 
-    if not rtsp_server_available():
-        pytest.skip("no GStreamer RTSP server (apt-get install python3-gi gir1.2-gst-rtsp-server-1.0 ...)")
+    require_rtsp_server()
 
 
 def test_rtsp_opens_without_stale_frames_and_reconnects(rtsp_available):

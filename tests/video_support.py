@@ -311,6 +311,20 @@ def rtsp_server_available():
         return False
 
 
+def require_rtsp_server():
+    """Skip the test where Debian's GStreamer RTSP server is missing; fail instead under
+    RETINAMASK_REQUIRE_RTSP=1 (``.ci/run``, which installs it)."""
+    import os
+
+    import pytest
+
+    if not rtsp_server_available():
+        message = "no GStreamer RTSP server (Debian: python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-rtsp ...)"
+        if os.environ.get("RETINAMASK_REQUIRE_RTSP") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+
+
 class RtspServer:
     """tests/rtsp_server.py (GStreamer's RTSP PLAY server, run by the system Python that has ``gi``) on
     127.0.0.1: H.264 of a moving ball at ``size`` and ``fps``, a keyframe every 10 frames, at ``url``.
