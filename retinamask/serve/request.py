@@ -12,16 +12,22 @@ from starlette.requests import Request
 from retinamask.serve.errors import ServeError
 
 
+def declared_length(request):
+    """The request's Content-Length as an int (None when absent); ServeError 400 when it is no number."""
+    declared = request.headers.get("content-length")
+    if declared is None:
+        return None
+    try:
+        return int(declared)
+    except ValueError:
+        raise ServeError(400, "bad_request", "Content-Length is not a number") from None
+
+
 async def read_body(request, limit):
     """The request body, at most ``limit`` bytes; ServeError 413 beyond it."""
-    declared = request.headers.get("content-length")
-    if declared is not None:
-        try:
-            declared = int(declared)
-        except ValueError:
-            raise ServeError(400, "bad_request", "Content-Length is not a number") from None
-        if declared > limit:
-            raise _too_large(declared, limit)
+    declared = declared_length(request)
+    if declared is not None and declared > limit:
+        raise _too_large(declared, limit)
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)

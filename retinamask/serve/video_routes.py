@@ -24,6 +24,7 @@ from starlette.concurrency import run_in_threadpool
 
 from retinamask.serve.errors import OrjsonResponse, ServeError
 from retinamask.serve.pipeline import check_key, require_ready
+from retinamask.serve.request import declared_length
 from retinamask.serve.video_job import STEM, JobOptions, probe_upload
 
 VIDEOS = "/v1/videos"
@@ -141,14 +142,9 @@ def _complete_lines(path):
 async def _receive(request, folder, limit, limit_mb):
     """The clip of a POST into ``folder`` -> (its name as sent, the file name in the folder)."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    declared = request.headers.get("content-length")
-    if declared is not None:
-        try:
-            declared = int(declared)
-        except ValueError:
-            raise ServeError(400, "bad_request", "Content-Length is not a number") from None
-        if declared > limit:
-            raise _too_large(declared, limit_mb)
+    declared = declared_length(request)
+    if declared is not None and declared > limit:
+        raise _too_large(declared, limit_mb)
     if content_type == "multipart/form-data":
         return await _multipart(request, folder, limit, limit_mb)
     if content_type.startswith("video/") or content_type == "application/octet-stream":
