@@ -24,8 +24,8 @@ from retinamask.formats.images import warm_decoders
 from retinamask.serve import encode, oip_rest, stream_ws, video_routes
 from retinamask.serve.batcher import Batcher
 from retinamask.serve.errors import OrjsonResponse, ServeError, install_handlers
-from retinamask.serve.metrics import STAGES, ServeMetrics
-from retinamask.serve.pipeline import check_key, detect, require_ready, timed
+from retinamask.serve.metrics import ServeMetrics, stage_ms
+from retinamask.serve.pipeline import check_key, detect, encoded_results, require_ready, timed
 from retinamask.serve.request import image_bytes, read_body
 from retinamask.serve.video_jobs import VideoJobs
 from retinamask.serve.video_metrics import VideoMetrics
@@ -247,17 +247,7 @@ async def _predict(state, request, score_threshold, max_detections, masks, respo
         png = await timed(timings, "encode", encode.overlay_png, rgb, detections, keep, score_threshold)
         state.metrics.observe_stages(timings)
         return Response(png, media_type="image/png", headers=_timing_headers(timings))
-    results = await timed(
-        timings,
-        "encode",
-        encode.coco_results,
-        detections,
-        keep,
-        model.category_ids,
-        masks,
-        model.mask_threshold,
-        model.mask_paste,
-    )
+    results = await encoded_results(state, detections, keep, masks, timings)
     state.metrics.observe_stages(timings)
     return Response(encode.json_bytes(_body(model, rgb.shape, timings, results)), media_type="application/json")
 
@@ -270,7 +260,7 @@ def _body(model, shape, timings, results):
         "resize": model.info.resize.describe(),
         "backend": model.backend,
         "precision": model.precision,
-        "timings_ms": {stage: round(timings[stage] * 1000, 3) for stage in STAGES if stage in timings},
+        "timings_ms": stage_ms(timings),
         "detections": results,
     }
 

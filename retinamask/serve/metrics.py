@@ -4,6 +4,13 @@ do not collide)."""
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest
 
 STAGES = ("decode", "preprocess", "queue", "infer", "postprocess", "encode")
+
+
+def stage_ms(timings):
+    """A request's stage seconds as the answers' ``timings_ms``: milliseconds to 3 decimals, in stage order."""
+    return {stage: round(timings[stage] * 1000, 3) for stage in STAGES if stage in timings}
+
+
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 _BYTES_BUCKETS = (256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304)
 

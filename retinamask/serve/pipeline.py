@@ -15,6 +15,7 @@ from starlette.concurrency import run_in_threadpool
 
 from retinamask.core.errors import InputError
 from retinamask.formats.images import NotAnImage, decode_image_bytes
+from retinamask.serve import encode
 from retinamask.serve.batcher import Draining, QueueFull
 from retinamask.serve.errors import ServeError
 
@@ -76,6 +77,23 @@ async def timed(timings, stage, function, *args):
     result = await run_in_threadpool(function, *args)
     timings[stage] = time.perf_counter() - started
     return result
+
+
+async def encoded_results(state, detections, keep, masks, timings):
+    """``detections[keep]`` as COCO results (``encode.coco_results``: the served model's category ids, mask
+    threshold and paste; ``masks`` rle, polygon or none), timed as the "encode" stage."""
+    model = state.model
+    return await timed(
+        timings,
+        "encode",
+        encode.coco_results,
+        detections,
+        keep,
+        model.category_ids,
+        masks,
+        model.mask_threshold,
+        model.mask_paste,
+    )
 
 
 def decode(data, max_pixels):

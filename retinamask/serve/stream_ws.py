@@ -31,8 +31,8 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 from retinamask.ops.tracking import ByteTracker
 from retinamask.serve import encode
 from retinamask.serve.errors import ServeError
-from retinamask.serve.metrics import STAGES
-from retinamask.serve.pipeline import check_key, detect, timed
+from retinamask.serve.metrics import stage_ms
+from retinamask.serve.pipeline import check_key, detect, encoded_results
 
 log = logging.getLogger(__name__)
 
@@ -201,18 +201,7 @@ class Stream:
             seconds = arrival - self.first_arrival
             track_ids = self.tracker.update(detections.boxes, detections.scores, detections.labels, seconds)
         keep = encode.select(detections, options["score_threshold"], options["max_detections"])
-        model = state.model
-        results = await timed(
-            timings,
-            "encode",
-            encode.coco_results,
-            detections,
-            keep,
-            model.category_ids,
-            options["masks"],
-            model.mask_threshold,
-            model.mask_paste,
-        )
+        results = await encoded_results(state, detections, keep, options["masks"], timings)
         if track_ids is not None:
             for result, i in zip(results, keep):
                 result["track_id"] = int(track_ids[i]) if track_ids[i] >= 1 else None
@@ -224,6 +213,6 @@ class Stream:
             "dropped_total": self.dropped_total,
             "image": {"height": int(rgb.shape[0]), "width": int(rgb.shape[1])},
             "latency_ms": round((time.perf_counter() - arrival) * 1000, 3),
-            "timings_ms": {stage: round(timings[stage] * 1000, 3) for stage in STAGES if stage in timings},
+            "timings_ms": stage_ms(timings),
             "detections": results,
         }
