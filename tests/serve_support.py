@@ -3,6 +3,7 @@ plain HTTP calls, and a model wrapper that slows or breaks the runtime on demand
 
 import contextlib
 import json
+import socket
 import threading
 import time
 import urllib.error
@@ -92,3 +93,44 @@ class SlowModel:
 
     def warm_up(self):
         return self._model.warm_up()
+
+
+def raw_post(server, path, head, chunks=()):
+    """POST ``path``: send a request head (and then ``chunks``, stopping as soon as the server answers); the reply bytes
+    and how many body bytes were sent."""
+    sent = 0
+    with socket.create_connection(("127.0.0.1", int(server.rsplit(":", 1)[1])), timeout=10) as conn:
+        request_line = f"POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer s3cret\r\n".encode()
+        conn.sendall(request_line + head + b"\r\n")
+        try:
+            for chunk in chunks:
+                conn.settimeout(0.01)
+                try:
+                    if conn.recv(1, socket.MSG_PEEK):
+                        break
+                except (TimeoutError, BlockingIOError):
+                    pass
+                conn.settimeout(10)
+                conn.sendall(chunk)
+                sent += len(chunk)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        conn.settimeout(10)
+        reply = conn.recv(65536)
+        head, _, body = reply.partition(b"\r\n\r\n")
+        length = int(
+            next(
+                (
+                    v
+                    for k, v in (line.split(b":", 1) for line in head.split(b"\r\n")[1:])
+                    if k.strip().lower() == b"content-length"
+                ),
+                0,
+            )
+        )
+        while len(body) < length:
+            more = conn.recv(65536)
+            if not more:
+                break
+            body += more
+        return head + b"\r\n\r\n" + body, sent

@@ -2,7 +2,6 @@
 status (docs/errors.md, HTTP errors), never a traceback, and the server keeps serving."""
 
 import io
-import socket
 import struct
 import time
 import zlib
@@ -11,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from PIL import Image
 
-from serve_support import SlowModel, call, demo_images, json_of, post_image, running
+from serve_support import SlowModel, call, demo_images, json_of, post_image, raw_post, running
 
 
 @pytest.fixture(scope="module")
@@ -77,54 +76,14 @@ def _png_header_only(width, height):
     )
 
 
-def _raw_post(server, head, chunks=()):
-    """Send a request head (and then ``chunks``, stopping as soon as the server answers); the reply bytes
-    and how many body bytes were sent."""
-    sent = 0
-    with socket.create_connection(("127.0.0.1", int(server.rsplit(":", 1)[1])), timeout=10) as conn:
-        conn.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer s3cret\r\n" + head + b"\r\n")
-        try:
-            for chunk in chunks:
-                conn.settimeout(0.01)
-                try:
-                    if conn.recv(1, socket.MSG_PEEK):
-                        break
-                except (TimeoutError, BlockingIOError):
-                    pass
-                conn.settimeout(10)
-                conn.sendall(chunk)
-                sent += len(chunk)
-        except (BrokenPipeError, ConnectionResetError):
-            pass
-        conn.settimeout(10)
-        reply = conn.recv(65536)
-        head, _, body = reply.partition(b"\r\n\r\n")
-        length = int(
-            next(
-                (
-                    v
-                    for k, v in (line.split(b":", 1) for line in head.split(b"\r\n")[1:])
-                    if k.strip().lower() == b"content-length"
-                ),
-                0,
-            )
-        )
-        while len(body) < length:
-            more = conn.recv(65536)
-            if not more:
-                break
-            body += more
-        return head + b"\r\n\r\n" + body, sent
-
-
 def test_body_over_the_limit_is_413_before_it_is_read(server):
     # a declared length over the limit: answered from the head alone, no body byte is needed
-    reply, _ = _raw_post(server, b"Content-Type: image/png\r\nContent-Length: 1048577\r\n")
+    reply, _ = raw_post(server, "/v1/predict", b"Content-Type: image/png\r\nContent-Length: 1048577\r\n")
     assert reply.startswith(b"HTTP/1.1 413") and b"payload_too_large" in reply and b"1 MB" in reply
     # no Content-Length (chunked): refused while streaming, long before the sender's 8 MB are read
     chunk = b"\0" * 65536
     body = (b"%x\r\n" % len(chunk) + chunk + b"\r\n" for _ in range(128))
-    reply, sent = _raw_post(server, b"Content-Type: image/png\r\nTransfer-Encoding: chunked\r\n", body)
+    reply, sent = raw_post(server, "/v1/predict", b"Content-Type: image/png\r\nTransfer-Encoding: chunked\r\n", body)
     assert reply.startswith(b"HTTP/1.1 413") and b"payload_too_large" in reply
     assert sent < 4 * 1024 * 1024
 

@@ -5,14 +5,13 @@ sending 3x faster than the model gets bounded latency and the drops counted)."""
 
 import json
 import signal
-import socket
 import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from serve_support import SlowModel, call, json_of, running
+from serve_support import SlowModel, call, json_of, raw_post, running
 from test_predict_video import predict_cli, read_jsonl, shape_frames
 from video_support import gradient_frames, jpeg_bytes, make_clip, probe
 
@@ -115,34 +114,6 @@ def _metric(text, name):
     return float(next(line.split()[-1] for line in text.splitlines() if line.startswith(name)))
 
 
-def raw_post(base, head, chunks=()):
-    """POST /v1/videos: a request head, then ``chunks`` until the server answers -> (reply, body bytes sent)."""
-    sent = 0
-    with socket.create_connection(("127.0.0.1", int(base.rsplit(":", 1)[1])), timeout=10) as conn:
-        conn.sendall(b"POST /v1/videos HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer s3cret\r\n" + head + b"\r\n")
-        try:
-            for chunk in chunks:
-                conn.settimeout(0.01)
-                try:
-                    if conn.recv(1, socket.MSG_PEEK):
-                        break
-                except (TimeoutError, BlockingIOError):
-                    pass
-                conn.settimeout(10)
-                conn.sendall(chunk)
-                sent += len(chunk)
-        except (BrokenPipeError, ConnectionResetError):
-            pass
-        conn.settimeout(10)
-        reply = b""
-        while b"}}" not in reply:  # the JSON error's end
-            more = conn.recv(65536)
-            if not more:
-                break
-            reply += more
-        return reply, sent
-
-
 def test_multipart_stride_and_no_tracking(server, frames, tmp_path):
     base, _ = server
     clip = make_clip(tmp_path / "b.mkv", frames[:6], codec="ffv1", rate=10)
@@ -171,18 +142,18 @@ def test_every_limit_and_error_is_one_json_line_before_the_work_starts(server, f
     clip = make_clip(tmp_path / "c.mp4", frames[:3], rate=10).read_bytes()
     error_of(upload(base, clip, headers={}), 401, "unauthorized")
     # a declared length over --max-video-mb: answered from the head alone
-    reply, _ = raw_post(base, b"Content-Type: video/mp4\r\nContent-Length: 1048577\r\n")
+    reply, _ = raw_post(base, "/v1/videos", b"Content-Type: video/mp4\r\nContent-Length: 1048577\r\n")
     assert reply.startswith(b"HTTP/1.1 413") and b"payload_too_large" in reply and b"--max-video-mb" in reply
     # no Content-Length (chunked): refused while it streams, long before the sender's 8 MB are read
     chunk = b"\0" * 65536
     body = (b"%x\r\n" % len(chunk) + chunk + b"\r\n" for _ in range(128))
-    reply, sent = raw_post(base, b"Content-Type: video/mp4\r\nTransfer-Encoding: chunked\r\n", body)
+    reply, sent = raw_post(base, "/v1/videos", b"Content-Type: video/mp4\r\nTransfer-Encoding: chunked\r\n", body)
     assert reply.startswith(b"HTTP/1.1 413") and b"payload_too_large" in reply and sent < 4 * 1024 * 1024
     # the same in a multipart body: counted while the parser reads it
     part = b'--b\r\nContent-Disposition: form-data; name="video"; filename="a.mp4"\r\n\r\n'
     body = (b"%x\r\n" % len(c) + c + b"\r\n" for c in [part] + [chunk] * 128)
     head = b"Content-Type: multipart/form-data; boundary=b\r\nTransfer-Encoding: chunked\r\n"
-    reply, sent = raw_post(base, head, body)
+    reply, sent = raw_post(base, "/v1/videos", head, body)
     assert reply.startswith(b"HTTP/1.1 413") and b"payload_too_large" in reply and sent < 4 * 1024 * 1024
     assert "not a video" in error_of(upload(base, b"this is text, not a video\n"), 415, "not_a_video")
     error_of(upload(base, clip, content_type="image/png"), 415, "unsupported_media_type")
@@ -240,7 +211,7 @@ def test_cancel_keeps_a_valid_video_then_delete_removes_and_old_jobs_expire(serv
         third = json_of(upload(base, clip)[2])
         # --max-queued-jobs 2: refused from the head (a client still sending gets the answer, not the read)
         head = b"Content-Type: video/mp4\r\nContent-Length: %d\r\n" % len(clip)
-        reply, _ = raw_post(base, head, (clip[i : i + 65536] for i in range(0, len(clip), 65536)))
+        reply, _ = raw_post(base, "/v1/videos", head, (clip[i : i + 65536] for i in range(0, len(clip), 65536)))
         assert reply.startswith(b"HTTP/1.1 503") and b"jobs_full" in reply and b"Retry-After: 5" in reply.title()
         running_now = wait_for(base, job["id"], ("running",), until=lambda s: s["frames_done"] >= 3)
         assert running_now["eta_s"] > 0
