@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from retinamask.core.errors import OutputError
+from retinamask.core.errors import InputError, OutputError
 
 
 def _current_umask():
@@ -168,3 +168,19 @@ def json_default(value):
     if isinstance(value, bytes):
         return value.decode("utf-8")
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def check_input_file(path, kind):
+    """One InputError naming ``path`` for an input that cannot be a ``kind`` ("an image file", "a video
+    file"): missing, a broken link, unreadable, a folder, or empty."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        raise InputError("broken symbolic link" if path.is_symlink() else "file not found", path) from None
+    except OSError as e:
+        raise InputError(f"cannot read: {e.strerror or e}", path) from None
+    if path.is_dir():
+        raise InputError(f"is a directory, not {kind}", path)
+    if size == 0:
+        raise InputError("empty file (0 bytes)", path)

@@ -27,6 +27,7 @@ from PIL import Image, ImageFile, UnidentifiedImageError
 
 from retinamask.core.contract import IMAGE_EXTENSIONS
 from retinamask.core.errors import InputError
+from retinamask.core.fileio import check_input_file
 
 _SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 
@@ -39,17 +40,7 @@ def load_image_rgb(path):
     decodable image of acceptable size.
     """
     path = Path(path)
-    try:
-        size = path.stat().st_size
-    except FileNotFoundError:
-        raise InputError("broken symbolic link" if path.is_symlink() else "file not found", path) from None
-    except OSError as e:
-        raise InputError(f"cannot read: {e.strerror or e}", path) from None
-    if path.is_dir():
-        raise InputError("is a directory, not an image file", path)
-    if size == 0:
-        raise InputError("empty file (0 bytes)", path)
-
+    check_input_file(path, "an image file")
     return _decode(path, path)
 
 

@@ -10,7 +10,6 @@ from pathlib import Path
 import av
 
 from retinamask.core.contract import IMAGE_EXTENSIONS
-from retinamask.core.errors import InputError
 
 LIVE_SCHEMES = ("rtsp", "rtsps", "rtmp", "rtmps", "udp", "tcp", "srt", "rtp", "http", "https")
 
@@ -77,20 +76,6 @@ def _still_image(container):
     """Image demuxers: "image2" and the "*_pipe" ones (png_pipe, jpeg_pipe, webp_pipe...)."""
     name = container.format.name
     return name == "image2" or name.endswith("_pipe")
-
-
-def check_file(source):
-    path = Path(source)
-    try:
-        size = path.stat().st_size
-    except FileNotFoundError:
-        raise InputError("broken symbolic link" if path.is_symlink() else "file not found", source) from None
-    except OSError as e:
-        raise InputError(f"cannot read: {e.strerror or e}", source) from None
-    if path.is_dir():
-        raise InputError("is a directory, not a video file", source)
-    if size == 0:
-        raise InputError("empty file (0 bytes)", source)
 
 
 def display_matrix(frame):

@@ -39,10 +39,10 @@ import av
 import numpy as np
 
 from retinamask.core.errors import InputError, one_line
+from retinamask.core.fileio import check_input_file
 from retinamask.formats.video_probe import (
     LIVE_SCHEMES,
     camera_device,
-    check_file,
     display_matrix,
     is_video_file,
     mp4_without_index,
@@ -131,7 +131,7 @@ class VideoReader:
         elif scheme in LIVE_SCHEMES:  # http(s) too: a live MPEG-TS over HTTP would hold 5 s of frames
             self._open_args = {"options": {"analyzeduration": str(LIVE_ANALYZE_US)}}
         elif scheme is None:
-            check_file(source)
+            check_input_file(source, "a video file")
         self._url = camera is not None or scheme is not None
         self._live = camera is not None or scheme in LIVE_SCHEMES  # http(s): until its duration is known
         self.skipped_packets = 0
