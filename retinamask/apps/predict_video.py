@@ -165,7 +165,6 @@ class FrameFeed:
         self._finished = False
         self._error = None
         self._dropped = 0
-        self.dropped_total = 0
         self._behind_said = False
         self._thread = threading.Thread(target=self._decode, name=f"decode {name}", daemon=True)
         self._thread.start()
@@ -215,7 +214,6 @@ class FrameFeed:
                     break
                 frame = self._frames.popleft()
                 dropped, self._dropped = self._dropped, 0
-                self.dropped_total += dropped
                 self._ready.notify_all()
             yield frame, dropped
         if self._error is not None:
