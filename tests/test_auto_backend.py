@@ -6,7 +6,7 @@ import logging
 import pytest
 
 from retinamask.core.cpu import CLASS_RULES, CpuInfo, cpu_class, describe_cpu_class, measured_class, read_cpu_info
-from retinamask.runtime.auto_backend import choose_backend, reduced_precision_note
+from retinamask.runtime.auto_backend import choose_backend, faster_precision_offer, reduced_precision_note
 from retinamask.runtime.backends import create_session
 from test_runtime_fakes import build_fake_model
 
@@ -25,18 +25,23 @@ XEON = CpuInfo.from_flags(
 def test_cpu_classes_from_vendor_and_flags():
     assert cpu_class(CLASS_A) == "A" and cpu_class(CLASS_B) == "B" and cpu_class(NO_AVX2) == "?"
     assert cpu_class(XEON) == "C"  # bf16 and fp16, no AMX: the class where bf16 is measured slower
-    amx = CpuInfo.from_flags(XEON.flags | {"amx_tile", "amx_bf16"}, "GenuineIntel")
-    assert cpu_class(amx) == "D" and measured_class(amx) == "C"
+    amx = CpuInfo.from_flags(XEON.flags | {"amx_tile", "amx_bf16", "amx_int8"}, "GenuineIntel")
+    assert cpu_class(amx) == "D" and measured_class(amx) == "D"  # AMX bf16 + int8: measured (issue 30)
+    # fp16 tiles too (Granite Rapids): another kind of speed, unmeasured, class D's figures stand in
+    amx_fp16 = CpuInfo.from_flags(amx.flags | {"amx_fp16"}, "GenuineIntel")
+    assert cpu_class(amx_fp16) == "G" and measured_class(amx_fp16) == "D"
     # AVX-512 + VNNI without bf16 (or of another vendor): unmeasured, class A's figures stand in
     other = CpuInfo.from_flags({"avx2", "avx512f", "avx512_vnni"}, "GenuineIntel")
     assert cpu_class(other) == "E" and measured_class(other) == "A"
     # AVX-512 without VNNI, unknown vendor: the AVX2 rules, unmeasured
     assert cpu_class(CpuInfo.from_flags({"avx2", "avx512f"})) == "F"
-    assert [rule.name for rule in CLASS_RULES if rule.measured] == ["C", "A", "B"]
+    assert [rule.name for rule in CLASS_RULES if rule.measured] == ["D", "C", "A", "B"]
     assert describe_cpu_class(CLASS_B) == "class B (avx2 only)"
     assert describe_cpu_class(CLASS_A) == "class A (AMD family 25, avx2 avx512f avx512_vnni avx512_bf16)"
     assert describe_cpu_class(XEON) == "class C (Intel, avx2 avx512f avx512_vnni avx512_bf16 avx512_fp16, no amx)"
-    assert describe_cpu_class(other) == "class E (avx2 avx512f avx512_vnni; unmeasured, as class A)"
+    assert describe_cpu_class(other) == "class E (Intel, avx2 avx512f avx512_vnni; unmeasured, as class A)"
+    assert describe_cpu_class(amx) == ("class D (Intel, avx2 avx512f avx512_vnni avx512_bf16 avx512_fp16 amx_bf16)")
+    assert describe_cpu_class(amx_fp16).endswith("amx_bf16 amx_fp16; unmeasured, as class D)")
     assert describe_cpu_class(NO_AVX2) == "class ? (no avx2)"
 
 
@@ -106,17 +111,26 @@ def test_unmeasured_or_stand_in_choices_say_so():
 
 
 def test_an_unmeasured_class_runs_what_its_stand_in_runs_and_the_line_says_so():
-    # class D (AMX) stands in as class C, whose fp32 choice (OpenVINO) is class A's comparison: D runs OpenVINO
-    # too, as the README's table says, and the line names both steps instead of "the portable default"
-    amx = CpuInfo.from_flags(XEON.flags | {"amx_tile", "amx_bf16"}, "GenuineIntel")
-    for quantized in (False, True):
-        choice = choose_backend("fp32", "cpu", quantized=quantized, cpu=amx, installed=BOTH)
-        as_c = choose_backend("fp32", "cpu", quantized=quantized, cpu=XEON, installed=BOTH)
-        assert choice.backend == as_c.backend == "openvino"
-    reason = choose_backend("fp32", "cpu", cpu=amx, installed=BOTH).reason
-    assert reason.startswith("unmeasured on class D (") and "unmeasured, as class C" in reason
-    assert "; as on class C, as on class A: OpenVINO fp32 4.21 s vs ONNX Runtime 4.48 s" in reason
+    # class G (AMX with fp16 tiles) stands in as class D, measured with both runtimes: G runs what D runs,
+    # ONNX Runtime for fp32 and OpenVINO for INT8, and the line says it is unmeasured and whose figures stand in
+    amx_fp16 = CpuInfo.from_flags(XEON.flags | {"amx_tile", "amx_bf16", "amx_fp16"}, "GenuineIntel")
+    for quantized, expected in ((False, "onnxruntime"), (True, "openvino")):
+        choice = choose_backend("fp32", "cpu", quantized=quantized, cpu=amx_fp16, installed=BOTH)
+        assert choice.backend == expected
+    reason = choose_backend("fp32", "cpu", cpu=amx_fp16, installed=BOTH).reason
+    assert reason.startswith("unmeasured on class G (") and "unmeasured, as class D" in reason
+    assert "; as on class D: ONNX Runtime fp32 3.15 s vs OpenVINO 3.20 s" in reason
     assert "portable default" not in reason
+
+
+def test_amx_runs_int8_on_openvino_and_fp32_on_onnx_runtime_as_measured():
+    # issue 30: on the AMX Xeon, OpenVINO INT8 0.394 s vs ONNX Runtime 1.051 s; fp32 within 2 %, ONNX Runtime ahead
+    amx = CpuInfo.from_flags(XEON.flags | {"amx_tile", "amx_bf16", "amx_int8"}, "GenuineIntel")
+    int8 = choose_backend("fp32", "cpu", quantized=True, cpu=amx, installed=BOTH)
+    assert int8.backend == "openvino" and int8.reason.startswith("fastest on class D")
+    assert "OpenVINO INT8 0.39 s vs ONNX Runtime 1.05 s" in int8.reason and "unmeasured" not in int8.reason
+    assert choose_backend("fp32", "cpu", cpu=amx, installed=BOTH).backend == "onnxruntime"
+    assert choose_backend("bf16", "cpu", cpu=amx, installed=BOTH).backend == "openvino"
 
 
 def test_reduced_precision_notes_per_class():
@@ -147,10 +161,11 @@ def test_a_faster_runtime_that_is_not_installed_is_named_not_used():
 def test_auto_session_runs_the_chosen_runtime_and_logs_why(tmp_path, caplog):
     model = build_fake_model(tmp_path / "m.onnx", canvas_side=64)
     expected = choose_backend("fp32", "cpu")
+    offer = faster_precision_offer()  # this CPU's: a faster precision measured on its class, or None
     with caplog.at_level(logging.INFO, logger="retinamask.runtime.backends"):
         session = create_session(model)  # backend="auto" is the default
     assert session.backend == expected.backend and session.precision == "fp32"
     assert session.choice == expected
-    assert [r.getMessage() for r in caplog.records] == [expected.line("fp32", "cpu")]
+    assert [r.getMessage() for r in caplog.records] == [expected.line("fp32", "cpu")] + ([offer] if offer else [])
     explicit = create_session(model, "onnxruntime")
     assert explicit.backend == "onnxruntime" and explicit.choice is None

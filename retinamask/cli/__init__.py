@@ -158,3 +158,17 @@ def add_resize_argument(parser, default_help="the model's, from its metadata"):
         f"padded to a few fixed canvases); default: {default_help}. A model exported with "
         "--resize original or buckets runs any of them; a square (seed) model only seed",
     )
+
+
+def add_precision_argument(parser, scope=""):
+    """``--precision fp32|bf16|fp16|fastest`` (shared by infer, bench, serve, predict); ``scope``: what it
+    applies to, e.g. "for --model: "."""
+    from retinamask.runtime.auto_backend import FASTEST, FASTEST_SEGM_BUDGET
+
+    parser.add_argument(
+        "--precision",
+        default="fp32",
+        help=f"{scope}fp32 (default); bf16 (OpenVINO) on a CPU that has it; fp16 with tensorrt (OpenVINO where "
+        f"the CPU has avx512_fp16); {FASTEST}: the fastest measured on this CPU class within "
+        f"{FASTEST_SEGM_BUDGET} segm mAP of fp32 on the shipped model (one line says which)",
+    )

@@ -2,7 +2,7 @@
 ``--loop`` mode) on random input of the model's shape; ``--compare`` runs every
 backend/precision available here and prints one Markdown table."""
 
-from retinamask.cli import add_resize_argument
+from retinamask.cli import add_precision_argument, add_resize_argument
 from retinamask.core.errors import EXIT_OK
 
 HELP = "pure-inference benchmark of an exported model (ais_bench-style)"
@@ -46,11 +46,7 @@ def add_arguments(parser):
         help="auto (default): the fastest installed runtime for this CPU and precision",
     )
     parser.add_argument("--device", choices=DEVICES, default="cpu")
-    parser.add_argument(
-        "--precision",
-        default="fp32",
-        help="fp32 (default), bf16 (OpenVINO), fp16 (TensorRT; OpenVINO where the CPU has avx512_fp16)",
-    )
+    add_precision_argument(parser)
     parser.add_argument("--threads", type=int, default=None, help="inference threads (default: physical cores)")
     parser.add_argument(
         "--cache-dir", "--cache_dir", dest="cache_dir", default=None, help="keep optimized/compiled models here"

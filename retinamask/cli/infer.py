@@ -6,7 +6,7 @@ and dashed forms too. Exit codes: 0 all done; 1 some items failed (listed); 2 no
 usable (bad model/arguments, or the first bad item under --strict).
 """
 
-from retinamask.cli import add_resize_argument, report_failures
+from retinamask.cli import add_precision_argument, add_resize_argument, report_failures
 
 HELP = "run an exported model over .bin files or images (ais_bench-style outputs)"
 
@@ -72,11 +72,7 @@ def _add_backend_arguments(parser):
         default="cpu",
         help="cpu, cuda or tensorrt (ONNX Runtime EPs; onnxruntime-gpu needed for the last two)",
     )
-    parser.add_argument(
-        "--precision",
-        default="fp32",
-        help="fp32 (default); bf16 with --backend openvino on a CPU that has it; fp16 with tensorrt",
-    )
+    add_precision_argument(parser)
 
 
 def _add_run_arguments(parser):

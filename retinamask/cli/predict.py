@@ -5,7 +5,7 @@ import logging
 from dataclasses import replace
 from pathlib import Path
 
-from retinamask.cli import add_resize_argument, report_failures, terminate_as_interrupt
+from retinamask.cli import add_precision_argument, add_resize_argument, report_failures, terminate_as_interrupt
 from retinamask.core.contract import MASK_PASTE_CHOICES
 from retinamask.core.errors import ConfigError
 
@@ -54,6 +54,7 @@ def add_arguments(parser):
         help="for --model; auto (default): the fastest installed runtime for this CPU",
     )
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda", "tensorrt"], help="for --model")
+    add_precision_argument(parser, "for --model: ")
     parser.add_argument(
         "--sessions",
         type=int,
@@ -181,6 +182,8 @@ def _file_predictors(args, predict, videos):
         threads,
         backend=predict.session.backend,
         device=args.device,
+        precision=predict.session.precision,
+        advise=False,  # said when ``predict`` was made
         resize=args.resize,
         mask_paste=args.mask_paste,
     )
@@ -197,6 +200,8 @@ def _category_ids(predict):
 def _make_predict(args):
     if sum(bool(v) for v in (args.model, args.weights or args.config, args.url)) > 1:
         raise ConfigError("give one of --model (ONNX), --weights with --config, or --url", path="command line")
+    if args.precision != "fp32" and not args.model and (args.url or args.weights or args.config):
+        raise ConfigError("--precision is for --model (an exported ONNX model)", path="command line")
     if args.url and args.mask_paste != "original":
         raise ConfigError("--mask-paste is the server's with --url (it pastes the masks)", path="command line")
     if args.url:
@@ -215,7 +220,12 @@ def _make_predict(args):
         from retinamask.apps.onnx_predictor import OnnxPredictor
 
         return OnnxPredictor(
-            args.model, backend=args.backend, device=args.device, resize=args.resize, mask_paste=args.mask_paste
+            args.model,
+            backend=args.backend,
+            device=args.device,
+            precision=args.precision,
+            resize=args.resize,
+            mask_paste=args.mask_paste,
         )
     from retinamask.config.shipped import resolve_model_files
 

@@ -7,6 +7,7 @@ accepted request is answered, exit 0.
 import logging
 from pathlib import Path
 
+from retinamask.cli import add_precision_argument
 from retinamask.core.contract import MASK_PASTE_CHOICES
 from retinamask.core.errors import EXIT_OK, ConfigError
 
@@ -20,7 +21,7 @@ def add_arguments(parser):
     parser.add_argument("--port", type=int, default=8000, help="port (default 8000; 0: any free port)")
     parser.add_argument("--backend", default="auto", choices=["auto", "onnxruntime", "openvino"])
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda", "tensorrt"])
-    parser.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"])
+    add_precision_argument(parser)
     parser.add_argument(
         "--sessions",
         type=int,

@@ -104,6 +104,7 @@ class RayExecutor:
         cache_dir=None,
     ):
         from retinamask.distributed.cluster import import_ray
+        from retinamask.runtime.auto_backend import FASTEST
         from retinamask.runtime.backends import normalize_precision
 
         import_ray()  # without Ray: say how to install it before anything is written
@@ -119,7 +120,9 @@ class RayExecutor:
         self.preprocess_cpus = float(preprocess_cpus if preprocess_cpus is not None else (1.0 if self.gpus else 0.25))
         if self.gpus == 0 and not 0 < self.preprocess_cpus < self.threads:
             raise InputError(f"preprocess CPUs must be in (0, threads = {self.threads}), got {self.preprocess_cpus}")
-        self.backend, self.device, self.precision = backend, device, normalize_precision(precision)
+        self.backend, self.device = backend, device
+        # "fastest" is each node's: its actors decide by their CPU (create_session)
+        self.precision = FASTEST if str(precision).lower() == FASTEST else normalize_precision(precision)
         self.cache_dir = None if cache_dir is None else os.path.abspath(cache_dir)
         self.name = f"ray:{backend}-{device}-{self.precision}"
         self.report = {}
@@ -293,8 +296,9 @@ class _ModelActor:
                 out_dir,
             )
         if backend == "auto":  # for this node's CPU
-            from retinamask.runtime.auto_backend import choose_backend
+            from retinamask.runtime.auto_backend import choose_backend, choose_precision
 
+            precision = choose_precision(precision, device).precision
             backend = choose_backend(precision, device, quantized=model_info.quantized).backend
         # OpenVINO pins a session's threads to the first cores of the process's CPU mask: actors that share
         # a node would share those cores (two 1-thread actors measured no faster than one). Unpinned, the

@@ -69,6 +69,7 @@ def create_session(
     runtime_options=None,
     static_shapes=None,
     streams=1,
+    advise=True,
 ):
     """Compile ``model_path`` for a backend and device.
 
@@ -76,7 +77,8 @@ def create_session(
     "auto": the fastest installed one for this CPU, device and precision (auto_backend.py),
     logged in one line and kept as ``session.choice``.
     precision: "fp32" everywhere; "bf16" (and "fp16" where the CPU has it) with OpenVINO;
-    "fp16" with TensorRT. threads: intra-op threads (default: physical cores).
+    "fp16" with TensorRT; "fastest": the fastest measured here within an accuracy budget
+    (auto_backend.choose_precision), logged in one line. threads: intra-op threads (default: physical cores).
     cache_dir: ONNX Runtime CPU keeps its optimized model there, TensorRT its
     engines, OpenVINO its compiled blobs (CACHE_DIR). performance_hint: OpenVINO's
     LATENCY or THROUGHPUT. model_info: a :class:`~.model_info.ModelInfo` (read from
@@ -85,7 +87,8 @@ def create_session(
     OpenVINO compile properties (e.g. {"ENABLE_CPU_PINNING": True}); they override ours.
     static_shapes: for dynamic-H/W models, compile a static copy per canvas shape (None: what
     was measured faster for the backend, see the module docstring). streams: OpenVINO's NUM_STREAMS
-    (``threads`` each), for :func:`create_sessions`; ONNX Runtime ignores it.
+    (``threads`` each), for :func:`create_sessions`; ONNX Runtime ignores it. advise: log the one line on
+    this CPU's precisions (a faster one offered at fp32; a reduced one measured slower, or unmeasured).
     Raises BackendUnavailable when the combination cannot run here, InputError for a bad model.
     """
     from retinamask.formats.model_info import read_model_info
@@ -94,10 +97,15 @@ def create_session(
         raise BackendUnavailable(f"backend must be one of {BACKEND_CHOICES}, got {backend!r}")
     if device not in DEVICES:
         raise BackendUnavailable(f"device must be one of {DEVICES}, got {device!r}")
+    from retinamask.runtime.auto_backend import choose_precision
+
     try:
-        precision = normalize_precision(precision)
+        precision_choice = choose_precision(precision, device, backend)
     except ValueError as e:
         raise BackendUnavailable(str(e)) from None
+    precision = precision_choice.precision
+    if precision_choice.reason and advise:
+        logger.info(precision_choice.line())
     if threads is not None and int(threads) <= 0:
         raise BackendUnavailable(f"threads must be a positive integer, got {threads}")
     info = model_info or read_model_info(model_path)
@@ -129,16 +137,29 @@ def create_session(
             streams=max(1, int(streams)),
         )
     session.choice = choice
-    if device == "cpu":
-        from retinamask.runtime.auto_backend import reduced_precision_note
-
-        note = reduced_precision_note(precision)
-        if note is not None:  # bf16 / fp16 measured slower than fp32 here, never measured, or at a cost
-            logger.warning(note)
+    if device == "cpu" and advise:
+        _advise_precision(precision)
     return session
 
 
-def create_sessions(model_path, count, backend="auto", device="cpu", precision="fp32", threads=None, **options):
+def _advise_precision(precision):
+    """One line on the precision this CPU runs: a faster one offered at fp32 where measured so; bf16 / fp16
+    measured slower than fp32 here, never measured, or measured faster at an accuracy cost."""
+    from retinamask.runtime.auto_backend import faster_precision_offer, reduced_precision_note
+
+    if precision == "fp32":
+        offer = faster_precision_offer()
+        if offer is not None:
+            logger.info(offer)
+        return
+    note = reduced_precision_note(precision)
+    if note is not None:
+        logger.warning(note)
+
+
+def create_sessions(
+    model_path, count, backend="auto", device="cpu", precision="fp32", threads=None, advise=True, **options
+):
     """``count`` sessions of one model that run ``count`` batches at once (``infer --sessions``, the
     server's worker threads), each with ``threads`` intra-op threads; ``options`` as :func:`create_session`.
 
@@ -148,13 +169,15 @@ def create_sessions(model_path, count, backend="auto", device="cpu", precision="
     benchmarks/RESULTS.md); an INT8 model gets one stream (:func:`~.openvino_session.openvino_streams`),
     which its sessions share. "auto" decides (and logs) once.
     """
-    first = create_session(model_path, backend, device, precision, threads=threads, streams=count, **options)
+    first = create_session(
+        model_path, backend, device, precision, threads=threads, streams=count, advise=advise, **options
+    )
     if first.backend == "openvino":
         if count > 1 and first.info.quantized:
             logger.info("OpenVINO runs INT8 on one stream (two gave wrong outputs): %d sessions take turns", count)
         return [first] + [first.replica() for _ in range(count - 1)]
     rest = [
-        create_session(model_path, first.backend, device, precision, threads=threads, **options)
+        create_session(model_path, first.backend, device, first.precision, threads=threads, advise=False, **options)
         for _ in range(count - 1)
     ]
     return [first] + rest

@@ -105,12 +105,14 @@ def run_benchmark(
     resize=None,
     image_hw=DEFAULT_IMAGE_HW,
     static_shapes=None,
+    advise=True,
 ):
     """Compile the model (timed as ``load_s``) and benchmark it (see :func:`benchmark_session`).
 
     A fixed-batch model runs its own batch size (a different ``batch_size`` is an error).
     A dynamic-H/W model is timed on the canvas its resize policy (``resize``, else the
-    metadata's) gives an ``image_hw`` image (default 480 x 640).
+    metadata's) gives an ``image_hw`` image (default 480 x 640). advise: log the line on this CPU's
+    precisions (``create_session``; a comparison's table says it instead).
     """
     from retinamask.formats.model_info import read_model_info
     from retinamask.runtime.backends import create_session
@@ -128,6 +130,7 @@ def run_benchmark(
         performance_hint=performance_hint,
         model_info=info,
         static_shapes=static_shapes,
+        advise=advise,
     )
     load_s = time.perf_counter() - start
     geometry = info.resize.geometry(*image_hw) if info.dynamic_hw else None
@@ -217,6 +220,7 @@ def compare_backends(
                 cache_dir=cache_dir,
                 model_info=model_info,
                 image_hw=image_hw,
+                advise=False,
             )
             rows.append({**row, **result})
         except RetinaMaskError as e:
