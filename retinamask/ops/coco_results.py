@@ -61,7 +61,9 @@ def detections_to_json(detections, score_threshold=0.0):
     "score" (6 decimals), "box_xyxy" (3 decimals), "mask_rle"}]} for the detections scoring at
     least ``score_threshold``; needs ``class_names``, ``masks`` and ``image_hw``."""
     keep = np.flatnonzero(detections.scores >= score_threshold)
-    rles = encode_masks(detections.masks[keep]) if len(keep) else []
+    # all kept: the pasted masks as they are (column-major: encoded without a copy)
+    masks = detections.masks if len(keep) == len(detections) else detections.masks[keep]
+    rles = encode_masks(masks) if len(keep) else []
     return {
         "height": int(detections.image_hw[0]),
         "width": int(detections.image_hw[1]),

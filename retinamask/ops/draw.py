@@ -5,6 +5,8 @@ import colorsys
 import cv2
 import numpy as np
 
+from retinamask.ops.masks import mask_extent
+
 
 def class_colour(label):
     """A stable, well-separated RGB colour for a label (golden-ratio hue steps)."""
@@ -42,12 +44,7 @@ def draw_prediction(
     keep = [i for i in range(len(prediction)) if prediction.scores[i] >= score_threshold]
     keep.sort(key=lambda i: -float(prediction.scores[i]))
     for i in reversed(keep):  # best detections drawn last, on top
-        colour = np.array(colours[i], dtype=np.float32)
-        mask = prediction.masks[i].astype(np.uint8)
-        if factor > 1:
-            mask = cv2.resize(mask, None, fx=factor, fy=factor, interpolation=cv2.INTER_NEAREST)
-        mask = mask.astype(bool)
-        canvas[mask] = (canvas[mask] * (1 - alpha) + colour * alpha).astype(np.uint8)
+        _blend_mask(canvas, prediction.masks[i], colours[i], alpha, factor)
     thickness = max(1, round(max(canvas.shape[:2]) / 500))
     boxes = [tuple(round(v * factor) for v in prediction.boxes[i]) for i in keep]
     for i, (x1, y1, x2, y2) in zip(reversed(keep), reversed(boxes)):
@@ -61,6 +58,21 @@ def draw_prediction(
             canvas, text, (x1 + 2, y2 - 2 - baseline), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 1, cv2.LINE_AA
         )
     return canvas
+
+
+def _blend_mask(canvas, mask, colour, alpha, factor):
+    """Blend ``colour`` into ``canvas`` (drawn ``factor`` times the mask's size) where ``mask`` is set, within
+    the mask's extent only (a frame's many small masks cost their boxes, not the frame each)."""
+    extent = mask_extent(mask)
+    if extent is None:
+        return
+    y0, y1, x0, x1 = extent
+    crop = mask[y0:y1, x0:x1].astype(np.uint8)
+    if factor > 1:
+        crop = cv2.resize(crop, None, fx=factor, fy=factor, interpolation=cv2.INTER_NEAREST)
+    region = canvas[y0 * factor : y1 * factor, x0 * factor : x1 * factor]
+    inside = crop.astype(bool)
+    region[inside] = (region[inside] * (1 - alpha) + np.asarray(colour, np.float32) * alpha).astype(np.uint8)
 
 
 def _colour(prediction, i, track_ids):

@@ -182,6 +182,17 @@ def paste_function(paste):
     return pastes[paste]
 
 
+def mask_extent(mask):
+    """(y0, y1, x0, x1): the rows and columns of a [H, W] mask's nonzero pixels (a half-open box), or None
+    for an empty mask. Two reductions over the mask, so that work on it can stay within the box."""
+    cols = np.flatnonzero(mask.any(axis=0))
+    if cols.size == 0:
+        return None
+    x0, x1 = int(cols[0]), int(cols[-1]) + 1
+    rows = np.flatnonzero(mask[:, x0:x1].any(axis=1))
+    return int(rows[0]), int(rows[-1]) + 1, x0, x1
+
+
 def encode_masks(masks):
     """COCO RLE of each mask: uint8 [N,H,W] -> list of N {"size": [H,W], "counts": str}.
 
