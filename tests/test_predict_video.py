@@ -143,6 +143,25 @@ def test_a_truncated_video_keeps_the_frames_before_the_damage(tmp_path, capsys):
     assert len(read_jsonl(tmp_path / "out" / "whole.jsonl")) == 40  # the next source still ran
 
 
+def test_strict_stops_at_the_first_bad_input_of_any_kind(tmp_path, capsys):
+    cut = make_clip(tmp_path / "cut.mkv", gradient_frames(40, 64, 48), codec="ffv1", rate=20)
+    cut.write_bytes(cut.read_bytes()[: cut.stat().st_size // 2])
+    clip = make_clip(tmp_path / "whole.mp4", gradient_frames(6, 64, 48), rate=20)
+    out = tmp_path / "out"
+    code = predict_cli("--input", cut, clip, "--output", out, "--strict")
+    err = capsys.readouterr().err
+    assert code not in (0, 1) and str(cut) in err and "Traceback" not in err
+    assert not (out / "whole.jsonl").exists()  # stopped there: the next video did not run
+    state = json.loads((out / "videos.json").read_text())
+    assert state["cut"]["error"] and not state["cut"]["complete"]
+    assert probe(out / "cut.mp4")["frames"] == len(read_jsonl(out / "cut.jsonl")) > 5  # what it did is kept
+    # a source that is not media at all stops it before anything runs
+    fake = tmp_path / "fake.mp4"
+    fake.write_text("text\n")
+    assert predict_cli("--input", fake, clip, "--output", tmp_path / "out2", "--strict") not in (0, 1)
+    assert f"{fake}:" in capsys.readouterr().err and not (tmp_path / "out2" / "whole.jsonl").exists()
+
+
 def test_the_annotated_mp4_plays_in_chromium_and_shows_the_overlay(tmp_path):
     playwright = pytest.importorskip("playwright.sync_api", reason="playwright (the test extra) is not installed")
     chromium = chromium_path()

@@ -51,12 +51,13 @@ class VideoJobOptions:
     category_ids: tuple | None = None
 
 
-def predict_videos(predict, sources, output_dir, options=None, progress=None):
+def predict_videos(predict, sources, output_dir, options=None, progress=None, strict=False):
     """Run ``predict`` (a predictor, or a list of sessions of one model: :func:`~.predict_video.frames_of`) over
     ``sources`` (:class:`~retinamask.apps.predict_sources.Source` of kind video or
     live) into ``output_dir``. Returns a summary dict: ``written``, ``skipped``, ``failed`` (``{"file",
-    "cause"}``), ``frames``, ``dropped``, ``exit_code``. KeyboardInterrupt (Ctrl-C, SIGTERM) closes the
-    current video's files first, then propagates."""
+    "cause"}``), ``frames``, ``dropped``, ``exit_code``. A bad video is reported and the next one runs;
+    ``strict`` raises the first (its state recorded, so a rerun redoes it). KeyboardInterrupt (Ctrl-C, SIGTERM)
+    closes the current video's files first, then propagates."""
     options = options or VideoJobOptions()
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -78,8 +79,10 @@ def predict_videos(predict, sources, output_dir, options=None, progress=None):
         try:
             _predict_one(predict, source, output_dir, options, entry, progress)
         except RetinaMaskError as e:
-            log.error("%s", e)
             entry["error"] = e.cause
+            if strict:
+                raise
+            log.error("%s", e)
             summary["failed"].append({"file": source.location, "cause": e.cause})
         finally:
             atomic_write_json(output_dir / STATE_FILE, state)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from retinamask.cli import add_precision_argument, add_resize_argument, report_failures, terminate_as_interrupt
 from retinamask.core.contract import MASK_PASTE_CHOICES
-from retinamask.core.errors import ConfigError
+from retinamask.core.errors import ConfigError, InputError
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,9 @@ def add_arguments(parser):
         help="masks into the image: original (default: the original's paste on an integer box) or subpixel "
         "(each pixel sampled at its centre: sharper on small objects); not with --url",
     )
-    parser.add_argument("--strict", action="store_true", help="stop at the first bad image")
+    parser.add_argument(
+        "--strict", action="store_true", help="stop at the first bad input (an image, a video or a stream)"
+    )
     _add_video_arguments(parser)
     parser.add_argument("--opts", nargs="*", default=[], metavar="KEY VALUE", help="config overrides")
 
@@ -109,6 +111,8 @@ def run(args):
     predict = _make_predict(args)
     sources = collect_sources(args.input)
     failed = list(sources.failed)
+    if args.strict and failed:
+        raise InputError(failed[0]["cause"], path=failed[0]["file"])
     if sources.images:
         images = [Path(source.location) for source in sources.images]
         summary = predict_images(predict, images, args.output, args.score_threshold, args.strict)
@@ -120,7 +124,7 @@ def run(args):
         video_options = replace(video_options, category_ids=_category_ids(predict))
         predictors = _file_predictors(args, predict, sources.videos)
         with terminate_as_interrupt():
-            summary = predict_videos(predictors, sources.videos, args.output, video_options)
+            summary = predict_videos(predictors, sources.videos, args.output, video_options, strict=args.strict)
         skipped = f", {len(summary['skipped'])} complete from an earlier run kept" if summary["skipped"] else ""
         print(
             f"wrote {len(summary['written'])} annotated videos + JSONL ({summary['frames']} frames) "
