@@ -6,6 +6,7 @@ import logging
 import pytest
 
 from retinamask.core.cpu import CLASS_RULES, CpuInfo, cpu_class, describe_cpu_class, measured_class, read_cpu_info
+from retinamask.runtime import backends
 from retinamask.runtime.auto_backend import choose_backend, faster_precision_offer, reduced_precision_note
 from retinamask.runtime.backends import create_session
 from test_runtime_fakes import build_fake_model
@@ -158,7 +159,8 @@ def test_a_faster_runtime_that_is_not_installed_is_named_not_used():
     )
 
 
-def test_auto_session_runs_the_chosen_runtime_and_logs_why(tmp_path, caplog):
+def test_auto_session_runs_the_chosen_runtime_and_logs_why(tmp_path, caplog, monkeypatch):
+    monkeypatch.setattr(backends, "_ADVISED", set())  # as a new process: the precision line not said yet
     model = build_fake_model(tmp_path / "m.onnx", canvas_side=64)
     expected = choose_backend("fp32", "cpu")
     offer = faster_precision_offer()  # this CPU's: a faster precision measured on its class, or None

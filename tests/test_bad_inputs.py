@@ -1147,7 +1147,7 @@ def test_ctrl_c_stops_with_130_and_no_tracebacks(many, model, tmp_path):
     assert code == 130
     # stderr: the line saying which runtime --backend auto picked (and the sessions line where there
     # are several, the line offering a faster precision where one is measured here), then only "interrupted"
-    said = ("infer: 2 sessions x ", "fp32 runs here, but ")
+    said = ("infer: 2 sessions x ", "fp32 here; ")
     lines = [line for line in err.strip().splitlines() if not line.startswith(said)]
     assert lines[0].startswith("backend auto -> ") and lines[1:] == ["interrupted"], err
 

@@ -10,7 +10,7 @@ import pytest
 from retinamask.cli import main
 from retinamask.core import cpu as cpu_module
 from retinamask.core.cpu import CpuInfo
-from retinamask.runtime import auto_backend
+from retinamask.runtime import auto_backend, backends
 from retinamask.runtime.auto_backend import (
     choose_precision,
     faster_precision_offer,
@@ -34,7 +34,7 @@ BOTH = ("onnxruntime", "openvino")
 def test_an_fp32_run_is_offered_the_precision_measured_much_faster_on_its_class():
     offer = faster_precision_offer(AMX, installed=BOTH)
     # 3141 / 644 ms: 4.9x; the shipped model keeps its boxes and loses 0.012 segm mAP
-    assert "bf16 is measured 4.9x faster" in offer and "class D (" in offer and "\n" not in offer
+    assert offer.startswith("fp32 here; bf16 is measured 4.9x faster on CPU class D") and "\n" not in offer
     assert "0.012 segm mAP" in offer and "--precision bf16 takes it" in offer and "--precision fastest" in offer
     assert "fp16" not in offer.split("(")[0]  # fp16 is slower there: never offered
     zen4 = faster_precision_offer(ZEN4, installed=BOTH)  # class A: bf16 1.96x at 0.016 segm
@@ -88,29 +88,35 @@ def test_amx_notes_say_measured_never_unmeasured():
     assert "not measured" in reduced_precision_note("bf16", AMX_FP16)
 
 
+@pytest.fixture(autouse=True)
+def fresh_process(monkeypatch):
+    """Each test as a new process: no precision line said yet (they are said once a process)."""
+    monkeypatch.setattr(backends, "_ADVISED", set())
+
+
 @pytest.fixture
 def on_amx(monkeypatch):
     monkeypatch.setattr(cpu_module, "this_cpu", lambda: AMX)
 
 
 def _offers(caplog):
-    return [r.getMessage() for r in caplog.records if r.getMessage().startswith("fp32 runs here, but bf16")]
+    return [r.getMessage() for r in caplog.records if r.getMessage().startswith("fp32 here; bf16 is measured")]
 
 
-def test_sessions_offer_once_per_model_not_per_session(tmp_path, caplog, on_amx):
+def test_the_offer_is_said_once_a_process_not_per_session(tmp_path, caplog, on_amx):
     model = build_fake_model(tmp_path / "m.onnx", canvas_side=64)
     with caplog.at_level(logging.INFO):
+        create_session(model, "onnxruntime", advise=False)  # a comparison's sessions: its table says it
+        assert _offers(caplog) == []
         sessions = create_sessions(model, 3, "onnxruntime")
-    assert len(sessions) == 3 and len(_offers(caplog)) == 1
+        assert len(sessions) == 3 and len(_offers(caplog)) == 1
+        create_session(model, "onnxruntime")  # a demo's later steps: said already
+    assert len(_offers(caplog)) == 1
+    backends._ADVISED.clear()
     caplog.clear()
     with caplog.at_level(logging.INFO):  # serve: a session per worker thread, one line
         served = ServedModel(ServeSettings(model=model, backend="onnxruntime", sessions=2), log=lambda line: None)
     assert len(served.predictors) == 2 and len(_offers(caplog)) == 1
-    caplog.clear()
-    with caplog.at_level(logging.INFO):
-        create_session(model, "onnxruntime", advise=False)
-        create_session(model, "onnxruntime", precision="fp32")
-    assert len(_offers(caplog)) == 1
 
 
 def test_cli_runs_offer_it_in_one_line(tmp_path, caplog, on_amx):
@@ -123,11 +129,12 @@ def test_cli_runs_offer_it_in_one_line(tmp_path, caplog, on_amx):
         "bench": ["bench", "--model", str(model), "--loop", "2", "--warmup", "1"],
     }
     for name, argv in runs.items():
+        backends._ADVISED.clear()  # each command a new process
         caplog.clear()
         with caplog.at_level(logging.INFO):
             assert main(argv + ["--backend", "onnxruntime"]) == 0, name
         offers = _offers(caplog)
-        assert len(offers) == 1 and "4.9x faster" in offers[0], (name, offers)
+        assert len(offers) == 1 and "4.9x faster" in offers[0] and "0.012 segm mAP" in offers[0], (name, offers)
 
 
 def test_fastest_runs_what_it_names_on_this_machine(tmp_path, caplog):
@@ -137,4 +144,6 @@ def test_fastest_runs_what_it_names_on_this_machine(tmp_path, caplog):
     with caplog.at_level(logging.INFO):
         session = create_session(model, precision="fastest")
     assert session.precision == expected.precision
-    assert expected.line() in [r.getMessage() for r in caplog.records]
+    said = [r.getMessage() for r in caplog.records]
+    assert expected.line() in said
+    assert not any(line.startswith((f"{expected.precision} is measured", "fp32 here; ")) for line in said)  # once

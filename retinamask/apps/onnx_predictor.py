@@ -64,18 +64,13 @@ class OnnxPredictor:
         self.mask_threshold = mask_threshold
 
     @classmethod
-    def sessions(
-        cls, model_path, count, threads=None, backend="auto", device="cpu", precision="fp32", advise=True, **kwargs
-    ):
+    def sessions(cls, model_path, count, threads=None, backend="auto", device="cpu", precision="fp32", **kwargs):
         """``count`` predictors of one model that run at once (``runtime.backends.create_sessions``: OpenVINO
-        one compile with a stream each), ``threads`` intra-op threads each; ``advise``: log the line on this
-        CPU's precisions (``create_session``); ``kwargs`` as the constructor's."""
+        one compile with a stream each), ``threads`` intra-op threads each; ``kwargs`` as the constructor's."""
         from retinamask.runtime.backends import create_sessions
 
         info = read_model_info(model_path, resize=kwargs.get("resize"))
-        made = create_sessions(
-            model_path, count, backend, device, precision, threads=threads, advise=advise, model_info=info
-        )
+        made = create_sessions(model_path, count, backend, device, precision, threads=threads, model_info=info)
         return [cls(model_path, session=session, **kwargs) for session in made]
 
     @property

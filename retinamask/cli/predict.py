@@ -187,7 +187,6 @@ def _file_predictors(args, predict, videos):
         backend=predict.session.backend,
         device=args.device,
         precision=predict.session.precision,
-        advise=False,  # said when ``predict`` was made
         resize=args.resize,
         mask_paste=args.mask_paste,
     )

@@ -181,12 +181,12 @@ def faster_precision_offer(cpu=None, installed=None):
     offers = [row for row in _measured_faster(cpu) if row[0] >= OFFER_SPEEDUP]
     if not offers:
         return None
-    speedup, precision, measured, cost = offers[0]
+    speedup, precision, _, cost = offers[0]
     how = f"--precision {precision}" + ("" if "openvino" in installed else " (pip install 'retinamask[openvino]')")
     return (
-        f"fp32 runs here, but {precision} is measured {speedup:.1f}x faster on this CPU class "
-        f"({describe_cpu_class(cpu)}: {measured}); {_cost(cost)}: {how} takes it "
-        f"(--precision {FASTEST}: the fastest within {FASTEST_SEGM_BUDGET} segm mAP)"
+        f"fp32 here; {precision} is measured {speedup:.1f}x faster on CPU class {cpu_class(cpu)} (R-50 on OpenVINO, "
+        f"benchmarks/RESULTS.md) and loses {cost:.3f} segm mAP on the shipped model (boxes kept): {how} takes it, "
+        f"--precision {FASTEST} the fastest within {FASTEST_SEGM_BUDGET} segm mAP"
     )
 
 
@@ -219,11 +219,12 @@ def choose_precision(precision, device="cpu", backend=AUTO, cpu=None, installed=
             f"no reduced precision is measured faster within {FASTEST_SEGM_BUDGET} segm mAP on this CPU class "
             f"({describe_cpu_class(cpu)})",
         )
-    speedup, chosen, measured, cost = faster[0]
+    speedup, chosen, _, cost = faster[0]
     return PrecisionChoice(
         chosen,
-        f"measured {speedup:.1f}x faster than fp32 on {describe_cpu_class(cpu)} ({measured}); "
-        f"segm mAP -{cost:.3f} on the shipped model, within the budget of {FASTEST_SEGM_BUDGET}",
+        f"measured {speedup:.1f}x faster than fp32 on {describe_cpu_class(cpu)} (R-50 on OpenVINO, "
+        f"benchmarks/RESULTS.md); segm mAP -{cost:.3f} on the shipped model, within the budget of "
+        f"{FASTEST_SEGM_BUDGET}",
     )
 
 

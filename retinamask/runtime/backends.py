@@ -88,7 +88,8 @@ def create_session(
     static_shapes: for dynamic-H/W models, compile a static copy per canvas shape (None: what
     was measured faster for the backend, see the module docstring). streams: OpenVINO's NUM_STREAMS
     (``threads`` each), for :func:`create_sessions`; ONNX Runtime ignores it. advise: log the one line on
-    this CPU's precisions (a faster one offered at fp32; a reduced one measured slower, or unmeasured).
+    this CPU's precisions (a faster one offered at fp32; a reduced one measured slower, or unmeasured), once
+    a process.
     Raises BackendUnavailable when the combination cannot run here, InputError for a bad model.
     """
     from retinamask.formats.model_info import read_model_info
@@ -137,29 +138,29 @@ def create_session(
             streams=max(1, int(streams)),
         )
     session.choice = choice
-    if device == "cpu" and advise:
+    if device == "cpu" and advise and not precision_choice.reason:  # "fastest" said its line already
         _advise_precision(precision)
     return session
 
 
+_ADVISED = set()  # the precision lines this process has said (a command making many sessions says each once)
+
+
 def _advise_precision(precision):
-    """One line on the precision this CPU runs: a faster one offered at fp32 where measured so; bf16 / fp16
-    measured slower than fp32 here, never measured, or measured faster at an accuracy cost."""
+    """One line, once a process, on the precision this CPU runs: a faster one offered at fp32 where measured so;
+    bf16 / fp16 measured slower than fp32 here, never measured, or measured faster at an accuracy cost."""
     from retinamask.runtime.auto_backend import faster_precision_offer, reduced_precision_note
 
     if precision == "fp32":
-        offer = faster_precision_offer()
-        if offer is not None:
-            logger.info(offer)
-        return
-    note = reduced_precision_note(precision)
-    if note is not None:
-        logger.warning(note)
+        line, level = faster_precision_offer(), logging.INFO
+    else:
+        line, level = reduced_precision_note(precision), logging.WARNING
+    if line is not None and line not in _ADVISED:
+        _ADVISED.add(line)
+        logger.log(level, line)
 
 
-def create_sessions(
-    model_path, count, backend="auto", device="cpu", precision="fp32", threads=None, advise=True, **options
-):
+def create_sessions(model_path, count, backend="auto", device="cpu", precision="fp32", threads=None, **options):
     """``count`` sessions of one model that run ``count`` batches at once (``infer --sessions``, the
     server's worker threads), each with ``threads`` intra-op threads; ``options`` as :func:`create_session`.
 
@@ -169,15 +170,13 @@ def create_sessions(
     benchmarks/RESULTS.md); an INT8 model gets one stream (:func:`~.openvino_session.openvino_streams`),
     which its sessions share. "auto" decides (and logs) once.
     """
-    first = create_session(
-        model_path, backend, device, precision, threads=threads, streams=count, advise=advise, **options
-    )
+    first = create_session(model_path, backend, device, precision, threads=threads, streams=count, **options)
     if first.backend == "openvino":
         if count > 1 and first.info.quantized:
             logger.info("OpenVINO runs INT8 on one stream (two gave wrong outputs): %d sessions take turns", count)
         return [first] + [first.replica() for _ in range(count - 1)]
     rest = [
-        create_session(model_path, first.backend, device, first.precision, threads=threads, advise=False, **options)
+        create_session(model_path, first.backend, device, first.precision, threads=threads, **options)
         for _ in range(count - 1)
     ]
     return [first] + rest
