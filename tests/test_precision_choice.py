@@ -147,3 +147,10 @@ def test_fastest_runs_what_it_names_on_this_machine(tmp_path, caplog):
     said = [r.getMessage() for r in caplog.records]
     assert expected.line() in said
     assert not any(line.startswith((f"{expected.precision} is measured", "fp32 here; ")) for line in said)  # once
+
+
+def test_predict_says_precision_is_for_an_exported_model(tmp_path, capsys):
+    image = tmp_path / "x.png"
+    argv = ["predict", "--input", str(image), "--output", str(tmp_path), "--precision", "bf16"]
+    assert main(argv + ["--url", "http://127.0.0.1:9"]) == 2  # the server runs its own precision
+    assert "--precision is for --model" in capsys.readouterr().err

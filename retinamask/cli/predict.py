@@ -200,14 +200,18 @@ def _category_ids(predict):
     return tuple(int(i) for i in (ids or default_category_ids(predict.class_names or ())))
 
 
+def _check_precision_for_model(args):
+    if args.precision != "fp32":
+        raise ConfigError("--precision is for --model (an exported ONNX model)", path="command line")
+
+
 def _make_predict(args):
     if sum(bool(v) for v in (args.model, args.weights or args.config, args.url)) > 1:
         raise ConfigError("give one of --model (ONNX), --weights with --config, or --url", path="command line")
-    if args.precision != "fp32" and not args.model and (args.url or args.weights or args.config):
-        raise ConfigError("--precision is for --model (an exported ONNX model)", path="command line")
     if args.url and args.mask_paste != "original":
         raise ConfigError("--mask-paste is the server's with --url (it pastes the masks)", path="command line")
     if args.url:
+        _check_precision_for_model(args)
         import os
 
         from retinamask.serve.client import RemotePredictor
@@ -230,6 +234,7 @@ def _make_predict(args):
             resize=args.resize,
             mask_paste=args.mask_paste,
         )
+    _check_precision_for_model(args)  # the PyTorch path runs fp32
     from retinamask.config.shipped import resolve_model_files
 
     config, weights, note = resolve_model_files(args.config, args.weights)
