@@ -34,6 +34,7 @@ SCRIPTS = (
     "video",
     "resize_policies",
     "accuracy",
+    "serve",
     "serve_protocols",
     "serve_latency",
     "conventions",
