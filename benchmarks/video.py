@@ -3,8 +3,8 @@
 
 * **throughput**: a 640x480 generated clip (H.264) through the video job (``predict --input clip.mp4``:
   decoding, the model, JSONL + RLE, overlay drawing and H.264 encoding, overlapped) against ``infer`` over
-  the same frames as JPEGs (its defaults: 2 sessions on 2 cores, preprocessing workers), interleaved
-  ``--rounds`` times; frames/s end to end, best of the rounds, and the ratio (goal: >= 0.9x). On the shipped
+  the same frames as JPEGs (its defaults: 2 sessions on 2 cores, preprocessing workers), and the job with
+  ``--no-video`` (results only: no overlay, no H.264), interleaved ``--rounds`` times; frames/s end to end, best of the rounds, and the ratio (goal: >= 0.9x). On the shipped
   model and, with ``--r50``, R-50 RetinaMask (``--resize original``, the benchmark's random weights).
 * **latency** (``--live``): a loopback MJPEG camera sending faster than the model; the time from a frame's
   sending to its answer, with the latest-frame policy, against the model's own time per frame (goal: under
@@ -16,6 +16,7 @@
 """
 
 import argparse
+import functools
 import json
 import logging
 import statistics
@@ -50,17 +51,19 @@ def make_clip(workdir, frames):
     return clip, jpegs
 
 
-def video_rate(model, clip, out, backend):
-    """frames/s of the video job (what ``predict --model M --input clip`` runs), end to end."""
+def video_rate(model, clip, out, backend, annotated=True):
+    """frames/s of the video job (what ``predict --model M --input clip`` runs, ``--no-video`` without
+    ``annotated``), end to end."""
     from retinamask.apps.onnx_predictor import OnnxPredictor
     from retinamask.apps.predict_sources import Source
-    from retinamask.apps.predict_videos import predict_videos
+    from retinamask.apps.predict_videos import VideoJobOptions, predict_videos
     from retinamask.runtime.auto_backend import dataset_sessions
 
     count, threads, _ = dataset_sessions()  # predict's default for video files, as infer's for datasets
     predictors = OnnxPredictor.sessions(model, count, threads, backend=backend)
     started = time.perf_counter()
-    summary = predict_videos(predictors, [Source("video", str(clip), clip.stem)], out, progress=False)
+    options = VideoJobOptions(annotated=annotated)
+    summary = predict_videos(predictors, [Source("video", str(clip), clip.stem)], out, options, progress=False)
     return summary["frames"] / (time.perf_counter() - started)
 
 
@@ -71,12 +74,20 @@ def infer_rate(model, jpegs, out, backend):
     return summary["e2e"]["images_per_s"]
 
 
+ROUTES = (  # label, rate function, whether it reads the clip (else the JPEGs)
+    ("infer JPEGs", infer_rate, False),
+    ("predict video", video_rate, True),
+    ("predict video --no-video", functools.partial(video_rate, annotated=False), True),
+)
+
+
 def throughput(cases, rounds, workdir, backend, monitor):
-    """{case: {"predict video": [frames/s], "infer JPEGs": [...]}}, the two interleaved round by round."""
-    rates = {name: {"predict video": [], "infer JPEGs": []} for name, _, _, _ in cases}
+    """{case: {route label: [frames/s]}} of :data:`ROUTES`, interleaved round by round."""
+    rates = {name: {label: [] for label, _, _ in ROUTES} for name, _, _, _ in cases}
     for round_index in range(rounds):
         for name, model, clip, jpegs in cases:
-            for label, run, source in (("infer JPEGs", infer_rate, jpegs), ("predict video", video_rate, clip)):
+            for label, run, reads_clip in ROUTES:
+                source = clip if reads_clip else jpegs
                 with tempfile.TemporaryDirectory(dir=workdir) as out, monitor.timed(f"{name} / {label}"):
                     rates[name][label].append(run(model, source, Path(out), backend))
                 logging.info("round %d %s / %s: %.2f frames/s", round_index + 1, name, label, rates[name][label][-1])
@@ -152,8 +163,7 @@ def report(rates, counts):
     for name, per_route in rates.items():
         reference = max(per_route["infer JPEGs"])
         lines += [f"\n{name}, {counts[name]} frames 640x480", *table_head("route", "best frames/s:", "median:", "x:")]
-        for label in ("infer JPEGs", "predict video"):
-            values = per_route[label]
+        for label, values in per_route.items():
             best = max(values)
             lines.append(table_row(label, number(best), number(statistics.median(values)), number(best / reference)))
     return "\n".join(lines)

@@ -143,6 +143,23 @@ def test_a_truncated_video_keeps_the_frames_before_the_damage(tmp_path, capsys):
     assert len(read_jsonl(tmp_path / "out" / "whole.jsonl")) == 40  # the next source still ran
 
 
+def test_results_only_writes_the_same_jsonl_without_the_mp4_and_resumes(tmp_path, capsys):
+    clip = make_clip(tmp_path / "clip.mp4", shape_frames(tmp_path, 6), rate=10)
+    full, results = tmp_path / "full", tmp_path / "results"
+    assert predict_cli("--input", clip, "--output", full, "--track") == 0
+    assert predict_cli("--input", clip, "--output", results, "--track", "--no-video") == 0
+    assert "JSONL results of 1 videos (6 frames)" in capsys.readouterr().out
+    assert sorted(p.name for p in results.iterdir()) == ["clip.jsonl", "videos.json"]  # no MP4, no temporary
+    assert read_jsonl(results / "clip.jsonl") == read_jsonl(full / "clip.jsonl")  # the same results, tracks too
+    first = (results / "clip.jsonl").stat().st_mtime_ns
+    assert predict_cli("--input", clip, "--output", results, "--track", "--no-video") == 0
+    assert "1 complete from an earlier run kept" in capsys.readouterr().out
+    assert (results / "clip.jsonl").stat().st_mtime_ns == first
+    # asked for the annotated MP4 now: the video is redone with it
+    assert predict_cli("--input", clip, "--output", results, "--track") == 0
+    assert probe(results / "clip.mp4")["frames"] == 6
+
+
 def test_strict_stops_at_the_first_bad_input_of_any_kind(tmp_path, capsys):
     cut = make_clip(tmp_path / "cut.mkv", gradient_frames(40, 64, 48), codec="ffv1", rate=20)
     cut.write_bytes(cut.read_bytes()[: cut.stat().st_size // 2])

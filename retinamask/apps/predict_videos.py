@@ -1,4 +1,5 @@
-"""``predict`` over video files and live sources: per video ``{stem}.mp4`` + ``{stem}.jsonl`` (torch-free).
+"""``predict`` over video files and live sources: per video ``{stem}.mp4`` (unless results only) + ``{stem}.jsonl``
+(torch-free).
 
 For each source, :func:`~retinamask.apps.predict_video.frames_of` yields the processed frames while an
 output thread turns each into its JSONL line (predict's image JSON per detection, plus ``track_id``)
@@ -36,14 +37,16 @@ YTVIS_FILE = "results_ytvis.json"
 
 @dataclass(frozen=True)
 class VideoJobOptions:
-    """The outputs of a video run: ``frames`` (:class:`FrameOptions`), tracking, ``audio`` copied from the
-    source, overlay ``score_threshold``, the YouTube-VIS and MOT/MOTS files, ``category_ids`` (label L ->
-    ``category_ids[L - 1]``, for YouTube-VIS)."""
+    """The outputs of a video run: ``frames`` (:class:`FrameOptions`), tracking, the ``annotated`` MP4 (False:
+    results only, no overlay drawn or encoded), ``audio`` copied from the source into it, overlay
+    ``score_threshold``, the YouTube-VIS and MOT/MOTS files, ``category_ids`` (label L -> ``category_ids[L - 1]``,
+    for YouTube-VIS)."""
 
     frames: FrameOptions = field(default_factory=FrameOptions)
     track: bool = False
     tracked_only: bool = False
     lost_seconds: float = 1.0
+    annotated: bool = True
     audio: bool = True
     score_threshold: float = 0.3
     save_ytvis: bool = False
@@ -107,6 +110,7 @@ def _options_record(options):
         "track": options.track,
         "tracked_only": options.tracked_only,
         "lost_seconds": options.lost_seconds,
+        "annotated": options.annotated,
         "audio": options.audio,
         "score_threshold": options.score_threshold,
     }
@@ -118,7 +122,7 @@ def _complete(entry, source, output_dir, options):
         and entry.get("complete")
         and entry.get("source") == source.location
         and entry.get("options") == _options_record(options)
-        and (output_dir / f"{source.stem}.mp4").is_file()
+        and (not options.annotated or (output_dir / f"{source.stem}.mp4").is_file())
         and (output_dir / f"{source.stem}.jsonl").is_file()
     )
 
@@ -164,13 +168,22 @@ def _predict_one(predict, source, output_dir, options, entry, progress):
 
 
 class _VideoOutputs:
-    """The output thread of one video: JSONL lines and annotated frames, in frame order, off the model's
-    thread. ``put`` blocks when it is a few frames behind (bounded memory)."""
+    """The output thread of one video: JSONL lines and annotated frames (unless ``options.annotated`` is False),
+    in frame order, off the model's thread. ``put`` blocks when it is a few frames behind (bounded memory)."""
 
     def __init__(self, output_dir, stem, info, audio_from, options):
         self._jsonl = JsonlWriter(output_dir / f"{stem}.jsonl")
+        self._video = self._annotated_mp4(output_dir, stem, info, audio_from, options) if options.annotated else None
+        self._options = options
+        self._queue = queue.Queue(maxsize=4)
+        self._error = None
+        self._thread = threading.Thread(target=self._run, name=f"write {stem}", daemon=True)
+        self._thread.start()
+
+    @staticmethod
+    def _annotated_mp4(output_dir, stem, info, audio_from, options):
         rate = info.frame_rate / options.frames.vid_stride if info.frame_rate else None
-        self._video = VideoWriter(
+        return VideoWriter(
             output_dir / f"{stem}.mp4",
             info.width,
             info.height,
@@ -179,11 +192,6 @@ class _VideoOutputs:
             audio_from=audio_from,
             display_matrix=info.display_matrix,  # a phone's rotation: players turn the annotated video as the source
         )
-        self._options = options
-        self._queue = queue.Queue(maxsize=4)
-        self._error = None
-        self._thread = threading.Thread(target=self._run, name=f"write {stem}", daemon=True)
-        self._thread.start()
 
     def put(self, result):
         if self._error is not None:
@@ -196,6 +204,8 @@ class _VideoOutputs:
                 continue
             try:
                 self._jsonl.write(frame_record(result))
+                if self._video is None:
+                    continue
                 overlay = draw_prediction(
                     result.rgb,
                     result.detections,
@@ -212,7 +222,8 @@ class _VideoOutputs:
         self._queue.put(None)
         self._thread.join()
         try:
-            self._video.close()
+            if self._video is not None:
+                self._video.close()
         finally:
             self._jsonl.close()
         if self._error is not None:
