@@ -4,8 +4,9 @@
 * **throughput**: a 640x480 generated clip (H.264) through the video job (``predict --input clip.mp4``:
   decoding, the model, JSONL + RLE, overlay drawing and H.264 encoding, overlapped) against ``infer`` over
   the same frames as JPEGs (its defaults: 2 sessions on 2 cores, preprocessing workers), and the job with
-  ``--no-video`` (results only: no overlay, no H.264), interleaved ``--rounds`` times; frames/s end to end, best of the rounds, and the ratio (goal: >= 0.9x). On the shipped
-  model and, with ``--r50``, R-50 RetinaMask (``--resize original``, the benchmark's random weights).
+  ``--no-video`` (results only: no overlay, no H.264), interleaved ``--rounds`` times; frames/s end to end,
+  best of the rounds, and the ratio (goal: >= 0.9x). On the shipped model and, with ``--r50``, R-50 RetinaMask
+  (``--resize original``, the benchmark's random weights).
 * **latency** (``--live``): a loopback MJPEG camera sending faster than the model; the time from a frame's
   sending to its answer, with the latest-frame policy, against the model's own time per frame (goal: under
   two inference times).

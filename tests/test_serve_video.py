@@ -137,6 +137,19 @@ def test_multipart_stride_and_no_tracking(server, frames, tmp_path):
     error_of(call(job["urls"]["status"] + "/results_ytvis.json", headers=KEY), 404, "no_tracks")
 
 
+def test_results_only_jobs_write_the_jsonl_and_no_video(server, frames, tmp_path):
+    base, _ = server
+    clip = make_clip(tmp_path / "c.mp4", frames[:4], rate=10)
+    answer = upload(base, clip.read_bytes(), "?video=0")
+    assert answer[0] == 202, answer[2]
+    job = json_of(answer[2])
+    assert "video" not in job["urls"] and job["options"]["video"] is False
+    assert wait_for(base, job["id"])["state"] == "done"
+    records = [json.loads(line) for line in call(job["urls"]["results_jsonl"], headers=KEY)[2].splitlines()]
+    assert [r["frame"] for r in records] == [0, 1, 2, 3]
+    error_of(call(job["urls"]["status"] + "/video", headers=KEY), 404, "no_video")
+
+
 def test_every_limit_and_error_is_one_json_line_before_the_work_starts(server, frames, tmp_path):
     base, state = server
     clip = make_clip(tmp_path / "c.mp4", frames[:3], rate=10).read_bytes()

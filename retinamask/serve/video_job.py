@@ -32,11 +32,13 @@ class JobStopped(Exception):
 @dataclass(frozen=True)
 class JobOptions:
     """A job's query options, as ``predict`` has them: tracking (on by default for jobs: the page shows
-    track ids and results_ytvis.json needs tracks), the overlay's score threshold, one frame in vid_stride."""
+    track ids and results_ytvis.json needs tracks), the overlay's score threshold, one frame in vid_stride,
+    and the annotated MP4 (``video``; False: results only, as ``predict --no-video``)."""
 
     track: bool = True
     score_threshold: float = 0.3
     vid_stride: int = 1
+    video: bool = True
 
 
 @dataclass(frozen=True)

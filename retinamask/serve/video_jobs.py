@@ -265,6 +265,7 @@ class VideoJobs:
         options = VideoJobOptions(
             frames=frames,
             track=bool(opts["track"]),
+            annotated=bool(opts.get("video", True)),  # a job recorded before the option was: with its MP4
             score_threshold=float(opts["score_threshold"]),
             save_ytvis=bool(opts["track"]),
             category_ids=tuple(self.model.category_ids),

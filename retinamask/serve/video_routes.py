@@ -4,7 +4,8 @@ WebSocket (``/v1/stream``, :mod:`.stream_ws`).
 * ``POST /v1/videos``: the clip as a multipart file (``video`` or ``file``) or a raw ``video/*`` (or
   ``application/octet-stream``) body, streamed to the job's folder (``--max-video-mb``: 413 while it
   arrives), probed (not a video: 415; longer than ``--max-video-seconds`` or frames over ``--max-pixels``:
-  422) -> 202 with the job's id, status and URLs. Query: ``track``, ``score_threshold``, ``vid_stride``.
+  422) -> 202 with the job's id, status and URLs. Query: ``track``, ``score_threshold``, ``vid_stride``,
+  ``video`` (0: results only, no annotated MP4).
 * ``GET /v1/videos/{id}``: state, frames done / total, frames/s, ETA, the error when failed, URLs.
 * ``GET /v1/videos/{id}/video``: the annotated MP4 (H.264, faststart), HTTP range requests (seekable);
   409 until the job has ended. ``/results.jsonl``: the per-frame lines done so far (complete lines);
@@ -60,6 +61,8 @@ def add_routes(app, state):
         body = job.status() | {"urls": urls(request, job.id)}
         if not job.record["options"]["track"]:
             body["urls"].pop("results_ytvis")
+        if not job.record["options"].get("video", True):
+            body["urls"].pop("video")
         headers = {"Location": body["urls"]["status"]} if status == 202 else None
         return OrjsonResponse(body, status_code=status, headers=headers)
 
@@ -69,6 +72,7 @@ def add_routes(app, state):
         track: bool = Query(True, description="track objects across frames (ids; results_ytvis.json)"),
         score_threshold: float = Query(0.3, ge=0.0, le=1.0, description="the overlay draws detections from this"),
         vid_stride: int = Query(1, ge=1, le=1000, description="process one frame in N"),
+        video: bool = Query(True, description="write the annotated MP4 (0: results only, less CPU a frame)"),
     ):
         key(request)
         require_ready(state)
@@ -83,7 +87,7 @@ def add_routes(app, state):
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
             raise
-        options = JobOptions(track=track, score_threshold=score_threshold, vid_stride=vid_stride)
+        options = JobOptions(track=track, score_threshold=score_threshold, vid_stride=vid_stride, video=video)
         job = jobs.create(job_id, folder, upload, source, options)
         return answer(request, job, 202)
 
@@ -105,6 +109,8 @@ def add_routes(app, state):
         key(request)
         job = state.videos.get(job_id)
         path = job.path(f"{STEM}.mp4")
+        if not job.record["options"].get("video", True):
+            raise ServeError(404, "no_video", "the job ran with video=0 (results only): it has no video")
         if not job.ended.is_set():
             raise ServeError(409, "job_not_ended", f"the job is {job.state}: its video is written when it ends")
         if not path.is_file():
