@@ -78,28 +78,29 @@ function layoutLabels(sizes, boxes, canvasWidth, canvasHeight) {
   return placed;
 }
 
-function draw() {
-  const img = state.image, shown = visible();
-  // masks at the image's own resolution, then everything scaled for display (labels stay readable)
+// ``shown`` (best first) drawn on ``source`` (an image or a canvas) into ``canvas``: masks blended at the source's
+// own resolution, then everything scaled to at least ``minWidth`` px wide (labels stay readable), boxes, and
+// labels placed best first (a better label is never the one moved away, and none covers another).
+// ``hue(d)``: a detection's CSS colour; ``labelOf(d)``: its label. Returns the labels' texts and rectangles.
+function drawDetections(canvas, source, shown, { hue, labelOf, minWidth, smooth }) {
   const base = document.createElement("canvas");
-  base.width = img.naturalWidth;
-  base.height = img.naturalHeight;
+  base.width = source.naturalWidth || source.width;
+  base.height = source.naturalHeight || source.height;
   const bctx = base.getContext("2d");
-  bctx.drawImage(img, 0, 0);
+  bctx.drawImage(source, 0, 0);
   const frame = bctx.getImageData(0, 0, base.width, base.height);
   const lowestFirst = [...shown].reverse();  // the best detections are drawn last, on top
   lowestFirst.forEach((d) => {
     if (d.segmentation && d.segmentation.counts !== undefined) {
-      paintMask(frame.data, base.width, d.segmentation, rgbOf(colour(d.category_id)));
+      paintMask(frame.data, base.width, d.segmentation, rgbOf(hue(d)));
     }
   });
   bctx.putImageData(frame, 0, 0);
-  const scale = Math.max(1, 720 / base.width);
-  const canvas = $("overlay");
+  const scale = Math.max(1, minWidth / base.width);
   canvas.width = Math.round(base.width * scale);
   canvas.height = Math.round(base.height * scale);
   const ctx = canvas.getContext("2d");
-  ctx.imageSmoothingEnabled = false;
+  ctx.imageSmoothingEnabled = smooth;
   ctx.drawImage(base, 0, 0, canvas.width, canvas.height);
   const font = 13;
   ctx.font = `${font}px system-ui, sans-serif`;
@@ -110,20 +111,30 @@ function draw() {
   });
   lowestFirst.forEach((d, i) => {
     const [x1, y1, x2, y2] = boxes[shown.length - 1 - i];
-    ctx.strokeStyle = colour(d.category_id);
+    ctx.strokeStyle = hue(d);
     ctx.strokeRect(x1, y1, x2 - x1, y2 - y1);
   });
-  // labels placed best first so that a better label is never the one moved away, and none covers another
-  const texts = shown.map((d) => `${d.category_name} ${d.score.toFixed(2)}`);
+  const texts = shown.map(labelOf);
   const sizes = texts.map((text) => [Math.ceil(ctx.measureText(text).width) + 6, font + 4]);
   const labels = layoutLabels(sizes, boxes, canvas.width, canvas.height);
   for (let i = shown.length - 1; i >= 0; i--) {
     const [x1, y1, x2, y2] = labels[i];
-    ctx.fillStyle = colour(shown[i].category_id);
+    ctx.fillStyle = hue(shown[i]);
     ctx.fillRect(x1, y1, x2 - x1, y2 - y1);
     ctx.fillStyle = "#fff";
     ctx.fillText(texts[i], x1 + 3, y1 + font);
   }
+  return { texts, labels };
+}
+
+function draw() {
+  const shown = visible();
+  const { texts, labels } = drawDetections($("overlay"), state.image, shown, {
+    hue: (d) => colour(d.category_id),
+    labelOf: (d) => `${d.category_name} ${d.score.toFixed(2)}`,
+    minWidth: 720,
+    smooth: false,
+  });
   document.body.dataset.labels = JSON.stringify(texts.map((text, i) => ({ text, rect: labels[i] })));
   table(shown);
   document.body.dataset.shown = String(shown.length);

@@ -1,7 +1,7 @@
 // The page's video half: "Use the camera" (getUserMedia -> JPEG frames over WS v1/stream -> the answers'
 // masks, boxes, labels and track ids drawn on the frame each answers, frames/s and latency shown) and
 // "Upload a video" (POST v1/videos -> the job's progress -> the annotated MP4 playing, links to the results).
-// Uses app.js's helpers (colour, rgbOf, paintMask, layoutLabels, status, $). No external resources.
+// Uses app.js's helpers (colour, drawDetections, status, $). No external resources.
 "use strict";
 
 const live = {
@@ -20,50 +20,17 @@ function trackLabel(d) {
   return `${id}${d.category_name} ${d.score.toFixed(2)}`;
 }
 
-// ``source`` (a canvas or image of the frame) with the detections at or above the slider, into ``canvas``.
+// ``source`` (a canvas or image of the frame) with the detections at or above the slider, into ``canvas``: each
+// track in its own colour, labelled with its id. Returns the labels' texts.
 function drawFrame(canvas, source, detections) {
   const threshold = parseFloat($("score").value);
   const shown = detections.filter((d) => d.score >= threshold).sort((a, b) => b.score - a.score);
-  const base = document.createElement("canvas");
-  base.width = source.width;
-  base.height = source.height;
-  const bctx = base.getContext("2d");
-  bctx.drawImage(source, 0, 0);
-  const frame = bctx.getImageData(0, 0, base.width, base.height);
-  const lowestFirst = [...shown].reverse();
-  const hue = (d) => colour(d.track_id ?? d.category_id);
-  lowestFirst.forEach((d) => {
-    if (d.segmentation && d.segmentation.counts !== undefined) paintMask(frame.data, base.width, d.segmentation, rgbOf(hue(d)));
-  });
-  bctx.putImageData(frame, 0, 0);
-  const scale = Math.max(1, 640 / base.width);
-  canvas.width = Math.round(base.width * scale);
-  canvas.height = Math.round(base.height * scale);
-  const ctx = canvas.getContext("2d");
-  ctx.drawImage(base, 0, 0, canvas.width, canvas.height);
-  const font = 13;
-  ctx.font = `${font}px system-ui, sans-serif`;
-  ctx.lineWidth = 2;
-  const boxes = shown.map((d) => {
-    const [x, y, w, h] = d.bbox.map((v) => v * scale);
-    return [x, y, x + w, y + h];
-  });
-  lowestFirst.forEach((d, i) => {
-    const [x1, y1, x2, y2] = boxes[shown.length - 1 - i];
-    ctx.strokeStyle = hue(d);
-    ctx.strokeRect(x1, y1, x2 - x1, y2 - y1);
-  });
-  const texts = shown.map(trackLabel);
-  const sizes = texts.map((text) => [Math.ceil(ctx.measureText(text).width) + 6, font + 4]);
-  const labels = layoutLabels(sizes, boxes, canvas.width, canvas.height);
-  for (let i = shown.length - 1; i >= 0; i--) {
-    const [x1, y1, x2, y2] = labels[i];
-    ctx.fillStyle = hue(shown[i]);
-    ctx.fillRect(x1, y1, x2 - x1, y2 - y1);
-    ctx.fillStyle = "#fff";
-    ctx.fillText(texts[i], x1 + 3, y1 + font);
-  }
-  return texts;
+  return drawDetections(canvas, source, shown, {
+    hue: (d) => colour(d.track_id ?? d.category_id),
+    labelOf: trackLabel,
+    minWidth: 640,
+    smooth: true,
+  }).texts;
 }
 
 // ---- the camera
