@@ -162,15 +162,15 @@ def _cost(segm):
 
 
 def _measured_faster(cpu=None, budget=None):
-    """[(speed-up over fp32, precision, measurement, segm cost)] of the reduced precisions measured faster
+    """[(speed-up over fp32, precision, segm cost)] of the reduced precisions measured faster
     than fp32 on this CPU's own class (never a stand-in's) at a measured accuracy cost (within ``budget``
     when given), fastest first."""
     klass = cpu_class(cpu)
     found = []
-    for (row_class, precision), (ratio, measured) in REDUCED_PRECISION_MEASURED.items():
+    for (row_class, precision), (ratio, _) in REDUCED_PRECISION_MEASURED.items():
         cost = REDUCED_PRECISION_SEGM_COST.get((row_class, precision))
         if row_class == klass and ratio < 1 and cost is not None and (budget is None or cost <= budget):
-            found.append((1 / ratio, precision, measured, cost))
+            found.append((1 / ratio, precision, cost))
     return sorted(found, reverse=True)
 
 
@@ -181,7 +181,7 @@ def faster_precision_offer(cpu=None, installed=None):
     offers = [row for row in _measured_faster(cpu) if row[0] >= OFFER_SPEEDUP]
     if not offers:
         return None
-    speedup, precision, _, cost = offers[0]
+    speedup, precision, cost = offers[0]
     how = f"--precision {precision}" + ("" if "openvino" in installed else " (pip install 'retinamask[openvino]')")
     return (
         f"fp32 here; {precision} is measured {speedup:.1f}x faster on CPU class {cpu_class(cpu)} (R-50 on OpenVINO, "
@@ -219,7 +219,7 @@ def choose_precision(precision, device="cpu", backend=AUTO, cpu=None, installed=
             f"no reduced precision is measured faster within {FASTEST_SEGM_BUDGET} segm mAP on this CPU class "
             f"({describe_cpu_class(cpu)})",
         )
-    speedup, chosen, _, cost = faster[0]
+    speedup, chosen, cost = faster[0]
     return PrecisionChoice(
         chosen,
         f"measured {speedup:.1f}x faster than fp32 on {describe_cpu_class(cpu)} (R-50 on OpenVINO, "
