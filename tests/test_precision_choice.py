@@ -154,3 +154,13 @@ def test_predict_says_precision_is_for_an_exported_model(tmp_path, capsys):
     argv = ["predict", "--input", str(image), "--output", str(tmp_path), "--precision", "bf16"]
     assert main(argv + ["--url", "http://127.0.0.1:9"]) == 2  # the server runs its own precision
     assert "--precision is for --model" in capsys.readouterr().err
+
+
+def test_a_ray_run_takes_fastest_for_its_nodes_to_decide(tmp_path):
+    pytest.importorskip("ray")
+    from retinamask.distributed.ray_infer import RayExecutor
+
+    model = build_fake_model(tmp_path / "m.onnx", canvas_side=64)
+    executor = RayExecutor(model, threads=1, precision="fastest")  # each actor decides for its node's CPU
+    assert executor.precision == "fastest" and executor.name.endswith("-fastest")
+    assert RayExecutor(model, threads=1, precision="float32").precision == "fp32"
