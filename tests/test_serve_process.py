@@ -5,6 +5,7 @@ import os
 import re
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -159,18 +160,27 @@ def test_sigterm_answers_every_accepted_request_then_exits_0(tmp_path, images):
 
 @pytest.mark.slow
 def test_soak_2000_requests_keeps_memory_flat(tmp_path, images):
-    """2000 requests at concurrency 4: no error, RSS grows at most 5 % after a 200-request warm-up."""
+    """2000 requests at concurrency 4 after a 2000-request warm-up: no error, and RSS flat -- sampled after each
+    250, the median of the last three within 5 % of the first three's. Measured over 6000 requests on a 2-core
+    machine: RSS climbs for the first ~1750 (the allocator and the runtime's arena taking their working set),
+    then wanders 359-385 MiB with no trend, one sample to the next; a single before/after pair after a
+    200-request warm-up failed once at +5.5 %. A leak keeps climbing."""
     from retinamask.serve.client import Client, run_load, server_rss_bytes
 
     server = ServeProcess(tmp_path, "--max-queue", "64")
+    samples, ok, errors, rates = [], 0, {}, []
     try:
         client = Client(server.base)
-        warm = run_load(client, images, 4, 200).summary()
-        before = server_rss_bytes(client)
-        soak = run_load(client, images, 4, 2000).summary()
-        after = server_rss_bytes(client)
+        warm = run_load(client, images, 4, 2000).summary()
+        for _ in range(8):
+            chunk = run_load(client, images, 4, 250).summary()
+            ok, errors = ok + chunk["ok"], {**errors, **chunk["errors"]}
+            rates.append(chunk["images_per_s"])
+            samples.append(server_rss_bytes(client))
     finally:
         assert server.stop() == 0
-    assert warm["ok"] == 200 and soak["ok"] == 2000 and not soak["errors"], soak
-    print(f"soak: RSS {before / 2**20:.1f} -> {after / 2**20:.1f} MiB, {soak['images_per_s']:.1f} images/s")
-    assert after <= 1.05 * before, (before, after)
+    assert warm["ok"] == 2000 and ok == 2000 and not errors, errors
+    first, last = statistics.median(samples[:3]), statistics.median(samples[-3:])
+    mib = " ".join(f"{s / 2**20:.1f}" for s in samples)
+    print(f"soak: RSS MiB after each 250: {mib}; {statistics.median(rates):.1f} images/s")
+    assert last <= 1.05 * first, (first, last, samples)
