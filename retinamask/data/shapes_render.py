@@ -192,7 +192,12 @@ def _pick_shape_colour(rng, background, labels, drawn, window, local_mask):
     grown = cv2.dilate(grown, np.ones((5, 5), np.uint8)).astype(bool)
     touching = np.unique(labels[gy0:gy1, gx0:gx1][grown])
     references = [background_mean] + [drawn[k - 1]["colour"] for k in touching if k > 0]
+    return contrasting_colour(rng, references)
 
+
+def contrasting_colour(rng, references):
+    """A saturated RGB colour (float32 [3], 0-255) at least ``MIN_COLOUR_CONTRAST`` from every colour of
+    ``references``, else the most distant of ``COLOUR_ATTEMPTS`` draws (the images' and the clips' shapes)."""
     best, best_contrast = None, -1.0
     for _ in range(COLOUR_ATTEMPTS):
         rgb = colorsys.hsv_to_rgb(rng.uniform(0.0, 1.0), rng.uniform(0.45, 1.0), rng.uniform(0.45, 1.0))

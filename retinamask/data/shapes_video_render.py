@@ -14,14 +14,20 @@ A clip's plan is a function of ``(seed, split name, clip index)`` only and each 
 whatever order.
 """
 
-import colorsys
 import hashlib
 import math
 from dataclasses import dataclass
 
 import numpy as np
 
-from retinamask.data.shapes_render import CATEGORIES, image_rng, make_background, rasterize, shape_polygons
+from retinamask.data.shapes_render import (
+    CATEGORIES,
+    contrasting_colour,
+    image_rng,
+    make_background,
+    rasterize,
+    shape_polygons,
+)
 
 MIN_OBJECTS = 3
 SPEED_RANGE = (15.0, 160.0)  # px/s, log-uniform across objects
@@ -31,8 +37,6 @@ MAX_EDGE_SPEED = 300.0  # px/s: the cap when a short clip needs an entering or l
 PAN_SPEED = 8.0  # px/s at most (half of the clips have a static background)
 MIN_OBJECT_SIZE = 16.0  # px; the shape's own min_size when larger
 MAX_OBJECT_SIZE_FRACTION = 0.3  # of the frame's short side
-MIN_COLOUR_CONTRAST = 70.0
-COLOUR_ATTEMPTS = 12
 SUBSTEPS = 4  # path integration steps per frame
 
 
@@ -151,7 +155,7 @@ def _plan_shape(rng, mode, planned, width, height, times, duration, background_m
         radius=radius,
         centres=centres,
         angles=rng.uniform(-SPIN_RATE, SPIN_RATE) * times,
-        colour=_shape_colour(rng, [background_mean] + [other.colour for other in planned]),
+        colour=contrasting_colour(rng, [background_mean] + [other.colour for other in planned]),
         shade_direction=(math.cos(angle), math.sin(angle)),
         shade_amplitude=float(rng.uniform(0.0, 20.0)),
         mode=mode,
@@ -164,20 +168,6 @@ def _direction(angle):
 
 def _interpolate(points, times, t):
     return np.array([np.interp(t, times, points[:, 0]), np.interp(t, times, points[:, 1])])
-
-
-def _shape_colour(rng, references):
-    """A saturated colour that stands out from the background and the other shapes (which it may touch)."""
-    best, best_contrast = None, -1.0
-    for _ in range(COLOUR_ATTEMPTS):
-        rgb = colorsys.hsv_to_rgb(rng.uniform(0.0, 1.0), rng.uniform(0.45, 1.0), rng.uniform(0.45, 1.0))
-        colour = np.array(rgb, np.float32) * 255.0
-        contrast = min(float(np.linalg.norm(colour - reference)) for reference in references)
-        if contrast > best_contrast:
-            best, best_contrast = colour, contrast
-        if contrast >= MIN_COLOUR_CONTRAST:
-            break
-    return best
 
 
 def render_frame(plan, frame):
